@@ -1,0 +1,306 @@
+/*
+ * frost.h - the whole public API of libfrost.
+ *
+ * frost trains small convolutional and fully connected networks data-parallel
+ * over OpenMP threads and MPI ranks, with part of the network frozen the way a
+ * PyTorch user sets requires_grad = False.  Frozen parameters get no gradient
+ * buffer, no optimizer state and no backward work, and the gradient allreduce
+ * carries the trainable parameters only.
+ *
+ * Conventions
+ *   - Every name is prefixed fr_.  Objects are opaque and created/freed in pairs.
+ *   - Functions that can fail return FR_OK (0) or a negative fr_status and,
+ *     when `err` is not NULL, fill it with a one-line message that names the
+ *     file and the problem.  The library never exits and never prints.
+ *   - Parameter names, layouts and initialisation follow PyTorch:
+ *     `<layer>.weight`, `<layer>.bias`; Linear weight [out, in]; Conv2d weight
+ *     [out, in, kh, kw]; activations NCHW.
+ */
+#ifndef FROST_H
+#define FROST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FR_VERSION "0.1.0"
+
+/* ---------------------------------------------------------------- errors */
+
+typedef enum fr_status {
+    FR_OK = 0,
+    FR_EINVAL = -1,      /* bad argument or option value */
+    FR_ENOMEM = -2,      /* allocation failed */
+    FR_EIO = -3,         /* a file could not be opened, read or written */
+    FR_EFORMAT = -4,     /* a file's contents are malformed */
+    FR_ESHAPE = -5,      /* shapes do not fit together */
+    FR_ENOMATCH = -6,    /* a freeze pattern matched no parameter */
+    FR_ECOMM = -7,       /* ranks disagree or the communicator failed */
+    FR_ENONFINITE = -8,  /* a loss or gradient became NaN or Inf */
+    FR_EINTERRUPTED = -9 /* stopped by a signal */
+} fr_status;
+
+#define FR_ERROR_LEN 512
+
+/* A one-line, human-readable description of the last failure. */
+typedef struct fr_error {
+    int status;
+    char msg[FR_ERROR_LEN];
+} fr_error;
+
+/* Fill `err` (if not NULL) with a formatted message; returns `status`. */
+int fr_fail(fr_error *err, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Put "<formatted>" in front of the message already in `err`. */
+void fr_error_prefix(fr_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* --------------------------------------------------------------- models */
+
+typedef struct fr_model fr_model;
+typedef struct fr_param fr_param;
+
+#define FR_MAX_DIMS 4
+
+/* An empty model whose samples are `channels x height x width` floats. */
+fr_model *fr_model_new(int channels, int height, int width);
+void fr_model_free(fr_model *model);
+
+/*
+ * Layers are appended in order.  `name` may be NULL: the layer is then named by
+ * its index in the model, as nn.Sequential does ("0.weight").  Shapes are checked
+ * against the previous layer when the layer is added; a mismatch names both
+ * layers and both shapes.
+ */
+int fr_model_add_linear(fr_model *model, const char *name, int in_features,
+                        int out_features, fr_error *err);
+int fr_model_add_conv2d(fr_model *model, const char *name, int in_channels,
+                        int out_channels, int kernel, int stride, int padding,
+                        fr_error *err);
+int fr_model_add_relu(fr_model *model, const char *name, fr_error *err);
+int fr_model_add_maxpool2d(fr_model *model, const char *name, int kernel,
+                           int stride, fr_error *err);
+int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err);
+
+/*
+ * Parse a model description (DESIGN.md): one layer per line or `;` between
+ * layers, `#` comments, optional `input C H W`.  `source` names the text in
+ * error messages ("model.txt", "--model").  Without an input line the input is
+ * C x 28 x 28 (C its in_channels) when the first layer is a convolution and
+ * the first linear layer's in_features otherwise.
+ */
+int fr_model_parse(const char *text, const char *source, fr_model **out,
+                   fr_error *err);
+/* `arg` is a path to a model file, or an inline description. */
+int fr_model_load(const char *arg, fr_model **out, fr_error *err);
+
+int fr_model_input_numel(const fr_model *model);
+int fr_model_output_numel(const fr_model *model);
+int fr_model_layer_count(const fr_model *model);
+const char *fr_model_layer_name(const fr_model *model, int layer);
+const char *fr_model_layer_kind(const fr_model *model, int layer);
+/* One line describing the layer and its output shape, e.g. "conv1 conv2d(1, 32, 3) -> 32x26x26". */
+void fr_model_layer_describe(const fr_model *model, int layer, char *buf, size_t len);
+
+/* PyTorch's default initialisation from a seeded generator. */
+void fr_model_init(fr_model *model, uint64_t seed);
+
+/* Parameters, in declaration order (as named_parameters() lists them). */
+size_t fr_model_param_count(const fr_model *model);
+fr_param *fr_model_param(fr_model *model, size_t index);
+fr_param *fr_model_find_param(fr_model *model, const char *name);
+size_t fr_model_numel(const fr_model *model);           /* all parameters */
+size_t fr_model_trainable_numel(const fr_model *model); /* requires_grad ones */
+
+const char *fr_param_name(const fr_param *param);
+int fr_param_ndim(const fr_param *param);
+int fr_param_dim(const fr_param *param, int axis);
+size_t fr_param_numel(const fr_param *param);
+float *fr_param_data(fr_param *param);
+bool fr_param_requires_grad(const fr_param *param);
+void fr_param_set_requires_grad(fr_param *param, bool requires_grad);
+/* "[32, 1, 3, 3]" */
+void fr_param_shape_string(const fr_param *param, char *buf, size_t len);
+
+/* ------------------------------------------------------------- freezing */
+
+void fr_model_freeze_all(fr_model *model);
+void fr_model_unfreeze_all(fr_model *model);
+/* All parameters of the layer with that name; FR_ENOMATCH if there is none. */
+int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err);
+/*
+ * `pattern` is a shell glob over parameter names (`conv*`, `*.bias`, `*`) or a
+ * bare layer name (`fc1`, meaning all of that layer's parameters).  A pattern
+ * that matches nothing is an error (FR_ENOMATCH).
+ */
+int fr_model_freeze(fr_model *model, const char *pattern, fr_error *err);
+int fr_model_unfreeze(fr_model *model, const char *pattern, fr_error *err);
+
+/* A 64-bit checksum of the bits of every frozen parameter, in order. */
+uint64_t fr_model_frozen_checksum(const fr_model *model);
+/* A checksum of the bits of all parameters. */
+uint64_t fr_model_checksum(const fr_model *model);
+/* A checksum of one parameter's bits. */
+uint64_t fr_param_checksum(const fr_param *param);
+
+/* ------------------------------------------------------------- weights */
+
+/* Read every parameter from a safetensors file; the first tensor that is
+ * missing or has another shape or dtype is named in the error. */
+int fr_model_load_weights(fr_model *model, const char *path, fr_error *err);
+/* Write all parameters (atomically: temporary file, fsync, rename). */
+int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err);
+
+/* ---------------------------------------------------------------- data */
+
+typedef struct fr_dataset fr_dataset;
+
+/* An IDX image file and its label file, raw or gzip'd. Pixels become [0, 1]. */
+int fr_dataset_load_idx(const char *images_path, const char *labels_path,
+                        fr_dataset **out, fr_error *err);
+/*
+ * `dir` holds train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz] and
+ * the t10k- pair; `train` picks which.
+ */
+int fr_dataset_load_dir(const char *dir, bool train, fr_dataset **out,
+                        fr_error *err);
+/* A dataset over caller-owned copies of x (n x sample_numel) and labels. */
+int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n,
+                           int channels, int height, int width,
+                           fr_dataset **out, fr_error *err);
+void fr_dataset_free(fr_dataset *data);
+int fr_dataset_size(const fr_dataset *data);
+int fr_dataset_sample_numel(const fr_dataset *data);
+const float *fr_dataset_images(const fr_dataset *data);
+const uint8_t *fr_dataset_labels(const fr_dataset *data);
+/* Keep only samples whose label is in `spec`: "0-4", "5,6,7,8,9", "0-2,7". */
+int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err);
+/* Largest label + 1. */
+int fr_dataset_class_count(const fr_dataset *data);
+/*
+ * The order in which epoch `epoch` visits n samples: 0..n-1 without shuffling,
+ * else a Fisher-Yates permutation that depends on (seed, epoch) only, so every
+ * rank and every resumed run sees the same order.
+ */
+void fr_epoch_order(int *order, int n, uint64_t seed, long epoch, bool shuffle);
+
+/* ------------------------------------------------------------ training */
+
+typedef enum fr_optimizer_kind {
+    FR_SGD = 0,
+    FR_ADAM = 1,
+    FR_ADAMW = 2
+} fr_optimizer_kind;
+
+typedef enum fr_loss_kind {
+    FR_CROSS_ENTROPY = 0, /* targets are class indices */
+    FR_MSE = 1            /* targets are floats, one per output */
+} fr_loss_kind;
+
+typedef struct fr_train_config {
+    fr_optimizer_kind optimizer;
+    fr_loss_kind loss;
+    double lr;
+    double momentum;     /* SGD */
+    double dampening;    /* SGD */
+    bool nesterov;       /* SGD */
+    double weight_decay; /* SGD/Adam: added to the gradient; AdamW: decoupled */
+    double beta1, beta2, eps; /* Adam/AdamW */
+    int threads;         /* replicas in this process; 0: OMP_NUM_THREADS */
+    int max_batch;       /* largest global batch that will be passed to a step */
+} fr_train_config;
+
+/* PyTorch's defaults: SGD, lr 0.01, Adam betas (0.9, 0.999), eps 1e-8. */
+void fr_train_config_default(fr_train_config *config);
+
+typedef struct fr_trainer fr_trainer;
+
+/*
+ * A trainer owns the replicas (one per thread; per rank under MPI), their
+ * gradient slabs and the optimizer state.  It sees the model's requires_grad
+ * flags at each step and rebuilds its slab when they changed.
+ */
+int fr_trainer_new(fr_model *model, const fr_train_config *config,
+                   fr_trainer **out, fr_error *err);
+void fr_trainer_free(fr_trainer *trainer);
+
+/*
+ * One optimisation step on a global batch of `batch` samples: x is
+ * batch x input_numel floats; targets are `batch` class indices (int32) for
+ * cross-entropy or batch x output_numel floats for MSE.  Under MPI every rank
+ * passes the same global batch (it may leave the other ranks' rows unfilled;
+ * fr_trainer_rank_rows says which rows this rank reads).  `loss` receives the
+ * mean loss over the global batch, `correct` (may be NULL) how many argmax
+ * predictions were right.
+ */
+int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets,
+                    int batch, double *loss, long *correct, fr_error *err);
+/* Forward only: mean loss and correct count over `batch` samples. */
+int fr_trainer_evaluate(fr_trainer *trainer, const float *x,
+                        const void *targets, int batch, double *loss,
+                        long *correct, fr_error *err);
+/* Rows [*first, *first + *count) of a global batch are read by this rank. */
+void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first,
+                          int *count);
+
+long fr_trainer_steps_done(const fr_trainer *trainer);
+int fr_trainer_threads(const fr_trainer *trainer);
+/* Bytes of gradient (slab) and optimizer-state memory allocated now. */
+size_t fr_trainer_gradient_bytes(const fr_trainer *trainer);
+size_t fr_trainer_optimizer_bytes(const fr_trainer *trainer);
+/* Bytes this rank puts into one gradient allreduce: 4 x trainable parameters
+ * (as planned for the current frozen set). */
+size_t fr_trainer_allreduce_bytes(const fr_trainer *trainer);
+/* Bytes this rank has actually passed to the gradient allreduce so far (0 on
+ * a single rank, where no allreduce runs). */
+size_t fr_trainer_bytes_sent(const fr_trainer *trainer);
+/* How many times the backward pass of `layer` ran (summed over replicas). */
+long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer);
+
+/* ------------------------------------------------------- ranks (MPI) */
+
+/*
+ * frost's communicator hides MPI.  Built with --without-mpi these calls are a
+ * single process (rank 0 of 1), and fr_comm_init refuses to run when it sees
+ * it was started by mpirun with several ranks.  Only the calling thread talks
+ * to MPI (MPI_THREAD_FUNNELED).
+ */
+int fr_comm_init(int *argc, char ***argv, fr_error *err);
+void fr_comm_finalize(void);
+bool fr_comm_have_mpi(void);
+int fr_comm_rank(void);
+int fr_comm_size(void);
+/*
+ * Collective: every rank passes its own status (and message in err).  If any
+ * rank failed, every rank returns the status and message of the lowest failing
+ * rank, so an error on one rank ends the whole job instead of hanging it.
+ */
+int fr_comm_agree(int status, fr_error *err);
+/* Collective: a value that differs between ranks fails on every rank with
+ * "ranks disagree on WHAT (rank 0: ..., rank N: ...)". */
+int fr_comm_check_same(uint64_t value, const char *what, fr_error *err);
+
+/*
+ * Collective: ranks compare the model's parameter names and shapes, the frozen
+ * set, the optimizer settings, `settings` (the caller's own run settings) and
+ * the dataset size; the first that differs is named in the error.
+ */
+int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
+                      const double *settings, int setting_count, long dataset_size,
+                      fr_error *err);
+
+/* Collective: every rank takes rank 0's parameter values. */
+int fr_comm_broadcast_model(fr_model *model, fr_error *err);
+
+/* Bytes currently allocated by libfrost (all objects). */
+size_t fr_allocated_bytes(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FROST_H */

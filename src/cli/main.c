@@ -1,0 +1,39 @@
+/*
+ * main.c - the frost command: parse the flags, start the communicator, run
+ * one of train / eval / inspect, and turn a failure into one `frost: ...`
+ * line (from rank 0 only) and a non-zero exit status.
+ */
+#include "run.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int main(int argc, char **argv) {
+    fr_error err = {0};
+    frost_options opts;
+    /* MPI may rewrite argv, so start it before parsing. */
+    int rc = fr_comm_init(&argc, &argv, &err);
+    if (rc == FR_OK)
+        /* Ranks started with different flags must all stop together. */
+        rc = fr_comm_agree(frost_parse_options(argc, argv, &opts, &err), &err);
+    if (rc == FR_OK && opts.help) {
+        if (fr_comm_rank() == 0)
+            frost_print_usage(opts.command);
+        fr_comm_finalize();
+        return 0;
+    }
+    if (rc == FR_OK) {
+        if (strcmp(opts.command, "train") == 0)
+            rc = frost_train(&opts, &err);
+        else if (strcmp(opts.command, "eval") == 0)
+            rc = frost_eval(&opts, &err);
+        else
+            rc = frost_inspect(&opts, &err);
+    }
+    if (rc != FR_OK && fr_comm_rank() == 0) {
+        fflush(stdout);
+        fprintf(stderr, "frost: %s\n", err.msg);
+    }
+    fr_comm_finalize();
+    return rc == FR_OK ? 0 : 1;
+}

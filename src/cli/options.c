@@ -1,0 +1,220 @@
+/*
+ * options.c - parse and validate frost's flags.
+ *
+ * One table lists every flag, the commands that take it, and where its value
+ * goes; numbers are parsed whole (no trailing junk) and range-checked.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "options.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, RULE };
+
+/* Which commands take a flag. */
+enum { TRAIN = 1, EVAL = 2, INSPECT = 4 };
+
+typedef struct option_spec {
+    const char *name;
+    enum value_kind kind;
+    int commands;
+    size_t offset;  /* into frost_options */
+    double min, max;
+    bool freeze;    /* for RULE */
+} option_spec;
+
+#define AT(field) offsetof(frost_options, field)
+
+static const option_spec options[] = {
+    {"--model", TEXT, TRAIN | EVAL | INSPECT, AT(model), 0, 0, false},
+    {"--data", TEXT, TRAIN | EVAL, AT(data), 0, 0, false},
+    {"--classes", TEXT, TRAIN | EVAL, AT(classes), 0, 0, false},
+    {"--freeze", RULE, TRAIN | INSPECT, 0, 0, 0, true},
+    {"--unfreeze", RULE, TRAIN | INSPECT, 0, 0, 0, false},
+    {"--epochs", LONG, TRAIN, AT(epochs), 1, 1e9, false},
+    {"--steps", LONG, TRAIN, AT(steps), 1, 1e12, false},
+    {"--batch-size", INT, TRAIN | EVAL, AT(batch_size), 1, 1 << 20, false},
+    {"--lr", DOUBLE, TRAIN, AT(train.lr), 0, 1e6, false},
+    {"--momentum", DOUBLE, TRAIN, AT(train.momentum), 0, 1e3, false},
+    {"--weight-decay", DOUBLE, TRAIN, AT(train.weight_decay), 0, 1e6, false},
+    {"--nesterov", FLAG, TRAIN, AT(train.nesterov), 0, 0, false},
+    {"--optimizer", OPTIMIZER, TRAIN, AT(train.optimizer), 0, 0, false},
+    {"--threads", INT, TRAIN | EVAL, AT(train.threads), 1, 1024, false},
+    {"--seed", LONG, TRAIN, AT(seed), 0, 9e15, false},
+    {"--no-shuffle", FLAG, TRAIN, AT(shuffle), 0, 0, false},
+    {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false},
+    {"--save", TEXT, TRAIN, AT(save), 0, 0, false},
+    {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false},
+    {"--log-every", LONG, TRAIN, AT(log_every), 1, 1e12, false},
+};
+
+static const option_spec *find_option(const char *name) {
+    for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
+        if (strcmp(options[i].name, name) == 0)
+            return &options[i];
+    return NULL;
+}
+
+static int command_bit(const char *command) {
+    if (strcmp(command, "train") == 0)
+        return TRAIN;
+    if (strcmp(command, "eval") == 0)
+        return EVAL;
+    if (strcmp(command, "inspect") == 0)
+        return INSPECT;
+    return 0;
+}
+
+static int parse_number(const option_spec *o, const char *text, double *out, bool integer,
+                        fr_error *err) {
+    char *end;
+    errno = 0;
+    double value = integer ? (double)strtoll(text, &end, 10) : strtod(text, &end);
+    if (end == text || *end || errno == ERANGE || !isfinite(value))
+        return fr_fail(err, FR_EINVAL, "%s '%s': expected %s", o->name, text,
+                       integer ? "a whole number" : "a number");
+    if (value < o->min || value > o->max)
+        return fr_fail(err, FR_EINVAL, "%s %s: must be between %g and %g", o->name, text, o->min,
+                       o->max);
+    *out = value;
+    return FR_OK;
+}
+
+static int set_value(const option_spec *o, const char *value, frost_options *opts, fr_error *err) {
+    char *field = (char *)opts + o->offset;
+    double number = 0;
+    int rc = FR_OK;
+    switch (o->kind) {
+    case FLAG:
+        /* --no-shuffle clears; the others set. */
+        *(bool *)field = strcmp(o->name, "--no-shuffle") != 0;
+        return FR_OK;
+    case TEXT:
+        if (!*value)
+            return fr_fail(err, FR_EINVAL, "%s: empty value", o->name);
+        *(const char **)field = value;
+        return FR_OK;
+    case RULE:
+        if (opts->rule_count == FROST_MAX_PATTERNS)
+            return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
+        opts->rules[opts->rule_count++] = (freeze_rule){value, o->freeze};
+        return FR_OK;
+    case OPTIMIZER:
+        if (strcmp(value, "sgd") == 0)
+            opts->train.optimizer = FR_SGD;
+        else if (strcmp(value, "adam") == 0)
+            opts->train.optimizer = FR_ADAM;
+        else if (strcmp(value, "adamw") == 0)
+            opts->train.optimizer = FR_ADAMW;
+        else
+            return fr_fail(err, FR_EINVAL, "--optimizer '%s': expected sgd, adam or adamw", value);
+        return FR_OK;
+    case LONG:
+        if ((rc = parse_number(o, value, &number, true, err)) == FR_OK)
+            *(long *)field = (long)number;
+        return rc;
+    case INT:
+        if ((rc = parse_number(o, value, &number, true, err)) == FR_OK)
+            *(int *)field = (int)number;
+        return rc;
+    case DOUBLE:
+        if ((rc = parse_number(o, value, &number, false, err)) == FR_OK)
+            *(double *)field = number;
+        return rc;
+    }
+    return rc;
+}
+
+int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *err) {
+    memset(opts, 0, sizeof *opts);
+    fr_train_config_default(&opts->train);
+    opts->data = FROST_DEFAULT_DATA;
+    opts->epochs = 1;
+    opts->batch_size = 64;
+    opts->shuffle = true;
+    opts->log_every = 100;
+    if (argc < 2)
+        return fr_fail(err, FR_EINVAL, "no command given (expected train, eval or inspect; see frost --help)");
+    opts->command = argv[1];
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        opts->help = true;
+        opts->command = NULL;
+        return FR_OK;
+    }
+    int bit = command_bit(argv[1]);
+    if (!bit)
+        return fr_fail(err, FR_EINVAL, "unknown command '%s' (expected train, eval or inspect)", argv[1]);
+    bool epochs_given = false;
+    for (int i = 2; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            opts->help = true;
+            return FR_OK;
+        }
+        /* Both "--lr 0.1" and "--lr=0.1". */
+        char name[64];
+        const char *value = NULL, *eq = strchr(arg, '=');
+        size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
+        if (name_len >= sizeof name)
+            name_len = sizeof name - 1;
+        memcpy(name, arg, name_len);
+        name[name_len] = '\0';
+        const option_spec *o = find_option(name);
+        if (!o)
+            return fr_fail(err, FR_EINVAL, "unknown option '%s' for 'frost %s' (see frost %s --help)",
+                           arg, opts->command, opts->command);
+        if (!(o->commands & bit))
+            return fr_fail(err, FR_EINVAL, "'frost %s' does not take %s", opts->command, o->name);
+        if (o->kind == FLAG) {
+            if (eq)
+                return fr_fail(err, FR_EINVAL, "%s takes no value", o->name);
+        } else if (eq) {
+            value = eq + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            return fr_fail(err, FR_EINVAL, "%s needs a value", o->name);
+        }
+        int rc = set_value(o, value, opts, err);
+        if (rc != FR_OK)
+            return rc;
+        if (strcmp(o->name, "--epochs") == 0)
+            epochs_given = true;
+    }
+    /* --steps alone means that many steps, however many epochs it takes. */
+    if (opts->steps > 0 && !epochs_given)
+        opts->epochs = 0;
+    if (!opts->model)
+        return fr_fail(err, FR_EINVAL, "'frost %s' needs --model FILE|SPEC", opts->command);
+    if (bit == EVAL && !opts->init)
+        return fr_fail(err, FR_EINVAL, "'frost eval' needs --init WEIGHTS.safetensors");
+    opts->train.max_batch = opts->batch_size;
+    return FR_OK;
+}
+
+void frost_print_usage(const char *command) {
+    if (!command || strcmp(command, "train") == 0)
+        printf("usage: frost train --model FILE|SPEC [--data DIR] [--freeze P]... [--unfreeze P]...\n"
+               "         [--epochs N] [--steps N] [--batch-size B] [--lr X] [--momentum X]\n"
+               "         [--nesterov] [--weight-decay X] [--optimizer sgd|adam|adamw] [--threads T]\n"
+               "         [--seed N] [--no-shuffle] [--classes 0-4] [--init W.safetensors]\n"
+               "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
+               "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
+               "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
+               "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
+               "  layer name, applied in order; a pattern that matches nothing is an error.\n"
+               "  --steps is the total number of steps; --epochs bounds it too when given.\n");
+    if (!command || strcmp(command, "eval") == 0)
+        printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
+               "         [--batch-size B] [--threads T]\n"
+               "  Loss and accuracy of the weights on the test set (t10k).\n");
+    if (!command || strcmp(command, "inspect") == 0)
+        printf("usage: frost inspect --model FILE|SPEC [--freeze P]... [--unfreeze P]...\n"
+               "  One line per parameter: name shape count trainable|frozen; then totals and\n"
+               "  the bytes one gradient allreduce will carry.\n");
+}

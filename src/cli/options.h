@@ -1,0 +1,44 @@
+/*
+ * options.h - the frost command line, parsed into one struct.
+ *
+ * Flags are DESIGN.md's contract.  Every value is range-checked here, so the
+ * commands only ever see valid settings; a bad flag is one `frost: ...` line.
+ */
+#ifndef FROST_CLI_OPTIONS_H
+#define FROST_CLI_OPTIONS_H
+
+#include "frost.h"
+
+#define FROST_MAX_PATTERNS 64
+#define FROST_DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
+
+typedef struct freeze_rule {
+    const char *pattern;
+    bool freeze; /* false: --unfreeze */
+} freeze_rule;
+
+typedef struct frost_options {
+    const char *command; /* "train", "eval", "inspect" */
+    const char *model;
+    const char *data;
+    const char *classes;
+    freeze_rule rules[FROST_MAX_PATTERNS];
+    int rule_count;
+    long epochs;
+    long steps;      /* 0: no limit; otherwise the total number of steps */
+    int batch_size;  /* global */
+    fr_train_config train;
+    long seed;
+    bool shuffle;
+    const char *init;
+    const char *save;
+    const char *metrics;
+    long log_every;
+    bool help;
+} frost_options;
+
+/* Parse argv (argv[1] is the command).  Returns FR_OK or fills err. */
+int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *err);
+void frost_print_usage(const char *command);
+
+#endif

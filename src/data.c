@@ -1,0 +1,663 @@
+/*
+ * data.c - datasets: IDX image/label files (MNIST, Fashion-MNIST), raw or
+ * gzip'd, turned into n x C x H x W floats in [0, 1] plus one uint8 label per
+ * sample, and the class filter behind `--classes`.
+ *
+ * Everything read from disk is treated as hostile: every size in a header is
+ * checked against the bytes actually present before anything is allocated
+ * from it, and every failure is a one-line message naming the file.
+ *
+ * fr_read_file also lives here; safetensors.c uses it too.  Its buffer comes
+ * from fr_alloc and is released with fr_free.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+/* An IDX file is at most this big once decompressed (60000 28x28 images are 47 MB). */
+#define IDX_READ_LIMIT ((size_t)1 << 30)
+#define IDX_MAX_SIDE 4096u
+#define IDX_MAX_COUNT 100000000u
+
+#define IDX_IMAGES_MAGIC 0x00000803u /* u8 data, 3 dimensions */
+#define IDX_LABELS_MAGIC 0x00000801u /* u8 data, 1 dimension */
+#define IDX_IMAGES_HEADER_BYTES 16u
+#define IDX_LABELS_HEADER_BYTES 8u
+
+/* ------------------------------------------------------------ reading files */
+
+static bool starts_with_gzip_magic(const unsigned char *bytes, size_t size) {
+    return size >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
+}
+
+/* The whole file as it is on disk; larger than `limit` (+ `slack`) bytes is an error. */
+static int read_raw_file(const char *path, size_t limit, size_t slack, unsigned char **out,
+                         size_t *size, fr_error *err) {
+    FILE *file = fopen(path, "rb");
+    if (!file) {
+        if (errno == ENOENT)
+            return fr_fail(err, FR_EIO, "%s: no such file", path);
+        return fr_fail(err, FR_EIO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat info;
+    if (fstat(fileno(file), &info) != 0) {
+        int status = fr_fail(err, FR_EIO, "%s: cannot stat: %s", path, strerror(errno));
+        fclose(file);
+        return status;
+    }
+    if (S_ISDIR(info.st_mode)) {
+        fclose(file);
+        return fr_fail(err, FR_EIO, "%s: is a directory, not a file", path);
+    }
+    if (!S_ISREG(info.st_mode)) {
+        fclose(file);
+        return fr_fail(err, FR_EIO, "%s: not a regular file", path);
+    }
+    if ((uintmax_t)info.st_size > limit + slack) {
+        fclose(file);
+        return fr_fail(err, FR_EFORMAT, "%s: file is %jd bytes, more than the limit of %zu",
+                       path, (intmax_t)info.st_size, limit);
+    }
+
+    size_t file_bytes = (size_t)info.st_size;
+    unsigned char *bytes = fr_alloc(file_bytes);
+    if (!bytes) {
+        fclose(file);
+        return fr_fail(err, FR_ENOMEM, "%s: cannot allocate %zu bytes to read it", path,
+                       file_bytes);
+    }
+    /* A file that shrank since fstat just yields fewer bytes; the parsers check sizes. */
+    size_t got = fread(bytes, 1, file_bytes, file);
+    if (got < file_bytes && ferror(file)) {
+        int status = fr_fail(err, FR_EIO, "%s: read error: %s", path, strerror(errno));
+        fclose(file);
+        fr_free(bytes);
+        return status;
+    }
+    fclose(file);
+    *out = bytes;
+    *size = got;
+    return FR_OK;
+}
+
+/*
+ * The gzip trailer ends with the uncompressed size mod 2^32: a good first
+ * guess for the output buffer.  It is only a hint (it can lie, and covers only
+ * the last member), so it is capped by deflate's best possible ratio (~1032:1)
+ * and by the limit.
+ */
+static size_t gzip_size_hint(const unsigned char *compressed, size_t compressed_bytes,
+                             size_t limit) {
+    size_t hint = 0;
+    if (compressed_bytes >= 18) {
+        const unsigned char *trailer = compressed + compressed_bytes - 4;
+        hint = (size_t)trailer[0] | (size_t)trailer[1] << 8 | (size_t)trailer[2] << 16 |
+               (size_t)trailer[3] << 24;
+    }
+    size_t ratio_cap;
+    if (!fr_mul_size(compressed_bytes, 1032, &ratio_cap))
+        ratio_cap = SIZE_MAX;
+    if (hint > ratio_cap)
+        hint = ratio_cap;
+    if (hint > limit)
+        hint = limit;
+    return hint < 4096 ? 4096 : hint;
+}
+
+/* Replace *buffer by one of new_capacity bytes holding its first `used` bytes. */
+static bool grow_buffer(unsigned char **buffer, size_t used, size_t new_capacity) {
+    unsigned char *bigger = fr_alloc(new_capacity);
+    if (!bigger)
+        return false;
+    memcpy(bigger, *buffer, used);
+    fr_free(*buffer);
+    *buffer = bigger;
+    return true;
+}
+
+/*
+ * Inflate a whole gzip file held in memory.  The output buffer may hold one
+ * byte more than `limit`: producing that byte is how an oversized stream is
+ * recognised without a second pass.  Concatenated gzip members (what `cat a.gz
+ * b.gz` makes) are decoded one after the other, as gzip(1) does.
+ */
+static int gunzip_buffer(const char *path, const unsigned char *compressed,
+                         size_t compressed_bytes, size_t limit, unsigned char **out,
+                         size_t *size, fr_error *err) {
+    if (limit > SIZE_MAX / 2)
+        limit = SIZE_MAX / 2;
+    size_t capacity = gzip_size_hint(compressed, compressed_bytes, limit);
+    if (capacity > limit)
+        capacity = limit;
+    capacity += 1;
+    unsigned char *output = fr_alloc(capacity);
+    if (!output)
+        return fr_fail(err, FR_ENOMEM, "%s: cannot allocate %zu bytes to decompress it", path,
+                       capacity);
+
+    z_stream stream;
+    memset(&stream, 0, sizeof stream);
+    /* 15 + 32: the largest window, and accept (only) gzip or zlib headers. */
+    if (inflateInit2(&stream, 15 + 32) != Z_OK) {
+        fr_free(output);
+        return fr_fail(err, FR_ENOMEM, "%s: cannot start zlib", path);
+    }
+
+    size_t consumed = 0, produced = 0;
+    int status = FR_OK;
+    for (;;) {
+        /* zlib counts in uInt, so huge buffers are handed over in pieces. */
+        if (stream.avail_in == 0 && consumed < compressed_bytes) {
+            size_t piece = compressed_bytes - consumed;
+            stream.next_in = (unsigned char *)compressed + consumed;
+            stream.avail_in = piece > UINT_MAX ? UINT_MAX : (uInt)piece;
+        }
+        if (produced == capacity) {
+            size_t new_capacity = capacity > (limit + 1) / 2 ? limit + 1 : capacity * 2;
+            if (!grow_buffer(&output, produced, new_capacity)) {
+                status = fr_fail(err, FR_ENOMEM,
+                                 "%s: cannot allocate %zu bytes to decompress it", path,
+                                 new_capacity);
+                break;
+            }
+            capacity = new_capacity;
+        }
+        size_t room = capacity - produced;
+        stream.next_out = output + produced;
+        stream.avail_out = room > UINT_MAX ? UINT_MAX : (uInt)room;
+        uInt offered_in = stream.avail_in, offered_out = stream.avail_out;
+
+        int ret = inflate(&stream, Z_NO_FLUSH);
+        consumed += offered_in - stream.avail_in;
+        produced += offered_out - stream.avail_out;
+
+        if (produced > limit) {
+            status = fr_fail(err, FR_EFORMAT,
+                             "%s: decompresses to more than the limit of %zu bytes", path,
+                             limit);
+            break;
+        }
+        bool input_exhausted = stream.avail_in == 0 && consumed == compressed_bytes;
+        if (ret == Z_STREAM_END) {
+            if (consumed == compressed_bytes)
+                break;
+            size_t left = compressed_bytes - consumed;
+            if (starts_with_gzip_magic(compressed + consumed, left)) {
+                inflateReset(&stream);
+                continue;
+            }
+            status = fr_fail(err, FR_EFORMAT,
+                             "%s: corrupt gzip data: %zu stray bytes after the compressed stream",
+                             path, left);
+            break;
+        }
+        if (ret == Z_OK) {
+            /* inflate stopped with room left and nothing more to read: it needed more input. */
+            if (input_exhausted && stream.avail_out > 0) {
+                status = fr_fail(err, FR_EFORMAT, "%s: truncated gzip data", path);
+                break;
+            }
+            continue;
+        }
+        if (ret == Z_BUF_ERROR && input_exhausted) {
+            status = fr_fail(err, FR_EFORMAT, "%s: truncated gzip data", path);
+        } else if (ret == Z_MEM_ERROR) {
+            status = fr_fail(err, FR_ENOMEM, "%s: out of memory while decompressing", path);
+        } else if (ret == Z_NEED_DICT) {
+            status = fr_fail(err, FR_EFORMAT,
+                             "%s: corrupt gzip data: stream needs a preset dictionary", path);
+        } else {
+            status = fr_fail(err, FR_EFORMAT, "%s: corrupt gzip data: %s", path,
+                             stream.msg ? stream.msg : zError(ret));
+        }
+        break;
+    }
+    inflateEnd(&stream);
+    if (status != FR_OK) {
+        fr_free(output);
+        return status;
+    }
+    *out = output;
+    *size = produced;
+    return FR_OK;
+}
+
+int fr_read_file(const char *path, size_t limit, unsigned char **out, size_t *size,
+                 fr_error *err) {
+    unsigned char *bytes = NULL;
+    size_t byte_count = 0;
+    if (limit > SIZE_MAX / 2)
+        limit = SIZE_MAX / 2;
+    /* The limit bounds the content; gzip's framing may add a little on top of it. */
+    size_t gzip_slack = limit / 64 + 65536;
+    int status = read_raw_file(path, limit, gzip_slack, &bytes, &byte_count, err);
+    if (status != FR_OK)
+        return status;
+    if (!starts_with_gzip_magic(bytes, byte_count)) {
+        if (byte_count > limit) {
+            fr_free(bytes);
+            return fr_fail(err, FR_EFORMAT, "%s: file is %zu bytes, more than the limit of %zu",
+                           path, byte_count, limit);
+        }
+        *out = bytes;
+        *size = byte_count;
+        return FR_OK;
+    }
+    status = gunzip_buffer(path, bytes, byte_count, limit, out, size, err);
+    fr_free(bytes);
+    return status;
+}
+
+/* --------------------------------------------------------------- IDX files */
+
+static uint32_t read_be32(const unsigned char *bytes) {
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 | (uint32_t)bytes[2] << 8 |
+           (uint32_t)bytes[3];
+}
+
+/* What a wrong magic number most likely means, for the error message. */
+static const char *describe_idx_magic(uint32_t magic) {
+    switch (magic) {
+    case IDX_IMAGES_MAGIC:
+        return "an IDX image file";
+    case IDX_LABELS_MAGIC:
+        return "an IDX label file";
+    default:
+        if ((magic >> 16) == 0)
+            return "an IDX file of another type or rank";
+        return "not an IDX file";
+    }
+}
+
+/*
+ * The byte counts after the header must match the header exactly: a short
+ * file is a broken download, a long one is most likely the wrong file.
+ */
+static int check_payload_bytes(const char *path, size_t header_bytes, size_t file_bytes,
+                               uint64_t expected_bytes, const char *what, fr_error *err) {
+    uint64_t found = (uint64_t)(file_bytes - header_bytes);
+    if (found < expected_bytes)
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: truncated: expected %llu bytes of %s, found %llu", path,
+                       (unsigned long long)expected_bytes, what, (unsigned long long)found);
+    if (found > expected_bytes)
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: %llu trailing bytes after the %llu bytes of %s the header announces",
+                       path, (unsigned long long)(found - expected_bytes),
+                       (unsigned long long)expected_bytes, what);
+    return FR_OK;
+}
+
+/* Header checks shared by both kinds: non-empty, long enough, the right magic. */
+static int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
+                            size_t header_bytes, uint32_t expected_magic,
+                            const char *expected_what, fr_error *err) {
+    if (size == 0)
+        return fr_fail(err, FR_EFORMAT, "%s: empty file, expected %s", path, expected_what);
+    if (size < 4)
+        return fr_fail(err, FR_EFORMAT, "%s: %zu bytes is too short for %s", path, size,
+                       expected_what);
+    uint32_t magic = read_be32(bytes);
+    if (magic != expected_magic)
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: magic number 0x%08x (%s), expected 0x%08x (%s)", path,
+                       (unsigned)magic, describe_idx_magic(magic), (unsigned)expected_magic,
+                       expected_what);
+    if (size < header_bytes)
+        return fr_fail(err, FR_EFORMAT, "%s: truncated header: %zu of %zu bytes", path, size,
+                       header_bytes);
+    return FR_OK;
+}
+
+/* The image file's geometry, validated against its actual length. */
+typedef struct idx_images {
+    uint32_t count, rows, cols;
+    const unsigned char *pixels;
+} idx_images;
+
+static int parse_idx_images(const char *path, const unsigned char *bytes, size_t size,
+                            idx_images *images, fr_error *err) {
+    int status = check_idx_header(path, bytes, size, IDX_IMAGES_HEADER_BYTES, IDX_IMAGES_MAGIC,
+                                  "an IDX image file", err);
+    if (status != FR_OK)
+        return status;
+    uint32_t count = read_be32(bytes + 4), rows = read_be32(bytes + 8),
+             cols = read_be32(bytes + 12);
+    if (count == 0 || rows == 0 || cols == 0)
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: header has a zero dimension: %u images of %u x %u pixels", path,
+                       (unsigned)count, (unsigned)rows, (unsigned)cols);
+    if (rows > IDX_MAX_SIDE || cols > IDX_MAX_SIDE)
+        return fr_fail(err, FR_EFORMAT, "%s: images of %u x %u pixels, more than %u per side",
+                       path, (unsigned)rows, (unsigned)cols, IDX_MAX_SIDE);
+    if (count > IDX_MAX_COUNT)
+        return fr_fail(err, FR_EFORMAT, "%s: header claims %u images, more than %u", path,
+                       (unsigned)count, IDX_MAX_COUNT);
+    /* At most 1e8 * 4096 * 4096: fits 64 bits with room to spare. */
+    uint64_t pixel_bytes = (uint64_t)count * rows * cols;
+    status = check_payload_bytes(path, IDX_IMAGES_HEADER_BYTES, size, pixel_bytes,
+                                 "pixel data", err);
+    if (status != FR_OK)
+        return status;
+    images->count = count;
+    images->rows = rows;
+    images->cols = cols;
+    images->pixels = bytes + IDX_IMAGES_HEADER_BYTES;
+    return FR_OK;
+}
+
+static int parse_idx_labels(const char *path, const unsigned char *bytes, size_t size,
+                            uint32_t *count, fr_error *err) {
+    int status = check_idx_header(path, bytes, size, IDX_LABELS_HEADER_BYTES, IDX_LABELS_MAGIC,
+                                  "an IDX label file", err);
+    if (status != FR_OK)
+        return status;
+    uint32_t label_count = read_be32(bytes + 4);
+    if (label_count == 0)
+        return fr_fail(err, FR_EFORMAT, "%s: header has a zero dimension: 0 labels", path);
+    if (label_count > IDX_MAX_COUNT)
+        return fr_fail(err, FR_EFORMAT, "%s: header claims %u labels, more than %u", path,
+                       (unsigned)label_count, IDX_MAX_COUNT);
+    status = check_payload_bytes(path, IDX_LABELS_HEADER_BYTES, size, label_count, "labels",
+                                 err);
+    if (status != FR_OK)
+        return status;
+    *count = label_count;
+    return FR_OK;
+}
+
+/* An empty dataset of n samples shaped c x h x w, arrays allocated (zeroed). */
+static int dataset_alloc(int n, fr_shape shape, const char *what, fr_dataset **out,
+                         fr_error *err) {
+    size_t x_floats, x_bytes;
+    if (!fr_mul_size((size_t)n, fr_shape_numel(shape), &x_floats) ||
+        !fr_mul_size(x_floats, sizeof(float), &x_bytes))
+        return fr_fail(err, FR_ENOMEM, "%s: %d samples of %dx%dx%d floats overflow memory", what,
+                       n, shape.c, shape.h, shape.w);
+    fr_dataset *data = fr_alloc(sizeof *data);
+    if (!data)
+        return fr_fail(err, FR_ENOMEM, "%s: out of memory", what);
+    data->x = fr_alloc(x_bytes);
+    data->labels = fr_alloc((size_t)n);
+    if (!data->x || !data->labels) {
+        fr_free(data->x);
+        fr_free(data->labels);
+        fr_free(data);
+        return fr_fail(err, FR_ENOMEM, "%s: cannot allocate %zu bytes for %d samples", what,
+                       x_bytes, n);
+    }
+    data->n = n;
+    data->shape = shape;
+    *out = data;
+    return FR_OK;
+}
+
+int fr_dataset_load_idx(const char *images_path, const char *labels_path, fr_dataset **out,
+                        fr_error *err) {
+    if (!images_path || !labels_path || !out)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_load_idx: NULL argument");
+    *out = NULL;
+
+    /* Labels first: they are small, so a mismatched pair fails before the big read. */
+    unsigned char *label_bytes = NULL, *image_bytes = NULL;
+    size_t label_size = 0, image_size = 0;
+    uint32_t label_count = 0;
+    idx_images images = {0, 0, 0, NULL};
+    int status = fr_read_file(labels_path, IDX_READ_LIMIT, &label_bytes, &label_size, err);
+    if (status == FR_OK)
+        status = parse_idx_labels(labels_path, label_bytes, label_size, &label_count, err);
+    if (status == FR_OK)
+        status = fr_read_file(images_path, IDX_READ_LIMIT, &image_bytes, &image_size, err);
+    if (status == FR_OK)
+        status = parse_idx_images(images_path, image_bytes, image_size, &images, err);
+    if (status == FR_OK && images.count != label_count)
+        status = fr_fail(err, FR_EFORMAT, "%s has %u images but %s has %u labels", images_path,
+                         (unsigned)images.count, labels_path, (unsigned)label_count);
+
+    fr_dataset *data = NULL;
+    if (status == FR_OK) {
+        fr_shape shape = {1, (int)images.rows, (int)images.cols};
+        status = dataset_alloc((int)images.count, shape, images_path, &data, err);
+    }
+    if (status == FR_OK) {
+        /* One table lookup per pixel instead of a division; same values as p / 255.0f. */
+        float pixel_value[256];
+        for (int p = 0; p < 256; p++)
+            pixel_value[p] = (float)p / 255.0f;
+        size_t pixel_count = (size_t)images.count * images.rows * images.cols;
+        for (size_t i = 0; i < pixel_count; i++)
+            data->x[i] = pixel_value[images.pixels[i]];
+        memcpy(data->labels, label_bytes + IDX_LABELS_HEADER_BYTES, label_count);
+        *out = data;
+    }
+    fr_free(label_bytes);
+    fr_free(image_bytes);
+    return status;
+}
+
+/* ------------------------------------------------------- dataset directories */
+
+static bool path_exists(const char *path) {
+    struct stat info;
+    return stat(path, &info) == 0;
+}
+
+/* DIR/NAME, or DIR/NAME.gz when only that exists. */
+static int find_idx_file(const char *dir, const char *name, char *path, size_t path_len,
+                         fr_error *err) {
+    const char *separator = dir[strlen(dir) - 1] == '/' ? "" : "/";
+    int written = snprintf(path, path_len, "%s%s%s", dir, separator, name);
+    if (written < 0 || (size_t)written + 3 >= path_len)
+        return fr_fail(err, FR_EINVAL, "%s: path too long", dir);
+    if (path_exists(path))
+        return FR_OK;
+    strcat(path, ".gz");
+    if (path_exists(path))
+        return FR_OK;
+    path[written] = '\0';
+    return fr_fail(err, FR_EIO, "%s[.gz]: no such file", path);
+}
+
+int fr_dataset_load_dir(const char *dir, bool train, fr_dataset **out, fr_error *err) {
+    if (!dir || !out)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_load_dir: NULL argument");
+    *out = NULL;
+    if (dir[0] == '\0')
+        return fr_fail(err, FR_EINVAL, "data directory: empty path");
+    struct stat info;
+    if (stat(dir, &info) != 0) {
+        if (errno == ENOENT)
+            return fr_fail(err, FR_EIO, "%s: no such directory", dir);
+        return fr_fail(err, FR_EIO, "%s: %s", dir, strerror(errno));
+    }
+    if (!S_ISDIR(info.st_mode))
+        return fr_fail(err, FR_EIO, "%s: not a directory", dir);
+
+    const char *prefix = train ? "train" : "t10k";
+    char images_name[64], labels_name[64];
+    snprintf(images_name, sizeof images_name, "%s-images-idx3-ubyte", prefix);
+    snprintf(labels_name, sizeof labels_name, "%s-labels-idx1-ubyte", prefix);
+    char images_path[4096], labels_path[4096];
+    int status = find_idx_file(dir, images_name, images_path, sizeof images_path, err);
+    if (status == FR_OK)
+        status = find_idx_file(dir, labels_name, labels_path, sizeof labels_path, err);
+    if (status != FR_OK)
+        return status;
+    return fr_dataset_load_idx(images_path, labels_path, out, err);
+}
+
+/* ----------------------------------------------------------- other sources */
+
+int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n, int channels,
+                           int height, int width, fr_dataset **out, fr_error *err) {
+    if (!x || !labels || !out)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_from_arrays: NULL argument");
+    *out = NULL;
+    if (n <= 0 || channels <= 0 || height <= 0 || width <= 0)
+        return fr_fail(err, FR_EINVAL,
+                       "fr_dataset_from_arrays: %d samples of %d x %d x %d: every count must "
+                       "be positive",
+                       n, channels, height, width);
+    fr_shape shape = {channels, height, width};
+    if (fr_shape_numel(shape) > INT_MAX)
+        return fr_fail(err, FR_EINVAL,
+                       "fr_dataset_from_arrays: samples of %d x %d x %d are too large", channels,
+                       height, width);
+    fr_dataset *data;
+    int status = dataset_alloc(n, shape, "fr_dataset_from_arrays", &data, err);
+    if (status != FR_OK)
+        return status;
+    memcpy(data->x, x, (size_t)n * fr_shape_numel(shape) * sizeof(float));
+    memcpy(data->labels, labels, (size_t)n);
+    *out = data;
+    return FR_OK;
+}
+
+void fr_dataset_free(fr_dataset *data) {
+    if (!data)
+        return;
+    fr_free(data->x);
+    fr_free(data->labels);
+    fr_free(data);
+}
+
+int fr_dataset_size(const fr_dataset *data) { return data ? data->n : 0; }
+
+int fr_dataset_sample_numel(const fr_dataset *data) {
+    return data ? (int)fr_shape_numel(data->shape) : 0;
+}
+
+const float *fr_dataset_images(const fr_dataset *data) { return data ? data->x : NULL; }
+
+const uint8_t *fr_dataset_labels(const fr_dataset *data) { return data ? data->labels : NULL; }
+
+int fr_dataset_class_count(const fr_dataset *data) {
+    if (!data || data->n == 0)
+        return 0;
+    int largest = 0;
+    for (int i = 0; i < data->n; i++)
+        if (data->labels[i] > largest)
+            largest = data->labels[i];
+    return largest + 1;
+}
+
+/* ----------------------------------------------------------- class filter */
+
+#define CLASS_LIMIT 256
+
+static void skip_spaces(const char **cursor) {
+    while (**cursor == ' ' || **cursor == '\t')
+        (*cursor)++;
+}
+
+/* One class number 0..255 at *cursor; `what` says where it was expected. */
+static int parse_class_number(const char *spec, const char **cursor, int *value,
+                              const char *what, fr_error *err) {
+    skip_spaces(cursor);
+    const char *start = *cursor;
+    if (*start < '0' || *start > '9') {
+        if (*start == '\0')
+            return fr_fail(err, FR_EINVAL, "--classes '%s': missing %s at the end", spec, what);
+        return fr_fail(err, FR_EINVAL, "--classes '%s': expected %s at '%s'", spec, what,
+                       start);
+    }
+    long number = 0;
+    while (**cursor >= '0' && **cursor <= '9') {
+        number = number * 10 + (**cursor - '0');
+        (*cursor)++;
+        if (number >= CLASS_LIMIT) {
+            while (**cursor >= '0' && **cursor <= '9')
+                (*cursor)++;
+            return fr_fail(err, FR_EINVAL, "--classes '%s': class %.*s is out of range 0-%d",
+                           spec, (int)(*cursor - start), start, CLASS_LIMIT - 1);
+        }
+    }
+    skip_spaces(cursor);
+    *value = (int)number;
+    return FR_OK;
+}
+
+/* "0-2,7" -> wanted[0..2] = wanted[7] = true.  Grammar: item (',' item)*, item: N | N-M. */
+static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error *err) {
+    const char *cursor = spec;
+    skip_spaces(&cursor);
+    if (*cursor == '\0')
+        return fr_fail(err, FR_EINVAL,
+                       "--classes '%s': empty; give classes like 0-4 or 5,6,7 or 0-2,7", spec);
+    for (;;) {
+        int first, last;
+        int status = parse_class_number(spec, &cursor, &first, "a class number", err);
+        if (status != FR_OK)
+            return status;
+        last = first;
+        if (*cursor == '-') {
+            cursor++;
+            status = parse_class_number(spec, &cursor, &last, "a class number after '-'", err);
+            if (status != FR_OK)
+                return status;
+            if (last < first)
+                return fr_fail(err, FR_EINVAL,
+                               "--classes '%s': empty range %d-%d (write it low-high)", spec,
+                               first, last);
+        }
+        for (int c = first; c <= last; c++)
+            wanted[c] = true;
+        if (*cursor == '\0')
+            return FR_OK;
+        if (*cursor != ',')
+            return fr_fail(err, FR_EINVAL, "--classes '%s': expected ',' or '-' at '%s'", spec,
+                           cursor);
+        cursor++;
+    }
+}
+
+int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
+    if (!data || !spec)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_keep_classes: NULL argument");
+    bool wanted[CLASS_LIMIT] = {false};
+    int status = parse_class_spec(spec, wanted, err);
+    if (status != FR_OK)
+        return status;
+
+    /* Count first, so that a filter that keeps nothing leaves the dataset untouched. */
+    int kept_count = 0, smallest_label = CLASS_LIMIT, largest_label = -1;
+    for (int i = 0; i < data->n; i++) {
+        int label = data->labels[i];
+        kept_count += wanted[label];
+        if (label < smallest_label)
+            smallest_label = label;
+        if (label > largest_label)
+            largest_label = label;
+    }
+    if (kept_count == 0) {
+        if (data->n == 0)
+            return fr_fail(err, FR_EINVAL, "--classes '%s': the dataset is empty", spec);
+        return fr_fail(err, FR_EINVAL,
+                       "--classes '%s': no sample has one of these classes (labels here are "
+                       "%d-%d)",
+                       spec, smallest_label, largest_label);
+    }
+
+    /* Stable compaction: kept samples slide down, so their order is unchanged. */
+    size_t sample_floats = fr_shape_numel(data->shape);
+    int kept = 0;
+    for (int i = 0; i < data->n; i++) {
+        if (!wanted[data->labels[i]])
+            continue;
+        if (kept != i) {
+            memcpy(data->x + (size_t)kept * sample_floats, data->x + (size_t)i * sample_floats,
+                   sample_floats * sizeof(float));
+            data->labels[kept] = data->labels[i];
+        }
+        kept++;
+    }
+    data->n = kept;
+    return FR_OK;
+}

@@ -1,0 +1,96 @@
+/*
+ * freeze.c - which parameters train.  PyTorch's requires_grad, at the three
+ * granularities people use: the whole model, one layer, and every parameter
+ * whose name matches a pattern.  A pattern that matches nothing is an error,
+ * so a typo never silently trains the wrong thing.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <fnmatch.h>
+#include <string.h>
+
+bool fr_param_requires_grad(const fr_param *param) { return param->requires_grad; }
+
+/* The trainer notices changed flags itself at the next step (train.c). */
+void fr_param_set_requires_grad(fr_param *param, bool requires_grad) {
+    param->requires_grad = requires_grad;
+}
+
+static void set_all(fr_model *model, bool requires_grad) {
+    for (int i = 0; i < model->param_count; i++)
+        model->params[i].requires_grad = requires_grad;
+}
+
+void fr_model_freeze_all(fr_model *model) { set_all(model, false); }
+void fr_model_unfreeze_all(fr_model *model) { set_all(model, true); }
+
+int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err) {
+    int index = fr_model_find_layer(model, layer);
+    if (index < 0)
+        return fr_fail(err, FR_ENOMATCH, "no layer named '%s'", layer);
+    const fr_layer *l = &model->layers[index];
+    if (l->weight < 0)
+        return fr_fail(err, FR_ENOMATCH, "layer '%s' (%s) has no parameters to freeze", layer,
+                       l->ops->kind);
+    model->params[l->weight].requires_grad = false;
+    if (l->bias >= 0)
+        model->params[l->bias].requires_grad = false;
+    return FR_OK;
+}
+
+static bool has_glob_chars(const char *pattern) { return strpbrk(pattern, "*?[") != NULL; }
+
+static int apply_pattern(fr_model *model, const char *pattern, bool requires_grad,
+                         fr_error *err) {
+    if (!pattern || !*pattern)
+        return fr_fail(err, FR_EINVAL, "empty freeze pattern");
+    /* A bare layer name means all of that layer's parameters. */
+    int layer = has_glob_chars(pattern) ? -1 : fr_model_find_layer(model, pattern);
+    int matched = 0;
+    for (int i = 0; i < model->param_count; i++) {
+        fr_param *p = &model->params[i];
+        bool hit = layer >= 0 ? p->layer == layer : fnmatch(pattern, p->name, 0) == 0;
+        if (hit) {
+            p->requires_grad = requires_grad;
+            matched++;
+        }
+    }
+    if (matched == 0) {
+        if (layer >= 0)
+            return fr_fail(err, FR_ENOMATCH, "pattern '%s' names layer '%s' (%s), which has no parameters",
+                           pattern, pattern, model->layers[layer].ops->kind);
+        return fr_fail(err, FR_ENOMATCH, "pattern '%s' matches no parameter (names look like '%s')",
+                       pattern, model->param_count ? model->params[0].name : "fc1.weight");
+    }
+    return FR_OK;
+}
+
+int fr_model_freeze(fr_model *model, const char *pattern, fr_error *err) {
+    return apply_pattern(model, pattern, false, err);
+}
+
+int fr_model_unfreeze(fr_model *model, const char *pattern, fr_error *err) {
+    return apply_pattern(model, pattern, true, err);
+}
+
+static uint64_t checksum(const fr_model *model, bool frozen_only) {
+    uint64_t hash = FR_HASH_INIT;
+    for (int i = 0; i < model->param_count; i++) {
+        const fr_param *p = &model->params[i];
+        if (frozen_only && p->requires_grad)
+            continue;
+        hash = fr_hash_bytes(hash, p->name, strlen(p->name));
+        if (p->data)
+            hash = fr_hash_bytes(hash, p->data, p->numel * sizeof(float));
+    }
+    return hash;
+}
+
+uint64_t fr_model_frozen_checksum(const fr_model *model) { return checksum(model, true); }
+uint64_t fr_model_checksum(const fr_model *model) { return checksum(model, false); }
+
+uint64_t fr_param_checksum(const fr_param *param) {
+    return param->data ? fr_hash_bytes(FR_HASH_INIT, param->data, param->numel * sizeof(float))
+                       : FR_HASH_INIT;
+}

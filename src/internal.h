@@ -1,0 +1,254 @@
+/*
+ * internal.h - what the parts of libfrost share and users do not see.
+ *
+ * The two central data structures are declared here:
+ *   - the parameter arena: one allocation holding every parameter of a model,
+ *     each fr_param a pointer at an offset into it (fr_model.arena);
+ *   - the gradient slab: one contiguous buffer per replica holding the
+ *     gradients of the trainable parameters only, each at fr_param.slab_offset,
+ *     laid out in the order backward produces them (last layer first).
+ * All offset arithmetic for both lives in model.c (arena) and slab.c (slab).
+ */
+#ifndef FROST_INTERNAL_H
+#define FROST_INTERNAL_H
+
+#include "frost.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#define FR_NAME_MAX 64
+#define FR_ALIGN 64
+
+/* ------------------------------------------------------------ errors */
+
+/* fr_fail and fr_error_prefix are public (frost.h). */
+
+/* ------------------------------------------------------------ memory */
+
+/* Tracked, 64-byte aligned, zero-filled allocations (fr_allocated_bytes). */
+void *fr_alloc(size_t bytes);
+void fr_free(void *ptr);
+/* Overflow-checked a * b; returns false on overflow. */
+bool fr_mul_size(size_t a, size_t b, size_t *out);
+
+/* --------------------------------------------------------------- RNG */
+
+/* xoshiro256** seeded through splitmix64: small, fast, reproducible. */
+typedef struct fr_rng {
+    uint64_t s[4];
+} fr_rng;
+
+void fr_rng_seed(fr_rng *rng, uint64_t seed);
+uint64_t fr_rng_next(fr_rng *rng);
+/* Uniform in [0, 1) with 24 random bits. */
+float fr_rng_uniform(fr_rng *rng);
+/* Uniform integer in [0, bound). */
+uint64_t fr_rng_below(fr_rng *rng, uint64_t bound);
+
+/* 64-bit FNV-1a over bytes, chained through `hash`. */
+uint64_t fr_hash_bytes(uint64_t hash, const void *data, size_t len);
+#define FR_HASH_INIT 0xcbf29ce484222325ULL
+
+/* ------------------------------------------------------------ shapes */
+
+/* Shape of one sample: channels x height x width (a vector is c x 1 x 1). */
+typedef struct fr_shape {
+    int c, h, w;
+} fr_shape;
+
+static inline size_t fr_shape_numel(fr_shape s) {
+    return (size_t)s.c * (size_t)s.h * (size_t)s.w;
+}
+
+/* ------------------------------------------------------------ params */
+
+struct fr_param {
+    char name[FR_NAME_MAX];  /* "fc1.weight" */
+    int ndim;
+    int shape[FR_MAX_DIMS];
+    size_t numel;
+    size_t arena_offset;     /* floats from fr_model.arena */
+    float *data;             /* fr_model.arena + arena_offset */
+    bool requires_grad;
+    size_t slab_offset;      /* valid while requires_grad, set by fr_slab_plan */
+    int layer;               /* index of the owning layer */
+};
+
+/* ------------------------------------------------------------ layers */
+
+typedef struct fr_layer fr_layer;
+
+/*
+ * What a layer needs in forward and backward beyond its input and output.
+ * `scratch` is per replica and per layer, sized by scratch_bytes for the
+ * replica's largest slice; it persists from forward to backward (maxpool keeps
+ * its argmax there).
+ */
+typedef struct fr_layer_ops {
+    const char *kind;
+    /* Output shape from l->in and the arguments; fills param shapes. */
+    int (*infer_shape)(fr_layer *l, fr_error *err);
+    size_t (*scratch_bytes)(const fr_layer *l, int n);
+    /* in: n x in-shape, out: n x out-shape. */
+    void (*forward)(const fr_layer *l, const float *in, float *out, int n,
+                    void *scratch);
+    /*
+     * dout: gradient of the loss w.r.t. out.  din (gradient w.r.t. in) is NULL
+     * when nothing below needs it.  dweight/dbias are NULL for frozen
+     * parameters; otherwise they are ADDED to (slabs are zeroed per step).
+     */
+    void (*backward)(const fr_layer *l, const float *in, const float *out,
+                     const float *dout, float *din, float *dweight,
+                     float *dbias, int n, void *scratch);
+    /* Out aliases in (flatten): forward/backward are never called. */
+    bool alias;
+} fr_layer_ops;
+
+enum { FR_ARG_IN, FR_ARG_OUT, FR_ARG_KERNEL, FR_ARG_STRIDE, FR_ARG_PADDING, FR_ARG_COUNT };
+
+struct fr_layer {
+    const fr_layer_ops *ops;
+    char name[FR_NAME_MAX];
+    int args[FR_ARG_COUNT];
+    fr_shape in, out;
+    int weight, bias;  /* param indices, -1 if none */
+    /* Filled by infer_shape for layers with parameters. */
+    int weight_ndim, weight_shape[FR_MAX_DIMS];
+    int bias_numel;
+    int fan_in;        /* for PyTorch's default init */
+    /* Parameter data in the model's arena (set with it); NULL if none. */
+    const float *weight_data, *bias_data;
+};
+
+extern const fr_layer_ops fr_linear_ops;
+extern const fr_layer_ops fr_conv2d_ops;
+extern const fr_layer_ops fr_relu_ops;
+extern const fr_layer_ops fr_maxpool2d_ops;
+extern const fr_layer_ops fr_flatten_ops;
+
+/* Shared kernels (kernels.c). */
+/* out[n x m] = in[n x k] * W[m x k]^T + b (b may be NULL). */
+void fr_gemm_affine(const float *in, const float *weight, const float *bias,
+                    float *out, int n, int k, int m);
+/* col[(c*kh*kw) x (oh*ow)] from one image [c x h x w]. */
+void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
+               int pad, int oh, int ow, float *col);
+/* img[c x h x w] += col2im(col). */
+void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
+                   int pad, int oh, int ow, float *img);
+/* dbias[j] += sum over rows of d[rows x cols] column j ... (see kernels.c) */
+void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias);
+
+/* ------------------------------------------------------------- model */
+
+struct fr_model {
+    fr_shape input;
+    fr_layer *layers;
+    int layer_count, layer_cap;
+    fr_param *params;
+    int param_count, param_cap;
+    float *arena;           /* every parameter, one allocation */
+    size_t arena_floats;     /* floats the parameters need */
+    size_t arena_capacity;   /* floats allocated */
+};
+
+/* The arena exists once the first parameter is read or written. */
+int fr_model_ensure_arena(fr_model *model, fr_error *err);
+/* Index of the first layer with a trainable parameter, layer_count if none. */
+int fr_model_first_trainable_layer(const fr_model *model);
+int fr_model_find_layer(const fr_model *model, const char *name);
+
+/* ----------------------------------------------------------- safetensors */
+
+/* A safetensors file read into memory (safetensors.c). */
+typedef struct fr_st_tensor {
+    char name[FR_NAME_MAX * 2];
+    int ndim;
+    int64_t shape[FR_MAX_DIMS];
+    size_t numel;
+    const float *data;  /* into the file buffer; F32 only */
+} fr_st_tensor;
+
+typedef struct fr_st_meta {
+    char *key;
+    char *value;
+} fr_st_meta;
+
+typedef struct fr_st_file {
+    char *path;
+    unsigned char *bytes;  /* the whole file */
+    size_t size;
+    fr_st_tensor *tensors;
+    int tensor_count;
+    fr_st_meta *meta;
+    int meta_count;
+} fr_st_file;
+
+int fr_st_read(const char *path, fr_st_file **out, fr_error *err);
+void fr_st_free(fr_st_file *file);
+const fr_st_tensor *fr_st_find(const fr_st_file *file, const char *name);
+const char *fr_st_meta_get(const fr_st_file *file, const char *key);
+
+/* A tensor to write: data is numel float32 values. */
+typedef struct fr_st_out {
+    const char *name;
+    int ndim;
+    int64_t shape[FR_MAX_DIMS];
+    const float *data;
+} fr_st_out;
+
+/* Write atomically (PATH.tmp.PID in the same directory, fsync, rename). */
+int fr_st_write(const char *path, const fr_st_out *tensors, int tensor_count,
+                const fr_st_meta *meta, int meta_count, fr_error *err);
+
+/* ------------------------------------------------------------- data */
+
+struct fr_dataset {
+    int n;
+    fr_shape shape;
+    float *x;         /* n x numel(shape), values in [0, 1] */
+    uint8_t *labels;  /* n */
+};
+
+/* Read a whole file, gunzipping it when it starts with the gzip magic.
+ * `limit` bounds the decompressed size.  Release *out with fr_free. */
+int fr_read_file(const char *path, size_t limit, unsigned char **out,
+                 size_t *size, fr_error *err);
+
+
+/* ------------------------------------------------------------- loss */
+
+/*
+ * Loss over rows [0, n) of `output` (n x k).  Returns the SUM of the
+ * per-sample losses (the caller divides by the global batch).  When `doutput`
+ * is not NULL it receives d(loss)/d(output) multiplied by `scale` (1/B, so
+ * that replicas' gradients sum to the mean over the global batch).  `correct`
+ * counts rows whose argmax matches.  A cross-entropy label outside [0, k) is
+ * reported through `bad_label` (set to the row, else left alone).
+ */
+double fr_loss(fr_loss_kind kind, const float *output, const void *targets,
+               int n, int k, float scale, float *doutput, long *correct,
+               int *bad_label);
+
+/* ------------------------------------------------------------- optim */
+
+/* One parameter's update with PyTorch's rule; `step` counts from 1 for this
+ * parameter; m and v are its state (NULL where the rule keeps none). */
+void fr_optim_update(const fr_train_config *config, long step, float *param,
+                     const float *grad, float *m, float *v, size_t n);
+/* How many state floats per parameter value the rule keeps (0, 1 or 2). */
+int fr_optim_state_per_value(const fr_train_config *config);
+/* Validate hyper-parameters; the message names the bad one. */
+int fr_optim_check(const fr_train_config *config, fr_error *err);
+
+
+/* ------------------------------------------------------------- comm */
+
+/* In-place sums over all ranks; no-ops on one rank. */
+int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err);
+int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err);
+/* Rank 0's values to every rank. */
+int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err);
+
+#endif /* FROST_INTERNAL_H */

@@ -1,0 +1,180 @@
+/*
+ * kernels.c - the numerical building blocks the layers share: the affine map
+ * behind linear layers, im2col/col2im that turn a convolution into one GEMM
+ * per sample, the bias broadcasts and reductions for both layouts, and the
+ * small helpers every shape rule uses.
+ *
+ * Every kernel is single-threaded and allocates nothing: the trainer runs one
+ * replica per OpenMP thread (and keeps OpenBLAS itself to one thread) and hands
+ * each layer its own scratch, so parallelism and memory are decided above this
+ * file.  Layouts are PyTorch's: row-major, NCHW, Linear weight [out, in],
+ * Conv2d weight [out, in, k, k].
+ */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <stdarg.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ GEMM */
+
+void fr_gemm_affine(const float *in, const float *weight, const float *bias,
+                    float *out, int n, int k, int m) {
+    if (n <= 0 || m <= 0)
+        return;
+    /* Broadcasting the bias first lets one GEMM with beta = 1 add the product
+     * to it, instead of a second pass over out. */
+    float beta = 0.0f;
+    if (bias) {
+        for (int row = 0; row < n; row++)
+            memcpy(out + (size_t)row * m, bias, (size_t)m * sizeof *bias);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, k, 1.0f, in, k,
+                weight, k, beta, out, m);
+}
+
+/* ------------------------------------------------------- im2col */
+
+/*
+ * The output positions o in [*first, *last) whose input coordinate
+ * o * stride + offset falls inside [0, size).  Computing the range once per
+ * row keeps the bounds tests out of the inner loops of im2col and col2im.
+ */
+static void inside_range(int size, int offset, int stride, int count,
+                         int *first, int *last) {
+    int lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    int hi = size - 1 - offset < 0 ? 0 : (size - 1 - offset) / stride + 1;
+    if (hi > count)
+        hi = count;
+    if (lo > hi)
+        lo = hi;
+    *first = lo;
+    *last = hi;
+}
+
+/*
+ * Row (ci, ki, kj) of col holds, for every output position (oy, ox), the input
+ * pixel that kernel tap meets there: img[ci][oy*s - p + ki][ox*s - p + kj], or
+ * 0 in the padding.  col2im walks the same map backwards, adding.
+ */
+void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
+               int pad, int oh, int ow, float *col) {
+    size_t plane = (size_t)oh * ow;
+    for (int ci = 0; ci < c; ci++) {
+        const float *channel = img + (size_t)ci * h * w;
+        for (int ki = 0; ki < k; ki++) {
+            int y0, y1;
+            inside_range(h, ki - pad, stride, oh, &y0, &y1);
+            for (int kj = 0; kj < k; kj++) {
+                float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                int x0, x1;
+                inside_range(w, kj - pad, stride, ow, &x0, &x1);
+                for (int oy = 0; oy < oh; oy++) {
+                    float *dst = row + (size_t)oy * ow;
+                    if (oy < y0 || oy >= y1) {
+                        memset(dst, 0, (size_t)ow * sizeof *dst);
+                        continue;
+                    }
+                    const float *src =
+                        channel + (size_t)(oy * stride + ki - pad) * w + kj - pad;
+                    for (int ox = 0; ox < x0; ox++)
+                        dst[ox] = 0.0f;
+                    for (int ox = x0; ox < x1; ox++)
+                        dst[ox] = src[ox * stride];
+                    for (int ox = x1; ox < ow; ox++)
+                        dst[ox] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
+                   int pad, int oh, int ow, float *img) {
+    size_t plane = (size_t)oh * ow;
+    for (int ci = 0; ci < c; ci++) {
+        float *channel = img + (size_t)ci * h * w;
+        for (int ki = 0; ki < k; ki++) {
+            int y0, y1;
+            inside_range(h, ki - pad, stride, oh, &y0, &y1);
+            for (int kj = 0; kj < k; kj++) {
+                const float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                int x0, x1;
+                inside_range(w, kj - pad, stride, ow, &x0, &x1);
+                for (int oy = y0; oy < y1; oy++) {
+                    const float *src = row + (size_t)oy * ow;
+                    float *dst =
+                        channel + (size_t)(oy * stride + ki - pad) * w + kj - pad;
+                    for (int ox = x0; ox < x1; ox++)
+                        dst[ox * stride] += src[ox];
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------- bias */
+
+/* For linear layers: d is the batch's output gradient [n x out], and the bias
+ * gradient is its column sums. */
+void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias) {
+    for (int row = 0; row < rows; row++) {
+        const float *values = d + (size_t)row * cols;
+        for (int j = 0; j < cols; j++)
+            dbias[j] += values[j];
+    }
+}
+
+void fr_bias_set_channels(float *out, const float *bias, int channels,
+                          int plane) {
+    for (int ch = 0; ch < channels; ch++) {
+        float *dst = out + (size_t)ch * plane;
+        for (int i = 0; i < plane; i++)
+            dst[i] = bias[ch];
+    }
+}
+
+void fr_bias_grad_channels(const float *d, int channels, int plane,
+                           float *dbias) {
+    for (int ch = 0; ch < channels; ch++) {
+        const float *values = d + (size_t)ch * plane;
+        float sum = 0.0f;
+        for (int i = 0; i < plane; i++)
+            sum += values[i];
+        dbias[ch] += sum;
+    }
+}
+
+/* --------------------------------------------------------- shapes */
+
+int fr_window_count(int size, int kernel, int stride, int pad) {
+    long long span = (long long)size + 2LL * pad - kernel;
+    if (span < 0 || stride < 1)
+        return 0;
+    return (int)(span / stride + 1);
+}
+
+void fr_shape_format(fr_shape shape, char *buf, size_t len) {
+    snprintf(buf, len, "%dx%dx%d", shape.c, shape.h, shape.w);
+}
+
+int fr_layer_fail(const fr_layer *l, fr_error *err, int status,
+                  const char *fmt, ...) {
+    if (!err)
+        return status;
+    char what[FR_ERROR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (l->name[0])
+        return fr_fail(err, status, "%s: %s", l->name, what);
+    return fr_fail(err, status, "%s", what);
+}
+
+size_t fr_scratch_none(const fr_layer *l, int n) {
+    (void)l;
+    (void)n;
+    return 0;
+}

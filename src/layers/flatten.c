@@ -1,0 +1,31 @@
+/*
+ * flatten.c - PyTorch's nn.Flatten: a sample c x h x w becomes a vector of
+ * c*h*w in C, H, W order.  NCHW storage already is that order, so the layer
+ * moves no data: its output aliases its input (ops.alias) and the trainer
+ * never calls forward or backward.  Only the shape changes.
+ */
+#include "../kernels.h"
+
+#include <limits.h>
+
+static int flatten_infer_shape(fr_layer *l, fr_error *err) {
+    size_t numel = fr_shape_numel(l->in);
+    if (numel > INT_MAX)
+        return fr_layer_fail(l, err, FR_EINVAL,
+                             "flatten of %dx%dx%d has too many elements",
+                             l->in.c, l->in.h, l->in.w);
+    l->out = (fr_shape){(int)numel, 1, 1};
+    l->weight_ndim = 0;
+    l->bias_numel = 0;
+    l->fan_in = 0;
+    return FR_OK;
+}
+
+const fr_layer_ops fr_flatten_ops = {
+    .kind = "flatten",
+    .infer_shape = flatten_infer_shape,
+    .scratch_bytes = fr_scratch_none,
+    .forward = NULL,
+    .backward = NULL,
+    .alias = true,
+};

@@ -1,0 +1,85 @@
+/*
+ * linear.c - the fully connected layer, PyTorch's nn.Linear:
+ * out = in · Wᵀ + b with W [out_features, in_features] and b [out_features].
+ *
+ * Any input whose sample has in_features elements is accepted and read as a
+ * flat vector (NCHW order, like torch.flatten), so a linear layer may follow a
+ * convolution without an explicit flatten.  The whole batch slice is one GEMM
+ * in each direction; frozen parameters (dweight/dbias NULL) cost no work.
+ */
+#include "../kernels.h"
+
+#include <cblas.h>
+#include <limits.h>
+
+static int in_features(const fr_layer *l) { return l->args[FR_ARG_IN]; }
+static int out_features(const fr_layer *l) { return l->args[FR_ARG_OUT]; }
+
+/* ------------------------------------------------------- shape */
+
+static int linear_infer_shape(fr_layer *l, fr_error *err) {
+    int in = in_features(l), out = out_features(l);
+    if (in < 1 || out < 1)
+        return fr_layer_fail(l, err, FR_EINVAL,
+                             "linear(%d, %d) needs at least 1 input and 1 output "
+                             "feature", in, out);
+    size_t got = fr_shape_numel(l->in);
+    if (got != (size_t)in) {
+        char shape[64];
+        fr_shape_format(l->in, shape, sizeof shape);
+        return fr_layer_fail(l, err, FR_ESHAPE,
+                             "linear(%d, %d) expects %d input features, got %s = %zu",
+                             in, out, in, shape, got);
+    }
+    if ((long long)in * out > INT_MAX)
+        return fr_layer_fail(l, err, FR_EINVAL,
+                             "linear(%d, %d) has too many weights", in, out);
+    l->out = (fr_shape){out, 1, 1};
+    l->weight_ndim = 2;
+    l->weight_shape[0] = out;
+    l->weight_shape[1] = in;
+    l->bias_numel = out;
+    l->fan_in = in;
+    return FR_OK;
+}
+
+/* ----------------------------------------------------- forward */
+
+static void linear_forward(const fr_layer *l, const float *in, float *out,
+                           int n, void *scratch) {
+    (void)scratch;
+    fr_gemm_affine(in, l->weight_data, l->bias_data, out, n, in_features(l),
+                   out_features(l));
+}
+
+/* ---------------------------------------------------- backward */
+
+static void linear_backward(const fr_layer *l, const float *in,
+                            const float *out, const float *dout, float *din,
+                            float *dweight, float *dbias, int n,
+                            void *scratch) {
+    (void)out;
+    (void)scratch;
+    int in_n = in_features(l), out_n = out_features(l);
+    if (n <= 0)
+        return;
+    /* dW[out x in] += doutᵀ[out x n] · in[n x in] */
+    if (dweight)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_n, in_n, n,
+                    1.0f, dout, out_n, in, in_n, 1.0f, dweight, in_n);
+    if (dbias)
+        fr_bias_grad_rows(dout, n, out_n, dbias);
+    /* din[n x in] = dout[n x out] · W[out x in] */
+    if (din)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in_n, out_n,
+                    1.0f, dout, out_n, l->weight_data, in_n, 0.0f, din, in_n);
+}
+
+const fr_layer_ops fr_linear_ops = {
+    .kind = "linear",
+    .infer_shape = linear_infer_shape,
+    .scratch_bytes = fr_scratch_none,
+    .forward = linear_forward,
+    .backward = linear_backward,
+    .alias = false,
+};

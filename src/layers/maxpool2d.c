@@ -1,0 +1,129 @@
+/*
+ * maxpool2d.c - max pooling, PyTorch's nn.MaxPool2d(kernel, stride) with its
+ * defaults: no padding, no dilation, floor mode; stride = kernel unless given
+ * (the spec parser fills that in).
+ *
+ * Forward records where each maximum came from (an int32 flat index into the
+ * sample's input plane) in the layer's scratch, which persists until backward;
+ * backward then routes each output gradient to that one input.  Ties go to the
+ * first maximum in row-major window order and a NaN wins, both as in PyTorch.
+ */
+#include "../kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static int pool_kernel(const fr_layer *l) { return l->args[FR_ARG_KERNEL]; }
+static int pool_stride(const fr_layer *l) { return l->args[FR_ARG_STRIDE]; }
+
+/* "maxpool2d(2)", or "maxpool2d(3, 2)" when the stride is not the kernel. */
+static void describe(const fr_layer *l, char *buf, size_t len) {
+    if (pool_stride(l) == pool_kernel(l))
+        snprintf(buf, len, "maxpool2d(%d)", pool_kernel(l));
+    else
+        snprintf(buf, len, "maxpool2d(%d, %d)", pool_kernel(l), pool_stride(l));
+}
+
+/* ------------------------------------------------------- shape */
+
+static int maxpool2d_infer_shape(fr_layer *l, fr_error *err) {
+    int k = pool_kernel(l), stride = pool_stride(l);
+    char self[64], shape[64];
+    describe(l, self, sizeof self);
+    fr_shape_format(l->in, shape, sizeof shape);
+    if (k < 1 || stride < 1)
+        return fr_layer_fail(l, err, FR_EINVAL,
+                             "%s needs kernel and stride of at least 1", self);
+    int oh = fr_window_count(l->in.h, k, stride, 0);
+    int ow = fr_window_count(l->in.w, k, stride, 0);
+    if (oh < 1 || ow < 1)
+        return fr_layer_fail(l, err, FR_ESHAPE,
+                             "%s: window %dx%d is larger than the input %s", self,
+                             k, k, shape);
+    /* The argmax is an int32 index into one input plane. */
+    if ((long long)l->in.h * l->in.w > INT32_MAX)
+        return fr_layer_fail(l, err, FR_EINVAL, "%s: input %s is too large",
+                             self, shape);
+    l->out = (fr_shape){l->in.c, oh, ow};
+    l->weight_ndim = 0;
+    l->bias_numel = 0;
+    l->fan_in = 0;
+    return FR_OK;
+}
+
+/* One argmax per output element of the slice. */
+static size_t maxpool2d_scratch_bytes(const fr_layer *l, int n) {
+    return (size_t)(n > 0 ? n : 0) * fr_shape_numel(l->out) * sizeof(int32_t);
+}
+
+/* ----------------------------------------------------- forward */
+
+static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
+                              int n, void *scratch) {
+    int k = pool_kernel(l), stride = pool_stride(l);
+    int w = l->in.w, oh = l->out.h, ow = l->out.w;
+    size_t in_plane = (size_t)l->in.h * w, out_plane = (size_t)oh * ow;
+    size_t planes = (size_t)n * l->in.c;
+    int32_t *argmax = scratch;
+    for (size_t p = 0; p < planes; p++) {
+        const float *src = in + p * in_plane;
+        float *dst = out + p * out_plane;
+        int32_t *where = argmax + p * out_plane;
+        for (int oy = 0; oy < oh; oy++) {
+            for (int ox = 0; ox < ow; ox++) {
+                int first = oy * stride * w + ox * stride;
+                int best = first;
+                float best_value = src[first];
+                for (int ki = 0; ki < k; ki++) {
+                    for (int kj = 0; kj < k; kj++) {
+                        int at = first + ki * w + kj;
+                        float value = src[at];
+                        if (value > best_value || isnan(value)) {
+                            best_value = value;
+                            best = at;
+                        }
+                    }
+                }
+                dst[oy * ow + ox] = best_value;
+                where[oy * ow + ox] = best;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------- backward */
+
+static void maxpool2d_backward(const fr_layer *l, const float *in,
+                               const float *out, const float *dout, float *din,
+                               float *dweight, float *dbias, int n,
+                               void *scratch) {
+    (void)in;
+    (void)out;
+    (void)dweight;
+    (void)dbias;
+    if (!din)
+        return;
+    size_t in_plane = (size_t)l->in.h * l->in.w;
+    size_t out_plane = (size_t)l->out.h * l->out.w;
+    size_t planes = (size_t)n * l->in.c;
+    const int32_t *argmax = scratch;
+    memset(din, 0, planes * in_plane * sizeof *din);
+    /* Overlapping windows (stride < kernel) can share a maximum: add. */
+    for (size_t p = 0; p < planes; p++) {
+        float *dst = din + p * in_plane;
+        const float *grad = dout + p * out_plane;
+        const int32_t *where = argmax + p * out_plane;
+        for (size_t o = 0; o < out_plane; o++)
+            dst[where[o]] += grad[o];
+    }
+}
+
+const fr_layer_ops fr_maxpool2d_ops = {
+    .kind = "maxpool2d",
+    .infer_shape = maxpool2d_infer_shape,
+    .scratch_bytes = maxpool2d_scratch_bytes,
+    .forward = maxpool2d_forward,
+    .backward = maxpool2d_backward,
+    .alias = false,
+};

@@ -1,0 +1,317 @@
+/*
+ * model.c - a model is a list of layers and the parameter arena.
+ *
+ * Layers are appended one at a time; each is shape-checked against the one
+ * before it as it is added, so a bad model is refused at the line that breaks
+ * it.  Parameters are listed in declaration order (PyTorch's named_parameters)
+ * and all live in one allocation, the arena: a parameter is an offset into it.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+fr_model *fr_model_new(int channels, int height, int width) {
+    if (channels <= 0 || height <= 0 || width <= 0)
+        return NULL;
+    fr_model *model = calloc(1, sizeof *model);
+    if (!model)
+        return NULL;
+    model->input = (fr_shape){channels, height, width};
+    return model;
+}
+
+void fr_model_free(fr_model *model) {
+    if (!model)
+        return;
+    fr_free(model->arena);
+    free(model->layers);
+    free(model->params);
+    free(model);
+}
+
+static fr_shape output_shape(const fr_model *model) {
+    return model->layer_count ? model->layers[model->layer_count - 1].out : model->input;
+}
+
+static void shape_string(fr_shape s, char *buf, size_t len) {
+    if (s.h == 1 && s.w == 1)
+        snprintf(buf, len, "%d", s.c);
+    else
+        snprintf(buf, len, "%dx%dx%d", s.c, s.h, s.w);
+}
+
+int fr_model_find_layer(const fr_model *model, const char *name) {
+    for (int i = 0; i < model->layer_count; i++)
+        if (strcmp(model->layers[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+static bool valid_layer_name(const char *name) {
+    if (!*name || strlen(name) > 48)
+        return false;
+    for (const char *p = name; *p; p++) {
+        bool ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
+                     const int *shape, fr_error *err) {
+    if (model->param_count == model->param_cap) {
+        int cap = model->param_cap ? model->param_cap * 2 : 8;
+        fr_param *grown = realloc(model->params, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return fr_fail(err, FR_ENOMEM, "out of memory adding a parameter");
+        model->params = grown;
+        model->param_cap = cap;
+    }
+    fr_param *p = &model->params[model->param_count];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%.48s.%.8s", model->layers[layer].name, suffix);
+    p->ndim = ndim;
+    p->numel = 1;
+    for (int d = 0; d < ndim; d++) {
+        p->shape[d] = shape[d];
+        if (!fr_mul_size(p->numel, (size_t)shape[d], &p->numel) || p->numel > ((size_t)1 << 31))
+            return fr_fail(err, FR_ESHAPE, "%s: parameter too large", p->name);
+    }
+    p->arena_offset = model->arena_floats;
+    p->requires_grad = true;
+    p->layer = layer;
+    /* Keep every parameter 64-byte aligned inside the arena. */
+    model->arena_floats += (p->numel + 15) / 16 * 16;
+    model->param_count++;
+    return FR_OK;
+}
+
+/* Append a layer: name it, check its shape against the previous layer, and
+ * give it its parameters. */
+static int add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
+                     const int *args, fr_error *err) {
+    char index_name[16];
+    if (!name) {
+        /* nn.Sequential names children by their index. */
+        snprintf(index_name, sizeof index_name, "%d", model->layer_count);
+        name = index_name;
+    }
+    if (!valid_layer_name(name))
+        return fr_fail(err, FR_EINVAL, "invalid layer name '%s' (letters, digits, '_' and '-' only)", name);
+    if (fr_model_find_layer(model, name) >= 0)
+        return fr_fail(err, FR_EINVAL, "layer name '%s' is used twice", name);
+    if (model->layer_count == model->layer_cap) {
+        int cap = model->layer_cap ? model->layer_cap * 2 : 8;
+        fr_layer *grown = realloc(model->layers, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return fr_fail(err, FR_ENOMEM, "out of memory adding layer '%s'", name);
+        model->layers = grown;
+        model->layer_cap = cap;
+    }
+    fr_layer *l = &model->layers[model->layer_count];
+    memset(l, 0, sizeof *l);
+    l->ops = ops;
+    snprintf(l->name, sizeof l->name, "%s", name);
+    memcpy(l->args, args, sizeof l->args);
+    l->in = output_shape(model);
+    l->weight = l->bias = -1;
+    fr_error shape_err = {0};
+    if (ops->infer_shape(l, &shape_err) != FR_OK) {
+        char in[48];
+        shape_string(l->in, in, sizeof in);
+        if (model->layer_count == 0)
+            return fr_fail(err, FR_ESHAPE, "%s (the model input is %s)", shape_err.msg, in);
+        return fr_fail(err, FR_ESHAPE, "%s, but layer '%s' before it gives %s", shape_err.msg,
+                       model->layers[model->layer_count - 1].name, in);
+    }
+    int index = model->layer_count++;
+    if (l->weight_ndim > 0) {
+        int first = model->param_count;
+        int rc = add_param(model, index, "weight", l->weight_ndim, l->weight_shape, err);
+        if (rc == FR_OK && l->bias_numel > 0)
+            rc = add_param(model, index, "bias", 1, &l->bias_numel, err);
+        if (rc != FR_OK) {
+            model->param_count = first;
+            model->layer_count--;
+            return rc;
+        }
+        /* add_layer may have moved the layer array: index afresh. */
+        model->layers[index].weight = first;
+        model->layers[index].bias = l->bias_numel > 0 ? first + 1 : -1;
+    }
+    return FR_OK;
+}
+
+int fr_model_add_linear(fr_model *model, const char *name, int in_features,
+                        int out_features, fr_error *err) {
+    if (in_features <= 0 || out_features <= 0)
+        return fr_fail(err, FR_EINVAL, "linear(%d, %d): sizes must be positive", in_features, out_features);
+    int args[FR_ARG_COUNT] = {[FR_ARG_IN] = in_features, [FR_ARG_OUT] = out_features};
+    return add_layer(model, &fr_linear_ops, name, args, err);
+}
+
+int fr_model_add_conv2d(fr_model *model, const char *name, int in_channels,
+                        int out_channels, int kernel, int stride, int padding,
+                        fr_error *err) {
+    if (in_channels <= 0 || out_channels <= 0 || kernel <= 0 || stride <= 0 || padding < 0)
+        return fr_fail(err, FR_EINVAL,
+                       "conv2d(%d, %d, %d, %d, %d): channels, kernel and stride must be positive, padding >= 0",
+                       in_channels, out_channels, kernel, stride, padding);
+    int args[FR_ARG_COUNT] = {[FR_ARG_IN] = in_channels, [FR_ARG_OUT] = out_channels,
+                              [FR_ARG_KERNEL] = kernel, [FR_ARG_STRIDE] = stride,
+                              [FR_ARG_PADDING] = padding};
+    return add_layer(model, &fr_conv2d_ops, name, args, err);
+}
+
+int fr_model_add_relu(fr_model *model, const char *name, fr_error *err) {
+    int args[FR_ARG_COUNT] = {0};
+    return add_layer(model, &fr_relu_ops, name, args, err);
+}
+
+int fr_model_add_maxpool2d(fr_model *model, const char *name, int kernel, int stride,
+                           fr_error *err) {
+    if (kernel <= 0 || stride < 0)
+        return fr_fail(err, FR_EINVAL, "maxpool2d(%d, %d): kernel must be positive", kernel, stride);
+    int args[FR_ARG_COUNT] = {[FR_ARG_KERNEL] = kernel, [FR_ARG_STRIDE] = stride ? stride : kernel};
+    return add_layer(model, &fr_maxpool2d_ops, name, args, err);
+}
+
+int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err) {
+    int args[FR_ARG_COUNT] = {0};
+    return add_layer(model, &fr_flatten_ops, name, args, err);
+}
+
+int fr_model_ensure_arena(fr_model *model, fr_error *err) {
+    if (model->arena && model->arena_capacity == model->arena_floats)
+        return FR_OK;
+    /* Layers added after the arena existed grow it; values already there stay. */
+    size_t floats = model->arena_floats ? model->arena_floats : 16;
+    float *arena = fr_alloc(floats * sizeof(float));
+    if (!arena)
+        return fr_fail(err, FR_ENOMEM, "out of memory allocating %zu parameters", floats);
+    if (model->arena)
+        memcpy(arena, model->arena, model->arena_capacity * sizeof(float));
+    fr_free(model->arena);
+    model->arena = arena;
+    model->arena_capacity = model->arena_floats;
+    for (int i = 0; i < model->param_count; i++)
+        model->params[i].data = arena + model->params[i].arena_offset;
+    for (int i = 0; i < model->layer_count; i++) {
+        fr_layer *l = &model->layers[i];
+        l->weight_data = l->weight >= 0 ? model->params[l->weight].data : NULL;
+        l->bias_data = l->bias >= 0 ? model->params[l->bias].data : NULL;
+    }
+    return FR_OK;
+}
+
+void fr_model_init(fr_model *model, uint64_t seed) {
+    if (fr_model_ensure_arena(model, NULL) != FR_OK)
+        return;
+    fr_rng rng;
+    fr_rng_seed(&rng, seed);
+    /* nn.Linear / nn.Conv2d reset_parameters: kaiming_uniform_(a=sqrt(5)) for the
+     * weight reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the
+     * same bound. */
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        if (l->weight < 0)
+            continue;
+        float bound = 1.0f / sqrtf((float)l->fan_in);
+        int ids[2] = {l->weight, l->bias};
+        for (int k = 0; k < 2; k++) {
+            if (ids[k] < 0)
+                continue;
+            fr_param *p = &model->params[ids[k]];
+            for (size_t j = 0; j < p->numel; j++)
+                p->data[j] = (2.0f * fr_rng_uniform(&rng) - 1.0f) * bound;
+        }
+    }
+}
+
+int fr_model_input_numel(const fr_model *model) { return (int)fr_shape_numel(model->input); }
+int fr_model_output_numel(const fr_model *model) { return (int)fr_shape_numel(output_shape(model)); }
+int fr_model_layer_count(const fr_model *model) { return model->layer_count; }
+
+const char *fr_model_layer_name(const fr_model *model, int layer) {
+    return layer >= 0 && layer < model->layer_count ? model->layers[layer].name : NULL;
+}
+
+const char *fr_model_layer_kind(const fr_model *model, int layer) {
+    return layer >= 0 && layer < model->layer_count ? model->layers[layer].ops->kind : NULL;
+}
+
+void fr_model_layer_describe(const fr_model *model, int layer, char *buf, size_t len) {
+    if (layer < 0 || layer >= model->layer_count) {
+        snprintf(buf, len, "?");
+        return;
+    }
+    const fr_layer *l = &model->layers[layer];
+    const int *a = l->args;
+    char args[96] = "", out[48];
+    if (l->ops == &fr_linear_ops)
+        snprintf(args, sizeof args, "(%d, %d)", a[FR_ARG_IN], a[FR_ARG_OUT]);
+    else if (l->ops == &fr_conv2d_ops)
+        snprintf(args, sizeof args, "(%d, %d, %d, stride=%d, padding=%d)", a[FR_ARG_IN],
+                 a[FR_ARG_OUT], a[FR_ARG_KERNEL], a[FR_ARG_STRIDE], a[FR_ARG_PADDING]);
+    else if (l->ops == &fr_maxpool2d_ops)
+        snprintf(args, sizeof args, "(%d, stride=%d)", a[FR_ARG_KERNEL], a[FR_ARG_STRIDE]);
+    shape_string(l->out, out, sizeof out);
+    snprintf(buf, len, "%s %s%s -> %s", l->name, l->ops->kind, args, out);
+}
+
+size_t fr_model_param_count(const fr_model *model) { return (size_t)model->param_count; }
+
+fr_param *fr_model_param(fr_model *model, size_t index) {
+    if (index >= (size_t)model->param_count || fr_model_ensure_arena(model, NULL) != FR_OK)
+        return NULL;
+    return &model->params[index];
+}
+
+fr_param *fr_model_find_param(fr_model *model, const char *name) {
+    for (int i = 0; i < model->param_count; i++)
+        if (strcmp(model->params[i].name, name) == 0)
+            return fr_model_param(model, (size_t)i);
+    return NULL;
+}
+
+size_t fr_model_numel(const fr_model *model) {
+    size_t total = 0;
+    for (int i = 0; i < model->param_count; i++)
+        total += model->params[i].numel;
+    return total;
+}
+
+size_t fr_model_trainable_numel(const fr_model *model) {
+    size_t total = 0;
+    for (int i = 0; i < model->param_count; i++)
+        if (model->params[i].requires_grad)
+            total += model->params[i].numel;
+    return total;
+}
+
+int fr_model_first_trainable_layer(const fr_model *model) {
+    for (int i = 0; i < model->param_count; i++)
+        if (model->params[i].requires_grad)
+            return model->params[i].layer;
+    return model->layer_count;
+}
+
+const char *fr_param_name(const fr_param *param) { return param->name; }
+int fr_param_ndim(const fr_param *param) { return param->ndim; }
+int fr_param_dim(const fr_param *param, int axis) {
+    return axis >= 0 && axis < param->ndim ? param->shape[axis] : 0;
+}
+size_t fr_param_numel(const fr_param *param) { return param->numel; }
+float *fr_param_data(fr_param *param) { return param->data; }
+
+void fr_param_shape_string(const fr_param *param, char *buf, size_t len) {
+    size_t used = (size_t)snprintf(buf, len, "[");
+    for (int d = 0; d < param->ndim && used < len; d++)
+        used += (size_t)snprintf(buf + used, len - used, d ? ", %d" : "%d", param->shape[d]);
+    if (used < len)
+        snprintf(buf + used, len - used, "]");
+}

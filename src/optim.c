@@ -1,0 +1,98 @@
+/*
+ * optim.c - PyTorch's update rules, one parameter at a time.
+ *
+ * The trainer calls fr_optim_update for each trainable parameter (or a piece
+ * of one) with its gradient from the reduced slab and its state, which lives
+ * in arrays laid out like the slab: frozen parameters have none.  The rules
+ * follow torch.optim's single-tensor implementations (1.13):
+ *   SGD:   g += wd*p; buf = g on the first step, else buf = mu*buf + (1-damp)*g;
+ *          g = nesterov ? g + mu*buf : buf; p -= lr*g
+ *   Adam:  g += wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+ *          p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+ *   AdamW: p *= 1 - lr*wd, then Adam without the wd term.
+ */
+#include "internal.h"
+
+#include <math.h>
+
+void fr_train_config_default(fr_train_config *config) {
+    *config = (fr_train_config){
+        .optimizer = FR_SGD,
+        .loss = FR_CROSS_ENTROPY,
+        .lr = 0.01,
+        .beta1 = 0.9,
+        .beta2 = 0.999,
+        .eps = 1e-8,
+        .max_batch = 64,
+    };
+}
+
+int fr_optim_state_per_value(const fr_train_config *config) {
+    if (config->optimizer == FR_SGD)
+        return config->momentum != 0.0 ? 1 : 0;
+    return 2;
+}
+
+int fr_optim_check(const fr_train_config *c, fr_error *err) {
+    if (!(c->lr >= 0.0) || !isfinite(c->lr))
+        return fr_fail(err, FR_EINVAL, "--lr %g: must be a finite number >= 0", c->lr);
+    if (!(c->momentum >= 0.0) || !isfinite(c->momentum))
+        return fr_fail(err, FR_EINVAL, "--momentum %g: must be a finite number >= 0", c->momentum);
+    if (!(c->weight_decay >= 0.0) || !isfinite(c->weight_decay))
+        return fr_fail(err, FR_EINVAL, "--weight-decay %g: must be a finite number >= 0", c->weight_decay);
+    if (c->nesterov && (c->momentum <= 0.0 || c->dampening != 0.0))
+        return fr_fail(err, FR_EINVAL, "nesterov momentum needs a momentum > 0 and zero dampening");
+    if (!(c->beta1 >= 0.0 && c->beta1 < 1.0) || !(c->beta2 >= 0.0 && c->beta2 < 1.0))
+        return fr_fail(err, FR_EINVAL, "Adam betas must be in [0, 1)");
+    if (!(c->eps >= 0.0))
+        return fr_fail(err, FR_EINVAL, "Adam eps must be >= 0");
+    if (c->optimizer != FR_SGD && c->optimizer != FR_ADAM && c->optimizer != FR_ADAMW)
+        return fr_fail(err, FR_EINVAL, "unknown optimizer %d", (int)c->optimizer);
+    return FR_OK;
+}
+
+static void sgd(const fr_train_config *c, long step, float *p, const float *grad, float *buf,
+                size_t n) {
+    const float lr = (float)c->lr, wd = (float)c->weight_decay, mu = (float)c->momentum;
+    const float keep = 1.0f - (float)c->dampening;
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i];
+        if (wd != 0.0f)
+            g += wd * p[i];
+        if (buf) {
+            /* torch creates the buffer as a copy of the first gradient. */
+            buf[i] = step == 1 ? g : mu * buf[i] + keep * g;
+            g = c->nesterov ? g + mu * buf[i] : buf[i];
+        }
+        p[i] -= lr * g;
+    }
+}
+
+static void adam(const fr_train_config *c, long step, float *p, const float *grad, float *m,
+                 float *v, size_t n) {
+    const float lr = (float)c->lr, wd = (float)c->weight_decay;
+    const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
+    const bool decoupled = c->optimizer == FR_ADAMW;
+    const float correction1 = 1.0f - (float)pow(c->beta1, (double)step);
+    const float correction2_sqrt = (float)sqrt(1.0 - pow(c->beta2, (double)step));
+    const float step_size = lr / correction1;
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i];
+        if (decoupled)
+            p[i] *= 1.0f - lr * wd;
+        else if (wd != 0.0f)
+            g += wd * p[i];
+        m[i] = b1 * m[i] + (1.0f - b1) * g;
+        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+        float denom = sqrtf(v[i]) / correction2_sqrt + eps;
+        p[i] -= step_size * (m[i] / denom);
+    }
+}
+
+void fr_optim_update(const fr_train_config *config, long step, float *param, const float *grad,
+                     float *m, float *v, size_t n) {
+    if (config->optimizer == FR_SGD)
+        sgd(config, step, param, grad, m, n);
+    else
+        adam(config, step, param, grad, m, v, n);
+}

@@ -1,0 +1,619 @@
+/*
+ * train.c - the training step: DESIGN.md's data path, top to bottom.
+ *
+ *   global batch B ──► this rank's rows ──► one contiguous slice per thread
+ *   each thread (a replica): forward with the shared weights, loss on its
+ *       slice, backward down to the first layer with a trainable parameter,
+ *       weight gradients of trainable parameters into its own slab
+ *   threads: the slabs are summed in parallel, each thread one chunk
+ *   ranks:   one MPI_Allreduce in place over that slab (trainable only)
+ *   optimizer: trainable parameters only, over the same chunks
+ *
+ * On one rank the thread reduction and the optimizer are fused: a thread sums
+ * its chunk of the slabs and updates the parameters under it at once.
+ *
+ * The gradient slab holds the trainable parameters' gradients in the order
+ * backward produces them (last layer first); the optimizer state arrays use
+ * the same layout, so frozen parameters cost neither.  Everything a step needs
+ * is allocated when the trainer is made or when the frozen set changes.
+ */
+#include "internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Chunks of the slab that threads reduce are whole cache lines. */
+#define SLAB_CHUNK_ALIGN 16
+
+/* One trainable parameter's place in the slab. */
+typedef struct slab_segment {
+    size_t slab_offset;
+    size_t numel;
+    int param;
+} slab_segment;
+
+/* What one thread owns: its activations, scratch and gradient slab. */
+typedef struct replica {
+    int rows_cap;
+    float **outputs;     /* per layer; NULL for flatten (it aliases its input) */
+    void **scratch;      /* per layer */
+    float *grad_a, *grad_b; /* ping-pong gradients w.r.t. activations */
+    float *slab;
+    long *backward_calls; /* per layer */
+    double loss_sum;
+    long correct;
+    int bad_label;
+    float *owned[2];     /* the two allocations the pointers above live in */
+} replica;
+
+struct fr_trainer {
+    fr_model *model;
+    fr_train_config config;
+    int threads;
+    replica *replicas;
+
+    /* The frozen set the slab was laid out for. */
+    bool *planned_requires_grad;
+    int first_trainable;
+    size_t trainable_count;
+    slab_segment *segments;
+    int segment_count;
+
+    /* Optimizer state, slab layout; per-parameter step counts (torch keeps
+     * `step` per parameter, and a parameter unfrozen later starts at 1). */
+    float *state_m, *state_v;
+    long *param_steps;
+
+    long steps_done;
+    size_t bytes_sent;   /* into the gradient allreduce, all steps */
+};
+
+/* ------------------------------------------------------------ planning */
+
+/* Rows [first, first + count) of `total` for part `index` of `parts`. */
+static void split_rows(int total, int parts, int index, int *first, int *count) {
+    int base = total / parts, extra = total % parts;
+    *first = index * base + (index < extra ? index : extra);
+    *count = base + (index < extra ? 1 : 0);
+}
+
+void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first, int *count) {
+    (void)trainer;
+    split_rows(batch, fr_comm_size(), fr_comm_rank(), first, count);
+}
+
+/*
+ * Which layer outputs must be kept for backward: those from the layer before
+ * the first trainable one onwards (a layer needs its input and output), plus
+ * whatever a flatten there aliases.  The rest live in two transient buffers.
+ */
+static void plan_kept_outputs(const fr_model *model, int first_trainable, bool *kept) {
+    int last = model->layer_count - 1;
+    for (int i = 0; i <= last; i++)
+        kept[i] = i >= first_trainable - 1 || i == last;
+    for (int i = last; i > 0; i--)
+        if (model->layers[i].ops->alias && kept[i])
+            kept[i - 1] = true;
+}
+
+static size_t layer_out_numel(const fr_model *model, int i) {
+    return fr_shape_numel(model->layers[i].out);
+}
+
+static size_t max_activation_numel(const fr_model *model) {
+    size_t most = fr_shape_numel(model->input);
+    for (int i = 0; i < model->layer_count; i++)
+        if (layer_out_numel(model, i) > most)
+            most = layer_out_numel(model, i);
+    return most;
+}
+
+static void free_replica(replica *r) {
+    fr_free(r->owned[0]);
+    fr_free(r->owned[1]);
+    free(r->outputs);
+    free(r->scratch);
+    free(r->backward_calls);
+    memset(r, 0, sizeof *r);
+}
+
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+/*
+ * Size and carve one replica's buffers: kept outputs, two transient outputs,
+ * two activation-gradient buffers, per-layer scratch and the slab.  Called by
+ * the thread that owns the replica, so its pages are first touched there.
+ */
+static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, bool *kept) {
+    const fr_model *model = trainer->model;
+    int layers = model->layer_count;
+    size_t act = max_activation_numel(model) * (size_t)rows_cap;
+    r->rows_cap = rows_cap;
+    r->outputs = calloc((size_t)layers, sizeof *r->outputs);
+    r->scratch = calloc((size_t)layers, sizeof *r->scratch);
+    r->backward_calls = calloc((size_t)layers, sizeof *r->backward_calls);
+    if (!r->outputs || !r->scratch || !r->backward_calls)
+        return FR_ENOMEM;
+
+    /* Floats: kept outputs + 2 transient + 2 gradient buffers + scratch. */
+    size_t floats = 4 * round_up(act, SLAB_CHUNK_ALIGN);
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        if (!l->ops->alias && kept[i])
+            floats += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
+        if (l->ops->scratch_bytes)
+            floats += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
+    }
+    r->owned[0] = fr_alloc(floats * sizeof(float));
+    /* The slab gets its own allocation: it is what other threads read. */
+    r->owned[1] = fr_alloc(round_up(trainer->trainable_count, SLAB_CHUNK_ALIGN) * sizeof(float) + 64);
+    if (!r->owned[0] || !r->owned[1])
+        return FR_ENOMEM;
+    r->slab = r->owned[1];
+
+    float *next = r->owned[0];
+    float *transient[2];
+    for (int k = 0; k < 2; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
+        transient[k] = next;
+    r->grad_a = next;
+    next += round_up(act, SLAB_CHUNK_ALIGN);
+    r->grad_b = next;
+    next += round_up(act, SLAB_CHUNK_ALIGN);
+
+    /* Forward walks the layers; an output not kept goes to whichever
+     * transient buffer does not hold the layer's input. */
+    int input_in = -1; /* which transient buffer holds the current input */
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        if (l->ops->alias) {
+            r->outputs[i] = NULL;
+        } else if (kept[i]) {
+            r->outputs[i] = next;
+            next += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
+            input_in = -1;
+        } else {
+            int use = input_in == 0 ? 1 : 0;
+            r->outputs[i] = transient[use];
+            input_in = use;
+        }
+        if (l->ops->scratch_bytes) {
+            r->scratch[i] = next;
+            next += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
+        }
+    }
+    return FR_OK;
+}
+
+static void free_plan(fr_trainer *trainer) {
+    if (trainer->replicas)
+        for (int t = 0; t < trainer->threads; t++)
+            free_replica(&trainer->replicas[t]);
+    free(trainer->segments);
+    trainer->segments = NULL;
+    trainer->segment_count = 0;
+}
+
+/*
+ * Lay out the slab for the current frozen set: trainable parameters in the
+ * order backward produces them, last layer first.  Optimizer state follows
+ * the parameters that stay trainable; parameters that became trainable start
+ * fresh.
+ */
+static int plan(fr_trainer *trainer, fr_error *err) {
+    fr_model *model = trainer->model;
+    int params = model->param_count;
+    size_t *old_offsets = malloc(((size_t)params + 1) * sizeof *old_offsets);
+    bool *was_trainable = malloc(((size_t)params + 1) * sizeof *was_trainable);
+    if (!old_offsets || !was_trainable) {
+        free(old_offsets);
+        free(was_trainable);
+        return fr_fail(err, FR_ENOMEM, "out of memory planning the gradient slab");
+    }
+    for (int i = 0; i < params; i++) {
+        old_offsets[i] = model->params[i].slab_offset;
+        was_trainable[i] = trainer->planned_requires_grad[i];
+    }
+    free_plan(trainer);
+
+    trainer->segments = calloc((size_t)params + 1, sizeof *trainer->segments);
+    if (!trainer->segments)
+        goto oom;
+    size_t offset = 0;
+    for (int layer = model->layer_count - 1; layer >= 0; layer--) {
+        const fr_layer *l = &model->layers[layer];
+        int ids[2] = {l->weight, l->bias};
+        for (int k = 0; k < 2; k++) {
+            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
+                continue;
+            fr_param *p = &model->params[ids[k]];
+            p->slab_offset = offset;
+            trainer->segments[trainer->segment_count++] =
+                (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k]};
+            offset += p->numel;
+        }
+    }
+    trainer->trainable_count = offset;
+    trainer->first_trainable = fr_model_first_trainable_layer(model);
+    for (int i = 0; i < params; i++)
+        trainer->planned_requires_grad[i] = model->params[i].requires_grad;
+
+    /* Optimizer state: carry each still-trainable parameter's over. */
+    int per_value = fr_optim_state_per_value(&trainer->config);
+    float *old_state[2] = {trainer->state_m, trainer->state_v};
+    float *new_state[2] = {NULL, NULL};
+    for (int k = 0; k < per_value; k++) {
+        new_state[k] = fr_alloc((offset ? offset : 1) * sizeof(float));
+        if (!new_state[k]) {
+            fr_free(new_state[0]);
+            goto oom;
+        }
+    }
+    for (int i = 0; i < params; i++) {
+        fr_param *p = &model->params[i];
+        if (!p->requires_grad)
+            trainer->param_steps[i] = 0;
+        else if (!was_trainable[i] || !old_state[0])
+            trainer->param_steps[i] = 0;
+        else
+            for (int k = 0; k < per_value; k++)
+                if (old_state[k])
+                    memcpy(new_state[k] + p->slab_offset, old_state[k] + old_offsets[i],
+                           p->numel * sizeof(float));
+    }
+    fr_free(trainer->state_m);
+    fr_free(trainer->state_v);
+    trainer->state_m = new_state[0];
+    trainer->state_v = new_state[1];
+    free(old_offsets);
+    free(was_trainable);
+
+    /* Replicas: each thread builds its own. */
+    bool *kept = calloc((size_t)model->layer_count + 1, sizeof *kept);
+    if (!kept)
+        return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
+    plan_kept_outputs(model, trainer->first_trainable, kept);
+    int rank_first, rank_rows;
+    split_rows(trainer->config.max_batch, fr_comm_size(), 0, &rank_first, &rank_rows);
+    int failed = 0;
+#pragma omp parallel num_threads(trainer->threads) reduction(+ : failed)
+    {
+        int t = omp_get_thread_num(), first, rows;
+        split_rows(rank_rows, trainer->threads, 0, &first, &rows);
+        if (build_replica(trainer, &trainer->replicas[t], rows > 0 ? rows : 1, kept) != FR_OK)
+            failed++;
+    }
+    free(kept);
+    if (failed)
+        return fr_fail(err, FR_ENOMEM, "out of memory allocating replica workspaces for batch %d",
+                       trainer->config.max_batch);
+    return FR_OK;
+oom:
+    free(old_offsets);
+    free(was_trainable);
+    return fr_fail(err, FR_ENOMEM, "out of memory planning the gradient slab");
+}
+
+static bool frozen_set_changed(const fr_trainer *trainer) {
+    for (int i = 0; i < trainer->model->param_count; i++)
+        if (trainer->model->params[i].requires_grad != trainer->planned_requires_grad[i])
+            return true;
+    return false;
+}
+
+/* ---------------------------------------------------------- lifecycle */
+
+int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **out,
+                   fr_error *err) {
+    *out = NULL;
+    int rc = fr_optim_check(config, err);
+    if (rc != FR_OK)
+        return rc;
+    if (config->max_batch <= 0)
+        return fr_fail(err, FR_EINVAL, "batch size %d: must be positive", config->max_batch);
+    if (model->layer_count == 0)
+        return fr_fail(err, FR_EINVAL, "the model has no layers");
+    if ((rc = fr_model_ensure_arena(model, err)) != FR_OK)
+        return rc;
+    /* Parallelism comes from replicas; OpenBLAS's own threads would fight them. */
+    openblas_set_num_threads(1);
+
+    fr_trainer *trainer = calloc(1, sizeof *trainer);
+    if (!trainer)
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    trainer->model = model;
+    trainer->config = *config;
+    trainer->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
+    trainer->replicas = calloc((size_t)trainer->threads, sizeof *trainer->replicas);
+    trainer->planned_requires_grad = calloc((size_t)model->param_count + 1, sizeof(bool));
+    trainer->param_steps = calloc((size_t)model->param_count + 1, sizeof(long));
+    if (!trainer->replicas || !trainer->planned_requires_grad || !trainer->param_steps) {
+        fr_trainer_free(trainer);
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    }
+    if ((rc = plan(trainer, err)) != FR_OK) {
+        fr_trainer_free(trainer);
+        return rc;
+    }
+    *out = trainer;
+    return FR_OK;
+}
+
+void fr_trainer_free(fr_trainer *trainer) {
+    if (!trainer)
+        return;
+    free_plan(trainer);
+    free(trainer->replicas);
+    fr_free(trainer->state_m);
+    fr_free(trainer->state_v);
+    free(trainer->planned_requires_grad);
+    free(trainer->param_steps);
+    free(trainer);
+}
+
+/* ----------------------------------------------------- forward, backward */
+
+static const float *layer_input(const replica *r, const fr_model *model, const float *x, int i) {
+    /* Walk back over aliasing layers (flatten) to the buffer that holds data. */
+    for (int j = i - 1; j >= 0; j--)
+        if (!model->layers[j].ops->alias)
+            return r->outputs[j];
+    return x;
+}
+
+static const float *layer_output(const replica *r, const fr_model *model, const float *x, int i) {
+    return model->layers[i].ops->alias ? layer_input(r, model, x, i) : r->outputs[i];
+}
+
+static void forward(const fr_model *model, replica *r, const float *x, int rows) {
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        if (!l->ops->alias)
+            l->ops->forward(l, layer_input(r, model, x, i), r->outputs[i], rows, r->scratch[i]);
+    }
+}
+
+/* Backward from the loss gradient in r->grad_a down to the first layer with a
+ * trainable parameter; nothing is computed below it. */
+static void backward(const fr_trainer *trainer, replica *r, const float *x, int rows) {
+    const fr_model *model = trainer->model;
+    float *dout = r->grad_a;
+    for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
+        const fr_layer *l = &model->layers[i];
+        if (l->ops->alias)
+            continue; /* same memory, same gradient */
+        float *din = i > trainer->first_trainable ? (dout == r->grad_a ? r->grad_b : r->grad_a) : NULL;
+        float *dweight = NULL, *dbias = NULL;
+        if (l->weight >= 0 && model->params[l->weight].requires_grad)
+            dweight = r->slab + model->params[l->weight].slab_offset;
+        if (l->bias >= 0 && model->params[l->bias].requires_grad)
+            dbias = r->slab + model->params[l->bias].slab_offset;
+        l->ops->backward(l, layer_input(r, model, x, i), layer_output(r, model, x, i), dout, din,
+                         dweight, dbias, rows, r->scratch[i]);
+        r->backward_calls[i]++;
+        dout = din;
+    }
+}
+
+static const void *target_rows(const fr_trainer *trainer, const void *targets, int first) {
+    if (trainer->config.loss == FR_MSE)
+        return (const float *)targets + (size_t)first * fr_model_output_numel(trainer->model);
+    return (const int32_t *)targets + first;
+}
+
+/* One replica's share of a step: forward, loss, and (when training) backward. */
+static void replica_pass(fr_trainer *trainer, replica *r, const float *x, const void *targets,
+                         int first, int rows, int batch, bool train) {
+    const fr_model *model = trainer->model;
+    int k = fr_model_output_numel(model);
+    r->loss_sum = 0.0;
+    r->correct = 0;
+    r->bad_label = -1;
+    if (train)
+        memset(r->slab, 0, trainer->trainable_count * sizeof(float));
+    if (rows == 0)
+        return;
+    const float *my_x = x + (size_t)first * fr_model_input_numel(model);
+    forward(model, r, my_x, rows);
+    const float *logits = layer_output(r, model, my_x, model->layer_count - 1);
+    bool run_backward = train && trainer->first_trainable < model->layer_count;
+    r->loss_sum = fr_loss(trainer->config.loss, logits, target_rows(trainer, targets, first), rows,
+                          k, 1.0f / (float)batch, run_backward ? r->grad_a : NULL, &r->correct,
+                          &r->bad_label);
+    if (r->bad_label >= 0)
+        r->bad_label += first;
+    else if (run_backward)
+        backward(trainer, r, my_x, rows);
+}
+
+/* ---------------------------------------------------------- optimizer */
+
+/* Apply the optimizer to slab range [begin, end) of the reduced slab. */
+static void update_range(fr_trainer *trainer, const float *grad, size_t begin, size_t end) {
+    fr_model *model = trainer->model;
+    for (int s = 0; s < trainer->segment_count; s++) {
+        const slab_segment *seg = &trainer->segments[s];
+        size_t lo = seg->slab_offset > begin ? seg->slab_offset : begin;
+        size_t hi = seg->slab_offset + seg->numel < end ? seg->slab_offset + seg->numel : end;
+        if (lo >= hi)
+            continue;
+        fr_param *p = &model->params[seg->param];
+        size_t within = lo - seg->slab_offset;
+        fr_optim_update(&trainer->config, trainer->param_steps[seg->param] + 1, p->data + within,
+                        grad + lo, trainer->state_m ? trainer->state_m + lo : NULL,
+                        trainer->state_v ? trainer->state_v + lo : NULL, hi - lo);
+    }
+}
+
+/* Sum slab range [begin, end) of every replica into replica 0's slab,
+ * always in replica order so the result does not depend on timing. */
+static void reduce_range(fr_trainer *trainer, size_t begin, size_t end) {
+    float *sum = trainer->replicas[0].slab;
+    for (int t = 1; t < trainer->threads; t++) {
+        const float *part = trainer->replicas[t].slab;
+        for (size_t j = begin; j < end; j++)
+            sum[j] += part[j];
+    }
+}
+
+static void chunk_of(const fr_trainer *trainer, int t, size_t *begin, size_t *end) {
+    size_t chunk = round_up((trainer->trainable_count + (size_t)trainer->threads - 1) /
+                                (size_t)trainer->threads, SLAB_CHUNK_ALIGN);
+    *begin = chunk * (size_t)t;
+    *end = *begin + chunk;
+    if (*begin > trainer->trainable_count)
+        *begin = trainer->trainable_count;
+    if (*end > trainer->trainable_count)
+        *end = trainer->trainable_count;
+}
+
+/* ---------------------------------------------------------------- step */
+
+static int check_batch(const fr_trainer *trainer, const void *x, const void *targets, int batch,
+                       fr_error *err) {
+    if (!x || !targets)
+        return fr_fail(err, FR_EINVAL, "step: no input or targets");
+    if (batch <= 0 || batch > trainer->config.max_batch)
+        return fr_fail(err, FR_EINVAL, "step: batch of %d samples, the trainer was made for 1 to %d",
+                       batch, trainer->config.max_batch);
+    return FR_OK;
+}
+
+/* Sum the replicas' loss and correct counts, then over ranks. */
+static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
+                      fr_error *err) {
+    double totals[2] = {0.0, 0.0};
+    int bad_label = -1;
+    for (int t = 0; t < trainer->threads; t++) {
+        totals[0] += trainer->replicas[t].loss_sum;
+        totals[1] += (double)trainer->replicas[t].correct;
+        if (trainer->replicas[t].bad_label >= 0 && bad_label < 0)
+            bad_label = trainer->replicas[t].bad_label;
+    }
+    if (bad_label >= 0)
+        return fr_fail(err, FR_EINVAL, "sample %d of the batch has a label outside [0, %d)",
+                       bad_label, fr_model_output_numel(trainer->model));
+    int rc = fr_comm_allreduce_doubles(totals, 2, err);
+    if (rc != FR_OK)
+        return rc;
+    if (loss)
+        *loss = totals[0] / batch;
+    if (correct)
+        *correct = (long)totals[1];
+    return FR_OK;
+}
+
+int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, int batch,
+                    double *loss, long *correct, fr_error *err) {
+    int rc = check_batch(trainer, x, targets, batch, err);
+    if (rc != FR_OK)
+        return rc;
+    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
+        return rc;
+    int rank_first, rank_rows;
+    fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
+    bool single_rank = fr_comm_size() == 1;
+    int status = FR_OK;
+    double step_loss = 0.0;
+    long step_correct = 0;
+    fr_error step_err = {0};
+
+#pragma omp parallel num_threads(trainer->threads)
+    {
+        int t = omp_get_thread_num(), first, rows;
+        split_rows(rank_rows, trainer->threads, t, &first, &rows);
+        replica_pass(trainer, &trainer->replicas[t], x, targets, rank_first + first, rows, batch,
+                     true);
+#pragma omp barrier
+#pragma omp single
+        {
+            status = total_loss(trainer, batch, &step_loss, &step_correct, &step_err);
+            if (status == FR_OK && !isfinite(step_loss))
+                status = fr_fail(&step_err, FR_ENONFINITE, "the loss is %g at step %ld",
+                                 step_loss, trainer->steps_done + 1);
+        }
+        /* Every thread sees status after the single's implicit barrier. */
+        size_t begin, end;
+        chunk_of(trainer, t, &begin, &end);
+        if (status == FR_OK && single_rank) {
+            reduce_range(trainer, begin, end);
+            update_range(trainer, trainer->replicas[0].slab, begin, end);
+        } else if (status == FR_OK) {
+            reduce_range(trainer, begin, end);
+#pragma omp barrier
+#pragma omp master
+            {
+                status = fr_comm_allreduce_floats(trainer->replicas[0].slab,
+                                                  trainer->trainable_count, &step_err);
+                trainer->bytes_sent += trainer->trainable_count * sizeof(float);
+            }
+#pragma omp barrier
+            if (status == FR_OK)
+                update_range(trainer, trainer->replicas[0].slab, begin, end);
+        }
+    }
+    if (status != FR_OK) {
+        if (err)
+            *err = step_err;
+        return status;
+    }
+    for (int i = 0; i < trainer->model->param_count; i++)
+        if (trainer->model->params[i].requires_grad)
+            trainer->param_steps[i]++;
+    trainer->steps_done++;
+    if (loss)
+        *loss = step_loss;
+    if (correct)
+        *correct = step_correct;
+    return FR_OK;
+}
+
+int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets, int batch,
+                        double *loss, long *correct, fr_error *err) {
+    int rc = check_batch(trainer, x, targets, batch, err);
+    if (rc != FR_OK)
+        return rc;
+    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
+        return rc;
+    int rank_first, rank_rows;
+    fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
+#pragma omp parallel num_threads(trainer->threads)
+    {
+        int t = omp_get_thread_num(), first, rows;
+        split_rows(rank_rows, trainer->threads, t, &first, &rows);
+        replica_pass(trainer, &trainer->replicas[t], x, targets, rank_first + first, rows, batch,
+                     false);
+    }
+    return total_loss(trainer, batch, loss, correct, err);
+}
+
+/* ----------------------------------------------------------- reporting */
+
+long fr_trainer_steps_done(const fr_trainer *trainer) { return trainer->steps_done; }
+int fr_trainer_threads(const fr_trainer *trainer) { return trainer->threads; }
+
+size_t fr_trainer_gradient_bytes(const fr_trainer *trainer) {
+    return (size_t)trainer->threads * trainer->trainable_count * sizeof(float);
+}
+
+size_t fr_trainer_optimizer_bytes(const fr_trainer *trainer) {
+    return (size_t)fr_optim_state_per_value(&trainer->config) * trainer->trainable_count *
+           sizeof(float);
+}
+
+size_t fr_trainer_allreduce_bytes(const fr_trainer *trainer) {
+    return fr_model_trainable_numel(trainer->model) * sizeof(float);
+}
+
+size_t fr_trainer_bytes_sent(const fr_trainer *trainer) { return trainer->bytes_sent; }
+
+long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer) {
+    if (layer < 0 || layer >= trainer->model->layer_count)
+        return 0;
+    long total = 0;
+    for (int t = 0; t < trainer->threads; t++)
+        total += trainer->replicas[t].backward_calls[layer];
+    return total;
+}

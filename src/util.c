@@ -1,0 +1,146 @@
+/*
+ * util.c - the small services every part of libfrost uses: error messages,
+ * tracked aligned allocation, the seeded random generator and hashing.
+ */
+#include "internal.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+int fr_fail(fr_error *err, int status, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->status = status;
+    }
+    return status;
+}
+
+void fr_error_prefix(fr_error *err, const char *fmt, ...) {
+    if (!err)
+        return;
+    char prefix[FR_ERROR_LEN], joined[FR_ERROR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    size_t used = strlen(prefix);
+    size_t room = sizeof joined - 1;
+    if (used > room)
+        used = room;
+    memcpy(joined, prefix, used);
+    size_t rest = strlen(err->msg);
+    if (rest > room - used)
+        rest = room - used;
+    memcpy(joined + used, err->msg, rest);
+    joined[used + rest] = '\0';
+    memcpy(err->msg, joined, sizeof joined);
+}
+
+/*
+ * Every allocation carries a 64-byte header recording its size, so that
+ * fr_allocated_bytes can report exactly what the library holds (the tests use
+ * it to show frozen parameters cost no gradient or optimizer memory).
+ */
+static _Atomic size_t allocated_bytes;
+
+void *fr_alloc(size_t bytes) {
+    size_t total;
+    if (bytes > SIZE_MAX - FR_ALIGN * 2)
+        return NULL;
+    total = (bytes + FR_ALIGN - 1) / FR_ALIGN * FR_ALIGN + FR_ALIGN;
+    unsigned char *base = aligned_alloc(FR_ALIGN, total);
+    if (!base)
+        return NULL;
+    memset(base, 0, total);
+    memcpy(base, &bytes, sizeof bytes);
+    atomic_fetch_add(&allocated_bytes, bytes);
+    return base + FR_ALIGN;
+}
+
+void fr_free(void *ptr) {
+    if (!ptr)
+        return;
+    unsigned char *base = (unsigned char *)ptr - FR_ALIGN;
+    size_t bytes;
+    memcpy(&bytes, base, sizeof bytes);
+    atomic_fetch_sub(&allocated_bytes, bytes);
+    free(base);
+}
+
+size_t fr_allocated_bytes(void) { return atomic_load(&allocated_bytes); }
+
+bool fr_mul_size(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a)
+        return false;
+    *out = a * b;
+    return true;
+}
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void fr_rng_seed(fr_rng *rng, uint64_t seed) {
+    for (int i = 0; i < 4; i++)
+        rng->s[i] = splitmix64(&seed);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t fr_rng_next(fr_rng *rng) {
+    uint64_t *s = rng->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+float fr_rng_uniform(fr_rng *rng) {
+    return (float)(fr_rng_next(rng) >> 40) * (1.0f / 16777216.0f);
+}
+
+uint64_t fr_rng_below(fr_rng *rng, uint64_t bound) {
+    /* Lemire's rejection keeps the result unbiased. */
+    uint64_t threshold = -bound % bound;
+    for (;;) {
+        uint64_t r = fr_rng_next(rng);
+        if (r >= threshold)
+            return r % bound;
+    }
+}
+
+uint64_t fr_hash_bytes(uint64_t hash, const void *data, size_t len) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) {
+        hash ^= p[i];
+        hash *= 0x100000001b3ULL;
+    }
+    return hash;
+}
+
+void fr_epoch_order(int *order, int n, uint64_t seed, long epoch, bool shuffle) {
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    if (!shuffle)
+        return;
+    fr_rng rng;
+    fr_rng_seed(&rng, seed ^ ((uint64_t)epoch * 0x9e3779b97f4a7c15ULL));
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)fr_rng_below(&rng, (uint64_t)i + 1);
+        int swap = order[i];
+        order[i] = order[j];
+        order[j] = swap;
+    }
+}

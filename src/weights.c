@@ -1,0 +1,125 @@
+/*
+ * weights.c - a model's parameters to and from a safetensors weights file.
+ *
+ * The file holds each parameter under its PyTorch name ("fc1.weight") as F32
+ * with the PyTorch layout, so weights move between frost and PyTorch as they
+ * are.  A checkpoint is a weights file with more in it: optimizer state named
+ * "<parameter>.<suffix>" ("fc2.weight.momentum") and resume metadata, so
+ * loading weights from a checkpoint works too; any other extra tensor means
+ * the file belongs to another model and is refused.
+ *
+ * Loading checks every tensor before it copies any, so a refused file leaves
+ * the model as it was.
+ */
+#include "internal.h"
+
+#include <inttypes.h>
+#include <string.h>
+
+#define SHAPE_TEXT_LEN 128
+
+static void format_file_shape(const fr_st_tensor *tensor, char *text, size_t len) {
+    size_t used = (size_t)snprintf(text, len, "[");
+    for (int d = 0; d < tensor->ndim && used < len; d++)
+        used += (size_t)snprintf(text + used, len - used, "%s%" PRId64, d ? ", " : "",
+                                 tensor->shape[d]);
+    if (used < len)
+        snprintf(text + used, len - used, "]");
+}
+
+static bool same_shape(const fr_st_tensor *tensor, const fr_param *param) {
+    if (tensor->ndim != param->ndim)
+        return false;
+    for (int d = 0; d < param->ndim; d++)
+        if (tensor->shape[d] != param->shape[d])
+            return false;
+    return true;
+}
+
+/* True if `name` is "<parameter name>.<something>": state belonging to a
+ * parameter, as a checkpoint stores it. */
+static bool names_parameter_state(const fr_model *model, const char *name) {
+    for (int i = 0; i < model->param_count; i++) {
+        size_t length = strlen(model->params[i].name);
+        if (strncmp(name, model->params[i].name, length) == 0 && name[length] == '.' &&
+            name[length + 1] != '\0')
+            return true;
+    }
+    return false;
+}
+
+static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
+                                 const char *path, fr_error *err) {
+    for (int i = 0; i < model->param_count; i++) {
+        const fr_param *param = &model->params[i];
+        const fr_st_tensor *tensor = fr_st_find(file, param->name);
+        if (!tensor)
+            return fr_fail(err, FR_EFORMAT, "%s: no tensor '%s' for the model", path, param->name);
+        if (!same_shape(tensor, param)) {
+            char file_shape[SHAPE_TEXT_LEN], model_shape[SHAPE_TEXT_LEN];
+            format_file_shape(tensor, file_shape, sizeof file_shape);
+            fr_param_shape_string(param, model_shape, sizeof model_shape);
+            return fr_fail(err, FR_ESHAPE, "%s: tensor '%s' has shape %s, the model needs %s",
+                           path, param->name, file_shape, model_shape);
+        }
+    }
+    for (int i = 0; i < file->tensor_count; i++) {
+        const char *name = file->tensors[i].name;
+        bool is_parameter = false;
+        for (int j = 0; j < model->param_count && !is_parameter; j++)
+            is_parameter = strcmp(name, model->params[j].name) == 0;
+        if (!is_parameter && !names_parameter_state(model, name))
+            return fr_fail(err, FR_EFORMAT,
+                           "%s: unexpected tensor '%s': it is not a parameter of the model", path,
+                           name);
+    }
+    return FR_OK;
+}
+
+int fr_model_load_weights(fr_model *model, const char *path, fr_error *err) {
+    int status = fr_model_ensure_arena(model, err);
+    if (status)
+        return status;
+    fr_st_file *file;
+    if ((status = fr_st_read(path, &file, err)) != FR_OK)
+        return status;
+    status = check_file_fits_model(model, file, path, err);
+    if (status == FR_OK) {
+        for (int i = 0; i < model->param_count; i++) {
+            fr_param *param = &model->params[i];
+            const fr_st_tensor *tensor = fr_st_find(file, param->name);
+            if (param->numel)
+                memcpy(param->data, tensor->data, param->numel * sizeof(float));
+        }
+    }
+    fr_st_free(file);
+    return status;
+}
+
+int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err) {
+    /* The arena is created lazily; creating it changes no parameter value, so
+     * doing it for a const model is sound (the model is never a const object). */
+    int status = fr_model_ensure_arena((fr_model *)model, err);
+    if (status)
+        return status;
+    fr_st_out *tensors = NULL;
+    if (model->param_count) {
+        tensors = fr_alloc((size_t)model->param_count * sizeof *tensors);
+        if (!tensors)
+            return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+    }
+    for (int i = 0; i < model->param_count; i++) {
+        const fr_param *param = &model->params[i];
+        tensors[i].name = param->name;
+        tensors[i].ndim = param->ndim;
+        for (int d = 0; d < param->ndim; d++)
+            tensors[i].shape[d] = param->shape[d];
+        tensors[i].data = param->data;
+    }
+    /* PyTorch's safetensors save_file marks its files this way. */
+    char format_key[] = "format", format_value[] = "pt";
+    fr_st_meta format = {.key = format_key, .value = format_value};
+    status = fr_st_write(path, tensors, model->param_count, &format, 1, err);
+    fr_free(tensors);
+    return status;
+}

@@ -1,0 +1,22 @@
+# common.sh - shared by the shell tests: TAP output, temp dirs, small data.
+#
+# Sourced by tests/*.sh.  The environment (Makefile.am's AM_TESTS_ENVIRONMENT)
+# gives FROST, EXAMPLES, TOP_SRCDIR, MPIRUN and PYTHON3.
+set -u
+: "${FROST:=$(pwd)/src/frost}"
+: "${TOP_SRCDIR:=$(cd "$(dirname "$0")/.." && pwd)}"
+: "${PYTHON3:=python3}"
+tap_n=0
+tap_failed=0
+ok() { # ok CONDITION-EXIT-STATUS MESSAGE
+    tap_n=$((tap_n + 1))
+    if [ "$1" -eq 0 ]; then echo "ok $tap_n - $2"; else echo "not ok $tap_n - $2"; tap_failed=$((tap_failed + 1)); fi
+}
+skip() { tap_n=$((tap_n + 1)); echo "ok $tap_n # SKIP $1"; }
+diag() { echo "# $*"; }
+done_testing() { echo "1..$tap_n"; [ "$tap_failed" -eq 0 ]; exit $?; }
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/frost-test.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+# make_idx DIR N [SEED] [CLASSES]: a small Fashion-MNIST-shaped dataset (28x28,
+# labels 0..CLASSES-1) whose classes are learnable, train and t10k pairs, gzip'd.
+make_idx() { "$PYTHON3" "$TOP_SRCDIR/tests/make_idx.py" "$@"; }

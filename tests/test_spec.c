@@ -1,0 +1,445 @@
+/*
+ * test_spec.c - model descriptions (src/spec.c): the DESIGN.md example, inline
+ * specs with ';', index names, the implied input, keyword arguments, every
+ * kind of mistake reported on the right line, hostile input that must not
+ * crash, and fr_model_load on files, missing paths and inline text.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "frost.h"
+#include "tap.h"
+
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *const design_example =
+    "input 1 28 28\n"
+    "conv1 = conv2d(1, 32, 3)        # in, out, kernel[, stride[, padding]]\n"
+    "relu\n"
+    "conv2 = conv2d(32, 64, 3)\n"
+    "relu\n"
+    "maxpool2d(2)\n"
+    "flatten\n"
+    "fc1 = linear(9216, 128)\n"
+    "relu\n"
+    "fc2 = linear(128, 10)\n";
+
+static const char *const design_inline =
+    "input 1 28 28; conv1 = conv2d(1, 32, 3); relu; conv2 = conv2d(32, 64, 3); relu; "
+    "maxpool2d(2); flatten; fc1 = linear(9216, 128); relu; fc2 = linear(128, 10)";
+
+/* A model, or NULL with the reason printed as a diagnostic. */
+static fr_model *parse(const char *text) {
+    fr_model *model = NULL;
+    fr_error err = {0};
+    if (fr_model_parse(text, "model.txt", &model, &err) != FR_OK) {
+        tap_diag("unexpected error: %s", err.msg);
+        return NULL;
+    }
+    return model;
+}
+
+/* Does param `index` have this name and shape?  `dims` ends with 0. */
+static bool param_is(fr_model *model, size_t index, const char *name, const int *dims) {
+    fr_param *param = fr_model_param(model, index);
+    if (!param || strcmp(fr_param_name(param), name) != 0)
+        return false;
+    int ndim = 0;
+    while (dims[ndim])
+        ndim++;
+    if (fr_param_ndim(param) != ndim)
+        return false;
+    for (int d = 0; d < ndim; d++)
+        if (fr_param_dim(param, d) != dims[d])
+            return false;
+    return true;
+}
+
+static void check_design_model(fr_model *model, const char *how) {
+    if (!tap_ok(model != NULL, "%s: the DESIGN.md example parses", how))
+        return;
+    tap_ok(fr_model_layer_count(model) == 9, "%s: it has 9 layers (input is not a layer)", how);
+    tap_ok(fr_model_input_numel(model) == 784, "%s: its input is 1x28x28", how);
+    tap_ok(fr_model_output_numel(model) == 10, "%s: its output has 10 values", how);
+    tap_ok(fr_model_param_count(model) == 8, "%s: it has 8 parameters", how);
+    tap_ok(param_is(model, 0, "conv1.weight", (int[]){32, 1, 3, 3, 0}),
+           "%s: conv1.weight is [32, 1, 3, 3]", how);
+    tap_ok(param_is(model, 1, "conv1.bias", (int[]){32, 0}), "%s: conv1.bias is [32]", how);
+    tap_ok(param_is(model, 2, "conv2.weight", (int[]){64, 32, 3, 3, 0}),
+           "%s: conv2.weight is [64, 32, 3, 3]", how);
+    tap_ok(param_is(model, 4, "fc1.weight", (int[]){128, 9216, 0}),
+           "%s: fc1.weight is [128, 9216]", how);
+    tap_ok(param_is(model, 6, "fc2.weight", (int[]){10, 128, 0}),
+           "%s: fc2.weight is [10, 128]", how);
+    tap_ok(param_is(model, 7, "fc2.bias", (int[]){10, 0}), "%s: fc2.bias is [10]", how);
+    tap_ok(strcmp(fr_model_layer_name(model, 4), "4") == 0 &&
+               strcmp(fr_model_layer_kind(model, 4), "maxpool2d") == 0,
+           "%s: the unnamed maxpool2d is layer '4'", how);
+}
+
+static void test_design_example(void) {
+    fr_model *model = parse(design_example);
+    check_design_model(model, "file text");
+    fr_model_free(model);
+
+    model = parse(design_inline);
+    check_design_model(model, "inline with ';'");
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; conv1 = conv2d(1, 32, 3); relu\n"
+                  "conv2 = conv2d(32, 64, 3)\nrelu; maxpool2d(2)\nflatten;\n"
+                  "fc1 = linear(9216, 128); relu; fc2 = linear(128, 10);");
+    check_design_model(model, "newlines and ';' mixed");
+    fr_model_free(model);
+}
+
+static void test_index_names(void) {
+    fr_model *model = parse("linear(4, 3)\nrelu\nlinear(3, 2)");
+    if (!tap_ok(model != NULL, "unnamed layers parse"))
+        return;
+    tap_ok(param_is(model, 0, "0.weight", (int[]){3, 4, 0}),
+           "an unnamed first linear layer's weight is '0.weight' [3, 4]");
+    tap_ok(param_is(model, 1, "0.bias", (int[]){3, 0}), "its bias is '0.bias'");
+    tap_ok(param_is(model, 2, "2.weight", (int[]){2, 3, 0}),
+           "the third layer's weight is '2.weight'");
+    tap_ok(strcmp(fr_model_layer_name(model, 1), "1") == 0, "the relu is named '1'");
+    fr_model_free(model);
+
+    model = parse("a = linear(4, 3); relu; b = linear(3, 2)");
+    tap_ok(model && fr_model_find_param(model, "a.weight") && fr_model_find_param(model, "b.bias"),
+           "named and unnamed layers mix");
+    fr_model_free(model);
+}
+
+static void test_implied_input(void) {
+    fr_model *model = parse("conv1 = conv2d(3, 8, 3)");
+    tap_ok(model && fr_model_input_numel(model) == 3 * 28 * 28,
+           "a first conv2d implies an input of in_channels x 28 x 28");
+    tap_ok(model && fr_model_output_numel(model) == 8 * 26 * 26,
+           "and its output is 8x26x26");
+    fr_model_free(model);
+
+    model = parse("fc = linear(20, 5)");
+    tap_ok(model && fr_model_input_numel(model) == 20,
+           "a first linear layer implies an input of in_features");
+    fr_model_free(model);
+
+    model = parse("input 2 5 7; flatten; linear(70, 3)");
+    tap_ok(model && fr_model_input_numel(model) == 70 && fr_model_output_numel(model) == 3,
+           "an input line sets any shape");
+    fr_model_free(model);
+}
+
+static void test_arguments(void) {
+    fr_model *model = parse("input 1 28 28; c = conv2d(1, 4, 3, stride=2, padding=1)");
+    tap_ok(model && fr_model_output_numel(model) == 4 * 14 * 14,
+           "conv2d takes stride= and padding= keywords");
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; c = conv2d(1, 4, 3, 2, 1)");
+    tap_ok(model && fr_model_output_numel(model) == 4 * 14 * 14,
+           "conv2d takes stride and padding positionally");
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; c = conv2d(1, 4, 3, padding=1)");
+    tap_ok(model && fr_model_output_numel(model) == 4 * 28 * 28,
+           "padding alone by keyword leaves stride at 1");
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; c = conv2d(in_channels=1, out_channels=4, kernel_size=5)");
+    tap_ok(model && fr_model_output_numel(model) == 4 * 24 * 24,
+           "every conv2d argument may be a keyword (PyTorch's names)");
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; maxpool2d(2)");
+    tap_ok(model && fr_model_output_numel(model) == 14 * 14,
+           "maxpool2d's stride defaults to its kernel");
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; maxpool2d(2, stride=1)");
+    tap_ok(model && fr_model_output_numel(model) == 27 * 27, "maxpool2d takes stride=");
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; maxpool2d(2, 1)");
+    tap_ok(model && fr_model_output_numel(model) == 27 * 27, "maxpool2d takes stride positionally");
+    fr_model_free(model);
+
+    model = parse("input 1 4 4; relu(); flatten(); Linear(16, 2, )");
+    tap_ok(model && fr_model_layer_count(model) == 3 && fr_model_output_numel(model) == 2,
+           "relu() and flatten() take empty parentheses; kinds are case-insensitive; a "
+           "trailing comma is fine");
+    fr_model_free(model);
+}
+
+static void test_layout(void) {
+    const char *text = "# a model file\n"
+                       "\n"
+                       "   input\t1 28 28   # the image\r\n"
+                       "\t# nothing here; not even after a ';' in a comment\n"
+                       "conv1=conv2d( 1 ,32,3 )\r\n"
+                       "   \n"
+                       "relu;;  ;\n"
+                       "flatten  # done\n";
+    fr_model *model = parse(text);
+    tap_ok(model && fr_model_layer_count(model) == 3 &&
+               fr_model_output_numel(model) == 32 * 26 * 26,
+           "comments, blank lines, empty ';' pieces, tabs, CRLF and free spacing are fine");
+    fr_model_free(model);
+}
+
+/* Parsing `text` fails with `status` and a message containing every string in
+ * `wants` (NULL-terminated); the model pointer is NULL afterwards. */
+static void check_error(const char *what, const char *text, int status, const char *const *wants) {
+    fr_model *model = (fr_model *)&model; /* not NULL, to see it cleared */
+    fr_error err = {0};
+    int rc = fr_model_parse(text, "model.txt", &model, &err);
+    bool ok = rc == status && err.status == status && model == NULL;
+    for (int i = 0; wants[i]; i++)
+        ok = ok && strstr(err.msg, wants[i]) != NULL;
+    if (!tap_ok(ok, "%s is refused", what))
+        tap_diag("status %d, message: %s", rc, err.msg);
+    if (rc == FR_OK && model)
+        fr_model_free(model);
+    else if (ok && strchr(err.msg, '\n'))
+        tap_ok(0, "%s: the message is one line", what);
+}
+
+#define WANT(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static void test_errors(void) {
+    check_error("an unknown kind",
+                "input 1 28 28\nconv1 = conv2d(1, 32, 3)\nrelu\nc3 = conv3d(32, 64, 3)\n",
+                FR_EFORMAT,
+                WANT("model.txt:4: unknown layer kind 'conv3d'",
+                     "linear, conv2d, relu, maxpool2d, flatten"));
+    check_error("a missing ')'", "input 1 28 28\n\nconv1 = conv2d(1, 32, 3\nrelu\n", FR_EFORMAT,
+                WANT("model.txt:3: expected ')'"));
+    check_error("a conv2d with 2 arguments", "linear(4, 4)\nconv2d(1, 32)\n", FR_EFORMAT,
+                WANT("model.txt:2: conv2d takes 3 to 5 arguments, got 2"));
+    check_error("a linear with 3 arguments", "fc = linear(1, 2, 3)", FR_EFORMAT,
+                WANT("model.txt:1: linear takes 2 arguments, got 3"));
+    check_error("relu with an argument", "linear(4, 4)\nrelu(1)", FR_EFORMAT,
+                WANT("model.txt:2: relu takes no arguments, got 1"));
+    check_error("a non-integer argument", "linear(4, 4)\n\nfc = linear(4, 1.5)", FR_EFORMAT,
+                WANT("model.txt:3:", "out_features must be an integer, got '1.5'"));
+    check_error("a word as argument", "conv2d(1, 32, three)", FR_EFORMAT,
+                WANT("model.txt:1:", "kernel_size must be an integer, got 'three'"));
+    check_error("a zero size", "linear(4, 4)\nlinear(4, 0)", FR_EFORMAT,
+                WANT("model.txt:2:", "out_features must be positive, got 0"));
+    check_error("a negative size", "conv2d(1, -32, 3)", FR_EFORMAT,
+                WANT("model.txt:1:", "out_channels must be positive, got -32"));
+    check_error("a negative padding", "conv2d(1, 32, 3, padding=-1)", FR_EFORMAT,
+                WANT("model.txt:1:", "padding must be 0 or more"));
+    check_error("a zero stride", "input 1 28 28\nmaxpool2d(2, stride=0)", FR_EFORMAT,
+                WANT("model.txt:2:", "stride must be positive"));
+    check_error("a size over 1,000,000", "linear(4, 1000001)", FR_EFORMAT,
+                WANT("model.txt:1:", "too large"));
+    check_error("a size that overflows", "linear(4, 99999999999999999999999999)", FR_EFORMAT,
+                WANT("model.txt:1:", "too large"));
+    check_error("an unknown keyword", "conv2d(1, 32, 3, dilation=2)", FR_EFORMAT,
+                WANT("model.txt:1:", "no argument 'dilation'"));
+    check_error("a positional argument after a keyword", "conv2d(1, 32, kernel_size=3, 1)",
+                FR_EFORMAT, WANT("model.txt:1:", "positional argument after a keyword"));
+    check_error("an argument given twice", "conv2d(1, 32, 3, 2, stride=2)", FR_EFORMAT,
+                WANT("model.txt:1:", "'stride' is given twice"));
+    check_error("a required argument missing", "conv2d(1, 32, stride=2)", FR_EFORMAT,
+                WANT("model.txt:1:", "missing argument 'kernel_size'"));
+    check_error("a duplicate layer name",
+                "input 1 28 28\nfc = conv2d(1, 2, 3)\nrelu\nfc = conv2d(2, 2, 3)", FR_EINVAL,
+                WANT("model.txt:4:", "'fc'", "twice"));
+    check_error("an input line after a layer", "linear(4, 4)\ninput 1 2 2", FR_EFORMAT,
+                WANT("model.txt:2: 'input' must come before the first layer"));
+    check_error("a second input line", "input 1 28 28\n# again\ninput 1 28 28\nrelu",
+                FR_EFORMAT, WANT("model.txt:3:", "'input' given twice"));
+    check_error("an input line with two sizes", "input 28 28; relu", FR_EFORMAT,
+                WANT("model.txt:1:", "'input' takes 3 sizes"));
+    check_error("an input line with a zero size", "input 1 0 28; relu", FR_EFORMAT,
+                WANT("model.txt:1:", "input H must be positive"));
+    check_error("junk after ')'", "input 1 28 28\nconv1 = conv2d(1, 32, 3) relu", FR_EFORMAT,
+                WANT("model.txt:2: unexpected 'relu' after ')'"));
+    check_error("junk after a bare kind", "linear(2, 2)\nrelu 3", FR_EFORMAT,
+                WANT("model.txt:2: unexpected '3' after 'relu'"));
+    check_error("a shape mismatch after a flatten",
+                "input 1 28 28\nconv1 = conv2d(1, 32, 3)\nrelu\nconv2 = conv2d(32, 64, 3)\n"
+                "relu\nmaxpool2d(2)\nflat = flatten\nfc1 = linear(100, 10)\n",
+                FR_ESHAPE, WANT("model.txt:8:", "fc1", "'flat'", "9216"));
+    check_error("a linear straight after a conv of the wrong size",
+                "input 1 14 14; conv1 = conv2d(1, 64, 3); fc1 = linear(100, 10)",
+                FR_ESHAPE, WANT("model.txt:3:", "fc1", "'conv1'", "9216"));
+    check_error("an unnamed layer that does not fit", "linear(4, 3); linear(4, 2)", FR_ESHAPE,
+                WANT("model.txt:2:", "1: linear(4, 2)", "'0'"));
+    check_error("an empty model", "", FR_EFORMAT, WANT("model.txt: no layers"));
+    check_error("a model of comments", "# nothing\n\n  # still nothing\n;;", FR_EFORMAT,
+                WANT("model.txt: no layers"));
+    check_error("a model with only an input line", "input 1 28 28\n", FR_EFORMAT,
+                WANT("model.txt: no layers"));
+    check_error("a name with nothing after '='", "linear(4, 4)\nfc1 = \n", FR_EFORMAT,
+                WANT("model.txt:2:", "expected a layer kind"));
+    check_error("a name with a '.'", "fc.1 = linear(4, 4)", FR_EFORMAT,
+                WANT("model.txt:1:", "invalid layer name 'fc.1'"));
+    check_error("an '=' with no name", "linear(4, 4)\n = relu", FR_EFORMAT,
+                WANT("model.txt:2:", "expected a layer name"));
+    check_error("a first layer that implies no input", "relu\nlinear(4, 4)", FR_EFORMAT,
+                WANT("model.txt:1:", "needs an 'input C H W' line"));
+    check_error("a conv2d kernel larger than the implied input", "conv2d(1, 2, 29)", FR_ESHAPE,
+                WANT("model.txt:1:"));
+    check_error("stray punctuation", "linear(4, 4)\n(1, 2)", FR_EFORMAT,
+                WANT("model.txt:2: expected a layer, got '('"));
+    check_error("an inline spec's third piece", "input 1 28 28; relu; conv2d(1, 32)", FR_EFORMAT,
+                WANT("model.txt:3: conv2d takes 3 to 5 arguments, got 2"));
+}
+
+/* None of these may crash; all must fail cleanly or build a model. */
+static void test_hostile_input(void) {
+    fr_error err;
+    fr_model *model;
+    size_t len = 200000;
+    char *text = malloc(len + 32);
+
+    strcpy(text, "linear");
+    memset(text + 6, '(', len);
+    text[len + 6] = '\0';
+    model = (fr_model *)&model;
+    tap_ok(fr_model_parse(text, "deep", &model, &err) == FR_EFORMAT && model == NULL,
+           "200,000 nested '(' are refused");
+
+    memset(text, 'a', len);
+    strcpy(text + len, " = relu");
+    tap_ok(fr_model_parse(text, "long", &model, &err) == FR_EFORMAT &&
+               strstr(err.msg, "too long") && strlen(err.msg) < 200,
+           "a 200,000-character name is refused with a short message");
+
+    size_t used = 0;
+    for (int i = 0; i < 5000; i++)
+        used += (size_t)sprintf(text + used, "relu;");
+    text[used] = '\0';
+    char *many = malloc(used + 32);
+    sprintf(many, "input 1 2 2;%s", text);
+    tap_ok(fr_model_parse(many, "many", &model, &err) == FR_EFORMAT &&
+               strstr(err.msg, "too many layers"),
+           "5000 layers are refused");
+    free(many);
+
+    strcpy(text, "linear(4, 4)\nfc = linear(4, 4) # \x01\x7f\xff\n\xc3\xa9t\xe9 = relu");
+    tap_ok(fr_model_parse(text, "bytes", &model, &err) == FR_EFORMAT &&
+               strstr(err.msg, "bytes:3:") && !strchr(err.msg, '\xe9'),
+           "non-ASCII bytes are refused and not echoed raw");
+
+    /* Random texts from grammar-ish pieces and random bytes. */
+    static const char *const pieces[] = {
+        "input", " 1", " 28", "conv2d", "linear", "relu", "flatten", "maxpool2d", "(", ")",
+        ",", "=", ";", "\n", "#", " ", "fc1", "stride", "padding", "-", "3", "9216", "0",
+        "1000000", "x", "\t", "\r", ".", "99999999999"};
+    uint64_t state = 12345;
+    int survived = 0, trials = 3000;
+    for (int trial = 0; trial < trials; trial++) {
+        used = 0;
+        int count = (int)(state % 40);
+        for (int i = 0; i < count; i++) {
+            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+            uint32_t r = (uint32_t)(state >> 33);
+            if (r % 8 == 0) {
+                char byte = (char)(r >> 8);
+                text[used++] = byte ? byte : 'z';
+            } else {
+                const char *piece = pieces[(r >> 3) % (sizeof pieces / sizeof pieces[0])];
+                memcpy(text + used, piece, strlen(piece));
+                used += strlen(piece);
+            }
+        }
+        text[used] = '\0';
+        model = (fr_model *)&model;
+        err.msg[0] = '\0';
+        int rc = fr_model_parse(text, "fuzz", &model, &err);
+        if (rc == FR_OK && model) {
+            fr_model_free(model);
+            survived++;
+        } else if (rc != FR_OK && model == NULL && err.msg[0] && !strchr(err.msg, '\n')) {
+            survived++;
+        } else {
+            tap_diag("trial %d: rc %d, message %s", trial, rc, err.msg);
+        }
+    }
+    tap_ok(survived == trials, "3000 random texts either build or fail with a one-line message");
+    free(text);
+
+    tap_ok(fr_model_parse(NULL, "x", &model, &err) == FR_EINVAL, "NULL text is refused");
+    tap_ok(fr_model_parse("relu", NULL, NULL, &err) == FR_EINVAL, "NULL out is refused");
+}
+
+static void test_load(void) {
+    char path[] = "/tmp/test_spec_XXXXXX";
+    int fd = mkstemp(path);
+    if (!tap_ok(fd >= 0, "a temporary file can be made"))
+        return;
+    FILE *file = fdopen(fd, "w");
+    fputs(design_example, file);
+    fclose(file);
+
+    fr_model *model = NULL;
+    fr_error err = {0};
+    int rc = fr_model_load(path, &model, &err);
+    check_design_model(rc == FR_OK ? model : NULL, "fr_model_load on a file");
+    fr_model_free(model);
+
+    file = fopen(path, "w");
+    fputs("input 1 28 28\nconv1 = conv2d(1, 32)\n", file);
+    fclose(file);
+    model = (fr_model *)&model;
+    char want[64];
+    snprintf(want, sizeof want, "%s:2: conv2d takes", path);
+    rc = fr_model_load(path, &model, &err);
+    tap_ok(rc == FR_EFORMAT && model == NULL && strstr(err.msg, want),
+           "an error in a model file names the file and line");
+
+    /* One byte over 1 MiB of comment. */
+    file = fopen(path, "w");
+    for (int i = 0; i < 1024 * 1024 / 64; i++)
+        fprintf(file, "#%62s\n", "");
+    fputs("\n", file);
+    fclose(file);
+    rc = fr_model_load(path, &model, &err);
+    tap_ok(rc != FR_OK && model == NULL && strstr(err.msg, path) && strstr(err.msg, "1 MiB"),
+           "a model file over 1 MiB is refused, naming the file");
+    unlink(path);
+
+    rc = fr_model_load("/nonexistent/model.txt", &model, &err);
+    tap_ok(rc != FR_OK && model == NULL &&
+               strstr(err.msg, "/nonexistent/model.txt: no such model file"),
+           "a missing path is 'no such model file'");
+
+    rc = fr_model_load("/tmp", &model, &err);
+    tap_ok(rc != FR_OK && model == NULL && strstr(err.msg, "/tmp"), "a directory is refused");
+
+    rc = fr_model_load(design_inline, &model, &err);
+    check_design_model(rc == FR_OK ? model : NULL, "fr_model_load on an inline spec");
+    fr_model_free(model);
+
+    rc = fr_model_load("fc = linear(4, 4); relu; linear(3, 2)", &model, &err);
+    tap_ok(rc == FR_ESHAPE && model == NULL && strstr(err.msg, "--model:3:"),
+           "an inline spec's errors name '--model' and the piece");
+
+    rc = fr_model_load("fc = linear(4, 4)", &model, &err);
+    tap_ok(rc == FR_OK && model && fr_model_layer_count(model) == 1,
+           "an inline spec with one layer loads");
+    fr_model_free(model);
+
+    model = NULL;
+    rc = fr_model_load("relu\nflatten", &model, &err);
+    tap_ok(rc == FR_EFORMAT && strstr(err.msg, "--model:1:"),
+           "a newline makes an argument inline");
+}
+
+int main(void) {
+    size_t bytes_before = fr_allocated_bytes();
+    test_design_example();
+    test_index_names();
+    test_implied_input();
+    test_arguments();
+    test_layout();
+    test_errors();
+    test_hostile_input();
+    test_load();
+    tap_ok(fr_allocated_bytes() == bytes_before, "every model was freed");
+    return tap_done();
+}
