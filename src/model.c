@@ -125,8 +125,9 @@ static int add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
         shape_string(l->in, in, sizeof in);
         if (model->layer_count == 0)
             return fr_fail(err, FR_ESHAPE, "%s (the model input is %s)", shape_err.msg, in);
-        return fr_fail(err, FR_ESHAPE, "%s, but layer '%s' before it gives %s", shape_err.msg,
-                       model->layers[model->layer_count - 1].name, in);
+        const fr_layer *prev = &model->layers[model->layer_count - 1];
+        return fr_fail(err, FR_ESHAPE, "%s, but layer '%s' (%s) before it gives %s", shape_err.msg,
+                       prev->name, prev->ops->kind, in);
     }
     int index = model->layer_count++;
     if (l->weight_ndim > 0) {

@@ -1,2 +1,115 @@
 #!/bin/sh
-echo "1..0 # SKIP placeholder"
+# cli.sh - the frost command as a user meets it: inspect's format, a short
+# training run whose loss falls, eval of the saved weights, the metrics file,
+# and one clear error (and no output file) for each kind of bad input.
+. "$TOP_SRCDIR/tests/common.sh"
+
+DATA="$WORK/data"
+mkdir -p "$DATA"
+make_idx "$DATA" 600 3
+MLP='fc1 = linear(784, 32); relu; fc2 = linear(32, 10)'
+CNN="$WORK/cnn.txt"
+cat > "$CNN" <<'MODEL'
+# the DESIGN.md model
+input 1 28 28
+conv1 = conv2d(1, 32, 3)        # in, out, kernel[, stride[, padding]]
+relu
+conv2 = conv2d(32, 64, 3)
+relu
+maxpool2d(2)
+flatten
+fc1 = linear(9216, 128)
+relu
+fc2 = linear(128, 10)
+MODEL
+
+# ---- inspect
+"$FROST" inspect --model "$CNN" --freeze 'conv*' > "$WORK/inspect.txt" 2>&1
+ok $? "inspect of the DESIGN.md model succeeds"
+grep -qx 'conv1.weight \[32, 1, 3, 3\] 288 frozen' "$WORK/inspect.txt"
+ok $? "inspect: conv1.weight line is 'name shape count frozen'"
+grep -qx 'fc1.weight \[128, 9216\] 1179648 trainable' "$WORK/inspect.txt"
+ok $? "inspect: fc1.weight is trainable with 1179648 values"
+[ "$(grep -cE ' (trainable|frozen)$' "$WORK/inspect.txt")" -eq 8 ]
+ok $? "inspect: one line per parameter (8)"
+grep -qx 'trainable parameters: 1181066 (98.43%)' "$WORK/inspect.txt"
+ok $? "inspect: trainable total"
+grep -qx 'allreduce bytes per step: 4724264' "$WORK/inspect.txt"
+ok $? "inspect: allreduce bytes = 4 x trainable"
+"$FROST" inspect --model "$CNN" --freeze '*' --unfreeze fc2 | grep -qx 'allreduce bytes per step: 5160'
+ok $? "inspect: --freeze '*' --unfreeze fc2 applies in order"
+
+# ---- train, metrics, save, eval
+"$FROST" train --model "$MLP" --data "$DATA" --steps 60 --batch-size 32 --lr 0.1 \
+    --momentum 0.9 --log-every 10 --metrics "$WORK/m.csv" --save "$WORK/w.safetensors" \
+    --threads 2 > "$WORK/train.txt" 2>&1
+ok $? "frost train runs to the end"
+head -1 "$WORK/m.csv" | grep -q '^step,epoch,loss,.*samples_per_s,allreduce_bytes'
+ok $? "metrics: header names the contract columns"
+[ "$(wc -l < "$WORK/m.csv")" -eq 7 ]
+ok $? "metrics: one row per logged step (6) after the header"
+awk -F, 'NR == 2 { first = $3 } END { exit !($3 < first * 0.7) }' "$WORK/m.csv"
+ok $? "the training loss falls (first logged vs last logged)"
+grep -Eq '^epoch [0-9]+ step 10/60 loss [0-9.]+ .*samples/s ETA' "$WORK/train.txt"
+ok $? "progress lines show epoch, step, loss, samples/s and ETA"
+grep -q '^frozen parameters: 0, unchanged' "$WORK/train.txt"
+ok $? "the summary reports the frozen-parameter check"
+acc=$(sed -n 's/^test: loss [0-9.]* accuracy \([0-9.]*\)%.*/\1/p' "$WORK/train.txt")
+awk -v a="$acc" 'BEGIN { exit !(a > 50) }'
+ok $? "the trained net classifies the test split well above chance ($acc%)"
+"$FROST" eval --model "$MLP" --init "$WORK/w.safetensors" --data "$DATA" > "$WORK/eval.txt" 2>&1
+ok $? "frost eval of the saved weights succeeds"
+grep -q "accuracy $acc%" "$WORK/eval.txt"
+ok $? "eval reports the same test accuracy as the end of training"
+
+# Fine-tuning from saved weights with a frozen layer keeps it bit-identical.
+"$FROST" train --model "$MLP" --data "$DATA" --init "$WORK/w.safetensors" --freeze fc1 \
+    --steps 10 --save "$WORK/w2.safetensors" > "$WORK/ft.txt" 2>&1
+ok $? "fine-tuning with --init and --freeze fc1 runs"
+grep -q '^frozen parameters: 25120, unchanged' "$WORK/ft.txt"
+ok $? "fine-tuning reports 25120 frozen values unchanged"
+
+# ---- bad input: one line 'frost: ...', exit status non-zero, no output file
+expect_error() { # expect_error DESCRIPTION PATTERN frost-args...
+    desc=$1 pattern=$2
+    shift 2
+    rm -f "$WORK/out.safetensors"
+    "$FROST" "$@" > "$WORK/stdout" 2> "$WORK/stderr"
+    status=$?
+    [ $status -ne 0 ] && [ "$(wc -l < "$WORK/stderr")" -eq 1 ] &&
+        grep -q "^frost: .*$pattern" "$WORK/stderr" && [ ! -e "$WORK/out.safetensors" ]
+    ok $? "$desc: $(cat "$WORK/stderr")"
+}
+printf 'fc1 = linear(784, 10)\nfc2 = lineer(10, 10)\n' > "$WORK/typo.txt"
+printf 'conv1 = conv2d(1, 8, 3)\nflatten\nfc1 = linear(100, 10)\n' > "$WORK/shape.txt"
+printf 'not a safetensors file' > "$WORK/bad.safetensors"
+expect_error "unknown command" "unknown command" fly
+expect_error "unknown flag" "unknown option '--lrate'" train --model "$MLP" --lrate 1
+expect_error "flag without value" "--lr needs a value" train --model "$MLP" --lr
+expect_error "non-numeric value" "--batch-size 'ten'" train --model "$MLP" --batch-size ten
+expect_error "out-of-range value" "--batch-size 0" train --model "$MLP" --batch-size 0
+expect_error "missing --model" "needs --model" train --data "$DATA"
+expect_error "model file typo names file and line" "typo.txt:2: unknown layer kind 'lineer'" \
+    train --model "$WORK/typo.txt" --data "$DATA" --save "$WORK/out.safetensors"
+expect_error "shape mismatch names both layers and shapes" "fc1: linear(100, 10) .*5408.*'1' (flatten)" \
+    train --model "$WORK/shape.txt" --data "$DATA"
+expect_error "missing model file" "nothere.txt: no such model file" inspect --model nothere.txt
+expect_error "pattern matching nothing" "--freeze pattern 'conv\*' matches no parameter" \
+    train --model "$MLP" --data "$DATA" --freeze 'conv*' --save "$WORK/out.safetensors"
+expect_error "corrupt --init file" "bad.safetensors" \
+    train --model "$MLP" --data "$DATA" --init "$WORK/bad.safetensors" --save "$WORK/out.safetensors"
+expect_error "weights of another model" "fc1.weight" \
+    eval --model 'fc1 = linear(784, 16); relu; fc2 = linear(16, 10)' --init "$WORK/w.safetensors" --data "$DATA"
+expect_error "missing data directory" "nodata" train --model "$MLP" --data "$WORK/nodata"
+expect_error "labels beyond the model's outputs" "out of range" \
+    train --model 'fc1 = linear(784, 4)' --data "$DATA" --save "$WORK/out.safetensors"
+expect_error "unwritable --save path, before training" "does not exist" \
+    train --model "$MLP" --data "$DATA" --save "$WORK/no/such/dir/w.safetensors"
+expect_error "eval without --init" "needs --init" eval --model "$MLP" --data "$DATA"
+expect_error "unknown optimizer" "expected sgd, adam or adamw" train --model "$MLP" --optimizer rmsprop
+expect_error "bad --classes" "--classes" train --model "$MLP" --data "$DATA" --classes 3-x
+
+"$FROST" --help | grep -q 'usage: frost train'
+ok $? "frost --help prints usage"
+
+done_testing

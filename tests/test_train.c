@@ -1,0 +1,410 @@
+/*
+ * test_train.c - the trainer as a specification: losses and their gradients,
+ * PyTorch's optimizer formulas, freezing at every granularity, and what a
+ * frozen parameter must cost (no gradient, no optimizer state, no backward).
+ */
+#include "internal.h"
+#include "tap.h"
+
+#include <math.h>
+#include <string.h>
+
+static fr_model *mlp(void) {
+    fr_model *m = NULL;
+    fr_error err = {0};
+    if (fr_model_parse("fc1 = linear(10, 5); relu; fc2 = linear(5, 2)", "test", &m, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    fr_model_init(m, 7);
+    return m;
+}
+
+static fr_model *convnet(void) {
+    fr_model *m = NULL;
+    fr_error err = {0};
+    if (fr_model_parse("input 3 6 6; conv1 = conv2d(3, 16, 3); relu; conv2 = conv2d(16, 32, 3); relu;"
+                       "flatten; fc1 = linear(128, 10); relu; fc2 = linear(10, 2)",
+                       "test", &m, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    fr_model_init(m, 11);
+    return m;
+}
+
+static void random_batch(fr_model *m, int n, float *x, int32_t *labels, uint64_t seed) {
+    fr_rng rng;
+    fr_rng_seed(&rng, seed);
+    for (int i = 0; i < n * fr_model_input_numel(m); i++)
+        x[i] = fr_rng_uniform(&rng) * 2.0f - 1.0f;
+    for (int i = 0; i < n; i++)
+        labels[i] = (int32_t)fr_rng_below(&rng, (uint64_t)fr_model_output_numel(m));
+}
+
+static fr_trainer *make_trainer(fr_model *m, fr_optimizer_kind kind, int threads, int batch) {
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.optimizer = kind;
+    c.lr = 0.1;
+    c.momentum = kind == FR_SGD ? 0.9 : 0.0;
+    c.threads = threads;
+    c.max_batch = batch;
+    fr_trainer *t = NULL;
+    fr_error err = {0};
+    if (fr_trainer_new(m, &c, &t, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    return t;
+}
+
+/* ------------------------------------------------------------- losses */
+
+static void test_loss_gradients(void) {
+    const int n = 3, k = 4;
+    float out[12], dout[12], target[12];
+    int32_t labels[3] = {2, 0, 3};
+    fr_rng rng;
+    fr_rng_seed(&rng, 3);
+    for (int i = 0; i < n * k; i++) {
+        out[i] = fr_rng_uniform(&rng) * 6.0f - 3.0f;
+        target[i] = fr_rng_uniform(&rng);
+    }
+    for (int kind = 0; kind < 2; kind++) {
+        const void *t = kind == FR_MSE ? (const void *)target : (const void *)labels;
+        int bad = -1;
+        long correct = 0;
+        fr_loss((fr_loss_kind)kind, out, t, n, k, 1.0f / n, dout, &correct, &bad);
+        double worst = 0.0;
+        for (int i = 0; i < n * k; i++) {
+            float keep = out[i];
+            const float h = 1e-2f;
+            out[i] = keep + h;
+            double up = fr_loss((fr_loss_kind)kind, out, t, n, k, 1.0f, NULL, NULL, &bad) / n;
+            out[i] = keep - h;
+            double down = fr_loss((fr_loss_kind)kind, out, t, n, k, 1.0f, NULL, NULL, &bad) / n;
+            out[i] = keep;
+            double numeric = (up - down) / (2 * h);
+            double diff = fabs(numeric - dout[i]) / (1e-3 + fabs(numeric));
+            if (diff > worst)
+                worst = diff;
+        }
+        tap_ok(worst < 1e-2, "%s: analytic gradient matches central differences (worst rel %.2g)",
+               kind == FR_MSE ? "mse" : "cross-entropy", worst);
+    }
+    /* Large logits must not overflow: log-sum-exp is taken around the max. */
+    float big[4] = {1000.0f, 0.0f, -1000.0f, 999.0f};
+    int32_t label = 3;
+    int bad = -1;
+    double loss = fr_loss(FR_CROSS_ENTROPY, big, &label, 1, 4, 1.0f, NULL, NULL, &bad);
+    tap_ok(fabs(loss - (1.0 + log1p(exp(-1.0)))) < 1e-4,
+           "cross-entropy of logits near 1000 is finite and exact (%g)", loss);
+    /* PyTorch's MSELoss: mean over every element. */
+    float o[2] = {1.0f, 3.0f}, w[2] = {0.0f, 0.0f};
+    tap_ok(fabs(fr_loss(FR_MSE, o, w, 1, 2, 1.0f, NULL, NULL, &bad) - 5.0) < 1e-9,
+           "mse of (1, 3) against 0 is (1 + 9) / 2");
+    int32_t wrong = 7;
+    bad = -1;
+    fr_loss(FR_CROSS_ENTROPY, o, &wrong, 1, 2, 1.0f, NULL, NULL, &bad);
+    tap_ok(bad == 0, "a label outside the outputs is reported");
+}
+
+/* ---------------------------------------------------------- optimizers */
+
+static void test_sgd_formulas(void) {
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.lr = 0.1;
+    c.momentum = 0.9;
+    c.weight_decay = 0.01;
+    float p = 1.0f, g1 = 0.5f, g2 = -0.25f, buf = 0.0f;
+    /* step 1: g = 0.5 + 0.01*1 = 0.51; buf = g; p = 1 - 0.1*0.51 = 0.949 */
+    fr_optim_update(&c, 1, &p, &g1, &buf, NULL, 1);
+    tap_ok(fabsf(p - 0.949f) < 1e-6f && fabsf(buf - 0.51f) < 1e-6f,
+           "SGD momentum step 1: buffer starts as the gradient (p %.6f)", p);
+    /* step 2: g = -0.25 + 0.00949 = -0.24051; buf = 0.9*0.51 + g = 0.21849; p -= 0.021849 */
+    fr_optim_update(&c, 2, &p, &g2, &buf, NULL, 1);
+    tap_ok(fabsf(buf - 0.21849f) < 1e-6f && fabsf(p - 0.927151f) < 1e-6f,
+           "SGD momentum step 2 follows buf = mu*buf + g (p %.6f)", p);
+
+    c.nesterov = true;
+    p = 1.0f;
+    buf = 0.0f;
+    fr_optim_update(&c, 1, &p, &g1, &buf, NULL, 1);
+    /* nesterov: g + mu*buf = 0.51 + 0.459 = 0.969; p = 1 - 0.0969 */
+    tap_ok(fabsf(p - 0.9031f) < 1e-6f, "SGD nesterov uses g + mu*buf (p %.6f)", p);
+
+    c.nesterov = false;
+    c.dampening = 0.5;
+    p = 1.0f;
+    buf = 0.0f;
+    fr_optim_update(&c, 1, &p, &g1, &buf, NULL, 1);
+    fr_optim_update(&c, 2, &p, &g2, &buf, NULL, 1);
+    /* step 2 buf = 0.9*0.51 + 0.5*(-0.25 + 0.01*0.949) = 0.338745 */
+    tap_ok(fabsf(buf - 0.338745f) < 1e-6f, "SGD dampening scales the new gradient (buf %.6f)", buf);
+
+    c.momentum = 0.0;
+    c.dampening = 0.0;
+    c.weight_decay = 0.0;
+    p = 1.0f;
+    fr_optim_update(&c, 1, &p, &g1, NULL, NULL, 1);
+    tap_ok(p == 1.0f - 0.1f * 0.5f, "plain SGD is p -= lr*g");
+}
+
+static void test_adam_formulas(void) {
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.optimizer = FR_ADAM;
+    c.lr = 0.01;
+    c.weight_decay = 0.1;
+    float p = 2.0f, g = 0.5f, m = 0.0f, v = 0.0f;
+    /* Computed in double from torch.optim.Adam's formulas. */
+    double gp = 0.5 + 0.1 * 2.0, m1 = 0.1 * gp, v1 = 0.001 * gp * gp;
+    double p1 = 2.0 - 0.01 / (1 - 0.9) * m1 / (sqrt(v1) / sqrt(1 - 0.999) + 1e-8);
+    fr_optim_update(&c, 1, &p, &g, &m, &v, 1);
+    tap_ok(fabs(p - p1) < 1e-6, "Adam step 1 with L2 weight decay (p %.7f, want %.7f)", p, p1);
+    double g2 = 0.5 + 0.1 * p1, m2 = 0.9 * m1 + 0.1 * g2, v2 = 0.999 * v1 + 0.001 * g2 * g2;
+    double p2 = p1 - 0.01 / (1 - 0.81) * m2 / (sqrt(v2) / sqrt(1 - 0.999 * 0.999) + 1e-8);
+    fr_optim_update(&c, 2, &p, &g, &m, &v, 1);
+    tap_ok(fabs(p - p2) < 1e-6, "Adam step 2 is bias-corrected (p %.7f, want %.7f)", p, p2);
+
+    c.optimizer = FR_ADAMW;
+    p = 2.0f;
+    m = v = 0.0f;
+    double decayed = 2.0 * (1 - 0.01 * 0.1), am = 0.1 * 0.5, av = 0.001 * 0.25;
+    double pw = decayed - 0.01 / 0.1 * am / (sqrt(av) / sqrt(0.001) + 1e-8);
+    fr_optim_update(&c, 1, &p, &g, &m, &v, 1);
+    tap_ok(fabs(p - pw) < 1e-6, "AdamW decays the weight, not the gradient (p %.7f, want %.7f)", p, pw);
+}
+
+/* ------------------------------------------------------------ freezing */
+
+static void test_freeze_api(void) {
+    fr_model *m = convnet();
+    fr_error err = {0};
+    tap_ok(fr_model_freeze(m, "*conv*", &err) == FR_OK, "freeze by glob '*conv*' succeeds");
+    int frozen = 0;
+    for (size_t i = 0; i < fr_model_param_count(m); i++) {
+        fr_param *p = fr_model_param(m, i);
+        bool want_frozen = strstr(fr_param_name(p), "conv") != NULL;
+        frozen += !fr_param_requires_grad(p) == want_frozen;
+    }
+    tap_ok(frozen == 8, "exactly the conv parameters are frozen");
+    tap_ok(fr_model_freeze(m, "conv3*", &err) == FR_ENOMATCH && strstr(err.msg, "conv3*"),
+           "a pattern that matches nothing is an error naming it (%s)", err.msg);
+    tap_ok(fr_model_freeze(m, "relu", &err) == FR_ENOMATCH, "a pattern that matches no parameter is an error");
+    fr_model_unfreeze(m, "conv2", &err);
+    tap_ok(fr_param_requires_grad(fr_model_find_param(m, "conv2.weight")) &&
+               fr_param_requires_grad(fr_model_find_param(m, "conv2.bias")) &&
+               !fr_param_requires_grad(fr_model_find_param(m, "conv1.weight")),
+           "a bare layer name unfreezes all of that layer's parameters");
+    fr_model_unfreeze_all(m);
+    tap_ok(fr_model_freeze(m, "*.bias", &err) == FR_OK &&
+               !fr_param_requires_grad(fr_model_find_param(m, "fc2.bias")) &&
+               fr_param_requires_grad(fr_model_find_param(m, "fc2.weight")),
+           "'*.bias' freezes biases only");
+    fr_model_unfreeze_all(m);
+    tap_ok(fr_model_freeze_layer(m, "fc1", &err) == FR_OK &&
+               fr_model_trainable_numel(m) == fr_model_numel(m) - 128 * 10 - 10,
+           "freeze_layer('fc1') freezes its weight and bias");
+    tap_ok(fr_model_freeze_layer(m, "nope", &err) == FR_ENOMATCH, "freeze_layer of an unknown layer fails");
+    fr_param_set_requires_grad(fr_model_find_param(m, "fc1.bias"), true);
+    tap_ok(fr_param_requires_grad(fr_model_find_param(m, "fc1.bias")), "per-parameter requires_grad");
+    fr_model_freeze_all(m);
+    tap_ok(fr_model_trainable_numel(m) == 0, "freeze_all leaves nothing trainable");
+    fr_model_free(m);
+}
+
+/* Train a few steps: frozen parameters keep their bits, trainable ones move. */
+static void test_frozen_unchanged(fr_optimizer_kind kind, const char *pattern) {
+    fr_model *m = convnet();
+    fr_error err = {0};
+    fr_model_freeze(m, pattern, &err);
+    fr_model_param(m, 0);
+    float x[8 * 108];
+    int32_t labels[8];
+    random_batch(m, 8, x, labels, 5);
+    size_t count = fr_model_param_count(m);
+    uint64_t before[16];
+    for (size_t i = 0; i < count; i++)
+        before[i] = fr_param_checksum(fr_model_param(m, i));
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.optimizer = kind;
+    c.lr = 0.05;
+    c.momentum = kind == FR_SGD ? 0.9 : 0.0;
+    c.weight_decay = 0.1; /* must not touch frozen parameters either */
+    c.threads = 2;
+    c.max_batch = 8;
+    fr_trainer *t = NULL;
+    fr_trainer_new(m, &c, &t, &err);
+    double loss = 0.0;
+    for (int s = 0; s < 3; s++)
+        fr_trainer_step(t, x, labels, 8, &loss, NULL, &err);
+    int frozen_same = 0, frozen = 0, trainable_moved = 0, trainable = 0;
+    for (size_t i = 0; i < count; i++) {
+        fr_param *p = fr_model_param(m, i);
+        bool same = fr_param_checksum(p) == before[i];
+        if (fr_param_requires_grad(p)) {
+            trainable++;
+            trainable_moved += !same;
+        } else {
+            frozen++;
+            frozen_same += same;
+        }
+    }
+    const char *name = kind == FR_SGD ? "sgd" : kind == FR_ADAM ? "adam" : "adamw";
+    tap_ok(frozen > 0 && frozen_same == frozen, "%s, freeze '%s': all %d frozen parameters bitwise unchanged",
+           name, pattern, frozen);
+    tap_ok(trainable > 0 && trainable_moved == trainable, "%s, freeze '%s': all %d trainable parameters changed",
+           name, pattern, trainable);
+    fr_trainer_free(t);
+    fr_model_free(m);
+}
+
+/* ------------------------------------------------------- what freezing saves */
+
+static void test_frozen_costs_nothing(void) {
+    const int threads = 2;
+    fr_model *full = convnet(), *tuned = convnet();
+    fr_error err = {0};
+    fr_model_freeze(tuned, "conv*", &err);
+    fr_model_freeze(tuned, "fc1", &err);
+    fr_model_param(full, 0);
+    fr_model_param(tuned, 0);
+    size_t base = fr_allocated_bytes();
+    fr_trainer *tf = make_trainer(full, FR_ADAM, threads, 8);
+    size_t full_bytes = fr_allocated_bytes() - base;
+    base = fr_allocated_bytes();
+    fr_trainer *tt = make_trainer(tuned, FR_ADAM, threads, 8);
+    size_t tuned_bytes = fr_allocated_bytes() - base;
+    size_t trainable = fr_model_trainable_numel(tuned), frozen = fr_model_numel(tuned) - trainable;
+    tap_ok(trainable == 10 * 2 + 2, "only fc2 (22 values) is trainable");
+    tap_ok(fr_trainer_gradient_bytes(tt) == threads * trainable * sizeof(float),
+           "gradient slabs hold trainable parameters only (%zu bytes)", fr_trainer_gradient_bytes(tt));
+    tap_ok(fr_trainer_optimizer_bytes(tt) == 2 * trainable * sizeof(float),
+           "Adam state exists for trainable parameters only (%zu bytes)", fr_trainer_optimizer_bytes(tt));
+    /* Slabs (one per thread) and two Adam moments: what the frozen values would have cost. */
+    size_t saved = (threads + 2) * frozen * sizeof(float);
+    tap_ok(full_bytes >= tuned_bytes + saved,
+           "the library allocates at least %zu fewer bytes when they are frozen (%zu vs %zu)", saved,
+           tuned_bytes, full_bytes);
+    tap_ok(fr_trainer_allreduce_bytes(tt) == 4 * trainable, "allreduce carries 4 x trainable bytes");
+
+    float x[8 * 108];
+    int32_t labels[8];
+    random_batch(tuned, 8, x, labels, 9);
+    size_t before_step = fr_allocated_bytes();
+    fr_trainer_step(tt, x, labels, 8, NULL, NULL, &err);
+    fr_trainer_step(tt, x, labels, 5, NULL, NULL, &err);
+    tap_ok(fr_allocated_bytes() == before_step, "a training step allocates nothing");
+
+    /* Backward stops at the first layer with a trainable parameter. */
+    int calls_below = 0;
+    for (int l = 0; l < 7; l++) /* conv1 .. fc1's relu */
+        calls_below += fr_trainer_layer_backward_calls(tt, l) != 0;
+    tap_ok(calls_below == 0, "no backward work for the frozen prefix (layers 0-6)");
+    tap_ok(fr_trainer_layer_backward_calls(tt, 7) == 2 * threads,
+           "fc2's backward ran once per replica per step (%ld)", fr_trainer_layer_backward_calls(tt, 7));
+    tap_ok(fr_trainer_layer_backward_calls(tf, 0) == 0, "a trainer that has not stepped has done no backward");
+
+    /* Everything frozen: no slab at all, and a step only evaluates. */
+    fr_model_freeze_all(tuned);
+    uint64_t sum = fr_model_checksum(tuned);
+    double loss = NAN;
+    tap_ok(fr_trainer_step(tt, x, labels, 8, &loss, NULL, &err) == FR_OK && isfinite(loss),
+           "a step with everything frozen computes the loss");
+    tap_ok(fr_trainer_gradient_bytes(tt) == 0 && fr_trainer_optimizer_bytes(tt) == 0,
+           "nothing trainable: no gradient or optimizer memory");
+    tap_ok(fr_model_checksum(tuned) == sum, "nothing trainable: no parameter changes");
+    fr_trainer_free(tf);
+    fr_trainer_free(tt);
+    fr_model_free(full);
+    fr_model_free(tuned);
+}
+
+/* Gradual unfreezing between steps rebuilds the slab and keeps training. */
+static void test_gradual_unfreezing(void) {
+    fr_model *m = convnet();
+    fr_error err = {0};
+    fr_model_freeze_all(m);
+    fr_model_unfreeze(m, "fc2", &err);
+    fr_trainer *t = make_trainer(m, FR_SGD, 2, 8);
+    float x[8 * 108];
+    int32_t labels[8];
+    random_batch(m, 8, x, labels, 13);
+    fr_trainer_step(t, x, labels, 8, NULL, NULL, &err);
+    size_t small = fr_trainer_allreduce_bytes(t);
+    uint64_t conv1 = fr_param_checksum(fr_model_find_param(m, "conv1.weight"));
+    fr_model_unfreeze(m, "fc1", &err);
+    int rc = fr_trainer_step(t, x, labels, 8, NULL, NULL, &err);
+    tap_ok(rc == FR_OK && fr_trainer_allreduce_bytes(t) == small + 4 * (128 * 10 + 10),
+           "unfreezing fc1 grows the slab by its parameters");
+    tap_ok(fr_param_checksum(fr_model_find_param(m, "conv1.weight")) == conv1,
+           "still-frozen conv1 is unchanged after unfreezing fc1");
+    fr_trainer_free(t);
+    fr_model_free(m);
+}
+
+/* Loss falls on a fixed batch, and thread counts agree. */
+static void test_learning_and_threads(void) {
+    double final[3];
+    uint64_t weights[3];
+    for (int threads = 1; threads <= 3; threads++) {
+        fr_model *m = mlp();
+        fr_trainer *t = make_trainer(m, FR_SGD, threads, 7);
+        float x[7 * 10];
+        int32_t labels[7];
+        random_batch(m, 7, x, labels, 21);
+        fr_error err = {0};
+        double first = 0.0, loss = 0.0;
+        for (int s = 0; s < 30; s++) {
+            fr_trainer_step(t, x, labels, 7, &loss, NULL, &err);
+            if (s == 0)
+                first = loss;
+        }
+        if (threads == 1)
+            tap_ok(loss < 0.5 * first, "the loss on a fixed batch falls (%.4f -> %.4f)", first, loss);
+        final[threads - 1] = loss;
+        weights[threads - 1] = fr_model_checksum(m);
+        fr_trainer_free(t);
+        fr_model_free(m);
+    }
+    tap_ok(fabs(final[1] - final[0]) < 1e-5 * fabs(final[0]) &&
+               fabs(final[2] - final[0]) < 1e-5 * fabs(final[0]),
+           "1, 2 and 3 threads (uneven slices of 7) reach the same loss (%.7f %.7f %.7f)", final[0],
+           final[1], final[2]);
+    (void)weights;
+}
+
+static void test_bad_steps(void) {
+    fr_model *m = mlp();
+    fr_trainer *t = make_trainer(m, FR_SGD, 1, 4);
+    float x[8 * 10] = {0};
+    int32_t labels[8] = {0, 1, 5, 0, 0, 0, 0, 0};
+    fr_error err = {0};
+    tap_ok(fr_trainer_step(t, x, labels, 8, NULL, NULL, &err) == FR_EINVAL,
+           "a batch larger than the trainer was made for is refused");
+    uint64_t sum = fr_model_checksum(m);
+    tap_ok(fr_trainer_step(t, x, labels, 4, NULL, NULL, &err) == FR_EINVAL && strstr(err.msg, "label"),
+           "a label outside the outputs is refused (%s)", err.msg);
+    tap_ok(fr_model_checksum(m) == sum, "a refused step changes no weight");
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.lr = -1;
+    fr_trainer *bad = NULL;
+    tap_ok(fr_trainer_new(m, &c, &bad, &err) == FR_EINVAL && strstr(err.msg, "--lr"),
+           "a negative learning rate is refused");
+    fr_trainer_free(t);
+    fr_model_free(m);
+}
+
+int main(void) {
+    test_loss_gradients();
+    test_sgd_formulas();
+    test_adam_formulas();
+    test_freeze_api();
+    test_frozen_unchanged(FR_SGD, "conv*");
+    test_frozen_unchanged(FR_ADAM, "fc1");
+    test_frozen_unchanged(FR_ADAMW, "*.bias");
+    test_frozen_costs_nothing();
+    test_gradual_unfreezing();
+    test_learning_and_threads();
+    test_bad_steps();
+    return tap_done();
+}
