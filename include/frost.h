@@ -261,6 +261,44 @@ size_t fr_trainer_bytes_sent(const fr_trainer *trainer);
 /* How many times the backward pass of `layer` ran (summed over replicas). */
 long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer);
 
+/* ---------------------------------------------------------- checkpoints */
+
+/* A metadata entry: both strings are copied when written. */
+typedef struct fr_meta {
+    const char *key;
+    const char *value;
+} fr_meta;
+
+/*
+ * Write a training checkpoint: every parameter, the optimizer state of the
+ * trainable ones ("<name>.momentum", "<name>.exp_avg", "<name>.exp_avg_sq"),
+ * and in __metadata__ the step, the optimizer, the per-parameter step counts
+ * and the frozen set, plus the caller's entries.  Atomic (temporary file,
+ * fsync, rename); refused with FR_ENONFINITE if any value is NaN or Inf, so a
+ * good checkpoint is never replaced by a broken one.  A checkpoint is also a
+ * weights file for fr_model_load_weights.
+ */
+int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path,
+                               const fr_meta *extra, int extra_count,
+                               fr_error *err);
+
+typedef struct fr_checkpoint fr_checkpoint;
+int fr_checkpoint_open(const char *path, fr_checkpoint **out, fr_error *err);
+void fr_checkpoint_close(fr_checkpoint *checkpoint);
+/* A metadata value, or NULL. */
+const char *fr_checkpoint_get(const fr_checkpoint *checkpoint, const char *key);
+/*
+ * Restore weights, optimizer state, step counts and the step counter.  The
+ * checkpoint must come from the same model and optimizer, and from the same
+ * frozen set unless `allow_freeze_change` (staged fine-tuning: parameters
+ * unfrozen since start with fresh state).
+ */
+int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
+                       bool allow_freeze_change, fr_error *err);
+
+/* FR_ENONFINITE naming the first parameter holding a NaN or Inf. */
+int fr_model_check_finite(const fr_model *model, fr_error *err);
+
 /* ------------------------------------------------------- ranks (MPI) */
 
 /*
@@ -283,6 +321,8 @@ int fr_comm_agree(int status, fr_error *err);
 /* Collective: a value that differs between ranks fails on every rank with
  * "ranks disagree on WHAT (rank 0: ..., rank N: ...)". */
 int fr_comm_check_same(uint64_t value, const char *what, fr_error *err);
+/* Collective: true on every rank if `flag` is true on any. */
+bool fr_comm_any(bool flag);
 
 /*
  * Collective: ranks compare the model's parameter names and shapes, the frozen

@@ -96,6 +96,14 @@ int fr_comm_check_same(uint64_t value, const char *what, fr_error *err) {
                    what, differing);
 }
 
+bool fr_comm_any(bool flag) {
+    if (world_size == 1)
+        return flag;
+    int mine = flag, any = 0;
+    MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    return any != 0;
+}
+
 int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err) {
     if (world_size == 1 || count == 0)
         return FR_OK;
@@ -156,6 +164,7 @@ int fr_comm_init(int *argc, char ***argv, fr_error *err) {
 }
 
 void fr_comm_finalize(void) {}
+bool fr_comm_any(bool flag) { return flag; }
 bool fr_comm_have_mpi(void) { return false; }
 int fr_comm_rank(void) { return 0; }
 int fr_comm_size(void) { return 1; }

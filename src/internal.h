@@ -202,6 +202,20 @@ typedef struct fr_st_out {
 int fr_st_write(const char *path, const fr_st_out *tensors, int tensor_count,
                 const fr_st_meta *meta, int meta_count, fr_error *err);
 
+/* Copy every parameter from an opened safetensors file (weights.c); the file
+ * must fit the model, which is checked before anything is copied. */
+int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err);
+
+/* ------------------------------------------------------- trainer state */
+
+/* The optimizer state arrays (slab layout; NULL where the rule keeps none),
+ * per-parameter step counts and the step counter, for checkpoint.c. */
+float *fr_trainer_state(fr_trainer *trainer, int which);
+long *fr_trainer_param_steps(fr_trainer *trainer);
+void fr_trainer_set_steps_done(fr_trainer *trainer, long steps);
+const fr_train_config *fr_trainer_config(const fr_trainer *trainer);
+fr_model *fr_trainer_model(const fr_trainer *trainer);
+
 /* ------------------------------------------------------------- data */
 
 struct fr_dataset {

@@ -316,3 +316,14 @@ void fr_param_shape_string(const fr_param *param, char *buf, size_t len) {
     if (used < len)
         snprintf(buf + used, len - used, "]");
 }
+
+int fr_model_check_finite(const fr_model *model, fr_error *err) {
+    for (int i = 0; i < model->param_count; i++) {
+        const fr_param *p = &model->params[i];
+        for (size_t j = 0; p->data && j < p->numel; j++)
+            if (!isfinite(p->data[j]))
+                return fr_fail(err, FR_ENONFINITE, "parameter '%s' holds %g at index %zu", p->name,
+                               p->data[j], j);
+    }
+    return FR_OK;
+}

@@ -617,3 +617,13 @@ long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer) {
         total += trainer->replicas[t].backward_calls[layer];
     return total;
 }
+
+/* ------------------------------------------------- state for checkpoints */
+
+float *fr_trainer_state(fr_trainer *trainer, int which) {
+    return which == 0 ? trainer->state_m : trainer->state_v;
+}
+long *fr_trainer_param_steps(fr_trainer *trainer) { return trainer->param_steps; }
+void fr_trainer_set_steps_done(fr_trainer *trainer, long steps) { trainer->steps_done = steps; }
+const fr_train_config *fr_trainer_config(const fr_trainer *trainer) { return &trainer->config; }
+fr_model *fr_trainer_model(const fr_trainer *trainer) { return trainer->model; }

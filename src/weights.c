@@ -76,22 +76,27 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
     return FR_OK;
 }
 
-int fr_model_load_weights(fr_model *model, const char *path, fr_error *err) {
+int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err) {
     int status = fr_model_ensure_arena(model, err);
-    if (status)
+    if (status == FR_OK)
+        status = check_file_fits_model(model, file, file->path, err);
+    if (status != FR_OK)
         return status;
-    fr_st_file *file;
-    if ((status = fr_st_read(path, &file, err)) != FR_OK)
-        return status;
-    status = check_file_fits_model(model, file, path, err);
-    if (status == FR_OK) {
-        for (int i = 0; i < model->param_count; i++) {
-            fr_param *param = &model->params[i];
-            const fr_st_tensor *tensor = fr_st_find(file, param->name);
-            if (param->numel)
-                memcpy(param->data, tensor->data, param->numel * sizeof(float));
-        }
+    for (int i = 0; i < model->param_count; i++) {
+        fr_param *param = &model->params[i];
+        const fr_st_tensor *tensor = fr_st_find(file, param->name);
+        if (param->numel)
+            memcpy(param->data, tensor->data, param->numel * sizeof(float));
     }
+    return FR_OK;
+}
+
+int fr_model_load_weights(fr_model *model, const char *path, fr_error *err) {
+    fr_st_file *file;
+    int status = fr_st_read(path, &file, err);
+    if (status != FR_OK)
+        return status;
+    status = fr_model_copy_weights(model, file, err);
     fr_st_free(file);
     return status;
 }

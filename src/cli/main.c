@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#define FROST_EXIT_INTERRUPTED 75
+
 int main(int argc, char **argv) {
     fr_error err = {0};
     frost_options opts;
@@ -35,5 +37,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "frost: %s\n", err.msg);
     }
     fr_comm_finalize();
+    /* A stopped run is neither a success nor a failure: a batch script requeues
+     * on 75 (EX_TEMPFAIL) and resumes from the checkpoint. */
+    if (rc == FR_EINTERRUPTED)
+        return FROST_EXIT_INTERRUPTED;
     return rc == FR_OK ? 0 : 1;
 }

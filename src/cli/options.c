@@ -51,6 +51,10 @@ static const option_spec options[] = {
     {"--save", TEXT, TRAIN, AT(save), 0, 0, false},
     {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false},
     {"--log-every", LONG, TRAIN, AT(log_every), 1, 1e12, false},
+    {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false},
+    {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false},
+    {"--resume", TEXT, TRAIN, AT(resume), 0, 0, false},
+    {"--allow-freeze-change", FLAG, TRAIN, AT(allow_freeze_change), 0, 0, false},
 };
 
 static const option_spec *find_option(const char *name) {
@@ -193,6 +197,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return fr_fail(err, FR_EINVAL, "'frost %s' needs --model FILE|SPEC", opts->command);
     if (bit == EVAL && !opts->init)
         return fr_fail(err, FR_EINVAL, "'frost eval' needs --init WEIGHTS.safetensors");
+    if (opts->checkpoint_every && !opts->checkpoint)
+        return fr_fail(err, FR_EINVAL, "--checkpoint-every needs --checkpoint FILE");
+    if (opts->resume && opts->init)
+        return fr_fail(err, FR_EINVAL, "--resume and --init both give starting weights; use one");
     opts->train.max_batch = opts->batch_size;
     return FR_OK;
 }
@@ -204,11 +212,15 @@ void frost_print_usage(const char *command) {
                "         [--nesterov] [--weight-decay X] [--optimizer sgd|adam|adamw] [--threads T]\n"
                "         [--seed N] [--no-shuffle] [--classes 0-4] [--init W.safetensors]\n"
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
+               "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
+               "         [--allow-freeze-change]\n"
                "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
                "  layer name, applied in order; a pattern that matches nothing is an error.\n"
-               "  --steps is the total number of steps; --epochs bounds it too when given.\n");
+               "  --steps is the total number of steps; --epochs bounds it too when given.\n"
+               "  --checkpoint is written every --checkpoint-every steps, at the end, and when\n"
+               "  SIGTERM/SIGINT stops the run (exit status 75); --resume continues exactly.\n");
     if (!command || strcmp(command, "eval") == 0)
         printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
                "         [--batch-size B] [--threads T]\n"

@@ -33,6 +33,10 @@ typedef struct frost_options {
     const char *init;
     const char *save;
     const char *metrics;
+    const char *checkpoint;
+    long checkpoint_every; /* 0: only at the end and when stopped */
+    const char *resume;
+    bool allow_freeze_change;
     long log_every;
     bool help;
 } frost_options;

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <libgen.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,6 +265,8 @@ static int setup_training(training_run *run, fr_error *err) {
             local = check_output_path("--save", opts->save, err);
             if (local == FR_OK)
                 local = check_output_path("--metrics", opts->metrics, err);
+            if (local == FR_OK)
+                local = check_output_path("--checkpoint", opts->checkpoint, err);
         }
         rc = fr_comm_agree(local, err);
     }
@@ -299,14 +302,139 @@ static void print_header(const training_run *run) {
     fflush(stdout);
 }
 
+/* ------------------------------------------------------ checkpoints */
+
+/* SIGTERM (Slurm's notice) and SIGINT (Ctrl-C) only raise a flag: the step in
+ * progress finishes, the ranks agree, and the run checkpoints and exits. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int signo) { stop_signal = signo; }
+
+static void install_stop_handlers(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+}
+
+/* What the run adds to a checkpoint: where it is in the data, and the
+ * settings that must match for a resume to continue the same run. */
+static int save_checkpoint(training_run *run, long epoch, long batch_in_epoch, fr_error *err) {
+    const frost_options *opts = run->opts;
+    char values[8][64];
+    snprintf(values[0], sizeof values[0], "%ld", epoch);
+    snprintf(values[1], sizeof values[1], "%ld", batch_in_epoch);
+    snprintf(values[2], sizeof values[2], "%ld", opts->seed);
+    snprintf(values[3], sizeof values[3], "%d", opts->shuffle);
+    snprintf(values[4], sizeof values[4], "%d", opts->batch_size);
+    snprintf(values[5], sizeof values[5], "%d", fr_dataset_size(run->train));
+    snprintf(values[6], sizeof values[6], "%.17g", opts->train.lr);
+    snprintf(values[7], sizeof values[7], "%d", fr_comm_size());
+    fr_meta meta[] = {{"epoch", values[0]},      {"batch_in_epoch", values[1]},
+                      {"seed", values[2]},       {"shuffle", values[3]},
+                      {"batch_size", values[4]}, {"dataset_size", values[5]},
+                      {"lr", values[6]},         {"ranks", values[7]},
+                      {"classes", opts->classes ? opts->classes : "all"}};
+    int rc = FR_OK;
+    if (is_root())
+        rc = fr_trainer_save_checkpoint(run->trainer, opts->checkpoint, meta,
+                                        (int)(sizeof meta / sizeof meta[0]), err);
+    return fr_comm_agree(rc, err);
+}
+
+/* A resumed run must see the same data in the same order. */
+static int check_resume_setting(const char *path, const fr_checkpoint *checkpoint,
+                                const char *key, const char *want, const char *what,
+                                fr_error *err) {
+    const char *have = fr_checkpoint_get(checkpoint, key);
+    if (!have || strcmp(have, want) != 0)
+        return fr_fail(err, FR_EINVAL, "%s: the checkpoint was written with %s %s, this run has %s",
+                       path, what, have ? have : "(none)", want);
+    return FR_OK;
+}
+
+static int resume(training_run *run, fr_error *err) {
+    const frost_options *opts = run->opts;
+    fr_checkpoint *checkpoint = NULL;
+    int rc = fr_checkpoint_open(opts->resume, &checkpoint, err);
+    char want[4][32];
+    snprintf(want[0], sizeof want[0], "%d", opts->batch_size);
+    snprintf(want[1], sizeof want[1], "%ld", opts->seed);
+    snprintf(want[2], sizeof want[2], "%d", opts->shuffle);
+    snprintf(want[3], sizeof want[3], "%d", fr_dataset_size(run->train));
+    const char *keys[] = {"batch_size", "seed", "shuffle", "dataset_size"};
+    const char *what[] = {"--batch-size", "--seed", "shuffle (1) / --no-shuffle (0)",
+                          "a training set of size"};
+    for (int i = 0; rc == FR_OK && i < 4; i++)
+        rc = check_resume_setting(opts->resume, checkpoint, keys[i], want[i], what[i], err);
+    if (rc == FR_OK)
+        rc = check_resume_setting(opts->resume, checkpoint, "classes",
+                                  opts->classes ? opts->classes : "all", "--classes", err);
+    if (rc == FR_OK)
+        rc = fr_trainer_restore(run->trainer, checkpoint, opts->allow_freeze_change, err);
+    fr_checkpoint_close(checkpoint);
+    return fr_comm_agree(rc, err);
+}
+
+/* ---------------------------------------------------------------- train */
+
+typedef struct progress {
+    double start, interval_start;
+    long interval_steps, interval_samples;
+    size_t interval_bytes;
+    double samples_trained;
+} progress;
+
+static void log_progress(training_run *run, progress *p, long epoch, long step, long total_steps,
+                         double loss, long correct, int batch) {
+    double t = now_seconds();
+    double rate = p->interval_samples / (t - p->interval_start);
+    size_t sent = fr_trainer_bytes_sent(run->trainer);
+    size_t bytes_per_step = p->interval_steps ? (sent - p->interval_bytes) / (size_t)p->interval_steps : 0;
+    if (is_root()) {
+        char eta[32];
+        long done_here = (long)(p->samples_trained / run->opts->batch_size);
+        format_duration(done_here ? (total_steps - step) * (t - p->start) / done_here : 0, eta,
+                        sizeof eta);
+        printf("epoch %ld step %ld/%ld loss %.4f acc %.1f%% %.0f samples/s ETA %s\n", epoch + 1,
+               step, total_steps, loss, 100.0 * correct / batch, rate, eta);
+        fflush(stdout);
+        if (run->metrics)
+            fprintf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1, loss,
+                    (double)correct / batch, rate, bytes_per_step);
+    }
+    p->interval_start = t;
+    p->interval_steps = 0;
+    p->interval_samples = 0;
+    p->interval_bytes = sent;
+}
+
+/* The loss became NaN or Inf: say at which step, and which parameter broke. */
+static int explain_nonfinite(training_run *run, fr_error *err) {
+    fr_error where = {0};
+    if (fr_model_check_finite(run->model, &where) != FR_OK) {
+        char msg[FR_ERROR_LEN];
+        snprintf(msg, sizeof msg, "%.200s; %.200s", err->msg, where.msg);
+        memcpy(err->msg, msg, sizeof msg);
+    }
+    if (run->opts->checkpoint)
+        fr_error_prefix(err, "stopped, the last checkpoint %s is kept: ", run->opts->checkpoint);
+    return FR_ENONFINITE;
+}
+
 int frost_train(const frost_options *opts, fr_error *err) {
     training_run run = {.opts = opts};
     int rc = setup_training(&run, err);
+    if (rc == FR_OK && opts->resume)
+        rc = resume(&run, err);
     if (rc != FR_OK) {
         free_run(&run);
         return rc;
     }
     record_frozen(&run);
+    install_stop_handlers();
     if (is_root())
         print_header(&run);
 
@@ -316,53 +444,63 @@ int frost_train(const frost_options *opts, fr_error *err) {
     if (opts->epochs > 0 && (total_steps == 0 || opts->epochs * batches_per_epoch < total_steps))
         total_steps = opts->epochs * batches_per_epoch;
 
-    double start = now_seconds(), interval_start = start, last_loss = 0.0;
-    long step = 0, interval_samples = 0;
-    double samples_trained = 0;
-    size_t interval_bytes = fr_trainer_bytes_sent(run.trainer);
-    for (long epoch = 0; step < total_steps && rc == FR_OK; epoch++) {
-        fr_epoch_order(run.order, n, (uint64_t)opts->seed, epoch, opts->shuffle);
-        for (long b = 0; b < batches_per_epoch && step < total_steps && rc == FR_OK; b++) {
-            int begin = (int)(b * batch_size);
-            int batch = n - begin < batch_size ? n - begin : batch_size, first, count;
-            fr_trainer_rank_rows(run.trainer, batch, &first, &count);
-            gather_batch(run.train, run.order + begin, batch, first, count, run.x, run.labels);
-            long correct = 0;
-            rc = fr_trainer_step(run.trainer, run.x, run.labels, batch, &last_loss, &correct, err);
-            if (rc != FR_OK)
-                break;
-            step++;
-            interval_samples += batch;
-            samples_trained += batch;
-            if (step % opts->log_every != 0 && step != total_steps)
-                continue;
+    /* Steps count from the start of the run, resumed or not; the position in
+     * the data follows from the step. */
+    long step = fr_trainer_steps_done(run.trainer);
+    if (is_root() && opts->resume)
+        printf("resumed from %s at step %ld\n", opts->resume, step);
+    progress p = {.start = now_seconds()};
+    p.interval_start = p.start;
+    p.interval_bytes = fr_trainer_bytes_sent(run.trainer);
+    double last_loss = NAN;
+    long epoch = step / batches_per_epoch;
+    bool interrupted = false;
+    while (step < total_steps && rc == FR_OK && !interrupted) {
+        long b = step % batches_per_epoch;
+        epoch = step / batches_per_epoch;
+        if (b == 0 || step == fr_trainer_steps_done(run.trainer))
+            fr_epoch_order(run.order, n, (uint64_t)opts->seed, epoch, opts->shuffle);
+        int begin = (int)(b * batch_size);
+        int batch = n - begin < batch_size ? n - begin : batch_size, first, count;
+        fr_trainer_rank_rows(run.trainer, batch, &first, &count);
+        gather_batch(run.train, run.order + begin, batch, first, count, run.x, run.labels);
+        long correct = 0;
+        rc = fr_trainer_step(run.trainer, run.x, run.labels, batch, &last_loss, &correct, err);
+        if (rc == FR_ENONFINITE)
+            rc = explain_nonfinite(&run, err);
+        if (rc != FR_OK)
+            break;
+        step++;
+        p.interval_steps++;
+        p.interval_samples += batch;
+        p.samples_trained += batch;
+        interrupted = fr_comm_any(stop_signal != 0);
+        if (step % opts->log_every == 0 || step == total_steps || interrupted) {
             /* Replicas must stay bit-identical; a cheap check at every log. */
             rc = fr_comm_check_same(fr_model_checksum(run.model), "the weights", err);
-            if (rc != FR_OK)
-                break;
-            double t = now_seconds();
-            double rate = interval_samples / (t - interval_start);
-            size_t sent = fr_trainer_bytes_sent(run.trainer);
-            size_t bytes_per_step = (sent - interval_bytes) /
-                                    (size_t)(step % opts->log_every ? step % opts->log_every : opts->log_every);
-            if (is_root()) {
-                char eta[32];
-                format_duration((total_steps - step) * (t - start) / step, eta, sizeof eta);
-                printf("epoch %ld step %ld/%ld loss %.4f acc %.1f%% %.0f samples/s ETA %s\n",
-                       epoch + 1, step, total_steps, last_loss, 100.0 * correct / batch, rate, eta);
-                fflush(stdout);
-                if (run.metrics)
-                    fprintf(run.metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1, last_loss,
-                            (double)correct / batch, rate, bytes_per_step);
-            }
-            interval_start = t;
-            interval_samples = 0;
-            interval_bytes = sent;
+            if (rc == FR_OK)
+                log_progress(&run, &p, epoch, step, total_steps, last_loss, correct, batch);
         }
+        if (rc == FR_OK && opts->checkpoint && !interrupted && opts->checkpoint_every &&
+            step % opts->checkpoint_every == 0 && step < total_steps)
+            rc = save_checkpoint(&run, step / batches_per_epoch, step % batches_per_epoch, err);
     }
-    double elapsed = now_seconds() - start;
+    double elapsed = now_seconds() - p.start;
     if (rc == FR_OK)
         rc = verify_frozen(&run, err);
+    if (rc == FR_OK && opts->checkpoint)
+        rc = save_checkpoint(&run, step / batches_per_epoch, step % batches_per_epoch, err);
+    if (rc == FR_OK && interrupted) {
+        if (opts->checkpoint)
+            rc = fr_fail(err, FR_EINTERRUPTED,
+                         "stopped by a signal after step %ld; checkpoint written to %s (continue with --resume %s)",
+                         step, opts->checkpoint, opts->checkpoint);
+        else
+            rc = fr_fail(err, FR_EINTERRUPTED,
+                         "stopped by a signal after step %ld; no --checkpoint was given, nothing saved", step);
+        free_run(&run);
+        return rc;
+    }
     double test_loss = 0.0, test_accuracy = 0.0;
     if (rc == FR_OK)
         rc = evaluate_dataset(run.trainer, run.test, batch_size, run.x, run.labels, &test_loss,
@@ -374,7 +512,7 @@ int frost_train(const frost_options *opts, fr_error *err) {
         rc = close_metrics(&run, err);
     if (rc == FR_OK && is_root()) {
         printf("done: %ld steps in %.1f s, %.0f samples/s, final loss %.4f\n", step, elapsed,
-               elapsed > 0 ? samples_trained / elapsed : 0.0, last_loss);
+               elapsed > 0 ? p.samples_trained / elapsed : 0.0, last_loss);
         printf("test: loss %.4f accuracy %.2f%% (%d samples)\n", test_loss, 100.0 * test_accuracy,
                fr_dataset_size(run.test));
         printf("frozen parameters: %zu, unchanged (checksum %016llx)\n",
@@ -383,13 +521,14 @@ int frost_train(const frost_options *opts, fr_error *err) {
         printf("allreduce: %zu bytes per step, %zu bytes in all; peak memory %.0f MB\n",
                fr_trainer_allreduce_bytes(run.trainer), fr_trainer_bytes_sent(run.trainer),
                peak_rss_mb());
+        if (opts->checkpoint)
+            printf("checkpoint %s\n", opts->checkpoint);
         if (opts->save)
             printf("saved %s\n", opts->save);
     }
     free_run(&run);
     return rc;
 }
-
 
 /* ----------------------------------------------------------------- eval */
 
