@@ -66,7 +66,8 @@ typedef struct fr_param fr_param;
 
 #define FR_MAX_DIMS 4
 
-/* An empty model whose samples are `channels x height x width` floats. */
+/* An empty model whose samples are `channels x height x width` floats; NULL
+ * when a dimension is not positive or memory runs out. */
 fr_model *fr_model_new(int channels, int height, int width);
 void fr_model_free(fr_model *model);
 
@@ -106,8 +107,9 @@ const char *fr_model_layer_kind(const fr_model *model, int layer);
 /* One line describing the layer and its output shape, e.g. "conv1 conv2d(1, 32, 3) -> 32x26x26". */
 void fr_model_layer_describe(const fr_model *model, int layer, char *buf, size_t len);
 
-/* PyTorch's default initialisation from a seeded generator. */
-void fr_model_init(fr_model *model, uint64_t seed);
+/* PyTorch's default initialisation from a seeded generator.  Fails only
+ * when the parameter arena cannot be allocated. */
+int fr_model_init(fr_model *model, uint64_t seed, fr_error *err);
 
 /* Parameters, in declaration order (as named_parameters() lists them). */
 size_t fr_model_param_count(const fr_model *model);
@@ -214,7 +216,9 @@ typedef struct fr_train_config {
     int max_batch;       /* largest global batch that will be passed to a step */
 } fr_train_config;
 
-/* PyTorch's defaults: SGD, lr 0.01, Adam betas (0.9, 0.999), eps 1e-8. */
+/* PyTorch's defaults: SGD, lr 0.01, no momentum or weight decay, Adam betas
+ * (0.9, 0.999), eps 1e-8; cross-entropy; threads 0 (OMP_NUM_THREADS);
+ * max_batch 64 (set it to the largest global batch you will pass). */
 void fr_train_config_default(fr_train_config *config);
 
 typedef struct fr_trainer fr_trainer;
@@ -235,7 +239,8 @@ void fr_trainer_free(fr_trainer *trainer);
  * passes the same global batch (it may leave the other ranks' rows unfilled;
  * fr_trainer_rank_rows says which rows this rank reads).  `loss` receives the
  * mean loss over the global batch, `correct` (may be NULL) how many argmax
- * predictions were right.
+ * predictions were right.  With every parameter frozen a step only runs
+ * forward and reports the loss (where PyTorch's backward would raise).
  */
 int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets,
                     int batch, double *loss, long *correct, fr_error *err);

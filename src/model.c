@@ -209,9 +209,10 @@ int fr_model_ensure_arena(fr_model *model, fr_error *err) {
     return FR_OK;
 }
 
-void fr_model_init(fr_model *model, uint64_t seed) {
-    if (fr_model_ensure_arena(model, NULL) != FR_OK)
-        return;
+int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
+    int rc = fr_model_ensure_arena(model, err);
+    if (rc != FR_OK)
+        return rc;
     fr_rng rng;
     fr_rng_seed(&rng, seed);
     /* nn.Linear / nn.Conv2d reset_parameters: kaiming_uniform_(a=sqrt(5)) for the
@@ -231,6 +232,7 @@ void fr_model_init(fr_model *model, uint64_t seed) {
                 p->data[j] = (2.0f * fr_rng_uniform(&rng) - 1.0f) * bound;
         }
     }
+    return FR_OK;
 }
 
 int fr_model_input_numel(const fr_model *model) { return (int)fr_shape_numel(model->input); }

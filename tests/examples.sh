@@ -1,2 +1,62 @@
 #!/bin/sh
-echo "1..0 # SKIP placeholder"
+# examples.sh - the three freezing examples (examples/freeze_*.c) run to the
+# end, report requires_grad for every parameter in named_parameters() order
+# exactly as PyTorch would print it, and confirm that training left the frozen
+# parameters bit-identical and moved the trainable ones.
+. "$TOP_SRCDIR/tests/common.sh"
+
+# check_example NAME 'EXPECTED REQUIRES_GRAD LINES' 'EXPECTED FINAL LINE'
+check_example() {
+    name=$1 expected=$2 final=$3
+    if [ ! -x "$EXAMPLES/$name" ]; then
+        skip "$name was not built"
+        skip "$name was not built"
+        skip "$name was not built"
+        return
+    fi
+    "$EXAMPLES/$name" > "$WORK/$name.out" 2> "$WORK/$name.err"
+    status=$?
+    ok $status "$name exits with status 0"
+    [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/$name.err"
+    grep ' requires_grad: ' "$WORK/$name.out" > "$WORK/$name.grad"
+    printf '%s\n' "$expected" | cmp -s - "$WORK/$name.grad"
+    ok $? "$name prints requires_grad for every parameter, in order: $(printf '%s' "$expected" |
+        sed 's/ requires_grad: /=/' | tr '\n' ' ')"
+    [ "$(tail -n 1 "$WORK/$name.out")" = "$final" ]
+    ok $? "$name ends with '$final'"
+}
+
+check_example freeze_all \
+'fc1.weight requires_grad: False
+fc1.bias requires_grad: False
+fc2.weight requires_grad: False
+fc2.bias requires_grad: False' \
+'frozen parameters unchanged, no trainable parameters'
+
+# With nothing to train a step is forward only, so the loss cannot move.
+if [ -x "$EXAMPLES/freeze_all" ]; then
+    [ "$(sed -n 's/^step [0-9]* loss //p' "$WORK/freeze_all.out" | sort -u | wc -l)" -eq 1 ]
+    ok $? "freeze_all: a fully frozen model gives the same loss at every step"
+else
+    skip "freeze_all was not built"
+fi
+
+check_example freeze_layer \
+'fc1.weight requires_grad: False
+fc1.bias requires_grad: False
+fc2.weight requires_grad: True
+fc2.bias requires_grad: True' \
+'frozen parameters unchanged, trainable parameters changed'
+
+check_example freeze_pattern \
+'conv1.weight requires_grad: False
+conv1.bias requires_grad: False
+conv2.weight requires_grad: False
+conv2.bias requires_grad: False
+fc1.weight requires_grad: True
+fc1.bias requires_grad: True
+fc2.weight requires_grad: True
+fc2.bias requires_grad: True' \
+'frozen parameters unchanged, trainable parameters changed'
+
+done_testing

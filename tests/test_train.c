@@ -14,7 +14,7 @@ static fr_model *mlp(void) {
     fr_error err = {0};
     if (fr_model_parse("fc1 = linear(10, 5); relu; fc2 = linear(5, 2)", "test", &m, &err) != FR_OK)
         tap_diag("%s", err.msg);
-    fr_model_init(m, 7);
+    fr_model_init(m, 7, NULL);
     return m;
 }
 
@@ -25,7 +25,7 @@ static fr_model *convnet(void) {
                        "flatten; fc1 = linear(128, 10); relu; fc2 = linear(10, 2)",
                        "test", &m, &err) != FR_OK)
         tap_diag("%s", err.msg);
-    fr_model_init(m, 11);
+    fr_model_init(m, 11, NULL);
     return m;
 }
 

@@ -114,8 +114,10 @@ static int initialise_weights(const frost_options *opts, fr_model *model, fr_err
             rc = fr_comm_check_same(fr_model_checksum(model), "the --init weights", err);
         return rc;
     }
-    fr_model_init(model, (uint64_t)opts->seed);
-    return fr_comm_agree(fr_comm_broadcast_model(model, err), err);
+    int local = fr_model_init(model, (uint64_t)opts->seed, err);
+    if (local == FR_OK)
+        local = fr_comm_broadcast_model(model, err);
+    return fr_comm_agree(local, err);
 }
 
 /* ------------------------------------------------------------- batches */
@@ -515,9 +517,12 @@ int frost_train(const frost_options *opts, fr_error *err) {
                elapsed > 0 ? p.samples_trained / elapsed : 0.0, last_loss);
         printf("test: loss %.4f accuracy %.2f%% (%d samples)\n", test_loss, 100.0 * test_accuracy,
                fr_dataset_size(run.test));
-        printf("frozen parameters: %zu, unchanged (checksum %016llx)\n",
-               fr_model_numel(run.model) - fr_model_trainable_numel(run.model),
-               (unsigned long long)fr_model_frozen_checksum(run.model));
+        size_t frozen = fr_model_numel(run.model) - fr_model_trainable_numel(run.model);
+        if (frozen)
+            printf("frozen parameters: %zu, unchanged (checksum %016llx)\n", frozen,
+                   (unsigned long long)fr_model_frozen_checksum(run.model));
+        else
+            printf("frozen parameters: 0\n");
         printf("allreduce: %zu bytes per step, %zu bytes in all; peak memory %.0f MB\n",
                fr_trainer_allreduce_bytes(run.trainer), fr_trainer_bytes_sent(run.trainer),
                peak_rss_mb());
