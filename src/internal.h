@@ -96,13 +96,18 @@ typedef struct fr_layer_ops {
     /*
      * dout: gradient of the loss w.r.t. out.  din (gradient w.r.t. in) is NULL
      * when nothing below needs it.  dweight/dbias are NULL for frozen
-     * parameters; otherwise they are ADDED to (slabs are zeroed per step).
+     * parameters; otherwise they are OVERWRITTEN with this batch's gradient
+     * (each replica runs a layer's backward once per step, so the slab never
+     * needs zeroing).
      */
     void (*backward)(const fr_layer *l, const float *in, const float *out,
                      const float *dout, float *din, float *dweight,
                      float *dbias, int n, void *scratch);
     /* Out aliases in (flatten): forward/backward are never called. */
     bool alias;
+    /* Forward may run with out == in (relu): the trainer then gives the layer
+     * no buffer of its own.  Backward must not need the layer's input. */
+    bool inplace;
 } fr_layer_ops;
 
 enum { FR_ARG_IN, FR_ARG_OUT, FR_ARG_KERNEL, FR_ARG_STRIDE, FR_ARG_PADDING, FR_ARG_COUNT };
@@ -137,7 +142,7 @@ void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
 /* img[c x h x w] += col2im(col). */
 void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img);
-/* dbias[j] += sum over rows of d[rows x cols] column j ... (see kernels.c) */
+/* dbias[j] = sum over the rows of d[rows x cols] of column j. */
 void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias);
 
 /* ------------------------------------------------------------- model */

@@ -119,6 +119,8 @@ void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
 /* For linear layers: d is the batch's output gradient [n x out], and the bias
  * gradient is its column sums. */
 void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias) {
+    for (int j = 0; j < cols; j++)
+        dbias[j] = 0.0f;
     for (int row = 0; row < rows; row++) {
         const float *values = d + (size_t)row * cols;
         for (int j = 0; j < cols; j++)

@@ -38,7 +38,7 @@ typedef struct slab_segment {
 /* What one thread owns: its activations, scratch and gradient slab. */
 typedef struct replica {
     int rows_cap;
-    float **outputs;     /* per layer; NULL for flatten (it aliases its input) */
+    float **outputs;     /* per layer; NULL where the output shares the input's buffer */
     void **scratch;      /* per layer */
     float *grad_a, *grad_b; /* ping-pong gradients w.r.t. activations */
     float *slab;
@@ -57,6 +57,8 @@ struct fr_trainer {
 
     /* The frozen set the slab was laid out for. */
     bool *planned_requires_grad;
+    /* Per layer: its output lives in its input's buffer (flatten, in-place relu). */
+    bool *shares_input;
     int first_trainable;
     size_t trainable_count;
     slab_segment *segments;
@@ -86,16 +88,32 @@ void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first, int 
 }
 
 /*
+ * Which outputs share their input's buffer: flatten always, and an in-place
+ * layer (relu) unless its input is the caller's batch, which is read-only.
+ */
+static void plan_shared_outputs(const fr_model *model, bool *shares_input) {
+    bool input_is_batch = true;
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer_ops *ops = model->layers[i].ops;
+        shares_input[i] = ops->alias || (ops->inplace && !input_is_batch);
+        if (!ops->alias)
+            input_is_batch = input_is_batch && shares_input[i];
+    }
+}
+
+/*
  * Which layer outputs must be kept for backward: those from the layer before
  * the first trainable one onwards (a layer needs its input and output), plus
- * whatever a flatten there aliases.  The rest live in two transient buffers.
+ * the buffers that sharing layers there write into.  The rest live in two
+ * transient buffers.
  */
-static void plan_kept_outputs(const fr_model *model, int first_trainable, bool *kept) {
+static void plan_kept_outputs(const fr_model *model, const bool *shares_input,
+                              int first_trainable, bool *kept) {
     int last = model->layer_count - 1;
     for (int i = 0; i <= last; i++)
         kept[i] = i >= first_trainable - 1 || i == last;
     for (int i = last; i > 0; i--)
-        if (model->layers[i].ops->alias && kept[i])
+        if (shares_input[i] && kept[i])
             kept[i - 1] = true;
 }
 
@@ -127,7 +145,7 @@ static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
  * two activation-gradient buffers, per-layer scratch and the slab.  Called by
  * the thread that owns the replica, so its pages are first touched there.
  */
-static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, bool *kept) {
+static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bool *kept) {
     const fr_model *model = trainer->model;
     int layers = model->layer_count;
     size_t act = max_activation_numel(model) * (size_t)rows_cap;
@@ -142,7 +160,7 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, bool *ke
     size_t floats = 4 * round_up(act, SLAB_CHUNK_ALIGN);
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
-        if (!l->ops->alias && kept[i])
+        if (!trainer->shares_input[i] && kept[i])
             floats += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
         if (l->ops->scratch_bytes)
             floats += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
@@ -168,7 +186,7 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, bool *ke
     int input_in = -1; /* which transient buffer holds the current input */
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
-        if (l->ops->alias) {
+        if (trainer->shares_input[i]) {
             r->outputs[i] = NULL;
         } else if (kept[i]) {
             r->outputs[i] = next;
@@ -274,7 +292,8 @@ static int plan(fr_trainer *trainer, fr_error *err) {
     bool *kept = calloc((size_t)model->layer_count + 1, sizeof *kept);
     if (!kept)
         return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
-    plan_kept_outputs(model, trainer->first_trainable, kept);
+    plan_shared_outputs(model, trainer->shares_input);
+    plan_kept_outputs(model, trainer->shares_input, trainer->first_trainable, kept);
     int rank_first, rank_rows;
     split_rows(trainer->config.max_batch, fr_comm_size(), 0, &rank_first, &rank_rows);
     int failed = 0;
@@ -329,7 +348,9 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
     trainer->replicas = calloc((size_t)trainer->threads, sizeof *trainer->replicas);
     trainer->planned_requires_grad = calloc((size_t)model->param_count + 1, sizeof(bool));
     trainer->param_steps = calloc((size_t)model->param_count + 1, sizeof(long));
-    if (!trainer->replicas || !trainer->planned_requires_grad || !trainer->param_steps) {
+    trainer->shares_input = calloc((size_t)model->layer_count + 1, sizeof(bool));
+    if (!trainer->replicas || !trainer->planned_requires_grad || !trainer->param_steps ||
+        !trainer->shares_input) {
         fr_trainer_free(trainer);
         return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
     }
@@ -350,28 +371,35 @@ void fr_trainer_free(fr_trainer *trainer) {
     fr_free(trainer->state_v);
     free(trainer->planned_requires_grad);
     free(trainer->param_steps);
+    free(trainer->shares_input);
     free(trainer);
 }
 
 /* ----------------------------------------------------- forward, backward */
 
-static const float *layer_input(const replica *r, const fr_model *model, const float *x, int i) {
-    /* Walk back over aliasing layers (flatten) to the buffer that holds data. */
+static const float *layer_input(const fr_trainer *trainer, const replica *r, const float *x,
+                                int i) {
+    /* Walk back over sharing layers to the buffer that holds the data. */
     for (int j = i - 1; j >= 0; j--)
-        if (!model->layers[j].ops->alias)
+        if (!trainer->shares_input[j])
             return r->outputs[j];
     return x;
 }
 
-static const float *layer_output(const replica *r, const fr_model *model, const float *x, int i) {
-    return model->layers[i].ops->alias ? layer_input(r, model, x, i) : r->outputs[i];
+static const float *layer_output(const fr_trainer *trainer, const replica *r, const float *x,
+                                 int i) {
+    return trainer->shares_input[i] ? layer_input(trainer, r, x, i) : r->outputs[i];
 }
 
-static void forward(const fr_model *model, replica *r, const float *x, int rows) {
+static void forward(const fr_trainer *trainer, replica *r, const float *x, int rows) {
+    const fr_model *model = trainer->model;
     for (int i = 0; i < model->layer_count; i++) {
         const fr_layer *l = &model->layers[i];
-        if (!l->ops->alias)
-            l->ops->forward(l, layer_input(r, model, x, i), r->outputs[i], rows, r->scratch[i]);
+        if (l->ops->alias)
+            continue;
+        /* An in-place layer writes over its input, a buffer this replica owns. */
+        float *out = (float *)layer_output(trainer, r, x, i);
+        l->ops->forward(l, layer_input(trainer, r, x, i), out, rows, r->scratch[i]);
     }
 }
 
@@ -390,8 +418,8 @@ static void backward(const fr_trainer *trainer, replica *r, const float *x, int 
             dweight = r->slab + model->params[l->weight].slab_offset;
         if (l->bias >= 0 && model->params[l->bias].requires_grad)
             dbias = r->slab + model->params[l->bias].slab_offset;
-        l->ops->backward(l, layer_input(r, model, x, i), layer_output(r, model, x, i), dout, din,
-                         dweight, dbias, rows, r->scratch[i]);
+        l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), dout,
+                         din, dweight, dbias, rows, r->scratch[i]);
         r->backward_calls[i]++;
         dout = din;
     }
@@ -411,13 +439,15 @@ static void replica_pass(fr_trainer *trainer, replica *r, const float *x, const 
     r->loss_sum = 0.0;
     r->correct = 0;
     r->bad_label = -1;
-    if (train)
-        memset(r->slab, 0, trainer->trainable_count * sizeof(float));
-    if (rows == 0)
+    if (rows == 0) {
+        /* Backward overwrites the slab; a replica with no rows adds nothing. */
+        if (train)
+            memset(r->slab, 0, trainer->trainable_count * sizeof(float));
         return;
+    }
     const float *my_x = x + (size_t)first * fr_model_input_numel(model);
-    forward(model, r, my_x, rows);
-    const float *logits = layer_output(r, model, my_x, model->layer_count - 1);
+    forward(trainer, r, my_x, rows);
+    const float *logits = layer_output(trainer, r, my_x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
     r->loss_sum = fr_loss(trainer->config.loss, logits, target_rows(trainer, targets, first), rows,
                           k, 1.0f / (float)batch, run_backward ? r->grad_a : NULL, &r->correct,
@@ -430,7 +460,8 @@ static void replica_pass(fr_trainer *trainer, replica *r, const float *x, const 
 
 /* ---------------------------------------------------------- optimizer */
 
-/* Apply the optimizer to slab range [begin, end) of the reduced slab. */
+/* Apply the optimizer to slab range [begin, end); grad[0] is the gradient at
+ * slab index `begin`. */
 static void update_range(fr_trainer *trainer, const float *grad, size_t begin, size_t end) {
     fr_model *model = trainer->model;
     for (int s = 0; s < trainer->segment_count; s++) {
@@ -442,19 +473,33 @@ static void update_range(fr_trainer *trainer, const float *grad, size_t begin, s
         fr_param *p = &model->params[seg->param];
         size_t within = lo - seg->slab_offset;
         fr_optim_update(&trainer->config, trainer->param_steps[seg->param] + 1, p->data + within,
-                        grad + lo, trainer->state_m ? trainer->state_m + lo : NULL,
+                        grad + (lo - begin), trainer->state_m ? trainer->state_m + lo : NULL,
                         trainer->state_v ? trainer->state_v + lo : NULL, hi - lo);
     }
 }
 
-/* Sum slab range [begin, end) of every replica into replica 0's slab,
- * always in replica order so the result does not depend on timing. */
-static void reduce_range(fr_trainer *trainer, size_t begin, size_t end) {
-    float *sum = trainer->replicas[0].slab;
+/* sum[0 .. end-begin) = the replicas' slabs over [begin, end), added in
+ * replica order so the result does not depend on timing. */
+static void reduce_range(const fr_trainer *trainer, float *sum, size_t begin, size_t end) {
+    const float *first = trainer->replicas[0].slab;
+    if (sum != first + begin)
+        memcpy(sum, first + begin, (end - begin) * sizeof(float));
     for (int t = 1; t < trainer->threads; t++) {
-        const float *part = trainer->replicas[t].slab;
-        for (size_t j = begin; j < end; j++)
+        const float *part = trainer->replicas[t].slab + begin;
+        for (size_t j = 0; j < end - begin; j++)
             sum[j] += part[j];
+    }
+}
+
+/* On one rank: reduce and update a chunk block by block, the summed gradient
+ * staying in cache between the two and never written back to a slab. */
+#define FUSED_BLOCK 2048
+static void reduce_and_update(fr_trainer *trainer, size_t begin, size_t end) {
+    float block[FUSED_BLOCK];
+    for (size_t lo = begin; lo < end; lo += FUSED_BLOCK) {
+        size_t hi = lo + FUSED_BLOCK < end ? lo + FUSED_BLOCK : end;
+        reduce_range(trainer, block, lo, hi);
+        update_range(trainer, block, lo, hi);
     }
 }
 
@@ -537,11 +582,11 @@ int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, in
         /* Every thread sees status after the single's implicit barrier. */
         size_t begin, end;
         chunk_of(trainer, t, &begin, &end);
+        float *reduced = trainer->replicas[0].slab;
         if (status == FR_OK && single_rank) {
-            reduce_range(trainer, begin, end);
-            update_range(trainer, trainer->replicas[0].slab, begin, end);
+            reduce_and_update(trainer, begin, end);
         } else if (status == FR_OK) {
-            reduce_range(trainer, begin, end);
+            reduce_range(trainer, reduced + begin, begin, end);
 #pragma omp barrier
 #pragma omp master
             {
@@ -551,7 +596,7 @@ int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, in
             }
 #pragma omp barrier
             if (status == FR_OK)
-                update_range(trainer, trainer->replicas[0].slab, begin, end);
+                update_range(trainer, reduced + begin, begin, end);
         }
     }
     if (status != FR_OK) {

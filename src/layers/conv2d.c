@@ -149,15 +149,19 @@ static void conv2d_backward(const fr_layer *l, const float *in,
     size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
     for (int s = 0; s < n; s++) {
         const float *dout_s = dout + s * out_numel;
-        /* dW[out x K] += dout_s[out x P] · colᵀ[P x K] */
+        /* dW[out x K] (+)= dout_s[out x P] · colᵀ[P x K]: the first sample
+         * overwrites, the rest accumulate. */
         if (dweight) {
             const float *col = columns_of(&d, in + s * in_numel, scratch);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d.out_c,
                         d.col_rows, d.out_plane, 1.0f, dout_s, d.out_plane, col,
-                        d.out_plane, 1.0f, dweight, d.col_rows);
+                        d.out_plane, s == 0 ? 0.0f : 1.0f, dweight, d.col_rows);
         }
-        if (dbias)
+        if (dbias) {
+            if (s == 0)
+                memset(dbias, 0, (size_t)d.out_c * sizeof *dbias);
             fr_bias_grad_channels(dout_s, d.out_c, d.out_plane, dbias);
+        }
         if (!din)
             continue;
         /* dcol[K x P] = Wᵀ[K x out] · dout_s[out x P].  For 1x1 kernels dcol

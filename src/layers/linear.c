@@ -63,10 +63,10 @@ static void linear_backward(const fr_layer *l, const float *in,
     int in_n = in_features(l), out_n = out_features(l);
     if (n <= 0)
         return;
-    /* dW[out x in] += doutᵀ[out x n] · in[n x in] */
+    /* dW[out x in] = doutᵀ[out x n] · in[n x in] */
     if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_n, in_n, n,
-                    1.0f, dout, out_n, in, in_n, 1.0f, dweight, in_n);
+                    1.0f, dout, out_n, in, in_n, 0.0f, dweight, in_n);
     if (dbias)
         fr_bias_grad_rows(dout, n, out_n, dbias);
     /* din[n x in] = dout[n x out] · W[out x in] */

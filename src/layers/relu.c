@@ -51,4 +51,5 @@ const fr_layer_ops fr_relu_ops = {
     .forward = relu_forward,
     .backward = relu_backward,
     .alias = false,
+    .inplace = true,
 };
