@@ -258,6 +258,32 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
     long step = 0;
     if (!optimizer || !frozen || !steps || parse_long(fr_st_meta_get(file, META_STEP), &step))
         return fr_fail(err, FR_EFORMAT, "%s: checkpoint metadata is incomplete or malformed", path);
+    /* Another model's checkpoint: say so, before the frozen set or the
+     * optimizer state are compared and give a less direct message. */
+    for (int i = 0; i < model->param_count; i++) {
+        const fr_param *p = &model->params[i];
+        const fr_st_tensor *t = fr_st_find(file, p->name);
+        bool same = t && t->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++)
+            same = t->shape[d] == p->shape[d];
+        if (!t)
+            return fr_fail(err, FR_EINVAL,
+                           "%s: the checkpoint is of another model: it has no tensor '%s'", path,
+                           p->name);
+        if (!same) {
+            char have[128], want[128];
+            size_t used = (size_t)snprintf(have, sizeof have, "[");
+            for (int d = 0; d < t->ndim && used < sizeof have; d++)
+                used += (size_t)snprintf(have + used, sizeof have - used, "%s%" PRId64,
+                                         d ? ", " : "", t->shape[d]);
+            if (used < sizeof have)
+                snprintf(have + used, sizeof have - used, "]");
+            fr_param_shape_string(p, want, sizeof want);
+            return fr_fail(err, FR_EINVAL,
+                           "%s: the checkpoint is of another model: '%s' is %s there, %s here",
+                           path, p->name, have, want);
+        }
+    }
     if (strcmp(optimizer, optimizer_name(config->optimizer)) != 0)
         return fr_fail(err, FR_EINVAL, "%s: the checkpoint was trained with --optimizer %s, this run uses %s",
                        path, optimizer, optimizer_name(config->optimizer));

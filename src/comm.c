@@ -10,6 +10,7 @@
 #include "config.h"
 #include "internal.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,6 +119,43 @@ int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err) {
     return FR_OK;
 }
 
+/* Requests of the step's bucket allreduces, indexed by ticket. */
+static MPI_Request *pending;
+static int pending_cap;
+
+int fr_comm_start_sum(float *buf, size_t count, int ticket, fr_error *err) {
+    if (ticket >= pending_cap) {
+        int cap = ticket + 16;
+        MPI_Request *grown = realloc(pending, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return fr_fail(err, FR_ENOMEM, "out of memory for allreduce requests");
+        for (int i = pending_cap; i < cap; i++)
+            grown[i] = MPI_REQUEST_NULL;
+        pending = grown;
+        pending_cap = cap;
+    }
+    if (count > (size_t)INT_MAX)
+        return fr_fail(err, FR_ECOMM, "an allreduce bucket of %zu floats is too large", count);
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                            &pending[ticket]);
+    if (rc != MPI_SUCCESS)
+        return mpi_failed(err, "MPI_Iallreduce", rc);
+    /* Give the earlier buckets a chance to progress while backward goes on. */
+    for (int i = 0; i < ticket; i++) {
+        int done = 0;
+        if (pending[i] != MPI_REQUEST_NULL)
+            MPI_Test(&pending[i], &done, MPI_STATUS_IGNORE);
+    }
+    return FR_OK;
+}
+
+int fr_comm_finish_sum(int ticket, fr_error *err) {
+    if (ticket >= pending_cap || pending[ticket] == MPI_REQUEST_NULL)
+        return FR_OK;
+    int rc = MPI_Wait(&pending[ticket], MPI_STATUS_IGNORE);
+    return rc == MPI_SUCCESS ? FR_OK : mpi_failed(err, "MPI_Iallreduce", rc);
+}
+
 int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
     if (world_size == 1)
         return FR_OK;
@@ -190,6 +228,18 @@ int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
     (void)err;
     return FR_OK;
 }
+int fr_comm_start_sum(float *buf, size_t count, int ticket, fr_error *err) {
+    (void)buf;
+    (void)count;
+    (void)ticket;
+    (void)err;
+    return FR_OK;
+}
+int fr_comm_finish_sum(int ticket, fr_error *err) {
+    (void)ticket;
+    (void)err;
+    return FR_OK;
+}
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err) {
     (void)buf;
     (void)count;
@@ -223,7 +273,7 @@ int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
     if (rc == FR_OK)
         rc = fr_comm_check_same(frozen, "the frozen set (--freeze/--unfreeze)", err);
     if (rc == FR_OK)
-        rc = fr_comm_check_same(hyper, "the hyper-parameters", err);
+        rc = fr_comm_check_same(hyper, "the hyper-parameters and run settings", err);
     if (rc == FR_OK)
         rc = fr_comm_check_same((uint64_t)dataset_size, "the dataset size", err);
     return rc;

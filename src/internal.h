@@ -267,6 +267,10 @@ int fr_optim_check(const fr_train_config *config, fr_error *err);
 /* In-place sums over all ranks; no-ops on one rank. */
 int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err);
 int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err);
+/* Nonblocking in-place sum of buf over all ranks, identified by `ticket`
+ * (0, 1, ... within a step); fr_comm_finish_sum waits for it.  Main thread only. */
+int fr_comm_start_sum(float *buf, size_t count, int ticket, fr_error *err);
+int fr_comm_finish_sum(int ticket, fr_error *err);
 /* Rank 0's values to every rank. */
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err);
 

@@ -54,7 +54,7 @@ int fr_optim_check(const fr_train_config *c, fr_error *err) {
 static void sgd(const fr_train_config *c, long step, float *p, const float *grad, float *buf,
                 size_t n) {
     const float lr = (float)c->lr, wd = (float)c->weight_decay, mu = (float)c->momentum;
-    const float keep = 1.0f - (float)c->dampening;
+    const float keep = (float)(1.0 - c->dampening);
     for (size_t i = 0; i < n; i++) {
         float g = grad[i];
         if (wd != 0.0f)
@@ -72,6 +72,10 @@ static void adam(const fr_train_config *c, long step, float *p, const float *gra
                  float *v, size_t n) {
     const float lr = (float)c->lr, wd = (float)c->weight_decay;
     const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
+    /* torch forms 1 - beta and 1 - lr*wd in double before they meet float
+     * tensors; 1.0f - 0.999f would be 1.3e-5 off and bias every step. */
+    const float one_minus_b1 = (float)(1.0 - c->beta1), one_minus_b2 = (float)(1.0 - c->beta2);
+    const float decay = (float)(1.0 - c->lr * c->weight_decay);
     const bool decoupled = c->optimizer == FR_ADAMW;
     const float correction1 = 1.0f - (float)pow(c->beta1, (double)step);
     const float correction2_sqrt = (float)sqrt(1.0 - pow(c->beta2, (double)step));
@@ -79,11 +83,11 @@ static void adam(const fr_train_config *c, long step, float *p, const float *gra
     for (size_t i = 0; i < n; i++) {
         float g = grad[i];
         if (decoupled)
-            p[i] *= 1.0f - lr * wd;
+            p[i] *= decay;
         else if (wd != 0.0f)
             g += wd * p[i];
-        m[i] = b1 * m[i] + (1.0f - b1) * g;
-        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+        m[i] = b1 * m[i] + one_minus_b1 * g;
+        v[i] = b2 * v[i] + one_minus_b2 * g * g;
         float denom = sqrtf(v[i]) / correction2_sqrt + eps;
         p[i] -= step_size * (m[i] / denom);
     }

@@ -35,6 +35,15 @@ typedef struct slab_segment {
     int param;
 } slab_segment;
 
+/* A piece of the slab that one nonblocking allreduce carries: complete once
+ * backward has passed layer `ready_after_layer`. */
+typedef struct bucket {
+    size_t begin, end;
+    int ready_after_layer;
+} bucket;
+
+#define DEFAULT_BUCKET_MB 4.0
+
 /* What one thread owns: its activations, scratch and gradient slab. */
 typedef struct replica {
     int rows_cap;
@@ -63,6 +72,8 @@ struct fr_trainer {
     size_t trainable_count;
     slab_segment *segments;
     int segment_count;
+    bucket *buckets;
+    int bucket_count;
 
     /* Optimizer state, slab layout; per-parameter step counts (torch keeps
      * `step` per parameter, and a parameter unfrozen later starts at 1). */
@@ -212,6 +223,40 @@ static void free_plan(fr_trainer *trainer) {
     free(trainer->segments);
     trainer->segments = NULL;
     trainer->segment_count = 0;
+    free(trainer->buckets);
+    trainer->buckets = NULL;
+    trainer->bucket_count = 0;
+}
+
+/*
+ * Cut the slab into buckets in backward order: a bucket closes at the first
+ * layer boundary after it reaches the target size, so each can be sent as
+ * soon as backward has passed that layer while backward goes on below.
+ */
+static int plan_buckets(fr_trainer *trainer) {
+    const fr_model *model = trainer->model;
+    double mb = trainer->config.bucket_mb > 0 ? trainer->config.bucket_mb : DEFAULT_BUCKET_MB;
+    size_t target = (size_t)(mb * 1024 * 1024 / sizeof(float));
+    if (target == 0)
+        target = 1;
+    trainer->buckets = calloc((size_t)model->layer_count + 1, sizeof *trainer->buckets);
+    if (!trainer->buckets)
+        return FR_ENOMEM;
+    size_t begin = 0, end = 0;
+    for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
+        const fr_layer *l = &model->layers[i];
+        int ids[2] = {l->weight, l->bias};
+        for (int k = 0; k < 2; k++)
+            if (ids[k] >= 0 && model->params[ids[k]].requires_grad)
+                end = model->params[ids[k]].slab_offset + model->params[ids[k]].numel;
+        bool last = i == trainer->first_trainable;
+        if (end > begin && (end - begin >= target || last)) {
+            trainer->buckets[trainer->bucket_count++] =
+                (bucket){.begin = begin, .end = end, .ready_after_layer = i};
+            begin = end;
+        }
+    }
+    return FR_OK;
 }
 
 /*
@@ -255,6 +300,8 @@ static int plan(fr_trainer *trainer, fr_error *err) {
     }
     trainer->trainable_count = offset;
     trainer->first_trainable = fr_model_first_trainable_layer(model);
+    if (plan_buckets(trainer) != FR_OK)
+        goto oom;
     for (int i = 0; i < params; i++)
         trainer->planned_requires_grad[i] = model->params[i].requires_grad;
 
@@ -403,26 +450,25 @@ static void forward(const fr_trainer *trainer, replica *r, const float *x, int r
     }
 }
 
-/* Backward from the loss gradient in r->grad_a down to the first layer with a
- * trainable parameter; nothing is computed below it. */
-static void backward(const fr_trainer *trainer, replica *r, const float *x, int rows) {
+/* The backward of layer i, from *dout; on return *dout is the gradient the
+ * layer below needs (NULL at the first trainable layer, where backward stops:
+ * nothing is computed for the frozen prefix). */
+static void backward_layer(const fr_trainer *trainer, replica *r, const float *x, int rows, int i,
+                           float **dout) {
     const fr_model *model = trainer->model;
-    float *dout = r->grad_a;
-    for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
-        const fr_layer *l = &model->layers[i];
-        if (l->ops->alias)
-            continue; /* same memory, same gradient */
-        float *din = i > trainer->first_trainable ? (dout == r->grad_a ? r->grad_b : r->grad_a) : NULL;
-        float *dweight = NULL, *dbias = NULL;
-        if (l->weight >= 0 && model->params[l->weight].requires_grad)
-            dweight = r->slab + model->params[l->weight].slab_offset;
-        if (l->bias >= 0 && model->params[l->bias].requires_grad)
-            dbias = r->slab + model->params[l->bias].slab_offset;
-        l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), dout,
-                         din, dweight, dbias, rows, r->scratch[i]);
-        r->backward_calls[i]++;
-        dout = din;
-    }
+    const fr_layer *l = &model->layers[i];
+    if (l->ops->alias)
+        return; /* same memory, same gradient */
+    float *din = i > trainer->first_trainable ? (*dout == r->grad_a ? r->grad_b : r->grad_a) : NULL;
+    float *dweight = NULL, *dbias = NULL;
+    if (l->weight >= 0 && model->params[l->weight].requires_grad)
+        dweight = r->slab + model->params[l->weight].slab_offset;
+    if (l->bias >= 0 && model->params[l->bias].requires_grad)
+        dbias = r->slab + model->params[l->bias].slab_offset;
+    l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), *dout, din,
+                     dweight, dbias, rows, r->scratch[i]);
+    r->backward_calls[i]++;
+    *dout = din;
 }
 
 static const void *target_rows(const fr_trainer *trainer, const void *targets, int first) {
@@ -431,9 +477,10 @@ static const void *target_rows(const fr_trainer *trainer, const void *targets, i
     return (const int32_t *)targets + first;
 }
 
-/* One replica's share of a step: forward, loss, and (when training) backward. */
-static void replica_pass(fr_trainer *trainer, replica *r, const float *x, const void *targets,
-                         int first, int rows, int batch, bool train) {
+/* One replica's share of a step up to the loss; returns whether it must run
+ * backward (it has rows, a trainable parameter and valid labels). */
+static bool replica_forward(fr_trainer *trainer, replica *r, const float *x, const void *targets,
+                            int first, int rows, int batch, bool train) {
     const fr_model *model = trainer->model;
     int k = fr_model_output_numel(model);
     r->loss_sum = 0.0;
@@ -443,7 +490,7 @@ static void replica_pass(fr_trainer *trainer, replica *r, const float *x, const 
         /* Backward overwrites the slab; a replica with no rows adds nothing. */
         if (train)
             memset(r->slab, 0, trainer->trainable_count * sizeof(float));
-        return;
+        return false;
     }
     const float *my_x = x + (size_t)first * fr_model_input_numel(model);
     forward(trainer, r, my_x, rows);
@@ -452,10 +499,19 @@ static void replica_pass(fr_trainer *trainer, replica *r, const float *x, const 
     r->loss_sum = fr_loss(trainer->config.loss, logits, target_rows(trainer, targets, first), rows,
                           k, 1.0f / (float)batch, run_backward ? r->grad_a : NULL, &r->correct,
                           &r->bad_label);
-    if (r->bad_label >= 0)
+    if (r->bad_label >= 0) {
         r->bad_label += first;
-    else if (run_backward)
-        backward(trainer, r, my_x, rows);
+        return false;
+    }
+    return run_backward;
+}
+
+static void replica_backward(fr_trainer *trainer, replica *r, const float *x, int first,
+                             int rows) {
+    const float *my_x = x + (size_t)first * fr_model_input_numel(trainer->model);
+    float *dout = r->grad_a;
+    for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--)
+        backward_layer(trainer, r, my_x, rows, i, &dout);
 }
 
 /* ---------------------------------------------------------- optimizer */
@@ -503,15 +559,18 @@ static void reduce_and_update(fr_trainer *trainer, size_t begin, size_t end) {
     }
 }
 
-static void chunk_of(const fr_trainer *trainer, int t, size_t *begin, size_t *end) {
-    size_t chunk = round_up((trainer->trainable_count + (size_t)trainer->threads - 1) /
-                                (size_t)trainer->threads, SLAB_CHUNK_ALIGN);
-    *begin = chunk * (size_t)t;
+/* Thread t's chunk of slab range [from, to): whole cache lines each, so
+ * threads never write the same line. */
+static void chunk_of(const fr_trainer *trainer, int t, size_t from, size_t to, size_t *begin,
+                     size_t *end) {
+    size_t threads = (size_t)trainer->threads;
+    size_t chunk = round_up((to - from + threads - 1) / threads, SLAB_CHUNK_ALIGN);
+    *begin = from + chunk * (size_t)t;
     *end = *begin + chunk;
-    if (*begin > trainer->trainable_count)
-        *begin = trainer->trainable_count;
-    if (*end > trainer->trainable_count)
-        *end = trainer->trainable_count;
+    if (*begin > to)
+        *begin = to;
+    if (*end > to)
+        *end = to;
 }
 
 /* ---------------------------------------------------------------- step */
@@ -550,6 +609,106 @@ static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correc
     return FR_OK;
 }
 
+/* After the step's backward: the replicas' loss totals, checked finite. */
+static int finish_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
+                       fr_error *err) {
+    int status = total_loss(trainer, batch, loss, correct, err);
+    if (status == FR_OK && !isfinite(*loss))
+        status = fr_fail(err, FR_ENONFINITE, "the loss is %g at step %ld", *loss,
+                         trainer->steps_done + 1);
+    return status;
+}
+
+/*
+ * One rank: every replica runs forward and backward, then each thread sums its
+ * chunk of the slabs and updates the parameters under it, fused.
+ */
+static int step_one_rank(fr_trainer *trainer, const float *x, const void *targets, int batch,
+                         double *loss, long *correct, fr_error *err) {
+    int status = FR_OK;
+#pragma omp parallel num_threads(trainer->threads)
+    {
+        int t = omp_get_thread_num(), first, rows;
+        split_rows(batch, trainer->threads, t, &first, &rows);
+        replica *r = &trainer->replicas[t];
+        if (replica_forward(trainer, r, x, targets, first, rows, batch, true))
+            replica_backward(trainer, r, x, first, rows);
+#pragma omp barrier
+#pragma omp single
+        status = finish_loss(trainer, batch, loss, correct, err);
+        size_t begin, end;
+        chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
+        if (status == FR_OK)
+            reduce_and_update(trainer, begin, end);
+    }
+    return status;
+}
+
+/*
+ * Several ranks: backward runs layer by layer in step on every thread; when it
+ * has passed the layer that completes a bucket, the threads sum that bucket of
+ * their slabs into replica 0's and the main thread starts its nonblocking
+ * allreduce while backward goes on.  The optimizer then takes the buckets in
+ * order, each as soon as its allreduce is done.  Only the main thread calls
+ * MPI (MPI_THREAD_FUNNELED); every thread meets every barrier.
+ */
+static int step_many_ranks(fr_trainer *trainer, const float *x, const void *targets, int batch,
+                           double *loss, long *correct, fr_error *err) {
+    int rank_first, rank_rows, status = FR_OK;
+    fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
+    float *reduced = trainer->replicas[0].slab;
+#pragma omp parallel num_threads(trainer->threads)
+    {
+        int t = omp_get_thread_num(), first, rows;
+        split_rows(rank_rows, trainer->threads, t, &first, &rows);
+        first += rank_first;
+        replica *r = &trainer->replicas[t];
+        bool active = replica_forward(trainer, r, x, targets, first, rows, batch, true);
+        const float *my_x = x + (size_t)first * fr_model_input_numel(trainer->model);
+        float *dout = r->grad_a;
+        int next = 0;
+        for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--) {
+            if (active)
+                backward_layer(trainer, r, my_x, rows, i, &dout);
+            while (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
+                const bucket *b = &trainer->buckets[next];
+                size_t begin, end;
+#pragma omp barrier
+                chunk_of(trainer, t, b->begin, b->end, &begin, &end);
+                reduce_range(trainer, reduced + begin, begin, end);
+#pragma omp barrier
+#pragma omp master
+                {
+                    if (fr_comm_start_sum(reduced + b->begin, b->end - b->begin, next, err) != FR_OK)
+                        status = err ? err->status : FR_ECOMM;
+                    trainer->bytes_sent += (b->end - b->begin) * sizeof(float);
+                }
+                next++;
+            }
+        }
+#pragma omp barrier
+#pragma omp master
+        {
+            int loss_status = finish_loss(trainer, batch, loss, correct, err);
+            if (status == FR_OK)
+                status = loss_status;
+        }
+        for (int k = 0; k < trainer->bucket_count; k++) {
+#pragma omp master
+            {
+                if (fr_comm_finish_sum(k, err) != FR_OK && status == FR_OK)
+                    status = err ? err->status : FR_ECOMM;
+            }
+#pragma omp barrier
+            size_t begin, end;
+            chunk_of(trainer, t, trainer->buckets[k].begin, trainer->buckets[k].end, &begin, &end);
+            if (status == FR_OK)
+                update_range(trainer, reduced + begin, begin, end);
+        }
+    }
+    return status;
+}
+
 int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, int batch,
                     double *loss, long *correct, fr_error *err) {
     int rc = check_batch(trainer, x, targets, batch, err);
@@ -557,52 +716,16 @@ int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, in
         return rc;
     if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
         return rc;
-    int rank_first, rank_rows;
-    fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
-    bool single_rank = fr_comm_size() == 1;
-    int status = FR_OK;
     double step_loss = 0.0;
     long step_correct = 0;
     fr_error step_err = {0};
-
-#pragma omp parallel num_threads(trainer->threads)
-    {
-        int t = omp_get_thread_num(), first, rows;
-        split_rows(rank_rows, trainer->threads, t, &first, &rows);
-        replica_pass(trainer, &trainer->replicas[t], x, targets, rank_first + first, rows, batch,
-                     true);
-#pragma omp barrier
-#pragma omp single
-        {
-            status = total_loss(trainer, batch, &step_loss, &step_correct, &step_err);
-            if (status == FR_OK && !isfinite(step_loss))
-                status = fr_fail(&step_err, FR_ENONFINITE, "the loss is %g at step %ld",
-                                 step_loss, trainer->steps_done + 1);
-        }
-        /* Every thread sees status after the single's implicit barrier. */
-        size_t begin, end;
-        chunk_of(trainer, t, &begin, &end);
-        float *reduced = trainer->replicas[0].slab;
-        if (status == FR_OK && single_rank) {
-            reduce_and_update(trainer, begin, end);
-        } else if (status == FR_OK) {
-            reduce_range(trainer, reduced + begin, begin, end);
-#pragma omp barrier
-#pragma omp master
-            {
-                status = fr_comm_allreduce_floats(trainer->replicas[0].slab,
-                                                  trainer->trainable_count, &step_err);
-                trainer->bytes_sent += trainer->trainable_count * sizeof(float);
-            }
-#pragma omp barrier
-            if (status == FR_OK)
-                update_range(trainer, reduced + begin, begin, end);
-        }
-    }
-    if (status != FR_OK) {
+    rc = fr_comm_size() == 1
+             ? step_one_rank(trainer, x, targets, batch, &step_loss, &step_correct, &step_err)
+             : step_many_ranks(trainer, x, targets, batch, &step_loss, &step_correct, &step_err);
+    if (rc != FR_OK) {
         if (err)
             *err = step_err;
-        return status;
+        return rc;
     }
     for (int i = 0; i < trainer->model->param_count; i++)
         if (trainer->model->params[i].requires_grad)
@@ -628,8 +751,8 @@ int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets
     {
         int t = omp_get_thread_num(), first, rows;
         split_rows(rank_rows, trainer->threads, t, &first, &rows);
-        replica_pass(trainer, &trainer->replicas[t], x, targets, rank_first + first, rows, batch,
-                     false);
+        replica_forward(trainer, &trainer->replicas[t], x, targets, rank_first + first, rows,
+                        batch, false);
     }
     return total_loss(trainer, batch, loss, correct, err);
 }

@@ -82,9 +82,11 @@ static int parse_number(const option_spec *o, const char *text, double *out, boo
     if (end == text || *end || errno == ERANGE || !isfinite(value))
         return fr_fail(err, FR_EINVAL, "%s '%s': expected %s", o->name, text,
                        integer ? "a whole number" : "a number");
+    /* Whole-number limits in full ("1048576", not %g's "1.04858e+06"). */
     if (value < o->min || value > o->max)
-        return fr_fail(err, FR_EINVAL, "%s %s: must be between %g and %g", o->name, text, o->min,
-                       o->max);
+        return fr_fail(err, FR_EINVAL, integer ? "%s %s: must be between %.0f and %.0f"
+                                               : "%s %s: must be between %g and %g",
+                       o->name, text, o->min, o->max);
     *out = value;
     return FR_OK;
 }

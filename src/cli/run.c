@@ -11,6 +11,7 @@
 #include "run.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
 #include <math.h>
@@ -76,32 +77,64 @@ static int load_data(const frost_options *opts, const fr_model *model, bool trai
     return FR_OK;
 }
 
-/* An output path must be writable before training starts, not after it. */
+/*
+ * An output path must be writable before training starts, not after it.
+ * access(W_OK) is not enough: it says yes to root on a read-only directory
+ * and in /proc or /sys.  So create (and remove) the temporary file the writer
+ * will use, PATH.tmp.PID, in the same directory.
+ */
 static int check_output_path(const char *flag, const char *path, fr_error *err) {
     if (!path)
         return FR_OK;
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return fr_fail(err, FR_EIO, "%s %s: is a directory", flag, path);
+    /* The file is replaced by rename: never do that to /dev/null or a FIFO. */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return fr_fail(err, FR_EIO, "%s %s: not a regular file", flag, path);
     char *copy = strdup(path);
-    if (!copy)
+    size_t probe_len = strlen(path) + 32;
+    char *probe = malloc(probe_len);
+    if (!copy || !probe) {
+        free(copy);
+        free(probe);
         return fr_fail(err, FR_ENOMEM, "out of memory");
+    }
     const char *dir = dirname(copy);
     int rc = FR_OK;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    if (stat(dir, &st) != 0)
         rc = fr_fail(err, FR_EIO, "%s %s: directory %s does not exist", flag, path, dir);
-    else if (access(dir, W_OK) != 0)
-        rc = fr_fail(err, FR_EIO, "%s %s: directory %s is not writable", flag, path, dir);
+    else if (!S_ISDIR(st.st_mode))
+        rc = fr_fail(err, FR_EIO, "%s %s: %s is not a directory", flag, path, dir);
+    if (rc == FR_OK) {
+        snprintf(probe, probe_len, "%s.tmp.%ld", path, (long)getpid());
+        int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
+        if (fd < 0 && errno != EEXIST) {
+            rc = fr_fail(err, FR_EIO, "%s %s: cannot create a file in %s: %s", flag, path, dir,
+                         strerror(errno));
+        } else if (fd >= 0) {
+            close(fd);
+            unlink(probe);
+        }
+    }
+    free(probe);
     free(copy);
     return rc;
 }
 
-/* The ranks must agree on everything that shapes the update. */
-static int compare_ranks(const frost_options *opts, const fr_model *model,
-                         const fr_dataset *data, fr_error *err) {
-    double settings[] = {opts->batch_size, opts->epochs, opts->steps, opts->seed, opts->shuffle};
+/*
+ * The ranks must agree on everything that shapes the update and on every
+ * setting that decides which collective calls a rank makes (logging,
+ * checkpoints, where the weights come from), before the first of those calls:
+ * ranks that disagree would otherwise hang in, or corrupt, a collective.
+ */
+static int compare_ranks(const frost_options *opts, const fr_model *model, fr_error *err) {
+    double settings[] = {opts->batch_size,       opts->epochs,       opts->steps,
+                         (double)opts->seed,     opts->shuffle,      opts->log_every,
+                         opts->checkpoint_every, opts->init != NULL, opts->resume != NULL,
+                         opts->checkpoint != NULL, opts->allow_freeze_change};
     return fr_comm_check_run(model, &opts->train, settings, sizeof settings / sizeof settings[0],
-                             fr_dataset_size(data), err);
+                             0, err);
 }
 
 /* Weights: --init on every rank (then checked equal), else seeded init on
@@ -256,6 +289,8 @@ static int setup_training(training_run *run, fr_error *err) {
     const frost_options *opts = run->opts;
     int rc = fr_comm_agree(load_model(opts, &run->model, err), err);
     if (rc == FR_OK)
+        rc = compare_ranks(opts, run->model, err);
+    if (rc == FR_OK)
         rc = initialise_weights(opts, run->model, err);
     if (rc == FR_OK)
         rc = fr_comm_agree(load_data(opts, run->model, true, &run->train, err), err);
@@ -273,7 +308,7 @@ static int setup_training(training_run *run, fr_error *err) {
         rc = fr_comm_agree(local, err);
     }
     if (rc == FR_OK)
-        rc = compare_ranks(opts, run->model, run->train, err);
+        rc = fr_comm_check_same((uint64_t)fr_dataset_size(run->train), "the dataset size", err);
     if (rc == FR_OK)
         rc = fr_comm_agree(fr_trainer_new(run->model, &opts->train, &run->trainer, err), err);
     if (rc != FR_OK)
@@ -513,8 +548,11 @@ int frost_train(const frost_options *opts, fr_error *err) {
     if (rc == FR_OK && is_root())
         rc = close_metrics(&run, err);
     if (rc == FR_OK && is_root()) {
-        printf("done: %ld steps in %.1f s, %.0f samples/s, final loss %.4f\n", step, elapsed,
-               elapsed > 0 ? p.samples_trained / elapsed : 0.0, last_loss);
+        if (p.samples_trained == 0) /* resumed at or past the last step */
+            printf("done: %ld steps, nothing left to train after resuming\n", step);
+        else
+            printf("done: %ld steps in %.1f s, %.0f samples/s, final loss %.4f\n", step, elapsed,
+                   elapsed > 0 ? p.samples_trained / elapsed : 0.0, last_loss);
         printf("test: loss %.4f accuracy %.2f%% (%d samples)\n", test_loss, 100.0 * test_accuracy,
                fr_dataset_size(run.test));
         size_t frozen = fr_model_numel(run.model) - fr_model_trainable_numel(run.model);
