@@ -214,6 +214,9 @@ typedef struct fr_train_config {
     double beta1, beta2, eps; /* Adam/AdamW */
     int threads;         /* replicas in this process; 0: OMP_NUM_THREADS */
     int max_batch;       /* largest global batch that will be passed to a step */
+    double bucket_mb;    /* allreduce bucket size under MPI; 0: 4 MB */
+    double cache_mb;     /* frozen-prefix feature cache budget: 0 a quarter
+                            of RAM, < 0 off (fr_trainer_step_samples only) */
 } fr_train_config;
 
 /* PyTorch's defaults: SGD, lr 0.01, no momentum or weight decay, Adam betas
@@ -244,6 +247,18 @@ void fr_trainer_free(fr_trainer *trainer);
  */
 int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets,
                     int batch, double *loss, long *correct, fr_error *err);
+/*
+ * The same step on samples ids[0..batch) of `data`, which the replicas gather
+ * themselves.  When every layer before the first trainable one is frozen, the
+ * prefix's output for a sample never changes: it is cached (within
+ * config.cache_mb) the first time the sample is seen, and later steps run only
+ * the trainable suffix for it, with the same result.
+ */
+int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data,
+                            const int *ids, int batch, double *loss,
+                            long *correct, fr_error *err);
+/* Bytes the feature cache holds now (0 when off or nothing cacheable). */
+size_t fr_trainer_cache_bytes(const fr_trainer *trainer);
 /* Forward only: mean loss and correct count over `batch` samples. */
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x,
                         const void *targets, int batch, double *loss,

@@ -266,7 +266,7 @@ int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
     }
     double optimizer[] = {config->optimizer, config->loss, config->lr, config->momentum,
                           config->dampening, config->nesterov, config->weight_decay,
-                          config->beta1, config->beta2, config->eps};
+                          config->beta1, config->beta2, config->eps, config->bucket_mb};
     hyper = fr_hash_bytes(hyper, optimizer, sizeof optimizer);
     hyper = fr_hash_bytes(hyper, settings, sizeof(double) * (size_t)setting_count);
     int rc = fr_comm_check_same(shapes, "the model (parameter names and shapes)", err);

@@ -24,6 +24,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Chunks of the slab that threads reduce are whole cache lines. */
 #define SLAB_CHUNK_ALIGN 16
@@ -44,9 +45,40 @@ typedef struct bucket {
 
 #define DEFAULT_BUCKET_MB 4.0
 
+/* Where a step's samples come from: a caller's batch arrays, or a dataset
+ * and the indices of the batch's samples (the replicas gather their rows, and
+ * the feature cache can serve them). */
+typedef struct batch_source {
+    const float *x;
+    const void *targets;
+    const fr_dataset *data;
+    const int *ids;
+} batch_source;
+
+/*
+ * The frozen-prefix feature cache: when layers [0, first_trainable) hold no
+ * trainable parameter, their output for a sample never changes, so it is
+ * kept per sample after its first pass and later passes run only the
+ * trainable suffix.
+ */
+typedef struct feature_cache {
+    bool enabled;
+    size_t budget_bytes;
+    int layer;            /* the prefix's last layer; -1: nothing cached */
+    int samples;          /* dataset indices [0, samples) may be cached */
+    size_t numel;         /* floats per sample */
+    float *features;
+    unsigned char *present;
+    const fr_dataset *data; /* the dataset the entries belong to */
+} feature_cache;
+
 /* What one thread owns: its activations, scratch and gradient slab. */
 typedef struct replica {
     int rows_cap;
+    const float *x;       /* this step's input rows */
+    const void *targets;  /* and their targets */
+    float *gathered_x;    /* rows gathered from a dataset */
+    int32_t *gathered_labels;
     float **outputs;     /* per layer; NULL where the output shares the input's buffer */
     void **scratch;      /* per layer */
     float *grad_a, *grad_b; /* ping-pong gradients w.r.t. activations */
@@ -82,6 +114,7 @@ struct fr_trainer {
 
     long steps_done;
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
+    feature_cache cache;
 };
 
 /* ------------------------------------------------------------ planning */
@@ -168,7 +201,9 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bo
         return FR_ENOMEM;
 
     /* Floats: kept outputs + 2 transient + 2 gradient buffers + scratch. */
-    size_t floats = 4 * round_up(act, SLAB_CHUNK_ALIGN);
+    size_t input_floats = round_up(fr_shape_numel(model->input) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
+    size_t label_floats = round_up((size_t)rows_cap, SLAB_CHUNK_ALIGN);
+    size_t floats = 4 * round_up(act, SLAB_CHUNK_ALIGN) + input_floats + label_floats;
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
         if (!trainer->shares_input[i] && kept[i])
@@ -191,6 +226,10 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bo
     next += round_up(act, SLAB_CHUNK_ALIGN);
     r->grad_b = next;
     next += round_up(act, SLAB_CHUNK_ALIGN);
+    r->gathered_x = next;
+    next += input_floats;
+    r->gathered_labels = (int32_t *)next;
+    next += label_floats;
 
     /* Forward walks the layers; an output not kept goes to whichever
      * transient buffer does not hold the layer's input. */
@@ -371,6 +410,15 @@ static bool frozen_set_changed(const fr_trainer *trainer) {
 
 /* ---------------------------------------------------------- lifecycle */
 
+/* A quarter of the machine's memory, shared by the ranks on it is not
+ * known here: each process takes a quarter (--cache-mb sets it exactly). */
+static size_t default_cache_budget(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0)
+        return (size_t)1 << 30;
+    return (size_t)pages * (size_t)page / 4;
+}
+
 int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **out,
                    fr_error *err) {
     *out = NULL;
@@ -392,6 +440,10 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
     trainer->model = model;
     trainer->config = *config;
     trainer->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
+    trainer->cache.enabled = config->cache_mb >= 0;
+    trainer->cache.budget_bytes = config->cache_mb > 0 ? (size_t)(config->cache_mb * 1048576.0)
+                                                       : default_cache_budget();
+    trainer->cache.layer = -1;
     trainer->replicas = calloc((size_t)trainer->threads, sizeof *trainer->replicas);
     trainer->planned_requires_grad = calloc((size_t)model->param_count + 1, sizeof(bool));
     trainer->param_steps = calloc((size_t)model->param_count + 1, sizeof(long));
@@ -419,6 +471,8 @@ void fr_trainer_free(fr_trainer *trainer) {
     free(trainer->planned_requires_grad);
     free(trainer->param_steps);
     free(trainer->shares_input);
+    fr_free(trainer->cache.features);
+    fr_free(trainer->cache.present);
     free(trainer);
 }
 
@@ -438,9 +492,9 @@ static const float *layer_output(const fr_trainer *trainer, const replica *r, co
     return trainer->shares_input[i] ? layer_input(trainer, r, x, i) : r->outputs[i];
 }
 
-static void forward(const fr_trainer *trainer, replica *r, const float *x, int rows) {
+static void forward(const fr_trainer *trainer, replica *r, const float *x, int rows, int from) {
     const fr_model *model = trainer->model;
-    for (int i = 0; i < model->layer_count; i++) {
+    for (int i = from; i < model->layer_count; i++) {
         const fr_layer *l = &model->layers[i];
         if (l->ops->alias)
             continue;
@@ -477,10 +531,72 @@ static const void *target_rows(const fr_trainer *trainer, const void *targets, i
     return (const int32_t *)targets + first;
 }
 
+/* The cache serves rows when the prefix is frozen and every row is in it. */
+static bool rows_cached(const fr_trainer *trainer, const int *ids, int rows) {
+    const feature_cache *c = &trainer->cache;
+    if (c->layer < 0 || c->layer != trainer->first_trainable - 1)
+        return false;
+    for (int i = 0; i < rows; i++)
+        if (ids[i] >= c->samples || !c->present[ids[i]])
+            return false;
+    return true;
+}
+
+/*
+ * Point the replica at its rows.  From a dataset it gathers them (or, when
+ * the cache has them all, copies their prefix features into the prefix's
+ * output buffer) and returns the layer forward starts at.
+ */
+static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, int first,
+                     int rows) {
+    const fr_model *model = trainer->model;
+    if (!src->data) {
+        r->x = src->x + (size_t)first * fr_model_input_numel(model);
+        r->targets = target_rows(trainer, src->targets, first);
+        return 0;
+    }
+    const int *ids = src->ids + first;
+    const fr_dataset *data = src->data;
+    size_t numel = fr_shape_numel(data->shape);
+    for (int i = 0; i < rows; i++)
+        r->gathered_labels[i] = data->labels[ids[i]];
+    r->x = r->gathered_x;
+    r->targets = r->gathered_labels;
+    const feature_cache *c = &trainer->cache;
+    if (rows_cached(trainer, ids, rows)) {
+        float *features = (float *)layer_output(trainer, r, r->x, c->layer);
+        for (int i = 0; i < rows; i++)
+            memcpy(features + (size_t)i * c->numel, c->features + (size_t)ids[i] * c->numel,
+                   c->numel * sizeof(float));
+        return c->layer + 1;
+    }
+    for (int i = 0; i < rows; i++)
+        memcpy(r->gathered_x + (size_t)i * numel, data->x + (size_t)ids[i] * numel,
+               numel * sizeof(float));
+    return 0;
+}
+
+/* After a full forward: keep the prefix output of rows the cache lacks.
+ * Samples are distinct within a batch, so replicas never write the same row. */
+static void fill_cache(fr_trainer *trainer, replica *r, const int *ids, int rows) {
+    feature_cache *c = &trainer->cache;
+    if (c->layer < 0 || c->layer != trainer->first_trainable - 1)
+        return;
+    const float *features = layer_output(trainer, r, r->x, c->layer);
+    for (int i = 0; i < rows; i++) {
+        int id = ids[i];
+        if (id >= c->samples || c->present[id])
+            continue;
+        memcpy(c->features + (size_t)id * c->numel, features + (size_t)i * c->numel,
+               c->numel * sizeof(float));
+        c->present[id] = 1;
+    }
+}
+
 /* One replica's share of a step up to the loss; returns whether it must run
  * backward (it has rows, a trainable parameter and valid labels). */
-static bool replica_forward(fr_trainer *trainer, replica *r, const float *x, const void *targets,
-                            int first, int rows, int batch, bool train) {
+static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
+                            int rows, int batch, bool train) {
     const fr_model *model = trainer->model;
     int k = fr_model_output_numel(model);
     r->loss_sum = 0.0;
@@ -492,13 +608,14 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const float *x, con
             memset(r->slab, 0, trainer->trainable_count * sizeof(float));
         return false;
     }
-    const float *my_x = x + (size_t)first * fr_model_input_numel(model);
-    forward(trainer, r, my_x, rows);
-    const float *logits = layer_output(trainer, r, my_x, model->layer_count - 1);
+    int from = take_rows(trainer, r, src, first, rows);
+    forward(trainer, r, r->x, rows, from);
+    if (src->data && from == 0)
+        fill_cache(trainer, r, src->ids + first, rows);
+    const float *logits = layer_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
-    r->loss_sum = fr_loss(trainer->config.loss, logits, target_rows(trainer, targets, first), rows,
-                          k, 1.0f / (float)batch, run_backward ? r->grad_a : NULL, &r->correct,
-                          &r->bad_label);
+    r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
+                          run_backward ? r->grad_a : NULL, &r->correct, &r->bad_label);
     if (r->bad_label >= 0) {
         r->bad_label += first;
         return false;
@@ -506,12 +623,10 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const float *x, con
     return run_backward;
 }
 
-static void replica_backward(fr_trainer *trainer, replica *r, const float *x, int first,
-                             int rows) {
-    const float *my_x = x + (size_t)first * fr_model_input_numel(trainer->model);
+static void replica_backward(fr_trainer *trainer, replica *r, int rows) {
     float *dout = r->grad_a;
     for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--)
-        backward_layer(trainer, r, my_x, rows, i, &dout);
+        backward_layer(trainer, r, r->x, rows, i, &dout);
 }
 
 /* ---------------------------------------------------------- optimizer */
@@ -623,16 +738,16 @@ static int finish_loss(fr_trainer *trainer, int batch, double *loss, long *corre
  * One rank: every replica runs forward and backward, then each thread sums its
  * chunk of the slabs and updates the parameters under it, fused.
  */
-static int step_one_rank(fr_trainer *trainer, const float *x, const void *targets, int batch,
-                         double *loss, long *correct, fr_error *err) {
+static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
+                         long *correct, fr_error *err) {
     int status = FR_OK;
 #pragma omp parallel num_threads(trainer->threads)
     {
         int t = omp_get_thread_num(), first, rows;
         split_rows(batch, trainer->threads, t, &first, &rows);
         replica *r = &trainer->replicas[t];
-        if (replica_forward(trainer, r, x, targets, first, rows, batch, true))
-            replica_backward(trainer, r, x, first, rows);
+        if (replica_forward(trainer, r, src, first, rows, batch, true))
+            replica_backward(trainer, r, rows);
 #pragma omp barrier
 #pragma omp single
         status = finish_loss(trainer, batch, loss, correct, err);
@@ -652,8 +767,8 @@ static int step_one_rank(fr_trainer *trainer, const float *x, const void *target
  * order, each as soon as its allreduce is done.  Only the main thread calls
  * MPI (MPI_THREAD_FUNNELED); every thread meets every barrier.
  */
-static int step_many_ranks(fr_trainer *trainer, const float *x, const void *targets, int batch,
-                           double *loss, long *correct, fr_error *err) {
+static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
+                           long *correct, fr_error *err) {
     int rank_first, rank_rows, status = FR_OK;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
     float *reduced = trainer->replicas[0].slab;
@@ -663,13 +778,12 @@ static int step_many_ranks(fr_trainer *trainer, const float *x, const void *targ
         split_rows(rank_rows, trainer->threads, t, &first, &rows);
         first += rank_first;
         replica *r = &trainer->replicas[t];
-        bool active = replica_forward(trainer, r, x, targets, first, rows, batch, true);
-        const float *my_x = x + (size_t)first * fr_model_input_numel(trainer->model);
+        bool active = replica_forward(trainer, r, src, first, rows, batch, true);
         float *dout = r->grad_a;
         int next = 0;
         for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--) {
             if (active)
-                backward_layer(trainer, r, my_x, rows, i, &dout);
+                backward_layer(trainer, r, r->x, rows, i, &dout);
             while (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
                 const bucket *b = &trainer->buckets[next];
                 size_t begin, end;
@@ -709,19 +823,14 @@ static int step_many_ranks(fr_trainer *trainer, const float *x, const void *targ
     return status;
 }
 
-int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, int batch,
-                    double *loss, long *correct, fr_error *err) {
-    int rc = check_batch(trainer, x, targets, batch, err);
-    if (rc != FR_OK)
-        return rc;
-    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
-        return rc;
+static int run_step(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
+                    long *correct, fr_error *err) {
     double step_loss = 0.0;
     long step_correct = 0;
     fr_error step_err = {0};
-    rc = fr_comm_size() == 1
-             ? step_one_rank(trainer, x, targets, batch, &step_loss, &step_correct, &step_err)
-             : step_many_ranks(trainer, x, targets, batch, &step_loss, &step_correct, &step_err);
+    int rc = fr_comm_size() == 1
+                 ? step_one_rank(trainer, src, batch, &step_loss, &step_correct, &step_err)
+                 : step_many_ranks(trainer, src, batch, &step_loss, &step_correct, &step_err);
     if (rc != FR_OK) {
         if (err)
             *err = step_err;
@@ -738,6 +847,91 @@ int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, in
     return FR_OK;
 }
 
+int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, int batch,
+                    double *loss, long *correct, fr_error *err) {
+    int rc = check_batch(trainer, x, targets, batch, err);
+    if (rc != FR_OK)
+        return rc;
+    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
+        return rc;
+    batch_source src = {.x = x, .targets = targets};
+    return run_step(trainer, &src, batch, loss, correct, err);
+}
+
+/*
+ * Size the feature cache for this dataset and frozen prefix: as many samples
+ * as the budget holds, from index 0.  Nothing is cached when the prefix is
+ * empty or moves no data (a lone flatten).
+ */
+static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
+    feature_cache *c = &trainer->cache;
+    int layer = trainer->first_trainable - 1;
+    if (!c->enabled || layer < 0 || trainer->first_trainable >= trainer->model->layer_count) {
+        c->layer = -1;
+        return FR_OK;
+    }
+    bool moves_data = false;
+    for (int i = 0; i <= layer; i++)
+        moves_data |= !trainer->shares_input[i];
+    size_t numel = fr_shape_numel(trainer->model->layers[layer].out);
+    size_t samples = numel ? c->budget_bytes / (numel * sizeof(float)) : 0;
+    if (samples > (size_t)data->n)
+        samples = (size_t)data->n;
+    if (!moves_data || samples == 0) {
+        c->layer = -1;
+        return FR_OK;
+    }
+    if (c->layer == layer && c->numel == numel && c->samples == (int)samples) {
+        if (c->data != data)
+            memset(c->present, 0, samples);
+        c->data = data;
+        return FR_OK;
+    }
+    fr_free(c->features);
+    fr_free(c->present);
+    c->features = fr_alloc(samples * numel * sizeof(float));
+    c->present = fr_alloc(samples);
+    if (!c->features || !c->present) {
+        fr_free(c->features);
+        fr_free(c->present);
+        c->features = NULL;
+        c->present = NULL;
+        c->layer = -1;
+        return fr_fail(err, FR_ENOMEM, "out of memory for a feature cache of %zu MB",
+                       samples * numel * sizeof(float) >> 20);
+    }
+    c->layer = layer;
+    c->numel = numel;
+    c->samples = (int)samples;
+    c->data = data;
+    return FR_OK;
+}
+
+int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const int *ids,
+                            int batch, double *loss, long *correct, fr_error *err) {
+    int rc = check_batch(trainer, data, ids, batch, err);
+    if (rc != FR_OK)
+        return rc;
+    if (fr_dataset_sample_numel(data) != fr_model_input_numel(trainer->model))
+        return fr_fail(err, FR_ESHAPE, "step: samples have %d values, the model takes %d",
+                       fr_dataset_sample_numel(data), fr_model_input_numel(trainer->model));
+    for (int i = 0; i < batch; i++)
+        if (ids[i] < 0 || ids[i] >= data->n)
+            return fr_fail(err, FR_EINVAL, "step: sample index %d outside the dataset of %d",
+                           ids[i], data->n);
+    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
+        return rc;
+    if (trainer->cache.enabled && (rc = plan_cache(trainer, data, err)) != FR_OK)
+        return rc;
+    batch_source src = {.data = data, .ids = ids};
+    return run_step(trainer, &src, batch, loss, correct, err);
+}
+
+size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
+    const feature_cache *c = &trainer->cache;
+    return c->layer >= 0 ? (size_t)c->samples * c->numel * sizeof(float) : 0;
+}
+
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets, int batch,
                         double *loss, long *correct, fr_error *err) {
     int rc = check_batch(trainer, x, targets, batch, err);
@@ -747,12 +941,13 @@ int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets
         return rc;
     int rank_first, rank_rows;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
+    batch_source src = {.x = x, .targets = targets};
 #pragma omp parallel num_threads(trainer->threads)
     {
         int t = omp_get_thread_num(), first, rows;
         split_rows(rank_rows, trainer->threads, t, &first, &rows);
-        replica_forward(trainer, &trainer->replicas[t], x, targets, rank_first + first, rows,
-                        batch, false);
+        replica_forward(trainer, &trainer->replicas[t], &src, rank_first + first, rows, batch,
+                        false);
     }
     return total_loss(trainer, batch, loss, correct, err);
 }

@@ -372,6 +372,74 @@ static void test_learning_and_threads(void) {
     (void)weights;
 }
 
+/* Train a frozen-prefix MLP on a dataset for three epochs, the prefix cached
+ * or not; returns the trainable weights' values in `out`. */
+static size_t train_epochs(double cache_mb, fr_dataset *data, float *out, size_t *cache_bytes) {
+    fr_model *m = NULL;
+    fr_error err = {0};
+    fr_model_parse("input 1 4 4; fc1 = linear(16, 32); relu; fc2 = linear(32, 32); relu;"
+                   "fc3 = linear(32, 3)", "test", &m, &err);
+    fr_model_init(m, 3, &err);
+    fr_model_freeze(m, "fc1", &err);
+    fr_model_freeze(m, "fc2", &err);
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.lr = 0.1;
+    c.momentum = 0.9;
+    c.threads = 2;
+    c.max_batch = 10;
+    c.cache_mb = cache_mb;
+    fr_trainer *t = NULL;
+    fr_trainer_new(m, &c, &t, &err);
+    int order[40];
+    for (long epoch = 0; epoch < 3; epoch++) {
+        fr_epoch_order(order, 40, 5, epoch, true);
+        for (int b = 0; b < 40; b += 10)
+            if (fr_trainer_step_samples(t, data, order + b, 10, NULL, NULL, &err) != FR_OK)
+                tap_diag("%s", err.msg);
+    }
+    *cache_bytes = fr_trainer_cache_bytes(t);
+    fr_param *w = fr_model_find_param(m, "fc3.weight");
+    size_t n = fr_param_numel(w);
+    memcpy(out, fr_param_data(w), n * sizeof(float));
+    fr_trainer_free(t);
+    fr_model_free(m);
+    return n;
+}
+
+static void test_feature_cache(void) {
+    float x[40 * 16];
+    uint8_t labels[40];
+    fr_rng rng;
+    fr_rng_seed(&rng, 17);
+    for (int i = 0; i < 40 * 16; i++)
+        x[i] = fr_rng_uniform(&rng);
+    for (int i = 0; i < 40; i++)
+        labels[i] = (uint8_t)(i % 3);
+    fr_dataset *data = NULL;
+    fr_error err = {0};
+    fr_dataset_from_arrays(x, labels, 40, 1, 4, 4, &data, &err);
+    float plain[96], cached[96], partial[96];
+    size_t bytes_off, bytes_on, bytes_partial;
+    size_t n = train_epochs(-1, data, plain, &bytes_off);
+    train_epochs(0, data, cached, &bytes_on);
+    /* Room for 25 of the 40 samples' 32 features. */
+    train_epochs(25.0 * 32 * 4 / 1048576.0, data, partial, &bytes_partial);
+    tap_ok(bytes_off == 0 && bytes_on == 40 * 32 * sizeof(float) &&
+               bytes_partial == 25 * 32 * sizeof(float),
+           "the cache holds fc2's output for every sample, or as many as the budget allows "
+           "(%zu, %zu, %zu bytes)", bytes_off, bytes_on, bytes_partial);
+    double worst = 0.0, worst_partial = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs(plain[i] - cached[i]));
+        worst_partial = fmax(worst_partial, fabs(plain[i] - partial[i]));
+    }
+    tap_ok(worst <= 1e-6 && worst_partial <= 1e-6,
+           "training with the frozen-prefix cache gives the weights of training without it "
+           "(max diff %.2g, partial cache %.2g)", worst, worst_partial);
+    fr_dataset_free(data);
+}
+
 static void test_bad_steps(void) {
     fr_model *m = mlp();
     fr_trainer *t = make_trainer(m, FR_SGD, 1, 4);
@@ -405,6 +473,7 @@ int main(void) {
     test_frozen_costs_nothing();
     test_gradual_unfreezing();
     test_learning_and_threads();
+    test_feature_cache();
     test_bad_steps();
     return tap_done();
 }

@@ -55,6 +55,9 @@ static const option_spec options[] = {
     {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false},
     {"--resume", TEXT, TRAIN, AT(resume), 0, 0, false},
     {"--allow-freeze-change", FLAG, TRAIN, AT(allow_freeze_change), 0, 0, false},
+    {"--bucket-mb", DOUBLE, TRAIN, AT(train.bucket_mb), 0.001, 1e6, false},
+    {"--cache-mb", DOUBLE, TRAIN, AT(train.cache_mb), 0, 1e9, false},
+    {"--no-cache", FLAG, TRAIN, AT(no_cache), 0, 0, false},
 };
 
 static const option_spec *find_option(const char *name) {
@@ -203,6 +206,8 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return fr_fail(err, FR_EINVAL, "--checkpoint-every needs --checkpoint FILE");
     if (opts->resume && opts->init)
         return fr_fail(err, FR_EINVAL, "--resume and --init both give starting weights; use one");
+    if (opts->no_cache)
+        opts->train.cache_mb = -1;
     opts->train.max_batch = opts->batch_size;
     return FR_OK;
 }
@@ -215,14 +220,17 @@ void frost_print_usage(const char *command) {
                "         [--seed N] [--no-shuffle] [--classes 0-4] [--init W.safetensors]\n"
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
-               "         [--allow-freeze-change]\n"
+               "         [--allow-freeze-change] [--bucket-mb X] [--cache-mb X] [--no-cache]\n"
                "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
                "  layer name, applied in order; a pattern that matches nothing is an error.\n"
                "  --steps is the total number of steps; --epochs bounds it too when given.\n"
                "  --checkpoint is written every --checkpoint-every steps, at the end, and when\n"
-               "  SIGTERM/SIGINT stops the run (exit status 75); --resume continues exactly.\n");
+               "  SIGTERM/SIGINT stops the run (exit status 75); --resume continues exactly.\n"
+               "  --bucket-mb sizes the allreduce buckets sent while backward runs (4).\n"
+               "  --cache-mb bounds the frozen-prefix feature cache (a quarter of RAM);\n"
+               "  --no-cache turns it off.\n");
     if (!command || strcmp(command, "eval") == 0)
         printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
                "         [--batch-size B] [--threads T]\n"

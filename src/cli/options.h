@@ -37,6 +37,7 @@ typedef struct frost_options {
     long checkpoint_every; /* 0: only at the end and when stopped */
     const char *resume;
     bool allow_freeze_change;
+    bool no_cache;
     long log_every;
     bool help;
 } frost_options;

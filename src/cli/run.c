@@ -498,11 +498,10 @@ int frost_train(const frost_options *opts, fr_error *err) {
         if (b == 0 || step == fr_trainer_steps_done(run.trainer))
             fr_epoch_order(run.order, n, (uint64_t)opts->seed, epoch, opts->shuffle);
         int begin = (int)(b * batch_size);
-        int batch = n - begin < batch_size ? n - begin : batch_size, first, count;
-        fr_trainer_rank_rows(run.trainer, batch, &first, &count);
-        gather_batch(run.train, run.order + begin, batch, first, count, run.x, run.labels);
+        int batch = n - begin < batch_size ? n - begin : batch_size;
         long correct = 0;
-        rc = fr_trainer_step(run.trainer, run.x, run.labels, batch, &last_loss, &correct, err);
+        rc = fr_trainer_step_samples(run.trainer, run.train, run.order + begin, batch, &last_loss,
+                                     &correct, err);
         if (rc == FR_ENONFINITE)
             rc = explain_nonfinite(&run, err);
         if (rc != FR_OK)
@@ -561,6 +560,9 @@ int frost_train(const frost_options *opts, fr_error *err) {
                    (unsigned long long)fr_model_frozen_checksum(run.model));
         else
             printf("frozen parameters: 0\n");
+        if (fr_trainer_cache_bytes(run.trainer))
+            printf("feature cache: %.0f MB of frozen-prefix outputs\n",
+                   fr_trainer_cache_bytes(run.trainer) / 1048576.0);
         printf("allreduce: %zu bytes per step, %zu bytes in all; peak memory %.0f MB\n",
                fr_trainer_allreduce_bytes(run.trainer), fr_trainer_bytes_sent(run.trainer),
                peak_rss_mb());
