@@ -1,0 +1,401 @@
+"""torch_reference.py - train a frost model description in PyTorch, for tests/torch_compare.sh.
+
+  torch_reference.py init  --model SPEC --seed N --out W.safetensors
+      PyTorch's default initialisation (after torch.manual_seed(N)) of the
+      model, written as a safetensors weights file under frost's names.
+
+  torch_reference.py train --model SPEC --data DIR --init W.safetensors
+                           --steps S --batch-size B --lr X [--momentum X] [--nesterov]
+                           [--weight-decay X] [--optimizer sgd|adam|adamw]
+                           [--freeze P]... [--unfreeze P]... [--losses FILE] [--save F]
+      The run `frost train ... --no-shuffle` does: batch k of every epoch is
+      samples [k*B, (k+1)*B) in dataset order (an epoch's last batch may be
+      short), mean cross-entropy, torch.optim's SGD/Adam/AdamW, parameters
+      matched by --freeze with requires_grad=False (rules applied in order).
+      Prints (or writes to FILE) each step's loss, one per line, full precision.
+
+  torch_reference.py batch JOBS
+      Runs every line of JOBS (a command line of this script, shell-quoted)
+      in this one process, so torch is imported once; the exit status is 1 if
+      any job failed (each failure is reported on stderr, the rest still run).
+
+  torch_reference.py compare-losses [--tol X] FROST_METRICS.csv TORCH_LOSSES.txt STEPS
+      Prints "max |diff| = D ..."; exit status 1 if either side does not have
+      exactly STEPS steps or D > X (default 1e-4).
+
+  torch_reference.py compare-weights [--tol X] A.safetensors B.safetensors
+      Prints the largest absolute difference and the largest difference
+      relative to max(1, the tensor's largest magnitude); exit status 1 if the
+      names or shapes differ or that relative difference is > X (default 1e-4).
+
+  torch_reference.py same-bits A.safetensors B.safetensors PATTERN...
+      Exit status 0 if every parameter the patterns match (as --freeze matches
+      them) has the same bits in both files.
+
+The model grammar is the subset of frost's (DESIGN.md) that the tests use:
+`input C H W`, linear(in, out), conv2d(in, out, k[, stride[, padding]]),
+relu, maxpool2d(k[, stride]), flatten; `NAME = KIND(ARGS)`, or unnamed and
+then named by its index as nn.Sequential does; `;` or newlines between layers,
+`#` comments, keyword arguments.  Safetensors files are read and written by
+hand, so torch itself is the only requirement, and the compare commands need
+only the standard library.
+"""
+import argparse
+import fnmatch
+import gzip
+import json
+import os
+import re
+import shlex
+import struct
+import sys
+
+torch = None  # imported by need_torch(): the compare commands run without it
+
+
+def need_torch():
+    global torch
+    if torch is None:
+        import torch as imported
+        torch = imported
+        torch.set_num_threads(1)
+        torch.set_default_dtype(torch.float32)
+    return torch
+
+
+# ------------------------------------------------------------------ model
+
+ARG_NAMES = {
+    "linear": ["in_features", "out_features"],
+    "conv2d": ["in_channels", "out_channels", "kernel_size", "stride", "padding"],
+    "maxpool2d": ["kernel_size", "stride"],
+    "relu": [],
+    "flatten": [],
+}
+MIN_ARGS = {"linear": 2, "conv2d": 3, "maxpool2d": 1, "relu": 0, "flatten": 0}
+
+
+class JobError(Exception):
+    pass
+
+
+def parse_spec(text):
+    """(input shape or None, [(name or None, kind, {argument: value})])"""
+    if os.path.isfile(text):
+        with open(text) as f:
+            text = f.read()
+    pieces = []
+    for line in text.split("\n"):
+        pieces.extend(p.strip() for p in line.split("#", 1)[0].split(";"))
+    input_shape, layers = None, []
+    for piece in filter(None, pieces):
+        words = piece.split()
+        if words[0] == "input":
+            input_shape = tuple(int(w) for w in words[1:])
+            continue
+        name = None
+        m = re.match(r"^([A-Za-z_][\w.-]*)\s*=\s*(.*)$", piece)
+        if m:
+            name, piece = m.group(1), m.group(2).strip()
+        m = re.match(r"^(\w+)\s*(?:\((.*)\))?$", piece)
+        if not m or m.group(1).lower() not in ARG_NAMES:
+            raise JobError(f"unsupported layer '{piece}'")
+        kind, args = m.group(1).lower(), {}
+        items = [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
+        for i, item in enumerate(items):
+            if "=" in item:
+                key, value = (s.strip() for s in item.split("=", 1))
+                key = "kernel_size" if key == "kernel" else key
+            else:
+                key, value = ARG_NAMES[kind][i], item
+            args[key] = int(value)
+        if len(args) < MIN_ARGS[kind]:
+            raise JobError(f"'{piece}': too few arguments")
+        layers.append((name, kind, args))
+    if input_shape is None and layers and layers[0][1] == "conv2d":
+        input_shape = (layers[0][2]["in_channels"], 28, 28)
+    return input_shape, layers
+
+
+def make_net(spec):
+    """A module whose children are the layers in order, named as frost names
+    them, so named_parameters() lists `conv1.weight`, ..., `0.weight`."""
+    nn = need_torch().nn
+    input_shape, layers = parse_spec(spec)
+
+    class Net(nn.Module):
+        def forward(self, x):
+            x = x.reshape(x.shape[0], *input_shape) if input_shape else x.reshape(x.shape[0], -1)
+            for module in self.children():
+                x = module(x)
+            return x
+
+    net = Net()
+    for index, (name, kind, a) in enumerate(layers):
+        if kind == "linear":
+            module = nn.Linear(a["in_features"], a["out_features"])
+        elif kind == "conv2d":
+            module = nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"],
+                               stride=a.get("stride", 1), padding=a.get("padding", 0))
+        elif kind == "maxpool2d":
+            module = nn.MaxPool2d(a["kernel_size"], stride=a.get("stride", a["kernel_size"]))
+        elif kind == "relu":
+            module = nn.ReLU()
+        else:
+            module = nn.Flatten()
+        net.add_module(name if name is not None else str(index), module)
+    return net
+
+
+def pattern_matches(pattern, name):
+    """frost's rule: a shell glob over parameter names, or a bare layer name."""
+    return fnmatch.fnmatchcase(name, pattern) or name.rsplit(".", 1)[0] == pattern
+
+
+# ---------------------------------------------------------- safetensors
+
+def save_safetensors(path, named_tensors):
+    """Writes (name, float32 tensor) pairs in that order, atomically."""
+    header, blobs, offset = {}, [], 0
+    for name, t in named_tensors:
+        values = t.detach().float().contiguous().flatten().tolist()
+        raw = struct.pack(f"<{len(values)}f", *values)  # float32 -> double -> f32: exact
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    os.replace(tmp, path)
+
+
+def load_safetensors(path):
+    """{name: (shape, raw little-endian bytes)} for a file of F32 tensors, in file order."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    base, out = 8 + length, {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] != "F32":
+            raise JobError(f"{path}: {name}: dtype {info['dtype']}, expected F32")
+        begin, end = info["data_offsets"]
+        out[name] = (tuple(info["shape"]), blob[base + begin:base + end])
+    return out
+
+
+def floats(raw):
+    return struct.unpack(f"<{len(raw) // 4}f", raw)
+
+
+# ------------------------------------------------------------------ data
+
+def read_idx(directory, stem):
+    for path in (os.path.join(directory, stem + ".gz"), os.path.join(directory, stem)):
+        if os.path.exists(path):
+            with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+                blob = f.read()
+            ndim = blob[3]
+            dims = struct.unpack(f">{ndim}I", blob[4:4 + 4 * ndim])
+            return dims, blob[4 + 4 * ndim:]
+    raise JobError(f"{directory}: no {stem}[.gz]")
+
+
+def load_train(directory):
+    dims, pixels = read_idx(directory, "train-images-idx3-ubyte")
+    _, labels = read_idx(directory, "train-labels-idx1-ubyte")
+    x = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).reshape(dims[0], -1)
+    # frost: (float)p / 255.0f, a correctly rounded float32 division, as here.
+    x = x.to(torch.float32) / torch.tensor(255.0, dtype=torch.float32)
+    y = torch.frombuffer(bytearray(labels), dtype=torch.uint8).to(torch.int64)
+    return x, y
+
+
+# ------------------------------------------------------------- commands
+
+def cmd_init(args):
+    need_torch().manual_seed(args.seed)
+    save_safetensors(args.out, make_net(args.model).named_parameters())
+
+
+def cmd_train(args):
+    net = make_net(args.model)
+    F = torch.nn.functional
+    weights = load_safetensors(args.init)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name not in weights or weights[name][0] != tuple(p.shape):
+                raise JobError(f"{args.init}: no tensor {name} of shape {tuple(p.shape)}")
+            p.copy_(torch.tensor(floats(weights[name][1])).reshape(p.shape))
+    for rule, pattern in args.rules:
+        hits = [p for name, p in net.named_parameters() if pattern_matches(pattern, name)]
+        if not hits:
+            raise JobError(f"--{rule} {pattern}: matches no parameter")
+        for p in hits:
+            p.requires_grad_(rule == "unfreeze")
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    if args.optimizer == "sgd":
+        opt = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
+                              nesterov=args.nesterov, weight_decay=args.weight_decay)
+    elif args.optimizer == "adam":
+        opt = torch.optim.Adam(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+
+    x, y = load_train(args.data)
+    n, b = x.shape[0], args.batch_size
+    batches_per_epoch = (n + b - 1) // b
+    losses = []
+    for step in range(args.steps):
+        k = step % batches_per_epoch  # --no-shuffle: each epoch in dataset order
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x[k * b:(k + 1) * b]), y[k * b:(k + 1) * b])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    text = "".join(f"{v!r}\n" for v in losses)
+    if args.losses:
+        with open(args.losses, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    if args.save:
+        save_safetensors(args.save, net.named_parameters())
+
+
+def cmd_compare_losses(args):
+    with open(args.metrics) as f:
+        rows = [line.strip().split(",") for line in f if line.strip()]
+    step_col, loss_col = rows[0].index("step"), rows[0].index("loss")
+    frost = {int(r[step_col]): float(r[loss_col]) for r in rows[1:]}
+    with open(args.losses) as f:
+        ref = [float(line) for line in f if line.strip()]
+    if len(ref) != args.steps or sorted(frost) != list(range(1, args.steps + 1)):
+        print(f"step counts differ: frost logged {len(frost)} steps, torch {len(ref)}, "
+              f"expected {args.steps}")
+        return 1
+    diffs = [abs(frost[s + 1] - ref[s]) for s in range(args.steps)]
+    worst = max(range(args.steps), key=diffs.__getitem__)
+    print(f"max |diff| = {diffs[worst]:.2g} at step {worst + 1} "
+          f"(frost {frost[worst + 1]:.6f}, torch {ref[worst]:.7f}); "
+          f"loss {ref[0]:.4f} -> {ref[-1]:.4f}")
+    return 0 if diffs[worst] <= args.tol else 1
+
+
+def cmd_compare_weights(args):
+    a, b = load_safetensors(args.a), load_safetensors(args.b)
+    if [(k, v[0]) for k, v in a.items()] != [(k, v[0]) for k, v in b.items()]:
+        print(f"names or shapes differ: {[(k, v[0]) for k, v in a.items()]} vs "
+              f"{[(k, v[0]) for k, v in b.items()]}")
+        return 1
+    worst_abs, worst_rel, where = 0.0, 0.0, "-"
+    for name in a:
+        va, vb = floats(a[name][1]), floats(b[name][1])
+        d = max((abs(p - q) for p, q in zip(va, vb)), default=0.0)
+        scale = max([1.0] + [abs(q) for q in vb])
+        worst_abs = max(worst_abs, d)
+        if d / scale >= worst_rel:
+            worst_rel, where = d / scale, name
+    print(f"max abs diff {worst_abs:.2g}, max rel diff {worst_rel:.2g} (in {where})")
+    return 0 if worst_rel <= args.tol else 1
+
+
+def cmd_same_bits(args):
+    a, b = load_safetensors(args.a), load_safetensors(args.b)
+    names = [k for k in a if any(pattern_matches(p, k) for p in args.patterns)]
+    if not names:
+        print("no parameter matches " + " ".join(args.patterns))
+        return 1
+    changed = [k for k in names if k not in b or a[k] != b[k]]
+    print(("changed: " + " ".join(changed)) if changed else ("unchanged: " + " ".join(names)))
+    return 1 if changed else 0
+
+
+def cmd_batch(args):
+    failures = 0
+    with open(args.jobs) as f:
+        jobs = [shlex.split(line) for line in f if line.strip()]
+    for argv in jobs:
+        try:
+            status = run(argv)
+        except SystemExit as e:  # argparse's usage errors
+            status = e.code
+        except (JobError, OSError, ValueError, RuntimeError) as e:
+            print(f"torch_reference: {shlex.join(argv)}: {e}", file=sys.stderr)
+            status = 1
+        failures += status != 0
+    return 1 if failures else 0
+
+
+class RuleAction(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.rules = namespace.rules + [(option_string.lstrip("-"), value)]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="torch_reference.py")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init")
+    p.add_argument("--model", required=True)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=cmd_init)
+    p = sub.add_parser("train")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--init", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    p.add_argument("--freeze", action=RuleAction)
+    p.add_argument("--unfreeze", action=RuleAction)
+    p.add_argument("--losses")
+    p.add_argument("--save")
+    p.set_defaults(handler=cmd_train, rules=[])
+    p = sub.add_parser("batch")
+    p.add_argument("jobs")
+    p.set_defaults(handler=cmd_batch)
+    p = sub.add_parser("compare-losses")
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("metrics")
+    p.add_argument("losses")
+    p.add_argument("steps", type=int)
+    p.set_defaults(handler=cmd_compare_losses)
+    p = sub.add_parser("compare-weights")
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(handler=cmd_compare_weights)
+    p = sub.add_parser("same-bits")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("patterns", nargs="+")
+    p.set_defaults(handler=cmd_same_bits)
+    return parser
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)
+    return args.handler(args) or 0
+
+
+def main():
+    try:
+        status = run(sys.argv[1:])
+    except JobError as e:
+        print(f"torch_reference: {e}", file=sys.stderr)
+        status = 1
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
