@@ -124,6 +124,9 @@ struct fr_layer {
     int fan_in;        /* for PyTorch's default init */
     /* Parameter data in the model's arena (set with it); NULL if none. */
     const float *weight_data, *bias_data;
+    /* Set by the trainer when an in-place relu follows: forward applies it in
+     * the bias pass after the GEMM, and the relu's own forward is skipped. */
+    bool fused_relu;
 };
 
 extern const fr_layer_ops fr_linear_ops;
@@ -133,9 +136,14 @@ extern const fr_layer_ops fr_maxpool2d_ops;
 extern const fr_layer_ops fr_flatten_ops;
 
 /* Shared kernels (kernels.c). */
-/* out[n x m] = in[n x k] * W[m x k]^T + b (b may be NULL). */
+/* out[n x m] = in[n x k] * W[m x k]^T + b (b may be NULL), then
+ * max(out, 0) when `relu`. */
 void fr_gemm_affine(const float *in, const float *weight, const float *bias,
-                    float *out, int n, int k, int m);
+                    float *out, int n, int k, int m, bool relu);
+/* values = max(values, 0); a NaN passes through, as in PyTorch. */
+void fr_relu_inplace(float *values, size_t count);
+/* out[c x plane]: every element of channel c set to bias[c] (conv's bias). */
+void fr_bias_set_channels(float *out, const float *bias, int channels, int plane);
 /* col[(c*kh*kw) x (oh*ow)] from one image [c x h x w]. */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
                int pad, int oh, int ow, float *col);

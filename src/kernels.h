@@ -16,9 +16,6 @@
  */
 int fr_window_count(int size, int kernel, int stride, int pad);
 
-/* out[c x plane]: every element of channel c set to bias[c] (conv's bias). */
-void fr_bias_set_channels(float *out, const float *bias, int channels,
-                          int plane);
 /* dbias[c] += sum of d[c x plane] row c (conv's bias gradient, one sample). */
 void fr_bias_grad_channels(const float *d, int channels, int plane,
                            float *dbias);

@@ -135,7 +135,7 @@ void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first, int 
  * Which outputs share their input's buffer: flatten always, and an in-place
  * layer (relu) unless its input is the caller's batch, which is read-only.
  */
-static void plan_shared_outputs(const fr_model *model, bool *shares_input) {
+static void plan_shared_outputs(fr_model *model, bool *shares_input) {
     bool input_is_batch = true;
     for (int i = 0; i < model->layer_count; i++) {
         const fr_layer_ops *ops = model->layers[i].ops;
@@ -143,6 +143,18 @@ static void plan_shared_outputs(const fr_model *model, bool *shares_input) {
         if (!ops->alias)
             input_is_batch = input_is_batch && shares_input[i];
     }
+    /* A relu working in place right after a linear or conv2d is applied in
+     * that layer's bias pass (the epilogue of its GEMM) instead. */
+    for (int i = 0; i < model->layer_count; i++) {
+        fr_layer *l = &model->layers[i];
+        const fr_layer *next = i + 1 < model->layer_count ? &model->layers[i + 1] : NULL;
+        l->fused_relu = next && next->ops == &fr_relu_ops && shares_input[i + 1] &&
+                        (l->ops == &fr_linear_ops || l->ops == &fr_conv2d_ops);
+    }
+}
+
+static bool relu_fused_into(const fr_model *model, int i) {
+    return i > 0 && model->layers[i - 1].fused_relu;
 }
 
 /*
@@ -496,7 +508,7 @@ static void forward(const fr_trainer *trainer, replica *r, const float *x, int r
     const fr_model *model = trainer->model;
     for (int i = from; i < model->layer_count; i++) {
         const fr_layer *l = &model->layers[i];
-        if (l->ops->alias)
+        if (l->ops->alias || relu_fused_into(model, i))
             continue;
         /* An in-place layer writes over its input, a buffer this replica owns. */
         float *out = (float *)layer_output(trainer, r, x, i);

@@ -1,2 +1,261 @@
 #!/bin/sh
-echo "1..0 # SKIP placeholder"
+# mpi_layouts.sh - MPI ranks x OpenMP threads compute the same update as one
+# process (DESIGN.md), and the gradient allreduce carries the trainable
+# parameters only.
+#
+# Layouts 1x1, 1x2, 1x3, 2x1, 2x2 and 4x1 (ranks x threads) of the same global
+# batch and seed give the same per-step losses and final weights within 1e-5
+# relative; frozen tensors stay bit-identical.  On 2 and 4 ranks every step
+# sends 4 x (trainable parameters) bytes into the allreduce (the metrics
+# column allreduce_bytes and the final summary), for several frozen sets, so
+# the ratio frozen/full is the trainable fraction; on 1 rank nothing is sent.
+# The runs succeed, which means frost's cross-rank weight checksum (taken at
+# every logged step, here every step) found the replicas identical.  Only
+# rank 0 prints and writes files.
+#
+# The global batch (50) is divisible by neither 3 nor 4 and the dataset (502
+# samples) ends an epoch with a batch of 2, so in that step two of 4 ranks
+# have no rows, and with 2x2 one thread has none.
+. "$TOP_SRCDIR/tests/common.sh"
+set -f # freeze patterns like 'conv*' travel in unquoted variables
+
+if [ -z "${MPIRUN:-}" ]; then
+    echo "1..0 # SKIP frost was built without MPI (MPIRUN is empty)"
+    exit 0
+fi
+
+# compare.py REF INIT RUN...: REF and each RUN are directories holding m.csv
+# (--metrics) and w.safetensors (--save); INIT holds the initial weights.  For
+# each RUN it prints two lines, "LABEL losses STATUS DETAIL" and "LABEL weights
+# STATUS DETAIL" (LABEL: the directory's name less ".dir"; STATUS 0 when it
+# holds), then "- unchanged 0 NAMES": the tensors REF left bit-identical to INIT.
+#   losses:  the same (step, epoch) rows, each loss within 1e-5 relative of
+#            REF's (plus 1e-6, the CSV's print resolution);
+#   weights: the same tensors and shapes, each within 1e-5 of REF's relative
+#            to the tensor's largest magnitude (max|a-b| <= 1e-5 max|a|:
+#            element-wise relative error means nothing for weights near 0),
+#            and the tensors REF left bit-identical to INIT (the frozen ones)
+#            bit-identical here too.
+# Only the standard library: the safetensors header is JSON, the data F32.
+cat > "$WORK/compare.py" <<'EOF'
+import csv, json, os, struct, sys
+RTOL = 1e-5
+
+def weights(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    header.pop("__metadata__", None)
+    out = {}
+    for name, t in header.items():
+        if t["dtype"] != "F32":
+            raise ValueError("%s: %s is %s, not F32" % (path, name, t["dtype"]))
+        a, b = t["data_offsets"]
+        out[name] = (t["shape"], struct.unpack("<%df" % ((b - a) // 4), data[a:b]))
+    return out
+
+def losses(path):
+    with open(path) as f:
+        return [(r["step"], r["epoch"], float(r["loss"])) for r in csv.DictReader(f)]
+
+def compare_losses(ref, run):
+    if not ref:
+        return "the reference has no rows"
+    if [r[:2] for r in ref] != [r[:2] for r in run]:
+        return "different (step, epoch) rows: %d vs %d rows" % (len(ref), len(run))
+    worst = 0.0
+    for (step, _, a), (_, _, b) in zip(ref, run):
+        worst = max(worst, abs(a - b) / max(abs(a), 1e-12))
+        if abs(a - b) > RTOL * max(abs(a), abs(b)) + 1e-6:
+            return "FAILED at step %s: loss %.6f vs %.6f" % (step, a, b)
+    return "%d steps, worst relative difference %.2g" % (len(ref), worst)
+
+def compare_weights(ref, run, frozen):
+    if sorted(ref) != sorted(run):
+        return "FAILED: tensors %s vs %s" % (sorted(ref), sorted(run))
+    worst, problems = 0.0, []
+    for name, (shape, a) in sorted(ref.items()):
+        run_shape, b = run[name]
+        if shape != run_shape:
+            problems.append("%s has shape %s, not %s" % (name, run_shape, shape))
+            continue
+        if name in frozen and a != b:
+            problems.append("%s (frozen) changed" % name)
+        scale = max(abs(v) for v in a) or 1.0
+        diff = max(abs(x - y) for x, y in zip(a, b)) / scale
+        worst = max(worst, diff)
+        if diff > RTOL:
+            problems.append("%s: max|diff|/max|ref| = %.3g" % (name, diff))
+    if problems:
+        return "FAILED: " + "; ".join(problems)
+    return "worst relative difference %.2g" % worst
+
+def main(ref_dir, init_path, *runs):
+    init = weights(init_path)
+    ref_w = weights(os.path.join(ref_dir, "w.safetensors"))
+    ref_m = losses(os.path.join(ref_dir, "m.csv"))
+    frozen = sorted(k for k in ref_w if k in init and init[k][1] == ref_w[k][1])
+    for run in runs:
+        label = os.path.basename(run.rstrip("/"))
+        label = label[:-4] if label.endswith(".dir") else label
+        for kind in ("losses", "weights"):
+            try:
+                if kind == "losses":
+                    detail = compare_losses(ref_m, losses(os.path.join(run, "m.csv")))
+                else:
+                    detail = compare_weights(ref_w, weights(os.path.join(run, "w.safetensors")),
+                                             frozen)
+            except Exception as e:  # a missing or malformed file fails that check
+                detail = "FAILED: %s" % e
+            print(label, kind, 1 if detail.startswith("FAILED") else 0, detail)
+    print("-", "unchanged", 0, " ".join(frozen))
+
+main(*sys.argv[1:])
+EOF
+cat > "$WORK/model.txt" <<'EOF'
+input 1 28 28
+conv1 = conv2d(1, 4, 3)
+relu
+conv2 = conv2d(4, 4, 3)
+relu
+maxpool2d(2)
+flatten
+fc1 = linear(576, 16)
+relu
+fc2 = linear(16, 10)
+EOF
+MODEL=$WORK/model.txt
+mkdir -p "$WORK/data"
+make_idx "$WORK/data" 502 5
+STEPS=12 # 10 batches of 50, one of 2, then the first of epoch 2
+TRAIN_FLAGS="--batch-size 50 --steps $STEPS --seed 11 --lr 0.02 --momentum 0.9 --log-every 1"
+# 4 ranks, or 2 ranks x 2 threads, share 2 cores: waiting threads should sleep.
+MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
+
+# The seeded initial weights (a run that does not move them).
+"$FROST" train --model "$MODEL" --data "$WORK/data" --steps 1 --lr 0 --seed 11 \
+    --save "$WORK/init.safetensors" > "$WORK/init.out" 2>&1
+status=$?
+[ $status -eq 0 ] || sed 's/^/#   /' "$WORK/init.out"
+ok $status "the test model trains; a run with --lr 0 writes the seeded initial weights"
+
+# mpi_train OUT RANKS THREADS FLAGS...: one mpirun; OUT.dir gets m.csv and w.safetensors.
+mpi_train() {
+    out=$1 ranks=$2 threads=$3
+    shift 3
+    mkdir -p "$out.dir"
+    began=$(date +%s)
+    timeout -k 10 120 "$MPIRUN" $MPI_FLAGS -np "$ranks" \
+        "$FROST" train --model "$MODEL" --data "$WORK/data" $TRAIN_FLAGS --threads "$threads" \
+        --metrics "$out.dir/m.csv" --save "$out.dir/w.safetensors" "$@" \
+        > "$out.out" 2> "$out.err"
+    status=$?
+    diag "$(basename "$out"): mpirun took $(($(date +%s) - began)) s"
+    [ $status -eq 0 ] || sed 's/^/#   /' "$out.err"
+    return $status
+}
+
+# metrics_column CSV NAME: the distinct values of a column, space-separated.
+metrics_column() {
+    awk -F, -v name="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) c = i; next }
+        c { print $c }' "$1" 2> /dev/null | sort -u | tr '\n' ' ' | sed 's/ $//'
+}
+
+# frozen_set NAME DESCRIPTION "LAYOUTS" "EXPECTED UNCHANGED TENSORS" FREEZE-FLAGS...:
+# run each RANKSxTHREADS layout and compare it with the first one.
+full_bytes=
+full_total=
+frozen_set() {
+    name=$1 what=$2 layouts=$3 frozen=$4
+    shift 4
+    "$FROST" inspect --model "$MODEL" "$@" > "$WORK/$name.inspect" 2>&1
+    ok $? "$what: frost inspect accepts the frozen set"
+    total=$(sed -n 's/^total parameters: \([0-9]*\)$/\1/p' "$WORK/$name.inspect")
+    trainable=$(sed -n 's/^trainable parameters: \([0-9]*\) .*/\1/p' "$WORK/$name.inspect")
+    planned=$(sed -n 's/^allreduce bytes per step: \([0-9]*\)$/\1/p' "$WORK/$name.inspect")
+    expected=$((4 * ${trainable:-0}))
+    [ -n "$trainable" ] && [ "$planned" = "$expected" ]
+    ok $? "$what: inspect plans 4 x trainable ($trainable of $total) = $expected allreduce bytes per step (says '$planned')"
+
+    ref=${layouts%% *} runs=
+    for l in $layouts; do
+        ranks=${l%x*} threads=${l#*x}
+        out=$WORK/$name.$l
+        [ "$l" = "$ref" ] || runs="$runs $out.dir"
+        mpi_train "$out" "$ranks" "$threads" "$@"
+        ok $? "$what, ${l}: $ranks rank(s) x $threads thread(s) train to the end (replica weights are checked equal at every step)"
+        grep -q "^frost [^ ]*: $ranks ranks\{0,1\} x $threads threads\{0,1\}, global batch 50," "$out.out"
+        ok $? "$what, ${l}: the header reports $ranks rank(s) x $threads thread(s), global batch 50"
+        column=$(metrics_column "$out.dir/m.csv" allreduce_bytes)
+        summary=$(sed -n 's/^allreduce: \([0-9]*\) bytes per step, \([0-9]*\) bytes in all;.*/\1 \2/p' "$out.out")
+        if [ "$ranks" -eq 1 ]; then
+            [ "$column" = 0 ] && [ "$summary" = "$expected 0" ]
+            ok $? "$what, ${l}: one rank sends nothing (metrics allreduce_bytes: '$column'; summary per step and in all: '$summary')"
+        else
+            [ "$column" = "$expected" ] && [ "$summary" = "$expected $((STEPS * expected))" ]
+            ok $? "$what, ${l}: every step sends 4 x trainable = $expected bytes (metrics allreduce_bytes: '$column'; summary per step and in all: '$summary')"
+            [ "$(grep -c '^done: ' "$out.out")" -eq 1 ] &&
+                [ "$(grep -c '^frost [^ ]*: [0-9]* rank' "$out.out")" -eq 1 ] &&
+                [ "$(grep -c '^saved ' "$out.out")" -eq 1 ]
+            ok $? "$what, ${l}: only rank 0 prints (one header, one 'done:' line, one 'saved' line)"
+            leftovers=$(ls -A "$out.dir" | grep -v -x -e m.csv -e w.safetensors | tr '\n' ' ')
+            [ -z "$leftovers" ]
+            ok $? "$what, ${l}: the output directory holds m.csv and w.safetensors and nothing else (others: '$leftovers')"
+        fi
+    done
+
+    "$PYTHON3" "$WORK/compare.py" "$WORK/$name.$ref.dir" "$WORK/init.safetensors" $runs \
+        > "$WORK/$name.cmp"
+    ok $? "$what: the runs' losses and weights can be compared"
+    while read -r label kind status detail; do
+        case $kind in
+        losses) ok "$status" "$what, ${label#*.}: per-step losses equal ${ref}'s within 1e-5 relative ($detail)" ;;
+        weights) ok "$status" "$what, ${label#*.}: final weights equal ${ref}'s within 1e-5 relative, frozen ones bit-identical ($detail)" ;;
+        unchanged)
+            [ "$detail" = "$frozen" ]
+            ok $? "$what: exactly the frozen tensors are bit-identical to the initial weights, the rest trained (expected '$frozen', got '$detail')" ;;
+        esac
+    done < "$WORK/$name.cmp"
+
+    # The ratio frozen/full of the bytes measured on 2 ranks is the trainable fraction.
+    measured=$(sed -n 's/^allreduce: \([0-9]*\) bytes per step.*/\1/p' "$WORK/$name.2x1.out")
+    if [ -z "$full_bytes" ]; then
+        full_bytes=$measured full_total=$total
+    else
+        [ -n "$measured" ] && [ -n "$full_bytes" ] &&
+            [ $((measured * full_total)) -eq $((full_bytes * trainable)) ]
+        ok $? "$what: allreduce bytes on 2 ranks, frozen/full = $measured/$full_bytes, equal the trainable fraction $trainable/$full_total"
+    fi
+}
+
+# Every layout for two frozen sets (the first must be "none": the others'
+# byte ratios are taken against it); for two more, 2 and 4 ranks (2x1 first).
+# Threads alone, with frozen prefixes, are covered by threads.sh.
+ALL="1x1 1x2 1x3 2x1 2x2 4x1"
+SOME="2x1 2x2 4x1"
+frozen_set none "nothing frozen" "$ALL" ""
+frozen_set fc1 "--freeze fc1 (frozen middle layer)" "$ALL" "fc1.bias fc1.weight" --freeze fc1
+frozen_set conv "--freeze 'conv*' (frozen prefix)" "$SOME" \
+    "conv1.bias conv1.weight conv2.bias conv2.weight" --freeze conv*
+frozen_set head "--freeze '*' --unfreeze fc2 (all but the last layer)" "$SOME" \
+    "conv1.bias conv1.weight conv2.bias conv2.weight fc1.bias fc1.weight" --freeze * --unfreeze fc2
+
+# Ranks may run different thread counts (MPMD): the update does not change.
+out=$WORK/mixed
+mkdir -p "$out.dir"
+timeout -k 10 120 "$MPIRUN" $MPI_FLAGS \
+    -np 1 "$FROST" train --model "$MODEL" --data "$WORK/data" $TRAIN_FLAGS \
+    --threads 1 --metrics "$out.dir/m.csv" --save "$out.dir/w.safetensors" : \
+    -np 1 "$FROST" train --model "$MODEL" --data "$WORK/data" $TRAIN_FLAGS \
+    --threads 3 --metrics "$out.dir/m.csv" --save "$out.dir/w.safetensors" \
+    > "$out.out" 2> "$out.err"
+status=$?
+[ $status -eq 0 ] || sed 's/^/#   /' "$out.err"
+ok $status "2 ranks running 1 and 3 threads (MPMD): training succeeds"
+"$PYTHON3" "$WORK/compare.py" "$WORK/none.1x1.dir" "$WORK/init.safetensors" "$out.dir" \
+    > "$WORK/mixed.cmp"
+[ "$(grep -c '^mixed [a-z]* 0 ' "$WORK/mixed.cmp")" -eq 2 ]
+ok $? "2 ranks running 1 and 3 threads: losses and weights equal 1x1's within 1e-5 relative ($(grep '^mixed' "$WORK/mixed.cmp" | cut -d' ' -f4- | tr '\n' ' '))"
+
+done_testing

@@ -584,10 +584,18 @@ int frost_eval(const frost_options *opts, fr_error *err) {
     float *x = NULL;
     int32_t *labels = NULL;
     int rc = fr_comm_agree(load_model(opts, &model, err), err);
+    /* As in training: ranks that disagree must stop before a collective. */
+    double settings[] = {opts->batch_size};
+    if (rc == FR_OK)
+        rc = fr_comm_check_run(model, &opts->train, settings, 1, 0, err);
     if (rc == FR_OK)
         rc = fr_comm_agree(fr_model_load_weights(model, opts->init, err), err);
     if (rc == FR_OK)
+        rc = fr_comm_check_same(fr_model_checksum(model), "the --init weights", err);
+    if (rc == FR_OK)
         rc = fr_comm_agree(load_data(opts, model, false, &test, err), err);
+    if (rc == FR_OK)
+        rc = fr_comm_check_same((uint64_t)fr_dataset_size(test), "the dataset size", err);
     if (rc == FR_OK)
         rc = fr_comm_agree(fr_trainer_new(model, &opts->train, &trainer, err), err);
     if (rc == FR_OK) {

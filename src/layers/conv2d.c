@@ -128,13 +128,16 @@ static void conv2d_forward(const fr_layer *l, const float *in, float *out,
     for (int s = 0; s < n; s++) {
         const float *col = columns_of(&d, in + s * in_numel, scratch);
         float *out_s = out + s * out_numel;
-        /* The bias goes in first so the GEMM adds onto it (beta = 1). */
+        /* The bias goes in first so the GEMM adds onto it (beta = 1), in
+         * PyTorch's order; a fused relu follows while out_s is in cache. */
         if (bias)
             fr_bias_set_channels(out_s, bias, d.out_c, d.out_plane);
         /* out_s[out x P] = W[out x K] · col[K x P] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.out_c,
                     d.out_plane, d.col_rows, 1.0f, l->weight_data, d.col_rows,
                     col, d.out_plane, bias ? 1.0f : 0.0f, out_s, d.out_plane);
+        if (l->fused_relu)
+            fr_relu_inplace(out_s, out_numel);
     }
 }
 

@@ -49,7 +49,7 @@ static void linear_forward(const fr_layer *l, const float *in, float *out,
                            int n, void *scratch) {
     (void)scratch;
     fr_gemm_affine(in, l->weight_data, l->bias_data, out, n, in_features(l),
-                   out_features(l));
+                   out_features(l), l->fused_relu);
 }
 
 /* ---------------------------------------------------- backward */

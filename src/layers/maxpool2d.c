@@ -59,6 +59,28 @@ static size_t maxpool2d_scratch_bytes(const fr_layer *l, int n) {
 
 /* ----------------------------------------------------- forward */
 
+/* The common 2x2, stride 2 window, unrolled; same choice as the general loop
+ * (the first maximum in row-major order, a NaN wins). */
+static void max_of_2x2(const float *src, int w, int oh, int ow, float *dst, int32_t *where) {
+    for (int oy = 0; oy < oh; oy++) {
+        const float *top = src + (size_t)2 * oy * w;
+        for (int ox = 0; ox < ow; ox++) {
+            int at = 2 * oy * w + 2 * ox, candidates[3] = {at + 1, at + w, at + w + 1};
+            float best_value = top[2 * ox];
+            int best = at;
+            for (int c = 0; c < 3; c++) {
+                float value = src[candidates[c]];
+                if (value > best_value || isnan(value)) {
+                    best_value = value;
+                    best = candidates[c];
+                }
+            }
+            dst[oy * ow + ox] = best_value;
+            where[oy * ow + ox] = best;
+        }
+    }
+}
+
 static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
                               int n, void *scratch) {
     int k = pool_kernel(l), stride = pool_stride(l);
@@ -70,6 +92,10 @@ static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
         const float *src = in + p * in_plane;
         float *dst = out + p * out_plane;
         int32_t *where = argmax + p * out_plane;
+        if (k == 2 && stride == 2) {
+            max_of_2x2(src, w, oh, ow, dst, where);
+            continue;
+        }
         for (int oy = 0; oy < oh; oy++) {
             for (int ox = 0; ox < ow; ox++) {
                 int first = oy * stride * w + ox * stride;

@@ -24,6 +24,11 @@ static void relu_forward(const fr_layer *l, const float *in, float *out, int n,
     size_t count = (size_t)n * fr_shape_numel(l->in);
     /* Written as "negative -> 0" so a NaN passes through, as in PyTorch, and
      * the trainer's non-finite check still sees it. */
+    if (out == in) {
+        fr_relu_inplace(out, count);
+        return;
+    }
+#pragma omp simd
     for (size_t i = 0; i < count; i++)
         out[i] = in[i] < 0.0f ? 0.0f : in[i];
 }
@@ -40,6 +45,7 @@ static void relu_backward(const fr_layer *l, const float *in, const float *out,
     if (!din)
         return;
     size_t count = (size_t)n * fr_shape_numel(l->in);
+#pragma omp simd
     for (size_t i = 0; i < count; i++)
         din[i] = out[i] > 0.0f ? dout[i] : 0.0f;
 }
