@@ -512,8 +512,9 @@ int frost_train(const frost_options *opts, fr_error *err) {
         p.samples_trained += batch;
         interrupted = fr_comm_any(stop_signal != 0);
         if (step % opts->log_every == 0 || step == total_steps || interrupted) {
-            /* Replicas must stay bit-identical; a cheap check at every log. */
-            rc = fr_comm_check_same(fr_model_checksum(run.model), "the weights", err);
+            /* Ranks must stay bit-identical; a check at every log. */
+            if (fr_comm_size() > 1)
+                rc = fr_comm_check_same(fr_model_checksum(run.model), "the weights", err);
             if (rc == FR_OK)
                 log_progress(&run, &p, epoch, step, total_steps, last_loss, correct, batch);
         }
