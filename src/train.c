@@ -58,8 +58,7 @@ typedef struct batch_source {
 /*
  * The frozen-prefix feature cache: when layers [0, first_trainable) hold no
  * trainable parameter, their output for a sample never changes, so it is
- * kept per sample after its first pass and later passes run only the
- * trainable suffix.
+ * computed once per sample and every step runs only the trainable suffix.
  */
 typedef struct feature_cache {
     bool enabled;
@@ -68,8 +67,7 @@ typedef struct feature_cache {
     int samples;          /* dataset indices [0, samples) may be cached */
     size_t numel;         /* floats per sample */
     float *features;
-    unsigned char *present;
-    const fr_dataset *data; /* the dataset the entries belong to */
+    const fr_dataset *data; /* the dataset the entries belong to; NULL: empty */
 } feature_cache;
 
 /* What one thread owns: its activations, scratch and gradient slab. */
@@ -484,7 +482,6 @@ void fr_trainer_free(fr_trainer *trainer) {
     free(trainer->param_steps);
     free(trainer->shares_input);
     fr_free(trainer->cache.features);
-    fr_free(trainer->cache.present);
     free(trainer);
 }
 
@@ -504,9 +501,11 @@ static const float *layer_output(const fr_trainer *trainer, const replica *r, co
     return trainer->shares_input[i] ? layer_input(trainer, r, x, i) : r->outputs[i];
 }
 
-static void forward(const fr_trainer *trainer, replica *r, const float *x, int rows, int from) {
+/* Layers [from, to) of this replica's rows. */
+static void forward(const fr_trainer *trainer, replica *r, const float *x, int rows, int from,
+                    int to) {
     const fr_model *model = trainer->model;
-    for (int i = from; i < model->layer_count; i++) {
+    for (int i = from; i < to; i++) {
         const fr_layer *l = &model->layers[i];
         if (l->ops->alias || relu_fused_into(model, i))
             continue;
@@ -546,10 +545,10 @@ static const void *target_rows(const fr_trainer *trainer, const void *targets, i
 /* The cache serves rows when the prefix is frozen and every row is in it. */
 static bool rows_cached(const fr_trainer *trainer, const int *ids, int rows) {
     const feature_cache *c = &trainer->cache;
-    if (c->layer < 0 || c->layer != trainer->first_trainable - 1)
+    if (c->layer < 0 || c->layer != trainer->first_trainable - 1 || !c->data)
         return false;
     for (int i = 0; i < rows; i++)
-        if (ids[i] >= c->samples || !c->present[ids[i]])
+        if (ids[i] >= c->samples)
             return false;
     return true;
 }
@@ -588,23 +587,6 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     return 0;
 }
 
-/* After a full forward: keep the prefix output of rows the cache lacks.
- * Samples are distinct within a batch, so replicas never write the same row. */
-static void fill_cache(fr_trainer *trainer, replica *r, const int *ids, int rows) {
-    feature_cache *c = &trainer->cache;
-    if (c->layer < 0 || c->layer != trainer->first_trainable - 1)
-        return;
-    const float *features = layer_output(trainer, r, r->x, c->layer);
-    for (int i = 0; i < rows; i++) {
-        int id = ids[i];
-        if (id >= c->samples || c->present[id])
-            continue;
-        memcpy(c->features + (size_t)id * c->numel, features + (size_t)i * c->numel,
-               c->numel * sizeof(float));
-        c->present[id] = 1;
-    }
-}
-
 /* One replica's share of a step up to the loss; returns whether it must run
  * backward (it has rows, a trainable parameter and valid labels). */
 static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
@@ -621,9 +603,7 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source 
         return false;
     }
     int from = take_rows(trainer, r, src, first, rows);
-    forward(trainer, r, r->x, rows, from);
-    if (src->data && from == 0)
-        fill_cache(trainer, r, src->ids + first, rows);
+    forward(trainer, r, r->x, rows, from, trainer->model->layer_count);
     const float *logits = layer_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
     r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
@@ -871,9 +851,34 @@ int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, in
 }
 
 /*
- * Size the feature cache for this dataset and frozen prefix: as many samples
- * as the budget holds, from index 0.  Nothing is cached when the prefix is
- * empty or moves no data (a lone flatten).
+ * Fill the cache in fixed chunks of the dataset, in index order: a sample's
+ * features then depend only on its chunk, never on the batch or epoch that
+ * first met it, so a resumed run sees exactly the features the uninterrupted
+ * run used.
+ */
+static void fill_cache(fr_trainer *trainer, const fr_dataset *data) {
+    feature_cache *c = &trainer->cache;
+    int chunk = trainer->replicas[0].rows_cap < 32 ? trainer->replicas[0].rows_cap : 32;
+    int chunks = (c->samples + chunk - 1) / chunk;
+    size_t sample_numel = fr_shape_numel(data->shape);
+#pragma omp parallel for num_threads(trainer->threads) schedule(static)
+    for (int k = 0; k < chunks; k++) {
+        replica *r = &trainer->replicas[omp_get_thread_num()];
+        int first = k * chunk, rows = c->samples - first < chunk ? c->samples - first : chunk;
+        memcpy(r->gathered_x, data->x + (size_t)first * sample_numel,
+               (size_t)rows * sample_numel * sizeof(float));
+        forward(trainer, r, r->gathered_x, rows, 0, c->layer + 1);
+        memcpy(c->features + (size_t)first * c->numel,
+               layer_output(trainer, r, r->gathered_x, c->layer),
+               (size_t)rows * c->numel * sizeof(float));
+    }
+    c->data = data;
+}
+
+/*
+ * Size the feature cache for this dataset and frozen prefix (as many samples
+ * as the budget holds, from index 0) and fill it.  Nothing is cached when the
+ * prefix is empty or moves no data (a lone flatten).
  */
 static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
     feature_cache *c = &trainer->cache;
@@ -895,19 +900,13 @@ static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err
     }
     if (c->layer == layer && c->numel == numel && c->samples == (int)samples) {
         if (c->data != data)
-            memset(c->present, 0, samples);
-        c->data = data;
+            fill_cache(trainer, data);
         return FR_OK;
     }
     fr_free(c->features);
-    fr_free(c->present);
+    c->data = NULL;
     c->features = fr_alloc(samples * numel * sizeof(float));
-    c->present = fr_alloc(samples);
-    if (!c->features || !c->present) {
-        fr_free(c->features);
-        fr_free(c->present);
-        c->features = NULL;
-        c->present = NULL;
+    if (!c->features) {
         c->layer = -1;
         return fr_fail(err, FR_ENOMEM, "out of memory for a feature cache of %zu MB",
                        samples * numel * sizeof(float) >> 20);
@@ -915,7 +914,7 @@ static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err
     c->layer = layer;
     c->numel = numel;
     c->samples = (int)samples;
-    c->data = data;
+    fill_cache(trainer, data);
     return FR_OK;
 }
 

@@ -285,6 +285,18 @@ static void format_duration(double seconds, char *buf, size_t len) {
         snprintf(buf, len, "%ld:%02ld", s / 60, s % 60);
 }
 
+static long batches_per_epoch(const frost_options *opts, int samples) {
+    return (samples + opts->batch_size - 1) / opts->batch_size;
+}
+
+/* The run's total steps: --steps, bounded by --epochs when that is given. */
+static long run_steps(const frost_options *opts, int samples) {
+    long total = opts->steps, per_epoch = batches_per_epoch(opts, samples);
+    if (opts->epochs > 0 && (total == 0 || opts->epochs * per_epoch < total))
+        total = opts->epochs * per_epoch;
+    return total;
+}
+
 static int setup_training(training_run *run, fr_error *err) {
     const frost_options *opts = run->opts;
     int rc = fr_comm_agree(load_model(opts, &run->model, err), err);
@@ -309,8 +321,17 @@ static int setup_training(training_run *run, fr_error *err) {
     }
     if (rc == FR_OK)
         rc = fr_comm_check_same((uint64_t)fr_dataset_size(run->train), "the dataset size", err);
-    if (rc == FR_OK)
-        rc = fr_comm_agree(fr_trainer_new(run->model, &opts->train, &run->trainer, err), err);
+    if (rc == FR_OK) {
+        /* The feature cache costs one forward pass of the prefix over the
+         * data before the first step; it pays from the second epoch on.  The
+         * choice depends on the whole run, not what is left of it, so a
+         * resumed run makes the same one. */
+        fr_train_config config = opts->train;
+        if (run_steps(opts, fr_dataset_size(run->train)) <=
+            batches_per_epoch(opts, fr_dataset_size(run->train)))
+            config.cache_mb = -1;
+        rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
+    }
     if (rc != FR_OK)
         return rc;
     size_t n = (size_t)fr_dataset_size(run->train);
@@ -476,10 +497,7 @@ int frost_train(const frost_options *opts, fr_error *err) {
         print_header(&run);
 
     int n = fr_dataset_size(run.train), batch_size = opts->batch_size;
-    long batches_per_epoch = (n + batch_size - 1) / batch_size;
-    long total_steps = opts->steps;
-    if (opts->epochs > 0 && (total_steps == 0 || opts->epochs * batches_per_epoch < total_steps))
-        total_steps = opts->epochs * batches_per_epoch;
+    long epoch_steps = batches_per_epoch(opts, n), total_steps = run_steps(opts, n);
 
     /* Steps count from the start of the run, resumed or not; the position in
      * the data follows from the step. */
@@ -490,11 +508,11 @@ int frost_train(const frost_options *opts, fr_error *err) {
     p.interval_start = p.start;
     p.interval_bytes = fr_trainer_bytes_sent(run.trainer);
     double last_loss = NAN;
-    long epoch = step / batches_per_epoch;
+    long epoch = step / epoch_steps;
     bool interrupted = false;
     while (step < total_steps && rc == FR_OK && !interrupted) {
-        long b = step % batches_per_epoch;
-        epoch = step / batches_per_epoch;
+        long b = step % epoch_steps;
+        epoch = step / epoch_steps;
         if (b == 0 || step == fr_trainer_steps_done(run.trainer))
             fr_epoch_order(run.order, n, (uint64_t)opts->seed, epoch, opts->shuffle);
         int begin = (int)(b * batch_size);
@@ -520,13 +538,13 @@ int frost_train(const frost_options *opts, fr_error *err) {
         }
         if (rc == FR_OK && opts->checkpoint && !interrupted && opts->checkpoint_every &&
             step % opts->checkpoint_every == 0 && step < total_steps)
-            rc = save_checkpoint(&run, step / batches_per_epoch, step % batches_per_epoch, err);
+            rc = save_checkpoint(&run, step / epoch_steps, step % epoch_steps, err);
     }
     double elapsed = now_seconds() - p.start;
     if (rc == FR_OK)
         rc = verify_frozen(&run, err);
     if (rc == FR_OK && opts->checkpoint)
-        rc = save_checkpoint(&run, step / batches_per_epoch, step % batches_per_epoch, err);
+        rc = save_checkpoint(&run, step / epoch_steps, step % epoch_steps, err);
     if (rc == FR_OK && interrupted) {
         if (opts->checkpoint)
             rc = fr_fail(err, FR_EINTERRUPTED,
@@ -562,7 +580,7 @@ int frost_train(const frost_options *opts, fr_error *err) {
         else
             printf("frozen parameters: 0\n");
         if (fr_trainer_cache_bytes(run.trainer))
-            printf("feature cache: %.0f MB of frozen-prefix outputs\n",
+            printf("feature cache: %.1f MB of frozen-prefix outputs\n",
                    fr_trainer_cache_bytes(run.trainer) / 1048576.0);
         printf("allreduce: %zu bytes per step, %zu bytes in all; peak memory %.0f MB\n",
                fr_trainer_allreduce_bytes(run.trainer), fr_trainer_bytes_sent(run.trainer),
