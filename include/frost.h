@@ -250,9 +250,13 @@ int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets,
 /*
  * The same step on samples ids[0..batch) of `data`, which the replicas gather
  * themselves.  When every layer before the first trainable one is frozen, the
- * prefix's output for a sample never changes: it is cached (within
- * config.cache_mb) the first time the sample is seen, and later steps run only
- * the trainable suffix for it, with the same result.
+ * prefix's output for a sample never changes: at the first such step the
+ * trainer computes it for the dataset's first samples (as many as
+ * config.cache_mb holds) in fixed chunks, and from then on runs only the
+ * trainable suffix for them.  The result equals training without the cache to
+ * float rounding, and does not depend on when the cache was filled, so a
+ * resumed run repeats the uninterrupted one exactly.  The prefix's weights
+ * must not be changed while the cache is in use.
  */
 int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data,
                             const int *ids, int batch, double *loss,

@@ -510,11 +510,13 @@ int frost_train(const frost_options *opts, fr_error *err) {
     double last_loss = NAN;
     long epoch = step / epoch_steps;
     bool interrupted = false;
+    bool have_order = false; /* this epoch's order, needed again after a resume */
     while (step < total_steps && rc == FR_OK && !interrupted) {
         long b = step % epoch_steps;
         epoch = step / epoch_steps;
-        if (b == 0 || step == fr_trainer_steps_done(run.trainer))
+        if (b == 0 || !have_order)
             fr_epoch_order(run.order, n, (uint64_t)opts->seed, epoch, opts->shuffle);
+        have_order = true;
         int begin = (int)(b * batch_size);
         int batch = n - begin < batch_size ? n - begin : batch_size;
         long correct = 0;
@@ -545,6 +547,12 @@ int frost_train(const frost_options *opts, fr_error *err) {
         rc = verify_frozen(&run, err);
     if (rc == FR_OK && opts->checkpoint)
         rc = save_checkpoint(&run, step / epoch_steps, step % epoch_steps, err);
+    if (rc == FR_OK && interrupted) {
+        /* The metrics so far are a complete record of this part of the run. */
+        if (is_root())
+            rc = close_metrics(&run, err);
+        rc = fr_comm_agree(rc, err);
+    }
     if (rc == FR_OK && interrupted) {
         if (opts->checkpoint)
             rc = fr_fail(err, FR_EINTERRUPTED,
@@ -611,6 +619,11 @@ int frost_eval(const frost_options *opts, fr_error *err) {
         rc = fr_comm_agree(fr_model_load_weights(model, opts->init, err), err);
     if (rc == FR_OK)
         rc = fr_comm_check_same(fr_model_checksum(model), "the --init weights", err);
+    /* NaN or Inf weights would only give a NaN loss: say where they are. */
+    if (rc == FR_OK && fr_model_check_finite(model, err) != FR_OK) {
+        fr_error_prefix(err, "%s: ", opts->init);
+        rc = FR_ENONFINITE;
+    }
     if (rc == FR_OK)
         rc = fr_comm_agree(load_data(opts, model, false, &test, err), err);
     if (rc == FR_OK)
