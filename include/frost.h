@@ -183,6 +183,9 @@ const uint8_t *fr_dataset_labels(const fr_dataset *data);
 int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err);
 /* Largest label + 1. */
 int fr_dataset_class_count(const fr_dataset *data);
+/* The files the dataset was read from ("" for fr_dataset_from_arrays). */
+const char *fr_dataset_images_path(const fr_dataset *data);
+const char *fr_dataset_labels_path(const fr_dataset *data);
 /*
  * The order in which epoch `epoch` visits n samples: 0..n-1 without shuffling,
  * else a Fisher-Yates permutation that depends on (seed, epoch) only, so every

@@ -435,6 +435,8 @@ int fr_dataset_load_idx(const char *images_path, const char *labels_path, fr_dat
         for (size_t i = 0; i < pixel_count; i++)
             data->x[i] = pixel_value[images.pixels[i]];
         memcpy(data->labels, label_bytes + IDX_LABELS_HEADER_BYTES, label_count);
+        snprintf(data->images_path, sizeof data->images_path, "%s", images_path);
+        snprintf(data->labels_path, sizeof data->labels_path, "%s", labels_path);
         *out = data;
     }
     fr_free(label_bytes);
@@ -661,3 +663,6 @@ int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
     data->n = kept;
     return FR_OK;
 }
+
+const char *fr_dataset_images_path(const fr_dataset *data) { return data->images_path; }
+const char *fr_dataset_labels_path(const fr_dataset *data) { return data->labels_path; }

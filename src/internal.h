@@ -232,6 +232,7 @@ fr_model *fr_trainer_model(const fr_trainer *trainer);
 /* ------------------------------------------------------------- data */
 
 struct fr_dataset {
+    char images_path[512], labels_path[512]; /* where it came from, for messages */
     int n;
     fr_shape shape;
     float *x;         /* n x numel(shape), values in [0, 1] */

@@ -163,7 +163,7 @@ inline model error           | --model:2: unknown layer kind 'bogus'          | 
 missing model file           | nothere\.txt: no such model file               | -       | train --model "$WORK/nothere.txt" --data "$D" --save "$O/w.st"
 shape mismatch names both layers and shapes | shape\.txt:3: fc1: linear\(100, 10\) .*5408.*'1' \(flatten\) | m_shape | train --model "$WORK/shape.txt" --data "$D" --save "$O/w.st"
 input shape vs first layer   | --model:2: conv1: conv2d\(1, 8, 3\) expects 1 input channels, got 3x28x28 | - | train --model 'input 3 28 28; conv1 = conv2d(1, 8, 3)' --data "$D"
-images of another size than the model input | bad: samples have 196 values, the model's input takes 784 | d_small_images | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+images of another size than the model input | bad/train-images-idx3-ubyte.gz: images have 196 values, the model's input takes 784 | d_small_images | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 freeze pattern matching nothing | --freeze pattern 'conv\*' matches no parameter | -   | train --model "$MLP" --data "$D" --freeze 'conv*' --save "$O/w.st"
 
 # ---- flags: unknown, malformed, out of range, contradictory
@@ -212,9 +212,9 @@ corrupt gzip                 | train-images-idx3-ubyte\.gz: corrupt gzip data | 
 truncated gzip               | train-images-idx3-ubyte\.gz: truncated gzip data | d_trunc_gz | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 empty label file             | train-labels-idx1-ubyte\.gz: empty file        | d_empty | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 missing label file           | train-labels-idx1-ubyte\[\.gz\]: no such file  | d_no_labels | train --model "$MLP" --data "$BAD" --save "$O/w.st"
-training label beyond the model's outputs | bad: label 12 is out of range for a model with 10 outputs | d_label_12 | train --model "$MLP" --data "$BAD" --save "$O/w.st"
-labels beyond a smaller model's outputs | data: label 9 is out of range for a model with 4 outputs | - | train --model 'fc1 = linear(784, 4)' --data "$D" --save "$O/w.st"
-eval: test label beyond the outputs | bad: label 200 is out of range for a model with 10 outputs | d_test_label_200 | eval --model "$MLP" --data "$BAD" --init "$W"
+training label beyond the model's outputs | bad/train-labels-idx1-ubyte.gz: label 12 is out of range for a model with 10 outputs | d_label_12 | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+labels beyond a smaller model's outputs | data/train-labels-idx1-ubyte.gz: label 9 is out of range for a model with 4 outputs | - | train --model 'fc1 = linear(784, 4)' --data "$D" --save "$O/w.st"
+eval: test label beyond the outputs | bad/t10k-labels-idx1-ubyte.gz: label 200 is out of range for a model with 10 outputs | d_test_label_200 | eval --model "$MLP" --data "$BAD" --init "$W"
 
 # ---- output paths that cannot be written: refused before the first step
 --save under a missing directory | --save .*/no/such/w\.st: directory .*/no/such does not exist | - | train --model "$MLP" --data "$D" --steps 2000 --log-every 1 --save "$O/no/such/w.st"

@@ -64,11 +64,13 @@ static int load_data(const frost_options *opts, const fr_model *model, bool trai
     if (rc == FR_OK && opts->classes)
         rc = fr_dataset_keep_classes(data, opts->classes, err);
     if (rc == FR_OK && fr_dataset_sample_numel(data) != fr_model_input_numel(model))
-        rc = fr_fail(err, FR_ESHAPE, "%s: samples have %d values, the model's input takes %d",
-                     opts->data, fr_dataset_sample_numel(data), fr_model_input_numel(model));
+        rc = fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
+                     fr_dataset_images_path(data), fr_dataset_sample_numel(data),
+                     fr_model_input_numel(model));
     if (rc == FR_OK && fr_dataset_class_count(data) > fr_model_output_numel(model))
         rc = fr_fail(err, FR_EFORMAT, "%s: label %d is out of range for a model with %d outputs",
-                     opts->data, fr_dataset_class_count(data) - 1, fr_model_output_numel(model));
+                     fr_dataset_labels_path(data), fr_dataset_class_count(data) - 1,
+                     fr_model_output_numel(model));
     if (rc != FR_OK) {
         fr_dataset_free(data);
         return rc;
