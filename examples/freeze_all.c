@@ -26,19 +26,14 @@
  * fixed random batch and checks that the loss is finite, that no backward pass
  * ran and that every parameter kept its exact bits.
  */
-#include "frost.h"
+#include "example.h"
 
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-
-enum { IN = 10, BATCH = 8, STEPS = 3 };
+enum { IN = 10 };
 
 int main(void) {
     fr_error err = {0};
     fr_trainer *trainer = NULL;
     uint64_t *before = NULL;
-    int failures = 0;
 
     fr_model *model = fr_model_new(IN, 1, 1); /* samples are 10 floats */
     if (!model) {
@@ -55,63 +50,20 @@ int main(void) {
 
     fr_model_freeze_all(model);
 
-    /* for name, p in model.named_parameters(): print(name, "requires_grad:", p.requires_grad) */
-    size_t count = fr_model_param_count(model);
-    before = calloc(count, sizeof *before);
+    before = print_requires_grad(model);
     if (!before) {
         fr_fail(&err, FR_ENOMEM, "out of memory");
         goto fail;
     }
-    for (size_t i = 0; i < count; i++) {
-        fr_param *p = fr_model_param(model, i);
-        printf("%s requires_grad: %s\n", fr_param_name(p),
-               fr_param_requires_grad(p) ? "True" : "False");
-        before[i] = fr_param_checksum(p);
-    }
-
-    /* A fixed random batch: inputs in [-1, 1], labels 0 or 1. */
-    float x[BATCH * IN];
-    int32_t labels[BATCH];
-    srand(1);
-    for (int i = 0; i < BATCH * IN; i++)
-        x[i] = 2.0f * (float)rand() / (float)RAND_MAX - 1.0f;
-    for (int i = 0; i < BATCH; i++)
-        labels[i] = i % 2;
-
-    /* optimizer = torch.optim.SGD(model.parameters(), lr=0.1); nn.CrossEntropyLoss() */
-    fr_train_config config;
-    fr_train_config_default(&config);
-    config.lr = 0.1;
-    config.max_batch = BATCH;
-    if (fr_trainer_new(model, &config, &trainer, &err) != FR_OK)
+    if (train_a_few_steps(model, &trainer, &err) != FR_OK)
         goto fail;
-    for (int step = 1; step <= STEPS; step++) {
-        double loss;
-        if (fr_trainer_step(trainer, x, labels, BATCH, &loss, NULL, &err) != FR_OK)
-            goto fail;
-        printf("step %d loss %.4f\n", step, loss);
-        if (!isfinite(loss)) {
-            fprintf(stderr, "freeze_all: the loss at step %d is %g\n", step, loss);
-            failures++;
-        }
-    }
+    int failures = check_frozen_unchanged("freeze_all", model, before);
+    /* Nothing trains, so no layer's backward ran at all. */
     for (int layer = 0; layer < fr_model_layer_count(model); layer++)
         if (fr_trainer_layer_backward_calls(trainer, layer) != 0) {
-            fprintf(stderr, "freeze_all: backward ran for layer %s\n",
-                    fr_model_layer_name(model, layer));
+            fprintf(stderr, "freeze_all: layer %s ran backward\n", fr_model_layer_name(model, layer));
             failures++;
         }
-
-    /* Every parameter is frozen: each must keep its exact bits. */
-    for (size_t i = 0; i < count; i++) {
-        fr_param *p = fr_model_param(model, i);
-        if (fr_param_checksum(p) != before[i]) {
-            fprintf(stderr, "freeze_all: frozen %s changed\n", fr_param_name(p));
-            failures++;
-        }
-    }
-    if (!failures)
-        printf("frozen parameters unchanged, no trainable parameters\n");
     free(before);
     fr_trainer_free(trainer);
     fr_model_free(model);

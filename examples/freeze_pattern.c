@@ -29,10 +29,7 @@
  * a fixed random batch and checks that conv1 and conv2 kept their exact bits
  * while fc1 and fc2 moved.
  */
-#include "frost.h"
-
-#include <stdio.h>
-#include <stdlib.h>
+#include "example.h"
 
 /* Net's layers in the order forward() runs them, as frost model text. */
 static const char *const NET =
@@ -46,13 +43,10 @@ static const char *const NET =
     "relu\n"
     "fc2 = linear(10, 2)\n";
 
-enum { IN = 3 * 6 * 6, BATCH = 8, STEPS = 3 };
-
 int main(void) {
     fr_error err = {0};
     fr_trainer *trainer = NULL;
     uint64_t *before = NULL;
-    int failures = 0;
 
     fr_model *model = NULL;
     if (fr_model_parse(NET, "NET", &model, &err) != FR_OK)
@@ -64,56 +58,14 @@ int main(void) {
     if (fr_model_freeze(model, "*conv*", &err) != FR_OK)
         goto fail;
 
-    /* for name, p in model.named_parameters(): print(name, "requires_grad:", p.requires_grad) */
-    size_t count = fr_model_param_count(model);
-    before = calloc(count, sizeof *before);
+    before = print_requires_grad(model);
     if (!before) {
         fr_fail(&err, FR_ENOMEM, "out of memory");
         goto fail;
     }
-    for (size_t i = 0; i < count; i++) {
-        fr_param *p = fr_model_param(model, i);
-        printf("%s requires_grad: %s\n", fr_param_name(p),
-               fr_param_requires_grad(p) ? "True" : "False");
-        before[i] = fr_param_checksum(p);
-    }
-
-    /* A fixed random batch: inputs in [-1, 1], labels 0 or 1. */
-    float x[BATCH * IN];
-    int32_t labels[BATCH];
-    srand(1);
-    for (int i = 0; i < BATCH * IN; i++)
-        x[i] = 2.0f * (float)rand() / (float)RAND_MAX - 1.0f;
-    for (int i = 0; i < BATCH; i++)
-        labels[i] = i % 2;
-
-    /* optimizer = torch.optim.SGD(model.parameters(), lr=0.1); nn.CrossEntropyLoss() */
-    fr_train_config config;
-    fr_train_config_default(&config);
-    config.lr = 0.1;
-    config.max_batch = BATCH;
-    if (fr_trainer_new(model, &config, &trainer, &err) != FR_OK)
+    if (train_a_few_steps(model, &trainer, &err) != FR_OK)
         goto fail;
-    for (int step = 1; step <= STEPS; step++) {
-        double loss;
-        if (fr_trainer_step(trainer, x, labels, BATCH, &loss, NULL, &err) != FR_OK)
-            goto fail;
-        printf("step %d loss %.4f\n", step, loss);
-    }
-
-    /* Frozen: the very same bits.  Trainable: moved. */
-    for (size_t i = 0; i < count; i++) {
-        fr_param *p = fr_model_param(model, i);
-        bool changed = fr_param_checksum(p) != before[i];
-        if (changed != fr_param_requires_grad(p)) {
-            fprintf(stderr, "freeze_pattern: %s is %s but %s\n", fr_param_name(p),
-                    fr_param_requires_grad(p) ? "trainable" : "frozen",
-                    changed ? "changed" : "did not change");
-            failures++;
-        }
-    }
-    if (!failures)
-        printf("frozen parameters unchanged, trainable parameters changed\n");
+    int failures = check_frozen_unchanged("freeze_pattern", model, before);
     free(before);
     fr_trainer_free(trainer);
     fr_model_free(model);
