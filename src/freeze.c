@@ -25,24 +25,12 @@ static void set_all(fr_model *model, bool requires_grad) {
 void fr_model_freeze_all(fr_model *model) { set_all(model, false); }
 void fr_model_unfreeze_all(fr_model *model) { set_all(model, true); }
 
-/* Patterns and names come from users; a control character (a newline, say)
- * would break the one-line error message, so messages show them through this. */
-static const char *printable(const char *text, char *shown, size_t len) {
-    size_t i = 0;
-    for (; text[i] && i + 1 < len; i++) {
-        unsigned char c = (unsigned char)text[i];
-        shown[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
-    }
-    shown[i] = '\0';
-    return shown;
-}
-
 int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err) {
     int index = fr_model_find_layer(model, layer);
     char shown[FR_ERROR_LEN / 2];
     if (index < 0)
         return fr_fail(err, FR_ENOMATCH, "no layer named '%s'",
-                       printable(layer, shown, sizeof shown));
+                       fr_printable(layer, shown, sizeof shown));
     const fr_layer *l = &model->layers[index];
     if (l->weight < 0)
         return fr_fail(err, FR_ENOMATCH, "layer '%s' (%s) has no parameters to freeze", layer,
@@ -72,7 +60,7 @@ static int apply_pattern(fr_model *model, const char *pattern, bool requires_gra
     }
     if (matched == 0) {
         char shown[FR_ERROR_LEN / 2];
-        pattern = printable(pattern, shown, sizeof shown);
+        pattern = fr_printable(pattern, shown, sizeof shown);
         if (layer >= 0)
             return fr_fail(err, FR_ENOMATCH, "pattern '%s' names layer '%s' (%s), which has no parameters",
                            pattern, pattern, model->layers[layer].ops->kind);

@@ -24,6 +24,11 @@
 
 /* fr_fail and fr_error_prefix are public (frost.h). */
 
+/* Names and patterns come from users; a control character (a newline, say)
+ * would break a one-line error message, so messages show text through this:
+ * `text` copied into `shown`, control characters as '?'.  Returns shown. */
+const char *fr_printable(const char *text, char *shown, size_t len);
+
 /* ------------------------------------------------------------ memory */
 
 /* Tracked, 64-byte aligned, zero-filled allocations (fr_allocated_bytes). */

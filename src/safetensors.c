@@ -94,20 +94,6 @@ static char *copy_string(const char *text) {
     return copy;
 }
 
-/*
- * Names come from files; a control character in one would break the one-line
- * error message, so messages show names through this.
- */
-static const char *printable(const char *text, char *shown, size_t len) {
-    size_t i = 0;
-    for (; text[i] && i + 1 < len; i++) {
-        unsigned char c = (unsigned char)text[i];
-        shown[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
-    }
-    shown[i] = '\0';
-    return shown;
-}
-
 static void format_shape(const int64_t *shape, int ndim, char *text, size_t len) {
     size_t used = (size_t)snprintf(text, len, "[");
     for (int d = 0; d < ndim && used < len; d++)
@@ -533,9 +519,9 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
         return fr_fail(p->err, FR_EFORMAT, "%s: a tensor has an empty name", p->path);
     if (name_length > TENSOR_NAME_LIMIT)
         return fr_fail(p->err, FR_EFORMAT, "%s: tensor name '%.40s...' is longer than %d bytes",
-                       p->path, printable(name, p->tensor_shown, sizeof p->tensor_shown),
+                       p->path, fr_printable(name, p->tensor_shown, sizeof p->tensor_shown),
                        TENSOR_NAME_LIMIT);
-    printable(name, p->tensor_shown, sizeof p->tensor_shown);
+    fr_printable(name, p->tensor_shown, sizeof p->tensor_shown);
 
     fr_st_tensor *tensors = grow_for_one_more(file->tensors, file->tensor_count,
                                               &storage->tensor_capacity, sizeof *tensors);
@@ -574,7 +560,7 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
                 char shown[32];
                 status = fr_fail(p->err, FR_EFORMAT,
                                  "%s: tensor '%s' has dtype %s; only F32 is supported", p->path,
-                                 p->tensor_shown, printable(dtype, shown, sizeof shown));
+                                 p->tensor_shown, fr_printable(dtype, shown, sizeof shown));
             }
             fr_free(dtype);
         } else if (strcmp(key, "shape") == 0 && !seen_shape) {
@@ -589,7 +575,7 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
                             !strcmp(key, "data_offsets");
             status = fr_fail(p->err, FR_EFORMAT, "%s: tensor '%s': %s key '%s'", p->path,
                              p->tensor_shown, repeated ? "repeated" : "unexpected",
-                             printable(key, shown, sizeof shown));
+                             fr_printable(key, shown, sizeof shown));
         }
         fr_free(key);
     }
@@ -625,7 +611,7 @@ static int parse_metadata(header_parser *p) {
         if (peek(p) != '"') {
             char shown[FR_NAME_MAX];
             status = fr_fail(p->err, FR_EFORMAT, "%s: __metadata__ value of '%s' is not a string",
-                             p->path, printable(key, shown, sizeof shown));
+                             p->path, fr_printable(key, shown, sizeof shown));
             fr_free(key);
             return status;
         }
@@ -695,13 +681,13 @@ static int check_unique_names(header_parser *p) {
     const char *repeated = find_repeated(names, file->tensor_count);
     if (repeated) {
         status = fr_fail(p->err, FR_EFORMAT, "%s: tensor '%s' appears twice in the header",
-                         p->path, printable(repeated, shown, sizeof shown));
+                         p->path, fr_printable(repeated, shown, sizeof shown));
     } else {
         for (int i = 0; i < file->meta_count; i++)
             names[i] = file->meta[i].key;
         if ((repeated = find_repeated(names, file->meta_count)) != NULL)
             status = fr_fail(p->err, FR_EFORMAT, "%s: __metadata__ key '%s' appears twice",
-                             p->path, printable(repeated, shown, sizeof shown));
+                             p->path, fr_printable(repeated, shown, sizeof shown));
     }
     fr_free(names);
     return status;
@@ -730,9 +716,9 @@ static int check_no_overlap(header_parser *p) {
             return fr_fail(p->err, FR_EFORMAT,
                            "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
                            ", %" PRIu64 "] overlap",
-                           p->path, printable(file->tensors[previous->tensor].name, first, sizeof first),
+                           p->path, fr_printable(file->tensors[previous->tensor].name, first, sizeof first),
                            previous->begin, previous->end,
-                           printable(file->tensors[extent->tensor].name, second, sizeof second),
+                           fr_printable(file->tensors[extent->tensor].name, second, sizeof second),
                            extent->begin, extent->end);
         }
         previous = extent;

@@ -40,6 +40,16 @@ void fr_error_prefix(fr_error *err, const char *fmt, ...) {
     memcpy(err->msg, joined, sizeof joined);
 }
 
+const char *fr_printable(const char *text, char *shown, size_t len) {
+    size_t i = 0;
+    for (; text[i] && i + 1 < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        shown[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    shown[i] = '\0';
+    return shown;
+}
+
 /*
  * Every allocation carries a 64-byte header recording its size, so that
  * fr_allocated_bytes can report exactly what the library holds (the tests use
