@@ -716,6 +716,15 @@ static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correc
     return FR_OK;
 }
 
+/* A valid batch, and the slab laid out for the current frozen set. */
+static int prepare_step(fr_trainer *trainer, const void *x, const void *targets, int batch,
+                        fr_error *err) {
+    int rc = check_batch(trainer, x, targets, batch, err);
+    if (rc == FR_OK && frozen_set_changed(trainer))
+        rc = plan(trainer, err);
+    return rc;
+}
+
 /* After the step's backward: the replicas' loss totals, checked finite. */
 static int finish_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
                        fr_error *err) {
@@ -841,10 +850,8 @@ static int run_step(fr_trainer *trainer, const batch_source *src, int batch, dou
 
 int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, int batch,
                     double *loss, long *correct, fr_error *err) {
-    int rc = check_batch(trainer, x, targets, batch, err);
+    int rc = prepare_step(trainer, x, targets, batch, err);
     if (rc != FR_OK)
-        return rc;
-    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
         return rc;
     batch_source src = {.x = x, .targets = targets};
     return run_step(trainer, &src, batch, loss, correct, err);
@@ -920,7 +927,7 @@ static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err
 
 int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const int *ids,
                             int batch, double *loss, long *correct, fr_error *err) {
-    int rc = check_batch(trainer, data, ids, batch, err);
+    int rc = prepare_step(trainer, data, ids, batch, err);
     if (rc != FR_OK)
         return rc;
     if (fr_dataset_sample_numel(data) != fr_model_input_numel(trainer->model))
@@ -930,8 +937,6 @@ int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const i
         if (ids[i] < 0 || ids[i] >= data->n)
             return fr_fail(err, FR_EINVAL, "step: sample index %d outside the dataset of %d",
                            ids[i], data->n);
-    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
-        return rc;
     if (trainer->cache.enabled && (rc = plan_cache(trainer, data, err)) != FR_OK)
         return rc;
     batch_source src = {.data = data, .ids = ids};
@@ -945,10 +950,8 @@ size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
 
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets, int batch,
                         double *loss, long *correct, fr_error *err) {
-    int rc = check_batch(trainer, x, targets, batch, err);
+    int rc = prepare_step(trainer, x, targets, batch, err);
     if (rc != FR_OK)
-        return rc;
-    if (frozen_set_changed(trainer) && (rc = plan(trainer, err)) != FR_OK)
         return rc;
     int rank_first, rank_rows;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
