@@ -69,7 +69,9 @@ make_idx "$WORK/data" 256 5
 make_idx "$WORK/small" 200 5
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
 COMMON="--model $MODEL --data $WORK/data --batch-size 32 --steps 6 --seed 3 --lr 0.05"
-LIMIT=20    # seconds a failing job may take
+# Seconds a failing job may take; a sanitizer build exits each MPI process
+# seconds more slowly (LeakSanitizer's exit scan), and .ci/run says so.
+LIMIT=$((20 * ${FROST_TEST_SLOWDOWN:-1}))
 TIMEOUT=60  # seconds after which mpirun is killed
 
 # Weights files for --init: two different seeded initialisations.
