@@ -8,20 +8,7 @@ DATA="$WORK/data"
 mkdir -p "$DATA"
 make_idx "$DATA" 600 3
 MLP='fc1 = linear(784, 32); relu; fc2 = linear(32, 10)'
-CNN="$WORK/cnn.txt"
-cat > "$CNN" <<'MODEL'
-# the DESIGN.md model
-input 1 28 28
-conv1 = conv2d(1, 32, 3)        # in, out, kernel[, stride[, padding]]
-relu
-conv2 = conv2d(32, 64, 3)
-relu
-maxpool2d(2)
-flatten
-fc1 = linear(9216, 128)
-relu
-fc2 = linear(128, 10)
-MODEL
+CNN="$TOP_SRCDIR/examples/cnn.txt" # the DESIGN.md model
 
 # ---- inspect
 "$FROST" inspect --model "$CNN" --freeze 'conv*' > "$WORK/inspect.txt" 2>&1
