@@ -14,19 +14,7 @@ set -f # freeze patterns like '*.bias' travel in unquoted variables
 
 # tests/compare_runs.py REF INIT RUN... checks losses and weights of each run
 # against REF (see its docstring for the tolerances).
-cat > "$WORK/model.txt" <<'EOF'
-input 1 28 28
-conv1 = conv2d(1, 4, 3)
-relu
-conv2 = conv2d(4, 4, 3)
-relu
-maxpool2d(2)
-flatten
-fc1 = linear(576, 16)
-relu
-fc2 = linear(16, 10)
-EOF
-MODEL=$WORK/model.txt
+MODEL=$TOP_SRCDIR/tests/layout_model.txt
 mkdir -p "$WORK/data"
 make_idx "$WORK/data" 502 5
 STEPS=12 # 10 batches of 50, one of 2, then the first of epoch 2
