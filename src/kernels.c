@@ -151,6 +151,7 @@ void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias) {
         dbias[j] = 0.0f;
     for (int row = 0; row < rows; row++) {
         const float *values = d + (size_t)row * cols;
+#pragma omp simd
         for (int j = 0; j < cols; j++)
             dbias[j] += values[j];
     }

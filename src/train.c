@@ -649,6 +649,7 @@ static void reduce_range(const fr_trainer *trainer, float *sum, size_t begin, si
         memcpy(sum, first + begin, (end - begin) * sizeof(float));
     for (int t = 1; t < trainer->threads; t++) {
         const float *part = trainer->replicas[t].slab + begin;
+#pragma omp simd
         for (size_t j = 0; j < end - begin; j++)
             sum[j] += part[j];
     }

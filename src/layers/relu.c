@@ -45,9 +45,13 @@ static void relu_backward(const fr_layer *l, const float *in, const float *out,
     if (!din)
         return;
     size_t count = (size_t)n * fr_shape_numel(l->in);
+    /* Both loads unconditional, so the select vectorizes: a branch on the
+     * mask is a coin flip the predictor misses half the time. */
 #pragma omp simd
-    for (size_t i = 0; i < count; i++)
-        din[i] = out[i] > 0.0f ? dout[i] : 0.0f;
+    for (size_t i = 0; i < count; i++) {
+        float g = dout[i];
+        din[i] = out[i] > 0.0f ? g : 0.0f;
+    }
 }
 
 const fr_layer_ops fr_relu_ops = {
