@@ -7,6 +7,7 @@
  * are made collective (fr_comm_agree) so one rank's bad file ends every rank
  * with that rank's message instead of leaving the others in a collective.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "config.h"
 #include "internal.h"
 
@@ -24,6 +25,12 @@ int fr_comm_init(int *argc, char ***argv, fr_error *err) {
     int already = 0, provided = 0;
     MPI_Initialized(&already);
     if (!already) {
+        /* Open MPI's nonblocking allreduce (libnbc) picks a binomial tree for
+         * few ranks, which costs twice the blocking allreduce on large
+         * buckets (11.6 MB, 2 ranks, shared memory: 4.0 ms vs 2.0 ms); its
+         * ring is as fast as the blocking one.  A user's setting wins, and
+         * other MPIs ignore the variable. */
+        setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1", 0);
         if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
             return fr_fail(err, FR_ECOMM, "MPI_Init_thread failed");
         initialised_here = true;
