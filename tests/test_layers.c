@@ -443,6 +443,7 @@ static void test_maxpool2d(void) {
     } cases[] = {
         {2, 2, 2, 5, 7}, /* odd sizes floor: 2x3 */
         {3, 2, 2, 7, 6}, /* overlapping windows share maxima */
+        {2, 2, 3, 6, 41}, /* wide rows: the vectorized 2x2 path and its tail */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char what[96];
@@ -486,6 +487,41 @@ static void test_maxpool2d(void) {
     tap_ok(isnan(r.out[0]) && !isnan(r.out[1]),
            "maxpool2d: a NaN in a window makes that output NaN, as in PyTorch");
     free(din);
+    rig_close(&r);
+
+    /* The same rules on wide rows, where the 2x2 path runs vectorized.  In
+     * window x a NaN sits at position x % 4; then a tie of two maxima starts
+     * at position x % 3 and the first of the two must take the gradient. */
+    if (!rig_open(&r, pool_layer((fr_shape){1, 2, 64}, 2, 2), 1, 301))
+        return;
+    bool nan_wins = true, ties_first = true;
+    for (int x = 0; x < 32; x++) {
+        int spot[4] = {2 * x, 2 * x + 1, 64 + 2 * x, 64 + 2 * x + 1};
+        for (int c = 0; c < 4; c++)
+            r.in[spot[c]] = (float)c;
+        r.in[spot[x % 4]] = NAN;
+    }
+    rig_forward(&r);
+    for (int x = 0; x < 32; x++)
+        nan_wins = nan_wins && isnan(r.out[x]);
+    for (int x = 0; x < 32; x++) {
+        int spot[4] = {2 * x, 2 * x + 1, 64 + 2 * x, 64 + 2 * x + 1};
+        for (int c = 0; c < 4; c++)
+            r.in[spot[c]] = 1.0f;
+        r.in[spot[x % 3]] = r.in[spot[x % 3 + 1]] = 5.0f;
+    }
+    rig_forward(&r);
+    float *wide = filled_floats(r.in_count, 1e3f);
+    rig_backward(&r, wide, NULL, NULL);
+    for (int x = 0; x < 32; x++) {
+        int spot[4] = {2 * x, 2 * x + 1, 64 + 2 * x, 64 + 2 * x + 1};
+        ties_first = ties_first && r.out[x] == 5.0f;
+        for (int c = 0; c < 4; c++)
+            ties_first = ties_first && wide[spot[c]] == (c == x % 3 ? r.upstream[x] : 0.0f);
+    }
+    tap_ok(nan_wins, "maxpool2d 2x2 on wide rows: a NaN anywhere in the window wins");
+    tap_ok(ties_first, "maxpool2d 2x2 on wide rows: of two equal maxima the first takes the gradient");
+    free(wide);
     rig_close(&r);
 }
 

@@ -59,24 +59,32 @@ static size_t maxpool2d_scratch_bytes(const fr_layer *l, int n) {
 
 /* ----------------------------------------------------- forward */
 
-/* The common 2x2, stride 2 window, unrolled; same choice as the general loop
- * (the first maximum in row-major order, a NaN wins). */
+/* The common 2x2, stride 2 window, unrolled and branch-free (the choices are
+ * selects, not jumps the predictor would miss half the time, and the loop
+ * vectorizes); the same choice as the general loop: the first maximum in
+ * row-major order, a NaN wins. */
 static void max_of_2x2(const float *src, int w, int oh, int ow, float *dst, int32_t *where) {
     for (int oy = 0; oy < oh; oy++) {
-        const float *top = src + (size_t)2 * oy * w;
+        const float *top = src + (size_t)2 * oy * w, *bottom = top + w;
+        float *out = dst + (size_t)oy * ow;
+        int32_t *idx = where + (size_t)oy * ow;
+        int32_t row = 2 * oy * w;
+#pragma omp simd
         for (int ox = 0; ox < ow; ox++) {
-            int at = 2 * oy * w + 2 * ox, candidates[3] = {at + 1, at + w, at + w + 1};
-            float best_value = top[2 * ox];
-            int best = at;
-            for (int c = 0; c < 3; c++) {
-                float value = src[candidates[c]];
-                if (value > best_value || isnan(value)) {
-                    best_value = value;
-                    best = candidates[c];
-                }
-            }
-            dst[oy * ow + ox] = best_value;
-            where[oy * ow + ox] = best;
+            float a = top[2 * ox], b = top[2 * ox + 1], c = bottom[2 * ox], d = bottom[2 * ox + 1];
+            int32_t at = row + 2 * ox, best = at;
+            float v = a;
+            bool take = b > v || b != b;
+            v = take ? b : v;
+            best = take ? at + 1 : best;
+            take = c > v || c != c;
+            v = take ? c : v;
+            best = take ? at + w : best;
+            take = d > v || d != d;
+            v = take ? d : v;
+            best = take ? at + w + 1 : best;
+            out[ox] = v;
+            idx[ox] = best;
         }
     }
 }
