@@ -41,7 +41,7 @@ CNN = [["conv2d", "conv1", 1, 32, 3, 1, 0], ["relu"], ["conv2d", "conv2", 32, 64
 # steps/log_every: default run; quick: the --quick run.
 WORKLOADS = [
     {"id": "1", "name": "MLP 784-1024-1024-1024-10, full", "model": MLP, "batch": 256,
-     "frost_flags": [], "frozen": [], "steps": 70, "log_every": 10},
+     "frost_flags": [], "frozen": [], "steps": 150, "log_every": 15},
     {"id": "2", "name": "MLP, --freeze fc1 --freeze fc2", "model": MLP, "batch": 256,
      "frost_flags": ["--freeze", "fc1", "--freeze", "fc2"], "frozen": ["fc1", "fc2"],
      "steps": 120, "log_every": 20},
@@ -55,7 +55,7 @@ WORKLOADS = [
      "batch": 256, "frost_flags": ["--freeze", "*", "--unfreeze", "fc4"],
      "frozen": ["fc1", "fc2", "fc3"], "steps": 470, "log_every": 47, "fixed_length": True},
     {"id": "4", "name": "CNN (DESIGN.md), full", "model": CNN, "batch": 64,
-     "frost_flags": [], "frozen": [], "steps": 70, "log_every": 10},
+     "frost_flags": [], "frozen": [], "steps": 100, "log_every": 10},
     {"id": "5", "name": "CNN, --freeze 'conv*'", "model": CNN, "batch": 64,
      "frost_flags": ["--freeze", "conv*"], "frozen": ["conv1", "conv2"],
      "steps": 120, "log_every": 20},
@@ -244,14 +244,12 @@ def frost_inspect_trainable(frost, spec, flags):
     return names, None
 
 
-def bench_env(args, **extra):
-    """The environment of both frost and PyTorch: ours plus the thread settings, and the same
-    OMP_WAIT_POLICY for both (see --omp-wait-policy)."""
+def bench_env(policy, **extra):
+    """A run's environment: ours plus the thread settings, with OMP_WAIT_POLICY as `policy` says
+    ('unset' leaves it as it is in ours; see --omp-wait-policy)."""
     env = dict(os.environ, **extra)
-    if args.omp_wait_policy == "unset":
-        env.pop("OMP_WAIT_POLICY", None)
-    else:
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    if policy != "unset":
+        env["OMP_WAIT_POLICY"] = policy.upper()
     return env
 
 
@@ -280,7 +278,7 @@ def run_frost(args, frost, wl, spec, data, steps, log_every, work, ranks, rep):
     cmd = [frost, "train", "--model", spec, "--data", data, "--batch-size", str(wl["batch"]),
            "--steps", str(steps), "--log-every", str(log_every), "--threads", str(threads),
            "--lr", "0.01", "--momentum", "0.9", "--metrics", metrics] + wl["frost_flags"]
-    env = bench_env(args, OMP_NUM_THREADS=str(threads))
+    env = bench_env(args.omp_wait_policy, OMP_NUM_THREADS=str(threads))
     if ranks > 1:
         export = ["-x", "OMP_NUM_THREADS=1"]
         if "OMP_WAIT_POLICY" in env:
@@ -314,17 +312,17 @@ def run_frost(args, frost, wl, spec, data, steps, log_every, work, ranks, rep):
     return res
 
 
-def run_torch(args, wl, data, steps, log_every, work, ranks, rep):
+def run_torch(args, wl, data, steps, log_every, work, ranks, rep, policy):
     threads = args.threads if ranks == 1 else 1
     cmd = [args.python, os.path.join(HERE, "torch_worker.py"), "--model", json.dumps(wl["model"]),
            "--frozen", ",".join(wl["frozen"]), "--data", data,
            "--batch-size", str(wl["batch"]), "--steps", str(steps), "--log-every", str(log_every),
            "--threads", str(threads), "--ranks", str(ranks), "--lr", "0.01", "--momentum", "0.9"]
     t = str(threads)
-    env = bench_env(args, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
+    env = bench_env(policy, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                     GLOO_SOCKET_IFNAME="lo")
     rc, out, err = run_cmd(cmd, env=env, timeout=args.timeout)
-    tag = "w%s-r%d-%d" % (wl["id"], ranks, rep)
+    tag = "w%s-r%d-%d-%s" % (wl["id"], ranks, rep, policy)
     with open(os.path.join(work, "torch-%s.log" % tag), "w") as f:
         f.write(" ".join(cmd) + "\n" + out + err)
     if rc != 0:
@@ -376,10 +374,13 @@ def main():
                     help="Python with torch for the PyTorch side (default %(default)s)")
     ap.add_argument("--mpirun", default="mpirun --allow-run-as-root --oversubscribe",
                     help="launcher for the MPI rows (default '%(default)s')")
-    ap.add_argument("--omp-wait-policy", choices=["passive", "active", "unset"], default="passive",
-                    help="OMP_WAIT_POLICY for both frost and PyTorch (default %(default)s: Debian's "
-                         "PyTorch runs its matmuls in OpenBLAS's own threads, which spinning OpenMP "
-                         "threads slow down; 'unset' leaves the variable as it is in the environment)")
+    ap.add_argument("--omp-wait-policy", choices=["passive", "active", "unset"], default="unset",
+                    help="OMP_WAIT_POLICY for frost and for the PyTorch column (default %(default)s: "
+                         "as it is in the environment, PyTorch as Debian ships it)")
+    ap.add_argument("--no-torch-passive", action="store_true",
+                    help="skip the second PyTorch column, PyTorch run again with "
+                         "OMP_WAIT_POLICY=PASSIVE (Debian's PyTorch runs its matmuls in OpenBLAS's "
+                         "own threads, which its spinning OpenMP threads slow down)")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler for bench/sgemm.c")
     ap.add_argument("--output", help="also write the report (markdown) to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, metrics)")
@@ -459,7 +460,10 @@ def main():
                 if layer[0] in ("linear", "conv2d") and layer[1] not in wl["frozen"]:
                     expect |= {layer[1] + ".weight", layer[1] + ".bias"}
             use_torch = bool(torch_version) and (ranks == 1 or torch_dist)
-            fr_runs, th_runs = [], []
+            policies = [args.omp_wait_policy]
+            if not args.no_torch_passive and args.omp_wait_policy != "passive":
+                policies.append("passive")
+            fr_runs, th_runs = [], {p: [] for p in policies}
             if trainable is None:
                 fr_runs.append({"error": "frost inspect failed: %s" % why})
             elif trainable != expect:
@@ -471,36 +475,49 @@ def main():
                     fr_runs.append(res)
                     log("  frost: %s" % (res["error"] if "error" in res else "%.0f samples/s (intervals %s), %s MB" % (
                         res["samples_per_s"], res["interval_rates"], fmt(res["maxrss_mb"], ".0f"))))
-                if use_torch and (not th_runs or "error" not in th_runs[0]):
-                    res = run_torch(args, wl, data, steps, log_every, work, ranks, r)
-                    th_runs.append(res)
-                    log("  torch: %s" % (res["error"] if "error" in res else "%.0f samples/s (intervals %s), %.0f MB" % (
-                        res["samples_per_s"], res["interval_rates"], res["maxrss_mb"])))
+                for policy in policies if use_torch else []:
+                    runs_p = th_runs[policy]
+                    if runs_p and "error" in runs_p[0]:
+                        continue
+                    res = run_torch(args, wl, data, steps, log_every, work, ranks, r, policy)
+                    runs_p.append(res)
+                    log("  torch (OMP_WAIT_POLICY %s): %s" % (policy, res["error"] if "error" in res else
+                        "%.0f samples/s (intervals %s), %.0f MB" % (
+                            res["samples_per_s"], res["interval_rates"], res["maxrss_mb"])))
             fr = combine(fr_runs)
             if "error" in fr:
                 notes.append("%s: %s" % (name, fr["error"]))
             else:
                 frost_version = fr.get("version", frost_version)
-            th = combine(th_runs) if use_torch else None
-            if th and "error" in th:
-                notes.append("%s: %s" % (name, th["error"]))
-            elif th and sorted(th["trainable"]) != sorted(expect):
-                notes.append("%s: PyTorch trained %s, expected %s" % (name, th["trainable"], sorted(expect)))
-
+            th = {p: combine(th_runs[p]) for p in policies} if use_torch else {}
+            for policy, res in th.items():
+                if "error" in res:
+                    notes.append("%s: PyTorch (OMP_WAIT_POLICY %s): %s" % (name, policy, res["error"]))
+                elif sorted(res["trainable"]) != sorted(expect):
+                    notes.append("%s: PyTorch trained %s, expected %s" % (name, res["trainable"], sorted(expect)))
+            rates = {p: res.get("samples_per_s") for p, res in th.items()}
             f_sps = fr.get("samples_per_s")
-            t_sps = th.get("samples_per_s") if th else None
+            t_sps = rates.get(args.omp_wait_policy)
+            p_sps = rates.get("passive") if args.omp_wait_policy != "passive" else None
+            best = max([x for x in (t_sps, p_sps) if x], default=None)
+            memory = [res.get("maxrss_mb") for res in th.values() if res.get("maxrss_mb")]
+            cached = wl.get("fixed_length", False)
             rows.append([
                 name, fmt(f_sps, ".0f"),
                 fmt(t_sps, ".0f") if th else "-",
+                fmt(p_sps, ".0f") if "passive" in th and args.omp_wait_policy != "passive" else "-",
                 fmt(f_sps / t_sps, ".2f") if (f_sps and t_sps) else "-",
+                fmt(f_sps / best, ".2f") if (f_sps and best) else "-",
                 "%.2f" % (flops / 1e6),
-                (f_sps, flops, cores),        # the % column, filled in below
+                # the % column, filled in below; with the cache frost skips most of those FLOPs
+                None if cached else (f_sps, flops, cores),
                 fmt(fr.get("maxrss_mb"), ".0f"),
-                fmt(th.get("maxrss_mb"), ".0f") if th else "-",
+                fmt(max(memory), ".0f") if memory else "-",
             ])
-            details.append("- %s: %d x %d steps, %d per interval; frost intervals %s; torch intervals %s" % (
+            details.append("- %s: %d x %d steps, %d per interval; frost intervals %s; %s" % (
                 name, args.repeat, steps, log_every, fr.get("interval_rates", "-"),
-                th.get("interval_rates", "-") if th else "-"))
+                "; ".join("torch (OMP_WAIT_POLICY %s) intervals %s" % (p, res.get("interval_rates", "-"))
+                          for p, res in th.items()) or "torch -"))
         # The limit again at the end: on a machine others are using, the better of the two
         # measurements is the closer to what the cores can do.
         if exe and sgemm_best:
@@ -509,8 +526,11 @@ def main():
                 log("sgemm again: %.1f GFLOP/s per core (best; median %.1f)" % (best2, median2))
                 sgemm_best = max(sgemm_best, best2)
         for r in rows:
-            f_sps, flops, cores = r[5]
-            r[5] = "%.1f%%" % (100.0 * f_sps * flops / (sgemm_best * cores * 1e9)) \
+            if r[7] is None:
+                r[7] = "- (cache)"
+                continue
+            f_sps, flops, cores = r[7]
+            r[7] = "%.1f%%" % (100.0 * f_sps * flops / (sgemm_best * cores * 1e9)) \
                 if (f_sps and sgemm_best) else "n/a"
     finally:
         if args.keep:
@@ -527,23 +547,28 @@ def main():
         args.threads, fmt(sgemm_best, ".1f"),
         ", OPENBLAS_CORETYPE=" + os.environ["OPENBLAS_CORETYPE"] if os.environ.get("OPENBLAS_CORETYPE") else ""))
     lines.append("")
-    policy = bench_env(args).get("OMP_WAIT_POLICY", "unset")
-    lines.append("frost %s (%s), PyTorch %s (%s); %s; SGD lr 0.01 momentum 0.9; OMP_WAIT_POLICY=%s for both; "
-                 "load average %s at start, %s at end; %.0f s in all" % (
+    policy = bench_env(args.omp_wait_policy).get("OMP_WAIT_POLICY", "unset")
+    lines.append("frost %s (%s), PyTorch %s (%s); %s; SGD lr 0.01 momentum 0.9; OMP_WAIT_POLICY %s for frost "
+                 "and the torch column; load average %s at start, %s at end; %.0f s in all" % (
                      frost_version, frost, torch_version or "n/a", args.python,
                      "quick run" if args.quick else "full run", policy, load_start, loadavg(),
                      time.time() - started))
     lines.append("")
-    header = ["workload", "frost samples/s", "torch samples/s", "ratio frost/torch", "MFLOP/sample",
-              "% of sgemm limit", "frost MB", "torch MB"]
+    header = ["workload", "frost samples/s", "torch samples/s", "torch, PASSIVE", "frost/torch",
+              "frost/best torch", "MFLOP/sample", "% of sgemm limit", "frost MB", "torch MB"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for r in rows:
         lines.append("| " + " | ".join(r) + " |")
     lines.append("")
     lines.append("samples/s: median over the timed intervals after the first (warm-up) one. "
-                 "% of sgemm limit: frost samples/s x MFLOP/sample / (cores x sgemm per core). "
-                 "MB: peak resident memory (rank 0 for the MPI rows).")
+                 "torch: PyTorch with OMP_WAIT_POLICY %s (as Debian ships it when unset); "
+                 "torch, PASSIVE: PyTorch again with OMP_WAIT_POLICY=PASSIVE; frost/best torch: frost "
+                 "against the faster of the two. "
+                 "%% of sgemm limit: frost samples/s x MFLOP/sample / (cores x sgemm per core); "
+                 "'- (cache)': frost skips the cached prefix's FLOPs, so the count does not apply. "
+                 "MB: peak resident memory (rank 0 for the MPI rows; torch: the larger of its runs)."
+                 % policy)
     if notes:
         lines.append("")
         lines.append("Notes:")
