@@ -363,6 +363,27 @@ int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
 /* Collective: every rank takes rank 0's parameter values. */
 int fr_comm_broadcast_model(fr_model *model, fr_error *err);
 
+/* ------------------------------------------------------ thread placement */
+
+/*
+ * Pin the trainer's threads, one CPU each, to CPUs this process may run on
+ * (its affinity mask as mpirun, srun or taskset left it, read at the first
+ * call); the ranks of one node whose masks are the same take consecutive
+ * slices of it, so unbound ranks do not pile onto the same CPUs.  Nothing is
+ * pinned when OMP_PROC_BIND, OMP_PLACES or GOMP_CPU_AFFINITY is set (the user
+ * placed the threads), when the mask has fewer CPUs than the threads of the
+ * ranks sharing it (*oversubscribed is then set: they will take turns on
+ * them), or when a process that shares its mask with no other rank has more
+ * CPUs than threads (other processes may have the same mask).  `report` gets one line, e.g.
+ * "pinned to CPUs 0-3" or "not pinned: OMP_PROC_BIND is set".  Collective
+ * under MPI: every rank calls it.
+ */
+int fr_trainer_pin_threads(fr_trainer *trainer, char *report, size_t report_len,
+                           bool *oversubscribed, fr_error *err);
+/* The number of CPUs in this process's affinity mask (as read at the first
+ * fr_trainer_pin_threads or fr_cpus_available call). */
+int fr_cpus_available(void);
+
 /* Bytes currently allocated by libfrost (all objects). */
 size_t fr_allocated_bytes(void);
 

@@ -104,6 +104,43 @@ int fr_comm_check_same(uint64_t value, const char *what, fr_error *err) {
                    what, differing);
 }
 
+int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_error *err) {
+    *index = 0;
+    *count = 1;
+    if (world_size == 1)
+        return FR_OK;
+    MPI_Comm node;
+    int rc = MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL,
+                                 &node);
+    if (rc != MPI_SUCCESS)
+        return mpi_failed(err, "MPI_Comm_split_type", rc);
+    int node_rank = 0, node_size = 1, failed = 0, any_failed = 0;
+    MPI_Comm_rank(node, &node_rank);
+    MPI_Comm_size(node, &node_size);
+    unsigned char *all = malloc(len * (size_t)node_size);
+    /* Every rank of the node must reach the same collectives, so an
+     * allocation failure is agreed on before the gather. */
+    failed = all == NULL;
+    rc = MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, node);
+    if (rc == MPI_SUCCESS && !any_failed)
+        rc = MPI_Allgather(key, (int)len, MPI_BYTE, all, (int)len, MPI_BYTE, node);
+    MPI_Comm_free(&node);
+    if (rc == MPI_SUCCESS && !any_failed)
+        for (int r = 0; r < node_size; r++)
+            if (memcmp(all + (size_t)r * len, key, len) == 0) {
+                if (r < node_rank)
+                    (*index)++;
+                if (r != node_rank)
+                    (*count)++;
+            }
+    free(all);
+    if (rc != MPI_SUCCESS)
+        return mpi_failed(err, "MPI_Allgather", rc);
+    if (any_failed)
+        return fr_fail(err, FR_ENOMEM, "out of memory comparing the ranks of a node");
+    return FR_OK;
+}
+
 bool fr_comm_any(bool flag) {
     if (world_size == 1)
         return flag;
@@ -210,6 +247,14 @@ int fr_comm_init(int *argc, char ***argv, fr_error *err) {
 
 void fr_comm_finalize(void) {}
 bool fr_comm_any(bool flag) { return flag; }
+int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_error *err) {
+    (void)key;
+    (void)len;
+    (void)err;
+    *index = 0;
+    *count = 1;
+    return FR_OK;
+}
 bool fr_comm_have_mpi(void) { return false; }
 int fr_comm_rank(void) { return 0; }
 int fr_comm_size(void) { return 1; }

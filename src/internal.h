@@ -287,5 +287,8 @@ int fr_comm_start_sum(float *buf, size_t count, int ticket, fr_error *err);
 int fr_comm_finish_sum(int ticket, fr_error *err);
 /* Rank 0's values to every rank. */
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err);
+/* Collective: among the ranks on this node (shared memory) whose `key` bytes
+ * equal ours, our position (*index) and how many there are (*count). */
+int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_error *err);
 
 #endif /* FROST_INTERNAL_H */

@@ -45,6 +45,7 @@ static const option_spec options[] = {
     {"--nesterov", FLAG, TRAIN, AT(train.nesterov), 0, 0, false},
     {"--optimizer", OPTIMIZER, TRAIN, AT(train.optimizer), 0, 0, false},
     {"--threads", INT, TRAIN | EVAL, AT(train.threads), 1, 1024, false},
+    {"--no-pin", FLAG, TRAIN | EVAL, AT(no_pin), 0, 0, false},
     {"--seed", LONG, TRAIN, AT(seed), 0, 9e15, false},
     {"--no-shuffle", FLAG, TRAIN, AT(shuffle), 0, 0, false},
     {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false},
@@ -221,6 +222,7 @@ void frost_print_usage(const char *command) {
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
                "         [--allow-freeze-change] [--bucket-mb X] [--cache-mb X] [--no-cache]\n"
+               "         [--no-pin]\n"
                "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
@@ -230,10 +232,13 @@ void frost_print_usage(const char *command) {
                "  SIGTERM/SIGINT stops the run (exit status 75); --resume continues exactly.\n"
                "  --bucket-mb sizes the allreduce buckets sent while backward runs (4).\n"
                "  --cache-mb bounds the frozen-prefix feature cache (a quarter of RAM);\n"
-               "  --no-cache turns it off.\n");
+               "  --no-cache turns it off.\n"
+               "  Threads are pinned one per CPU of the process's affinity mask when it has\n"
+               "  no spare CPUs (ranks of a node sharing a mask split it) unless --no-pin or\n"
+               "  OMP_PROC_BIND/OMP_PLACES.\n");
     if (!command || strcmp(command, "eval") == 0)
         printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
-               "         [--batch-size B] [--threads T]\n"
+               "         [--batch-size B] [--threads T] [--no-pin]\n"
                "  Loss and accuracy of the weights on the test set (t10k).\n");
     if (!command || strcmp(command, "inspect") == 0)
         printf("usage: frost inspect --model FILE|SPEC [--freeze P]... [--unfreeze P]...\n"

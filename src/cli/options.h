@@ -38,6 +38,7 @@ typedef struct frost_options {
     const char *resume;
     bool allow_freeze_change;
     bool no_cache;
+    bool no_pin; /* leave thread placement to the OS (or OMP_PROC_BIND) */
     long log_every;
     bool help;
 } frost_options;

@@ -199,6 +199,33 @@ static int evaluate_dataset(fr_trainer *trainer, const fr_dataset *data, int bat
     return rc;
 }
 
+/* ------------------------------------------------------ thread placement */
+
+/*
+ * Pin the trainer's threads unless --no-pin (collective).  Threads that
+ * outnumber the CPUs this rank may use are worth a warning: the usual cause is
+ * mpirun binding each rank to one core while it runs several threads.
+ */
+static int place_threads(const frost_options *opts, fr_trainer *trainer, char *report,
+                         size_t len, fr_error *err) {
+    if (opts->no_pin) {
+        snprintf(report, len, "not pinned (--no-pin)");
+        return FR_OK;
+    }
+    bool oversubscribed = false;
+    int rc = fr_comm_agree(fr_trainer_pin_threads(trainer, report, len, &oversubscribed, err), err);
+    if (rc == FR_OK && oversubscribed) {
+        char rank[32] = "";
+        if (fr_comm_size() > 1)
+            snprintf(rank, sizeof rank, "rank %d: ", fr_comm_rank());
+        fprintf(stderr,
+                "frost: warning: %sthreads %s, so they take turns; give each rank its own "
+                "cores (mpirun --map-by slot:PE=%d) or use fewer --threads\n",
+                rank, report, fr_trainer_threads(trainer));
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------- train */
 
 typedef struct training_run {
@@ -212,6 +239,7 @@ typedef struct training_run {
     FILE *metrics;
     char *metrics_tmp;
     uint64_t *frozen_before; /* per-parameter checksums of frozen parameters */
+    char placement[200];     /* where the threads run, for the header */
 } training_run;
 
 static void free_run(training_run *run) {
@@ -334,6 +362,8 @@ static int setup_training(training_run *run, fr_error *err) {
             config.cache_mb = -1;
         rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
     }
+    if (rc == FR_OK)
+        rc = place_threads(opts, run->trainer, run->placement, sizeof run->placement, err);
     if (rc != FR_OK)
         return rc;
     size_t n = (size_t)fr_dataset_size(run->train);
@@ -359,6 +389,7 @@ static void print_header(const training_run *run) {
     printf("parameters %zu, trainable %zu (%.1f%%), frozen %zu; allreduce %zu bytes per step\n",
            total, trainable, total ? 100.0 * trainable / total : 0.0, total - trainable,
            fr_trainer_allreduce_bytes(run->trainer));
+    printf("threads: %s\n", run->placement);
     fflush(stdout);
 }
 
@@ -632,6 +663,9 @@ int frost_eval(const frost_options *opts, fr_error *err) {
         rc = fr_comm_check_same((uint64_t)fr_dataset_size(test), "the dataset size", err);
     if (rc == FR_OK)
         rc = fr_comm_agree(fr_trainer_new(model, &opts->train, &trainer, err), err);
+    char placement[200];
+    if (rc == FR_OK)
+        rc = place_threads(opts, trainer, placement, sizeof placement, err);
     if (rc == FR_OK) {
         x = malloc(sizeof(float) * (size_t)opts->batch_size * fr_model_input_numel(model));
         labels = malloc(sizeof(int32_t) * (size_t)opts->batch_size);
