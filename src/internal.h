@@ -108,6 +108,15 @@ typedef struct fr_layer_ops {
     void (*backward)(const fr_layer *l, const float *in, const float *out,
                      const float *dout, float *din, float *dweight,
                      float *dbias, int n, void *scratch);
+    /*
+     * Optional: rows [row_begin, row_end) of the weight gradient (rows of the
+     * weight's first dimension) for n samples, written over, or added to when
+     * `accumulate`.  With it the trainer splits the weight gradient between
+     * threads by rows instead of giving each thread a whole copy to sum; it
+     * then passes dweight = NULL to backward.
+     */
+    void (*weight_grad_rows)(const fr_layer *l, const float *in, const float *dout, int n,
+                             float *dweight, int row_begin, int row_end, bool accumulate);
     /* Out aliases in (flatten): forward/backward are never called. */
     bool alias;
     /* Forward may run with out == in (relu): the trainer then gives the layer

@@ -5,7 +5,11 @@
  *   each thread (a replica): forward with the shared weights, loss on its
  *       slice, backward down to the first layer with a trainable parameter,
  *       weight gradients of trainable parameters into its own slab
- *   threads: the slabs are summed in parallel, each thread one chunk
+ *   threads: the slabs are summed in parallel, each thread one chunk.  A
+ *       linear layer's weight gradient is instead split by rows: the threads
+ *       meet after the layer's backward and each sums its rows over all
+ *       replicas into replica 0's slab (one pass less over the largest
+ *       gradients, and no whole copy per thread to write)
  *   ranks:   one MPI_Allreduce in place over that slab (trainable only)
  *   optimizer: trainable parameters only, over the same chunks
  *
@@ -34,6 +38,7 @@ typedef struct slab_segment {
     size_t slab_offset;
     size_t numel;
     int param;
+    bool split; /* computed by rows across threads, straight into replica 0's slab */
 } slab_segment;
 
 /* A piece of the slab that one nonblocking allreduce carries: complete once
@@ -81,6 +86,8 @@ typedef struct replica {
     void **scratch;      /* per layer */
     float *grad_a, *grad_b; /* ping-pong gradients w.r.t. activations */
     float *slab;
+    int step_rows;            /* this step's rows */
+    const float *layer_dout;  /* the gradient backward is at, for split weight gradients */
     long *backward_calls; /* per layer */
     double loss_sum;
     long correct;
@@ -104,6 +111,10 @@ struct fr_trainer {
     int segment_count;
     bucket *buckets;
     int bucket_count;
+    /* Per layer: its weight gradient is split by rows between the threads,
+     * each summing its rows over all replicas into replica 0's slab, instead
+     * of one whole copy per replica summed afterwards (less memory traffic). */
+    bool *split_weight;
 
     /* Optimizer state, slab layout; per-parameter step counts (torch keeps
      * `step` per parameter, and a parameter unfrozen later starts at 1). */
@@ -275,6 +286,8 @@ static void free_plan(fr_trainer *trainer) {
     free(trainer->buckets);
     trainer->buckets = NULL;
     trainer->bucket_count = 0;
+    free(trainer->split_weight);
+    trainer->split_weight = NULL;
 }
 
 /*
@@ -331,19 +344,24 @@ static int plan(fr_trainer *trainer, fr_error *err) {
     free_plan(trainer);
 
     trainer->segments = calloc((size_t)params + 1, sizeof *trainer->segments);
-    if (!trainer->segments)
+    trainer->split_weight = calloc((size_t)model->layer_count + 1, sizeof *trainer->split_weight);
+    if (!trainer->segments || !trainer->split_weight)
         goto oom;
     size_t offset = 0;
     for (int layer = model->layer_count - 1; layer >= 0; layer--) {
         const fr_layer *l = &model->layers[layer];
         int ids[2] = {l->weight, l->bias};
+        trainer->split_weight[layer] = trainer->threads > 1 && l->weight >= 0 &&
+                                       model->params[l->weight].requires_grad &&
+                                       l->ops->weight_grad_rows;
         for (int k = 0; k < 2; k++) {
             if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
                 continue;
             fr_param *p = &model->params[ids[k]];
             p->slab_offset = offset;
             trainer->segments[trainer->segment_count++] =
-                (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k]};
+                (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k],
+                               .split = k == 0 && trainer->split_weight[layer]};
             offset += p->numel;
         }
     }
@@ -526,7 +544,7 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
         return; /* same memory, same gradient */
     float *din = i > trainer->first_trainable ? (*dout == r->grad_a ? r->grad_b : r->grad_a) : NULL;
     float *dweight = NULL, *dbias = NULL;
-    if (l->weight >= 0 && model->params[l->weight].requires_grad)
+    if (l->weight >= 0 && model->params[l->weight].requires_grad && !trainer->split_weight[i])
         dweight = r->slab + model->params[l->weight].slab_offset;
     if (l->bias >= 0 && model->params[l->bias].requires_grad)
         dbias = r->slab + model->params[l->bias].slab_offset;
@@ -596,6 +614,7 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source 
     r->loss_sum = 0.0;
     r->correct = 0;
     r->bad_label = -1;
+    r->step_rows = rows;
     if (rows == 0) {
         /* Backward overwrites the slab; a replica with no rows adds nothing. */
         if (train)
@@ -615,10 +634,56 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source 
     return run_backward;
 }
 
-static void replica_backward(fr_trainer *trainer, replica *r, int rows) {
-    float *dout = r->grad_a;
-    for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--)
-        backward_layer(trainer, r, r->x, rows, i, &dout);
+/*
+ * Thread t's rows of layer i's split weight gradient: summed over the
+ * replicas in replica order straight into replica 0's slab (the GEMM adds
+ * each replica's product onto the rows).  The order is fixed, so the result
+ * does not depend on timing; it can differ from adding whole per-replica
+ * copies in the last bit of some values.
+ */
+static void split_weight_grad(const fr_trainer *trainer, int i, int t) {
+    const fr_layer *l = &trainer->model->layers[i];
+    const fr_param *p = &trainer->model->params[l->weight];
+    int rows = p->shape[0];
+    size_t row_len = p->numel / (size_t)rows;
+    /* Whole cache lines per thread where the rows allow it. */
+    int per = (rows + trainer->threads - 1) / trainer->threads;
+    while (per < rows && (size_t)per * row_len % SLAB_CHUNK_ALIGN)
+        per++;
+    int begin = t * per < rows ? t * per : rows;
+    int end = begin + per < rows ? begin + per : rows;
+    if (begin >= end)
+        return;
+    float *dweight = trainer->replicas[0].slab + p->slab_offset;
+    bool written = false;
+    for (int s = 0; s < trainer->threads; s++) {
+        const replica *r = &trainer->replicas[s];
+        if (!r->layer_dout)
+            continue;
+        l->ops->weight_grad_rows(l, layer_input(trainer, r, r->x, i), r->layer_dout, r->step_rows,
+                                 dweight, begin, end, written);
+        written = true;
+    }
+    if (!written)
+        memset(dweight + (size_t)begin * row_len, 0, (size_t)(end - begin) * row_len * sizeof(float));
+}
+
+/*
+ * Layer i's backward on every thread in step (every thread calls it, active
+ * or not).  For a split weight gradient the threads meet once the gradient at
+ * the layer's output is ready everywhere, each computes its rows, and they
+ * meet again before any of them overwrites that gradient with the next
+ * layer's.
+ */
+static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, float **dout) {
+    r->layer_dout = active ? *dout : NULL;
+    if (active)
+        backward_layer(trainer, r, r->x, r->step_rows, i, dout);
+    if (trainer->split_weight[i]) {
+#pragma omp barrier
+        split_weight_grad(trainer, i, omp_get_thread_num());
+#pragma omp barrier
+    }
 }
 
 /* ---------------------------------------------------------- optimizer */
@@ -642,16 +707,25 @@ static void update_range(fr_trainer *trainer, const float *grad, size_t begin, s
 }
 
 /* sum[0 .. end-begin) = the replicas' slabs over [begin, end), added in
- * replica order so the result does not depend on timing. */
+ * replica order so the result does not depend on timing.  Split weight
+ * gradients are already summed in replica 0's slab. */
 static void reduce_range(const fr_trainer *trainer, float *sum, size_t begin, size_t end) {
     const float *first = trainer->replicas[0].slab;
     if (sum != first + begin)
         memcpy(sum, first + begin, (end - begin) * sizeof(float));
-    for (int t = 1; t < trainer->threads; t++) {
-        const float *part = trainer->replicas[t].slab + begin;
+    for (int s = 0; s < trainer->segment_count; s++) {
+        const slab_segment *seg = &trainer->segments[s];
+        size_t lo = seg->slab_offset > begin ? seg->slab_offset : begin;
+        size_t hi = seg->slab_offset + seg->numel < end ? seg->slab_offset + seg->numel : end;
+        if (lo >= hi || seg->split)
+            continue;
+        float *to = sum + (lo - begin);
+        for (int t = 1; t < trainer->threads; t++) {
+            const float *part = trainer->replicas[t].slab + lo;
 #pragma omp simd
-        for (size_t j = 0; j < end - begin; j++)
-            sum[j] += part[j];
+            for (size_t j = 0; j < hi - lo; j++)
+                to[j] += part[j];
+        }
     }
 }
 
@@ -748,11 +822,16 @@ static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch
         int t = omp_get_thread_num(), first, rows;
         split_rows(batch, trainer->threads, t, &first, &rows);
         replica *r = &trainer->replicas[t];
-        if (replica_forward(trainer, r, src, first, rows, batch, true))
-            replica_backward(trainer, r, rows);
+        bool active = replica_forward(trainer, r, src, first, rows, batch, true);
 #pragma omp barrier
 #pragma omp single
         status = finish_loss(trainer, batch, loss, correct, err);
+        /* (the single's barrier: every thread sees the status) */
+        float *dout = r->grad_a;
+        for (int i = trainer->model->layer_count - 1;
+             status == FR_OK && i >= trainer->first_trainable; i--)
+            backward_in_step(trainer, r, active, i, &dout);
+#pragma omp barrier
         size_t begin, end;
         chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
         if (status == FR_OK)
@@ -784,8 +863,7 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
         float *dout = r->grad_a;
         int next = 0;
         for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--) {
-            if (active)
-                backward_layer(trainer, r, r->x, rows, i, &dout);
+            backward_in_step(trainer, r, active, i, &dout);
             while (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
                 const bucket *b = &trainer->buckets[next];
                 size_t begin, end;

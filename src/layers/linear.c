@@ -75,11 +75,24 @@ static void linear_backward(const fr_layer *l, const float *in,
                     1.0f, dout, out_n, l->weight_data, in_n, 0.0f, din, in_n);
 }
 
+/* dW[rows a..b) = doutᵀ[a..b) x n] · in[n x in], over or onto what is there. */
+static void linear_weight_grad_rows(const fr_layer *l, const float *in, const float *dout,
+                                    int n, float *dweight, int row_begin, int row_end,
+                                    bool accumulate) {
+    int in_n = in_features(l), out_n = out_features(l);
+    if (n <= 0 || row_end <= row_begin)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, row_end - row_begin, in_n, n, 1.0f,
+                dout + row_begin, out_n, in, in_n, accumulate ? 1.0f : 0.0f,
+                dweight + (size_t)row_begin * in_n, in_n);
+}
+
 const fr_layer_ops fr_linear_ops = {
     .kind = "linear",
     .infer_shape = linear_infer_shape,
     .scratch_bytes = fr_scratch_none,
     .forward = linear_forward,
     .backward = linear_backward,
+    .weight_grad_rows = linear_weight_grad_rows,
     .alias = false,
 };
