@@ -380,9 +380,6 @@ int fr_comm_broadcast_model(fr_model *model, fr_error *err);
  */
 int fr_trainer_pin_threads(fr_trainer *trainer, char *report, size_t report_len,
                            bool *oversubscribed, fr_error *err);
-/* The number of CPUs in this process's affinity mask (as read at the first
- * fr_trainer_pin_threads or fr_cpus_available call). */
-int fr_cpus_available(void);
 
 /* Bytes currently allocated by libfrost (all objects). */
 size_t fr_allocated_bytes(void);

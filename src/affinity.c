@@ -18,26 +18,17 @@
 #include <stdlib.h>
 
 static cpu_set_t launch_mask;
-static int launch_cpus = -1;
+static bool have_launch_mask;
 
 /* The mask the process started with; read once, since pinning narrows the
- * calling thread's own mask. */
+ * calling thread's own mask.  Empty if it cannot be read. */
 static const cpu_set_t *process_mask(void) {
-    if (launch_cpus < 0) {
-        CPU_ZERO(&launch_mask);
-        if (sched_getaffinity(0, sizeof launch_mask, &launch_mask) != 0) {
+    if (!have_launch_mask) {
+        if (sched_getaffinity(0, sizeof launch_mask, &launch_mask) != 0)
             CPU_ZERO(&launch_mask);
-            launch_cpus = 0;
-        } else {
-            launch_cpus = CPU_COUNT(&launch_mask);
-        }
+        have_launch_mask = true;
     }
     return &launch_mask;
-}
-
-int fr_cpus_available(void) {
-    process_mask();
-    return launch_cpus;
 }
 
 /* "0-3", "0,2,5-7": CPUs [first, first + count) of the list. */

@@ -688,15 +688,23 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
 
 /* ---------------------------------------------------------- optimizer */
 
+/* The part [*lo, *hi) of slab range [begin, end) that segment seg covers;
+ * false when they do not meet. */
+static bool segment_part(const slab_segment *seg, size_t begin, size_t end, size_t *lo,
+                         size_t *hi) {
+    *lo = seg->slab_offset > begin ? seg->slab_offset : begin;
+    *hi = seg->slab_offset + seg->numel < end ? seg->slab_offset + seg->numel : end;
+    return *lo < *hi;
+}
+
 /* Apply the optimizer to slab range [begin, end); grad[0] is the gradient at
  * slab index `begin`. */
 static void update_range(fr_trainer *trainer, const float *grad, size_t begin, size_t end) {
     fr_model *model = trainer->model;
     for (int s = 0; s < trainer->segment_count; s++) {
         const slab_segment *seg = &trainer->segments[s];
-        size_t lo = seg->slab_offset > begin ? seg->slab_offset : begin;
-        size_t hi = seg->slab_offset + seg->numel < end ? seg->slab_offset + seg->numel : end;
-        if (lo >= hi)
+        size_t lo, hi;
+        if (!segment_part(seg, begin, end, &lo, &hi))
             continue;
         fr_param *p = &model->params[seg->param];
         size_t within = lo - seg->slab_offset;
@@ -715,9 +723,8 @@ static void reduce_range(const fr_trainer *trainer, float *sum, size_t begin, si
         memcpy(sum, first + begin, (end - begin) * sizeof(float));
     for (int s = 0; s < trainer->segment_count; s++) {
         const slab_segment *seg = &trainer->segments[s];
-        size_t lo = seg->slab_offset > begin ? seg->slab_offset : begin;
-        size_t hi = seg->slab_offset + seg->numel < end ? seg->slab_offset + seg->numel : end;
-        if (lo >= hi || seg->split)
+        size_t lo, hi;
+        if (seg->split || !segment_part(seg, begin, end, &lo, &hi))
             continue;
         float *to = sum + (lo - begin);
         for (int t = 1; t < trainer->threads; t++) {
