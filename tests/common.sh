@@ -20,3 +20,18 @@ trap 'rm -rf "$WORK"' EXIT
 # make_idx DIR N [SEED] [CLASSES]: a small Fashion-MNIST-shaped dataset (28x28,
 # labels 0..CLASSES-1) whose classes are learnable, train and t10k pairs, gzip'd.
 make_idx() { "$PYTHON3" "$TOP_SRCDIR/tests/make_idx.py" "$@"; }
+# layout_fixture: what the layout tests (threads.sh, mpi_layouts.sh) share:
+# MODEL (tests/layout_model.txt), 502 samples in $WORK/data (10 batches of 50
+# and one of 2 per epoch) and the seeded initial weights in
+# $WORK/init.safetensors, checked as one TAP line.
+layout_fixture() {
+    MODEL=$TOP_SRCDIR/tests/layout_model.txt
+    mkdir -p "$WORK/data"
+    make_idx "$WORK/data" 502 5
+    # The seeded initial weights (a run that does not move them).
+    "$FROST" train --model "$MODEL" --data "$WORK/data" --steps 1 --lr 0 --seed 11 \
+        --save "$WORK/init.safetensors" > "$WORK/init.out" 2>&1
+    status=$?
+    [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/init.out"
+    ok $status "the test model trains; a run with --lr 0 writes the seeded initial weights"
+}

@@ -26,20 +26,11 @@ fi
 
 # tests/compare_runs.py REF INIT RUN... checks losses and weights of each run
 # against REF (see its docstring for the tolerances).
-MODEL=$TOP_SRCDIR/tests/layout_model.txt
-mkdir -p "$WORK/data"
-make_idx "$WORK/data" 502 5
+layout_fixture
 STEPS=12 # 10 batches of 50, one of 2, then the first of epoch 2
 TRAIN_FLAGS="--batch-size 50 --steps $STEPS --seed 11 --lr 0.02 --momentum 0.9 --log-every 1"
 # 4 ranks, or 2 ranks x 2 threads, share 2 cores: waiting threads should sleep.
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
-
-# The seeded initial weights (a run that does not move them).
-"$FROST" train --model "$MODEL" --data "$WORK/data" --steps 1 --lr 0 --seed 11 \
-    --save "$WORK/init.safetensors" > "$WORK/init.out" 2>&1
-status=$?
-[ $status -eq 0 ] || sed 's/^/#   /' "$WORK/init.out"
-ok $status "the test model trains; a run with --lr 0 writes the seeded initial weights"
 
 # mpi_train OUT RANKS THREADS FLAGS...: one mpirun; OUT.dir gets m.csv and w.safetensors.
 mpi_train() {

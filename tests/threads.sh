@@ -14,18 +14,9 @@ set -f # freeze patterns like '*.bias' travel in unquoted variables
 
 # tests/compare_runs.py REF INIT RUN... checks losses and weights of each run
 # against REF (see its docstring for the tolerances).
-MODEL=$TOP_SRCDIR/tests/layout_model.txt
-mkdir -p "$WORK/data"
-make_idx "$WORK/data" 502 5
+layout_fixture
 STEPS=12 # 10 batches of 50, one of 2, then the first of epoch 2
 TRAIN_FLAGS="--batch-size 50 --steps $STEPS --seed 11 --log-every 1"
-
-# The seeded initial weights (a run that does not move them).
-"$FROST" train --model "$MODEL" --data "$WORK/data" --steps 1 --lr 0 --seed 11 \
-    --save "$WORK/init.safetensors" > "$WORK/init.out" 2>&1
-status=$?
-[ $status -eq 0 ] || sed 's/^/#   /' "$WORK/init.out"
-ok $status "the test model trains; a run with --lr 0 writes the seeded initial weights"
 
 # train OUT THREADS FLAGS...: one run; OUT.dir gets m.csv and w.safetensors.
 train() {
