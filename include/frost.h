@@ -41,7 +41,8 @@ typedef enum fr_status {
     FR_ENOMATCH = -6,    /* a freeze pattern matched no parameter */
     FR_ECOMM = -7,       /* ranks disagree or the communicator failed */
     FR_ENONFINITE = -8,  /* a loss or gradient became NaN or Inf */
-    FR_EINTERRUPTED = -9 /* stopped by a signal */
+    FR_EINTERRUPTED = -9, /* stopped by a signal */
+    FR_ECOMMLOST = -10   /* a rank or its link stopped answering (end the job: fr_comm_abort) */
 } fr_status;
 
 #define FR_ERROR_LEN 512
@@ -206,6 +207,11 @@ typedef enum fr_loss_kind {
     FR_MSE = 1            /* targets are floats, one per output */
 } fr_loss_kind;
 
+/* How gradients travel between ranks: float32, or bfloat16 (half the bytes;
+ * summed in float32 on arrival, the optimizer stays float32), as PyTorch
+ * DDP's bf16_compress_hook does. */
+typedef enum { FR_GRAD_F32 = 0, FR_GRAD_BF16 = 1 } fr_grad_dtype;
+
 typedef struct fr_train_config {
     fr_optimizer_kind optimizer;
     fr_loss_kind loss;
@@ -218,6 +224,7 @@ typedef struct fr_train_config {
     int threads;         /* replicas in this process; 0: OMP_NUM_THREADS */
     int max_batch;       /* largest global batch that will be passed to a step */
     double bucket_mb;    /* allreduce bucket size under MPI; 0: 4 MB */
+    fr_grad_dtype grad_dtype; /* how gradients travel between ranks */
     double cache_mb;     /* frozen-prefix feature cache budget: 0 a quarter
                             of RAM, < 0 off (fr_trainer_step_samples only) */
 } fr_train_config;
@@ -279,8 +286,10 @@ int fr_trainer_threads(const fr_trainer *trainer);
 /* Bytes of gradient (slab) and optimizer-state memory allocated now. */
 size_t fr_trainer_gradient_bytes(const fr_trainer *trainer);
 size_t fr_trainer_optimizer_bytes(const fr_trainer *trainer);
-/* Bytes this rank puts into one gradient allreduce: 4 x trainable parameters
- * (as planned for the current frozen set). */
+/* Bytes this rank puts into one gradient allreduce: 4 x trainable parameters,
+ * 2 x with FR_GRAD_BF16 (as planned for the current frozen set).  The ring
+ * that sums them sends 2(n-1)/n of that from each of n ranks: exactly that
+ * many bytes on 2 ranks. */
 size_t fr_trainer_allreduce_bytes(const fr_trainer *trainer);
 /* Bytes this rank has actually passed to the gradient allreduce so far (0 on
  * a single rank, where no allreduce runs). */
@@ -331,8 +340,9 @@ int fr_model_check_finite(const fr_model *model, fr_error *err);
 /*
  * frost's communicator hides MPI.  Built with --without-mpi these calls are a
  * single process (rank 0 of 1), and fr_comm_init refuses to run when it sees
- * it was started by mpirun with several ranks.  Only the calling thread talks
- * to MPI (MPI_THREAD_FUNNELED).
+ * it was started by mpirun with several ranks.  The calling thread talks to
+ * MPI, and during a training step frost's own communication thread runs the
+ * gradient allreduce (MPI_THREAD_SERIALIZED: never both at once).
  */
 int fr_comm_init(int *argc, char ***argv, fr_error *err);
 void fr_comm_finalize(void);
@@ -362,6 +372,32 @@ int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
 
 /* Collective: every rank takes rank 0's parameter values. */
 int fr_comm_broadcast_model(fr_model *model, fr_error *err);
+
+/*
+ * A rank that waits this long for another inside an MPI call (a rank or its
+ * link is gone) gives up: the call fails with FR_ECOMM naming the rank it
+ * waited for, and the caller should end the job with fr_comm_abort.  Default
+ * 120 s; it must exceed the longest pause one rank makes while the others
+ * wait (rank 0 writing a checkpoint, say).
+ */
+void fr_comm_set_timeout(double seconds);
+/* End every rank of the job now (MPI_Abort), after a communication failure. */
+void fr_comm_abort(int exit_code);
+
+/* ------------------------------------------------------------ tracing */
+
+/*
+ * Record a timeline of training from now on: each layer's forward and
+ * backward on each thread, the thread reductions and optimizer updates, and
+ * each bucket's gradient allreduce on the communication thread, at most
+ * `events_per_thread` events per thread (later ones are dropped and the file
+ * says so).  `threads` is the trainer's thread count.  Collective.
+ */
+int fr_trace_start(int threads, size_t events_per_thread, fr_error *err);
+/* Collective: write what was recorded as a Chrome trace-event JSON file
+ * (Perfetto, chrome://tracing), one process per rank, from rank 0. */
+int fr_trace_write(const char *path, fr_error *err);
+void fr_trace_stop(void);
 
 /* ------------------------------------------------------ thread placement */
 

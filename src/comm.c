@@ -1,15 +1,17 @@
 /*
- * comm.c - everything frost asks of MPI, and the single-process fallback.
+ * comm.c - everything frost asks of MPI outside the gradient allreduce, and
+ * the single-process fallback.
  *
  * The rest of the library sees sums, broadcasts and agreement; MPI appears
- * only here.  The gradient allreduce runs in place on the reduced slab, so the
- * bytes on the wire are the trainable gradients and nothing else.  Failures
- * are made collective (fr_comm_agree) so one rank's bad file ends every rank
- * with that rank's message instead of leaving the others in a collective.
+ * only here and in allreduce.c (the gradients' own ring, on its own
+ * communicator).  Failures are made collective (fr_comm_agree) so one rank's
+ * bad file ends every rank with that rank's message instead of leaving the
+ * others in a collective.  Every collective is started nonblocking and waited
+ * for with a timeout (fr_comm_wait), so a rank or link that dies ends the job
+ * with a message instead of a hang.
  */
-#define _POSIX_C_SOURCE 200809L /* setenv */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include "config.h"
-#include "internal.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -17,40 +19,64 @@
 
 #ifdef HAVE_MPI
 #include <mpi.h>
+#define FR_HAVE_MPI_TYPES
+#include "internal.h"
+
+#include <time.h>
 
 static int world_rank, world_size = 1;
 static bool initialised_here;
+/* The gradient allreduce's own communicator, so its messages never match
+ * anything else frost sends. */
+static MPI_Comm gradient_comm = MPI_COMM_NULL;
+static double timeout_s = FR_DEFAULT_COMM_TIMEOUT_S;
 
 int fr_comm_init(int *argc, char ***argv, fr_error *err) {
     int already = 0, provided = 0;
     MPI_Initialized(&already);
     if (!already) {
-        /* Open MPI's nonblocking allreduce (libnbc) picks a binomial tree for
-         * few ranks, which costs twice the blocking allreduce on large
-         * buckets (11.6 MB, 2 ranks, shared memory: 4.0 ms vs 2.0 ms); its
-         * ring is as fast as the blocking one.  A user's setting wins, and
-         * other MPIs ignore the variable. */
-        setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1", 0);
-        if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        /* Only one thread calls MPI at a time: the caller's, or during a
+         * step frost's communication thread (allreduce.c). */
+        if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
             return fr_fail(err, FR_ECOMM, "MPI_Init_thread failed");
         initialised_here = true;
+    } else {
+        MPI_Query_thread(&provided);
     }
+    if (provided < MPI_THREAD_SERIALIZED)
+        return fr_fail(err, FR_ECOMM,
+                       "this MPI gives thread level %d; frost's communication thread needs "
+                       "MPI_THREAD_SERIALIZED (%d) or more", provided, MPI_THREAD_SERIALIZED);
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-    return FR_OK;
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &gradient_comm) != MPI_SUCCESS)
+        return fr_fail(err, FR_ECOMM, "MPI_Comm_dup failed");
+    return fr_allreduce_start(err);
 }
 
 void fr_comm_finalize(void) {
+    fr_allreduce_shutdown();
     int finalized = 0;
     MPI_Finalized(&finalized);
+    if (!finalized && gradient_comm != MPI_COMM_NULL)
+        MPI_Comm_free(&gradient_comm);
     if (initialised_here && !finalized)
         MPI_Finalize();
     initialised_here = false;
 }
 
+void fr_comm_abort(int exit_code) {
+    if (world_size > 1)
+        MPI_Abort(MPI_COMM_WORLD, exit_code);
+}
+
 bool fr_comm_have_mpi(void) { return true; }
 int fr_comm_rank(void) { return world_rank; }
 int fr_comm_size(void) { return world_size; }
+MPI_Comm fr_comm_gradients(void) { return gradient_comm; }
+void fr_comm_set_timeout(double seconds) {
+    timeout_s = seconds > 0 ? seconds : FR_DEFAULT_COMM_TIMEOUT_S;
+}
 
 static int mpi_failed(fr_error *err, const char *what, int code) {
     char text[MPI_MAX_ERROR_STRING];
@@ -59,20 +85,107 @@ static int mpi_failed(fr_error *err, const char *what, int code) {
     return fr_fail(err, FR_ECOMM, "%s failed: %s", what, text);
 }
 
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/*
+ * Wait for a request by polling it.  Open MPI moves data over TCP only inside
+ * MPI calls, so the waiter keeps calling; after a short spin it sleeps 50 us
+ * between calls (the sockets' buffers keep the link busy meanwhile), so a
+ * waiting thread leaves the cores to the threads computing.  A request that
+ * has not completed after the timeout means a rank or its link is gone.
+ */
+int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err) {
+    const int spin_polls = 200;
+    const struct timespec pause = {0, 50000};
+    double start = 0.0;
+    for (long polls = 0;; polls++) {
+        int done = 0;
+        int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS)
+            return mpi_failed(err, what, rc);
+        if (done)
+            return FR_OK;
+        if (polls < spin_polls)
+            continue;
+        if (polls == spin_polls)
+            start = seconds_now();
+        else if ((polls & 63) == 0 && seconds_now() - start > timeout_s) {
+            if (peer >= 0)
+                return fr_fail(err, FR_ECOMMLOST,
+                               "rank %d: %s stalled: nothing from rank %d for %.0f s (a rank or "
+                               "its network link is down?)", world_rank, what, peer, timeout_s);
+            return fr_fail(err, FR_ECOMMLOST,
+                           "rank %d: %s stalled: the other ranks did not answer for %.0f s (a "
+                           "rank or its network link is down?)", world_rank, what, timeout_s);
+        }
+        nanosleep(&pause, NULL);
+    }
+}
+
+/* A collective started nonblocking and waited for with the timeout. */
+static int finish_collective(int rc, MPI_Request *request, const char *what, fr_error *err) {
+    if (rc != MPI_SUCCESS)
+        return mpi_failed(err, what, rc);
+    return fr_comm_wait(request, what, -1, err);
+}
+
+static int allreduce(void *buf, int count, MPI_Datatype type, MPI_Op op, MPI_Comm comm,
+                     const char *what, fr_error *err) {
+    MPI_Request request;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, count, type, op, comm, &request);
+    return finish_collective(rc, &request, what, err);
+}
+
+static int broadcast(void *buf, int count, MPI_Datatype type, int root, const char *what,
+                     fr_error *err) {
+    MPI_Request request;
+    int rc = MPI_Ibcast(buf, count, type, root, MPI_COMM_WORLD, &request);
+    return finish_collective(rc, &request, what, err);
+}
+
+static int allgather(const void *mine, void *all, int count, MPI_Datatype type, MPI_Comm comm,
+                     const char *what, fr_error *err) {
+    MPI_Request request;
+    int rc = MPI_Iallgather(mine, count, type, all, count, type, comm, &request);
+    return finish_collective(rc, &request, what, err);
+}
+
+int fr_comm_barrier(fr_error *err) {
+    if (world_size == 1)
+        return FR_OK;
+    MPI_Request request;
+    int rc = MPI_Ibarrier(MPI_COMM_WORLD, &request);
+    return finish_collective(rc, &request, "MPI_Ibarrier", err);
+}
+
 int fr_comm_agree(int status, fr_error *err) {
     if (world_size == 1)
         return status;
-    int mine = status != FR_OK ? world_rank : world_size, first_failed = world_size;
-    int rc = MPI_Allreduce(&mine, &first_failed, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (rc != MPI_SUCCESS)
-        return mpi_failed(err, "MPI_Allreduce", rc);
+    int mine = status != FR_OK ? world_rank : world_size, first_failed = mine;
+    fr_error local = {0};
+    int rc = allreduce(&first_failed, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD,
+                       "agreeing on the status", &local);
+    if (rc != FR_OK) {
+        if (err)
+            *err = local;
+        return rc;
+    }
     if (first_failed == world_size)
         return FR_OK;
     fr_error shared = {0};
     if (world_rank == first_failed && err)
         shared = *err;
     shared.status = world_rank == first_failed ? status : 0;
-    MPI_Bcast(&shared, (int)sizeof shared, MPI_BYTE, first_failed, MPI_COMM_WORLD);
+    rc = broadcast(&shared, (int)sizeof shared, MPI_BYTE, first_failed, "sharing an error", &local);
+    if (rc != FR_OK) {
+        if (err)
+            *err = local;
+        return rc;
+    }
     if (err) {
         *err = shared;
         /* Say which rank it was unless it was rank 0 speaking for itself. */
@@ -88,10 +201,10 @@ int fr_comm_check_same(uint64_t value, const char *what, fr_error *err) {
     uint64_t *all = malloc((size_t)world_size * sizeof *all);
     if (!all)
         return fr_fail(err, FR_ENOMEM, "out of memory comparing ranks");
-    int rc = MPI_Allgather(&value, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD);
-    if (rc != MPI_SUCCESS) {
+    int rc = allgather(&value, all, 1, MPI_UINT64_T, MPI_COMM_WORLD, "MPI_Iallgather", err);
+    if (rc != FR_OK) {
         free(all);
-        return mpi_failed(err, "MPI_Allgather", rc);
+        return rc;
     }
     int differing = -1;
     for (int r = 1; r < world_size && differing < 0; r++)
@@ -114,18 +227,18 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
                                  &node);
     if (rc != MPI_SUCCESS)
         return mpi_failed(err, "MPI_Comm_split_type", rc);
-    int node_rank = 0, node_size = 1, failed = 0, any_failed = 0;
+    int node_rank = 0, node_size = 1, any_failed = 0;
     MPI_Comm_rank(node, &node_rank);
     MPI_Comm_size(node, &node_size);
     unsigned char *all = malloc(len * (size_t)node_size);
     /* Every rank of the node must reach the same collectives, so an
      * allocation failure is agreed on before the gather. */
-    failed = all == NULL;
-    rc = MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, node);
-    if (rc == MPI_SUCCESS && !any_failed)
-        rc = MPI_Allgather(key, (int)len, MPI_BYTE, all, (int)len, MPI_BYTE, node);
+    any_failed = all == NULL;
+    rc = allreduce(&any_failed, 1, MPI_INT, MPI_MAX, node, "MPI_Iallreduce", err);
+    if (rc == FR_OK && !any_failed)
+        rc = allgather(key, all, (int)len, MPI_BYTE, node, "MPI_Iallgather", err);
     MPI_Comm_free(&node);
-    if (rc == MPI_SUCCESS && !any_failed)
+    if (rc == FR_OK && !any_failed)
         for (int r = 0; r < node_size; r++)
             if (memcmp(all + (size_t)r * len, key, len) == 0) {
                 if (r < node_rank)
@@ -134,8 +247,8 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
                     (*count)++;
             }
     free(all);
-    if (rc != MPI_SUCCESS)
-        return mpi_failed(err, "MPI_Allgather", rc);
+    if (rc != FR_OK)
+        return rc;
     if (any_failed)
         return fr_fail(err, FR_ENOMEM, "out of memory comparing the ranks of a node");
     return FR_OK;
@@ -144,8 +257,14 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
 bool fr_comm_any(bool flag) {
     if (world_size == 1)
         return flag;
-    int mine = flag, any = 0;
-    MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    int any = flag;
+    fr_error ignored = {0};
+    /* A stalled job is ended by the gradient allreduce or the next
+     * collective's timeout; here a failure reads as "no flag". */
+    if (allreduce(&any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, "MPI_Iallreduce", &ignored) != FR_OK) {
+        fprintf(stderr, "frost: %s\n", ignored.msg);
+        fr_comm_abort(1);
+    }
     return any != 0;
 }
 
@@ -156,55 +275,17 @@ int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err) {
     const size_t piece = (size_t)1 << 30;
     for (size_t done = 0; done < count; done += piece) {
         int n = (int)(count - done < piece ? count - done : piece);
-        int rc = MPI_Allreduce(MPI_IN_PLACE, buf + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS)
-            return mpi_failed(err, "MPI_Allreduce", rc);
+        int rc = allreduce(buf + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, "MPI_Iallreduce", err);
+        if (rc != FR_OK)
+            return rc;
     }
     return FR_OK;
-}
-
-/* Requests of the step's bucket allreduces, indexed by ticket. */
-static MPI_Request *pending;
-static int pending_cap;
-
-int fr_comm_start_sum(float *buf, size_t count, int ticket, fr_error *err) {
-    if (ticket >= pending_cap) {
-        int cap = ticket + 16;
-        MPI_Request *grown = realloc(pending, (size_t)cap * sizeof *grown);
-        if (!grown)
-            return fr_fail(err, FR_ENOMEM, "out of memory for allreduce requests");
-        for (int i = pending_cap; i < cap; i++)
-            grown[i] = MPI_REQUEST_NULL;
-        pending = grown;
-        pending_cap = cap;
-    }
-    if (count > (size_t)INT_MAX)
-        return fr_fail(err, FR_ECOMM, "an allreduce bucket of %zu floats is too large", count);
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
-                            &pending[ticket]);
-    if (rc != MPI_SUCCESS)
-        return mpi_failed(err, "MPI_Iallreduce", rc);
-    /* Give the earlier buckets a chance to progress while backward goes on. */
-    for (int i = 0; i < ticket; i++) {
-        int done = 0;
-        if (pending[i] != MPI_REQUEST_NULL)
-            MPI_Test(&pending[i], &done, MPI_STATUS_IGNORE);
-    }
-    return FR_OK;
-}
-
-int fr_comm_finish_sum(int ticket, fr_error *err) {
-    if (ticket >= pending_cap || pending[ticket] == MPI_REQUEST_NULL)
-        return FR_OK;
-    int rc = MPI_Wait(&pending[ticket], MPI_STATUS_IGNORE);
-    return rc == MPI_SUCCESS ? FR_OK : mpi_failed(err, "MPI_Iallreduce", rc);
 }
 
 int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
     if (world_size == 1)
         return FR_OK;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, buf, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    return rc == MPI_SUCCESS ? FR_OK : mpi_failed(err, "MPI_Allreduce", rc);
+    return allreduce(buf, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, "MPI_Iallreduce", err);
 }
 
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err) {
@@ -213,14 +294,59 @@ int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err) {
     const size_t piece = (size_t)1 << 30;
     for (size_t done = 0; done < count; done += piece) {
         int n = (int)(count - done < piece ? count - done : piece);
-        int rc = MPI_Bcast(buf + done, n, MPI_FLOAT, 0, MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS)
-            return mpi_failed(err, "MPI_Bcast", rc);
+        int rc = broadcast(buf + done, n, MPI_FLOAT, 0, "MPI_Ibcast", err);
+        if (rc != FR_OK)
+            return rc;
     }
     return FR_OK;
 }
 
+int fr_comm_gather_bytes(const void *mine, size_t length, char **all, size_t *all_length,
+                         fr_error *err) {
+    *all = NULL;
+    *all_length = 0;
+    if (length > INT_MAX)
+        return fr_fail(err, FR_EINVAL, "%zu bytes are too many to gather", length);
+    int my_length = (int)length;
+    int *lengths = world_rank == 0 ? calloc((size_t)world_size, sizeof(int)) : NULL;
+    int *offsets = world_rank == 0 ? calloc((size_t)world_size, sizeof(int)) : NULL;
+    int local = world_rank != 0 || (lengths && offsets) ? FR_OK
+                : fr_fail(err, FR_ENOMEM, "out of memory gathering from the ranks");
+    int rc = fr_comm_agree(local, err);
+    MPI_Request request;
+    if (rc == FR_OK)
+        rc = finish_collective(MPI_Igather(&my_length, 1, MPI_INT, lengths, 1, MPI_INT, 0,
+                                           MPI_COMM_WORLD, &request),
+                               &request, "MPI_Igather", err);
+    size_t total = 0;
+    if (rc == FR_OK && world_rank == 0) {
+        for (int r = 0; r < world_size; r++) {
+            offsets[r] = (int)total;
+            total += (size_t)lengths[r];
+        }
+        local = total <= INT_MAX && (*all = malloc(total + 1)) != NULL
+                    ? FR_OK
+                    : fr_fail(err, FR_ENOMEM, "cannot gather %zu bytes from the ranks", total);
+    }
+    if (rc == FR_OK)
+        rc = fr_comm_agree(local, err);
+    if (rc == FR_OK)
+        rc = finish_collective(MPI_Igatherv(mine, my_length, MPI_BYTE, *all, lengths, offsets,
+                                            MPI_BYTE, 0, MPI_COMM_WORLD, &request),
+                               &request, "MPI_Igatherv", err);
+    free(lengths);
+    free(offsets);
+    if (rc != FR_OK) {
+        free(*all);
+        *all = NULL;
+        return rc;
+    }
+    *all_length = total;
+    return FR_OK;
+}
+
 #else /* a single process */
+#include "internal.h"
 
 /* Launchers export their world size; several ranks of a build without MPI
  * would each train alone and write the same files. */
@@ -280,16 +406,19 @@ int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
     (void)err;
     return FR_OK;
 }
-int fr_comm_start_sum(float *buf, size_t count, int ticket, fr_error *err) {
-    (void)buf;
-    (void)count;
-    (void)ticket;
+void fr_comm_abort(int exit_code) { (void)exit_code; }
+void fr_comm_set_timeout(double seconds) { (void)seconds; }
+int fr_comm_barrier(fr_error *err) {
     (void)err;
     return FR_OK;
 }
-int fr_comm_finish_sum(int ticket, fr_error *err) {
-    (void)ticket;
-    (void)err;
+int fr_comm_gather_bytes(const void *mine, size_t length, char **all, size_t *all_length,
+                         fr_error *err) {
+    *all_length = 0;
+    if (!(*all = malloc(length + 1)))
+        return fr_fail(err, FR_ENOMEM, "out of memory");
+    memcpy(*all, mine, length);
+    *all_length = length;
     return FR_OK;
 }
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err) {
@@ -318,7 +447,8 @@ int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
     }
     double optimizer[] = {config->optimizer, config->loss, config->lr, config->momentum,
                           config->dampening, config->nesterov, config->weight_decay,
-                          config->beta1, config->beta2, config->eps, config->bucket_mb};
+                          config->beta1, config->beta2, config->eps, config->bucket_mb,
+                          config->grad_dtype};
     hyper = fr_hash_bytes(hyper, optimizer, sizeof optimizer);
     hyper = fr_hash_bytes(hyper, settings, sizeof(double) * (size_t)setting_count);
     int rc = fr_comm_check_same(shapes, "the model (parameter names and shapes)", err);

@@ -16,6 +16,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #define FR_NAME_MAX 64
 #define FR_ALIGN 64
@@ -290,10 +291,71 @@ int fr_optim_check(const fr_train_config *config, fr_error *err);
 /* In-place sums over all ranks; no-ops on one rank. */
 int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err);
 int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err);
-/* Nonblocking in-place sum of buf over all ranks, identified by `ticket`
- * (0, 1, ... within a step); fr_comm_finish_sum waits for it.  Main thread only. */
-int fr_comm_start_sum(float *buf, size_t count, int ticket, fr_error *err);
+int fr_comm_barrier(fr_error *err);
+/* Every rank's bytes, concatenated in rank order on rank 0 (*all, released
+ * with free; NULL on the other ranks). */
+int fr_comm_gather_bytes(const void *mine, size_t length, char **all, size_t *all_length,
+                         fr_error *err);
+#define FR_DEFAULT_COMM_TIMEOUT_S 120.0
+
+/*
+ * The gradient allreduce (allreduce.c): an in-place sum over all ranks run by
+ * a communication thread, so it moves while backward computes.  A step's
+ * sums are numbered by `ticket` (0, 1, ... in the order they are started; 0
+ * starts a new step) and run in that order; fr_comm_finish_sum waits for one.
+ * Floats go over the wire as float32, or as bfloat16 when `bf16` (summed in
+ * float32 on arrival; every rank ends with the same bits either way).  The
+ * doubles variant carries the step's loss totals.  Main thread only.
+ */
+int fr_comm_start_sum(float *buf, size_t count, int ticket, bool bf16, fr_error *err);
+int fr_comm_start_sum_doubles(double *buf, int count, int ticket, fr_error *err);
 int fr_comm_finish_sum(int ticket, fr_error *err);
+/* Start the communication thread (fr_comm_init does, before any thread is
+ * pinned, so it may run on any of the process's CPUs) and stop it
+ * (fr_comm_finalize). */
+int fr_allreduce_start(fr_error *err);
+void fr_allreduce_shutdown(void);
+#ifdef FR_HAVE_MPI_TYPES
+/* For allreduce.c: the communicator the gradients use, and a timed wait. */
+MPI_Comm fr_comm_gradients(void);
+int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err);
+#endif
+
+/* float32 -> bfloat16, rounding to nearest even (NaN stays NaN), and back. */
+static inline uint16_t fr_to_bf16(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((bits >> 16) | 0x40u);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+static inline float fr_from_bf16(uint16_t half) {
+    uint32_t bits = (uint32_t)half << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* ------------------------------------------------------------ trace */
+
+/* trace.c: Chrome trace events of the step (see fr_trace_start in frost.h).
+ * Slots 0..threads-1 are the worker threads, fr_trace_comm_slot() the
+ * communication thread's.  fr_trace_add records [begin_s, now). */
+bool fr_trace_on(void);
+double fr_trace_now(void);
+int fr_trace_comm_slot(void);
+void fr_trace_set_step(long step);
+void fr_trace_add(int slot, const char *name, const char *what, int index, double begin_s,
+                  size_t bytes);
+
+/* ------------------------------------------------------------ files */
+
+/* fileio.c: write PATH.tmp.PID with write_contents, sync it, rename it over
+ * PATH, sync the directory; on failure PATH is untouched. */
+int fr_write_atomic(const char *path, bool (*write_contents)(FILE *stream, void *context),
+                    void *context, fr_error *err);
+int fr_write_file_atomic(const char *path, const void *data, size_t length, fr_error *err);
 /* Rank 0's values to every rank. */
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err);
 /* Collective: among the ranks on this node (shared memory) whose `key` bytes

@@ -34,6 +34,9 @@ int fr_optim_state_per_value(const fr_train_config *config) {
 }
 
 int fr_optim_check(const fr_train_config *c, fr_error *err) {
+    if (c->grad_dtype != FR_GRAD_F32 && c->grad_dtype != FR_GRAD_BF16)
+        return fr_fail(err, FR_EINVAL, "gradient dtype %d: expected float32 or bfloat16",
+                       (int)c->grad_dtype);
     if (!(c->lr >= 0.0) || !isfinite(c->lr))
         return fr_fail(err, FR_EINVAL, "--lr %g: must be a finite number >= 0", c->lr);
     if (!(c->momentum >= 0.0) || !isfinite(c->momentum))

@@ -1073,79 +1073,23 @@ static int build_header(header_text *h, const char *path, const fr_st_out *tenso
     return FR_OK;
 }
 
-static bool write_contents(FILE *stream, const header_text *h, const fr_st_out *tensors,
-                           int tensor_count) {
-    if (fwrite(h->text, 1, h->length, stream) != h->length)
+typedef struct st_contents {
+    const header_text *header;
+    const fr_st_out *tensors;
+    int tensor_count;
+} st_contents;
+
+static bool write_contents(FILE *stream, void *context) {
+    const st_contents *c = context;
+    if (fwrite(c->header->text, 1, c->header->length, stream) != c->header->length)
         return false;
-    for (int i = 0; i < tensor_count; i++) {
+    for (int i = 0; i < c->tensor_count; i++) {
         size_t numel, bytes;
-        shape_bytes(tensors[i].shape, tensors[i].ndim, &numel, &bytes);
-        if (numel && fwrite(tensors[i].data, FLOAT_BYTES, numel, stream) != numel)
+        shape_bytes(c->tensors[i].shape, c->tensors[i].ndim, &numel, &bytes);
+        if (numel && fwrite(c->tensors[i].data, FLOAT_BYTES, numel, stream) != numel)
             return false;
     }
     return true;
-}
-
-/* A rename is durable only once its directory is on disk.  Failing here loses
- * durability, not data, so it is not reported. */
-static void sync_parent_directory(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *directory;
-    if (!slash)
-        directory = copy_string(".");
-    else if (slash == path)
-        directory = copy_string("/");
-    else if ((directory = fr_alloc((size_t)(slash - path) + 1)) != NULL)
-        memcpy(directory, path, (size_t)(slash - path));
-    if (!directory)
-        return;
-    int fd = open(directory, O_RDONLY);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    fr_free(directory);
-}
-
-/* Writes PATH.tmp.PID beside PATH, syncs it and renames it over PATH, so a
- * crash leaves either the old file or the new one, never a partial one. */
-static int write_atomically(const char *path, const header_text *h, const fr_st_out *tensors,
-                            int tensor_count, fr_error *err) {
-    size_t temp_size = strlen(path) + 32;
-    char *temp_path = fr_alloc(temp_size);
-    if (!temp_path)
-        return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
-    snprintf(temp_path, temp_size, "%s.tmp.%ld", path, (long)getpid());
-
-    int status = FR_OK;
-    FILE *stream = fopen(temp_path, "wb");
-    if (!stream) {
-        status = fr_fail(err, FR_EIO, "%s: cannot create the temporary file %s: %s", path,
-                         temp_path, strerror(errno));
-        fr_free(temp_path);
-        return status;
-    }
-    errno = 0;
-    bool written = write_contents(stream, h, tensors, tensor_count) && fflush(stream) == 0 &&
-                   fsync(fileno(stream)) == 0;
-    int write_errno = errno;
-    if (fclose(stream) != 0 && written) {
-        written = false;
-        write_errno = errno;
-    }
-    if (!written) {
-        status = fr_fail(err, FR_EIO, "%s: cannot write: %s", path,
-                         strerror(write_errno ? write_errno : EIO));
-        remove(temp_path);
-    } else if (rename(temp_path, path) != 0) {
-        status = fr_fail(err, FR_EIO, "%s: cannot replace it with %s: %s", path, temp_path,
-                         strerror(errno));
-        remove(temp_path);
-    } else {
-        sync_parent_directory(path);
-    }
-    fr_free(temp_path);
-    return status;
 }
 
 int fr_st_write(const char *path, const fr_st_out *tensors, int tensor_count,
@@ -1157,8 +1101,9 @@ int fr_st_write(const char *path, const fr_st_out *tensors, int tensor_count,
         return status;
     header_text header = {0};
     status = build_header(&header, path, tensors, tensor_count, meta, meta_count, err);
+    st_contents contents = {&header, tensors, tensor_count};
     if (status == FR_OK)
-        status = write_atomically(path, &header, tensors, tensor_count, err);
+        status = fr_write_atomic(path, write_contents, &contents, err);
     fr_free(header.text);
     return status;
 }

@@ -75,6 +75,10 @@ typedef struct feature_cache {
     const fr_dataset *data; /* the dataset the entries belong to; NULL: empty */
 } feature_cache;
 
+/* The step's loss totals: summed loss, correct predictions, and whether a
+ * label was out of range (so every rank learns of it). */
+enum { LOSS_TOTALS = 3 };
+
 /* What one thread owns: its activations, scratch and gradient slab. */
 typedef struct replica {
     int rows_cap;
@@ -123,6 +127,7 @@ struct fr_trainer {
 
     long steps_done;
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
+    double loss_totals[LOSS_TOTALS]; /* summed by the communication thread */
     feature_cache cache;
 };
 
@@ -529,7 +534,9 @@ static void forward(const fr_trainer *trainer, replica *r, const float *x, int r
             continue;
         /* An in-place layer writes over its input, a buffer this replica owns. */
         float *out = (float *)layer_output(trainer, r, x, i);
+        double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         l->ops->forward(l, layer_input(trainer, r, x, i), out, rows, r->scratch[i]);
+        fr_trace_add(omp_get_thread_num(), l->name, "forward", -1, t0, 0);
     }
 }
 
@@ -548,8 +555,10 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
         dweight = r->slab + model->params[l->weight].slab_offset;
     if (l->bias >= 0 && model->params[l->bias].requires_grad)
         dbias = r->slab + model->params[l->bias].slab_offset;
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), *dout, din,
                      dweight, dbias, rows, r->scratch[i]);
+    fr_trace_add(omp_get_thread_num(), l->name, "backward", -1, t0, 0);
     r->backward_calls[i]++;
     *dout = din;
 }
@@ -681,7 +690,9 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
         backward_layer(trainer, r, r->x, r->step_rows, i, dout);
     if (trainer->split_weight[i]) {
 #pragma omp barrier
+        double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         split_weight_grad(trainer, i, omp_get_thread_num());
+        fr_trace_add(omp_get_thread_num(), trainer->model->layers[i].name, "weight-grad", -1, t0, 0);
 #pragma omp barrier
     }
 }
@@ -774,28 +785,50 @@ static int check_batch(const fr_trainer *trainer, const void *x, const void *tar
     return FR_OK;
 }
 
-/* Sum the replicas' loss and correct counts, then over ranks. */
-static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
-                      fr_error *err) {
-    double totals[2] = {0.0, 0.0};
-    int bad_label = -1;
+static void local_loss_totals(const fr_trainer *trainer, double *totals) {
+    totals[0] = totals[1] = totals[2] = 0.0;
     for (int t = 0; t < trainer->threads; t++) {
         totals[0] += trainer->replicas[t].loss_sum;
         totals[1] += (double)trainer->replicas[t].correct;
-        if (trainer->replicas[t].bad_label >= 0 && bad_label < 0)
-            bad_label = trainer->replicas[t].bad_label;
+        totals[2] += trainer->replicas[t].bad_label >= 0;
     }
-    if (bad_label >= 0)
-        return fr_fail(err, FR_EINVAL, "sample %d of the batch has a label outside [0, %d)",
-                       bad_label, fr_model_output_numel(trainer->model));
-    int rc = fr_comm_allreduce_doubles(totals, 2, err);
-    if (rc != FR_OK)
-        return rc;
+}
+
+/* The totals over every rank: the mean loss and correct count, or which
+ * sample had a bad label. */
+static int check_loss_totals(const fr_trainer *trainer, const double *totals, int batch,
+                             double *loss, long *correct, fr_error *err) {
+    if (totals[2] > 0) {
+        for (int t = 0; t < trainer->threads; t++)
+            if (trainer->replicas[t].bad_label >= 0)
+                return fr_fail(err, FR_EINVAL, "sample %d of the batch has a label outside [0, %d)",
+                               trainer->replicas[t].bad_label,
+                               fr_model_output_numel(trainer->model));
+        return fr_fail(err, FR_EINVAL, "a sample of another rank's rows has a label outside [0, %d)",
+                       fr_model_output_numel(trainer->model));
+    }
     if (loss)
         *loss = totals[0] / batch;
     if (correct)
         *correct = (long)totals[1];
     return FR_OK;
+}
+
+static int check_finite_loss(const fr_trainer *trainer, double loss, fr_error *err) {
+    if (isfinite(loss))
+        return FR_OK;
+    return fr_fail(err, FR_ENONFINITE, "the loss is %g at step %ld", loss, trainer->steps_done + 1);
+}
+
+/* Sum the replicas' loss and correct counts, then over ranks. */
+static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
+                      fr_error *err) {
+    double totals[LOSS_TOTALS];
+    local_loss_totals(trainer, totals);
+    int rc = fr_comm_allreduce_doubles(totals, LOSS_TOTALS, err);
+    if (rc != FR_OK)
+        return rc;
+    return check_loss_totals(trainer, totals, batch, loss, correct, err);
 }
 
 /* A valid batch, and the slab laid out for the current frozen set. */
@@ -811,10 +844,7 @@ static int prepare_step(fr_trainer *trainer, const void *x, const void *targets,
 static int finish_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
                        fr_error *err) {
     int status = total_loss(trainer, batch, loss, correct, err);
-    if (status == FR_OK && !isfinite(*loss))
-        status = fr_fail(err, FR_ENONFINITE, "the loss is %g at step %ld", *loss,
-                         trainer->steps_done + 1);
-    return status;
+    return status == FR_OK ? check_finite_loss(trainer, *loss, err) : status;
 }
 
 /*
@@ -841,25 +871,33 @@ static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch
 #pragma omp barrier
         size_t begin, end;
         chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
-        if (status == FR_OK)
+        if (status == FR_OK) {
+            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
             reduce_and_update(trainer, begin, end);
+            fr_trace_add(t, "slab", "reduce+update", -1, t0, 0);
+        }
     }
     return status;
 }
 
 /*
- * Several ranks: backward runs layer by layer in step on every thread; when it
- * has passed the layer that completes a bucket, the threads sum that bucket of
- * their slabs into replica 0's and the main thread starts its nonblocking
- * allreduce while backward goes on.  The optimizer then takes the buckets in
- * order, each as soon as its allreduce is done.  Only the main thread calls
- * MPI (MPI_THREAD_FUNNELED); every thread meets every barrier.
+ * Several ranks: the step's loss totals go to the communication thread as
+ * soon as forward is done (ticket 0).  Backward runs layer by layer in step
+ * on every thread; when it has passed the layer that completes a bucket, the
+ * threads sum that bucket of their slabs into replica 0's and the main thread
+ * hands it to the communication thread (allreduce.c), which sends it while
+ * backward goes on.  The optimizer then takes the buckets in order, each as
+ * soon as its sum is back.  The workers never call MPI themselves; every
+ * thread meets every barrier.
  */
 static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
                            long *correct, fr_error *err) {
     int rank_first, rank_rows, status = FR_OK;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
     float *reduced = trainer->replicas[0].slab;
+    bool bf16 = trainer->config.grad_dtype == FR_GRAD_BF16;
+    size_t wire_element = bf16 ? sizeof(uint16_t) : sizeof(float);
+    double *totals = trainer->loss_totals;
 #pragma omp parallel num_threads(trainer->threads)
     {
         int t = omp_get_thread_num(), first, rows;
@@ -867,6 +905,13 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
         first += rank_first;
         replica *r = &trainer->replicas[t];
         bool active = replica_forward(trainer, r, src, first, rows, batch, true);
+#pragma omp barrier
+#pragma omp master
+        {
+            local_loss_totals(trainer, totals);
+            if (fr_comm_start_sum_doubles(totals, LOSS_TOTALS, 0, err) != FR_OK)
+                status = err ? err->status : FR_ECOMM;
+        }
         float *dout = r->grad_a;
         int next = 0;
         for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--) {
@@ -875,36 +920,49 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
                 const bucket *b = &trainer->buckets[next];
                 size_t begin, end;
 #pragma omp barrier
+                double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
                 chunk_of(trainer, t, b->begin, b->end, &begin, &end);
                 reduce_range(trainer, reduced + begin, begin, end);
+                fr_trace_add(t, "bucket", "reduce", next, t0, 0);
 #pragma omp barrier
 #pragma omp master
                 {
-                    if (fr_comm_start_sum(reduced + b->begin, b->end - b->begin, next, err) != FR_OK)
+                    if (status == FR_OK &&
+                        fr_comm_start_sum(reduced + b->begin, b->end - b->begin, next + 1, bf16,
+                                          err) != FR_OK)
                         status = err ? err->status : FR_ECOMM;
-                    trainer->bytes_sent += (b->end - b->begin) * sizeof(float);
+                    trainer->bytes_sent += (b->end - b->begin) * wire_element;
                 }
                 next++;
             }
         }
-#pragma omp barrier
 #pragma omp master
         {
-            int loss_status = finish_loss(trainer, batch, loss, correct, err);
+            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+            if (fr_comm_finish_sum(0, err) != FR_OK && status == FR_OK)
+                status = err ? err->status : FR_ECOMM;
+            fr_trace_add(t, "loss", "wait", -1, t0, 0);
             if (status == FR_OK)
-                status = loss_status;
+                status = check_loss_totals(trainer, totals, batch, loss, correct, err);
+            if (status == FR_OK)
+                status = check_finite_loss(trainer, *loss, err);
         }
         for (int k = 0; k < trainer->bucket_count; k++) {
 #pragma omp master
             {
-                if (fr_comm_finish_sum(k, err) != FR_OK && status == FR_OK)
+                double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+                if (fr_comm_finish_sum(k + 1, err) != FR_OK && status == FR_OK)
                     status = err ? err->status : FR_ECOMM;
+                fr_trace_add(t, "bucket", "wait", k, t0, 0);
             }
 #pragma omp barrier
             size_t begin, end;
             chunk_of(trainer, t, trainer->buckets[k].begin, trainer->buckets[k].end, &begin, &end);
-            if (status == FR_OK)
+            if (status == FR_OK) {
+                double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
                 update_range(trainer, reduced + begin, begin, end);
+                fr_trace_add(t, "bucket", "update", k, t0, 0);
+            }
         }
     }
     return status;
@@ -915,6 +973,7 @@ static int run_step(fr_trainer *trainer, const batch_source *src, int batch, dou
     double step_loss = 0.0;
     long step_correct = 0;
     fr_error step_err = {0};
+    fr_trace_set_step(trainer->steps_done);
     int rc = fr_comm_size() == 1
                  ? step_one_rank(trainer, src, batch, &step_loss, &step_correct, &step_err)
                  : step_many_ranks(trainer, src, batch, &step_loss, &step_correct, &step_err);
@@ -1067,7 +1126,8 @@ size_t fr_trainer_optimizer_bytes(const fr_trainer *trainer) {
 }
 
 size_t fr_trainer_allreduce_bytes(const fr_trainer *trainer) {
-    return fr_model_trainable_numel(trainer->model) * sizeof(float);
+    size_t element = trainer->config.grad_dtype == FR_GRAD_BF16 ? sizeof(uint16_t) : sizeof(float);
+    return fr_model_trainable_numel(trainer->model) * element;
 }
 
 size_t fr_trainer_bytes_sent(const fr_trainer *trainer) { return trainer->bytes_sent; }

@@ -18,6 +18,8 @@ int main(int argc, char **argv) {
     if (rc == FR_OK)
         /* Ranks started with different flags must all stop together. */
         rc = fr_comm_agree(frost_parse_options(argc, argv, &opts, &err), &err);
+    if (rc == FR_OK)
+        fr_comm_set_timeout(opts.comm_timeout_s);
     if (rc == FR_OK && opts.help) {
         if (fr_comm_rank() == 0)
             frost_print_usage(opts.command);
@@ -31,6 +33,14 @@ int main(int argc, char **argv) {
             rc = frost_eval(&opts, &err);
         else
             rc = frost_inspect(&opts, &err);
+    }
+    if (rc == FR_ECOMMLOST) {
+        /* A rank or link is gone: the ranks still here cannot agree on
+         * anything, so each says what it saw and the job ends now. */
+        fflush(stdout);
+        fprintf(stderr, "frost: %s\n", err.msg);
+        fr_comm_abort(1);
+        return 1;
     }
     if (rc != FR_OK && fr_comm_rank() == 0) {
         fflush(stdout);

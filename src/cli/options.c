@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, RULE };
+enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE };
 
 /* Which commands take a flag. */
 enum { TRAIN = 1, EVAL = 2, INSPECT = 4 };
@@ -59,6 +59,9 @@ static const option_spec options[] = {
     {"--bucket-mb", DOUBLE, TRAIN, AT(train.bucket_mb), 0.001, 1e6, false},
     {"--cache-mb", DOUBLE, TRAIN, AT(train.cache_mb), 0, 1e9, false},
     {"--no-cache", FLAG, TRAIN, AT(no_cache), 0, 0, false},
+    {"--grad-dtype", GRAD_DTYPE, TRAIN, 0, 0, 0, false},
+    {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false},
+    {"--trace", TEXT, TRAIN, AT(trace), 0, 0, false},
 };
 
 static const option_spec *find_option(const char *name) {
@@ -123,6 +126,14 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
             opts->train.optimizer = FR_ADAMW;
         else
             return fr_fail(err, FR_EINVAL, "--optimizer '%s': expected sgd, adam or adamw", value);
+        return FR_OK;
+    case GRAD_DTYPE:
+        if (strcmp(value, "f32") == 0 || strcmp(value, "fp32") == 0 || strcmp(value, "float32") == 0)
+            opts->train.grad_dtype = FR_GRAD_F32;
+        else if (strcmp(value, "bf16") == 0 || strcmp(value, "bfloat16") == 0)
+            opts->train.grad_dtype = FR_GRAD_BF16;
+        else
+            return fr_fail(err, FR_EINVAL, "--grad-dtype '%s': expected f32 or bf16", value);
         return FR_OK;
     case LONG:
         if ((rc = parse_number(o, value, &number, true, err)) == FR_OK)
@@ -222,7 +233,7 @@ void frost_print_usage(const char *command) {
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
                "         [--allow-freeze-change] [--bucket-mb X] [--cache-mb X] [--no-cache]\n"
-               "         [--no-pin]\n"
+               "         [--no-pin] [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
                "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
@@ -233,12 +244,17 @@ void frost_print_usage(const char *command) {
                "  --bucket-mb sizes the allreduce buckets sent while backward runs (4).\n"
                "  --cache-mb bounds the frozen-prefix feature cache (a quarter of RAM);\n"
                "  --no-cache turns it off.\n"
+               "  --grad-dtype bf16 sends gradients between ranks as bfloat16 (half the bytes;\n"
+               "  summed and applied in float32).  --comm-timeout ends the job when a rank\n"
+               "  waits that long for another (a rank or link is down; 120 s).\n"
+               "  --trace writes a Chrome trace (Perfetto, chrome://tracing) of every layer's\n"
+               "  forward and backward per thread and every bucket's allreduce per rank.\n"
                "  Threads are pinned one per CPU of the process's affinity mask when it has\n"
                "  no spare CPUs (ranks of a node sharing a mask split it) unless --no-pin or\n"
                "  OMP_PROC_BIND/OMP_PLACES.\n");
     if (!command || strcmp(command, "eval") == 0)
         printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
-               "         [--batch-size B] [--threads T] [--no-pin]\n"
+               "         [--batch-size B] [--threads T] [--no-pin] [--comm-timeout S]\n"
                "  Loss and accuracy of the weights on the test set (t10k).\n");
     if (!command || strcmp(command, "inspect") == 0)
         printf("usage: frost inspect --model FILE|SPEC [--freeze P]... [--unfreeze P]...\n"

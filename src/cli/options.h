@@ -39,6 +39,8 @@ typedef struct frost_options {
     bool allow_freeze_change;
     bool no_cache;
     bool no_pin; /* leave thread placement to the OS (or OMP_PROC_BIND) */
+    double comm_timeout_s; /* 0: the library's default */
+    const char *trace;     /* Chrome trace-event file */
     long log_every;
     bool help;
 } frost_options;

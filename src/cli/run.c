@@ -37,6 +37,9 @@ static double peak_rss_mb(void) {
 
 static bool is_root(void) { return fr_comm_rank() == 0; }
 
+/* Events kept per thread for --trace (56 bytes each): a few thousand steps. */
+#define TRACE_EVENTS_MAX ((size_t)1 << 18)
+
 /* ---------------------------------------------------------------- setup */
 
 static int load_model(const frost_options *opts, fr_model **out, fr_error *err) {
@@ -346,6 +349,8 @@ static int setup_training(training_run *run, fr_error *err) {
                 local = check_output_path("--metrics", opts->metrics, err);
             if (local == FR_OK)
                 local = check_output_path("--checkpoint", opts->checkpoint, err);
+            if (local == FR_OK)
+                local = check_output_path("--trace", opts->trace, err);
         }
         rc = fr_comm_agree(local, err);
     }
@@ -515,11 +520,29 @@ static int explain_nonfinite(training_run *run, fr_error *err) {
     return FR_ENONFINITE;
 }
 
+/* Room for every event of the run, up to a bound: one forward and one
+ * backward per layer, and a few per bucket, each step. */
+static int start_trace(training_run *run, fr_error *err) {
+    const frost_options *opts = run->opts;
+    long steps = run_steps(opts, fr_dataset_size(run->train)) - fr_trainer_steps_done(run->trainer);
+    size_t per_step = 2 * fr_model_layer_count(run->model) + 64;
+    size_t events = steps > 0 ? (size_t)steps * per_step : per_step;
+    if (events > TRACE_EVENTS_MAX)
+        events = TRACE_EVENTS_MAX;
+    return fr_trace_start(fr_trainer_threads(run->trainer), events, err);
+}
+
 int frost_train(const frost_options *opts, fr_error *err) {
     training_run run = {.opts = opts};
     int rc = setup_training(&run, err);
     if (rc == FR_OK && opts->resume)
         rc = resume(&run, err);
+    if (rc != FR_OK) {
+        free_run(&run);
+        return rc;
+    }
+    if (rc == FR_OK && opts->trace)
+        rc = start_trace(&run, err);
     if (rc != FR_OK) {
         free_run(&run);
         return rc;
@@ -576,6 +599,9 @@ int frost_train(const frost_options *opts, fr_error *err) {
             rc = save_checkpoint(&run, step / epoch_steps, step % epoch_steps, err);
     }
     double elapsed = now_seconds() - p.start;
+    if (rc == FR_OK && opts->trace)
+        rc = fr_trace_write(opts->trace, err);
+    fr_trace_stop();
     if (rc == FR_OK)
         rc = verify_frozen(&run, err);
     if (rc == FR_OK && opts->checkpoint)
@@ -603,7 +629,8 @@ int frost_train(const frost_options *opts, fr_error *err) {
                               &test_accuracy, err);
     if (rc == FR_OK && is_root() && opts->save)
         rc = fr_model_save_weights(run.model, opts->save, err);
-    rc = fr_comm_agree(rc, err);
+    if (rc != FR_ECOMMLOST)
+        rc = fr_comm_agree(rc, err);
     if (rc == FR_OK && is_root())
         rc = close_metrics(&run, err);
     if (rc == FR_OK && is_root()) {

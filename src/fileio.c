@@ -1,0 +1,94 @@
+/*
+ * fileio.c - the library's one atomic file writer.
+ *
+ * Every file frost writes (weights, checkpoints, traces) is written to
+ * PATH.tmp.PID beside PATH, synced and renamed over PATH, then the directory is
+ * synced: a crash or a full disk leaves either the old file or the new one,
+ * never a partial one.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A rename is durable only once its directory is on disk.  Failing here loses
+ * durability, not data, so it is not reported. */
+static void sync_parent_directory(const char *path) {
+    const char *slash = strrchr(path, '/');
+    size_t length = !slash ? 1 : slash == path ? 1 : (size_t)(slash - path);
+    char *directory = malloc(length + 1);
+    if (!directory)
+        return;
+    if (!slash)
+        memcpy(directory, ".", 2);
+    else if (slash == path)
+        memcpy(directory, "/", 2);
+    else {
+        memcpy(directory, path, length);
+        directory[length] = '\0';
+    }
+    int fd = open(directory, O_RDONLY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(directory);
+}
+
+int fr_write_atomic(const char *path, bool (*write_contents)(FILE *stream, void *context),
+                    void *context, fr_error *err) {
+    size_t temp_size = strlen(path) + 32;
+    char *temp_path = malloc(temp_size);
+    if (!temp_path)
+        return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+    snprintf(temp_path, temp_size, "%s.tmp.%ld", path, (long)getpid());
+
+    int status = FR_OK;
+    FILE *stream = fopen(temp_path, "wb");
+    if (!stream) {
+        status = fr_fail(err, FR_EIO, "%s: cannot create the temporary file %s: %s", path,
+                         temp_path, strerror(errno));
+        free(temp_path);
+        return status;
+    }
+    errno = 0;
+    bool written = write_contents(stream, context) && fflush(stream) == 0 &&
+                   fsync(fileno(stream)) == 0;
+    int write_errno = errno;
+    if (fclose(stream) != 0 && written) {
+        written = false;
+        write_errno = errno;
+    }
+    if (!written) {
+        status = fr_fail(err, FR_EIO, "%s: cannot write: %s", path,
+                         strerror(write_errno ? write_errno : EIO));
+        remove(temp_path);
+    } else if (rename(temp_path, path) != 0) {
+        status = fr_fail(err, FR_EIO, "%s: cannot replace it with %s: %s", path, temp_path,
+                         strerror(errno));
+        remove(temp_path);
+    } else {
+        sync_parent_directory(path);
+    }
+    free(temp_path);
+    return status;
+}
+
+typedef struct bytes_to_write {
+    const void *data;
+    size_t length;
+} bytes_to_write;
+
+static bool write_bytes(FILE *stream, void *context) {
+    const bytes_to_write *b = context;
+    return b->length == 0 || fwrite(b->data, 1, b->length, stream) == b->length;
+}
+
+int fr_write_file_atomic(const char *path, const void *data, size_t length, fr_error *err) {
+    bytes_to_write b = {data, length};
+    return fr_write_atomic(path, write_bytes, &b, err);
+}

@@ -1,0 +1,137 @@
+/*
+ * test_allreduce.c - frost's gradient allreduce (src/allreduce.c) on the
+ * ranks it is started as: tests/mpi_allreduce.sh runs it with 2, 3 and 4.
+ *
+ * Sums of small whole numbers are exact in float32 (and in bfloat16 when they
+ * are small enough), so the ring's result can be compared with the exact sum
+ * bit for bit, whatever order it adds in; on random values every rank must
+ * end with the same bits.  Rank 0 prints the TAP lines (the plan is the
+ * script's); every check is decided by all ranks together.
+ */
+#include "config.h"
+
+#include <mpi.h>
+#define FR_HAVE_MPI_TYPES
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int rank, size, failures;
+
+/* One TAP line from rank 0, true only if it holds on every rank. */
+static void check(int holds, const char *what, size_t count, const char *dtype) {
+    int all = holds;
+    MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (!all)
+        failures++;
+    if (rank == 0)
+        printf("%sok - %d ranks, %zu %s values: %s\n", all ? "" : "not ", size, count, dtype, what);
+    fflush(stdout);
+}
+
+static int sum(float *buf, size_t count, bool bf16) {
+    fr_error err = {0};
+    int rc = fr_comm_start_sum(buf, count, 0, bf16, &err);
+    if (rc == FR_OK)
+        rc = fr_comm_finish_sum(0, &err);
+    if (rc != FR_OK)
+        fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+    return rc;
+}
+
+/* Rank r holds (r + 1) * (i % 7 - 3): the sum over ranks is exact. */
+static void exact_sums(size_t count, bool bf16) {
+    float *buf = malloc((count ? count : 1) * sizeof *buf);
+    for (size_t i = 0; i < count; i++)
+        buf[i] = (float)((rank + 1) * ((int)(i % 7) - 3));
+    int ok = sum(buf, count, bf16) == FR_OK;
+    int weight = size * (size + 1) / 2;
+    for (size_t i = 0; ok && i < count; i++)
+        ok = buf[i] == (float)(weight * ((int)(i % 7) - 3));
+    check(ok, "every value is the exact sum over the ranks", count, bf16 ? "bf16" : "f32");
+    free(buf);
+}
+
+/* Random values: every rank must end with the same bits. */
+static void same_bits(size_t count, bool bf16) {
+    float *buf = malloc((count ? count : 1) * sizeof *buf);
+    fr_rng rng;
+    fr_rng_seed(&rng, 1234 + (uint64_t)rank);
+    for (size_t i = 0; i < count; i++)
+        buf[i] = fr_rng_uniform(&rng) - 0.5f;
+    int ok = sum(buf, count, bf16) == FR_OK;
+    uint64_t mine = fr_hash_bytes(FR_HASH_INIT, buf, count * sizeof *buf), first = mine;
+    MPI_Bcast(&first, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    check(ok && mine == first, "random values: every rank ends with the same bits", count,
+          bf16 ? "bf16" : "f32");
+    free(buf);
+}
+
+/* bfloat16 keeps the float32 sum to within its rounding (2^-8 relative per
+ * rounding, at most one per rank and one for the result). */
+static void bf16_close(size_t count) {
+    float *buf = malloc(count * sizeof *buf), *exact = malloc(count * sizeof *exact);
+    fr_rng rng;
+    fr_rng_seed(&rng, 99 + (uint64_t)rank);
+    for (size_t i = 0; i < count; i++)
+        exact[i] = buf[i] = 0.5f + fr_rng_uniform(&rng); /* positive: no cancellation */
+    MPI_Allreduce(MPI_IN_PLACE, exact, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    int ok = sum(buf, count, true) == FR_OK;
+    double worst = 0.0;
+    for (size_t i = 0; i < count; i++)
+        worst = fmax(worst, fabs(buf[i] - exact[i]) / exact[i]);
+    ok = ok && worst <= (size + 1) * ldexp(1.0, -8);
+    char what[128];
+    snprintf(what, sizeof what, "within bfloat16 rounding of the float32 sum (worst %.2g)", worst);
+    check(ok, what, count, "bf16");
+    free(buf);
+    free(exact);
+}
+
+static void rounding(void) {
+    /* Round to nearest, ties to even, on the 16 bits kept. */
+    uint32_t cases[][2] = {
+        {0x3f800000u, 0x3f80u}, /* 1.0 */
+        {0x3f808000u, 0x3f80u}, /* tie, even stays */
+        {0x3f818000u, 0x3f82u}, /* tie, odd rounds up */
+        {0x3f808001u, 0x3f81u}, /* above the tie */
+        {0x7f7fffffu, 0x7f80u}, /* the largest float rounds to infinity */
+        {0xff800000u, 0xff80u}, /* -infinity */
+    };
+    int ok = 1;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        float value;
+        memcpy(&value, &cases[i][0], sizeof value);
+        ok = ok && fr_to_bf16(value) == cases[i][1];
+    }
+    check(ok, "float32 -> bfloat16 rounds to nearest even", 6, "f32");
+    float nan_value = NAN;
+    check(isnan(fr_from_bf16(fr_to_bf16(nan_value))) && fr_from_bf16(0x3f80u) == 1.0f,
+          "a NaN stays NaN; bfloat16 -> float32 is exact", 2, "bf16");
+}
+
+int main(int argc, char **argv) {
+    fr_error err = {0};
+    if (fr_comm_init(&argc, &argv, &err) != FR_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    rank = fr_comm_rank();
+    size = fr_comm_size();
+    /* Below, at and above the two-rank exchange (16,384 floats), fewer
+     * values than ranks, several chunks per segment, odd lengths. */
+    const size_t counts[] = {0, 1, 3, 5, 1000, 16384, 16385, 100003, 300001};
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        exact_sums(counts[i], false);
+        exact_sums(counts[i], true);
+        same_bits(counts[i], false);
+        same_bits(counts[i], true);
+    }
+    bf16_close(70001);
+    rounding();
+    fr_comm_finalize();
+    return failures ? 1 : 0;
+}
