@@ -540,27 +540,38 @@ static void forward(const fr_trainer *trainer, replica *r, const float *x, int r
     }
 }
 
-/* The backward of layer i, from *dout; on return *dout is the gradient the
- * layer below needs (NULL at the first trainable layer, where backward stops:
- * nothing is computed for the frozen prefix). */
+/* What a layer's backward computes: its parameters' gradients, the
+ * gradient for the layer below, or both. */
+enum { GRAD_WEIGHTS = 1, GRAD_INPUT = 2, GRAD_BOTH = 3 };
+
+/* The backward of layer i, from *dout; after the GRAD_INPUT part *dout is
+ * the gradient the layer below needs (NULL at the first trainable layer,
+ * where backward stops: nothing is computed for the frozen prefix). */
 static void backward_layer(const fr_trainer *trainer, replica *r, const float *x, int rows, int i,
-                           float **dout) {
+                           float **dout, int parts) {
     const fr_model *model = trainer->model;
     const fr_layer *l = &model->layers[i];
     if (l->ops->alias)
         return; /* same memory, same gradient */
-    float *din = i > trainer->first_trainable ? (*dout == r->grad_a ? r->grad_b : r->grad_a) : NULL;
-    float *dweight = NULL, *dbias = NULL;
-    if (l->weight >= 0 && model->params[l->weight].requires_grad && !trainer->split_weight[i])
+    float *din = NULL, *dweight = NULL, *dbias = NULL;
+    if ((parts & GRAD_INPUT) && i > trainer->first_trainable)
+        din = *dout == r->grad_a ? r->grad_b : r->grad_a;
+    if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad &&
+        !trainer->split_weight[i])
         dweight = r->slab + model->params[l->weight].slab_offset;
-    if (l->bias >= 0 && model->params[l->bias].requires_grad)
+    if ((parts & GRAD_WEIGHTS) && l->bias >= 0 && model->params[l->bias].requires_grad)
         dbias = r->slab + model->params[l->bias].slab_offset;
-    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-    l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), *dout, din,
-                     dweight, dbias, rows, r->scratch[i]);
-    fr_trace_add(omp_get_thread_num(), l->name, "backward", -1, t0, 0);
-    r->backward_calls[i]++;
-    *dout = din;
+    if (parts & GRAD_WEIGHTS)
+        r->backward_calls[i]++;
+    if (din || dweight || dbias || parts == GRAD_BOTH) {
+        double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+        l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), *dout,
+                         din, dweight, dbias, rows, r->scratch[i]);
+        fr_trace_add(omp_get_thread_num(), l->name, parts == GRAD_INPUT ? "input-grad" : "backward",
+                     -1, t0, 0);
+    }
+    if (parts & GRAD_INPUT)
+        *dout = din;
 }
 
 static const void *target_rows(const fr_trainer *trainer, const void *targets, int first) {
@@ -684,11 +695,13 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t) {
  * meet again before any of them overwrites that gradient with the next
  * layer's.
  */
-static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, float **dout) {
-    r->layer_dout = active ? *dout : NULL;
+static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, float **dout,
+                             int parts) {
+    if (parts & GRAD_WEIGHTS)
+        r->layer_dout = active ? *dout : NULL;
     if (active)
-        backward_layer(trainer, r, r->x, r->step_rows, i, dout);
-    if (trainer->split_weight[i]) {
+        backward_layer(trainer, r, r->x, r->step_rows, i, dout, parts);
+    if (trainer->split_weight[i] && (parts & GRAD_WEIGHTS)) {
 #pragma omp barrier
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         split_weight_grad(trainer, i, omp_get_thread_num());
@@ -867,7 +880,7 @@ static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch
         float *dout = r->grad_a;
         for (int i = trainer->model->layer_count - 1;
              status == FR_OK && i >= trainer->first_trainable; i--)
-            backward_in_step(trainer, r, active, i, &dout);
+            backward_in_step(trainer, r, active, i, &dout, GRAD_BOTH);
 #pragma omp barrier
         size_t begin, end;
         chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
@@ -915,7 +928,11 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
         float *dout = r->grad_a;
         int next = 0;
         for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--) {
-            backward_in_step(trainer, r, active, i, &dout);
+            /* A layer that completes a bucket computes its parameters'
+             * gradients first, so the bucket leaves before the (as costly)
+             * gradient for the layer below is computed. */
+            bool closes = next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i;
+            backward_in_step(trainer, r, active, i, &dout, closes ? GRAD_WEIGHTS : GRAD_BOTH);
             while (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
                 const bucket *b = &trainer->buckets[next];
                 size_t begin, end;
@@ -935,6 +952,8 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
                 }
                 next++;
             }
+            if (closes)
+                backward_in_step(trainer, r, active, i, &dout, GRAD_INPUT);
         }
 #pragma omp master
         {
