@@ -262,8 +262,10 @@ run_row() {
 
 rows=$(printf '%s\n' "$TABLE" | grep -Ev '^[[:space:]]*(#|$)' | wc -l)
 diag "$rows rows"
+rows_run=0
 while IFS= read -r line; do
     case $line in '' | '#'*) continue ;; esac
+    rows_run=$((rows_run + 1))
     desc=$(trim "${line%%|*}") rest=${line#*|}
     pattern=$(trim "${rest%%|*}") rest=${rest#*|}
     setup=$(trim "${rest%%|*}") args=$(trim "${rest#*|}")
@@ -271,6 +273,9 @@ while IFS= read -r line; do
 done <<EOF
 $TABLE
 EOF
+# The plan is counted at the end here, so a loop that stopped early would pass.
+[ "$rows" -gt 0 ] && [ "$rows_run" -eq "$rows" ]
+ok $? "all $rows rows of the table ran ($rows_run)"
 
 # The NaN/Inf rows gave an existing --checkpoint: it must be the same file.
 [ "$(cksum < "$KEEP/ck.safetensors")" = "$keep_sum" ]

@@ -718,6 +718,7 @@ static void test_write_failures(void) {
 }
 
 int main(void) {
+    tap_plan(111); /* every check below, counted: fewer or more fails the test */
     snprintf(test_dir, sizeof test_dir, "/tmp/frost-safetensors-XXXXXX");
     if (!mkdtemp(test_dir)) {
         printf("Bail out! mkdtemp: %s\n", strerror(errno));

@@ -431,6 +431,7 @@ static void test_load(void) {
 }
 
 int main(void) {
+    tap_plan(132); /* every check below, counted: fewer or more fails the test */
     size_t bytes_before = fr_allocated_bytes();
     test_design_example();
     test_index_names();
