@@ -120,7 +120,12 @@ static int add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
     l->in = output_shape(model);
     l->weight = l->bias = -1;
     fr_error shape_err = {0};
-    if (ops->infer_shape(l, &shape_err) != FR_OK) {
+    int shape_status = ops->infer_shape(l, &shape_err);
+    if (shape_status != FR_OK) {
+        /* Only a shape that does not fit (FR_ESHAPE) is about what comes in;
+         * arguments wrong on their own (too many weights) are the layer's alone. */
+        if (shape_status != FR_ESHAPE)
+            return fr_fail(err, shape_status, "%s", shape_err.msg);
         char in[48];
         shape_string(l->in, in, sizeof in);
         if (model->layer_count == 0)

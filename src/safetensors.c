@@ -8,15 +8,24 @@
  *    "fc1.weight":{"dtype":"F32","shape":[128,9216],"data_offsets":[0,4718592]}, ...}
  * data_offsets are [begin, end) byte offsets into the data section.
  *
- * Files come from users and from other programs, so the reader trusts nothing:
- * the header length is checked against the file size before anything is
- * allocated, the JSON parser is strict and accepts only the values the format
- * uses, and every tensor's offsets are checked against its shape, the data
- * section and the other tensors.  Every failure is one line naming the file.
+ * Files come from users and from other programs, so the reader trusts nothing.
+ * What is a valid file is what the reference reader (huggingface/safetensors,
+ * SafeTensors::deserialize) accepts: the header length checked against the
+ * file size and the 100 MB limit before anything is allocated; the header
+ * UTF-8 JSON, whitespace allowed before and after the object; tensors listed
+ * in any order, keys of a tensor entry other than dtype, shape and
+ * data_offsets ignored, "__metadata__" an object of strings or null; each
+ * tensor's bytes equal to its element count x 4; and the tensors, in offset
+ * order, tiling the data section exactly (no overlap, no hole, nothing after
+ * the last).  frost is stricter in four ways, each refused with its reason: a
+ * name or key given twice (the reference keeps the last; two readers could see
+ * two different files), dtypes other than F32, more than FR_MAX_DIMS
+ * dimensions or names over 127 bytes, and NUL characters in strings.
+ * Every failure is one line naming the file and the problem.
  *
  * The whole file is read into one buffer, placed so that the data section
- * starts FR_ALIGN-aligned; tensors then point straight into it (copied only in
- * the odd file whose offsets are not multiples of 4).
+ * starts FR_ALIGN-aligned; the tensors then point straight into it (tiling
+ * from 0 with 4-byte elements keeps each of them float-aligned).
  *
  * The writer produces what the reference implementation produces: the header
  * padded with spaces to a multiple of 8 bytes, "__metadata__" first, tensors in
@@ -53,7 +62,6 @@
 typedef struct st_file_storage {
     fr_st_file file;
     unsigned char *allocation; /* file.bytes lies a few bytes into it */
-    float *realigned;          /* copies of tensors whose offsets are not 4-aligned */
     int tensor_capacity, meta_capacity;
 } st_file_storage;
 
@@ -346,10 +354,15 @@ static int parse_string(header_parser *p, char **out, size_t *out_length) {
     return FR_OK;
 }
 
-/* A JSON number that must be an integer fitting int64. */
-static int parse_integer(header_parser *p, int64_t *value) {
-    bool negative = peek(p) == '-';
-    if (negative)
+/*
+ * A JSON number that must be a non-negative integer fitting int64: shapes and
+ * offsets are unsigned in the format.  `*negative` tells a leading '-' (even
+ * "-0", which the reference reads as a float and refuses) so the caller can
+ * say which value was negative.
+ */
+static int parse_integer(header_parser *p, int64_t *value, bool *negative) {
+    *negative = peek(p) == '-';
+    if (*negative)
         p->pos++;
     int c = peek(p);
     if (c < '0' || c > '9')
@@ -361,7 +374,9 @@ static int parse_integer(header_parser *p, int64_t *value) {
         while ((c = peek(p)) >= '0' && c <= '9') {
             unsigned digit = (unsigned)(c - '0');
             if (magnitude > ((uint64_t)INT64_MAX - digit) / 10)
-                return syntax_error(p, "integer too large");
+                return fr_fail(p->err, FR_EFORMAT,
+                               "%s: the integer at byte %zu of the header is too large "
+                               "(over 2^63 - 1)", p->path, p->pos);
             magnitude = magnitude * 10 + digit;
             p->pos++;
         }
@@ -371,7 +386,7 @@ static int parse_integer(header_parser *p, int64_t *value) {
         return syntax_error(p, "expected an integer, not a fraction or exponent");
     if (c >= '0' && c <= '9')
         return syntax_error(p, "leading zeros are not allowed");
-    *value = negative ? -(int64_t)magnitude : (int64_t)magnitude;
+    *value = *negative ? -(int64_t)magnitude : (int64_t)magnitude;
     return FR_OK;
 }
 
@@ -433,6 +448,100 @@ static int next_array_element(header_parser *p, bool *first, bool *done) {
     return FR_OK;
 }
 
+/* Consumes `word` (true, false or null) or fails. */
+static int parse_literal(header_parser *p, const char *word) {
+    size_t length = strlen(word);
+    if (p->length - p->pos < length || memcmp(p->text + p->pos, word, length) != 0)
+        return syntax_error(p, "expected a value");
+    p->pos += length;
+    return FR_OK;
+}
+
+static void skip_digits(header_parser *p) {
+    int c;
+    while ((c = peek(p)) >= '0' && c <= '9')
+        p->pos++;
+}
+
+/* Any JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int skip_number(header_parser *p) {
+    if (peek(p) == '-')
+        p->pos++;
+    int c = peek(p);
+    if (c < '0' || c > '9')
+        return syntax_error(p, "expected a value");
+    p->pos++;
+    if (c != '0')
+        skip_digits(p);
+    else if ((c = peek(p)) >= '0' && c <= '9')
+        return syntax_error(p, "leading zeros are not allowed");
+    if (peek(p) == '.') {
+        p->pos++;
+        if ((c = peek(p)) < '0' || c > '9')
+            return syntax_error(p, "expected a digit after '.'");
+        skip_digits(p);
+    }
+    if ((c = peek(p)) == 'e' || c == 'E') {
+        p->pos++;
+        if ((c = peek(p)) == '+' || c == '-')
+            p->pos++;
+        if ((c = peek(p)) < '0' || c > '9')
+            return syntax_error(p, "expected a digit in the exponent");
+        skip_digits(p);
+    }
+    return FR_OK;
+}
+
+/* serde_json, the reference's parser, refuses deeper nesting; so do we,
+ * which also bounds the recursion below. */
+#define JSON_DEPTH_LIMIT 128
+
+/*
+ * Checks and passes over one JSON value of any kind.  The reference ignores
+ * keys it does not know inside a tensor entry, so a file may carry anything
+ * there, but it must still be valid JSON.
+ */
+static int skip_value(header_parser *p, int depth) {
+    if (depth > JSON_DEPTH_LIMIT)
+        return syntax_error(p, "values nested too deeply");
+    skip_whitespace(p);
+    int c = peek(p), status = FR_OK;
+    bool first = true, done = false;
+    if (c == '{') {
+        p->pos++;
+        while (status == FR_OK) {
+            char *key;
+            size_t key_length;
+            if ((status = next_object_key(p, &first, &key, &key_length, &done)) != FR_OK || done)
+                break;
+            fr_free(key);
+            status = skip_value(p, depth + 1);
+        }
+        return status;
+    }
+    if (c == '[') {
+        p->pos++;
+        while ((status = next_array_element(p, &first, &done)) == FR_OK && !done)
+            if ((status = skip_value(p, depth + 1)) != FR_OK)
+                break;
+        return status;
+    }
+    if (c == '"') {
+        char *text;
+        size_t text_length;
+        if ((status = parse_string(p, &text, &text_length)) == FR_OK)
+            fr_free(text);
+        return status;
+    }
+    if (c == 't')
+        return parse_literal(p, "true");
+    if (c == 'f')
+        return parse_literal(p, "false");
+    if (c == 'n')
+        return parse_literal(p, "null");
+    return skip_number(p);
+}
+
 static int tensor_error(header_parser *p, const char *problem) {
     return fr_fail(p->err, FR_EFORMAT, "%s: tensor '%s': %s", p->path, p->tensor_shown, problem);
 }
@@ -452,12 +561,13 @@ static int parse_shape(header_parser *p, fr_st_tensor *tensor) {
                            "%s: tensor '%s' has more than %d dimensions, the most frost supports",
                            p->path, p->tensor_shown, FR_MAX_DIMS);
         int64_t dim;
-        if ((status = parse_integer(p, &dim)) != FR_OK)
+        bool negative;
+        if ((status = parse_integer(p, &dim, &negative)) != FR_OK)
             return status;
-        if (dim < 0)
+        if (negative)
             return fr_fail(p->err, FR_EFORMAT,
-                           "%s: tensor '%s' has a negative dimension (%" PRId64 ") in its shape",
-                           p->path, p->tensor_shown, dim);
+                           "%s: tensor '%s' has a negative dimension (-%" PRId64 ") in its shape",
+                           p->path, p->tensor_shown, -dim);
         tensor->shape[tensor->ndim++] = dim;
     }
 }
@@ -477,9 +587,10 @@ static int parse_offsets(header_parser *p, int64_t offsets[2]) {
         if (done)
             return count == 2 ? FR_OK : tensor_error(p, wrong);
         int64_t offset;
-        if ((status = parse_integer(p, &offset)) != FR_OK)
+        bool negative;
+        if ((status = parse_integer(p, &offset, &negative)) != FR_OK)
             return status;
-        if (offset < 0 || count == 2)
+        if (negative || count == 2)
             return tensor_error(p, wrong);
         offsets[count++] = offset;
     }
@@ -515,8 +626,6 @@ static int check_tensor_extent(header_parser *p, fr_st_tensor *tensor, const int
 static int parse_tensor(header_parser *p, const char *name, size_t name_length) {
     st_file_storage *storage = p->storage;
     fr_st_file *file = &storage->file;
-    if (name_length == 0)
-        return fr_fail(p->err, FR_EFORMAT, "%s: a tensor has an empty name", p->path);
     if (name_length > TENSOR_NAME_LIMIT)
         return fr_fail(p->err, FR_EFORMAT, "%s: tensor name '%.40s...' is longer than %d bytes",
                        p->path, fr_printable(name, p->tensor_shown, sizeof p->tensor_shown),
@@ -569,13 +678,13 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
         } else if (strcmp(key, "data_offsets") == 0 && !seen_offsets) {
             seen_offsets = true;
             status = parse_offsets(p, offsets);
+        } else if (!strcmp(key, "dtype") || !strcmp(key, "shape") ||
+                   !strcmp(key, "data_offsets")) {
+            status = fr_fail(p->err, FR_EFORMAT, "%s: tensor '%s': repeated key '%s'", p->path,
+                             p->tensor_shown, key);
         } else {
-            char shown[FR_NAME_MAX];
-            bool repeated = !strcmp(key, "dtype") || !strcmp(key, "shape") ||
-                            !strcmp(key, "data_offsets");
-            status = fr_fail(p->err, FR_EFORMAT, "%s: tensor '%s': %s key '%s'", p->path,
-                             p->tensor_shown, repeated ? "repeated" : "unexpected",
-                             fr_printable(key, shown, sizeof shown));
+            /* As the reference: other keys are ignored (their values must still be JSON). */
+            status = skip_value(p, 1);
         }
         fr_free(key);
     }
@@ -598,7 +707,7 @@ static int parse_metadata(header_parser *p) {
     fr_st_file *file = &storage->file;
     skip_whitespace(p);
     if (peek(p) != '{')
-        return fr_fail(p->err, FR_EFORMAT, "%s: __metadata__ must be an object of strings",
+        return fr_fail(p->err, FR_EFORMAT, "%s: __metadata__ must be an object of strings (or null)",
                        p->path);
     p->pos++;
     bool first = true, done = false;
@@ -646,9 +755,11 @@ static int parse_header(header_parser *p) {
         if (done)
             break;
         if (strcmp(key, "__metadata__") == 0) {
+            /* null is the reference's "no metadata". */
             status = seen_metadata ? fr_fail(p->err, FR_EFORMAT,
                                              "%s: __metadata__ appears twice in the header", p->path)
-                                   : parse_metadata(p);
+                     : peek(p) == 'n' ? parse_literal(p, "null")
+                                      : parse_metadata(p);
             seen_metadata = true;
         } else {
             status = parse_tensor(p, key, key_length);
@@ -700,66 +811,61 @@ static int compare_extents(const void *a, const void *b) {
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
-/* The format forbids tensors sharing bytes; gaps between them are tolerated. */
-static int check_no_overlap(header_parser *p) {
+/*
+ * The reference reader's rule: taken in order of their offsets, the tensors
+ * tile the data section exactly, the first at 0, each where the one before
+ * ends, the last at its end.  No overlap, no hole, nothing after: bytes no
+ * tensor owns could hide another file (a polyglot) that other readers see.
+ * Empty tensors take no bytes and may sit at any boundary.
+ */
+static int check_tiling(header_parser *p) {
     fr_st_file *file = &p->storage->file;
-    if (file->tensor_count < 2)
-        return FR_OK;
     qsort(p->extents, (size_t)file->tensor_count, sizeof *p->extents, compare_extents);
-    const tensor_extent *previous = NULL;
+    const tensor_extent *previous = NULL; /* the last tensor that took bytes */
+    uint64_t covered = 0;                 /* bytes [0, covered) are owned */
+    char first[FR_NAME_MAX * 2], second[FR_NAME_MAX * 2];
     for (int i = 0; i < file->tensor_count; i++) {
         const tensor_extent *extent = &p->extents[i];
-        if (extent->begin == extent->end)
-            continue; /* an empty tensor shares no bytes */
-        if (previous && extent->begin < previous->end) {
-            char first[FR_NAME_MAX * 2], second[FR_NAME_MAX * 2];
+        const char *name = fr_printable(file->tensors[extent->tensor].name, second, sizeof second);
+        if (extent->begin > covered)
+            return fr_fail(p->err, FR_EFORMAT,
+                           "%s: tensor '%s' [%" PRIu64 ", %" PRIu64 "] leaves bytes [%" PRIu64
+                           ", %" PRIu64 ") of the data section to no tensor",
+                           p->path, name, extent->begin, extent->end, covered, extent->begin);
+        if (extent->begin < covered)
             return fr_fail(p->err, FR_EFORMAT,
                            "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
                            ", %" PRIu64 "] overlap",
-                           p->path, fr_printable(file->tensors[previous->tensor].name, first, sizeof first),
-                           previous->begin, previous->end,
-                           fr_printable(file->tensors[extent->tensor].name, second, sizeof second),
-                           extent->begin, extent->end);
+                           p->path,
+                           fr_printable(file->tensors[previous->tensor].name, first, sizeof first),
+                           previous->begin, previous->end, name, extent->begin, extent->end);
+        if (extent->end > extent->begin) {
+            previous = extent;
+            covered = extent->end;
         }
-        previous = extent;
     }
+    if (covered != p->data_bytes)
+        return fr_fail(p->err, FR_EFORMAT,
+                       "%s: %" PRIu64 " byte%s after the last tensor's data belong%s to no "
+                       "tensor (data section %zu bytes, tensors end at %" PRIu64 ")",
+                       p->path, (uint64_t)p->data_bytes - covered,
+                       p->data_bytes - covered == 1 ? "" : "s",
+                       p->data_bytes - covered == 1 ? "s" : "", p->data_bytes, covered);
     return FR_OK;
 }
 
 /*
- * Points each tensor at its data.  The data section starts FR_ALIGN-aligned, so
- * a tensor whose offset is a multiple of 4 is used in place; any other (only a
- * file with odd gaps has one) is copied into aligned storage.
+ * Points each tensor at its data.  The data section starts FR_ALIGN-aligned and
+ * the tensors tile it from 0 in 4-byte elements, so every tensor is
+ * float-aligned where it lies and is used in place.
  */
-static int place_tensor_data(header_parser *p, const unsigned char *data_section) {
-    st_file_storage *storage = p->storage;
-    fr_st_file *file = &storage->file;
-    size_t realigned_bytes = 0;
+static void place_tensor_data(header_parser *p, const unsigned char *data_section) {
+    fr_st_file *file = &p->storage->file;
     for (int i = 0; i < file->tensor_count; i++) {
         const tensor_extent *extent = &p->extents[i];
-        if (extent->begin % FLOAT_BYTES != 0)
-            realigned_bytes += extent->end - extent->begin; /* no overflow: extents are disjoint */
+        file->tensors[extent->tensor].data =
+            (const float *)(const void *)(data_section + extent->begin);
     }
-    if (realigned_bytes) {
-        storage->realigned = fr_alloc(realigned_bytes);
-        if (!storage->realigned)
-            return out_of_memory(p);
-    }
-    float *next_copy = storage->realigned;
-    for (int i = 0; i < file->tensor_count; i++) {
-        const tensor_extent *extent = &p->extents[i];
-        fr_st_tensor *tensor = &file->tensors[extent->tensor];
-        if (extent->begin == extent->end) {
-            tensor->data = (const float *)data_section; /* never read; aligned and valid */
-        } else if (extent->begin % FLOAT_BYTES == 0) {
-            tensor->data = (const float *)(const void *)(data_section + extent->begin);
-        } else {
-            memcpy(next_copy, data_section + extent->begin, extent->end - extent->begin);
-            tensor->data = next_copy;
-            next_copy += tensor->numel;
-        }
-    }
-    return FR_OK;
 }
 
 /* --------------------------------------------------------------- read */
@@ -839,9 +945,9 @@ static int parse_and_check(st_file_storage *storage, const char *path, uint64_t 
     if (status == FR_OK)
         status = check_unique_names(&parser);
     if (status == FR_OK)
-        status = check_no_overlap(&parser);
+        status = check_tiling(&parser);
     if (status == FR_OK)
-        status = place_tensor_data(&parser, bytes + data_start);
+        place_tensor_data(&parser, bytes + data_start);
     fr_free(parser.extents);
     return status;
 }
@@ -884,7 +990,6 @@ void fr_st_free(fr_st_file *file) {
     fr_free(file->tensors);
     fr_free(file->path);
     fr_free(storage->allocation);
-    fr_free(storage->realigned);
     fr_free(storage);
 }
 

@@ -8,13 +8,32 @@ set -u
 : "${PYTHON3:=python3}"
 tap_n=0
 tap_failed=0
+tap_planned=
+# plan N: declares, before the first check, how many checks the test runs; a
+# test that stops early or a loop that runs fewer times than it should then
+# fails instead of passing with what it happened to count.
+plan() { tap_planned=$1; echo "1..$1"; }
 ok() { # ok CONDITION-EXIT-STATUS MESSAGE
     tap_n=$((tap_n + 1))
     if [ "$1" -eq 0 ]; then echo "ok $tap_n - $2"; else echo "not ok $tap_n - $2"; tap_failed=$((tap_failed + 1)); fi
 }
 skip() { tap_n=$((tap_n + 1)); echo "ok $tap_n # SKIP $1"; }
 diag() { echo "# $*"; }
-done_testing() { echo "1..$tap_n"; [ "$tap_failed" -eq 0 ]; exit $?; }
+# done_testing: exit 0 only if every check passed, as many as planned (without
+# a plan: at least one; the plan is then printed here).
+done_testing() {
+    if [ -n "$tap_planned" ]; then
+        if [ "$tap_n" -ne "$tap_planned" ]; then
+            diag "planned $tap_planned checks but ran $tap_n"
+            exit 1
+        fi
+    else
+        [ "$tap_n" -gt 0 ] || ok 1 "the test ran at least one check"
+        echo "1..$tap_n"
+    fi
+    [ "$tap_failed" -eq 0 ]
+    exit $?
+}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/frost-test.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 # make_idx DIR N [SEED] [CLASSES]: a small Fashion-MNIST-shaped dataset (28x28,

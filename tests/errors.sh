@@ -162,6 +162,7 @@ model with no layers         | empty\.txt: no layers                          | 
 inline model error           | --model:2: unknown layer kind 'bogus'          | -       | train --model 'fc1 = linear(784, 10); bogus' --data "$D" --save "$O/w.st"
 missing model file           | nothere\.txt: no such model file               | -       | train --model "$WORK/nothere.txt" --data "$D" --save "$O/w.st"
 shape mismatch names both layers and shapes | shape\.txt:3: fc1: linear\(100, 10\) .*5408.*'1' \(flatten\) | m_shape | train --model "$WORK/shape.txt" --data "$D" --save "$O/w.st"
+too many weights names that layer alone | --model:3: fc2: linear\(100000, 100000\) has too many weights$ | - | train --model 'fc1 = linear(784, 100000); relu; fc2 = linear(100000, 100000)' --data "$D" --save "$O/w.st"
 input shape vs first layer   | --model:2: conv1: conv2d\(1, 8, 3\) expects 1 input channels, got 3x28x28 | - | train --model 'input 3 28 28; conv1 = conv2d(1, 8, 3)' --data "$D"
 images of another size than the model input | bad/train-images-idx3-ubyte.gz: images have 196 values, the model's input takes 784 | d_small_images | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 freeze pattern matching nothing | --freeze pattern 'conv\*' matches no parameter | -   | train --model "$MLP" --data "$D" --freeze 'conv*' --save "$O/w.st"
@@ -262,8 +263,10 @@ run_row() {
 
 rows=$(printf '%s\n' "$TABLE" | grep -Ev '^[[:space:]]*(#|$)' | wc -l)
 diag "$rows rows"
+rows_run=0
 while IFS= read -r line; do
     case $line in '' | '#'*) continue ;; esac
+    rows_run=$((rows_run + 1))
     desc=$(trim "${line%%|*}") rest=${line#*|}
     pattern=$(trim "${rest%%|*}") rest=${rest#*|}
     setup=$(trim "${rest%%|*}") args=$(trim "${rest#*|}")
@@ -271,6 +274,9 @@ while IFS= read -r line; do
 done <<EOF
 $TABLE
 EOF
+# The plan is counted at the end here, so a loop that stopped early would pass.
+[ "$rows" -gt 0 ] && [ "$rows_run" -eq "$rows" ]
+ok $? "all $rows rows of the table ran ($rows_run)"
 
 # The NaN/Inf rows gave an existing --checkpoint: it must be the same file.
 [ "$(cksum < "$KEEP/ck.safetensors")" = "$keep_sum" ]

@@ -24,6 +24,9 @@ if [ -z "${MPIRUN:-}" ]; then
     exit 0
 fi
 
+# The checks are counted up front: the per-run lines come from reading
+# compare_runs.py's output, a loop that would pass silently if it read nothing.
+plan 128
 # tests/compare_runs.py REF INIT RUN... checks losses and weights of each run
 # against REF (see its docstring for the tolerances).
 layout_fixture

@@ -609,6 +609,7 @@ static void remove_temp_dir(void) {
 }
 
 int main(void) {
+    tap_plan(95); /* every check below, counted: fewer or more fails the test */
     snprintf(temp_dir, sizeof temp_dir, "/tmp/frost-test-idx-XXXXXX");
     if (!mkdtemp(temp_dir)) {
         perror("mkdtemp");

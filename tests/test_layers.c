@@ -416,8 +416,21 @@ static void test_relu(void) {
     tap_ok(r.out[0] == 0.0f && din[0] == 0.0f,
            "relu: at exactly 0 the output and the gradient are 0 (as PyTorch)");
     tap_ok(isnan(r.out[1]), "relu: NaN passes through, as in PyTorch");
+    /* Nothing wants the input gradient (relu first in the model): backward
+     * must then write nothing, not even into the buffers it reads. */
+    size_t in_bytes = r.in_count * sizeof(float), out_bytes = r.out_count * sizeof(float);
+    float *in_before = malloc(in_bytes), *out_before = malloc(out_bytes);
+    float *upstream_before = malloc(out_bytes);
+    memcpy(in_before, r.in, in_bytes);
+    memcpy(out_before, r.out, out_bytes);
+    memcpy(upstream_before, r.upstream, out_bytes);
     rig_backward(&r, NULL, NULL, NULL);
-    tap_ok(1, "relu: backward with din NULL is allowed");
+    tap_ok(memcmp(in_before, r.in, in_bytes) == 0 && memcmp(out_before, r.out, out_bytes) == 0 &&
+               memcmp(upstream_before, r.upstream, out_bytes) == 0,
+           "relu: backward with din NULL leaves its input, output and upstream gradient untouched");
+    free(in_before);
+    free(out_before);
+    free(upstream_before);
     free(din);
     rig_close(&r);
 }
@@ -603,6 +616,7 @@ static void test_shapes(void) {
 }
 
 int main(void) {
+    tap_plan(86); /* every check below, counted: fewer or more fails the test */
     test_linear();
     test_conv2d();
     test_relu();

@@ -268,6 +268,16 @@ static void test_errors(void) {
                 FR_ESHAPE, WANT("model.txt:3:", "fc1", "'conv1'", "9216"));
     check_error("an unnamed layer that does not fit", "linear(4, 3); linear(4, 2)", FR_ESHAPE,
                 WANT("model.txt:2:", "1: linear(4, 2)", "'0'"));
+    /* The layer's own arguments are wrong; what comes before it is fine, so
+     * the message says nothing about it. */
+    fr_model *model = NULL;
+    fr_error err = {0};
+    int rc = fr_model_parse("fc1 = linear(784, 100000)\nrelu\nfc2 = linear(100000, 100000)\n",
+                            "model.txt", &model, &err);
+    tap_ok(rc == FR_EINVAL && model == NULL &&
+               strcmp(err.msg, "model.txt:3: fc2: linear(100000, 100000) has too many weights") == 0,
+           "a linear with too many weights after layers that fit is refused naming only it: %s",
+           err.msg);
     check_error("an empty model", "", FR_EFORMAT, WANT("model.txt: no layers"));
     check_error("a model of comments", "# nothing\n\n  # still nothing\n;;", FR_EFORMAT,
                 WANT("model.txt: no layers"));
@@ -431,6 +441,7 @@ static void test_load(void) {
 }
 
 int main(void) {
+    tap_plan(133); /* every check below, counted: fewer or more fails the test */
     size_t bytes_before = fr_allocated_bytes();
     test_design_example();
     test_index_names();

@@ -12,6 +12,7 @@ mkdir -p "$DATA"
 make_idx "$DATA" 200 3
 MODEL='input 1 28 28; flatten; fc1 = linear(784, 32); relu; fc2 = linear(32, 16); relu; fc3 = linear(16, 10)'
 STEPS=5
+plan 5
 check() { # check FILE RANKS THREADS BUCKETS_PER_STEP
     "$PYTHON3" - "$@" <<'PY'
 import json, sys

@@ -129,8 +129,23 @@ def safetensors_seeds():
         metadata={"format": "pt", "frost.checkpoint": "1", "frost.step": "12",
                   "frost.optimizer": "sgd", "frost.frozen": "",
                   "frost.param_steps": "fc1.weight=12,fc1.bias=12,fc2.weight=12,fc2.bias=12"})
-    # Data not 4-byte aligned: the reader copies it into aligned storage.
-    seeds["unaligned.safetensors"] = small_weights(gaps=[2, 1, 0, 3])
+    # Holes before and between tensors: refused, as the reference's InvalidOffset.
+    seeds["gaps.safetensors"] = small_weights(gaps=[2, 1, 0, 3])
+    # Bytes after the last tensor (a polyglot file): refused, as the reference's
+    # MetadataIncompleteBuffer.
+    seeds["polyglot.safetensors"] = small_weights(metadata={"format": "pt"}) + b"<html></html>"
+    # Valid in the reference: keys a tensor entry does not need are ignored
+    # (any JSON value), __metadata__ may be null, whitespace may come first,
+    # tensors in any order, empty ones anywhere.
+    seeds["ignored_keys.safetensors"] = safetensors(
+        [("x", [1], [2.0])],
+        header_override='\t\n {"__metadata__":null,"x":{"note":[1,-2.5e+3,{"k":null},true,"s"],'
+                        '"dtype":"F32","shape":[1],"data_offsets":[0,4],"more":{}}}')
+    seeds["any_order.safetensors"] = safetensors(
+        [("a", [2], [1.0, 2.0]), ("b", [1], [3.0])],
+        header_override='{"e":{"dtype":"F32","shape":[0],"data_offsets":[12,12]},'
+                        '"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},'
+                        '"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}')
     seeds["unpadded.safetensors"] = small_weights(metadata={"format": "pt"}, pad=False)
     seeds["scalar_empty.safetensors"] = safetensors(
         [("s", [], [1.5]), ("e", [0], []), ("z", [2, 0, 3], []), ("m", [1, 1, 1, 2], [1.0, -2.0])],
