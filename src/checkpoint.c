@@ -34,7 +34,7 @@ static const char *optimizer_name(fr_optimizer_kind kind) {
     return kind == FR_ADAM ? "adam" : kind == FR_ADAMW ? "adamw" : "sgd";
 }
 
-/* The state names of a rule, in the order of fr_trainer_state's `which`. */
+/* The state names of a rule, in the order of fr_trainer_param_state's `which`. */
 static const char *state_name(const fr_train_config *config, int which) {
     if (config->optimizer == FR_SGD)
         return which == 0 ? "momentum" : NULL;
@@ -79,16 +79,14 @@ static void frozen_list(const fr_model *model, text *out) {
     }
 }
 
-static int check_state_finite(const fr_model *model, const float *state, const char *what,
+static int check_state_finite(fr_trainer *trainer, int which, const char *what,
                               const char *path, fr_error *err) {
-    if (!state)
-        return FR_OK;
+    const fr_model *model = fr_trainer_model(trainer);
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];
-        if (!p->requires_grad)
-            continue;
-        for (size_t j = 0; j < p->numel; j++)
-            if (!isfinite(state[p->slab_offset + j]))
+        const float *state = fr_trainer_param_state(trainer, which, i);
+        for (size_t j = 0; state && j < p->numel; j++)
+            if (!isfinite(state[j]))
                 return fr_fail(err, FR_ENONFINITE,
                                "%s: not written: the %s state of '%s' holds non-finite values", path,
                                what, p->name);
@@ -100,14 +98,18 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
                                int extra_count, fr_error *err) {
     fr_model *model = fr_trainer_model(trainer);
     const fr_train_config *config = fr_trainer_config(trainer);
-    int rc = fr_model_check_finite(model, err);
+    /* The frozen set may have changed since the last step: lay the state out
+     * for it first (parameters unfrozen since start with fresh state). */
+    int rc = fr_trainer_sync_plan(trainer, err);
+    if (rc != FR_OK)
+        return rc;
+    rc = fr_model_check_finite(model, err);
     if (rc != FR_OK) {
         fr_error_prefix(err, "%s: not written: ", path);
         return rc;
     }
     for (int which = 0; which < 2 && rc == FR_OK; which++)
-        rc = check_state_finite(model, fr_trainer_state(trainer, which), state_name(config, which),
-                                path, err);
+        rc = check_state_finite(trainer, which, state_name(config, which), path, err);
     if (rc != FR_OK)
         return rc;
 
@@ -138,12 +140,11 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
         snprintf(number, sizeof number, "=%ld", fr_trainer_param_steps(trainer)[i]);
         text_add(&steps, number);
         for (int which = 0; which < 2; which++) {
-            const float *state = fr_trainer_state(trainer, which);
+            const float *state = fr_trainer_param_state(trainer, which, i);
             if (!state)
                 continue;
             snprintf(names[count], sizeof names[count], "%s.%s", p->name, state_name(config, which));
-            tensors[count] = (fr_st_out){.name = names[count], .ndim = p->ndim,
-                                         .data = state + p->slab_offset};
+            tensors[count] = (fr_st_out){.name = names[count], .ndim = p->ndim, .data = state};
             for (int d = 0; d < p->ndim; d++)
                 tensors[count].shape[d] = p->shape[d];
             count++;
@@ -258,6 +259,11 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
     long step = 0;
     if (!optimizer || !frozen || !steps || parse_long(fr_st_meta_get(file, META_STEP), &step))
         return fr_fail(err, FR_EFORMAT, "%s: checkpoint metadata is incomplete or malformed", path);
+    /* The state is restored into the layout of the model's frozen set as it
+     * is now, which may differ from the trainer's last step. */
+    int rc = fr_trainer_sync_plan(trainer, err);
+    if (rc != FR_OK)
+        return rc;
     /* Another model's checkpoint: say so, before the frozen set or the
      * optimizer state are compared and give a less direct message. */
     for (int i = 0; i < model->param_count; i++) {
@@ -304,7 +310,7 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
         if (list_count(steps, p->name) < 0)
             return fr_fail(err, FR_EFORMAT, "%s: no optimizer step count for '%s'", path, p->name);
         for (int which = 0; which < 2; which++) {
-            if (!fr_trainer_state(trainer, which))
+            if (!fr_trainer_param_state(trainer, which, i))
                 continue;
             char name[FR_NAME_MAX * 2];
             snprintf(name, sizeof name, "%s.%s", p->name, state_name(config, which));
@@ -314,7 +320,7 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
                                path, name);
         }
     }
-    int rc = fr_model_copy_weights(model, file, err);
+    rc = fr_model_copy_weights(model, file, err);
     if (rc != FR_OK)
         return rc;
     long *param_steps = fr_trainer_param_steps(trainer);
@@ -325,10 +331,9 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
             continue;
         bool fresh = list_has(frozen, p->name); /* unfrozen since: new state */
         for (int which = 0; which < 2; which++) {
-            float *state = fr_trainer_state(trainer, which);
-            if (!state)
+            float *dst = fr_trainer_param_state(trainer, which, i);
+            if (!dst)
                 continue;
-            float *dst = state + p->slab_offset;
             if (fresh) {
                 memset(dst, 0, p->numel * sizeof(float));
                 continue;

@@ -93,14 +93,16 @@ static double seconds_now(void) {
 
 /*
  * Wait for a request by polling it.  Open MPI moves data over TCP only inside
- * MPI calls, so the waiter keeps calling; after a short spin it sleeps 50 us
- * between calls (the sockets' buffers keep the link busy meanwhile), so a
- * waiting thread leaves the cores to the threads computing.  A request that
- * has not completed after the timeout means a rank or its link is gone.
+ * MPI calls, so the waiter keeps calling; after a short spin it sleeps between
+ * calls, 20 us at first and twice as long each time up to 200 us (the
+ * sockets' buffers keep the link busy meanwhile), so a waiting thread leaves
+ * the cores to the threads computing.  A request that has not completed
+ * after the timeout means a rank or its link is gone.
  */
 int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err) {
-    const int spin_polls = 200;
-    const struct timespec pause = {0, 50000};
+    const int spin_polls = 50;
+    const long first_pause_ns = 20000, longest_pause_ns = 200000;
+    struct timespec pause = {0, first_pause_ns};
     double start = 0.0;
     for (long polls = 0;; polls++) {
         int done = 0;
@@ -113,7 +115,7 @@ int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err
             continue;
         if (polls == spin_polls)
             start = seconds_now();
-        else if ((polls & 63) == 0 && seconds_now() - start > timeout_s) {
+        else if ((polls & 15) == 0 && seconds_now() - start > timeout_s) {
             if (peer >= 0)
                 return fr_fail(err, FR_ECOMMLOST,
                                "rank %d: %s stalled: nothing from rank %d for %.0f s (a rank or "
@@ -123,6 +125,8 @@ int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err
                            "rank or its network link is down?)", world_rank, what, timeout_s);
         }
         nanosleep(&pause, NULL);
+        if (pause.tv_nsec < longest_pause_ns)
+            pause.tv_nsec = pause.tv_nsec * 2 < longest_pause_ns ? pause.tv_nsec * 2 : longest_pause_ns;
     }
 }
 

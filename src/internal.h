@@ -5,9 +5,10 @@
  *   - the parameter arena: one allocation holding every parameter of a model,
  *     each fr_param a pointer at an offset into it (fr_model.arena);
  *   - the gradient slab: one contiguous buffer per replica holding the
- *     gradients of the trainable parameters only, each at fr_param.slab_offset,
- *     laid out in the order backward produces them (last layer first).
- * All offset arithmetic for both lives in model.c (arena) and slab.c (slab).
+ *     gradients of the trainable parameters only, each at an offset the
+ *     trainer plans and keeps (train.c), laid out in the order backward
+ *     produces them (last layer first).
+ * The arena's offsets live in model.c, the slab's in train.c.
  */
 #ifndef FROST_INTERNAL_H
 #define FROST_INTERNAL_H
@@ -77,7 +78,6 @@ struct fr_param {
     size_t arena_offset;     /* floats from fr_model.arena */
     float *data;             /* fr_model.arena + arena_offset */
     bool requires_grad;
-    size_t slab_offset;      /* valid while requires_grad, set by fr_slab_plan */
     int layer;               /* index of the owning layer */
 };
 
@@ -236,9 +236,12 @@ int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err
 
 /* ------------------------------------------------------- trainer state */
 
-/* The optimizer state arrays (slab layout; NULL where the rule keeps none),
- * per-parameter step counts and the step counter, for checkpoint.c. */
-float *fr_trainer_state(fr_trainer *trainer, int which);
+/* For checkpoint.c: parameter `param`'s optimizer state `which` (0: momentum
+ * or exp_avg, 1: exp_avg_sq; NULL where the rule keeps none or the parameter
+ * is frozen), the per-parameter step counts and the step counter.  The plan
+ * follows the model's current frozen set only after fr_trainer_sync_plan. */
+float *fr_trainer_param_state(fr_trainer *trainer, int which, int param);
+int fr_trainer_sync_plan(fr_trainer *trainer, fr_error *err);
 long *fr_trainer_param_steps(fr_trainer *trainer);
 void fr_trainer_set_steps_done(fr_trainer *trainer, long steps);
 const fr_train_config *fr_trainer_config(const fr_trainer *trainer);

@@ -105,8 +105,11 @@ struct fr_trainer {
     int threads;
     replica *replicas;
 
-    /* The frozen set the slab was laid out for. */
+    /* The frozen set the slab was laid out for, and where each trainable
+     * parameter's gradient (and optimizer state) sits in it.  The plan is
+     * the trainer's own: two trainers on one model do not share it. */
     bool *planned_requires_grad;
+    size_t *slab_offsets;
     /* Per layer: its output lives in its input's buffer (flatten, in-place relu). */
     bool *shares_input;
     int first_trainable;
@@ -315,7 +318,7 @@ static int plan_buckets(fr_trainer *trainer) {
         int ids[2] = {l->weight, l->bias};
         for (int k = 0; k < 2; k++)
             if (ids[k] >= 0 && model->params[ids[k]].requires_grad)
-                end = model->params[ids[k]].slab_offset + model->params[ids[k]].numel;
+                end = trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel;
         bool last = i == trainer->first_trainable;
         if (end > begin && (end - begin >= target || last)) {
             trainer->buckets[trainer->bucket_count++] =
@@ -343,7 +346,7 @@ static int plan(fr_trainer *trainer, fr_error *err) {
         return fr_fail(err, FR_ENOMEM, "out of memory planning the gradient slab");
     }
     for (int i = 0; i < params; i++) {
-        old_offsets[i] = model->params[i].slab_offset;
+        old_offsets[i] = trainer->slab_offsets[i];
         was_trainable[i] = trainer->planned_requires_grad[i];
     }
     free_plan(trainer);
@@ -363,7 +366,7 @@ static int plan(fr_trainer *trainer, fr_error *err) {
             if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
                 continue;
             fr_param *p = &model->params[ids[k]];
-            p->slab_offset = offset;
+            trainer->slab_offsets[ids[k]] = offset;
             trainer->segments[trainer->segment_count++] =
                 (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k],
                                .split = k == 0 && trainer->split_weight[layer]};
@@ -397,7 +400,7 @@ static int plan(fr_trainer *trainer, fr_error *err) {
         else
             for (int k = 0; k < per_value; k++)
                 if (old_state[k])
-                    memcpy(new_state[k] + p->slab_offset, old_state[k] + old_offsets[i],
+                    memcpy(new_state[k] + trainer->slab_offsets[i], old_state[k] + old_offsets[i],
                            p->numel * sizeof(float));
     }
     fr_free(trainer->state_m);
@@ -480,9 +483,10 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
     trainer->replicas = calloc((size_t)trainer->threads, sizeof *trainer->replicas);
     trainer->planned_requires_grad = calloc((size_t)model->param_count + 1, sizeof(bool));
     trainer->param_steps = calloc((size_t)model->param_count + 1, sizeof(long));
+    trainer->slab_offsets = calloc((size_t)model->param_count + 1, sizeof(size_t));
     trainer->shares_input = calloc((size_t)model->layer_count + 1, sizeof(bool));
     if (!trainer->replicas || !trainer->planned_requires_grad || !trainer->param_steps ||
-        !trainer->shares_input) {
+        !trainer->shares_input || !trainer->slab_offsets) {
         fr_trainer_free(trainer);
         return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
     }
@@ -503,6 +507,7 @@ void fr_trainer_free(fr_trainer *trainer) {
     fr_free(trainer->state_v);
     free(trainer->planned_requires_grad);
     free(trainer->param_steps);
+    free(trainer->slab_offsets);
     free(trainer->shares_input);
     fr_free(trainer->cache.features);
     free(trainer);
@@ -558,9 +563,9 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
         din = *dout == r->grad_a ? r->grad_b : r->grad_a;
     if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad &&
         !trainer->split_weight[i])
-        dweight = r->slab + model->params[l->weight].slab_offset;
+        dweight = r->slab + trainer->slab_offsets[l->weight];
     if ((parts & GRAD_WEIGHTS) && l->bias >= 0 && model->params[l->bias].requires_grad)
-        dbias = r->slab + model->params[l->bias].slab_offset;
+        dbias = r->slab + trainer->slab_offsets[l->bias];
     if (parts & GRAD_WEIGHTS)
         r->backward_calls[i]++;
     if (din || dweight || dbias || parts == GRAD_BOTH) {
@@ -674,7 +679,7 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t) {
     int end = begin + per < rows ? begin + per : rows;
     if (begin >= end)
         return;
-    float *dweight = trainer->replicas[0].slab + p->slab_offset;
+    float *dweight = trainer->replicas[0].slab + trainer->slab_offsets[l->weight];
     bool written = false;
     for (int s = 0; s < trainer->threads; s++) {
         const replica *r = &trainer->replicas[s];
@@ -1162,8 +1167,16 @@ long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer) {
 
 /* ------------------------------------------------- state for checkpoints */
 
-float *fr_trainer_state(fr_trainer *trainer, int which) {
-    return which == 0 ? trainer->state_m : trainer->state_v;
+float *fr_trainer_param_state(fr_trainer *trainer, int which, int param) {
+    float *state = which == 0 ? trainer->state_m : trainer->state_v;
+    if (!state || param < 0 || param >= trainer->model->param_count ||
+        !trainer->planned_requires_grad[param])
+        return NULL;
+    return state + trainer->slab_offsets[param];
+}
+
+int fr_trainer_sync_plan(fr_trainer *trainer, fr_error *err) {
+    return frozen_set_changed(trainer) ? plan(trainer, err) : FR_OK;
 }
 long *fr_trainer_param_steps(fr_trainer *trainer) { return trainer->param_steps; }
 void fr_trainer_set_steps_done(fr_trainer *trainer, long steps) { trainer->steps_done = steps; }
