@@ -41,40 +41,15 @@ static const char *state_name(const fr_train_config *config, int which) {
     return which == 0 ? "exp_avg" : "exp_avg_sq";
 }
 
-/* A growing string for the list-valued metadata entries. */
-typedef struct text {
-    char *data;
-    size_t length, capacity;
-    bool failed;
-} text;
-
-static void text_add(text *t, const char *piece) {
-    size_t n = strlen(piece);
-    if (t->failed)
-        return;
-    if (t->length + n + 1 > t->capacity) {
-        size_t capacity = (t->length + n + 1) * 2;
-        char *grown = realloc(t->data, capacity);
-        if (!grown) {
-            t->failed = true;
-            return;
-        }
-        t->data = grown;
-        t->capacity = capacity;
-    }
-    memcpy(t->data + t->length, piece, n + 1);
-    t->length += n;
-}
-
 /* "a,b,c": the names of the frozen parameters. */
-static void frozen_list(const fr_model *model, text *out) {
-    text_add(out, "");
+static void frozen_list(const fr_model *model, fr_text *out) {
+    fr_text_printf(out, "%s", "");
     for (int i = 0, first = 1; i < model->param_count; i++) {
         if (model->params[i].requires_grad)
             continue;
         if (!first)
-            text_add(out, ",");
-        text_add(out, model->params[i].name);
+            fr_text_printf(out, ",");
+        fr_text_printf(out, "%s", model->params[i].name);
         first = 0;
     }
 }
@@ -117,7 +92,7 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
     int capacity = model->param_count * 3;
     fr_st_out *tensors = calloc((size_t)capacity + 1, sizeof *tensors);
     char (*names)[FR_NAME_MAX * 2] = calloc((size_t)capacity + 1, sizeof *names);
-    text frozen = {0}, steps = {0};
+    fr_text frozen = {0}, steps = {0};
     fr_st_meta *meta = calloc((size_t)extra_count + 8, sizeof *meta);
     if (!tensors || !names || !meta) {
         rc = fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
@@ -134,11 +109,8 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
         const fr_param *p = &model->params[i];
         if (!p->requires_grad)
             continue;
-        char number[32];
-        text_add(&steps, steps.length ? "," : "");
-        text_add(&steps, p->name);
-        snprintf(number, sizeof number, "=%ld", fr_trainer_param_steps(trainer)[i]);
-        text_add(&steps, number);
+        fr_text_printf(&steps, "%s%s=%ld", steps.length ? "," : "", p->name,
+                       fr_trainer_param_steps(trainer)[i]);
         for (int which = 0; which < 2; which++) {
             const float *state = fr_trainer_param_state(trainer, which, i);
             if (!state)
@@ -150,7 +122,7 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
             count++;
         }
     }
-    text_add(&steps, "");
+    fr_text_printf(&steps, "%s", "");
     frozen_list(model, &frozen);
     if (frozen.failed || steps.failed) {
         rc = fr_fail(err, FR_ENOMEM, "%s: out of memory", path);

@@ -31,6 +31,19 @@
  * `text` copied into `shown`, control characters as '?'.  Returns shown. */
 const char *fr_printable(const char *text, char *shown, size_t len);
 
+/* ------------------------------------------------------------ text */
+
+/* A growing NUL-terminated string (util.c); `failed` sticks once an
+ * allocation fails, and the caller checks it once at the end.  Release
+ * `data` with free. */
+typedef struct fr_text {
+    char *data;
+    size_t length, capacity;
+    bool failed;
+} fr_text;
+
+void fr_text_printf(fr_text *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
 /* ------------------------------------------------------------ memory */
 
 /* Tracked, 64-byte aligned, zero-filled allocations (fr_allocated_bytes). */

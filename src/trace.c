@@ -116,48 +116,9 @@ void fr_trace_add(int slot, const char *name, const char *what, int index, doubl
     };
 }
 
-/* A growing text buffer; `failed` sticks once an allocation fails. */
-typedef struct text {
-    char *data;
-    size_t length, capacity;
-    bool failed;
-} text;
-
-static void append(text *t, const char *format, ...) __attribute__((format(printf, 2, 3)));
-
-static void append(text *t, const char *format, ...) {
-    if (t->failed)
-        return;
-    for (;;) {
-        va_list args;
-        va_start(args, format);
-        size_t room = t->capacity - t->length;
-        int n = vsnprintf(t->data ? t->data + t->length : NULL, room, format, args);
-        va_end(args);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if ((size_t)n < room) {
-            t->length += (size_t)n;
-            return;
-        }
-        size_t capacity = t->capacity ? t->capacity * 2 : 65536;
-        while (capacity - t->length <= (size_t)n)
-            capacity *= 2;
-        char *grown = realloc(t->data, capacity);
-        if (!grown) {
-            t->failed = true;
-            return;
-        }
-        t->data = grown;
-        t->capacity = capacity;
-    }
-}
-
 /* Names are layer names (letters, digits, '.', '_', '-'); anything else is
  * shown as '?' so the JSON stays valid whatever a model file holds. */
-static void append_name(text *t, const char *name) {
+static void append_name(fr_text *t, const char *name) {
     char shown[FR_NAME_MAX * 2];
     size_t i = 0;
     for (; name[i] && i + 1 < sizeof shown; i++) {
@@ -165,37 +126,37 @@ static void append_name(text *t, const char *name) {
         shown[i] = c < 0x20 || c >= 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
     }
     shown[i] = '\0';
-    append(t, "%s", shown);
+    fr_text_printf(t, "%s", shown);
 }
 
 /* This rank's events (and its thread names) as JSON objects, each followed
  * by ",\n". */
-static void format_rank(text *t, int rank) {
-    append(t, "{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":%d,\"args\":{\"name\":\"rank %d\"}},\n",
+static void format_rank(fr_text *t, int rank) {
+    fr_text_printf(t, "{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":%d,\"args\":{\"name\":\"rank %d\"}},\n",
            rank, rank);
     for (int s = 0; s < trace.slots; s++) {
         if (s == trace.slots - 1)
-            append(t, "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,\"tid\":%d,"
+            fr_text_printf(t, "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,\"tid\":%d,"
                       "\"args\":{\"name\":\"communication\"}},\n", rank, s);
         else
-            append(t, "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,\"tid\":%d,"
+            fr_text_printf(t, "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,\"tid\":%d,"
                       "\"args\":{\"name\":\"thread %d\"}},\n", rank, s, s);
         const trace_slot *slot = &trace.slot[s];
         for (size_t i = 0; i < slot->count; i++) {
             const trace_event *e = &slot->events[i];
-            append(t, "{\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"cat\":\"%s\",\"name\":\"", rank, s,
+            fr_text_printf(t, "{\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"cat\":\"%s\",\"name\":\"", rank, s,
                    e->what);
             append_name(t, e->name);
             if (e->index >= 0)
-                append(t, " %d", e->index);
-            append(t, " %s\",\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"step\":%ld", e->what,
+                fr_text_printf(t, " %d", e->index);
+            fr_text_printf(t, " %s\",\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"step\":%ld", e->what,
                    e->begin_us, e->duration_us, e->step + 1);
             if (e->bytes)
-                append(t, ",\"bytes\":%zu", e->bytes);
-            append(t, "}},\n");
+                fr_text_printf(t, ",\"bytes\":%zu", e->bytes);
+            fr_text_printf(t, "}},\n");
         }
         if (slot->full)
-            append(t, "{\"ph\":\"i\",\"s\":\"t\",\"pid\":%d,\"tid\":%d,\"name\":\"trace full: "
+            fr_text_printf(t, "{\"ph\":\"i\",\"s\":\"t\",\"pid\":%d,\"tid\":%d,\"name\":\"trace full: "
                       "later events of this thread were not recorded\",\"ts\":%.3f},\n",
                    rank, s, slot->count ? slot->events[slot->count - 1].begin_us : 0.0);
     }
@@ -204,7 +165,7 @@ static void format_rank(text *t, int rank) {
 int fr_trace_write(const char *path, fr_error *err) {
     if (!trace.slot)
         return fr_fail(err, FR_EINVAL, "%s: tracing was not started", path);
-    text mine = {0};
+    fr_text mine = {0};
     format_rank(&mine, fr_comm_rank());
     int rc = mine.failed ? fr_fail(err, FR_ENOMEM, "out of memory formatting the trace") : FR_OK;
     rc = fr_comm_agree(rc, err);
@@ -214,12 +175,12 @@ int fr_trace_write(const char *path, fr_error *err) {
         rc = fr_comm_gather_bytes(mine.data, mine.length, &all, &all_length, err);
     free(mine.data);
     if (rc == FR_OK && fr_comm_rank() == 0) {
-        text file = {0};
-        append(&file, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
+        fr_text file = {0};
+        fr_text_printf(&file, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
         if (!file.failed && all_length) {
-            append(&file, "%.*s", (int)(all_length - 2), all); /* without the last ",\n" */
+            fr_text_printf(&file, "%.*s", (int)(all_length - 2), all); /* without the last ",\n" */
         }
-        append(&file, "\n]}\n");
+        fr_text_printf(&file, "\n]}\n");
         rc = file.failed ? fr_fail(err, FR_ENOMEM, "out of memory writing the trace")
                          : fr_write_file_atomic(path, file.data, file.length, err);
         free(file.data);

@@ -154,3 +154,35 @@ void fr_epoch_order(int *order, int n, uint64_t seed, long epoch, bool shuffle) 
         order[j] = swap;
     }
 }
+
+/* ---------------------------------------------------------------- text */
+
+void fr_text_printf(fr_text *t, const char *format, ...) {
+    if (t->failed)
+        return;
+    for (;;) {
+        va_list args;
+        va_start(args, format);
+        size_t room = t->capacity - t->length;
+        int n = vsnprintf(t->data ? t->data + t->length : NULL, room, format, args);
+        va_end(args);
+        if (n < 0) {
+            t->failed = true;
+            return;
+        }
+        if ((size_t)n < room) {
+            t->length += (size_t)n;
+            return;
+        }
+        size_t capacity = t->capacity ? t->capacity * 2 : 256;
+        while (capacity - t->length <= (size_t)n)
+            capacity *= 2;
+        char *grown = realloc(t->data, capacity);
+        if (!grown) {
+            t->failed = true;
+            return;
+        }
+        t->data = grown;
+        t->capacity = capacity;
+    }
+}
