@@ -233,6 +233,8 @@ void frost_print_usage(const char *command) {
                "  --bucket-mb sizes the allreduce buckets sent while backward runs (4).\n"
                "  --cache-mb bounds the frozen-prefix feature cache (a quarter of RAM);\n"
                "  --no-cache turns it off.\n"
+               "  --threads defaults to OMP_NUM_THREADS, else to the rank's CPUs: its affinity\n"
+               "  mask, split evenly between the ranks of a node that share the same mask.\n"
                "  Threads are pinned one per CPU of the process's affinity mask when it has\n"
                "  no spare CPUs (ranks of a node sharing a mask split it) unless --no-pin or\n"
                "  OMP_PROC_BIND/OMP_PLACES.\n");

@@ -202,6 +202,26 @@ static int evaluate_dataset(fr_trainer *trainer, const fr_dataset *data, int bat
 /* ------------------------------------------------------ thread placement */
 
 /*
+ * With neither --threads nor OMP_NUM_THREADS, a rank runs one thread per CPU
+ * it was given, its share when ranks of a node share a mask: OpenMP's own
+ * default (every CPU of the mask, on every rank) would run 2 ranks x 2
+ * threads on 2 CPUs under `srun -n 2`.  `note` says where the number came
+ * from, for the header; it stays empty when the user chose.  Collective.
+ */
+static int choose_threads(fr_train_config *config, char *note, size_t len, fr_error *err) {
+    int share = 0;
+    char where[200];
+    note[0] = '\0';
+    int rc = fr_comm_agree(fr_cpu_share(&share, where, sizeof where, err), err);
+    const char *omp = getenv("OMP_NUM_THREADS");
+    if (rc == FR_OK && config->threads == 0 && !(omp && *omp)) {
+        config->threads = share;
+        snprintf(note, len, "%d (%s), ", share, where);
+    }
+    return rc;
+}
+
+/*
  * Pin the trainer's threads unless --no-pin (collective).  Threads that
  * outnumber the CPUs this rank may use are worth a warning: the usual cause is
  * mpirun binding each rank to one core while it runs several threads.
@@ -240,6 +260,7 @@ typedef struct training_run {
     char *metrics_tmp;
     uint64_t *frozen_before; /* per-parameter checksums of frozen parameters */
     char placement[200];     /* where the threads run, for the header */
+    char thread_count[240];  /* why this many, when frost chose */
 } training_run;
 
 static void free_run(training_run *run) {
@@ -360,7 +381,9 @@ static int setup_training(training_run *run, fr_error *err) {
         if (run_steps(opts, fr_dataset_size(run->train)) <=
             batches_per_epoch(opts, fr_dataset_size(run->train)))
             config.cache_mb = -1;
-        rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
+        rc = choose_threads(&config, run->thread_count, sizeof run->thread_count, err);
+        if (rc == FR_OK)
+            rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
     }
     if (rc == FR_OK)
         rc = place_threads(opts, run->trainer, run->placement, sizeof run->placement, err);
@@ -389,7 +412,7 @@ static void print_header(const training_run *run) {
     printf("parameters %zu, trainable %zu (%.1f%%), frozen %zu; allreduce %zu bytes per step\n",
            total, trainable, total ? 100.0 * trainable / total : 0.0, total - trainable,
            fr_trainer_allreduce_bytes(run->trainer));
-    printf("threads: %s\n", run->placement);
+    printf("threads: %s%s\n", run->thread_count, run->placement);
     fflush(stdout);
 }
 
@@ -661,8 +684,12 @@ int frost_eval(const frost_options *opts, fr_error *err) {
         rc = fr_comm_agree(load_data(opts, model, false, &test, err), err);
     if (rc == FR_OK)
         rc = fr_comm_check_same((uint64_t)fr_dataset_size(test), "the dataset size", err);
+    fr_train_config config = opts->train;
+    char thread_count[240];
     if (rc == FR_OK)
-        rc = fr_comm_agree(fr_trainer_new(model, &opts->train, &trainer, err), err);
+        rc = choose_threads(&config, thread_count, sizeof thread_count, err);
+    if (rc == FR_OK)
+        rc = fr_comm_agree(fr_trainer_new(model, &config, &trainer, err), err);
     char placement[200];
     if (rc == FR_OK)
         rc = place_threads(opts, trainer, placement, sizeof placement, err);
