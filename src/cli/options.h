@@ -36,6 +36,8 @@ typedef struct frost_options {
     const char *checkpoint;
     long checkpoint_every; /* 0: only at the end and when stopped */
     const char *resume;
+    bool resume_if_exists; /* resume from `checkpoint` if that file exists */
+    int stop_signal;       /* besides SIGTERM and SIGINT: checkpoint and exit 75 */
     bool allow_freeze_change;
     bool no_cache;
     bool no_pin; /* leave thread placement to the OS (or OMP_PROC_BIND) */
@@ -46,5 +48,7 @@ typedef struct frost_options {
 /* Parse argv (argv[1] is the command).  Returns FR_OK or fills err. */
 int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *err);
 void frost_print_usage(const char *command);
+/* "USR1" for SIGUSR1: a signal --stop-signal accepts, without "SIG". */
+const char *frost_signal_name(int number);
 
 #endif

@@ -418,19 +418,30 @@ static void print_header(const training_run *run) {
 
 /* ------------------------------------------------------ checkpoints */
 
-/* SIGTERM (Slurm's notice) and SIGINT (Ctrl-C) only raise a flag: the step in
- * progress finishes, the ranks agree, and the run checkpoints and exits. */
+/*
+ * SIGTERM (Slurm's notice), SIGINT (Ctrl-C) and the --stop-signal (USR1 for
+ * `#SBATCH --signal=USR1@120`) only raise a flag: the step in progress
+ * finishes, the ranks agree, and the run checkpoints and exits.  The handlers
+ * go in before MPI starts (main) and before setup, so a notice that comes
+ * while the run starts stops it before its first step instead of killing it.
+ * SA_RESTART: the signal lands on any thread, and must not make a write of
+ * the checkpoint or of output going to a pipe (srun's, mpirun's) fail with
+ * EINTR.
+ */
 static volatile sig_atomic_t stop_signal;
 
 static void on_stop_signal(int signo) { stop_signal = signo; }
 
-static void install_stop_handlers(void) {
+void frost_catch_stop_signals(int extra) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = on_stop_signal;
+    action.sa_flags = SA_RESTART;
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
+    if (extra)
+        sigaction(extra, &action, NULL);
 }
 
 /* What the run adds to a checkpoint: where it is in the data, and the
@@ -538,9 +549,37 @@ static int explain_nonfinite(training_run *run, fr_error *err) {
     return FR_ENONFINITE;
 }
 
-int frost_train(const frost_options *opts, fr_error *err) {
+/*
+ * --resume-if-exists: resume from the --checkpoint file when it exists, else
+ * start afresh (from --init when given).  Every rank reads the checkpoint, so
+ * every rank must see the file: ranks that disagree stop with a message
+ * instead of half of them resuming.
+ */
+static int resolve_resume(frost_options *opts, fr_error *err) {
+    if (!opts->resume_if_exists)
+        return FR_OK;
+    struct stat st;
+    bool exists = stat(opts->checkpoint, &st) == 0;
+    bool some = fr_comm_any(exists), all = !fr_comm_any(!exists);
+    if (some && !all)
+        return fr_fail(err, FR_EINVAL,
+                       "--resume-if-exists: %s exists for some ranks and not for others; the checkpoint must be on a filesystem every rank sees",
+                       opts->checkpoint);
+    if (exists) {
+        opts->resume = opts->checkpoint;
+        opts->init = NULL; /* the checkpoint holds the weights */
+    }
+    return FR_OK;
+}
+
+int frost_train(const frost_options *options, fr_error *err) {
+    frost_catch_stop_signals(options->stop_signal);
+    frost_options resolved = *options;
+    const frost_options *opts = &resolved;
     training_run run = {.opts = opts};
-    int rc = setup_training(&run, err);
+    int rc = resolve_resume(&resolved, err);
+    if (rc == FR_OK)
+        rc = setup_training(&run, err);
     if (rc == FR_OK && opts->resume)
         rc = resume(&run, err);
     if (rc != FR_OK) {
@@ -548,7 +587,6 @@ int frost_train(const frost_options *opts, fr_error *err) {
         return rc;
     }
     record_frozen(&run);
-    install_stop_handlers();
     if (is_root())
         print_header(&run);
 
@@ -560,12 +598,15 @@ int frost_train(const frost_options *opts, fr_error *err) {
     long step = fr_trainer_steps_done(run.trainer);
     if (is_root() && opts->resume)
         printf("resumed from %s at step %ld\n", opts->resume, step);
+    else if (is_root() && opts->resume_if_exists)
+        printf("no checkpoint %s yet: starting afresh\n", opts->checkpoint);
     progress p = {.start = now_seconds()};
     p.interval_start = p.start;
     p.interval_bytes = fr_trainer_bytes_sent(run.trainer);
     double last_loss = NAN;
     long epoch = step / epoch_steps;
-    bool interrupted = false;
+    /* A signal during setup stops the run before its first step. */
+    bool interrupted = fr_comm_any(stop_signal != 0);
     bool have_order = false; /* this epoch's order, needed again after a resume */
     while (step < total_steps && rc == FR_OK && !interrupted) {
         long b = step % epoch_steps;
