@@ -160,11 +160,13 @@ done
 # batch shell: what #SBATCH --signal=USR1@120 does at the time limit.
 scancel -s USR1 "$job"
 ok $? "scancel -s USR1 $job, once the step trains"
-# Slurm holds a requeued job for two minutes (its BeginTime); release it at
-# once.  Then wait for the end (5 minutes at most): the second part
-# completing, or a final state that lasts (while the first part is being
-# requeued the job may show one for a moment).
-i=0 final=0
+# Slurm holds a requeued job for two minutes (its BeginTime); make that 3 s.
+# (Not 0: slurmd refuses to start the job with a credential made in the same
+# second as it revoked the first part's: "Job credential revoked".)  Then
+# wait for the end (5 minutes at most): the second part completing, or a
+# final state that lasts (while the first part is being requeued the job may
+# show one for a moment).
+i=0 final=0 released=0
 while [ $i -lt 3000 ]; do
     state=$(scontrol_field "$job" JobState)
     [ "$state" = COMPLETED ] && [ "$(scontrol_field "$job" Restarts)" = 1 ] && break
@@ -173,8 +175,8 @@ while [ $i -lt 3000 ]; do
     *) final=0 ;;
     esac
     [ $final -ge 25 ] && break
-    if [ "$(scontrol_field "$job" Reason)" = BeginTime ]; then
-        scontrol update JobId="$job" StartTime=now 2> /dev/null
+    if [ $released -eq 0 ] && [ "$(scontrol_field "$job" Reason)" = BeginTime ]; then
+        scontrol update JobId="$job" StartTime=now+3 2> /dev/null && released=1
     fi
     sleep 0.2
     i=$((i + 2))
