@@ -82,7 +82,8 @@ int fr_cpu_share(int *cpus, char *description, size_t len, fr_error *err) {
     if (sharing > 1)
         snprintf(description, len, "the rank's share of CPUs %s", text);
     else
-        snprintf(description, len, "the %s's CPUs %s", fr_comm_size() > 1 ? "rank" : "process", text);
+        snprintf(description, len, "the %s's CPUs %s", fr_comm_size() > 1 ? "rank" : "process",
+                 text);
     return FR_OK;
 }
 

@@ -74,13 +74,6 @@ static const struct {
                     {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"QUIT", SIGQUIT},
                     {"ALRM", SIGALRM}, {"XCPU", SIGXCPU}};
 
-const char *frost_signal_name(int number) {
-    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
-        if (stop_signals[i].number == number)
-            return stop_signals[i].name;
-    return "?";
-}
-
 /* "USR1", "SIGUSR1", "usr1". */
 static int parse_signal(const char *text, int *out, fr_error *err) {
     const char *name = strncasecmp(text, "SIG", 3) == 0 ? text + 3 : text;

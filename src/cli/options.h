@@ -48,7 +48,5 @@ typedef struct frost_options {
 /* Parse argv (argv[1] is the command).  Returns FR_OK or fills err. */
 int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *err);
 void frost_print_usage(const char *command);
-/* "USR1" for SIGUSR1: a signal --stop-signal accepts, without "SIG". */
-const char *frost_signal_name(int number);
 
 #endif
