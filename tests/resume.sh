@@ -369,9 +369,24 @@ if [ -n "$MPIRUN" ]; then
         --resume "$ck" --save "$WORK/sigmpi-done.st" > "$WORK/sigmpi-resume.log" 2>&1 &&
         grep -q "^done: $((step + 5)) steps" "$WORK/sigmpi-resume.log"
     ok $? "MPI: the checkpoint resumes on 2 ranks and the run completes"
+    # --resume-if-exists where rank 0 sees the checkpoint and rank 1 does not
+    # (two --checkpoint paths stand for a file on a node-local disk): one
+    # message, every rank stops, nobody trains from the wrong start.
+    rm -f "$WORK/absent.st"
+    timeout 120 $MPIRUN --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 \
+        -np 1 "$FROST" train --model "$MLP" --data "$D" $COMMON --steps 40 \
+        --checkpoint "$WORK/sgd-ck.st" --resume-if-exists --save "$WORK/refused.st" : \
+        -np 1 "$FROST" train --model "$MLP" --data "$D" $COMMON --steps 40 \
+        --checkpoint "$WORK/absent.st" --resume-if-exists --save "$WORK/refused.st" \
+        > "$WORK/rie-mpi.out" 2> "$WORK/rie-mpi.err"
+    status=$?
+    [ $status -ne 0 ] && [ $status -lt 124 ] &&
+        [ "$(grep -c '^frost: --resume-if-exists: .*sgd-ck.st exists for some ranks and not for others' "$WORK/rie-mpi.err")" -eq 1 ] &&
+        [ ! -e "$WORK/refused.st" ]
+    ok $? "MPI: ranks that disagree on whether the checkpoint exists stop with one message: $(grep '^frost:' "$WORK/rie-mpi.err" | head -n 1)"
 else
     i=0
-    while [ $i -lt 13 ]; do skip "MPI: no mpirun"; i=$((i + 1)); done
+    while [ $i -lt 14 ]; do skip "MPI: no mpirun"; i=$((i + 1)); done
 fi
 
 done_testing
