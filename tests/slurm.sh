@@ -132,10 +132,12 @@ D=$WORK/data
 mkdir -p "$D"
 make_idx "$D" 400 5
 # A model that takes milliseconds a step, so the run is still going when the
-# signal comes (780 steps: 13 an epoch, the last one 16 samples).
+# signal comes: it is sent some 0.2 s after step 10, and the run has 1300
+# steps (13 an epoch, the last one 16 samples); here it lands near step 130
+# on one process, step 30 on two ranks.
 export MODEL='fc1 = linear(784, 256); relu; fc2 = linear(256, 256); relu; fc3 = linear(256, 10)'
 export DATA=$D CKPT=$WORK/ckpt.safetensors SAVE=$WORK/final.safetensors FROST
-export TRAIN_ARGS='--epochs 60 --batch-size 32 --lr 0.01 --momentum 0.9 --seed 1 --log-every 10'
+export TRAIN_ARGS='--epochs 100 --batch-size 32 --lr 0.01 --momentum 0.9 --seed 1 --log-every 10'
 # Two ranks with MPI, one without; one CPU each (OMP_NUM_THREADS=1 from make check).
 ranks=1
 [ -n "${MPIRUN:-}" ] && [ "$cpus" -ge 2 ] && ranks=2
@@ -152,8 +154,8 @@ job=$(sbatch --parsable --nodes=1 --ntasks=$ranks --cpus-per-task=1 --time=10 --
     --output="$WORK/job.out" "$TOP_SRCDIR/examples/slurm.sh")
 ok $? "sbatch examples/slurm.sh: job $job"
 i=0
-until grep -q '^epoch ' "$WORK/job.out" 2> /dev/null || [ $i -ge 1200 ]; do
-    sleep 0.1
+until grep -q '^epoch ' "$WORK/job.out" 2> /dev/null || [ $i -ge 2400 ]; do
+    sleep 0.05
     i=$((i + 1))
 done
 # Without -b, scancel signals the job's steps (the frost ranks), not the
