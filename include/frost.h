@@ -402,6 +402,16 @@ void fr_trace_stop(void);
 /* ------------------------------------------------------ thread placement */
 
 /*
+ * How many threads this rank should run when nobody said (no --threads, no
+ * OMP_NUM_THREADS): the CPUs of its affinity mask (what srun, mpirun or
+ * taskset gave it), split evenly between the ranks of its node that have the
+ * same mask (mpirun --bind-to none, srun without CPU binding), at least 1.
+ * `description` gets where the number comes from, e.g. "the rank's share of
+ * CPUs 0-1".  Collective under MPI: every rank calls it.
+ */
+int fr_cpu_share(int *cpus, char *description, size_t len, fr_error *err);
+
+/*
  * Pin the trainer's threads, one CPU each, to CPUs this process may run on
  * (its affinity mask as mpirun, srun or taskset left it, read at the first
  * call); the ranks of one node whose masks are the same take consecutive

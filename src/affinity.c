@@ -5,9 +5,10 @@
  * pinning keeps that thread, and its memory, on one CPU for the whole run.
  * The CPUs come from the process's affinity mask, which is how mpirun, srun
  * and taskset hand a rank its cores; ranks of one node that were given the
- * same mask (mpirun --bind-to none) split it between them.  A lone process
- * whose mask has more CPUs than it has threads is left alone: nothing tells
- * it which of them other processes use.
+ * same mask (mpirun --bind-to none, srun without CPU binding) split it
+ * between them, both for the default thread count and for pinning.  A lone
+ * process whose mask has more CPUs than it has threads is left alone: nothing
+ * tells it which of them other processes use.
  */
 #define _GNU_SOURCE /* sched_getaffinity, sched_setaffinity, CPU_* */
 #include "internal.h"
@@ -57,6 +58,33 @@ static const char *user_placement(void) {
             return vars[i];
     }
     return NULL;
+}
+
+int fr_cpu_share(int *cpus, char *description, size_t len, fr_error *err) {
+    const cpu_set_t *mask = process_mask();
+    int index = 0, sharing = 1;
+    int rc = fr_comm_node_peers(mask, sizeof *mask, &index, &sharing, err);
+    if (rc != FR_OK)
+        return rc;
+    int list[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, mask))
+            list[n++] = c;
+    if (n == 0) {
+        *cpus = omp_get_max_threads();
+        snprintf(description, len, "OpenMP's default: the affinity mask is unreadable");
+        return FR_OK;
+    }
+    /* An even split: ranks with different thread counts would pin unevenly. */
+    *cpus = n / sharing > 0 ? n / sharing : 1;
+    char text[256];
+    format_cpus(list, n, text, sizeof text);
+    if (sharing > 1)
+        snprintf(description, len, "the rank's share of CPUs %s", text);
+    else
+        snprintf(description, len, "the %s's CPUs %s", fr_comm_size() > 1 ? "rank" : "process",
+                 text);
+    return FR_OK;
 }
 
 int fr_trainer_pin_threads(fr_trainer *trainer, char *report, size_t report_len,

@@ -3,7 +3,8 @@
 # process's affinity mask (as taskset or mpirun set it); ranks of a node that
 # share a mask split it; a lone process with spare CPUs, OMP_PROC_BIND and
 # --no-pin leave placement alone; more threads than CPUs is a warning that
-# names the fix.  What the
+# names the fix.  Without --threads and OMP_NUM_THREADS a rank runs one
+# thread per CPU of its mask, its share when ranks share it.  What the
 # threads really got is read from /proc while the run is going.
 . "$TOP_SRCDIR/tests/common.sh"
 
@@ -46,6 +47,16 @@ while_training() {
     wait $pid 2> /dev/null
 }
 
+# Without --threads and OMP_NUM_THREADS (make check sets it to 1), a lone
+# process runs one thread per CPU of its mask, and the header says why.
+env -u OMP_NUM_THREADS taskset -c $first "$FROST" train --model "$MODEL" $FLAGS --steps 2 \
+    > "$WORK/default1.out" 2> "$WORK/default1.err"
+status=$?
+[ $status -eq 0 ] || sed "s/^/#   /" "$WORK/default1.err"
+grep -q '^frost .*: 1 rank x 1 thread,' "$WORK/default1.out" &&
+    grep -q "^threads: 1 (the process's CPUs $first), pinned to CPU $first\$" "$WORK/default1.out"
+ok $((status + $?)) "no --threads, no OMP_NUM_THREADS, one CPU: $(grep '^threads:' "$WORK/default1.out")"
+
 # Two threads on a one-CPU mask: not pinned, and a warning saying so.
 taskset -c $first "$FROST" train --model "$MODEL" $FLAGS --steps 2 --threads 2 > "$WORK/one.out" 2> "$WORK/one.err"
 status=$?
@@ -70,6 +81,12 @@ ok $? "two threads on CPUs $first and $last: the header names them"
 ok $? "each thread runs on its own CPU (single-CPU threads: '$seen')"
 ! grep -q warning "$WORK/pin2.err"
 ok $? "no warning when every thread has a CPU"
+
+while_training default2 env -u OMP_NUM_THREADS taskset -c $first,$last "$FROST" train --model "$MODEL" $FLAGS --steps 100000000
+grep -q '^frost .*: 1 rank x 2 threads,' "$WORK/default2.out" &&
+    grep -q "^threads: 2 (the process's CPUs $pair), pinned to CPUs $pair\$" "$WORK/default2.out" &&
+    [ "$seen" = "$first $last " ]
+ok $? "no --threads, no OMP_NUM_THREADS, CPUs $first and $last: a thread on each: $(grep '^threads:' "$WORK/default2.out")"
 
 while_training one1 taskset -c $last "$FROST" train --model "$MODEL" $FLAGS --steps 100000000 --threads 1
 grep -q "^threads: pinned to CPU $last\$" "$WORK/one1.out"
@@ -105,6 +122,16 @@ while_training ranks timeout 120 "$MPIRUN" --allow-run-as-root --oversubscribe -
     --metrics "$WORK/ranks.csv"
 [ "$seen" = "$first $second " ]
 ok $? "2 unbound ranks x 1 thread: the ranks take CPUs $first and $second, one each ('$seen')"
+# Without --threads and OMP_NUM_THREADS, 2 unbound ranks split the node's
+# mask: each runs half of its CPUs (at least one) instead of all of them.
+share=$((cpus / 2))
+while_training ranks env -u OMP_NUM_THREADS timeout 120 "$MPIRUN" --allow-run-as-root --oversubscribe \
+    --bind-to none -np 2 "$FROST" train --model "$MODEL" $FLAGS --steps 100000000 --metrics "$WORK/ranks.csv"
+count=$(echo $seen | wc -w)
+grep -q "^frost .*: 2 ranks x $share thread" "$WORK/ranks.out" &&
+    grep -q "^threads: $share (the rank's share of CPUs [0-9,-]*), pinned to CPU" "$WORK/ranks.out" &&
+    [ "$count" -eq $((2 * share)) ] && ! grep -q warning "$WORK/ranks.err"
+ok $? "2 unbound ranks, no --threads: $share thread(s) each on its own CPU ($count pinned), no warning: $(grep '^threads:' "$WORK/ranks.out")"
 timeout 120 "$MPIRUN" --allow-run-as-root --oversubscribe --bind-to core -np 2 \
     "$FROST" train --model "$MODEL" $FLAGS --steps 2 --threads 2 > "$WORK/bound.out" 2> "$WORK/bound.err"
 ok $? "2 ranks bound to a core each, 2 threads each, still train"

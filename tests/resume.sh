@@ -11,8 +11,11 @@
 #   - a checkpoint of another model, another frozen set, batch size or seed is
 #     refused; --allow-freeze-change allows staged fine-tuning;
 #   - a checkpoint is a weights file for --init and frost eval;
-#   - SIGTERM and SIGINT stop a run with exit status 75 and a checkpoint that
-#     resumes, on one process and on every MPI rank at the same step.
+#   - SIGTERM, SIGINT and the --stop-signal (USR1) stop a run with exit
+#     status 75 and a checkpoint that resumes bit-identically, on one process
+#     and on every MPI rank at the same step; a bad signal name is refused;
+#   - --resume-if-exists starts afresh without the --checkpoint file and
+#     resumes from it when it is there.
 . "$TOP_SRCDIR/tests/common.sh"
 
 D="$WORK/data"
@@ -246,15 +249,39 @@ solo train --model "$MLP" --data "$D" $COMMON --lr 0.05 --steps 5 --init "$WORK/
     --save "$WORK/from-ck.st" > "$WORK/init-ck.log" 2>&1
 ok $? "frost train --init CHECKPOINT works (fresh optimizer state, step 0)"
 
-# ------------------------------------------------------- SIGTERM, SIGINT
+refused "--stop-signal with a name that is no stop signal" "--stop-signal 'KILL': expected TERM, INT, HUP, USR1, USR2, QUIT, ALRM or XCPU" \
+    train --model "$MLP" --data "$D" $COMMON --stop-signal KILL --save "$WORK/refused.st"
+refused "--resume-if-exists without --checkpoint" "--resume-if-exists needs --checkpoint FILE" \
+    train --model "$MLP" --data "$D" $COMMON --resume-if-exists --save "$WORK/refused.st"
+
+# ---------------------------------------------------- --resume-if-exists
+# No checkpoint file yet: the run starts afresh (the same run as sgd-full);
+# then the file is there, and the same command resumes from it.
+rm -f "$WORK/rie.st"
+solo train --model "$MLP" --data "$D" $COMMON --lr 0.05 --momentum 0.9 --threads 1 --steps 40 \
+    --checkpoint "$WORK/rie.st" --resume-if-exists --save "$WORK/rie-fresh.st" > "$WORK/rie1.log" 2>&1 &&
+    grep -q "^no checkpoint $WORK/rie.st yet: starting afresh" "$WORK/rie1.log" &&
+    cmp "$WORK/sgd-full.st" "$WORK/rie-fresh.st" > /dev/null 2>&1
+ok $? "--resume-if-exists without the file starts afresh: the same weights as without the flag"
+solo train --model "$MLP" --data "$D" $COMMON --lr 0.05 --momentum 0.9 --threads 1 --steps 40 \
+    --checkpoint "$WORK/sgd-ck.st" --resume-if-exists --save "$WORK/rie-resumed.st" > "$WORK/rie2.log" 2>&1 &&
+    grep -q "^resumed from $WORK/sgd-ck.st at step 20" "$WORK/rie2.log" &&
+    cmp "$WORK/sgd-full.st" "$WORK/rie-resumed.st" > /dev/null 2>&1
+ok $? "--resume-if-exists with the file resumes from it (step 20 -> 40, bit-identical)"
+
+# ------------------------------------------------ SIGTERM, SIGINT, SIGUSR1
 # A long run started directly in the background ($! is frost itself); once
 # it prints progress, the signal makes it finish the step, checkpoint and
-# exit with status 75; the checkpoint then resumes.
-for sig in TERM INT; do
+# exit with status 75; the checkpoint then resumes, and 5 steps later the
+# weights are those of a run that was never stopped.  USR1 stops a run that
+# names it with --stop-signal (Slurm's --signal=USR1@120).
+for sig in TERM INT USR1; do
     ck="$WORK/sig$sig.st"
     out="$WORK/sig$sig.out" err="$WORK/sig$sig.err"
+    stop=
+    [ $sig = USR1 ] && stop="--stop-signal USR1"
     "$FROST" train --model "$MLP" --data "$D" $COMMON --lr 0.05 --momentum 0.9 --steps 100000000 \
-        --log-every 100 --checkpoint "$ck" > "$out" 2> "$err" &
+        --log-every 100 --checkpoint "$ck" $stop > "$out" 2> "$err" &
     pid=$!
     wait_progress "$out"
     kill -$sig $pid
@@ -264,14 +291,26 @@ for sig in TERM INT; do
     ok $? "SIG$sig: exit status 75 (got $status)"
     grep -Eq "^frost: stopped by a signal after step [0-9]+; checkpoint written to $ck" "$err" &&
         [ "$(wc -l < "$err")" -eq 1 ]
-    ok $? "SIG$sig: one line names the checkpoint: $(cat "$err")"
+    named=$?
+    if [ $named -ne 0 ]; then
+        # What is needed to tell a lost message from a lost file or a
+        # process that has not ended (a --without-mpi run once saw 75 and an
+        # empty stderr here, which never came back).
+        diag "stderr $(wc -c < "$err" 2> /dev/null) bytes; frost $(kill -0 $pid 2> /dev/null && echo still running || echo ended)"
+        ls -l "$WORK" 2> /dev/null | grep "sig$sig" | sed 's/^/#   /'
+        tail -n 3 "$out" 2> /dev/null | sed 's/^/#   stdout: /'
+    fi
+    ok $named "SIG$sig: one line names the checkpoint: $(tr '\n' ' ' < "$err")"
     step=$(sed -n 's/.*after step \([0-9]*\);.*/\1/p' "$err")
     [ -n "$step" ] && [ "$(step_of "$ck")" = "$step" ]
     ok $? "SIG$sig: the checkpoint holds step $step"
     solo train --model "$MLP" --data "$D" $COMMON --lr 0.05 --momentum 0.9 --steps $((step + 5)) \
-        --resume "$ck" --save "$WORK/sig-done.st" > "$WORK/sig-resume.log" 2>&1 &&
-        grep -q "^done: $((step + 5)) steps" "$WORK/sig-resume.log"
-    ok $? "SIG$sig: the checkpoint resumes and the run completes"
+        --checkpoint "$ck" --resume-if-exists --save "$WORK/sig-done.st" > "$WORK/sig-resume.log" 2>&1 &&
+        grep -q "^done: $((step + 5)) steps" "$WORK/sig-resume.log" &&
+        solo train --model "$MLP" --data "$D" $COMMON --lr 0.05 --momentum 0.9 --steps $((step + 5)) \
+            --save "$WORK/sig-straight.st" > "$WORK/sig-straight.log" 2>&1 &&
+        cmp "$WORK/sig-straight.st" "$WORK/sig-done.st" > /dev/null 2>&1
+    ok $? "SIG$sig: the checkpoint resumes (--resume-if-exists) and ends bit-identical to a run never stopped"
 done
 
 # Under mpirun.  Slurm (--signal=TERM@...) signals every task, so SIGTERM goes
@@ -330,9 +369,24 @@ if [ -n "$MPIRUN" ]; then
         --resume "$ck" --save "$WORK/sigmpi-done.st" > "$WORK/sigmpi-resume.log" 2>&1 &&
         grep -q "^done: $((step + 5)) steps" "$WORK/sigmpi-resume.log"
     ok $? "MPI: the checkpoint resumes on 2 ranks and the run completes"
+    # --resume-if-exists where rank 0 sees the checkpoint and rank 1 does not
+    # (two --checkpoint paths stand for a file on a node-local disk): one
+    # message, every rank stops, nobody trains from the wrong start.
+    rm -f "$WORK/absent.st"
+    timeout 120 $MPIRUN --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 \
+        -np 1 "$FROST" train --model "$MLP" --data "$D" $COMMON --steps 40 \
+        --checkpoint "$WORK/sgd-ck.st" --resume-if-exists --save "$WORK/refused.st" : \
+        -np 1 "$FROST" train --model "$MLP" --data "$D" $COMMON --steps 40 \
+        --checkpoint "$WORK/absent.st" --resume-if-exists --save "$WORK/refused.st" \
+        > "$WORK/rie-mpi.out" 2> "$WORK/rie-mpi.err"
+    status=$?
+    [ $status -ne 0 ] && [ $status -lt 124 ] &&
+        [ "$(grep -c '^frost: --resume-if-exists: .*sgd-ck.st exists for some ranks and not for others' "$WORK/rie-mpi.err")" -eq 1 ] &&
+        [ ! -e "$WORK/refused.st" ]
+    ok $? "MPI: ranks that disagree on whether the checkpoint exists stop with one message: $(grep '^frost:' "$WORK/rie-mpi.err" | head -n 1)"
 else
     i=0
-    while [ $i -lt 13 ]; do skip "MPI: no mpirun"; i=$((i + 1)); done
+    while [ $i -lt 14 ]; do skip "MPI: no mpirun"; i=$((i + 1)); done
 fi
 
 done_testing

@@ -13,6 +13,11 @@
 int main(int argc, char **argv) {
     fr_error err = {0};
     frost_options opts;
+    /* A training run's stop signals are caught from the start: starting MPI
+     * takes seconds, and a SIGTERM then must not kill the run (the
+     * --stop-signal follows once the flags are parsed). */
+    if (argc > 1 && strcmp(argv[1], "train") == 0)
+        frost_catch_stop_signals(0);
     /* MPI may rewrite argv, so start it before parsing. */
     int rc = fr_comm_init(&argc, &argv, &err);
     if (rc == FR_OK)

@@ -10,11 +10,13 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
-enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE };
+enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL };
 
 /* Which commands take a flag. */
 enum { TRAIN = 1, EVAL = 2, INSPECT = 4 };
@@ -55,6 +57,8 @@ static const option_spec options[] = {
     {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false},
     {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false},
     {"--resume", TEXT, TRAIN, AT(resume), 0, 0, false},
+    {"--resume-if-exists", FLAG, TRAIN, AT(resume_if_exists), 0, 0, false},
+    {"--stop-signal", SIGNAL, TRAIN, AT(stop_signal), 0, 0, false},
     {"--allow-freeze-change", FLAG, TRAIN, AT(allow_freeze_change), 0, 0, false},
     {"--bucket-mb", DOUBLE, TRAIN, AT(train.bucket_mb), 0.001, 1e6, false},
     {"--cache-mb", DOUBLE, TRAIN, AT(train.cache_mb), 0, 1e9, false},
@@ -63,6 +67,28 @@ static const option_spec options[] = {
     {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false},
     {"--trace", TEXT, TRAIN, AT(trace), 0, 0, false},
 };
+
+/* The signals a batch system may send as notice (Slurm's --signal, PBS's and
+ * LSF's warning actions); the rest end a process for good reasons. */
+static const struct {
+    const char *name;
+    int number;
+} stop_signals[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"HUP", SIGHUP},
+                    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"QUIT", SIGQUIT},
+                    {"ALRM", SIGALRM}, {"XCPU", SIGXCPU}};
+
+/* "USR1", "SIGUSR1", "usr1". */
+static int parse_signal(const char *text, int *out, fr_error *err) {
+    const char *name = strncasecmp(text, "SIG", 3) == 0 ? text + 3 : text;
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
+        if (strcasecmp(name, stop_signals[i].name) == 0) {
+            *out = stop_signals[i].number;
+            return FR_OK;
+        }
+    return fr_fail(err, FR_EINVAL,
+                   "--stop-signal '%s': expected TERM, INT, HUP, USR1, USR2, QUIT, ALRM or XCPU",
+                   text);
+}
 
 static const option_spec *find_option(const char *name) {
     for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
@@ -135,6 +161,8 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
         else
             return fr_fail(err, FR_EINVAL, "--grad-dtype '%s': expected f32 or bf16", value);
         return FR_OK;
+    case SIGNAL:
+        return parse_signal(value, (int *)field, err);
     case LONG:
         if ((rc = parse_number(o, value, &number, true, err)) == FR_OK)
             *(long *)field = (long)number;
@@ -159,6 +187,7 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     opts->batch_size = 64;
     opts->shuffle = true;
     opts->log_every = 100;
+    opts->stop_signal = SIGTERM;
     if (argc < 2)
         return fr_fail(err, FR_EINVAL, "no command given (expected train, eval or inspect; see frost --help)");
     opts->command = argv[1];
@@ -218,6 +247,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return fr_fail(err, FR_EINVAL, "--checkpoint-every needs --checkpoint FILE");
     if (opts->resume && opts->init)
         return fr_fail(err, FR_EINVAL, "--resume and --init both give starting weights; use one");
+    if (opts->resume_if_exists && !opts->checkpoint)
+        return fr_fail(err, FR_EINVAL, "--resume-if-exists needs --checkpoint FILE (the file to resume from)");
+    if (opts->resume_if_exists && opts->resume)
+        return fr_fail(err, FR_EINVAL, "--resume-if-exists and --resume both name the checkpoint to resume; use one");
     if (opts->no_cache)
         opts->train.cache_mb = -1;
     opts->train.max_batch = opts->batch_size;
@@ -232,15 +265,19 @@ void frost_print_usage(const char *command) {
                "         [--seed N] [--no-shuffle] [--classes 0-4] [--init W.safetensors]\n"
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
-               "         [--allow-freeze-change] [--bucket-mb X] [--cache-mb X] [--no-cache]\n"
-               "         [--no-pin] [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
+               "         [--resume-if-exists] [--stop-signal NAME] [--allow-freeze-change]\n"
+               "         [--bucket-mb X] [--cache-mb X] [--no-cache] [--no-pin]\n"
+               "         [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
                "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
                "  layer name, applied in order; a pattern that matches nothing is an error.\n"
                "  --steps is the total number of steps; --epochs bounds it too when given.\n"
                "  --checkpoint is written every --checkpoint-every steps, at the end, and when\n"
-               "  SIGTERM/SIGINT stops the run (exit status 75); --resume continues exactly.\n"
+               "  SIGTERM, SIGINT or the --stop-signal (USR1, USR2, HUP, ...) stops the run\n"
+               "  (exit status 75); --resume continues exactly; --resume-if-exists resumes from\n"
+               "  the --checkpoint file when there is one (else starts afresh, from --init if\n"
+               "  given), so a requeued batch script needs no test of its own.\n"
                "  --bucket-mb sizes the allreduce buckets sent while backward runs (4).\n"
                "  --cache-mb bounds the frozen-prefix feature cache (a quarter of RAM);\n"
                "  --no-cache turns it off.\n"
@@ -249,6 +286,8 @@ void frost_print_usage(const char *command) {
                "  waits that long for another (a rank or link is down; 120 s).\n"
                "  --trace writes a Chrome trace (Perfetto, chrome://tracing) of every layer's\n"
                "  forward and backward per thread and every bucket's allreduce per rank.\n"
+               "  --threads defaults to OMP_NUM_THREADS, else to the rank's CPUs: its affinity\n"
+               "  mask, split evenly between the ranks of a node that share the same mask.\n"
                "  Threads are pinned one per CPU of the process's affinity mask when it has\n"
                "  no spare CPUs (ranks of a node sharing a mask split it) unless --no-pin or\n"
                "  OMP_PROC_BIND/OMP_PLACES.\n");

@@ -36,6 +36,8 @@ typedef struct frost_options {
     const char *checkpoint;
     long checkpoint_every; /* 0: only at the end and when stopped */
     const char *resume;
+    bool resume_if_exists; /* resume from `checkpoint` if that file exists */
+    int stop_signal;       /* besides SIGTERM and SIGINT: checkpoint and exit 75 */
     bool allow_freeze_change;
     bool no_cache;
     bool no_pin; /* leave thread placement to the OS (or OMP_PROC_BIND) */

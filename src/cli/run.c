@@ -205,6 +205,26 @@ static int evaluate_dataset(fr_trainer *trainer, const fr_dataset *data, int bat
 /* ------------------------------------------------------ thread placement */
 
 /*
+ * With neither --threads nor OMP_NUM_THREADS, a rank runs one thread per CPU
+ * it was given, its share when ranks of a node share a mask: OpenMP's own
+ * default (every CPU of the mask, on every rank) would run 2 ranks x 2
+ * threads on 2 CPUs under `srun -n 2`.  `note` says where the number came
+ * from, for the header; it stays empty when the user chose.  Collective.
+ */
+static int choose_threads(fr_train_config *config, char *note, size_t len, fr_error *err) {
+    int share = 0;
+    char where[200];
+    note[0] = '\0';
+    int rc = fr_comm_agree(fr_cpu_share(&share, where, sizeof where, err), err);
+    const char *omp = getenv("OMP_NUM_THREADS");
+    if (rc == FR_OK && config->threads == 0 && !(omp && *omp)) {
+        config->threads = share;
+        snprintf(note, len, "%d (%s), ", share, where);
+    }
+    return rc;
+}
+
+/*
  * Pin the trainer's threads unless --no-pin (collective).  Threads that
  * outnumber the CPUs this rank may use are worth a warning: the usual cause is
  * mpirun binding each rank to one core while it runs several threads.
@@ -243,6 +263,7 @@ typedef struct training_run {
     char *metrics_tmp;
     uint64_t *frozen_before; /* per-parameter checksums of frozen parameters */
     char placement[200];     /* where the threads run, for the header */
+    char thread_count[240];  /* why this many, when frost chose */
 } training_run;
 
 static void free_run(training_run *run) {
@@ -365,7 +386,9 @@ static int setup_training(training_run *run, fr_error *err) {
         if (run_steps(opts, fr_dataset_size(run->train)) <=
             batches_per_epoch(opts, fr_dataset_size(run->train)))
             config.cache_mb = -1;
-        rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
+        rc = choose_threads(&config, run->thread_count, sizeof run->thread_count, err);
+        if (rc == FR_OK)
+            rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
     }
     if (rc == FR_OK)
         rc = place_threads(opts, run->trainer, run->placement, sizeof run->placement, err);
@@ -394,25 +417,36 @@ static void print_header(const training_run *run) {
     printf("parameters %zu, trainable %zu (%.1f%%), frozen %zu; allreduce %zu bytes per step\n",
            total, trainable, total ? 100.0 * trainable / total : 0.0, total - trainable,
            fr_trainer_allreduce_bytes(run->trainer));
-    printf("threads: %s\n", run->placement);
+    printf("threads: %s%s\n", run->thread_count, run->placement);
     fflush(stdout);
 }
 
 /* ------------------------------------------------------ checkpoints */
 
-/* SIGTERM (Slurm's notice) and SIGINT (Ctrl-C) only raise a flag: the step in
- * progress finishes, the ranks agree, and the run checkpoints and exits. */
+/*
+ * SIGTERM (Slurm's notice), SIGINT (Ctrl-C) and the --stop-signal (USR1 for
+ * `#SBATCH --signal=USR1@120`) only raise a flag: the step in progress
+ * finishes, the ranks agree, and the run checkpoints and exits.  The handlers
+ * go in before MPI starts (main) and before setup, so a notice that comes
+ * while the run starts stops it before its first step instead of killing it.
+ * SA_RESTART: the signal lands on any thread, and must not make a write of
+ * the checkpoint or of output going to a pipe (srun's, mpirun's) fail with
+ * EINTR.
+ */
 static volatile sig_atomic_t stop_signal;
 
 static void on_stop_signal(int signo) { stop_signal = signo; }
 
-static void install_stop_handlers(void) {
+void frost_catch_stop_signals(int extra) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = on_stop_signal;
+    action.sa_flags = SA_RESTART;
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
+    if (extra)
+        sigaction(extra, &action, NULL);
 }
 
 /* What the run adds to a checkpoint: where it is in the data, and the
@@ -532,23 +566,50 @@ static int start_trace(training_run *run, fr_error *err) {
     return fr_trace_start(fr_trainer_threads(run->trainer), events, err);
 }
 
-int frost_train(const frost_options *opts, fr_error *err) {
+/*
+ * --resume-if-exists: resume from the --checkpoint file when it exists, else
+ * start afresh (from --init when given).  Every rank reads the checkpoint, so
+ * every rank must see the file: ranks that disagree stop with a message
+ * instead of half of them resuming.
+ */
+static int resolve_resume(frost_options *opts, fr_error *err) {
+    if (!opts->resume_if_exists)
+        return FR_OK;
+    struct stat st;
+    bool exists = stat(opts->checkpoint, &st) == 0;
+    bool some = fr_comm_any(exists), all = !fr_comm_any(!exists);
+    if (some && !all)
+        return fr_fail(err, FR_EINVAL,
+                       "--resume-if-exists: %s exists for some ranks and not for others; the checkpoint must be on a filesystem every rank sees",
+                       opts->checkpoint);
+    if (exists) {
+        opts->resume = opts->checkpoint;
+        opts->init = NULL; /* the checkpoint holds the weights */
+    }
+    return FR_OK;
+}
+
+int frost_train(const frost_options *options, fr_error *err) {
+    frost_catch_stop_signals(options->stop_signal);
+    frost_options resolved = *options;
+    const frost_options *opts = &resolved;
     training_run run = {.opts = opts};
-    int rc = setup_training(&run, err);
+    int rc = resolve_resume(&resolved, err);
+    if (rc == FR_OK)
+        rc = setup_training(&run, err);
     if (rc == FR_OK && opts->resume)
         rc = resume(&run, err);
     if (rc != FR_OK) {
         free_run(&run);
         return rc;
     }
-    if (rc == FR_OK && opts->trace)
+    if (opts->trace)
         rc = start_trace(&run, err);
     if (rc != FR_OK) {
         free_run(&run);
         return rc;
     }
     record_frozen(&run);
-    install_stop_handlers();
     if (is_root())
         print_header(&run);
 
@@ -560,12 +621,15 @@ int frost_train(const frost_options *opts, fr_error *err) {
     long step = fr_trainer_steps_done(run.trainer);
     if (is_root() && opts->resume)
         printf("resumed from %s at step %ld\n", opts->resume, step);
+    else if (is_root() && opts->resume_if_exists)
+        printf("no checkpoint %s yet: starting afresh\n", opts->checkpoint);
     progress p = {.start = now_seconds()};
     p.interval_start = p.start;
     p.interval_bytes = fr_trainer_bytes_sent(run.trainer);
     double last_loss = NAN;
     long epoch = step / epoch_steps;
-    bool interrupted = false;
+    /* A signal during setup stops the run before its first step. */
+    bool interrupted = fr_comm_any(stop_signal != 0);
     bool have_order = false; /* this epoch's order, needed again after a resume */
     while (step < total_steps && rc == FR_OK && !interrupted) {
         long b = step % epoch_steps;
@@ -688,8 +752,12 @@ int frost_eval(const frost_options *opts, fr_error *err) {
         rc = fr_comm_agree(load_data(opts, model, false, &test, err), err);
     if (rc == FR_OK)
         rc = fr_comm_check_same((uint64_t)fr_dataset_size(test), "the dataset size", err);
+    fr_train_config config = opts->train;
+    char thread_count[240];
     if (rc == FR_OK)
-        rc = fr_comm_agree(fr_trainer_new(model, &opts->train, &trainer, err), err);
+        rc = choose_threads(&config, thread_count, sizeof thread_count, err);
+    if (rc == FR_OK)
+        rc = fr_comm_agree(fr_trainer_new(model, &config, &trainer, err), err);
     char placement[200];
     if (rc == FR_OK)
         rc = place_threads(opts, trainer, placement, sizeof placement, err);
