@@ -22,6 +22,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True   # no __pycache__ in the source tree (read-only under distcheck)
 import bench  # noqa: E402  (the workloads, frost's model spec, the data preparation)
 
 NETNS_IF = "eth0"                # each node's interface (bench/netns-lib.sh)
@@ -55,8 +56,13 @@ def parse_args(argv):
                     help="steps per timed interval; the first interval is warm-up (%d)" % DEFAULT_LOG_EVERY)
     ap.add_argument("--frost-args", action="append", default=[], metavar="'FLAGS'",
                     help="an extra frost row with these flags added (repeatable), "
-                         "e.g. --frost-args '--grad-dtype bf16'")
+                         "e.g. --frost-args '--grad-dtype bf16'; a single flag without a value "
+                         "needs the = form: --frost-args=--no-cache")
     ap.add_argument("--no-ddp", action="store_true", help="frost rows only")
+    ap.add_argument("--mpi-busy-wait", action="store_true",
+                    help="let frost's ranks poll while they wait in MPI (Open MPI's default on a "
+                         "node it thinks it has to itself); by default they yield the CPU, since "
+                         "all nodes share this machine's cores")
     ap.add_argument("--frost", help="the frost command (default: $FROST, <repo>/src/frost, ./src/frost, PATH)")
     ap.add_argument("--data", default=os.environ.get("DATA", bench.DEFAULT_DATA),
                     help="Fashion-MNIST directory (%(default)s)")
@@ -239,9 +245,13 @@ def run_frost(args, cluster, frost, wl, data, nodes, extra, tag):
     spec = bench.frost_spec(wl["model"])
     hosts = ",".join(cluster.addr(i) for i in range(1, nodes + 1))
     # One rank per node, TCP only between them (bench/netns-lib.sh's NETNS_MPI_FLAGS).
+    flags = list(cluster.mpi_flags)
+    if args.mpi_busy_wait:
+        k = flags.index("mpi_yield_when_idle")
+        flags[k + 1] = "0"
     mpi = [args.mpirun, "--allow-run-as-root", "--oversubscribe",
            "--mca", "plm_rsh_agent", os.path.join(HERE, "netns-rsh.sh")] + \
-        cluster.mpi_flags + ["--host", hosts, "-np", str(nodes), "-x", "OMP_NUM_THREADS=1"]
+        flags + ["--host", hosts, "-np", str(nodes), "-x", "OMP_NUM_THREADS=1"]
     if "OMP_WAIT_POLICY" in os.environ:
         mpi += ["-x", "OMP_WAIT_POLICY"]
     cmd = cluster.in_node(1, mpi + [
@@ -370,10 +380,12 @@ def main():
         datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), bench.cpu_model(), bench.usable_cores(),
         load_start, bench.loadavg(), time.time() - started))
     lines.append("")
-    lines.append("frost %s (%s) under %s, one rank x 1 thread per node, TCP only; PyTorch %s DDP (gloo), "
-                 "one process x 1 thread per node; SGD lr 0.01 momentum 0.9; %d steps, intervals of %d" % (
-                     frost_version, frost, mpirun_version(args.mpirun), torch_version or "n/a",
-                     args.steps, args.log_every))
+    lines.append("frost %s (%s) under %s, one rank x 1 thread per node, TCP only, ranks %s while they "
+                 "wait; %s; SGD lr 0.01 momentum 0.9; %d steps, intervals of %d" % (
+                     frost_version, frost, mpirun_version(args.mpirun),
+                     "polling" if args.mpi_busy_wait else "yielding the CPU",
+                     "PyTorch %s DDP (gloo), one process x 1 thread per node" % torch_version
+                     if use_ddp else "no PyTorch DDP", args.steps, args.log_every))
     lines.append("")
     lines.append("Links (tc on both ends of every node's veth; raw TCP between nodes 1 and 2, "
                  "MB/s = 1e6 bytes/s):")

@@ -47,9 +47,14 @@ NETNS_SWITCH=
 # core 0 of it).  TCP keepalive on the out-of-band channel, so that mpirun
 # notices a node that vanished (link down) within 10-20 s: by default (300 s
 # idle, then 9 probes 20 s apart) it waits 8 minutes, even after a rank has
-# aborted the job, trying to reach that node's daemon.
+# aborted the job, trying to reach that node's daemon.  Ranks yield the CPU
+# while they wait in MPI (mpi_yield_when_idle): every node shares this
+# machine's cores, and a rank polling in MPI_Allreduce would take them from
+# the other nodes' ranks and from the kernel's network processing, which on a
+# real cluster it cannot (4 nodes on 2 cores: half the speed without it).
 # shellcheck disable=SC2034 # for the scripts that source this file
-NETNS_MPI_FLAGS="--bind-to none --mca plm_rsh_no_tree_spawn 1 --mca pml ob1 --mca btl tcp,self \
+NETNS_MPI_FLAGS="--bind-to none --mca plm_rsh_no_tree_spawn 1 --mca mpi_yield_when_idle 1 \
+--mca pml ob1 --mca btl tcp,self \
 --mca btl_tcp_if_include $NETNS_SUBNET.0/24 --mca oob_tcp_if_include $NETNS_SUBNET.0/24 \
 --mca oob_tcp_keepalive_time 10 --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes 5"
 
