@@ -3,10 +3,11 @@
 
 bench/cluster.sh builds the cluster (network namespaces on a bridge, bench/netns-lib.sh), cleans
 it up, and runs this driver with NETNS_PREFIX, NETNS_SUBNET, NETNS_NODES and NETNS_LIB in the
-environment and --work DIR. For every link (unshaped first: it gives the compute time) the driver
-shapes every node's link, measures raw TCP between nodes 1 and 2, and runs each workload on each
-node count: frost under mpirun, one rank per node namespace (TCP only), then PyTorch DDP (gloo),
-one process per node namespace. It prints one markdown table. See bench/README.md.
+environment and --work DIR. The driver shapes every node's link to each rate in turn and measures
+raw TCP between nodes 1 and 2; then, for each node count, workload and side (frost under mpirun,
+one rank per node namespace, TCP only; PyTorch DDP, gloo, one process per node namespace), it runs
+the case on unshaped links (the compute time) and right after on each shaped link. It prints one
+markdown table. See bench/README.md.
 """
 import argparse
 import csv
@@ -334,12 +335,8 @@ def main():
     frost_version = "?"
     port = 29500
     links = ["none"] + [l for l in args.links if l != "none"]
-    # Every shaping once before the first run, so that a kernel without netem, say, is found
-    # before minutes of unshaped runs.
-    for link in links[1:]:
-        why = cluster.shape(link, args.delay)
-        if why:
-            sys.exit("cluster: %s" % why)
+    # Every link first: its shaping (a kernel without netem, say, fails here, before minutes of
+    # runs) and the raw TCP it gives.
     for link in links:
         why = cluster.shape(link, args.delay if link != "none" else "none")
         if why:
@@ -351,9 +348,15 @@ def main():
         log("  raw TCP between nodes 1 and 2: one way %s MB/s, both ways at once %s MB/s" % (
             fmt(tcp[link]["one way"][0], ".1f", "failed"),
             " + ".join(fmt(x, ".1f", "failed") for x in tcp[link]["both ways"])))
-        for nodes in args.node_counts:
-            for wl in args.workload_list:
-                for name, extra in sides:
+    # Then the runs; the unshaped one (the compute time) right before the shaped ones of the same
+    # case, so that a change in the machine's load between them is as unlikely as can be.
+    for nodes in args.node_counts:
+        for wl in args.workload_list:
+            for name, extra in sides:
+                for link in links:
+                    why = cluster.shape(link, args.delay if link != "none" else "none")
+                    if why:
+                        sys.exit("cluster: %s" % why)
                     run_started = time.time()
                     tag = "%s-%dn-w%s-%s" % (link, nodes, wl["id"], re.sub(r"[^A-Za-z0-9]+", "_", name))
                     if name == "DDP":
