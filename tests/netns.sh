@@ -31,6 +31,12 @@ fi
 cleanup() {
     trap - EXIT INT TERM HUP
     NETNS_PREFIX=$prefix netns_destroy
+    # The clusters of the bench/cluster.sh runs below, should one outlive its script.
+    for log in "$WORK/bench.err" "$WORK/stop.err"; do
+        [ -f "$log" ] || continue
+        made=$(sed -n 's/^cluster: [0-9]* nodes \(frc[0-9]*\)n1\.\..*/\1/p' "$log")
+        [ -z "$made" ] || netns_destroy "$made"
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -191,7 +197,7 @@ cluster_left() {
     ip netns list | awk -v p="$made" '$1 == p "sw" || index($1, p "n") == 1 { print $1 }' | tr '\n' ' '
 }
 BENCH="--frost $FROST --data $WORK/data --nodes 2 --workloads 1 --no-ddp --tcp-seconds 0.3"
-timeout -k 5 300 "$TOP_SRCDIR/bench/cluster.sh" $BENCH --steps 4 --log-every 2 \
+timeout -k 30 300 "$TOP_SRCDIR/bench/cluster.sh" $BENCH --steps 4 --log-every 2 \
     > "$WORK/bench.out" 2> "$WORK/bench.err" &
 bench=$!
 wait $bench
@@ -201,12 +207,14 @@ grep -q '^- 1gbit: raw TCP one way [0-9.]* MB/s' "$WORK/bench.out" &&
 table=$?
 [ $status -eq 0 ] && [ $table -eq 0 ]
 ok $? "bench/cluster.sh: a short run prints the raw TCP rate and a table row for frost (exit $status)"
-[ $status -eq 0 ] && [ $table -eq 0 ] || sed 's/^/#   /' "$WORK/bench.err" | tail -n 10
+if [ $status -ne 0 ] || [ $table -ne 0 ]; then
+    sed 's/^/#   /' "$WORK/bench.err" | tail -n 10
+fi
 left=$(cluster_left "$WORK/bench.err")
 [ -z "$left" ]
 ok $? "bench/cluster.sh: its namespaces are gone after the run (left: '$left')"
 
-timeout -k 5 300 "$TOP_SRCDIR/bench/cluster.sh" $BENCH --steps 100000 --log-every 1000 \
+timeout -k 30 300 "$TOP_SRCDIR/bench/cluster.sh" $BENCH --steps 100000 --log-every 1000 \
     > "$WORK/stop.out" 2> "$WORK/stop.err" &
 bench=$!
 waited=0
@@ -215,9 +223,14 @@ while ! grep -q '^link none' "$WORK/stop.err" && [ $waited -lt 600 ] && kill -0 
     waited=$((waited + 1))
 done
 sleep 1 # into the first frost run
-kill -TERM $bench # timeout passes it on to cluster.sh
+# To cluster.sh itself (its namespaces are named after its process id):
+# through timeout, the TERM would arm timeout's SIGKILL 30 s later.
+made=$(sed -n 's/^cluster: [0-9]* nodes frc\([0-9]*\)n1\.\..*/\1/p' "$WORK/stop.err")
+stopped_at=$(date +%s)
+kill -TERM "${made:-$bench}"
 wait $bench
 status=$?
+diag "bench/cluster.sh took $(($(date +%s) - stopped_at)) s to clean up and exit"
 left=$(cluster_left "$WORK/stop.err")
 [ $status -ne 0 ] && [ -z "$left" ] && ! grep -q '^cluster: work directory kept' "$WORK/stop.err"
 ok $? "bench/cluster.sh: stopped by SIGTERM mid-run, it exits non-zero and leaves no namespace behind (exit $status, left: '$left')"
