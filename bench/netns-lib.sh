@@ -40,6 +40,8 @@ NETNS_IF=eth0
 NETNS_PREFIX=${NETNS_PREFIX:-}
 NETNS_NODES=0
 NETNS_SWITCH=
+NETNS_INODES= # of the namespaces netns_create made: netns_destroy finds their processes even if
+              # someone else has deleted the names
 # One rank per node, and only TCP between them (no shared memory: pml ob1 with
 # the tcp and self BTLs), on the nodes' subnet for MPI and for Open MPI's own
 # out-of-band channel; orted started by mpirun itself, not by other orteds;
@@ -119,6 +121,7 @@ netns_create() {
     # Made in order; netns_destroy removes whatever exists, so a failure
     # half-way leaves nothing behind once the caller's trap runs.
     if ! { ip netns add "$NETNS_SWITCH" &&
+        NETNS_INODES=$(netns_inode "$NETNS_SWITCH") &&
         ip -n "$NETNS_SWITCH" link set lo up &&
         ip -n "$NETNS_SWITCH" link add br0 type bridge &&
         ip -n "$NETNS_SWITCH" link set br0 up; } 2> "$netns_create_err"; then
@@ -131,6 +134,7 @@ netns_create() {
         netns_create_node=$(netns_node "$netns_create_i")
         if ! { ip netns add "$netns_create_node" &&
             NETNS_NODES=$netns_create_i &&
+            NETNS_INODES="$NETNS_INODES $(netns_inode "$netns_create_node")" &&
             ip -n "$netns_create_node" link set lo up &&
             ip -n "$NETNS_SWITCH" link add "p$netns_create_i" type veth \
                 peer name "$NETNS_IF" netns "$netns_create_node" &&
@@ -144,6 +148,19 @@ netns_create() {
         netns_create_i=$((netns_create_i + 1))
     done
     rm -f "$netns_create_err"
+}
+
+# netns_inode NAME: the inode number of a named network namespace (readlink /proc/PID/ns/net
+# of a process in it says net:[INODE]).
+netns_inode() { stat -L -c %i "/run/netns/$1"; }
+
+# netns_inode_pids "INODE...": the processes whose network namespace is one of these.
+netns_inode_pids() {
+    [ -n "$1" ] || return 0
+    # shellcheck disable=SC2012 # ls -l shows each link's target in one call
+    ls -l /proc/[0-9]*/ns/net 2> /dev/null | awk -v want=" $1 " '$(NF - 1) == "->" {
+        ino = $NF; gsub(/[^0-9]/, "", ino)
+        if (index(want, " " ino " ")) { split($(NF - 2), path, "/"); print path[3] } }'
 }
 
 # netns_rate_bytes RATE: tc's rate (bit/s with k/m/g, or bps for bytes) in bytes per second.
@@ -212,12 +229,17 @@ netns_shape() {
 # netns_destroy [PREFIX]: every namespace named PREFIXsw or PREFIXn<digits>,
 # after ending the processes in them: TERM, then KILL, in rounds until none is
 # left (a daemon that forks as it is signalled is caught by the next round).
+# For the cluster this shell made, the processes are found by namespace inode
+# too, so that none survives another script deleting the names (one that
+# deletes every namespace matching 'fr*', say).
 netns_destroy() {
     netns_destroy_prefix=${1:-$NETNS_PREFIX}
     [ -n "$netns_destroy_prefix" ] || return 0
+    netns_destroy_inodes=
+    [ "$netns_destroy_prefix" != "$NETNS_PREFIX" ] || netns_destroy_inodes=$NETNS_INODES
     netns_destroy_list=$(ip netns list 2> /dev/null | awk -v p="$netns_destroy_prefix" '
         { n = $1; if (n == p "sw" || (index(n, p "n") == 1 && substr(n, length(p) + 2) ~ /^[0-9]+$/)) print n }')
-    [ -n "$netns_destroy_list" ] || return 0
+    [ -n "$netns_destroy_list$netns_destroy_inodes" ] || return 0
     netns_destroy_signal=TERM
     netns_destroy_round=0
     while [ $netns_destroy_round -lt 5 ]; do
@@ -225,6 +247,7 @@ netns_destroy() {
         for netns_destroy_ns in $netns_destroy_list; do
             netns_destroy_pids="$netns_destroy_pids $(ip netns pids "$netns_destroy_ns" 2> /dev/null | tr '\n' ' ')"
         done
+        netns_destroy_pids="$netns_destroy_pids $(netns_inode_pids "$netns_destroy_inodes" | tr '\n' ' ')"
         case $netns_destroy_pids in *[0-9]*) ;; *) netns_destroy_pids= && break ;; esac
         # shellcheck disable=SC2086 # a list of process ids
         kill -$netns_destroy_signal $netns_destroy_pids 2> /dev/null
