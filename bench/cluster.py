@@ -161,8 +161,9 @@ class Cluster:
 
 
 def run_procs(cmds, env, timeout, cluster):
-    """Start the commands at once; wait for all (the whole group is killed after timeout).
-    Returns [(rc, stdout, stderr)]; rc 124 for a timeout."""
+    """Start the commands at once; wait for all. The whole group is killed after timeout, or as
+    soon as one of them fails (the others, ranks of one job, would wait for it until then).
+    Returns [(rc, stdout, stderr)]; rc 124 for a timeout, -15 or -9 for a process ended here."""
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True) for c in cmds]
     deadline = time.time() + timeout
@@ -177,8 +178,9 @@ def run_procs(cmds, env, timeout, cluster):
                 results[k] = (p.returncode, out, err)
             except subprocess.TimeoutExpired:
                 pass
-        if time.time() > deadline and any(r is None for r in results):
-            timed_out = True
+        failed = any(r is not None and r[0] != 0 for r in results)
+        if (failed or time.time() > deadline) and any(r is None for r in results):
+            timed_out = not failed
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
@@ -187,7 +189,8 @@ def run_procs(cmds, env, timeout, cluster):
             for k, p in enumerate(procs):
                 if results[k] is None:
                     out, err = p.communicate()
-                    results[k] = (124, out, err + "\ntimed out after %d s" % timeout)
+                    results[k] = (124, out, err + "\ntimed out after %d s" % timeout) if timed_out \
+                        else (p.returncode, out, err + "\nended: another process of the run failed")
     if timed_out or any(r[0] != 0 for r in results):
         cluster.reap()     # nothing of a failed run may slow the next one down
     return results
@@ -289,9 +292,12 @@ def run_ddp(args, cluster, wl, data, nodes, tag, port):
     with open(os.path.join(args.work, "ddp-%s.log" % tag), "w") as f:
         for c, (rc, out, err) in zip(cmds, results):
             f.write(" ".join(c) + "\nexit %d\n" % rc + out + err + "\n")
-    for i, (rc, out, err) in enumerate(results):
-        if rc != 0:
-            return {"error": "DDP rank %d exit %d: %s" % (i, rc, bench.last_line(err or out, rc))}
+    # The rank that failed first, not one ended because of it.
+    failed = [(i, r) for i, r in enumerate(results) if r[0] != 0]
+    first = [f for f in failed if "another process of the run failed" not in f[1][2]] or failed
+    if first:
+        i, (rc, out, err) = first[0]
+        return {"error": "DDP rank %d exit %d: %s" % (i, rc, bench.last_line(err or out, rc))}
     try:
         res = json.loads(bench.last_line(results[0][1]))
     except ValueError:
