@@ -17,6 +17,12 @@ of LOG_EVERY steps, the first interval is warm-up, the result is the median rate
 With --ranks R > 1 it runs PyTorch DDP (gloo, loopback only) in R processes started with
 torch.multiprocessing, each with --threads threads and a contiguous slice of the global batch;
 the reported memory is rank 0's (as frost's summary reports rank 0's).
+
+With --rank I as well, this process is rank I of R, started on its own (one per node, as
+bench/cluster.sh does in its network namespaces): the ranks meet at --master-addr:--master-port
+(rank 0 listens there), gloo uses the interface in GLOO_SOCKET_IFNAME, and rank 0 prints the
+JSON line. The result also holds grad_bytes, the bytes of the trainable gradients (what DDP
+allreduces each step).
 """
 import argparse
 import gzip
@@ -89,8 +95,11 @@ def run(rank, args, result_path):
     ddp = args.ranks > 1
     if ddp:
         import torch.distributed as dist
-        dist.init_process_group("gloo", init_method="file://" + args.rendezvous,
-                                rank=rank, world_size=args.ranks)
+        if args.rank is None:
+            init_method = "file://" + args.rendezvous
+        else:
+            init_method = "tcp://%s:%d" % (args.master_addr, args.master_port)
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=args.ranks)
     torch.manual_seed(args.seed)
     layers = json.loads(args.model)
     model, flat_input = build_model(layers, torch)
@@ -100,6 +109,7 @@ def run(rank, args, result_path):
             p.requires_grad_(False)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
+    grad_bytes = sum(p.numel() * p.element_size() for p in params)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum)
@@ -149,6 +159,7 @@ def run(rank, args, result_path):
         "interval_rates": [round(r, 1) for r in rates],
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "trainable": trainable,
+        "grad_bytes": grad_bytes,
         "final_loss": loss_value if rates else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -156,7 +167,9 @@ def run(rank, args, result_path):
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
-    if rank == 0:
+    if rank == 0 and result_path is None:
+        print(json.dumps(result), flush=True)
+    elif rank == 0:
         with open(result_path, "w") as f:
             json.dump(result, f)
 
@@ -174,9 +187,18 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rank", type=int, help="this process is rank RANK of --ranks, started on "
+                    "its own; the ranks meet at --master-addr:--master-port")
+    ap.add_argument("--master-addr", default="127.0.0.1")
+    ap.add_argument("--master-port", type=int, default=29500)
     args = ap.parse_args()
     if args.ranks < 1 or args.batch_size % args.ranks:
         sys.exit("torch_worker: --batch-size must be a multiple of --ranks")
+    if args.rank is not None:
+        if not 0 <= args.rank < args.ranks or args.ranks < 2:
+            sys.exit("torch_worker: --rank must be in 0..ranks-1, with --ranks 2 or more")
+        run(args.rank, args, None)
+        return
 
     with tempfile.TemporaryDirectory(prefix="frost-bench-torch.") as tmp:
         result_path = os.path.join(tmp, "result.json")
