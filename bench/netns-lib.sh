@@ -54,6 +54,11 @@ NETNS_INODES= # of the namespaces netns_create made: netns_destroy finds their p
 # machine's cores, and a rank polling in MPI_Allreduce would take them from
 # the other nodes' ranks and from the kernel's network processing, which on a
 # real cluster it cannot (4 nodes on 2 cores: half the speed without it).
+# Each node's TCP gives up on unacknowledged data after 5 retransmissions
+# (about 12 s; net.ipv4.tcp_retries2, per namespace) instead of the kernel's
+# 15 (about 15 minutes): once a rank has ended the job (frost's
+# --comm-timeout), mpirun's abort sends to the lost node's daemon, and that
+# unacknowledged send, not the keepalive, is what it then waits on.
 # shellcheck disable=SC2034 # for the scripts that source this file
 NETNS_MPI_FLAGS="--bind-to none --mca plm_rsh_no_tree_spawn 1 --mca mpi_yield_when_idle 1 \
 --mca pml ob1 --mca btl tcp,self \
@@ -140,7 +145,8 @@ netns_create() {
                 peer name "$NETNS_IF" netns "$netns_create_node" &&
             ip -n "$NETNS_SWITCH" link set "p$netns_create_i" master br0 up &&
             ip -n "$netns_create_node" addr add "$(netns_addr "$netns_create_i")/24" dev "$NETNS_IF" &&
-            ip -n "$netns_create_node" link set "$NETNS_IF" up; } 2> "$netns_create_err"; then
+            ip -n "$netns_create_node" link set "$NETNS_IF" up &&
+            ip netns exec "$netns_create_node" sysctl -qw net.ipv4.tcp_retries2=5; } 2> "$netns_create_err"; then
             netns_fail "cannot make node $netns_create_i ($netns_create_node)" "$netns_create_err"
             rm -f "$netns_create_err"
             return 1

@@ -381,7 +381,9 @@ int fr_comm_broadcast_model(fr_model *model, fr_error *err);
  * wait (rank 0 writing a checkpoint, say).
  */
 void fr_comm_set_timeout(double seconds);
-/* End every rank of the job now (MPI_Abort), after a communication failure. */
+/* End this process now (_exit, without MPI_Finalize), after a communication
+ * failure: the launcher (mpirun, srun) then ends the other ranks.  MPI_Abort
+ * would wait to reach every node, which hangs when a node's link is down. */
 void fr_comm_abort(int exit_code);
 
 /* ------------------------------------------------------------ tracing */

@@ -16,6 +16,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef HAVE_MPI
 #include <mpi.h>
@@ -65,9 +66,12 @@ void fr_comm_finalize(void) {
     initialised_here = false;
 }
 
+/* Not MPI_Abort: it waits until the launcher has reached every node, which
+ * never happens when a node's link is down.  A rank that exits without
+ * MPI_Finalize makes mpirun (and srun) end the others. */
 void fr_comm_abort(int exit_code) {
-    if (world_size > 1)
-        MPI_Abort(MPI_COMM_WORLD, exit_code);
+    fflush(NULL);
+    _exit(exit_code);
 }
 
 bool fr_comm_have_mpi(void) { return true; }
@@ -410,7 +414,10 @@ int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
     (void)err;
     return FR_OK;
 }
-void fr_comm_abort(int exit_code) { (void)exit_code; }
+void fr_comm_abort(int exit_code) {
+    fflush(NULL);
+    _exit(exit_code);
+}
 void fr_comm_set_timeout(double seconds) { (void)seconds; }
 int fr_comm_barrier(fr_error *err) {
     (void)err;
