@@ -97,17 +97,17 @@ static double seconds_now(void) {
 
 /*
  * Wait for a request by polling it.  Open MPI moves data over TCP only inside
- * MPI calls, so the waiter keeps calling; after a short spin it sleeps between
- * calls, 20 us at first and twice as long each time up to 200 us (the
- * sockets' buffers keep the link busy meanwhile), so a waiting thread leaves
- * the cores to the threads computing.  A request that has not completed
- * after the timeout means a rank or its link is gone.
+ * MPI calls, so the waiter keeps calling; after spinning for 20 us it sleeps
+ * between calls, 50 us at first and twice as long each time up to 200 us
+ * (the sockets' buffers keep the link busy meanwhile), so a waiting thread
+ * leaves the cores to the threads computing.  A request that has not
+ * completed after the timeout means a rank or its link is gone.
  */
 int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err) {
-    const int spin_polls = 50;
-    const long first_pause_ns = 20000, longest_pause_ns = 200000;
+    const double spin_s = 20e-6;
+    const long first_pause_ns = 50000, longest_pause_ns = 200000;
     struct timespec pause = {0, first_pause_ns};
-    double start = 0.0;
+    double start = seconds_now();
     for (long polls = 0;; polls++) {
         int done = 0;
         int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
@@ -115,11 +115,10 @@ int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err
             return mpi_failed(err, what, rc);
         if (done)
             return FR_OK;
-        if (polls < spin_polls)
+        double waited = seconds_now() - start;
+        if (waited < spin_s)
             continue;
-        if (polls == spin_polls)
-            start = seconds_now();
-        else if ((polls & 15) == 0 && seconds_now() - start > timeout_s) {
+        if (waited > timeout_s) {
             if (peer >= 0)
                 return fr_fail(err, FR_ECOMMLOST,
                                "rank %d: %s stalled: nothing from rank %d for %.0f s (a rank or "
@@ -262,18 +261,20 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
     return FR_OK;
 }
 
+/* Asked after every step (a stop signal on any rank?), so it goes through
+ * the communication thread's one-latency sum of doubles. */
 bool fr_comm_any(bool flag) {
     if (world_size == 1)
         return flag;
-    int any = flag;
-    fr_error ignored = {0};
-    /* A stalled job is ended by the gradient allreduce or the next
-     * collective's timeout; here a failure reads as "no flag". */
-    if (allreduce(&any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, "MPI_Iallreduce", &ignored) != FR_OK) {
-        fprintf(stderr, "frost: %s\n", ignored.msg);
+    double any = flag ? 1.0 : 0.0;
+    fr_error err = {0};
+    if (fr_comm_start_sum_doubles(&any, 1, 0, &err) != FR_OK ||
+        fr_comm_finish_sum(0, &err) != FR_OK) {
+        /* No status to return: a rank that cannot reach the others ends. */
+        fprintf(stderr, "frost: %s\n", err.msg);
         fr_comm_abort(1);
     }
-    return any != 0;
+    return any > 0.0;
 }
 
 int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err) {

@@ -131,8 +131,29 @@ uint64_t fr_rng_below(fr_rng *rng, uint64_t bound) {
     }
 }
 
+static uint64_t rotate_left(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+/* Whole 32-byte blocks go through four independent lanes of 8-byte words
+ * (one multiply chain per byte cost ~15 ms on an 11.6 MB model, and ranks
+ * compare a checksum of the weights at every logged step); the lanes are
+ * folded into the hash, and the rest is FNV-1a byte by byte. */
 uint64_t fr_hash_bytes(uint64_t hash, const void *data, size_t len) {
     const unsigned char *p = data;
+    if (len >= 32) {
+        const uint64_t odd = 0x9e3779b97f4a7c15ULL;
+        uint64_t lane[4] = {hash, hash ^ 0xbf58476d1ce4e5b9ULL, hash ^ 0x94d049bb133111ebULL,
+                            hash ^ odd};
+        size_t blocks = len / 32;
+        for (size_t b = 0; b < blocks; b++, p += 32)
+            for (int k = 0; k < 4; k++) {
+                uint64_t word;
+                memcpy(&word, p + 8 * k, sizeof word);
+                lane[k] = rotate_left(lane[k] ^ word, 29) * odd;
+            }
+        for (int k = 0; k < 4; k++)
+            hash = (hash ^ lane[k] ^ (lane[k] >> 31)) * 0x100000001b3ULL;
+        len -= blocks * 32;
+    }
     for (size_t i = 0; i < len; i++) {
         hash ^= p[i];
         hash *= 0x100000001b3ULL;

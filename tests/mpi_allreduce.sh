@@ -47,6 +47,7 @@ train() { # train NAME NP [frost args]: PMPI counts in $WORK/NAME.count.RANK
     [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/$name.out"
     return $status
 }
+# The counter's second field: bytes sent with tag 0, the gradient buckets.
 counted() { cat "$WORK/$1".count.* | awk '{ s += $2 } END { print s + 0 }'; }
 trainable() { "$FROST" inspect --model "$MODEL" "$@" | sed -n 's/^trainable parameters: \([0-9]*\).*/\1/p'; }
 full=$(trainable)
