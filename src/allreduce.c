@@ -17,8 +17,9 @@
  * segments go round.  Each rank sends 2(n-1)/n of the bucket, the least an
  * allreduce can, and every link carries data both ways at once.  A step's
  * segment moves as chunks of CHUNK_BYTES, all posted at once, and each chunk
- * is added as it arrives, so the adds hide behind the transfer.  Two ranks
- * with a small bucket make one exchange instead (one latency, not two).
+ * is added as it arrives, so the adds hide behind the transfer.  A small
+ * bucket on 2, 4, 8, ... ranks goes by recursive doubling instead: log2(n)
+ * latencies, not 2(n-1) (one exchange on two ranks).
  *
  * Every sum is formed once, in a fixed order, and copied to the other ranks,
  * so every rank ends with the same bits, and they depend on the rank count
@@ -48,7 +49,7 @@
 /* Under Open MPI's TCP eager limit (64 KB with its header), so a chunk goes
  * out at once, with no rendezvous round trip before its data. */
 #define CHUNK_BYTES (48 * 1024)
-/* Two ranks exchange whole buckets up to this size. */
+/* Buckets up to this size go by recursive doubling on 2, 4, 8, ... ranks. */
 #define EXCHANGE_BYTES (64 * 1024)
 
 typedef struct sum_job {
@@ -149,8 +150,11 @@ static int transfer(const void *send, size_t send_count, void *recv, size_t recv
         if (rc != MPI_SUCCESS)
             return fr_fail(err, FR_ECOMM, "%s: MPI_Isend failed", WHAT);
     }
+    /* A small segment arrives in microseconds: poll without sleeping for a
+     * while, or each of a small bucket's 2(n-1) steps would cost a sleep. */
+    double spin_s = (recv_count + send_count) * element_bytes <= EXCHANGE_BYTES ? 500e-6 : 20e-6;
     for (int c = 0; c < recv_chunks; c++) {
-        int rc = fr_comm_wait(&recv_requests[c], WHAT, left, err);
+        int rc = fr_comm_wait_spinning(&recv_requests[c], WHAT, left, spin_s, err);
         if (rc != FR_OK)
             return rc;
         size_t lo = (size_t)c * chunk, hi = lo + chunk < recv_count ? lo + chunk : recv_count;
@@ -158,7 +162,7 @@ static int transfer(const void *send, size_t send_count, void *recv, size_t recv
             arrived(context, lo, hi);
     }
     for (int c = 0; c < send_chunks; c++) {
-        int rc = fr_comm_wait(&send_requests[c], WHAT, right, err);
+        int rc = fr_comm_wait_spinning(&send_requests[c], WHAT, right, spin_s, err);
         if (rc != FR_OK)
             return rc;
     }
@@ -260,37 +264,48 @@ static int ring(float *buf, size_t count, bool bf16, fr_error *err) {
     return FR_OK;
 }
 
-/* Two ranks, a small bucket: swap whole buckets and add (a + b == b + a, so
- * both ranks get the same bits). */
-static int exchange(float *buf, size_t count, bool bf16, fr_error *err) {
-    int peer = 1 - fr_comm_rank();
+/*
+ * A small bucket on a power-of-two number of ranks: recursive doubling.  In
+ * round k each rank swaps its whole running sum with the rank whose number
+ * differs in bit k and adds; log2(n) latencies instead of the ring's 2(n-1)
+ * (one exchange on two ranks).  Partners add the same two values (a + b ==
+ * b + a), so every rank ends with the same bits.  With bfloat16 each sends
+ * its running sum rounded, and both add the two rounded values.
+ */
+static int recursive_doubling(float *buf, size_t count, bool bf16, fr_error *err) {
+    int n = fr_comm_size(), r = fr_comm_rank();
     size_t element = bf16 ? sizeof(uint16_t) : sizeof(float);
     if (!reserve(&engine.incoming, &engine.incoming_bytes, count * element) ||
         (bf16 && !reserve(&engine.wire, &engine.wire_bytes, count * element)))
         return fr_fail(err, FR_ENOMEM, "out of memory for the allreduce's buffers");
-    const void *send = buf;
-    if (bf16) {
-        round_to_wire(buf, engine.wire, count);
-        send = engine.wire;
-    }
-    int rc = transfer(send, count, engine.incoming, count, element, peer, peer, NULL, NULL, err);
-    if (rc != FR_OK)
-        return rc;
-    if (bf16) {
-        const uint16_t *mine = engine.wire, *theirs = engine.incoming;
-        for (size_t i = 0; i < count; i++)
-            buf[i] = fr_from_bf16(mine[i]) + fr_from_bf16(theirs[i]);
-    } else {
-        arrival a = {.sum = buf, .incoming = engine.incoming};
-        add_floats(&a, 0, count);
+    for (int distance = 1; distance < n; distance *= 2) {
+        int peer = r ^ distance;
+        const void *send = buf;
+        if (bf16) {
+            round_to_wire(buf, engine.wire, count);
+            send = engine.wire;
+        }
+        int rc = transfer(send, count, engine.incoming, count, element, peer, peer, NULL, NULL,
+                          err);
+        if (rc != FR_OK)
+            return rc;
+        if (bf16) {
+            const uint16_t *mine = engine.wire, *theirs = engine.incoming;
+            for (size_t i = 0; i < count; i++)
+                buf[i] = fr_from_bf16(mine[i]) + fr_from_bf16(theirs[i]);
+        } else {
+            arrival a = {.sum = buf, .incoming = engine.incoming};
+            add_floats(&a, 0, count);
+        }
     }
     return FR_OK;
 }
 
 static int sum_floats(float *buf, size_t count, bool bf16, fr_error *err) {
     size_t element = bf16 ? sizeof(uint16_t) : sizeof(float);
-    if (fr_comm_size() == 2 && count * element <= EXCHANGE_BYTES)
-        return exchange(buf, count, bf16, err);
+    int n = fr_comm_size();
+    if ((n & (n - 1)) == 0 && count * element <= EXCHANGE_BYTES)
+        return recursive_doubling(buf, count, bf16, err);
     return ring(buf, count, bf16, err);
 }
 
@@ -321,7 +336,7 @@ static int sum_doubles(double *buf, int count, fr_error *err) {
             rc = fr_fail(err, FR_ECOMM, "%s: sending the loss failed", WHAT);
     }
     for (int i = 0; i < posted && rc == FR_OK; i++)
-        rc = fr_comm_wait(&engine.requests[i], "summing the loss", -1, err);
+        rc = fr_comm_wait_spinning(&engine.requests[i], "summing the loss", -1, 500e-6, err);
     if (rc == FR_OK)
         for (int k = 0; k < count; k++) {
             double total = 0.0;

@@ -97,14 +97,19 @@ static double seconds_now(void) {
 
 /*
  * Wait for a request by polling it.  Open MPI moves data over TCP only inside
- * MPI calls, so the waiter keeps calling; after spinning for 20 us it sleeps
+ * MPI calls, so the waiter keeps calling; after spinning for spin_s (20 us
+ * in fr_comm_wait: a long transfer needs no faster polling) it sleeps
  * between calls, 50 us at first and twice as long each time up to 200 us
  * (the sockets' buffers keep the link busy meanwhile), so a waiting thread
  * leaves the cores to the threads computing.  A request that has not
  * completed after the timeout means a rank or its link is gone.
  */
 int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err) {
-    const double spin_s = 20e-6;
+    return fr_comm_wait_spinning(request, what, peer, 20e-6, err);
+}
+
+int fr_comm_wait_spinning(MPI_Request *request, const char *what, int peer, double spin_s,
+                          fr_error *err) {
     const long first_pause_ns = 50000, longest_pause_ns = 200000;
     struct timespec pause = {0, first_pause_ns};
     double start = seconds_now();

@@ -335,6 +335,8 @@ void fr_allreduce_shutdown(void);
 /* For allreduce.c: the communicator the gradients use, and a timed wait. */
 MPI_Comm fr_comm_gradients(void);
 int fr_comm_wait(MPI_Request *request, const char *what, int peer, fr_error *err);
+int fr_comm_wait_spinning(MPI_Request *request, const char *what, int peer, double spin_s,
+                          fr_error *err);
 #endif
 
 /* float32 -> bfloat16, rounding to nearest even (NaN stays NaN), and back. */
