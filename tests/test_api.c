@@ -15,6 +15,7 @@
 
 #include "frost.h"
 #include "tap.h"
+#include "test_files.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,30 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char test_dir[64];
 
-static const char *in_test_dir(const char *name) {
-    static char paths[4][256];
-    static int next;
-    char *path = paths[next++ % 4];
-    snprintf(path, sizeof paths[0], "%s/%s", test_dir, name);
-    return path;
-}
-
-static void remove_test_dir(void) {
-    DIR *dir = opendir(test_dir);
-    struct dirent *entry;
-    char path[512];
-    while (dir && (entry = readdir(dir)) != NULL) {
-        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", test_dir, entry->d_name);
-        remove(path);
-    }
-    if (dir)
-        closedir(dir);
-    rmdir(test_dir);
-}
 
 /* A parsed model with seeded weights; NULL (and a diagnostic) if it fails. */
 static fr_model *model_from(const char *spec, uint64_t seed) {
@@ -63,19 +41,6 @@ static fr_model *model_from(const char *spec, uint64_t seed) {
     return model;
 }
 
-/* Every parameter, in order, into `out` (room for `capacity` floats); the count. */
-static size_t copy_weights(fr_model *model, float *out, size_t capacity) {
-    size_t used = 0;
-    for (size_t i = 0; i < fr_model_param_count(model); i++) {
-        fr_param *param = fr_model_param(model, i);
-        size_t count = fr_param_numel(param);
-        if (used + count > capacity)
-            return 0;
-        memcpy(out + used, fr_param_data(param), count * sizeof *out);
-        used += count;
-    }
-    return used;
-}
 
 /* ------------------------------------------------------ checkpoint/resume */
 
@@ -401,11 +366,8 @@ static void test_frozen_set_changes(void) {
 int main(void) {
     tap_plan(37); /* every check below, counted: fewer or more fails the test */
     size_t allocated_before = fr_allocated_bytes();
-    snprintf(test_dir, sizeof test_dir, "/tmp/frost-api-XXXXXX");
-    if (!mkdtemp(test_dir)) {
-        printf("Bail out! mkdtemp: %s\n", strerror(errno));
+    if (!make_test_dir("api"))
         return 1;
-    }
     test_resume(FR_SGD, NULL, "SGD with momentum");
     test_resume(FR_ADAM, NULL, "Adam");
     test_resume(FR_ADAMW, NULL, "AdamW");

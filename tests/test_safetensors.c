@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "tap.h"
+#include "test_files.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -19,15 +20,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char test_dir[64];
-
-static const char *in_test_dir(const char *name) {
-    static char paths[8][256];
-    static int next;
-    char *path = paths[next++ % 8];
-    snprintf(path, sizeof paths[0], "%s/%s", test_dir, name);
-    return path;
-}
 
 static void write_bytes(const char *path, const void *bytes, size_t count) {
     FILE *stream = fopen(path, "wb");
@@ -98,20 +90,6 @@ static int count_temporary_files(void) {
     return count;
 }
 
-static void remove_test_dir(void) {
-    DIR *dir = opendir(test_dir);
-    struct dirent *entry;
-    char path[512];
-    while (dir && (entry = readdir(dir)) != NULL) {
-        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", test_dir, entry->d_name);
-        remove(path); /* files, and the one empty directory the test makes */
-    }
-    if (dir)
-        closedir(dir);
-    rmdir(test_dir);
-}
 
 static float float_from_bits(uint32_t bits) {
     float value;
@@ -719,11 +697,8 @@ static void test_write_failures(void) {
 
 int main(void) {
     tap_plan(111); /* every check below, counted: fewer or more fails the test */
-    snprintf(test_dir, sizeof test_dir, "/tmp/frost-safetensors-XXXXXX");
-    if (!mkdtemp(test_dir)) {
-        printf("Bail out! mkdtemp: %s\n", strerror(errno));
+    if (!make_test_dir("safetensors"))
         return 1;
-    }
     test_round_trip();
     test_any_order_file();
     test_unicode_escapes();

@@ -3,8 +3,11 @@
  * PyTorch's optimizer formulas, freezing at every granularity, and what a
  * frozen parameter must cost (no gradient, no optimizer state, no backward).
  */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp, in test_files.h */
+
 #include "internal.h"
 #include "tap.h"
+#include "test_files.h"
 
 #include <math.h>
 #include <string.h>
@@ -341,19 +344,6 @@ static void test_gradual_unfreezing(void) {
     fr_model_free(m);
 }
 
-/* Every parameter of `m` in order into `out` (room for `capacity` floats); the count. */
-static size_t copy_all_weights(fr_model *m, float *out, size_t capacity) {
-    size_t used = 0;
-    for (size_t i = 0; i < fr_model_param_count(m); i++) {
-        fr_param *param = fr_model_param(m, i);
-        size_t count = fr_param_numel(param);
-        if (used + count > capacity)
-            return 0;
-        memcpy(out + used, fr_param_data(param), count * sizeof *out);
-        used += count;
-    }
-    return used;
-}
 
 /* Loss falls on a fixed batch, and thread counts agree. */
 static void test_learning_and_threads(void) {
@@ -376,7 +366,7 @@ static void test_learning_and_threads(void) {
         if (threads == 1)
             tap_ok(loss < 0.5 * first, "the loss on a fixed batch falls (%.4f -> %.4f)", first, loss);
         final[threads - 1] = loss;
-        weight_count[threads - 1] = copy_all_weights(m, weights[threads - 1], 67);
+        weight_count[threads - 1] = copy_weights(m, weights[threads - 1], 67);
         fr_trainer_free(t);
         fr_model_free(m);
     }
