@@ -820,7 +820,8 @@ static int compare_extents(const void *a, const void *b) {
  */
 static int check_tiling(header_parser *p) {
     fr_st_file *file = &p->storage->file;
-    qsort(p->extents, (size_t)file->tensor_count, sizeof *p->extents, compare_extents);
+    if (file->tensor_count > 0) /* qsort must not see the NULL of an empty list */
+        qsort(p->extents, (size_t)file->tensor_count, sizeof *p->extents, compare_extents);
     const tensor_extent *previous = NULL; /* the last tensor that took bytes */
     uint64_t covered = 0;                 /* bytes [0, covered) are owned */
     char first[FR_NAME_MAX * 2], second[FR_NAME_MAX * 2];

@@ -110,23 +110,27 @@ if [ -z "${MPIRUN:-}" ]; then
 fi
 # Unbound ranks share the node's mask and take a CPU each; the default binding
 # with more threads than a rank's one core warns on every rank.
+# The ranks of one run are found by its own metrics file: a run before it
+# may still be exiting (slowly, under the sanitizers).
 look() {
     seen=""
-    for p in $(pgrep -f -- "--metrics $WORK/ranks.csv"); do
+    for p in $(pgrep -f -- "--metrics $WORK/$metrics"); do
         grep -q frost "/proc/$p/comm" 2> /dev/null && seen="$seen$(pinned_cpus "$p")"
     done
     seen=$(echo $seen | tr ' ' '\n' | sort -n | tr '\n' ' ')
 }
+metrics=ranks.csv
 while_training ranks timeout 120 "$MPIRUN" --allow-run-as-root --oversubscribe --bind-to none \
     -np 2 -x OMP_NUM_THREADS=1 "$FROST" train --model "$MODEL" $FLAGS --steps 100000000 --threads 1 \
-    --metrics "$WORK/ranks.csv"
+    --metrics "$WORK/$metrics"
 [ "$seen" = "$first $second " ]
 ok $? "2 unbound ranks x 1 thread: the ranks take CPUs $first and $second, one each ('$seen')"
 # Without --threads and OMP_NUM_THREADS, 2 unbound ranks split the node's
 # mask: each runs half of its CPUs (at least one) instead of all of them.
 share=$((cpus / 2))
+metrics=default-ranks.csv
 while_training ranks env -u OMP_NUM_THREADS timeout 120 "$MPIRUN" --allow-run-as-root --oversubscribe \
-    --bind-to none -np 2 "$FROST" train --model "$MODEL" $FLAGS --steps 100000000 --metrics "$WORK/ranks.csv"
+    --bind-to none -np 2 "$FROST" train --model "$MODEL" $FLAGS --steps 100000000 --metrics "$WORK/$metrics"
 count=$(echo $seen | wc -w)
 grep -q "^frost .*: 2 ranks x $share thread" "$WORK/ranks.out" &&
     grep -q "^threads: $share (the rank's share of CPUs [0-9,-]*), pinned to CPU" "$WORK/ranks.out" &&
