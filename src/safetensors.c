@@ -1071,8 +1071,10 @@ static void append_json_string(header_text *h, const char *text) {
     append_bytes(h, "\"", 1);
 }
 
+/* Any UTF-8 name the reader accepts, the empty one too (the reference
+ * reader takes it). */
 static bool is_writable_name(const char *name) {
-    return name && name[0] && strlen(name) <= TENSOR_NAME_LIMIT && is_valid_utf8(name);
+    return name && strlen(name) <= TENSOR_NAME_LIMIT && is_valid_utf8(name);
 }
 
 /* Refuses, before anything is written, what fr_st_read would refuse. */
@@ -1086,7 +1088,7 @@ static int check_what_to_write(const char *path, const fr_st_out *tensors, int t
         size_t numel, bytes;
         if (!is_writable_name(tensor->name))
             return fr_fail(err, FR_EINVAL,
-                           "%s: tensor %d needs a non-empty UTF-8 name of at most %d bytes", path,
+                           "%s: tensor %d needs a UTF-8 name of at most %d bytes", path,
                            i, TENSOR_NAME_LIMIT);
         if (tensor->ndim < 0 || tensor->ndim > FR_MAX_DIMS)
             return fr_fail(err, FR_EINVAL, "%s: tensor '%s' has %d dimensions (at most %d)", path,
