@@ -266,40 +266,27 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
     return FR_OK;
 }
 
-/* Asked after every step (a stop signal on any rank?), so it goes through
- * the communication thread's one-latency sum of doubles. */
+/* Sums of a few doubles (the loss totals, the per-step "stop?" question) go
+ * through the communication thread's exchange with every rank: one network
+ * latency, where Open MPI's nonblocking allreduce took several. */
+int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
+    if (world_size == 1)
+        return FR_OK;
+    int rc = fr_comm_start_sum_doubles(buf, count, 0, err);
+    return rc == FR_OK ? fr_comm_finish_sum(0, err) : rc;
+}
+
 bool fr_comm_any(bool flag) {
     if (world_size == 1)
         return flag;
     double any = flag ? 1.0 : 0.0;
     fr_error err = {0};
-    if (fr_comm_start_sum_doubles(&any, 1, 0, &err) != FR_OK ||
-        fr_comm_finish_sum(0, &err) != FR_OK) {
+    if (fr_comm_allreduce_doubles(&any, 1, &err) != FR_OK) {
         /* No status to return: a rank that cannot reach the others ends. */
         fprintf(stderr, "frost: %s\n", err.msg);
         fr_comm_abort(1);
     }
     return any > 0.0;
-}
-
-int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err) {
-    if (world_size == 1 || count == 0)
-        return FR_OK;
-    /* MPI counts are int: large slabs go in pieces. */
-    const size_t piece = (size_t)1 << 30;
-    for (size_t done = 0; done < count; done += piece) {
-        int n = (int)(count - done < piece ? count - done : piece);
-        int rc = allreduce(buf + done, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, "MPI_Iallreduce", err);
-        if (rc != FR_OK)
-            return rc;
-    }
-    return FR_OK;
-}
-
-int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
-    if (world_size == 1)
-        return FR_OK;
-    return allreduce(buf, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, "MPI_Iallreduce", err);
 }
 
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err) {
@@ -405,12 +392,6 @@ int fr_comm_agree(int status, fr_error *err) {
 int fr_comm_check_same(uint64_t value, const char *what, fr_error *err) {
     (void)value;
     (void)what;
-    (void)err;
-    return FR_OK;
-}
-int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err) {
-    (void)buf;
-    (void)count;
     (void)err;
     return FR_OK;
 }

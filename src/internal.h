@@ -304,8 +304,7 @@ int fr_optim_check(const fr_train_config *config, fr_error *err);
 
 /* ------------------------------------------------------------- comm */
 
-/* In-place sums over all ranks; no-ops on one rank. */
-int fr_comm_allreduce_floats(float *buf, size_t count, fr_error *err);
+/* In-place sum of at most 8 doubles over all ranks; a no-op on one rank. */
 int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err);
 int fr_comm_barrier(fr_error *err);
 /* Every rank's bytes, concatenated in rank order on rank 0 (*all, released
