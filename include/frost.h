@@ -19,6 +19,7 @@
 #ifndef FROST_H
 #define FROST_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -227,6 +228,9 @@ typedef struct fr_train_config {
     fr_grad_dtype grad_dtype; /* how gradients travel between ranks */
     double cache_mb;     /* frozen-prefix feature cache budget: 0 a quarter
                             of RAM, < 0 off (fr_trainer_step_samples only) */
+    bool sync_updates;   /* several ranks: apply each step's update before
+                            fr_trainer_step returns instead of leaving it in
+                            flight (slower; see fr_trainer_step) */
 } fr_train_config;
 
 /* PyTorch's defaults: SGD, lr 0.01, no momentum or weight decay, Adam betas
@@ -245,6 +249,19 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config,
                    fr_trainer **out, fr_error *err);
 void fr_trainer_free(fr_trainer *trainer);
 
+/* Apply the last step's update if it is still in flight (see
+ * fr_trainer_step); FR_OK when there is none. */
+int fr_trainer_sync(fr_trainer *trainer, fr_error *err);
+
+/*
+ * Stopping on a signal at a step every rank agrees on: the trainer reads
+ * *flag (set by the caller's signal handler) when a step's loss is summed,
+ * and from then fr_trainer_stop_requested is true on every rank, after the
+ * same step.  It costs no communication of its own.
+ */
+void fr_trainer_watch_stop(fr_trainer *trainer, const volatile sig_atomic_t *flag);
+bool fr_trainer_stop_requested(const fr_trainer *trainer);
+
 /*
  * One optimisation step on a global batch of `batch` samples: x is
  * batch x input_numel floats; targets are `batch` class indices (int32) for
@@ -254,6 +271,15 @@ void fr_trainer_free(fr_trainer *trainer);
  * mean loss over the global batch, `correct` (may be NULL) how many argmax
  * predictions were right.  With every parameter frozen a step only runs
  * forward and reports the loss (where PyTorch's backward would raise).
+ *
+ * On several ranks a step returns once its loss is known, with its update
+ * still in flight: the gradient sums finish on the communication thread
+ * while the caller prepares the next batch, and the next step's forward
+ * applies each piece just before the first layer that needs it.  Whatever
+ * reads or writes the parameters through the model (fr_model_param,
+ * fr_model_find_param, fr_model_checksum, fr_model_save_weights, ...) and
+ * every other trainer call apply the update first; a pointer from
+ * fr_param_data kept across steps needs fr_trainer_sync.
  */
 int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets,
                     int batch, double *loss, long *correct, fr_error *err);

@@ -57,7 +57,8 @@ typedef struct sum_job {
     size_t count;
     bool doubles; /* the step's loss totals */
     bool bf16;
-    int bucket;   /* which float sum of the step this is, for the trace */
+    int label;    /* the trace's number for it (the trainer's piece) */
+    long step;    /* the step that started it, for the trace */
 } sum_job;
 
 static struct {
@@ -65,10 +66,13 @@ static struct {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake, finished;
+    /* Jobs are numbered (their tickets) from 0 for the whole run; jobs[k]
+     * holds ticket base + k, and the array starts over whenever the thread
+     * has caught up, so it holds only what is in flight. */
     sum_job *jobs;
-    int capacity;
-    int posted, done; /* this step's jobs: [0, posted) posted, [0, done) finished */
-    int buckets;      /* float sums posted this step */
+    long capacity;
+    long base;
+    long posted, done; /* tickets [0, posted) posted, [0, done) finished */
     bool stop;
     int status; /* the first failure; it stays: MPI cannot be trusted after it */
     fr_error err;
@@ -353,11 +357,11 @@ static int run_job(const sum_job *job, fr_error *err) {
     int rc;
     if (job->doubles) {
         rc = sum_doubles(job->buf, (int)job->count, err);
-        fr_trace_add(fr_trace_comm_slot(), "loss", "allreduce", -1, begin, 0);
+        fr_trace_add_at(job->step, fr_trace_comm_slot(), "loss", "allreduce", -1, begin, 0);
     } else {
         rc = sum_floats(job->buf, job->count, job->bf16, err);
-        fr_trace_add(fr_trace_comm_slot(), "bucket", "allreduce", job->bucket, begin,
-                     job->count * (job->bf16 ? sizeof(uint16_t) : sizeof(float)));
+        fr_trace_add_at(job->step, fr_trace_comm_slot(), "bucket", "allreduce", job->label, begin,
+                        job->count * (job->bf16 ? sizeof(uint16_t) : sizeof(float)));
     }
     return rc;
 }
@@ -382,7 +386,7 @@ static void *communication_thread(void *unused) {
             pthread_cond_wait(&engine.wake, &engine.lock);
         if (engine.done == engine.posted)
             break; /* stopping, nothing left */
-        sum_job job = engine.jobs[engine.done];
+        sum_job job = engine.jobs[engine.done - engine.base];
         bool failed = engine.status != FR_OK;
         pthread_mutex_unlock(&engine.lock);
         fr_error err = {0};
@@ -427,26 +431,24 @@ void fr_allreduce_shutdown(void) {
     engine.requests = NULL;
     engine.capacity = engine.request_capacity = 0;
     engine.incoming_bytes = engine.wire_bytes = 0;
-    engine.posted = engine.done = engine.buckets = 0;
+    engine.posted = engine.done = engine.base = 0;
 }
 
-static int post(sum_job job, int ticket, fr_error *err) {
+/* Queue a job; every rank posts the same jobs in the same order, and the
+ * thread runs them in that order. */
+static int post(sum_job job, long *ticket, fr_error *err) {
+    *ticket = -1;
     if (fr_comm_size() == 1)
         return FR_OK;
     int rc = fr_allreduce_start(err);
     if (rc != FR_OK)
         return rc;
     pthread_mutex_lock(&engine.lock);
-    if (ticket == 0) {
-        /* A new step: whatever the last one left running finishes first. */
-        while (engine.done < engine.posted)
-            pthread_cond_wait(&engine.finished, &engine.lock);
-        engine.posted = engine.done = engine.buckets = 0;
-    }
-    if (ticket != engine.posted) {
-        rc = fr_fail(err, FR_EINVAL, "allreduce ticket %d started after %d", ticket, engine.posted);
-    } else if (ticket >= engine.capacity) {
-        int capacity = ticket + 16;
+    if (engine.done == engine.posted)
+        engine.base = engine.posted; /* caught up: start the array over */
+    long slot = engine.posted - engine.base;
+    if (slot >= engine.capacity) {
+        long capacity = slot + 16;
         sum_job *grown = realloc(engine.jobs, (size_t)capacity * sizeof *grown);
         if (grown) {
             engine.jobs = grown;
@@ -456,29 +458,30 @@ static int post(sum_job job, int ticket, fr_error *err) {
         }
     }
     if (rc == FR_OK) {
-        if (!job.doubles)
-            job.bucket = engine.buckets++;
-        engine.jobs[ticket] = job;
-        engine.posted++;
+        job.step = fr_trace_step();
+        engine.jobs[slot] = job;
+        *ticket = engine.posted++;
         pthread_cond_signal(&engine.wake);
     }
     pthread_mutex_unlock(&engine.lock);
     return rc;
 }
 
-int fr_comm_start_sum(float *buf, size_t count, int ticket, bool bf16, fr_error *err) {
-    return post((sum_job){.buf = buf, .count = count, .bf16 = bf16}, ticket, err);
+int fr_comm_start_sum(float *buf, size_t count, bool bf16, int label, long *ticket,
+                      fr_error *err) {
+    return post((sum_job){.buf = buf, .count = count, .bf16 = bf16, .label = label}, ticket, err);
 }
 
-int fr_comm_start_sum_doubles(double *buf, int count, int ticket, fr_error *err) {
-    return post((sum_job){.buf = buf, .count = (size_t)count, .doubles = true}, ticket, err);
+int fr_comm_start_sum_doubles(double *buf, int count, long *ticket, fr_error *err) {
+    return post((sum_job){.buf = buf, .count = (size_t)count, .doubles = true, .label = -1},
+                ticket, err);
 }
 
-int fr_comm_finish_sum(int ticket, fr_error *err) {
+int fr_comm_finish_sum(long ticket, fr_error *err) {
     if (!engine.started)
         return FR_OK;
     pthread_mutex_lock(&engine.lock);
-    while (engine.done <= ticket && ticket < engine.posted)
+    while (engine.done <= ticket && ticket < engine.posted && engine.status == FR_OK)
         pthread_cond_wait(&engine.finished, &engine.lock);
     int rc = engine.status;
     if (rc != FR_OK && err)
@@ -487,21 +490,47 @@ int fr_comm_finish_sum(int ticket, fr_error *err) {
     return rc;
 }
 
+bool fr_comm_sum_done(long ticket) {
+    if (!engine.started)
+        return true;
+    pthread_mutex_lock(&engine.lock);
+    bool done = engine.done > ticket || engine.status != FR_OK;
+    pthread_mutex_unlock(&engine.lock);
+    return done;
+}
+
+void fr_allreduce_quiesce(void) {
+    if (!engine.started)
+        return;
+    pthread_mutex_lock(&engine.lock);
+    while (engine.done < engine.posted)
+        pthread_cond_wait(&engine.finished, &engine.lock);
+    pthread_mutex_unlock(&engine.lock);
+}
+
 #else /* a single process: nothing to sum */
 #include "internal.h"
 
-int fr_comm_start_sum(float *buf, size_t count, int ticket, bool bf16, fr_error *err) {
-    (void)buf, (void)count, (void)ticket, (void)bf16, (void)err;
+int fr_comm_start_sum(float *buf, size_t count, bool bf16, int label, long *ticket,
+                      fr_error *err) {
+    (void)buf, (void)count, (void)bf16, (void)label, (void)err;
+    *ticket = -1;
     return FR_OK;
 }
-int fr_comm_start_sum_doubles(double *buf, int count, int ticket, fr_error *err) {
-    (void)buf, (void)count, (void)ticket, (void)err;
+int fr_comm_start_sum_doubles(double *buf, int count, long *ticket, fr_error *err) {
+    (void)buf, (void)count, (void)err;
+    *ticket = -1;
     return FR_OK;
 }
-int fr_comm_finish_sum(int ticket, fr_error *err) {
+int fr_comm_finish_sum(long ticket, fr_error *err) {
     (void)ticket, (void)err;
     return FR_OK;
 }
+bool fr_comm_sum_done(long ticket) {
+    (void)ticket;
+    return true;
+}
+void fr_allreduce_quiesce(void) {}
 int fr_allreduce_start(fr_error *err) {
     (void)err;
     return FR_OK;

@@ -147,6 +147,7 @@ static int finish_collective(int rc, MPI_Request *request, const char *what, fr_
 
 static int allreduce(void *buf, int count, MPI_Datatype type, MPI_Op op, MPI_Comm comm,
                      const char *what, fr_error *err) {
+    fr_allreduce_quiesce();
     MPI_Request request;
     int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, count, type, op, comm, &request);
     return finish_collective(rc, &request, what, err);
@@ -154,6 +155,7 @@ static int allreduce(void *buf, int count, MPI_Datatype type, MPI_Op op, MPI_Com
 
 static int broadcast(void *buf, int count, MPI_Datatype type, int root, const char *what,
                      fr_error *err) {
+    fr_allreduce_quiesce();
     MPI_Request request;
     int rc = MPI_Ibcast(buf, count, type, root, MPI_COMM_WORLD, &request);
     return finish_collective(rc, &request, what, err);
@@ -161,6 +163,7 @@ static int broadcast(void *buf, int count, MPI_Datatype type, int root, const ch
 
 static int allgather(const void *mine, void *all, int count, MPI_Datatype type, MPI_Comm comm,
                      const char *what, fr_error *err) {
+    fr_allreduce_quiesce();
     MPI_Request request;
     int rc = MPI_Iallgather(mine, count, type, all, count, type, comm, &request);
     return finish_collective(rc, &request, what, err);
@@ -169,6 +172,7 @@ static int allgather(const void *mine, void *all, int count, MPI_Datatype type, 
 int fr_comm_barrier(fr_error *err) {
     if (world_size == 1)
         return FR_OK;
+    fr_allreduce_quiesce();
     MPI_Request request;
     int rc = MPI_Ibarrier(MPI_COMM_WORLD, &request);
     return finish_collective(rc, &request, "MPI_Ibarrier", err);
@@ -234,6 +238,7 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
     *count = 1;
     if (world_size == 1)
         return FR_OK;
+    fr_allreduce_quiesce();
     MPI_Comm node;
     int rc = MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL,
                                  &node);
@@ -272,8 +277,9 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
 int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
     if (world_size == 1)
         return FR_OK;
-    int rc = fr_comm_start_sum_doubles(buf, count, 0, err);
-    return rc == FR_OK ? fr_comm_finish_sum(0, err) : rc;
+    long ticket;
+    int rc = fr_comm_start_sum_doubles(buf, count, &ticket, err);
+    return rc == FR_OK ? fr_comm_finish_sum(ticket, err) : rc;
 }
 
 bool fr_comm_any(bool flag) {

@@ -79,6 +79,8 @@ int fr_model_unfreeze(fr_model *model, const char *pattern, fr_error *err) {
 }
 
 static uint64_t checksum(const fr_model *model, bool frozen_only) {
+    if (!frozen_only)
+        fr_model_settle(model); /* frozen parameters have no update in flight */
     uint64_t hash = FR_HASH_INIT;
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];

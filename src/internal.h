@@ -192,7 +192,14 @@ struct fr_model {
     float *arena;           /* every parameter, one allocation */
     size_t arena_floats;     /* floats the parameters need */
     size_t arena_capacity;   /* floats allocated */
+    /* A trainer whose last step's updates are still in flight (train.c):
+     * whatever reads or writes the parameters calls fr_model_settle first. */
+    struct fr_trainer *in_flight;
 };
+
+/* Apply the updates in flight, if any (train.c); const because reading a
+ * model is what needs it. */
+void fr_model_settle(const fr_model *model);
 
 /* The arena exists once the first parameter is read or written. */
 int fr_model_ensure_arena(fr_model *model, fr_error *err);
@@ -315,16 +322,23 @@ int fr_comm_gather_bytes(const void *mine, size_t length, char **all, size_t *al
 
 /*
  * The gradient allreduce (allreduce.c): an in-place sum over all ranks run by
- * a communication thread, so it moves while backward computes.  A step's
- * sums are numbered by `ticket` (0, 1, ... in the order they are started; 0
- * starts a new step) and run in that order; fr_comm_finish_sum waits for one.
- * Floats go over the wire as float32, or as bfloat16 when `bf16` (summed in
- * float32 on arrival; every rank ends with the same bits either way).  The
- * doubles variant carries the step's loss totals.  Main thread only.
+ * a communication thread, so it moves while the workers compute.  Each sum
+ * started gets a ticket (numbered from 0 for the whole run); every rank
+ * starts the same sums in the same order and the thread runs them in that
+ * order.  fr_comm_finish_sum waits for one; fr_comm_sum_done asks without
+ * waiting.  Floats go over the wire as float32, or as bfloat16 when `bf16`
+ * (summed in float32 on arrival; every rank ends with the same bits either
+ * way); `label` names the sum in the trace.  The doubles variant carries a
+ * step's loss totals.  fr_allreduce_quiesce waits until every sum started
+ * is done: the main thread calls it before any MPI call of its own (MPI runs
+ * MPI_THREAD_SERIALIZED).  Main thread only.
  */
-int fr_comm_start_sum(float *buf, size_t count, int ticket, bool bf16, fr_error *err);
-int fr_comm_start_sum_doubles(double *buf, int count, int ticket, fr_error *err);
-int fr_comm_finish_sum(int ticket, fr_error *err);
+int fr_comm_start_sum(float *buf, size_t count, bool bf16, int label, long *ticket,
+                      fr_error *err);
+int fr_comm_start_sum_doubles(double *buf, int count, long *ticket, fr_error *err);
+int fr_comm_finish_sum(long ticket, fr_error *err);
+bool fr_comm_sum_done(long ticket);
+void fr_allreduce_quiesce(void);
 /* Start the communication thread (fr_comm_init does, before any thread is
  * pinned, so it may run on any of the process's CPUs) and stop it
  * (fr_comm_finalize). */
@@ -365,6 +379,11 @@ int fr_trace_comm_slot(void);
 void fr_trace_set_step(long step);
 void fr_trace_add(int slot, const char *name, const char *what, int index, double begin_s,
                   size_t bytes);
+/* The same for an event of a given step (the communication thread's sums
+ * finish during the next step); fr_trace_step is the step being recorded. */
+void fr_trace_add_at(long step, int slot, const char *name, const char *what, int index,
+                     double begin_s, size_t bytes);
+long fr_trace_step(void);
 
 /* ------------------------------------------------------------ files */
 

@@ -192,6 +192,7 @@ int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err) {
 }
 
 int fr_model_ensure_arena(fr_model *model, fr_error *err) {
+    fr_model_settle(model);
     if (model->arena && model->arena_capacity == model->arena_floats)
         return FR_OK;
     /* Layers added after the arena existed grow it; values already there stay. */
@@ -325,6 +326,7 @@ void fr_param_shape_string(const fr_param *param, char *buf, size_t len) {
 }
 
 int fr_model_check_finite(const fr_model *model, fr_error *err) {
+    fr_model_settle(model);
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];
         for (size_t j = 0; p->data && j < p->numel; j++)

@@ -97,6 +97,13 @@ void fr_trace_stop(void) {
 
 void fr_trace_add(int slot, const char *name, const char *what, int index, double begin_s,
                   size_t bytes) {
+    fr_trace_add_at(trace.step, slot, name, what, index, begin_s, bytes);
+}
+
+long fr_trace_step(void) { return trace.step; }
+
+void fr_trace_add_at(long step, int slot, const char *name, const char *what, int index,
+                     double begin_s, size_t bytes) {
     if (!trace.on || slot < 0 || slot >= trace.slots)
         return;
     double end_s = fr_trace_now();
@@ -109,7 +116,7 @@ void fr_trace_add(int slot, const char *name, const char *what, int index, doubl
         .name = name,
         .what = what,
         .index = index,
-        .step = trace.step,
+        .step = step,
         .begin_us = (begin_s - trace.origin_s) * 1e6,
         .duration_us = (end_s - begin_s) * 1e6,
         .bytes = bytes,

@@ -26,6 +26,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -49,6 +50,19 @@ typedef struct bucket {
 } bucket;
 
 #define DEFAULT_BUCKET_MB 4.0
+
+/* A bucket of at least this many floats is sent as two pieces (a head
+ * during backward, the tail after the last bucket); smaller ones whole. */
+#define SPLIT_BUCKET_FLOATS (128 * 1024)
+
+/* A piece of the slab that one sum of the communication thread carries.
+ * `layer` is the first layer, in forward order, holding a parameter in it:
+ * the next step's forward applies the piece's update just before that layer. */
+typedef struct piece {
+    size_t begin, end;
+    long ticket;
+    int layer;
+} piece;
 
 /* Where a step's samples come from: a caller's batch arrays, or a dataset
  * and the indices of the batch's samples (the replicas gather their rows, and
@@ -75,9 +89,10 @@ typedef struct feature_cache {
     const fr_dataset *data; /* the dataset the entries belong to; NULL: empty */
 } feature_cache;
 
-/* The step's loss totals: summed loss, correct predictions, and whether a
- * label was out of range (so every rank learns of it). */
-enum { LOSS_TOTALS = 3 };
+/* The step's loss totals: summed loss, correct predictions, whether a label
+ * was out of range (so every rank learns of it), and how many ranks were
+ * asked to stop (fr_trainer_watch_stop). */
+enum { LOSS_TOTALS = 4 };
 
 /* What one thread owns: its activations, scratch and gradient slab. */
 typedef struct replica {
@@ -127,6 +142,20 @@ struct fr_trainer {
      * `step` per parameter, and a parameter unfrozen later starts at 1). */
     float *state_m, *state_v;
     long *param_steps;
+
+    /* Several ranks: the last step's pieces in the order they were started.
+     * While `in_flight`, their sums are not applied yet: the next step's
+     * forward applies each just before the first layer that needs it (or
+     * fr_trainer_sync does), with the optimizer settings of the step that
+     * made them. */
+    piece *pieces;
+    int piece_count;
+    bool in_flight;
+    fr_train_config in_flight_config;
+    long in_flight_step; /* the step they belong to, counted from 1 */
+
+    const volatile sig_atomic_t *stop_flag;
+    bool stop_agreed;
 
     long steps_done;
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
@@ -294,6 +323,9 @@ static void free_plan(fr_trainer *trainer) {
     free(trainer->buckets);
     trainer->buckets = NULL;
     trainer->bucket_count = 0;
+    free(trainer->pieces);
+    trainer->pieces = NULL;
+    trainer->piece_count = 0;
     free(trainer->split_weight);
     trainer->split_weight = NULL;
 }
@@ -310,7 +342,8 @@ static int plan_buckets(fr_trainer *trainer) {
     if (target == 0)
         target = 1;
     trainer->buckets = calloc((size_t)model->layer_count + 1, sizeof *trainer->buckets);
-    if (!trainer->buckets)
+    trainer->pieces = calloc(2 * (size_t)model->layer_count + 1, sizeof *trainer->pieces);
+    if (!trainer->buckets || !trainer->pieces)
         return FR_ENOMEM;
     size_t begin = 0, end = 0;
     for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
@@ -501,6 +534,7 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
 void fr_trainer_free(fr_trainer *trainer) {
     if (!trainer)
         return;
+    fr_trainer_sync(trainer, NULL);
     free_plan(trainer);
     free(trainer->replicas);
     fr_free(trainer->state_m);
@@ -630,24 +664,28 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     return 0;
 }
 
-/* One replica's share of a step up to the loss; returns whether it must run
- * backward (it has rows, a trainable parameter and valid labels). */
-static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
-                            int rows, int batch, bool train) {
-    const fr_model *model = trainer->model;
-    int k = fr_model_output_numel(model);
+/* Start a replica's share of a step: its rows taken, the layer its forward
+ * starts at returned; -1 when it has no rows. */
+static int replica_begin(fr_trainer *trainer, replica *r, const batch_source *src, int first,
+                         int rows) {
     r->loss_sum = 0.0;
     r->correct = 0;
     r->bad_label = -1;
     r->step_rows = rows;
+    return rows > 0 ? take_rows(trainer, r, src, first, rows) : -1;
+}
+
+/* After its forward: the replica's loss on its rows; returns whether it must
+ * run backward (it has rows, a trainable parameter and valid labels).  A
+ * replica without rows adds nothing to the slab backward overwrites. */
+static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, bool train) {
+    const fr_model *model = trainer->model;
+    int rows = r->step_rows, k = fr_model_output_numel(model);
     if (rows == 0) {
-        /* Backward overwrites the slab; a replica with no rows adds nothing. */
         if (train)
             memset(r->slab, 0, trainer->trainable_count * sizeof(float));
         return false;
     }
-    int from = take_rows(trainer, r, src, first, rows);
-    forward(trainer, r, r->x, rows, from, trainer->model->layer_count);
     const float *logits = layer_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
     r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
@@ -657,6 +695,15 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source 
         return false;
     }
     return run_backward;
+}
+
+/* One replica's share of a step up to the loss (replica_loss's answer). */
+static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
+                            int rows, int batch, bool train) {
+    int from = replica_begin(trainer, r, src, first, rows);
+    if (from >= 0)
+        forward(trainer, r, r->x, rows, from, trainer->model->layer_count);
+    return replica_loss(trainer, r, first, batch, train);
 }
 
 /*
@@ -727,8 +774,10 @@ static bool segment_part(const slab_segment *seg, size_t begin, size_t end, size
 }
 
 /* Apply the optimizer to slab range [begin, end); grad[0] is the gradient at
- * slab index `begin`. */
-static void update_range(fr_trainer *trainer, const float *grad, size_t begin, size_t end) {
+ * slab index `begin`.  `ahead` is 1 within the step (the parameters' step
+ * counts are raised after it), 0 for the last step's pieces applied later. */
+static void update_range(fr_trainer *trainer, const fr_train_config *config, const float *grad,
+                         size_t begin, size_t end, long ahead) {
     fr_model *model = trainer->model;
     for (int s = 0; s < trainer->segment_count; s++) {
         const slab_segment *seg = &trainer->segments[s];
@@ -737,7 +786,7 @@ static void update_range(fr_trainer *trainer, const float *grad, size_t begin, s
             continue;
         fr_param *p = &model->params[seg->param];
         size_t within = lo - seg->slab_offset;
-        fr_optim_update(&trainer->config, trainer->param_steps[seg->param] + 1, p->data + within,
+        fr_optim_update(config, trainer->param_steps[seg->param] + ahead, p->data + within,
                         grad + (lo - begin), trainer->state_m ? trainer->state_m + lo : NULL,
                         trainer->state_v ? trainer->state_v + lo : NULL, hi - lo);
     }
@@ -773,7 +822,7 @@ static void reduce_and_update(fr_trainer *trainer, size_t begin, size_t end) {
     for (size_t lo = begin; lo < end; lo += FUSED_BLOCK) {
         size_t hi = lo + FUSED_BLOCK < end ? lo + FUSED_BLOCK : end;
         reduce_range(trainer, block, lo, hi);
-        update_range(trainer, block, lo, hi);
+        update_range(trainer, &trainer->config, block, lo, hi, 1);
     }
 }
 
@@ -805,6 +854,7 @@ static int check_batch(const fr_trainer *trainer, const void *x, const void *tar
 
 static void local_loss_totals(const fr_trainer *trainer, double *totals) {
     totals[0] = totals[1] = totals[2] = 0.0;
+    totals[3] = trainer->stop_flag && *trainer->stop_flag ? 1.0 : 0.0;
     for (int t = 0; t < trainer->threads; t++) {
         totals[0] += trainer->replicas[t].loss_sum;
         totals[1] += (double)trainer->replicas[t].correct;
@@ -814,8 +864,9 @@ static void local_loss_totals(const fr_trainer *trainer, double *totals) {
 
 /* The totals over every rank: the mean loss and correct count, or which
  * sample had a bad label. */
-static int check_loss_totals(const fr_trainer *trainer, const double *totals, int batch,
+static int check_loss_totals(fr_trainer *trainer, const double *totals, int batch,
                              double *loss, long *correct, fr_error *err) {
+    trainer->stop_agreed = trainer->stop_agreed || totals[3] > 0;
     if (totals[2] > 0) {
         for (int t = 0; t < trainer->threads; t++)
             if (trainer->replicas[t].bad_label >= 0)
@@ -849,12 +900,16 @@ static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correc
     return check_loss_totals(trainer, totals, batch, loss, correct, err);
 }
 
-/* A valid batch, and the slab laid out for the current frozen set. */
+/* A valid batch, the updates of another trainer of the model applied, and
+ * the slab laid out for the current frozen set (this trainer's updates in
+ * flight applied first, with the plan they were made with). */
 static int prepare_step(fr_trainer *trainer, const void *x, const void *targets, int batch,
                         fr_error *err) {
     int rc = check_batch(trainer, x, targets, batch, err);
-    if (rc == FR_OK && frozen_set_changed(trainer))
-        rc = plan(trainer, err);
+    if (rc == FR_OK && trainer->model->in_flight && trainer->model->in_flight != trainer)
+        rc = fr_trainer_sync(trainer->model->in_flight, err);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync_plan(trainer, err);
     return rc;
 }
 
@@ -898,36 +953,191 @@ static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch
     return status;
 }
 
+/* ------------------------------------------------- updates in flight */
+
+/* The first layer, in forward order, with a parameter in slab range
+ * [begin, end). */
+static int piece_layer(const fr_trainer *trainer, size_t begin, size_t end) {
+    const fr_model *model = trainer->model;
+    for (int i = trainer->first_trainable; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        int ids[2] = {l->weight, l->bias};
+        for (int k = 0; k < 2; k++) {
+            if (ids[k] < 0 || !trainer->planned_requires_grad[ids[k]])
+                continue;
+            size_t lo = trainer->slab_offsets[ids[k]], hi = lo + model->params[ids[k]].numel;
+            if (lo < end && begin < hi)
+                return i;
+        }
+    }
+    return trainer->model->layer_count;
+}
+
+/* Start the sum of slab range [begin, end) (main thread). */
+static int start_piece(fr_trainer *trainer, size_t begin, size_t end, fr_error *err) {
+    bool bf16 = trainer->config.grad_dtype == FR_GRAD_BF16;
+    piece *p = &trainer->pieces[trainer->piece_count];
+    *p = (piece){.begin = begin, .end = end, .layer = piece_layer(trainer, begin, end)};
+    int rc = fr_comm_start_sum(trainer->replicas[0].slab + begin, end - begin, bf16,
+                               trainer->piece_count, &p->ticket, err);
+    trainer->piece_count++;
+    trainer->bytes_sent += (end - begin) * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    return rc;
+}
+
+/* Where a bucket that is not the step's last splits into head and tail (its
+ * end when it goes whole). */
+static size_t bucket_middle(const bucket *b) {
+    if (b->end - b->begin < SPLIT_BUCKET_FLOATS)
+        return b->end;
+    return b->begin + round_up((b->end - b->begin) / 2, SLAB_CHUNK_ALIGN);
+}
+
 /*
- * Several ranks: the step's loss totals go to the communication thread as
- * soon as forward is done (ticket 0).  Backward runs layer by layer in step
- * on every thread; when it has passed the layer that completes a bucket, the
- * threads sum that bucket of their slabs into replica 0's and the main thread
- * hands it to the communication thread (allreduce.c), which sends it while
- * backward goes on.  The optimizer then takes the buckets in order, each as
- * soon as its sum is back.  The workers never call MPI themselves; every
- * thread meets every barrier.
+ * Bucket k of the step is complete: start its sum.  The next step's forward
+ * needs the buckets in the opposite order (the first layer's comes last), so
+ * a large bucket goes as two pieces: its head now, keeping the link busy
+ * while backward goes on, and its tail after the last bucket, tails in
+ * forward order.  The next forward can then start on the first layers while
+ * the tails of the last ones are still on the wire (priority by need, as
+ * P3 and ByteScheduler do).
+ */
+static int start_bucket(fr_trainer *trainer, int k, fr_error *err) {
+    const bucket *b = trainer->buckets;
+    int last = trainer->bucket_count - 1, rc = FR_OK;
+    if (k < last)
+        return start_piece(trainer, b[k].begin, bucket_middle(&b[k]), err);
+    rc = start_piece(trainer, b[k].begin, b[k].end, err);
+    for (int j = last - 1; j >= 0 && rc == FR_OK; j--)
+        if (bucket_middle(&b[j]) < b[j].end)
+            rc = start_piece(trainer, bucket_middle(&b[j]), b[j].end, err);
+    return rc;
+}
+
+/*
+ * Apply the last step's pieces whose first layer is `layer` (every thread
+ * calls it, in step): the main thread waits for each sum, then each thread
+ * updates its chunk.  The closing barrier keeps every thread from reading
+ * the layer's parameters before they are updated.
+ */
+static void apply_pieces(fr_trainer *trainer, int layer, int *status, fr_error *err) {
+    int t = omp_get_thread_num();
+    for (int k = 0; k < trainer->piece_count; k++) {
+        const piece *p = &trainer->pieces[k];
+        if (p->layer != layer)
+            continue;
+#pragma omp master
+        {
+            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+            if (fr_comm_finish_sum(p->ticket, err) != FR_OK && *status == FR_OK)
+                *status = err ? err->status : FR_ECOMM;
+            fr_trace_add(t, "bucket", "wait", k, t0, 0);
+        }
+#pragma omp barrier
+        size_t begin, end;
+        chunk_of(trainer, t, p->begin, p->end, &begin, &end);
+        if (*status == FR_OK) {
+            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+            /* Applied within its own step (sync_updates), the step counts
+             * are not raised yet. */
+            long ahead = trainer->steps_done < trainer->in_flight_step ? 1 : 0;
+            update_range(trainer, &trainer->in_flight_config, trainer->replicas[0].slab + begin,
+                         begin, end, ahead);
+            fr_trace_add(t, "bucket", "update", k, t0, 0);
+        }
+    }
+#pragma omp barrier
+}
+
+static bool pieces_at(const fr_trainer *trainer, int layer) {
+    for (int k = 0; k < trainer->piece_count; k++)
+        if (trainer->pieces[k].layer == layer)
+            return true;
+    return false;
+}
+
+/* Wait for every piece in flight without applying it (a failed step). */
+static void drop_in_flight(fr_trainer *trainer) {
+    for (int k = 0; k < trainer->piece_count; k++)
+        fr_comm_finish_sum(trainer->pieces[k].ticket, NULL);
+    trainer->piece_count = 0;
+    trainer->in_flight = false;
+    if (trainer->model->in_flight == trainer)
+        trainer->model->in_flight = NULL;
+}
+
+int fr_trainer_sync(fr_trainer *trainer, fr_error *err) {
+    if (!trainer || !trainer->in_flight)
+        return FR_OK;
+    int status = FR_OK;
+    fr_error local = {0};
+    if (trainer->model->in_flight == trainer)
+        trainer->model->in_flight = NULL;
+    trainer->in_flight = false;
+#pragma omp parallel num_threads(trainer->threads)
+    for (int i = trainer->first_trainable; i <= trainer->model->layer_count; i++)
+        if (pieces_at(trainer, i))
+            apply_pieces(trainer, i, &status, &local);
+    trainer->piece_count = 0;
+    if (status != FR_OK && err)
+        *err = local;
+    return status;
+}
+
+void fr_model_settle(const fr_model *model) {
+    if (model->in_flight)
+        fr_trainer_sync(model->in_flight, NULL); /* a failure stays with the engine */
+}
+
+/*
+ * Several ranks.  Forward first applies the last step's updates, each just
+ * before the first layer that needs it, so it starts while the last pieces
+ * are still on the wire.  The loss totals go to the communication thread as
+ * soon as forward is done.  Backward runs layer by layer in step on every
+ * thread; when it has passed the layer that completes a bucket, the threads
+ * sum that bucket of their slabs into replica 0's and the main thread hands
+ * it to the communication thread (allreduce.c), which sends it while
+ * backward goes on.  The step returns once its loss is known; its updates
+ * stay in flight.  The workers never call MPI themselves; every thread
+ * meets every barrier.
  */
 static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
                            long *correct, fr_error *err) {
     int rank_first, rank_rows, status = FR_OK;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
     float *reduced = trainer->replicas[0].slab;
-    bool bf16 = trainer->config.grad_dtype == FR_GRAD_BF16;
-    size_t wire_element = bf16 ? sizeof(uint16_t) : sizeof(float);
     double *totals = trainer->loss_totals;
+    long loss_ticket = -1;
+    bool applying = trainer->in_flight;
+    if (trainer->model->in_flight == trainer)
+        trainer->model->in_flight = NULL;
+    trainer->in_flight = false;
 #pragma omp parallel num_threads(trainer->threads)
     {
         int t = omp_get_thread_num(), first, rows;
         split_rows(rank_rows, trainer->threads, t, &first, &rows);
         first += rank_first;
         replica *r = &trainer->replicas[t];
-        bool active = replica_forward(trainer, r, src, first, rows, batch, true);
+        int from = replica_begin(trainer, r, src, first, rows), at = from;
+        for (int i = trainer->first_trainable; applying && i <= trainer->model->layer_count; i++) {
+            if (!pieces_at(trainer, i))
+                continue;
+            if (from >= 0 && at < i) {
+                forward(trainer, r, r->x, rows, at, i);
+                at = i;
+            }
+            apply_pieces(trainer, i, &status, err);
+        }
+        if (from >= 0)
+            forward(trainer, r, r->x, rows, at, trainer->model->layer_count);
+        bool active = replica_loss(trainer, r, first, batch, true);
 #pragma omp barrier
 #pragma omp master
         {
+            trainer->piece_count = 0;
             local_loss_totals(trainer, totals);
-            if (fr_comm_start_sum_doubles(totals, LOSS_TOTALS, 0, err) != FR_OK)
+            if (status == FR_OK &&
+                fr_comm_start_sum_doubles(totals, LOSS_TOTALS, &loss_ticket, err) != FR_OK)
                 status = err ? err->status : FR_ECOMM;
         }
         float *dout = r->grad_a;
@@ -948,48 +1158,33 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
                 fr_trace_add(t, "bucket", "reduce", next, t0, 0);
 #pragma omp barrier
 #pragma omp master
-                {
-                    if (status == FR_OK &&
-                        fr_comm_start_sum(reduced + b->begin, b->end - b->begin, next + 1, bf16,
-                                          err) != FR_OK)
-                        status = err ? err->status : FR_ECOMM;
-                    trainer->bytes_sent += (b->end - b->begin) * wire_element;
-                }
+                if (status == FR_OK && start_bucket(trainer, next, err) != FR_OK)
+                    status = err ? err->status : FR_ECOMM;
                 next++;
             }
             if (closes)
                 backward_in_step(trainer, r, active, i, &dout, GRAD_INPUT);
         }
-#pragma omp master
-        {
-            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-            if (fr_comm_finish_sum(0, err) != FR_OK && status == FR_OK)
-                status = err ? err->status : FR_ECOMM;
-            fr_trace_add(t, "loss", "wait", -1, t0, 0);
-            if (status == FR_OK)
-                status = check_loss_totals(trainer, totals, batch, loss, correct, err);
-            if (status == FR_OK)
-                status = check_finite_loss(trainer, *loss, err);
-        }
-        for (int k = 0; k < trainer->bucket_count; k++) {
-#pragma omp master
-            {
-                double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-                if (fr_comm_finish_sum(k + 1, err) != FR_OK && status == FR_OK)
-                    status = err ? err->status : FR_ECOMM;
-                fr_trace_add(t, "bucket", "wait", k, t0, 0);
-            }
-#pragma omp barrier
-            size_t begin, end;
-            chunk_of(trainer, t, trainer->buckets[k].begin, trainer->buckets[k].end, &begin, &end);
-            if (status == FR_OK) {
-                double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-                update_range(trainer, reduced + begin, begin, end);
-                fr_trace_add(t, "bucket", "update", k, t0, 0);
-            }
-        }
     }
-    return status;
+    /* The loss is summed ahead of the pieces, so this wait is short. */
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+    if (loss_ticket >= 0 && fr_comm_finish_sum(loss_ticket, err) != FR_OK && status == FR_OK)
+        status = err ? err->status : FR_ECOMM;
+    fr_trace_add(0, "loss", "wait", -1, t0, 0);
+    if (status == FR_OK)
+        status = check_loss_totals(trainer, totals, batch, loss, correct, err);
+    if (status == FR_OK)
+        status = check_finite_loss(trainer, *loss, err);
+    if (status != FR_OK) {
+        drop_in_flight(trainer);
+        return status;
+    }
+    trainer->in_flight = trainer->piece_count > 0;
+    trainer->in_flight_config = trainer->config;
+    trainer->in_flight_step = trainer->steps_done + 1;
+    if (trainer->in_flight)
+        trainer->model->in_flight = trainer;
+    return trainer->config.sync_updates ? fr_trainer_sync(trainer, err) : FR_OK;
 }
 
 static int run_step(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
@@ -1120,6 +1315,8 @@ size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets, int batch,
                         double *loss, long *correct, fr_error *err) {
     int rc = prepare_step(trainer, x, targets, batch, err);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(trainer, err);
     if (rc != FR_OK)
         return rc;
     int rank_first, rank_rows;
@@ -1175,9 +1372,19 @@ float *fr_trainer_param_state(fr_trainer *trainer, int which, int param) {
     return state + trainer->slab_offsets[param];
 }
 
+/* The update in flight applied (with the plan it was made with), then the
+ * slab laid out for the current frozen set. */
 int fr_trainer_sync_plan(fr_trainer *trainer, fr_error *err) {
-    return frozen_set_changed(trainer) ? plan(trainer, err) : FR_OK;
+    int rc = fr_trainer_sync(trainer, err);
+    if (rc == FR_OK && frozen_set_changed(trainer))
+        rc = plan(trainer, err);
+    return rc;
 }
+
+void fr_trainer_watch_stop(fr_trainer *trainer, const volatile sig_atomic_t *flag) {
+    trainer->stop_flag = flag;
+}
+bool fr_trainer_stop_requested(const fr_trainer *trainer) { return trainer->stop_agreed; }
 long *fr_trainer_param_steps(fr_trainer *trainer) { return trainer->param_steps; }
 void fr_trainer_set_steps_done(fr_trainer *trainer, long steps) { trainer->steps_done = steps; }
 const fr_train_config *fr_trainer_config(const fr_trainer *trainer) { return &trainer->config; }

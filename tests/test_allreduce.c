@@ -34,9 +34,10 @@ static void check(int holds, const char *what, size_t count, const char *dtype) 
 
 static int sum(float *buf, size_t count, bool bf16) {
     fr_error err = {0};
-    int rc = fr_comm_start_sum(buf, count, 0, bf16, &err);
+    long ticket;
+    int rc = fr_comm_start_sum(buf, count, bf16, 0, &ticket, &err);
     if (rc == FR_OK)
-        rc = fr_comm_finish_sum(0, &err);
+        rc = fr_comm_finish_sum(ticket, &err);
     if (rc != FR_OK)
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
     return rc;

@@ -630,6 +630,7 @@ int frost_train(const frost_options *options, fr_error *err) {
     long epoch = step / epoch_steps;
     /* A signal during setup stops the run before its first step. */
     bool interrupted = fr_comm_any(stop_signal != 0);
+    fr_trainer_watch_stop(run.trainer, &stop_signal);
     bool have_order = false; /* this epoch's order, needed again after a resume */
     while (step < total_steps && rc == FR_OK && !interrupted) {
         long b = step % epoch_steps;
@@ -650,7 +651,9 @@ int frost_train(const frost_options *options, fr_error *err) {
         p.interval_steps++;
         p.interval_samples += batch;
         p.samples_trained += batch;
-        interrupted = fr_comm_any(stop_signal != 0);
+        /* Shared with the step's loss: no collective of its own, which
+         * would wait for the step's gradients still on the wire. */
+        interrupted = fr_trainer_stop_requested(run.trainer);
         if (step % opts->log_every == 0 || step == total_steps || interrupted) {
             /* Ranks must stay bit-identical; a check at every log. */
             if (fr_comm_size() > 1)
