@@ -10,8 +10,10 @@
  *       meet after the layer's backward and each sums its rows over all
  *       replicas into replica 0's slab (one pass less over the largest
  *       gradients, and no whole copy per thread to write)
- *   ranks:   one MPI_Allreduce in place over that slab (trainable only)
- *   optimizer: trainable parameters only, over the same chunks
+ *   ranks:   the slab in buckets, summed by the communication thread
+ *            (allreduce.c) while backward goes on (trainable only)
+ *   optimizer: trainable parameters only, over the same chunks; on several
+ *            ranks during the next step's forward (updates in flight)
  *
  * On one rank the thread reduction and the optimizer are fused: a thread sums
  * its chunk of the slabs and updates the parameters under it at once.
