@@ -910,7 +910,7 @@ static int prepare_step(fr_trainer *trainer, const void *x, const void *targets,
     int rc = check_batch(trainer, x, targets, batch, err);
     if (rc == FR_OK && trainer->model->in_flight && trainer->model->in_flight != trainer)
         rc = fr_trainer_sync(trainer->model->in_flight, err);
-    if (rc == FR_OK)
+    if (rc == FR_OK && frozen_set_changed(trainer))
         rc = fr_trainer_sync_plan(trainer, err);
     return rc;
 }

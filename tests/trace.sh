@@ -3,8 +3,9 @@
 # (Perfetto, chrome://tracing): valid JSON, one process per rank and one
 # thread per worker plus the communication thread, a forward and a backward
 # event for every trained layer on every thread in every step, and under MPI
-# an allreduce event for every bucket of every step.  Structure only: no
-# timing is checked.
+# an allreduce event for every bucket of every step, each waited for by the
+# next step's forward (updates in flight).  Structure only: no timing is
+# checked.
 . "$TOP_SRCDIR/tests/common.sh"
 
 DATA="$WORK/data"
@@ -58,6 +59,17 @@ for rank in range(ranks):
             rank, {s: len(v) for s, v in per_step.items()}, want))
     if buckets and any(e["args"].get("bytes", 0) <= 0 for v in per_step.values() for e in v):
         problems.append("rank %d: a bucket's allreduce carries no bytes" % rank)
+    # A step's update stays in flight: the next step's forward waits for each
+    # piece, so step 1 waits for none and every later step for its
+    # predecessor's (the run's end may add the last step's to step 5).
+    waits = {}
+    for e in complete:
+        if (e["pid"] == rank and e["tid"] == 0 and e["name"].startswith("bucket ")
+                and e["name"].endswith(" wait")):
+            waits[e["args"]["step"]] = waits.get(e["args"]["step"], 0) + 1
+    if buckets and (waits.get(1, 0) != 0 or any(waits.get(s, 0) < buckets for s in range(2, steps + 1))):
+        problems.append("rank %d: bucket waits per step %s: expected none in step 1 and %d or more in each later one" % (
+            rank, dict(sorted(waits.items())), buckets))
 print("; ".join(problems[:5]) if problems else "%d events" % len(complete))
 sys.exit(1 if problems else 0)
 PY
