@@ -8,7 +8,9 @@
  *   - frozen parameters (NULL dweight/dbias) change nothing else, a NULL din
  *     is allowed, and weight gradients are overwritten, never added to
  *     (the trainer relies on it to skip zeroing its gradient slabs);
- *   - infer_shape computes PyTorch's shapes and rejects what cannot fit.
+ *   - infer_shape computes PyTorch's shapes and rejects what cannot fit;
+ *   - every kind in the registry is an ops table the parser and the model can
+ *     rely on (its argument schema binds as a Python call would).
  * Buffers come from malloc with their exact size so AddressSanitizer sees any
  * write past a layer's output or scratch.
  */
@@ -21,38 +23,35 @@
 
 /* ------------------------------------------------ building layers */
 
+/* `args` in the order of the kind's constructor (ops->args), as PyTorch's. */
 static fr_layer layer_of(const fr_layer_ops *ops, const char *name, fr_shape in,
-                         int in_arg, int out_arg, int kernel, int stride,
-                         int padding) {
+                         const int *args) {
     fr_layer l;
     memset(&l, 0, sizeof l);
     l.ops = ops;
     snprintf(l.name, sizeof l.name, "%s", name);
-    l.args[FR_ARG_IN] = in_arg;
-    l.args[FR_ARG_OUT] = out_arg;
-    l.args[FR_ARG_KERNEL] = kernel;
-    l.args[FR_ARG_STRIDE] = stride;
-    l.args[FR_ARG_PADDING] = padding;
+    for (int i = 0; i < fr_layer_arg_count(ops); i++)
+        l.args[i] = args[i];
     l.in = in;
     l.weight = l.bias = -1;
     return l;
 }
 
 static fr_layer linear_layer(fr_shape in, int in_features, int out_features) {
-    return layer_of(&fr_linear_ops, "fc", in, in_features, out_features, 0, 0, 0);
+    return layer_of(&fr_linear_ops, "fc", in, (const int[]){in_features, out_features});
 }
 
 static fr_layer conv_layer(fr_shape in, int in_c, int out_c, int k, int stride,
                            int pad) {
-    return layer_of(&fr_conv2d_ops, "conv", in, in_c, out_c, k, stride, pad);
+    return layer_of(&fr_conv2d_ops, "conv", in, (const int[]){in_c, out_c, k, stride, pad});
 }
 
 static fr_layer pool_layer(fr_shape in, int k, int stride) {
-    return layer_of(&fr_maxpool2d_ops, "pool", in, 0, 0, k, stride, 0);
+    return layer_of(&fr_maxpool2d_ops, "pool", in, (const int[]){k, stride});
 }
 
 static fr_layer relu_layer(fr_shape in) {
-    return layer_of(&fr_relu_ops, "relu", in, 0, 0, 0, 0, 0);
+    return layer_of(&fr_relu_ops, "relu", in, NULL);
 }
 
 static float uniform_between(fr_rng *rng, float lo, float hi) {
@@ -269,7 +268,7 @@ static void check_frozen_and_accumulation(rig *r, const char *what) {
 /* --------------------------------------------------- references */
 
 static double *direct_linear(const rig *r) {
-    int in_f = r->layer.args[FR_ARG_IN], out_f = r->layer.args[FR_ARG_OUT];
+    int in_f = r->layer.args[0], out_f = r->layer.args[1];
     double *out = malloc(r->out_count * sizeof *out);
     for (int s = 0; s < r->n; s++)
         for (int o = 0; o < out_f; o++) {
@@ -283,8 +282,8 @@ static double *direct_linear(const rig *r) {
 
 static double *direct_conv(const rig *r) {
     const fr_layer *l = &r->layer;
-    int k = l->args[FR_ARG_KERNEL], stride = l->args[FR_ARG_STRIDE];
-    int pad = l->args[FR_ARG_PADDING];
+    /* conv2d(in_channels, out_channels, kernel_size, stride, padding) */
+    int k = l->args[2], stride = l->args[3], pad = l->args[4];
     fr_shape in = l->in, out = l->out;
     double *result = malloc(r->out_count * sizeof *result);
     double *dst = result;
@@ -310,7 +309,7 @@ static double *direct_conv(const rig *r) {
 
 static double *direct_maxpool(const rig *r) {
     const fr_layer *l = &r->layer;
-    int k = l->args[FR_ARG_KERNEL], stride = l->args[FR_ARG_STRIDE];
+    int k = l->args[0], stride = l->args[1]; /* maxpool2d(kernel_size, stride) */
     fr_shape in = l->in, out = l->out;
     double *result = malloc(r->out_count * sizeof *result);
     double *dst = result;
@@ -568,7 +567,7 @@ static void test_shapes(void) {
     tap_ok(pool.ops->infer_shape(&pool, &err) == FR_OK && pool.out.c == 64 &&
                pool.out.h == 12 && pool.out.w == 12,
            "maxpool2d(2) on 64x24x24: 64x12x12");
-    fr_layer flat = layer_of(&fr_flatten_ops, "flatten", pool.out, 0, 0, 0, 0, 0);
+    fr_layer flat = layer_of(&fr_flatten_ops, "flatten", pool.out, NULL);
     tap_ok(flat.ops->infer_shape(&flat, &err) == FR_OK && flat.out.c == 9216 &&
                flat.out.h == 1 && flat.out.w == 1 && flat.ops->alias &&
                !flat.ops->forward && !flat.ops->backward && flat.weight_ndim == 0,
@@ -582,7 +581,7 @@ static void test_shapes(void) {
            "conv2d with a 1x1 kernel, stride 1, no padding needs no scratch");
 
     /* Rejections. */
-    fr_layer fc = layer_of(&fr_linear_ops, "fc1", (fr_shape){32, 13, 13}, 9216, 128, 0, 0, 0);
+    fr_layer fc = layer_of(&fr_linear_ops, "fc1", (fr_shape){32, 13, 13}, (const int[]){9216, 128});
     tap_ok(shape_error(fc, &err) == FR_ESHAPE && err.status == FR_ESHAPE &&
                strcmp(err.msg, "fc1: linear(9216, 128) expects 9216 input features, "
                                "got 32x13x13 = 5408") == 0,
@@ -615,12 +614,69 @@ static void test_shapes(void) {
            "linear rejects zero input features");
 }
 
+/* ------------------------------------------------------- registry */
+
+/* What spec.c and model.c assume of every kind without asking. */
+static bool kind_is_sound(const fr_layer_ops *ops, char *why, size_t len) {
+    for (const char *p = ops->kind; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) {
+            snprintf(why, len, "its name is not lower case");
+            return false;
+        }
+    if (fr_layer_kind_find(ops->kind) != ops) {
+        snprintf(why, len, "its name is not its own in the registry");
+        return false;
+    }
+    if (!ops->infer_shape || !ops->scratch_bytes || (!ops->alias && (!ops->forward || !ops->backward))) {
+        snprintf(why, len, "a function is missing");
+        return false;
+    }
+    int count = fr_layer_arg_count(ops);
+    bool optional_seen = false, keyword_only_seen = false;
+    for (int i = 0; i < count; i++) {
+        const fr_layer_arg *arg = &ops->args[i];
+        bool default_fits = arg->boolean ? arg->default_value == 0 || arg->default_value == 1
+                                         : arg->default_value == FR_ARG_NONE ||
+                                               arg->default_value >= arg->minimum;
+        if ((optional_seen && !arg->optional) || (keyword_only_seen && !arg->keyword_only) ||
+            (arg->keyword_only && !arg->optional) || (arg->optional && !default_fits)) {
+            snprintf(why, len, "argument '%s' breaks the order of a Python call or its default",
+                     arg->name);
+            return false;
+        }
+        optional_seen = optional_seen || arg->optional;
+        keyword_only_seen = keyword_only_seen || arg->keyword_only;
+    }
+    if (ops->implies_input != FR_IMPLIES_NOTHING && (count == 0 || ops->args[0].minimum < 1)) {
+        snprintf(why, len, "it implies an input from a first argument it lacks");
+        return false;
+    }
+    return true;
+}
+
+static void test_registry(void) {
+    bool sound = fr_layer_kind_count > 0;
+    char why[128] = "the registry is empty";
+    for (int i = 0; sound && i < fr_layer_kind_count; i++) {
+        sound = kind_is_sound(fr_layer_kinds[i], why, sizeof why);
+        if (!sound)
+            tap_diag("%s: %s", fr_layer_kinds[i]->kind, why);
+    }
+    tap_ok(sound, "every one of the %d kinds in the registry is sound: a lower-case name of its "
+                  "own, its functions, required arguments before optional, keyword-only last",
+           fr_layer_kind_count);
+    tap_ok(fr_layer_kind_find("linear") == &fr_linear_ops && !fr_layer_kind_find("Linear") &&
+               !fr_layer_kind_find("conv3d"),
+           "fr_layer_kind_find finds a kind by its exact name, and nothing else");
+}
+
 int main(void) {
-    tap_plan(86); /* every check below, counted: fewer or more fails the test */
+    tap_plan(88); /* every check below, counted: fewer or more fails the test */
     test_linear();
     test_conv2d();
     test_relu();
     test_maxpool2d();
     test_shapes();
+    test_registry();
     return tap_done();
 }

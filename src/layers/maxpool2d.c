@@ -1,7 +1,7 @@
 /*
  * maxpool2d.c - max pooling, PyTorch's nn.MaxPool2d(kernel, stride) with its
  * defaults: no padding, no dilation, floor mode; stride = kernel unless given
- * (the spec parser fills that in).
+ * (PyTorch's stride=None).
  *
  * Forward records where each maximum came from (an int32 flat index into the
  * sample's input plane) in the layer's scratch, which persists until backward;
@@ -14,15 +14,12 @@
 #include <stdint.h>
 #include <string.h>
 
-static int pool_kernel(const fr_layer *l) { return l->args[FR_ARG_KERNEL]; }
-static int pool_stride(const fr_layer *l) { return l->args[FR_ARG_STRIDE]; }
+/* maxpool2d(kernel_size, stride=None) */
+enum { KERNEL_SIZE, STRIDE };
 
-/* "maxpool2d(2)", or "maxpool2d(3, 2)" when the stride is not the kernel. */
-static void describe(const fr_layer *l, char *buf, size_t len) {
-    if (pool_stride(l) == pool_kernel(l))
-        snprintf(buf, len, "maxpool2d(%d)", pool_kernel(l));
-    else
-        snprintf(buf, len, "maxpool2d(%d, %d)", pool_kernel(l), pool_stride(l));
+static int pool_kernel(const fr_layer *l) { return l->args[KERNEL_SIZE]; }
+static int pool_stride(const fr_layer *l) {
+    return l->args[STRIDE] == FR_ARG_NONE ? l->args[KERNEL_SIZE] : l->args[STRIDE];
 }
 
 /* ------------------------------------------------------- shape */
@@ -30,7 +27,7 @@ static void describe(const fr_layer *l, char *buf, size_t len) {
 static int maxpool2d_infer_shape(fr_layer *l, fr_error *err) {
     int k = pool_kernel(l), stride = pool_stride(l);
     char self[64], shape[64];
-    describe(l, self, sizeof self);
+    fr_layer_format(l, self, sizeof self);
     fr_shape_format(l->in, shape, sizeof shape);
     if (k < 1 || stride < 1)
         return fr_layer_fail(l, err, FR_EINVAL,
@@ -155,6 +152,8 @@ static void maxpool2d_backward(const fr_layer *l, const float *in,
 
 const fr_layer_ops fr_maxpool2d_ops = {
     .kind = "maxpool2d",
+    .args = {{"kernel_size", "kernel", .minimum = 1},
+             {"stride", .minimum = 1, .optional = true, .default_value = FR_ARG_NONE}},
     .infer_shape = maxpool2d_infer_shape,
     .scratch_bytes = maxpool2d_scratch_bytes,
     .forward = maxpool2d_forward,
