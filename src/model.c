@@ -181,7 +181,7 @@ int fr_model_add_conv2d(fr_model *model, const char *name, int in_channels,
                         int out_channels, int kernel, int stride, int padding,
                         fr_error *err) {
     return fr_model_add_layer(model, &fr_conv2d_ops, name,
-                              (const int[]){in_channels, out_channels, kernel, stride, padding},
+                              (const int[]){in_channels, out_channels, kernel, stride, padding, 1},
                               err);
 }
 
@@ -193,7 +193,7 @@ int fr_model_add_relu(fr_model *model, const char *name, fr_error *err) {
 int fr_model_add_maxpool2d(fr_model *model, const char *name, int kernel, int stride,
                            fr_error *err) {
     return fr_model_add_layer(model, &fr_maxpool2d_ops, name,
-                              (const int[]){kernel, stride == 0 ? FR_ARG_NONE : stride}, err);
+                              (const int[]){kernel, stride == 0 ? FR_ARG_NONE : stride, 0}, err);
 }
 
 int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err) {

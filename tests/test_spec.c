@@ -166,6 +166,25 @@ static void test_arguments(void) {
     tap_ok(model && fr_model_output_numel(model) == 27 * 27, "maxpool2d takes stride positionally");
     fr_model_free(model);
 
+    model = parse("input 1 28 28; c = conv2d(1, 4, 3, padding=1, bias=False)");
+    char line[96] = "";
+    if (model)
+        fr_model_layer_describe(model, 0, line, sizeof line);
+    tap_ok(model && fr_model_param_count(model) == 1 &&
+               strcmp(line, "c conv2d(1, 4, 3, 1, 1, bias=False) -> 4x28x28") == 0,
+           "conv2d takes bias=False (keyword only): a weight and no bias (%s)", line);
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; maxpool2d(3, 2, 1)");
+    tap_ok(model && fr_model_output_numel(model) == 14 * 14,
+           "maxpool2d takes padding (3, 2, 1 on 28x28: 14x14)");
+    fr_model_free(model);
+
+    model = parse("input 2 28 28; avgpool2d(3, padding=1); AvgPool2d(2); adaptive_avgpool2d(1)");
+    tap_ok(model && fr_model_layer_count(model) == 3 && fr_model_output_numel(model) == 2,
+           "avgpool2d (stride defaults to the kernel) and adaptive_avgpool2d(1): 2x1x1");
+    fr_model_free(model);
+
     model = parse("input 1 4 4; relu(); flatten(); Linear(16, 2, )");
     tap_ok(model && fr_model_layer_count(model) == 3 && fr_model_output_numel(model) == 2,
            "relu() and flatten() take empty parentheses; kinds are case-insensitive; a "
@@ -246,6 +265,14 @@ static void test_errors(void) {
                 WANT("model.txt:1:", "'stride' is given twice"));
     check_error("a required argument missing", "conv2d(1, 32, stride=2)", FR_EFORMAT,
                 WANT("model.txt:1:", "missing argument 'kernel_size'"));
+    check_error("a bias that is not True or False", "conv2d(1, 2, 3, bias=0.5)", FR_EFORMAT,
+                WANT("model.txt:1:", "conv2d: bias must be True or False, got '0.5'"));
+    check_error("bias by position (PyTorch has dilation there)", "conv2d(1, 2, 3, 1, 0, False)",
+                FR_EFORMAT, WANT("model.txt:1: conv2d takes 3 to 5 arguments, got 6"));
+    check_error("a maxpool2d padding over half its kernel", "input 1 8 8; maxpool2d(2, 2, 2)",
+                FR_EINVAL, WANT("model.txt:2:", "padding 2 is more than half the kernel size 2"));
+    check_error("an adaptive_avgpool2d of size 0", "input 1 8 8; adaptive_avgpool2d(0)", FR_EFORMAT,
+                WANT("model.txt:2:", "output_size must be positive, got 0"));
     check_error("a duplicate layer name",
                 "input 1 28 28\nfc = conv2d(1, 2, 3)\nrelu\nfc = conv2d(2, 2, 3)", FR_EINVAL,
                 WANT("model.txt:4:", "'fc'", "twice"));
@@ -519,7 +546,7 @@ static void test_add_functions(void) {
 }
 
 int main(void) {
-    tap_plan(145); /* every check below, counted: fewer or more fails the test */
+    tap_plan(152); /* every check below, counted: fewer or more fails the test */
     size_t bytes_before = fr_allocated_bytes();
     test_design_example();
     test_index_names();

@@ -1,6 +1,7 @@
 /*
  * conv2d.c - the 2-D convolution, PyTorch's nn.Conv2d with a square kernel,
- * one stride and zero padding on all sides: weight [out, in, k, k], bias [out].
+ * one stride and zero padding on all sides: weight [out, in, k, k], bias [out]
+ * unless bias=False.
  *
  * Each sample is unrolled by im2col into a [in*k*k x oh*ow] matrix so the
  * convolution becomes one GEMM, W[out x in*k*k] · col.  Backward recomputes
@@ -15,8 +16,8 @@
 #include <limits.h>
 #include <string.h>
 
-/* conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0) */
-enum { IN_CHANNELS, OUT_CHANNELS, KERNEL_SIZE, STRIDE, PADDING };
+/* conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias=True) */
+enum { IN_CHANNELS, OUT_CHANNELS, KERNEL_SIZE, STRIDE, PADDING, BIAS };
 
 /* The sizes of the per-sample GEMMs, derived once from the layer. */
 typedef struct conv_dims {
@@ -81,7 +82,7 @@ static int conv2d_infer_shape(fr_layer *l, fr_error *err) {
     l->weight_shape[1] = in_c;
     l->weight_shape[2] = k;
     l->weight_shape[3] = k;
-    l->bias_numel = out_c;
+    l->bias_numel = a[BIAS] ? out_c : 0;
     l->fan_in = (int)col_rows;
     return FR_OK;
 }
@@ -176,7 +177,8 @@ const fr_layer_ops fr_conv2d_ops = {
              {"out_channels", .minimum = 1},
              {"kernel_size", "kernel", .minimum = 1},
              {"stride", .minimum = 1, .optional = true, .default_value = 1},
-             {"padding", .minimum = 0, .optional = true, .default_value = 0}},
+             {"padding", .minimum = 0, .optional = true, .default_value = 0},
+             {"bias", .optional = true, .default_value = 1, .keyword_only = true, .boolean = true}},
     .implies_input = FR_IMPLIES_IMAGE,
     .fuses_relu = true,
     .infer_shape = conv2d_infer_shape,

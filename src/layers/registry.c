@@ -19,7 +19,9 @@
     KIND(conv2d)          \
     KIND(relu)            \
     KIND(maxpool2d)       \
-    KIND(flatten)
+    KIND(flatten)         \
+    KIND(avgpool2d)       \
+    KIND(adaptive_avgpool2d)
 
 #define DECLARE_OPS(kind) extern const fr_layer_ops fr_##kind##_ops;
 #define OPS_ADDRESS(kind) &fr_##kind##_ops,
