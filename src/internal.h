@@ -15,6 +15,7 @@
 
 #include "frost.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -98,15 +99,58 @@ struct fr_param {
 
 typedef struct fr_layer fr_layer;
 
+/* Longest layer name: "<name>.weight" must fit a parameter name (FR_NAME_MAX). */
+#define FR_LAYER_NAME_MAX 48
+/* Most arguments a layer kind takes, and the largest value of any of them. */
+#define FR_LAYER_ARGS_MAX 6
+#define FR_ARG_LIMIT 1000000
+/* The value of an argument whose PyTorch default is None (maxpool2d's stride):
+ * the layer's shape rule decides what it means. */
+#define FR_ARG_NONE INT_MIN
+
 /*
- * What a layer needs in forward and backward beyond its input and output.
- * `scratch` is per replica and per layer, sized by scratch_bytes for the
+ * One argument of a layer kind, in the order PyTorch's constructor takes it.
+ * The parser binds a model file's arguments with it, fr_model_add_layer checks
+ * them against it, and fr_layer_format writes them back.
+ */
+typedef struct fr_layer_arg {
+    const char *name;    /* PyTorch's keyword: "kernel_size" */
+    const char *alias;   /* another keyword accepted ("kernel"), or NULL */
+    int minimum;         /* 1 for sizes, 0 for padding; every value is at most FR_ARG_LIMIT */
+    bool optional;       /* may be left out; it then takes default_value */
+    int default_value;   /* FR_ARG_NONE for PyTorch's None */
+    bool keyword_only;   /* only by keyword (bias=False: PyTorch has arguments before it we lack) */
+    bool boolean;        /* written True or False, held as 1 or 0 */
+} fr_layer_arg;
+
+/* What a kind's first argument says about a model input nobody gave. */
+typedef enum fr_implied_input {
+    FR_IMPLIES_NOTHING,
+    FR_IMPLIES_VECTOR,  /* a vector of that many features (linear) */
+    FR_IMPLIES_IMAGE,   /* 28x28 images with that many channels (conv2d) */
+} fr_implied_input;
+
+/*
+ * A layer kind: everything the rest of the program knows about it.  Each kind
+ * is one file in src/layers/ defining one of these, and one line of the
+ * registry (src/layers/registry.c); the parser, the model and the trainer ask
+ * the ops table and never switch on a kind.
+ *
+ * In forward and backward, `scratch` is what a layer needs beyond its input
+ * and output: per replica and per layer, sized by scratch_bytes for the
  * replica's largest slice; it persists from forward to backward (maxpool keeps
  * its argmax there).
  */
 typedef struct fr_layer_ops {
-    const char *kind;
-    /* Output shape from l->in and the arguments; fills param shapes. */
+    const char *kind;   /* PyTorch's class name in lower case: "conv2d" */
+    /* Its arguments, in order; a NULL name ends the list.  fr_layer.args[i]
+     * holds the value of args[i]. */
+    fr_layer_arg args[FR_LAYER_ARGS_MAX + 1];
+    fr_implied_input implies_input;
+    /* A relu right after it may run in its forward (fr_layer.fused_relu). */
+    bool fuses_relu;
+    /* Output shape from l->in and the arguments; fills param shapes
+     * (weight_ndim and weight_shape, bias_numel, fan_in). */
     int (*infer_shape)(fr_layer *l, fr_error *err);
     size_t (*scratch_bytes)(const fr_layer *l, int n);
     /* in: n x in-shape, out: n x out-shape. */
@@ -138,12 +182,10 @@ typedef struct fr_layer_ops {
     bool inplace;
 } fr_layer_ops;
 
-enum { FR_ARG_IN, FR_ARG_OUT, FR_ARG_KERNEL, FR_ARG_STRIDE, FR_ARG_PADDING, FR_ARG_COUNT };
-
 struct fr_layer {
     const fr_layer_ops *ops;
     char name[FR_NAME_MAX];
-    int args[FR_ARG_COUNT];
+    int args[FR_LAYER_ARGS_MAX];  /* in the order of ops->args */
     fr_shape in, out;
     int weight, bias;  /* param indices, -1 if none */
     /* Filled by infer_shape for layers with parameters. */
@@ -157,6 +199,23 @@ struct fr_layer {
     bool fused_relu;
 };
 
+/* The registry (src/layers/registry.c): every kind, in the order messages
+ * list them. */
+extern const fr_layer_ops *const fr_layer_kinds[];
+extern const int fr_layer_kind_count;
+/* The kind called `name` (exactly, lower case), or NULL. */
+const fr_layer_ops *fr_layer_kind_find(const char *name);
+/* How many arguments the kind takes. */
+int fr_layer_arg_count(const fr_layer_ops *ops);
+/* "conv2d(1, 32, 3, 2)" or "conv2d(1, 32, 3, bias=False)": the layer as a
+ * model file would write it, arguments at their defaults left out. */
+void fr_layer_format(const fr_layer *l, char *buf, size_t len);
+/* Whether `value` may be argument `index` of the kind; if not, the message
+ * names both ("conv2d: stride must be positive, got 0"). */
+int fr_layer_check_arg(const fr_layer_ops *ops, int index, int value, fr_error *err);
+
+/* The kinds the public fr_model_add_* functions and the trainer's relu
+ * fusion name. */
 extern const fr_layer_ops fr_linear_ops;
 extern const fr_layer_ops fr_conv2d_ops;
 extern const fr_layer_ops fr_relu_ops;
@@ -206,6 +265,11 @@ int fr_model_ensure_arena(fr_model *model, fr_error *err);
 /* Index of the first layer with a trainable parameter, layer_count if none. */
 int fr_model_first_trainable_layer(const fr_model *model);
 int fr_model_find_layer(const fr_model *model, const char *name);
+/* Append a layer of kind `ops` whose arguments, in the kind's order, are
+ * args[0 .. fr_layer_arg_count(ops)); the fr_model_add_* functions and the
+ * parser add through it.  `name` NULL: the layer's index. */
+int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
+                       const int *args, fr_error *err);
 
 /* ----------------------------------------------------------- safetensors */
 

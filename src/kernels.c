@@ -1,7 +1,8 @@
 /*
  * kernels.c - the numerical building blocks the layers share: the affine map
  * behind linear layers, im2col/col2im that turn a convolution into one GEMM
- * per sample, the bias broadcasts and reductions for both layouts, and the
+ * per sample, the bias broadcasts and reductions for both layouts, the
+ * pooling window's shape rule and the average pools' window loops, and the
  * small helpers every shape rule uses.
  *
  * Every kernel is single-threaded and allocates nothing: the trainer runs one
@@ -178,6 +179,55 @@ int fr_window_count(int size, int kernel, int stride, int pad) {
     if (span < 0 || stride < 1)
         return 0;
     return (int)(span / stride + 1);
+}
+
+int fr_pool_infer_shape(fr_layer *l, const char *self, int kernel, int stride, int pad,
+                        fr_error *err) {
+    char shape[64];
+    fr_shape_format(l->in, shape, sizeof shape);
+    if (kernel < 1 || stride < 1 || pad < 0)
+        return fr_layer_fail(l, err, FR_EINVAL,
+                             "%s needs kernel and stride of at least 1", self);
+    if (pad > kernel / 2)
+        return fr_layer_fail(l, err, FR_EINVAL,
+                             "%s: padding %d is more than half the kernel size %d", self, pad,
+                             kernel);
+    int oh = fr_window_count(l->in.h, kernel, stride, pad);
+    int ow = fr_window_count(l->in.w, kernel, stride, pad);
+    if (oh < 1 || ow < 1) {
+        if (pad == 0)
+            return fr_layer_fail(l, err, FR_ESHAPE, "%s: window %dx%d is larger than the input %s",
+                                 self, kernel, kernel, shape);
+        return fr_layer_fail(l, err, FR_ESHAPE,
+                             "%s: window %dx%d is larger than the input %s with padding %d", self,
+                             kernel, kernel, shape, pad);
+    }
+    l->out = (fr_shape){l->in.c, oh, ow};
+    l->weight_ndim = 0;
+    l->bias_numel = 0;
+    l->fan_in = 0;
+    return FR_OK;
+}
+
+void fr_window_clip(int first, int size, int limit, int *begin, int *end) {
+    *begin = first < 0 ? 0 : first;
+    *end = first + size < limit ? first + size : limit;
+    if (*end < *begin)
+        *end = *begin;
+}
+
+float fr_window_sum(const float *plane, int width, int y0, int y1, int x0, int x1) {
+    float sum = 0.0f;
+    for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++)
+            sum += plane[(size_t)y * width + x];
+    return sum;
+}
+
+void fr_window_add(float *plane, int width, int y0, int y1, int x0, int x1, float value) {
+    for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++)
+            plane[(size_t)y * width + x] += value;
 }
 
 void fr_shape_format(fr_shape shape, char *buf, size_t len) {

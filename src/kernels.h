@@ -16,6 +16,24 @@
  */
 int fr_window_count(int size, int kernel, int stride, int pad);
 
+/*
+ * The shape rule of a pooling window (maxpool2d, avgpool2d): a kernel x kernel
+ * window sliding by `stride` over the input padded by `pad`, which PyTorch
+ * allows up to half the kernel; floor mode.  Sets l->out (the channels kept)
+ * and no parameters; `self` names the layer in messages.
+ */
+int fr_pool_infer_shape(fr_layer *l, const char *self, int kernel, int stride, int pad,
+                        fr_error *err);
+
+/* The part of a window starting at `first` (negative in the padding) with
+ * `size` positions that lies inside [0, limit): [*begin, *end). */
+void fr_window_clip(int first, int size, int limit, int *begin, int *end);
+
+/* Sum of plane[y0..y1) x [x0..x1) (rows of `width`), and its adjoint: `value`
+ * added to each of those elements.  The average pools' two loops. */
+float fr_window_sum(const float *plane, int width, int y0, int y1, int x0, int x1);
+void fr_window_add(float *plane, int width, int y0, int y1, int x0, int x1, float value);
+
 /* dbias[c] += sum of d[c x plane] row c (conv's bias gradient, one sample). */
 void fr_bias_grad_channels(const float *d, int channels, int plane,
                            float *dbias);

@@ -5,6 +5,11 @@
  * before it as it is added, so a bad model is refused at the line that breaks
  * it.  Parameters are listed in declaration order (PyTorch's named_parameters)
  * and all live in one allocation, the arena: a parameter is an offset into it.
+ *
+ * Every layer is added through fr_model_add_layer, whatever its kind: the
+ * kind's ops table (src/layers/) checks its arguments and gives its shape and
+ * parameters; the public fr_model_add_linear and its siblings only put their
+ * arguments in the kind's order.
  */
 #include "internal.h"
 
@@ -49,16 +54,21 @@ int fr_model_find_layer(const fr_model *model, const char *name) {
     return -1;
 }
 
-static bool valid_layer_name(const char *name) {
-    if (!*name || strlen(name) > 48)
-        return false;
-    for (const char *p = name; *p; p++) {
-        bool ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-';
-        if (!ok)
-            return false;
-    }
-    return true;
+/* Letters, digits, '_' and '-', at most FR_LAYER_NAME_MAX of them (spec.c
+ * checks the same before it gets here, with the line to point at). */
+static int check_layer_name(const char *name, fr_error *err) {
+    char shown[40];
+    bool ok = *name != '\0';
+    for (const char *p = name; *p && ok; p++)
+        ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             *p == '_' || *p == '-';
+    if (!ok)
+        return fr_fail(err, FR_EINVAL, "invalid layer name '%s' (letters, digits, '_' and '-' only)",
+                       name);
+    if (strlen(name) > FR_LAYER_NAME_MAX)
+        return fr_fail(err, FR_EINVAL, "layer name '%s...' is too long (at most %d characters)",
+                       fr_printable(name, shown, 33), FR_LAYER_NAME_MAX);
+    return FR_OK;
 }
 
 static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
@@ -73,7 +83,8 @@ static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
     }
     fr_param *p = &model->params[model->param_count];
     memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%.48s.%.8s", model->layers[layer].name, suffix);
+    snprintf(p->name, sizeof p->name, "%.*s.%.8s", FR_LAYER_NAME_MAX, model->layers[layer].name,
+             suffix);
     p->ndim = ndim;
     p->numel = 1;
     for (int d = 0; d < ndim; d++) {
@@ -90,18 +101,25 @@ static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
     return FR_OK;
 }
 
-/* Append a layer: name it, check its shape against the previous layer, and
- * give it its parameters. */
-static int add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
-                     const int *args, fr_error *err) {
+/* Append a layer: check its arguments, name it, check its shape against the
+ * previous layer, and give it its parameters. */
+int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
+                       const int *args, fr_error *err) {
+    int arg_count = fr_layer_arg_count(ops);
+    for (int i = 0; i < arg_count; i++) {
+        int rc = fr_layer_check_arg(ops, i, args[i], err);
+        if (rc != FR_OK)
+            return rc;
+    }
     char index_name[16];
     if (!name) {
         /* nn.Sequential names children by their index. */
         snprintf(index_name, sizeof index_name, "%d", model->layer_count);
         name = index_name;
     }
-    if (!valid_layer_name(name))
-        return fr_fail(err, FR_EINVAL, "invalid layer name '%s' (letters, digits, '_' and '-' only)", name);
+    int rc = check_layer_name(name, err);
+    if (rc != FR_OK)
+        return rc;
     if (fr_model_find_layer(model, name) >= 0)
         return fr_fail(err, FR_EINVAL, "layer name '%s' is used twice", name);
     if (model->layer_count == model->layer_cap) {
@@ -116,7 +134,8 @@ static int add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
     memset(l, 0, sizeof *l);
     l->ops = ops;
     snprintf(l->name, sizeof l->name, "%s", name);
-    memcpy(l->args, args, sizeof l->args);
+    if (arg_count > 0)
+        memcpy(l->args, args, (size_t)arg_count * sizeof *args);
     l->in = output_shape(model);
     l->weight = l->bias = -1;
     fr_error shape_err = {0};
@@ -154,41 +173,31 @@ static int add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
 
 int fr_model_add_linear(fr_model *model, const char *name, int in_features,
                         int out_features, fr_error *err) {
-    if (in_features <= 0 || out_features <= 0)
-        return fr_fail(err, FR_EINVAL, "linear(%d, %d): sizes must be positive", in_features, out_features);
-    int args[FR_ARG_COUNT] = {[FR_ARG_IN] = in_features, [FR_ARG_OUT] = out_features};
-    return add_layer(model, &fr_linear_ops, name, args, err);
+    return fr_model_add_layer(model, &fr_linear_ops, name, (const int[]){in_features, out_features},
+                              err);
 }
 
 int fr_model_add_conv2d(fr_model *model, const char *name, int in_channels,
                         int out_channels, int kernel, int stride, int padding,
                         fr_error *err) {
-    if (in_channels <= 0 || out_channels <= 0 || kernel <= 0 || stride <= 0 || padding < 0)
-        return fr_fail(err, FR_EINVAL,
-                       "conv2d(%d, %d, %d, %d, %d): channels, kernel and stride must be positive, padding >= 0",
-                       in_channels, out_channels, kernel, stride, padding);
-    int args[FR_ARG_COUNT] = {[FR_ARG_IN] = in_channels, [FR_ARG_OUT] = out_channels,
-                              [FR_ARG_KERNEL] = kernel, [FR_ARG_STRIDE] = stride,
-                              [FR_ARG_PADDING] = padding};
-    return add_layer(model, &fr_conv2d_ops, name, args, err);
+    return fr_model_add_layer(model, &fr_conv2d_ops, name,
+                              (const int[]){in_channels, out_channels, kernel, stride, padding, 1},
+                              err);
 }
 
 int fr_model_add_relu(fr_model *model, const char *name, fr_error *err) {
-    int args[FR_ARG_COUNT] = {0};
-    return add_layer(model, &fr_relu_ops, name, args, err);
+    return fr_model_add_layer(model, &fr_relu_ops, name, NULL, err);
 }
 
+/* A stride of 0 is PyTorch's None: the kernel size. */
 int fr_model_add_maxpool2d(fr_model *model, const char *name, int kernel, int stride,
                            fr_error *err) {
-    if (kernel <= 0 || stride < 0)
-        return fr_fail(err, FR_EINVAL, "maxpool2d(%d, %d): kernel must be positive", kernel, stride);
-    int args[FR_ARG_COUNT] = {[FR_ARG_KERNEL] = kernel, [FR_ARG_STRIDE] = stride ? stride : kernel};
-    return add_layer(model, &fr_maxpool2d_ops, name, args, err);
+    return fr_model_add_layer(model, &fr_maxpool2d_ops, name,
+                              (const int[]){kernel, stride == 0 ? FR_ARG_NONE : stride, 0}, err);
 }
 
 int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err) {
-    int args[FR_ARG_COUNT] = {0};
-    return add_layer(model, &fr_flatten_ops, name, args, err);
+    return fr_model_add_layer(model, &fr_flatten_ops, name, NULL, err);
 }
 
 int fr_model_ensure_arena(fr_model *model, fr_error *err) {
@@ -259,17 +268,10 @@ void fr_model_layer_describe(const fr_model *model, int layer, char *buf, size_t
         return;
     }
     const fr_layer *l = &model->layers[layer];
-    const int *a = l->args;
-    char args[96] = "", out[48];
-    if (l->ops == &fr_linear_ops)
-        snprintf(args, sizeof args, "(%d, %d)", a[FR_ARG_IN], a[FR_ARG_OUT]);
-    else if (l->ops == &fr_conv2d_ops)
-        snprintf(args, sizeof args, "(%d, %d, %d, stride=%d, padding=%d)", a[FR_ARG_IN],
-                 a[FR_ARG_OUT], a[FR_ARG_KERNEL], a[FR_ARG_STRIDE], a[FR_ARG_PADDING]);
-    else if (l->ops == &fr_maxpool2d_ops)
-        snprintf(args, sizeof args, "(%d, stride=%d)", a[FR_ARG_KERNEL], a[FR_ARG_STRIDE]);
+    char call[128], out[48];
+    fr_layer_format(l, call, sizeof call);
     shape_string(l->out, out, sizeof out);
-    snprintf(buf, len, "%s %s%s -> %s", l->name, l->ops->kind, args, out);
+    snprintf(buf, len, "%s %s -> %s", l->name, call, out);
 }
 
 size_t fr_model_param_count(const fr_model *model) { return (size_t)model->param_count; }

@@ -8,14 +8,16 @@
  *
  * Layers are separated by newlines or ';' (both may be mixed), '#' starts a
  * comment that runs to the end of the line (past any ';'), blank pieces are
- * ignored.  The kinds and their arguments are PyTorch's:
- *   linear(in_features, out_features)
+ * ignored.  The kinds are the registry's (src/layers/registry.c) and each
+ * kind's arguments those of its ops table: PyTorch's names, order and
+ * defaults, as in
  *   conv2d(in_channels, out_channels, kernel_size[, stride=1[, padding=0]])
- *   maxpool2d(kernel_size[, stride=kernel_size])
- *   relu, flatten                  with or without "()"
- * Arguments are integers (at most 1,000,000) and may be given by keyword as in
- * Python (`stride=2`; `kernel=` is accepted for `kernel_size=`).  Kind names
- * are case-insensitive, so PyTorch's spellings (Conv2d, ReLU) work too.
+ *   relu, flatten                  with or without "()" when there are none
+ * Arguments are integers (at most 1,000,000) or True/False, and are bound as
+ * Python binds a call: by position, or by keyword (`stride=2`; a kind may
+ * accept an alias, `kernel=` for `kernel_size=`), the schema saying which are
+ * required, their defaults and their minimums.  Kind names are
+ * case-insensitive, so PyTorch's spellings (Conv2d, ReLU) work too.
  *
  * Where errors point.  Every message is one line, "SOURCE:N: problem", where N
  * counts lines and every ';' (outside a comment) starts a new line too.  For
@@ -26,9 +28,9 @@
  *
  * The whole text is parsed into a list before anything is built, because
  * without an input line the input shape comes from the first layer and
- * fr_model_new needs it first.  The list is then built only through the
- * public fr_model_add_* calls (model.c), whose shape and name errors get the
- * piece's location prefixed.
+ * fr_model_new needs it first.  The list is then built only through
+ * fr_model_add_layer (model.c), whose shape and name errors get the piece's
+ * location prefixed.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
@@ -39,45 +41,17 @@
 #include <sys/stat.h>
 
 /* Largest value of any argument or input size. */
-#define MAX_SIZE 1000000
+#define MAX_SIZE FR_ARG_LIMIT
 /* More layers than this is a mistake, and model.c's name checks are quadratic. */
 #define MAX_LAYERS 4096
 #define MAX_MODEL_FILE_BYTES (1024 * 1024)
-#define MAX_ARGS FR_ARG_COUNT
-/* Layer names leave room for ".weight" in a parameter name (model.c). */
-#define MAX_NAME_LEN (FR_NAME_MAX - 9)
-
-/* ------------------------------------------------------------ layer kinds */
-
-enum layer_kind { KIND_LINEAR, KIND_CONV2D, KIND_RELU, KIND_MAXPOOL2D, KIND_FLATTEN, KIND_COUNT };
-
-typedef struct kind_info {
-    const char *name;
-    int min_args, max_args;
-    const char *arg_names[MAX_ARGS];
-    int arg_minimum[MAX_ARGS]; /* 1 for sizes, 0 for padding */
-    int arg_default[MAX_ARGS]; /* for the optional ones */
-} kind_info;
-
-/* Argument slots are positional order; maxpool2d's default stride 0 tells
- * fr_model_add_maxpool2d to use the kernel size, as PyTorch does. */
-static const kind_info kinds[KIND_COUNT] = {
-    [KIND_LINEAR] = {"linear", 2, 2, {"in_features", "out_features"}, {1, 1}, {0}},
-    [KIND_CONV2D] = {"conv2d", 3, 5,
-                     {"in_channels", "out_channels", "kernel_size", "stride", "padding"},
-                     {1, 1, 1, 1, 0}, {0, 0, 0, 1, 0}},
-    [KIND_RELU] = {"relu", 0, 0, {0}, {0}, {0}},
-    [KIND_MAXPOOL2D] = {"maxpool2d", 1, 2, {"kernel_size", "stride"}, {1, 1}, {0, 0}},
-    [KIND_FLATTEN] = {"flatten", 0, 0, {0}, {0}, {0}},
-};
-
-#define KIND_LIST "linear, conv2d, relu, maxpool2d, flatten"
+#define MAX_ARGS FR_LAYER_ARGS_MAX
 
 /* ---------------------------------------------------------- parsed model */
 
 typedef struct spec_layer {
     long line;
-    enum layer_kind kind;
+    const fr_layer_ops *kind;
     bool named;                /* otherwise model.c names it by its index */
     char name[FR_NAME_MAX];
     int args[MAX_ARGS];
@@ -282,6 +256,21 @@ static int parse_input(spec *s, long line, cursor *c, fr_error *err) {
 
 /* ------------------------------------------------------------ layer lines */
 
+/* The registry's kinds, or only those that imply the model input, joined by
+ * ", " and `last` before the final one. */
+static void kind_names(char *buf, size_t len, bool implying, const char *last) {
+    const fr_layer_ops *listed[64];
+    int count = 0;
+    for (int i = 0; i < fr_layer_kind_count && count < 64; i++)
+        if (!implying || fr_layer_kinds[i]->implies_input != FR_IMPLIES_NOTHING)
+            listed[count++] = fr_layer_kinds[i];
+    buf[0] = '\0';
+    for (int i = 0; i < count; i++) {
+        strncat(buf, i == 0 ? "" : i + 1 < count ? ", " : last, len - strlen(buf) - 1);
+        strncat(buf, listed[i]->kind, len - strlen(buf) - 1);
+    }
+}
+
 /* After '(': arguments up to and including ')'.  Only the first MAX_ARGS are
  * kept; `count` counts them all. */
 static int parse_arguments(const spec *s, long line, cursor *c, raw_arg *args, int *count,
@@ -336,67 +325,90 @@ static int parse_arguments(const spec *s, long line, cursor *c, raw_arg *args, i
     return FR_OK;
 }
 
-static int keyword_slot(const kind_info *kind, const raw_arg *arg) {
-    for (int slot = 0; slot < kind->max_args; slot++) {
-        const char *name = kind->arg_names[slot];
-        if (word_is(arg->key, arg->key_len, name) ||
-            (strcmp(name, "kernel_size") == 0 && word_is(arg->key, arg->key_len, "kernel")))
+static int keyword_slot(const fr_layer_ops *kind, int arg_count, const raw_arg *arg) {
+    for (int slot = 0; slot < arg_count; slot++) {
+        const fr_layer_arg *schema = &kind->args[slot];
+        if (word_is(arg->key, arg->key_len, schema->name) ||
+            (schema->alias && word_is(arg->key, arg->key_len, schema->alias)))
             return slot;
     }
     return -1;
 }
 
-/* Match the written arguments to the kind's slots, as Python binds a call. */
-static int bind_arguments(const spec *s, long line, const kind_info *kind,
+/* One argument's value, as its schema says: True or False, or a size. */
+static int bind_value(const spec *s, long line, const fr_layer_ops *kind, int slot,
+                      const raw_arg *arg, int *value, fr_error *err) {
+    const fr_layer_arg *schema = &kind->args[slot];
+    char what[64];
+    snprintf(what, sizeof what, "%s: %s", kind->kind, schema->name);
+    if (!schema->boolean)
+        return check_size(s, line, what, arg->value, arg->value_len, schema->minimum, value, err);
+    if (word_is(arg->value, arg->value_len, "true") || word_is(arg->value, arg->value_len, "false")) {
+        *value = word_is(arg->value, arg->value_len, "true");
+        return FR_OK;
+    }
+    char got[48];
+    shown(arg->value, arg->value_len, got, sizeof got);
+    return syntax_error(s, line, err, "%s must be True or False, got '%s'", what, got);
+}
+
+/* Match the written arguments to the kind's schema, as Python binds a call:
+ * the required arguments come first, keyword-only ones (bias=) last. */
+static int bind_arguments(const spec *s, long line, const fr_layer_ops *kind,
                           const raw_arg *args, int count, spec_layer *layer, fr_error *err) {
-    if (count < kind->min_args || count > kind->max_args) {
-        if (kind->max_args == 0)
-            return syntax_error(s, line, err, "%s takes no arguments, got %d", kind->name, count);
-        if (kind->min_args == kind->max_args)
-            return syntax_error(s, line, err, "%s takes %d arguments, got %d", kind->name,
-                                kind->min_args, count);
-        return syntax_error(s, line, err, "%s takes %d to %d arguments, got %d", kind->name,
-                            kind->min_args, kind->max_args, count);
+    int arg_count = fr_layer_arg_count(kind), required = 0, positional = 0;
+    while (required < arg_count && !kind->args[required].optional)
+        required++;
+    while (positional < arg_count && !kind->args[positional].keyword_only)
+        positional++;
+    int by_position = 0;
+    while (count <= arg_count && by_position < count && !args[by_position].key)
+        by_position++;
+    if (count < required || count > arg_count || by_position > positional) {
+        if (positional == 0)
+            return syntax_error(s, line, err, "%s takes no arguments, got %d", kind->kind, count);
+        if (required == positional)
+            return syntax_error(s, line, err, "%s takes %d arguments, got %d", kind->kind,
+                                required, count);
+        return syntax_error(s, line, err, "%s takes %d to %d arguments, got %d", kind->kind,
+                            required, positional, count);
     }
     bool given[MAX_ARGS] = {false};
     bool keyword_seen = false;
     for (int i = 0; i < count; i++) {
         int slot = i;
         if (args[i].key) {
-            slot = keyword_slot(kind, &args[i]);
+            slot = keyword_slot(kind, arg_count, &args[i]);
             if (slot < 0) {
                 char key[48], names[128] = "";
                 shown(args[i].key, args[i].key_len, key, sizeof key);
-                for (int j = 0; j < kind->max_args; j++) {
+                for (int j = 0; j < arg_count; j++) {
                     strncat(names, j ? ", " : "", sizeof names - strlen(names) - 1);
-                    strncat(names, kind->arg_names[j], sizeof names - strlen(names) - 1);
+                    strncat(names, kind->args[j].name, sizeof names - strlen(names) - 1);
                 }
                 return syntax_error(s, line, err, "%s has no argument '%s' (expected %s)",
-                                    kind->name, key, names);
+                                    kind->kind, key, names);
             }
             keyword_seen = true;
         } else if (keyword_seen) {
             return syntax_error(s, line, err, "%s: positional argument after a keyword argument",
-                                kind->name);
+                                kind->kind);
         }
         if (given[slot])
-            return syntax_error(s, line, err, "%s: '%s' is given twice", kind->name,
-                                kind->arg_names[slot]);
+            return syntax_error(s, line, err, "%s: '%s' is given twice", kind->kind,
+                                kind->args[slot].name);
         given[slot] = true;
-        char what[64];
-        snprintf(what, sizeof what, "%s: %s", kind->name, kind->arg_names[slot]);
-        int rc = check_size(s, line, what, args[i].value, args[i].value_len,
-                            kind->arg_minimum[slot], &layer->args[slot], err);
+        int rc = bind_value(s, line, kind, slot, &args[i], &layer->args[slot], err);
         if (rc != FR_OK)
             return rc;
     }
-    for (int slot = 0; slot < kind->max_args; slot++) {
+    for (int slot = 0; slot < arg_count; slot++) {
         if (given[slot])
             continue;
-        if (slot < kind->min_args)
-            return syntax_error(s, line, err, "%s: missing argument '%s'", kind->name,
-                                kind->arg_names[slot]);
-        layer->args[slot] = kind->arg_default[slot];
+        if (!kind->args[slot].optional)
+            return syntax_error(s, line, err, "%s: missing argument '%s'", kind->kind,
+                                kind->args[slot].name);
+        layer->args[slot] = kind->args[slot].default_value;
     }
     return FR_OK;
 }
@@ -414,9 +426,9 @@ static int parse_layer_name(const spec *s, long line, const char *start, const c
     if (name_run(start, equals) != len)
         return syntax_error(s, line, err,
                             "invalid layer name '%s' (letters, digits, '_' and '-' only)", name);
-    if (len > MAX_NAME_LEN)
+    if (len > FR_LAYER_NAME_MAX)
         return syntax_error(s, line, err, "layer name '%s' is too long (at most %d characters)",
-                            name, MAX_NAME_LEN);
+                            name, FR_LAYER_NAME_MAX);
     memcpy(layer->name, start, len);
     layer->name[len] = '\0';
     layer->named = true;
@@ -460,15 +472,15 @@ static int parse_layer(spec *s, long line, cursor *c, fr_error *err) {
     size_t kind_len = name_run(c->pos, c->end);
     if (kind_len == 0)
         return unexpected(s, line, c, equals ? "a layer kind after '='" : "a layer", err);
-    int kind = 0;
-    while (kind < KIND_COUNT && !word_is(c->pos, kind_len, kinds[kind].name))
-        kind++;
-    if (kind == KIND_COUNT) {
-        char got[48];
+    for (int i = 0; i < fr_layer_kind_count && !layer.kind; i++)
+        if (word_is(c->pos, kind_len, fr_layer_kinds[i]->kind))
+            layer.kind = fr_layer_kinds[i];
+    if (!layer.kind) {
+        char got[48], expected[256];
         shown(c->pos, kind_len, got, sizeof got);
-        return syntax_error(s, line, err, "unknown layer kind '%s' (expected " KIND_LIST ")", got);
+        kind_names(expected, sizeof expected, false, ", ");
+        return syntax_error(s, line, err, "unknown layer kind '%s' (expected %s)", got, expected);
     }
-    layer.kind = (enum layer_kind)kind;
     c->pos += kind_len;
     skip_blanks(c);
 
@@ -486,9 +498,9 @@ static int parse_layer(spec *s, long line, cursor *c, fr_error *err) {
         char junk[48];
         shown(c->pos, token_length(c->pos, c->end), junk, sizeof junk);
         return syntax_error(s, line, err, "unexpected '%s' after '%s'", junk,
-                            parenthesised ? ")" : kinds[kind].name);
+                            parenthesised ? ")" : layer.kind->kind);
     }
-    int rc = bind_arguments(s, line, &kinds[kind], args, count, &layer, err);
+    int rc = bind_arguments(s, line, layer.kind, args, count, &layer, err);
     if (rc != FR_OK)
         return rc;
     return append_layer(s, &layer, err);
@@ -535,47 +547,33 @@ static int parse_text(spec *s, const char *text, fr_error *err) {
 
 /* --------------------------------------------------------------- building */
 
-static int add_layer(fr_model *model, const spec_layer *layer, fr_error *err) {
-    const char *name = layer->named ? layer->name : NULL;
-    const int *a = layer->args;
-    switch (layer->kind) {
-    case KIND_LINEAR:
-        return fr_model_add_linear(model, name, a[0], a[1], err);
-    case KIND_CONV2D:
-        return fr_model_add_conv2d(model, name, a[0], a[1], a[2], a[3], a[4], err);
-    case KIND_RELU:
-        return fr_model_add_relu(model, name, err);
-    case KIND_MAXPOOL2D:
-        return fr_model_add_maxpool2d(model, name, a[0], a[1], err);
-    case KIND_FLATTEN:
-    case KIND_COUNT:
-        break;
-    }
-    return fr_model_add_flatten(model, name, err);
-}
-
 /* Without an input line, the first layer says what it expects: a convolution
  * gets Fashion-MNIST-sized images with its channel count, a linear layer a
- * vector of its in_features. */
+ * vector of its in_features (fr_layer_ops.implies_input). */
 static int input_shape(const spec *s, int shape[3], fr_error *err) {
     if (s->has_input) {
         memcpy(shape, s->input, sizeof s->input);
         return FR_OK;
     }
     const spec_layer *first = &s->layers[0];
-    if (first->kind == KIND_CONV2D) {
+    switch (first->kind->implies_input) {
+    case FR_IMPLIES_IMAGE:
         shape[0] = first->args[0];
         shape[1] = shape[2] = 28;
-    } else if (first->kind == KIND_LINEAR) {
+        return FR_OK;
+    case FR_IMPLIES_VECTOR:
         shape[0] = first->args[0];
         shape[1] = shape[2] = 1;
-    } else {
-        return syntax_error(s, first->line, err,
-                            "a model starting with %s needs an 'input C H W' line "
-                            "(only conv2d and linear imply the input size)",
-                            kinds[first->kind].name);
+        return FR_OK;
+    case FR_IMPLIES_NOTHING:
+        break;
     }
-    return FR_OK;
+    char implying[128];
+    kind_names(implying, sizeof implying, true, " and ");
+    return syntax_error(s, first->line, err,
+                        "a model starting with %s needs an 'input C H W' line "
+                        "(only %s imply the input size)",
+                        first->kind->kind, implying);
 }
 
 /* Layers start their messages "NAME: ", model.c quotes names: 'NAME'. */
@@ -601,7 +599,8 @@ static int build_model(const spec *s, fr_model **out, fr_error *err) {
     for (int i = 0; i < s->layer_count; i++) {
         const spec_layer *layer = &s->layers[i];
         fr_error add_err = {0};
-        rc = add_layer(model, layer, &add_err);
+        rc = fr_model_add_layer(model, layer->kind, layer->named ? layer->name : NULL, layer->args,
+                                &add_err);
         if (rc == FR_OK)
             continue;
         fr_model_free(model);

@@ -191,13 +191,14 @@ static void plan_shared_outputs(fr_model *model, bool *shares_input) {
         if (!ops->alias)
             input_is_batch = input_is_batch && shares_input[i];
     }
-    /* A relu working in place right after a linear or conv2d is applied in
-     * that layer's bias pass (the epilogue of its GEMM) instead. */
+    /* A relu working in place right after a layer that can take it (linear,
+     * conv2d: ops.fuses_relu) is applied in that layer's bias pass (the
+     * epilogue of its GEMM) instead. */
     for (int i = 0; i < model->layer_count; i++) {
         fr_layer *l = &model->layers[i];
         const fr_layer *next = i + 1 < model->layer_count ? &model->layers[i + 1] : NULL;
         l->fused_relu = next && next->ops == &fr_relu_ops && shares_input[i + 1] &&
-                        (l->ops == &fr_linear_ops || l->ops == &fr_conv2d_ops);
+                        l->ops->fuses_relu;
     }
 }
 

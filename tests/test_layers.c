@@ -8,7 +8,9 @@
  *   - frozen parameters (NULL dweight/dbias) change nothing else, a NULL din
  *     is allowed, and weight gradients are overwritten, never added to
  *     (the trainer relies on it to skip zeroing its gradient slabs);
- *   - infer_shape computes PyTorch's shapes and rejects what cannot fit.
+ *   - infer_shape computes PyTorch's shapes and rejects what cannot fit;
+ *   - every kind in the registry is an ops table the parser and the model can
+ *     rely on (its argument schema binds as a Python call would).
  * Buffers come from malloc with their exact size so AddressSanitizer sees any
  * write past a layer's output or scratch.
  */
@@ -21,38 +23,45 @@
 
 /* ------------------------------------------------ building layers */
 
+/* `args` in the order of the kind's constructor (ops->args), as PyTorch's. */
 static fr_layer layer_of(const fr_layer_ops *ops, const char *name, fr_shape in,
-                         int in_arg, int out_arg, int kernel, int stride,
-                         int padding) {
+                         const int *args) {
     fr_layer l;
     memset(&l, 0, sizeof l);
     l.ops = ops;
     snprintf(l.name, sizeof l.name, "%s", name);
-    l.args[FR_ARG_IN] = in_arg;
-    l.args[FR_ARG_OUT] = out_arg;
-    l.args[FR_ARG_KERNEL] = kernel;
-    l.args[FR_ARG_STRIDE] = stride;
-    l.args[FR_ARG_PADDING] = padding;
+    for (int i = 0; i < fr_layer_arg_count(ops); i++)
+        l.args[i] = args[i];
     l.in = in;
     l.weight = l.bias = -1;
     return l;
 }
 
 static fr_layer linear_layer(fr_shape in, int in_features, int out_features) {
-    return layer_of(&fr_linear_ops, "fc", in, in_features, out_features, 0, 0, 0);
+    return layer_of(&fr_linear_ops, "fc", in, (const int[]){in_features, out_features});
 }
 
 static fr_layer conv_layer(fr_shape in, int in_c, int out_c, int k, int stride,
                            int pad) {
-    return layer_of(&fr_conv2d_ops, "conv", in, in_c, out_c, k, stride, pad);
+    return layer_of(&fr_conv2d_ops, "conv", in, (const int[]){in_c, out_c, k, stride, pad, 1});
 }
 
 static fr_layer pool_layer(fr_shape in, int k, int stride) {
-    return layer_of(&fr_maxpool2d_ops, "pool", in, 0, 0, k, stride, 0);
+    return layer_of(&fr_maxpool2d_ops, "pool", in, (const int[]){k, stride, 0});
+}
+
+/* A kind the tests reach through the registry, as the parser does. */
+static fr_layer kind_layer(const char *kind, fr_shape in, const int *args) {
+    const fr_layer_ops *ops = fr_layer_kind_find(kind);
+    if (!ops) {
+        tap_diag("no kind '%s' in the registry", kind);
+        exit(1);
+    }
+    return layer_of(ops, kind, in, args);
 }
 
 static fr_layer relu_layer(fr_shape in) {
-    return layer_of(&fr_relu_ops, "relu", in, 0, 0, 0, 0, 0);
+    return layer_of(&fr_relu_ops, "relu", in, NULL);
 }
 
 static float uniform_between(fr_rng *rng, float lo, float hi) {
@@ -107,7 +116,7 @@ static bool rig_open(rig *r, fr_layer layer, int n, uint64_t seed) {
     r->upstream = random_floats(&r->rng, r->out_count);
     if (r->weight_count) {
         r->weight = random_floats(&r->rng, r->weight_count);
-        r->bias = random_floats(&r->rng, r->bias_count);
+        r->bias = r->bias_count ? random_floats(&r->rng, r->bias_count) : NULL;
     }
     l->weight_data = r->weight;
     l->bias_data = r->bias;
@@ -210,6 +219,8 @@ static void check_gradients(rig *r, const char *what) {
         error = gradient_error(r, r->weight, r->weight_count, dweight);
         tap_ok(error <= 1.0, "%s: dweight matches central differences (error %.3g)",
                what, error);
+    }
+    if (r->bias) {
         error = gradient_error(r, r->bias, r->bias_count, dbias);
         tap_ok(error <= 1.0, "%s: dbias matches central differences (error %.3g)",
                what, error);
@@ -269,7 +280,7 @@ static void check_frozen_and_accumulation(rig *r, const char *what) {
 /* --------------------------------------------------- references */
 
 static double *direct_linear(const rig *r) {
-    int in_f = r->layer.args[FR_ARG_IN], out_f = r->layer.args[FR_ARG_OUT];
+    int in_f = r->layer.args[0], out_f = r->layer.args[1];
     double *out = malloc(r->out_count * sizeof *out);
     for (int s = 0; s < r->n; s++)
         for (int o = 0; o < out_f; o++) {
@@ -283,8 +294,8 @@ static double *direct_linear(const rig *r) {
 
 static double *direct_conv(const rig *r) {
     const fr_layer *l = &r->layer;
-    int k = l->args[FR_ARG_KERNEL], stride = l->args[FR_ARG_STRIDE];
-    int pad = l->args[FR_ARG_PADDING];
+    /* conv2d(in_channels, out_channels, kernel_size, stride, padding) */
+    int k = l->args[2], stride = l->args[3], pad = l->args[4];
     fr_shape in = l->in, out = l->out;
     double *result = malloc(r->out_count * sizeof *result);
     double *dst = result;
@@ -292,7 +303,7 @@ static double *direct_conv(const rig *r) {
         for (int o = 0; o < out.c; o++)
             for (int y = 0; y < out.h; y++)
                 for (int x = 0; x < out.w; x++) {
-                    double sum = r->bias[o];
+                    double sum = r->bias ? r->bias[o] : 0.0;
                     for (int c = 0; c < in.c; c++)
                         for (int ki = 0; ki < k; ki++)
                             for (int kj = 0; kj < k; kj++) {
@@ -308,24 +319,53 @@ static double *direct_conv(const rig *r) {
     return result;
 }
 
-static double *direct_maxpool(const rig *r) {
+/* maxpool2d or avgpool2d(kernel_size, stride, padding): the padding is -inf
+ * for the maximum and zeros for the average, which divides by k * k
+ * (PyTorch's count_include_pad=True). */
+static double *direct_pool(const rig *r, bool average) {
     const fr_layer *l = &r->layer;
-    int k = l->args[FR_ARG_KERNEL], stride = l->args[FR_ARG_STRIDE];
+    int k = l->args[0], stride = l->args[1], pad = l->args[2];
     fr_shape in = l->in, out = l->out;
     double *result = malloc(r->out_count * sizeof *result);
     double *dst = result;
     for (int p = 0; p < r->n * in.c; p++)
         for (int y = 0; y < out.h; y++)
             for (int x = 0; x < out.w; x++) {
-                double best = -INFINITY;
+                double best = -INFINITY, sum = 0.0;
                 for (int ki = 0; ki < k; ki++)
                     for (int kj = 0; kj < k; kj++) {
-                        double v = r->in[((size_t)p * in.h + y * stride + ki) * in.w +
-                                         x * stride + kj];
+                        int iy = y * stride - pad + ki, ix = x * stride - pad + kj;
+                        if (iy < 0 || iy >= in.h || ix < 0 || ix >= in.w)
+                            continue;
+                        double v = r->in[((size_t)p * in.h + iy) * in.w + ix];
+                        sum += v;
                         if (v > best)
                             best = v;
                     }
-                *dst++ = best;
+                *dst++ = average ? sum / (k * k) : best;
+            }
+    return result;
+}
+
+static double *direct_maxpool(const rig *r) { return direct_pool(r, false); }
+
+/* adaptive_avgpool2d(output_size): cell i averages [floor(i*H/o), ceil((i+1)*H/o)). */
+static double *direct_adaptive_avgpool(const rig *r) {
+    fr_shape in = r->layer.in, out = r->layer.out;
+    double *result = malloc(r->out_count * sizeof *result);
+    double *dst = result;
+    for (int p = 0; p < r->n * in.c; p++)
+        for (int y = 0; y < out.h; y++)
+            for (int x = 0; x < out.w; x++) {
+                int y0 = (int)floor((double)y * in.h / out.h);
+                int y1 = (int)ceil((double)(y + 1) * in.h / out.h);
+                int x0 = (int)floor((double)x * in.w / out.w);
+                int x1 = (int)ceil((double)(x + 1) * in.w / out.w);
+                double sum = 0.0;
+                for (int iy = y0; iy < y1; iy++)
+                    for (int ix = x0; ix < x1; ix++)
+                        sum += r->in[((size_t)p * in.h + iy) * in.w + ix];
+                *dst++ = sum / ((y1 - y0) * (x1 - x0));
             }
     return result;
 }
@@ -387,6 +427,21 @@ static void test_conv2d(void) {
             check_frozen_and_accumulation(&r, what);
         rig_close(&r);
     }
+}
+
+/* conv2d(..., bias=False): no bias parameter, and none added. */
+static void test_conv2d_without_bias(void) {
+    rig r;
+    fr_layer l = layer_of(&fr_conv2d_ops, "conv", (fr_shape){2, 5, 6},
+                          (const int[]){2, 3, 3, 1, 1, 0});
+    if (!tap_ok(rig_open(&r, l, 2, 150), "conv2d(2, 3, 3, padding=1, bias=False) on 2x5x6: "
+                                         "infer_shape accepts it"))
+        return;
+    tap_ok(r.layer.weight_ndim == 4 && r.layer.bias_numel == 0 && r.layer.fan_in == 18,
+           "conv2d with bias=False has a weight [3, 2, 3, 3] and no bias");
+    check_forward(&r, direct_conv(&r), "conv2d bias=False");
+    check_gradients(&r, "conv2d bias=False");
+    rig_close(&r);
 }
 
 /* --------------------------------------------------------- relu */
@@ -452,23 +507,26 @@ static void distinct_inputs(rig *r) {
 
 static void test_maxpool2d(void) {
     static const struct {
-        int k, stride, c, h, w;
+        int k, stride, pad, c, h, w;
     } cases[] = {
-        {2, 2, 2, 5, 7}, /* odd sizes floor: 2x3 */
-        {3, 2, 2, 7, 6}, /* overlapping windows share maxima */
-        {2, 2, 3, 6, 41}, /* wide rows: the vectorized 2x2 path and its tail */
+        {2, 2, 0, 2, 5, 7}, /* odd sizes floor: 2x3 */
+        {3, 2, 0, 2, 7, 6}, /* overlapping windows share maxima */
+        {2, 2, 0, 3, 6, 41}, /* wide rows: the vectorized 2x2 path and its tail */
+        {3, 2, 1, 2, 7, 6}, /* padding: the window's border is -inf */
+        {2, 2, 1, 1, 5, 4}, /* padding with an even kernel */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char what[96];
-        snprintf(what, sizeof what, "maxpool2d(k%d, s%d) on %dx%dx%d", cases[i].k,
-                 cases[i].stride, cases[i].c, cases[i].h, cases[i].w);
+        snprintf(what, sizeof what, "maxpool2d(k%d, s%d, p%d) on %dx%dx%d", cases[i].k,
+                 cases[i].stride, cases[i].pad, cases[i].c, cases[i].h, cases[i].w);
         rig r;
-        fr_layer l = pool_layer((fr_shape){cases[i].c, cases[i].h, cases[i].w},
-                                cases[i].k, cases[i].stride);
+        fr_layer l = layer_of(&fr_maxpool2d_ops, "pool",
+                              (fr_shape){cases[i].c, cases[i].h, cases[i].w},
+                              (const int[]){cases[i].k, cases[i].stride, cases[i].pad});
         if (!tap_ok(rig_open(&r, l, 2, 200 + i), "%s: infer_shape accepts it", what))
             continue;
-        int oh = (cases[i].h - cases[i].k) / cases[i].stride + 1;
-        int ow = (cases[i].w - cases[i].k) / cases[i].stride + 1;
+        int oh = (cases[i].h + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
+        int ow = (cases[i].w + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
         tap_ok(r.layer.out.c == cases[i].c && r.layer.out.h == oh && r.layer.out.w == ow,
                "%s: output %dx%dx%d (floor mode)", what, cases[i].c, oh, ow);
         tap_ok(r.layer.ops->scratch_bytes(&r.layer, 5) == 5 * fr_shape_numel(r.layer.out) * 4,
@@ -538,6 +596,66 @@ static void test_maxpool2d(void) {
     rig_close(&r);
 }
 
+/* ------------------------------------------------- average pools */
+
+static void test_avgpool2d(void) {
+    static const struct {
+        int k, stride, pad, c, h, w;
+    } cases[] = {
+        {2, 2, 0, 2, 5, 7}, /* odd sizes floor */
+        {3, 2, 1, 2, 7, 6}, /* padding: zeros that count in the divisor */
+        {3, 1, 1, 1, 4, 5}, /* overlapping windows */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "avgpool2d(k%d, s%d, p%d) on %dx%dx%d", cases[i].k,
+                 cases[i].stride, cases[i].pad, cases[i].c, cases[i].h, cases[i].w);
+        rig r;
+        fr_layer l = kind_layer("avgpool2d", (fr_shape){cases[i].c, cases[i].h, cases[i].w},
+                                (const int[]){cases[i].k, cases[i].stride, cases[i].pad});
+        if (!tap_ok(rig_open(&r, l, 2, 250 + i), "%s: infer_shape accepts it", what))
+            continue;
+        check_forward(&r, direct_pool(&r, true), what);
+        check_gradients(&r, what);
+        rig_close(&r);
+    }
+    fr_error err = {0};
+    fr_layer too_wide = kind_layer("avgpool2d", (fr_shape){1, 6, 6}, (const int[]){3, 1, 2});
+    fr_layer too_wide_max = pool_layer((fr_shape){1, 6, 6}, 3, 1);
+    too_wide_max.args[2] = 2;
+    tap_ok(too_wide.ops->infer_shape(&too_wide, &err) == FR_EINVAL &&
+               strstr(err.msg, "more than half the kernel") &&
+               too_wide_max.ops->infer_shape(&too_wide_max, &err) == FR_EINVAL,
+           "avgpool2d and maxpool2d refuse a padding over half the kernel, as PyTorch does");
+    tap_diag("%s", err.msg);
+}
+
+static void test_adaptive_avgpool2d(void) {
+    static const struct {
+        int size, c, h, w;
+    } cases[] = {
+        {1, 3, 5, 7}, /* the global average: ResNet's head */
+        {3, 2, 5, 7}, /* sizes that do not divide: windows overlap */
+        {4, 1, 3, 3}, /* more cells than inputs */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "adaptive_avgpool2d(%d) on %dx%dx%d", cases[i].size,
+                 cases[i].c, cases[i].h, cases[i].w);
+        rig r;
+        fr_layer l = kind_layer("adaptive_avgpool2d",
+                                (fr_shape){cases[i].c, cases[i].h, cases[i].w},
+                                (const int[]){cases[i].size});
+        if (!tap_ok(rig_open(&r, l, 2, 270 + i) && r.layer.out.c == cases[i].c &&
+                        r.layer.out.h == cases[i].size && r.layer.out.w == cases[i].size,
+                    "%s: output %dx%dx%d", what, cases[i].c, cases[i].size, cases[i].size))
+            continue;
+        check_forward(&r, direct_adaptive_avgpool(&r), what);
+        check_gradients(&r, what);
+        rig_close(&r);
+    }
+}
+
 /* ------------------------------------------------------- shapes */
 
 static int shape_error(fr_layer l, fr_error *err) {
@@ -568,7 +686,7 @@ static void test_shapes(void) {
     tap_ok(pool.ops->infer_shape(&pool, &err) == FR_OK && pool.out.c == 64 &&
                pool.out.h == 12 && pool.out.w == 12,
            "maxpool2d(2) on 64x24x24: 64x12x12");
-    fr_layer flat = layer_of(&fr_flatten_ops, "flatten", pool.out, 0, 0, 0, 0, 0);
+    fr_layer flat = layer_of(&fr_flatten_ops, "flatten", pool.out, NULL);
     tap_ok(flat.ops->infer_shape(&flat, &err) == FR_OK && flat.out.c == 9216 &&
                flat.out.h == 1 && flat.out.w == 1 && flat.ops->alias &&
                !flat.ops->forward && !flat.ops->backward && flat.weight_ndim == 0,
@@ -582,7 +700,7 @@ static void test_shapes(void) {
            "conv2d with a 1x1 kernel, stride 1, no padding needs no scratch");
 
     /* Rejections. */
-    fr_layer fc = layer_of(&fr_linear_ops, "fc1", (fr_shape){32, 13, 13}, 9216, 128, 0, 0, 0);
+    fr_layer fc = layer_of(&fr_linear_ops, "fc1", (fr_shape){32, 13, 13}, (const int[]){9216, 128});
     tap_ok(shape_error(fc, &err) == FR_ESHAPE && err.status == FR_ESHAPE &&
                strcmp(err.msg, "fc1: linear(9216, 128) expects 9216 input features, "
                                "got 32x13x13 = 5408") == 0,
@@ -615,12 +733,72 @@ static void test_shapes(void) {
            "linear rejects zero input features");
 }
 
+/* ------------------------------------------------------- registry */
+
+/* What spec.c and model.c assume of every kind without asking. */
+static bool kind_is_sound(const fr_layer_ops *ops, char *why, size_t len) {
+    for (const char *p = ops->kind; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) {
+            snprintf(why, len, "its name is not lower case");
+            return false;
+        }
+    if (fr_layer_kind_find(ops->kind) != ops) {
+        snprintf(why, len, "its name is not its own in the registry");
+        return false;
+    }
+    if (!ops->infer_shape || !ops->scratch_bytes || (!ops->alias && (!ops->forward || !ops->backward))) {
+        snprintf(why, len, "a function is missing");
+        return false;
+    }
+    int count = fr_layer_arg_count(ops);
+    bool optional_seen = false, keyword_only_seen = false;
+    for (int i = 0; i < count; i++) {
+        const fr_layer_arg *arg = &ops->args[i];
+        bool default_fits = arg->boolean ? arg->default_value == 0 || arg->default_value == 1
+                                         : arg->default_value == FR_ARG_NONE ||
+                                               arg->default_value >= arg->minimum;
+        if ((optional_seen && !arg->optional) || (keyword_only_seen && !arg->keyword_only) ||
+            (arg->keyword_only && !arg->optional) || (arg->optional && !default_fits)) {
+            snprintf(why, len, "argument '%s' breaks the order of a Python call or its default",
+                     arg->name);
+            return false;
+        }
+        optional_seen = optional_seen || arg->optional;
+        keyword_only_seen = keyword_only_seen || arg->keyword_only;
+    }
+    if (ops->implies_input != FR_IMPLIES_NOTHING && (count == 0 || ops->args[0].minimum < 1)) {
+        snprintf(why, len, "it implies an input from a first argument it lacks");
+        return false;
+    }
+    return true;
+}
+
+static void test_registry(void) {
+    bool sound = fr_layer_kind_count > 0;
+    char why[128] = "the registry is empty";
+    for (int i = 0; sound && i < fr_layer_kind_count; i++) {
+        sound = kind_is_sound(fr_layer_kinds[i], why, sizeof why);
+        if (!sound)
+            tap_diag("%s: %s", fr_layer_kinds[i]->kind, why);
+    }
+    tap_ok(sound, "every one of the %d kinds in the registry is sound: a lower-case name of its "
+                  "own, its functions, required arguments before optional, keyword-only last",
+           fr_layer_kind_count);
+    tap_ok(fr_layer_kind_find("linear") == &fr_linear_ops && !fr_layer_kind_find("Linear") &&
+               !fr_layer_kind_find("conv3d"),
+           "fr_layer_kind_find finds a kind by its exact name, and nothing else");
+}
+
 int main(void) {
-    tap_plan(86); /* every check below, counted: fewer or more fails the test */
+    tap_plan(122); /* every check below, counted: fewer or more fails the test */
     test_linear();
     test_conv2d();
+    test_conv2d_without_bias();
     test_relu();
     test_maxpool2d();
+    test_avgpool2d();
+    test_adaptive_avgpool2d();
     test_shapes();
+    test_registry();
     return tap_done();
 }

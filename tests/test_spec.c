@@ -2,7 +2,9 @@
  * test_spec.c - model descriptions (src/spec.c): the DESIGN.md example, inline
  * specs with ';', index names, the implied input, keyword arguments, every
  * kind of mistake reported on the right line, hostile input that must not
- * crash, and fr_model_load on files, missing paths and inline text.
+ * crash, and fr_model_load on files, missing paths and inline text.  The
+ * fr_model_add_* functions check arguments and names as the parser does (one
+ * schema per kind, one name limit), and describe layers as a file writes them.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "frost.h"
@@ -164,6 +166,25 @@ static void test_arguments(void) {
     tap_ok(model && fr_model_output_numel(model) == 27 * 27, "maxpool2d takes stride positionally");
     fr_model_free(model);
 
+    model = parse("input 1 28 28; c = conv2d(1, 4, 3, padding=1, bias=False)");
+    char line[96] = "";
+    if (model)
+        fr_model_layer_describe(model, 0, line, sizeof line);
+    tap_ok(model && fr_model_param_count(model) == 1 &&
+               strcmp(line, "c conv2d(1, 4, 3, 1, 1, bias=False) -> 4x28x28") == 0,
+           "conv2d takes bias=False (keyword only): a weight and no bias (%s)", line);
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; maxpool2d(3, 2, 1)");
+    tap_ok(model && fr_model_output_numel(model) == 14 * 14,
+           "maxpool2d takes padding (3, 2, 1 on 28x28: 14x14)");
+    fr_model_free(model);
+
+    model = parse("input 2 28 28; avgpool2d(3, padding=1); AvgPool2d(2); adaptive_avgpool2d(1)");
+    tap_ok(model && fr_model_layer_count(model) == 3 && fr_model_output_numel(model) == 2,
+           "avgpool2d (stride defaults to the kernel) and adaptive_avgpool2d(1): 2x1x1");
+    fr_model_free(model);
+
     model = parse("input 1 4 4; relu(); flatten(); Linear(16, 2, )");
     tap_ok(model && fr_model_layer_count(model) == 3 && fr_model_output_numel(model) == 2,
            "relu() and flatten() take empty parentheses; kinds are case-insensitive; a "
@@ -244,6 +265,14 @@ static void test_errors(void) {
                 WANT("model.txt:1:", "'stride' is given twice"));
     check_error("a required argument missing", "conv2d(1, 32, stride=2)", FR_EFORMAT,
                 WANT("model.txt:1:", "missing argument 'kernel_size'"));
+    check_error("a bias that is not True or False", "conv2d(1, 2, 3, bias=0.5)", FR_EFORMAT,
+                WANT("model.txt:1:", "conv2d: bias must be True or False, got '0.5'"));
+    check_error("bias by position (PyTorch has dilation there)", "conv2d(1, 2, 3, 1, 0, False)",
+                FR_EFORMAT, WANT("model.txt:1: conv2d takes 3 to 5 arguments, got 6"));
+    check_error("a maxpool2d padding over half its kernel", "input 1 8 8; maxpool2d(2, 2, 2)",
+                FR_EINVAL, WANT("model.txt:2:", "padding 2 is more than half the kernel size 2"));
+    check_error("an adaptive_avgpool2d of size 0", "input 1 8 8; adaptive_avgpool2d(0)", FR_EFORMAT,
+                WANT("model.txt:2:", "output_size must be positive, got 0"));
     check_error("a duplicate layer name",
                 "input 1 28 28\nfc = conv2d(1, 2, 3)\nrelu\nfc = conv2d(2, 2, 3)", FR_EINVAL,
                 WANT("model.txt:4:", "'fc'", "twice"));
@@ -440,8 +469,84 @@ static void test_load(void) {
            "a newline makes an argument inline");
 }
 
+/* What the parser refuses, the C API refuses for the same reason, and the
+ * other way round. */
+static void test_add_functions(void) {
+    char longest[49], too_long[50], weight_name[64];
+    memset(longest, 'a', 48);
+    longest[48] = '\0';
+    memset(too_long, 'b', 49);
+    too_long[49] = '\0';
+    snprintf(weight_name, sizeof weight_name, "%s.weight", longest);
+    fr_error err = {0};
+    fr_model *model = fr_model_new(1, 4, 4);
+    tap_ok(model && fr_model_add_linear(model, longest, 16, 2, &err) == FR_OK &&
+               fr_model_find_param(model, weight_name),
+           "a 48-character layer name is accepted and its weight named NAME.weight whole");
+    int rc = fr_model_add_relu(model, too_long, &err);
+    tap_ok(rc == FR_EINVAL && strstr(err.msg, "is too long (at most 48 characters)"),
+           "fr_model_add_* refuses a 49-character layer name as too long: %s", err.msg);
+    fr_model_free(model);
+
+    /* The parser took names of up to 55 characters that the model then
+     * refused as invalid; both now stop at 48, for that reason. */
+    char text[128];
+    snprintf(text, sizeof text, "%s = linear(4, 2)", longest);
+    model = parse(text);
+    tap_ok(model != NULL, "a model file's 48-character layer name is accepted");
+    fr_model_free(model);
+    for (int length = 49; length <= 55; length += 6) {
+        snprintf(text, sizeof text, "%.*s = linear(4, 2)", length,
+                 "ccccccccccccccccccccccccccccccccccccccccccccccccccccccc");
+        model = NULL;
+        rc = fr_model_parse(text, "model.txt", &model, &err);
+        tap_ok(rc == FR_EFORMAT && model == NULL && strstr(err.msg, "model.txt:1: layer name") &&
+                   strstr(err.msg, "is too long (at most 48 characters)"),
+               "a model file's %d-character layer name is refused as too long: %s", length,
+               err.msg);
+    }
+
+    model = fr_model_new(1, 4, 4);
+    rc = fr_model_add_conv2d(model, "c", 1, 2, 3, 0, 0, &err);
+    tap_ok(rc == FR_EINVAL && strcmp(err.msg, "conv2d: stride must be positive, got 0") == 0,
+           "fr_model_add_conv2d refuses stride 0 as the parser does: %s", err.msg);
+    rc = fr_model_add_conv2d(model, "c", 1, 2, 3, 1, -1, &err);
+    tap_ok(rc == FR_EINVAL && strcmp(err.msg, "conv2d: padding must be 0 or more, got -1") == 0,
+           "fr_model_add_conv2d refuses padding -1: %s", err.msg);
+    rc = fr_model_add_linear(model, "fc", 16, 1000001, &err);
+    tap_ok(rc == FR_EINVAL && strstr(err.msg, "linear: out_features is too large"),
+           "fr_model_add_linear refuses a size over 1,000,000 as the parser does: %s", err.msg);
+    rc = fr_model_add_maxpool2d(model, "p", 2, -1, &err);
+    tap_ok(rc == FR_EINVAL && strcmp(err.msg, "maxpool2d: stride must be positive, got -1") == 0,
+           "fr_model_add_maxpool2d refuses stride -1: %s", err.msg);
+    tap_ok(fr_model_layer_count(model) == 0, "and no refused layer was added");
+    char line[128];
+    rc = fr_model_add_maxpool2d(model, NULL, 2, 0, &err);
+    fr_model_layer_describe(model, 0, line, sizeof line);
+    tap_ok(rc == FR_OK && strcmp(line, "0 maxpool2d(2) -> 1x2x2") == 0,
+           "fr_model_add_maxpool2d's stride 0 is the kernel size: %s", line);
+    fr_model_free(model);
+
+    model = parse("input 1 28 28; conv1 = conv2d(1, 8, 3, stride=2); relu; maxpool2d(2); "
+                  "pool = maxpool2d(kernel=3, stride=1); flatten; fc = linear(128, 10)");
+    static const char *const described[] = {
+        "conv1 conv2d(1, 8, 3, 2) -> 8x13x13", "1 relu -> 8x13x13", "2 maxpool2d(2) -> 8x6x6",
+        "pool maxpool2d(3, 1) -> 8x4x4",        "4 flatten -> 128",   "fc linear(128, 10) -> 10",
+    };
+    bool all = model != NULL;
+    for (int i = 0; all && i < 6; i++) {
+        fr_model_layer_describe(model, i, line, sizeof line);
+        if (strcmp(line, described[i]) != 0) {
+            tap_diag("layer %d: '%s', expected '%s'", i, line, described[i]);
+            all = false;
+        }
+    }
+    tap_ok(all, "fr_model_layer_describe writes each layer as a model file would, defaults left out");
+    fr_model_free(model);
+}
+
 int main(void) {
-    tap_plan(133); /* every check below, counted: fewer or more fails the test */
+    tap_plan(152); /* every check below, counted: fewer or more fails the test */
     size_t bytes_before = fr_allocated_bytes();
     test_design_example();
     test_index_names();
@@ -451,6 +556,7 @@ int main(void) {
     test_errors();
     test_hostile_input();
     test_load();
+    test_add_functions();
     tap_ok(fr_allocated_bytes() == bytes_before, "every model was freed");
     return tap_done();
 }

@@ -21,6 +21,10 @@ SAMPLES=500
 MLP='fc1 = linear(784, 64); relu; fc2 = linear(64, 10)'
 # conv1 -> 4x14x14, conv2 -> 8x14x14, maxpool -> 8x7x7 = 392
 CNN='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1); relu; conv2 = conv2d(4, 8, 3, padding=1); relu; maxpool2d(2); flatten; fc1 = linear(392, 10)'
+# The pooling kinds and conv2d without bias: conv1 -> 4x14x14, maxpool with
+# padding -> 4x7x7, conv2 -> 8x7x7, avgpool with padding -> 8x4x4, adaptive
+# average -> 8x2x2 = 32
+POOLS='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1, bias=False); relu; maxpool2d(3, 2, 1); conv2 = conv2d(4, 8, 3, padding=1); relu; avgpool2d(3, stride=2, padding=1); adaptive_avgpool2d(2); flatten; fc1 = linear(32, 10)'
 
 # NAME|MODEL|FROZEN|OPTIONS.  FROZEN: --freeze patterns separated by spaces,
 # or "-".  OPTIONS: the same words for frost train and torch_reference.py.
@@ -29,7 +33,8 @@ mlp-adam|$MLP|-|--optimizer adam --lr 0.001
 mlp-adamw|$MLP|-|--optimizer adamw --lr 0.001 --weight-decay 0.1
 cnn-sgd-nesterov-freeze-conv1|$CNN|conv1|--optimizer sgd --lr 0.02 --momentum 0.9 --nesterov --weight-decay 0.01
 mlp-adam-l2-freeze-fc1|$MLP|fc1|--optimizer adam --lr 0.002 --weight-decay 0.01
-cnn-sgd-freeze-biases|$CNN|*.bias|--optimizer sgd --lr 0.05"
+cnn-sgd-freeze-biases|$CNN|*.bias|--optimizer sgd --lr 0.05
+pools-adam|$POOLS|-|--optimizer adam --lr 0.003"
 
 # each_case FUNCTION: calls FUNCTION NAME MODEL FROZEN OPTIONS for every case.
 # A here-document, not a pipe, so that the loop runs in this shell and the

@@ -33,8 +33,8 @@
       them) has the same bits in both files.
 
 The model grammar is the subset of frost's (DESIGN.md) that the tests use:
-`input C H W`, linear(in, out), conv2d(in, out, k[, stride[, padding]]),
-relu, maxpool2d(k[, stride]), flatten; `NAME = KIND(ARGS)`, or unnamed and
+`input C H W`, linear(in, out), conv2d(in, out, k[, stride[, padding]][, bias=B]),
+relu, maxpool2d and avgpool2d(k[, stride[, padding]]), adaptive_avgpool2d(n), flatten; `NAME = KIND(ARGS)`, or unnamed and
 then named by its index as nn.Sequential does; `;` or newlines between layers,
 `#` comments, keyword arguments.  Safetensors files are read and written by
 hand, so torch itself is the only requirement, and the compare commands need
@@ -68,11 +68,14 @@ def need_torch():
 ARG_NAMES = {
     "linear": ["in_features", "out_features"],
     "conv2d": ["in_channels", "out_channels", "kernel_size", "stride", "padding"],
-    "maxpool2d": ["kernel_size", "stride"],
+    "maxpool2d": ["kernel_size", "stride", "padding"],
+    "avgpool2d": ["kernel_size", "stride", "padding"],
+    "adaptive_avgpool2d": ["output_size"],
     "relu": [],
     "flatten": [],
 }
-MIN_ARGS = {"linear": 2, "conv2d": 3, "maxpool2d": 1, "relu": 0, "flatten": 0}
+MIN_ARGS = {"linear": 2, "conv2d": 3, "maxpool2d": 1, "avgpool2d": 1, "adaptive_avgpool2d": 1,
+            "relu": 0, "flatten": 0}
 
 
 class JobError(Exception):
@@ -108,7 +111,8 @@ def parse_spec(text):
                 key = "kernel_size" if key == "kernel" else key
             else:
                 key, value = ARG_NAMES[kind][i], item
-            args[key] = int(value)
+            args[key] = {"True": True, "False": False}[value] if value in ("True", "False") \
+                else int(value)
         if len(args) < MIN_ARGS[kind]:
             raise JobError(f"'{piece}': too few arguments")
         layers.append((name, kind, args))
@@ -136,9 +140,16 @@ def make_net(spec):
             module = nn.Linear(a["in_features"], a["out_features"])
         elif kind == "conv2d":
             module = nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"],
-                               stride=a.get("stride", 1), padding=a.get("padding", 0))
+                               stride=a.get("stride", 1), padding=a.get("padding", 0),
+                               bias=a.get("bias", True))
         elif kind == "maxpool2d":
-            module = nn.MaxPool2d(a["kernel_size"], stride=a.get("stride", a["kernel_size"]))
+            module = nn.MaxPool2d(a["kernel_size"], stride=a.get("stride"),
+                                  padding=a.get("padding", 0))
+        elif kind == "avgpool2d":
+            module = nn.AvgPool2d(a["kernel_size"], stride=a.get("stride"),
+                                  padding=a.get("padding", 0))
+        elif kind == "adaptive_avgpool2d":
+            module = nn.AdaptiveAvgPool2d(a["output_size"])
         elif kind == "relu":
             module = nn.ReLU()
         else:

@@ -1,6 +1,7 @@
 /*
  * conv2d.c - the 2-D convolution, PyTorch's nn.Conv2d with a square kernel,
- * one stride and zero padding on all sides: weight [out, in, k, k], bias [out].
+ * one stride and zero padding on all sides: weight [out, in, k, k], bias [out]
+ * unless bias=False.
  *
  * Each sample is unrolled by im2col into a [in*k*k x oh*ow] matrix so the
  * convolution becomes one GEMM, W[out x in*k*k] · col.  Backward recomputes
@@ -15,6 +16,9 @@
 #include <limits.h>
 #include <string.h>
 
+/* conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias=True) */
+enum { IN_CHANNELS, OUT_CHANNELS, KERNEL_SIZE, STRIDE, PADDING, BIAS };
+
 /* The sizes of the per-sample GEMMs, derived once from the layer. */
 typedef struct conv_dims {
     int in_c, out_c, k, stride, pad;
@@ -26,11 +30,11 @@ typedef struct conv_dims {
 
 static conv_dims dims_of(const fr_layer *l) {
     conv_dims d;
-    d.in_c = l->args[FR_ARG_IN];
-    d.out_c = l->args[FR_ARG_OUT];
-    d.k = l->args[FR_ARG_KERNEL];
-    d.stride = l->args[FR_ARG_STRIDE];
-    d.pad = l->args[FR_ARG_PADDING];
+    d.in_c = l->args[IN_CHANNELS];
+    d.out_c = l->args[OUT_CHANNELS];
+    d.k = l->args[KERNEL_SIZE];
+    d.stride = l->args[STRIDE];
+    d.pad = l->args[PADDING];
     d.h = l->in.h;
     d.w = l->in.w;
     d.oh = l->out.h;
@@ -41,30 +45,14 @@ static conv_dims dims_of(const fr_layer *l) {
     return d;
 }
 
-/* "conv2d(1, 32, 3)", with stride and padding only when they are not the
- * defaults, as a model file would write it. */
-static void describe(const fr_layer *l, char *buf, size_t len) {
-    const int *a = l->args;
-    if (a[FR_ARG_PADDING] != 0)
-        snprintf(buf, len, "conv2d(%d, %d, %d, %d, %d)", a[FR_ARG_IN],
-                 a[FR_ARG_OUT], a[FR_ARG_KERNEL], a[FR_ARG_STRIDE],
-                 a[FR_ARG_PADDING]);
-    else if (a[FR_ARG_STRIDE] != 1)
-        snprintf(buf, len, "conv2d(%d, %d, %d, %d)", a[FR_ARG_IN], a[FR_ARG_OUT],
-                 a[FR_ARG_KERNEL], a[FR_ARG_STRIDE]);
-    else
-        snprintf(buf, len, "conv2d(%d, %d, %d)", a[FR_ARG_IN], a[FR_ARG_OUT],
-                 a[FR_ARG_KERNEL]);
-}
-
 /* ------------------------------------------------------- shape */
 
 static int conv2d_infer_shape(fr_layer *l, fr_error *err) {
     const int *a = l->args;
-    int in_c = a[FR_ARG_IN], out_c = a[FR_ARG_OUT], k = a[FR_ARG_KERNEL];
-    int stride = a[FR_ARG_STRIDE], pad = a[FR_ARG_PADDING];
+    int in_c = a[IN_CHANNELS], out_c = a[OUT_CHANNELS], k = a[KERNEL_SIZE];
+    int stride = a[STRIDE], pad = a[PADDING];
     char self[96], shape[64];
-    describe(l, self, sizeof self);
+    fr_layer_format(l, self, sizeof self);
     fr_shape_format(l->in, shape, sizeof shape);
 
     if (in_c < 1 || out_c < 1 || k < 1 || stride < 1 || pad < 0)
@@ -94,7 +82,7 @@ static int conv2d_infer_shape(fr_layer *l, fr_error *err) {
     l->weight_shape[1] = in_c;
     l->weight_shape[2] = k;
     l->weight_shape[3] = k;
-    l->bias_numel = out_c;
+    l->bias_numel = a[BIAS] ? out_c : 0;
     l->fan_in = (int)col_rows;
     return FR_OK;
 }
@@ -185,6 +173,14 @@ static void conv2d_backward(const fr_layer *l, const float *in,
 
 const fr_layer_ops fr_conv2d_ops = {
     .kind = "conv2d",
+    .args = {{"in_channels", .minimum = 1},
+             {"out_channels", .minimum = 1},
+             {"kernel_size", "kernel", .minimum = 1},
+             {"stride", .minimum = 1, .optional = true, .default_value = 1},
+             {"padding", .minimum = 0, .optional = true, .default_value = 0},
+             {"bias", .optional = true, .default_value = 1, .keyword_only = true, .boolean = true}},
+    .implies_input = FR_IMPLIES_IMAGE,
+    .fuses_relu = true,
     .infer_shape = conv2d_infer_shape,
     .scratch_bytes = conv2d_scratch_bytes,
     .forward = conv2d_forward,

@@ -12,8 +12,11 @@
 #include <cblas.h>
 #include <limits.h>
 
-static int in_features(const fr_layer *l) { return l->args[FR_ARG_IN]; }
-static int out_features(const fr_layer *l) { return l->args[FR_ARG_OUT]; }
+/* linear(in_features, out_features) */
+enum { IN_FEATURES, OUT_FEATURES };
+
+static int in_features(const fr_layer *l) { return l->args[IN_FEATURES]; }
+static int out_features(const fr_layer *l) { return l->args[OUT_FEATURES]; }
 
 /* ------------------------------------------------------- shape */
 
@@ -89,6 +92,9 @@ static void linear_weight_grad_rows(const fr_layer *l, const float *in, const fl
 
 const fr_layer_ops fr_linear_ops = {
     .kind = "linear",
+    .args = {{"in_features", .minimum = 1}, {"out_features", .minimum = 1}},
+    .implies_input = FR_IMPLIES_VECTOR,
+    .fuses_relu = true,
     .infer_shape = linear_infer_shape,
     .scratch_bytes = fr_scratch_none,
     .forward = linear_forward,

@@ -1,7 +1,9 @@
 /*
- * maxpool2d.c - max pooling, PyTorch's nn.MaxPool2d(kernel, stride) with its
- * defaults: no padding, no dilation, floor mode; stride = kernel unless given
- * (the spec parser fills that in).
+ * maxpool2d.c - max pooling, PyTorch's nn.MaxPool2d(kernel, stride, padding)
+ * with its other defaults: no dilation, floor mode; stride = kernel unless
+ * given (PyTorch's stride=None).  The padding counts as -inf: a window's
+ * maximum is over the inputs it covers, and padding is at most half the kernel
+ * so it covers at least one.
  *
  * Forward records where each maximum came from (an int32 flat index into the
  * sample's input plane) in the layer's scratch, which persists until backward;
@@ -14,41 +16,27 @@
 #include <stdint.h>
 #include <string.h>
 
-static int pool_kernel(const fr_layer *l) { return l->args[FR_ARG_KERNEL]; }
-static int pool_stride(const fr_layer *l) { return l->args[FR_ARG_STRIDE]; }
+/* maxpool2d(kernel_size, stride=None, padding=0) */
+enum { KERNEL_SIZE, STRIDE, PADDING };
 
-/* "maxpool2d(2)", or "maxpool2d(3, 2)" when the stride is not the kernel. */
-static void describe(const fr_layer *l, char *buf, size_t len) {
-    if (pool_stride(l) == pool_kernel(l))
-        snprintf(buf, len, "maxpool2d(%d)", pool_kernel(l));
-    else
-        snprintf(buf, len, "maxpool2d(%d, %d)", pool_kernel(l), pool_stride(l));
+static int pool_kernel(const fr_layer *l) { return l->args[KERNEL_SIZE]; }
+static int pool_stride(const fr_layer *l) {
+    return l->args[STRIDE] == FR_ARG_NONE ? l->args[KERNEL_SIZE] : l->args[STRIDE];
 }
 
 /* ------------------------------------------------------- shape */
 
 static int maxpool2d_infer_shape(fr_layer *l, fr_error *err) {
-    int k = pool_kernel(l), stride = pool_stride(l);
-    char self[64], shape[64];
-    describe(l, self, sizeof self);
-    fr_shape_format(l->in, shape, sizeof shape);
-    if (k < 1 || stride < 1)
-        return fr_layer_fail(l, err, FR_EINVAL,
-                             "%s needs kernel and stride of at least 1", self);
-    int oh = fr_window_count(l->in.h, k, stride, 0);
-    int ow = fr_window_count(l->in.w, k, stride, 0);
-    if (oh < 1 || ow < 1)
-        return fr_layer_fail(l, err, FR_ESHAPE,
-                             "%s: window %dx%d is larger than the input %s", self,
-                             k, k, shape);
+    char self[96], shape[64];
+    fr_layer_format(l, self, sizeof self);
+    int rc = fr_pool_infer_shape(l, self, pool_kernel(l), pool_stride(l), l->args[PADDING], err);
+    if (rc != FR_OK)
+        return rc;
     /* The argmax is an int32 index into one input plane. */
+    fr_shape_format(l->in, shape, sizeof shape);
     if ((long long)l->in.h * l->in.w > INT32_MAX)
         return fr_layer_fail(l, err, FR_EINVAL, "%s: input %s is too large",
                              self, shape);
-    l->out = (fr_shape){l->in.c, oh, ow};
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
     return FR_OK;
 }
 
@@ -91,8 +79,8 @@ static void max_of_2x2(const float *src, int w, int oh, int ow, float *dst, int3
 
 static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
                               int n, void *scratch) {
-    int k = pool_kernel(l), stride = pool_stride(l);
-    int w = l->in.w, oh = l->out.h, ow = l->out.w;
+    int k = pool_kernel(l), stride = pool_stride(l), pad = l->args[PADDING];
+    int h = l->in.h, w = l->in.w, oh = l->out.h, ow = l->out.w;
     size_t in_plane = (size_t)l->in.h * w, out_plane = (size_t)oh * ow;
     size_t planes = (size_t)n * l->in.c;
     int32_t *argmax = scratch;
@@ -100,18 +88,21 @@ static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
         const float *src = in + p * in_plane;
         float *dst = out + p * out_plane;
         int32_t *where = argmax + p * out_plane;
-        if (k == 2 && stride == 2) {
+        if (k == 2 && stride == 2 && pad == 0) {
             max_of_2x2(src, w, oh, ow, dst, where);
             continue;
         }
         for (int oy = 0; oy < oh; oy++) {
+            int y0, y1;
+            fr_window_clip(oy * stride - pad, k, h, &y0, &y1);
             for (int ox = 0; ox < ow; ox++) {
-                int first = oy * stride * w + ox * stride;
-                int best = first;
-                float best_value = src[first];
-                for (int ki = 0; ki < k; ki++) {
-                    for (int kj = 0; kj < k; kj++) {
-                        int at = first + ki * w + kj;
+                int x0, x1;
+                fr_window_clip(ox * stride - pad, k, w, &x0, &x1);
+                int best = y0 * w + x0;
+                float best_value = src[best];
+                for (int y = y0; y < y1; y++) {
+                    for (int x = x0; x < x1; x++) {
+                        int at = y * w + x;
                         float value = src[at];
                         if (value > best_value || isnan(value)) {
                             best_value = value;
@@ -155,6 +146,9 @@ static void maxpool2d_backward(const fr_layer *l, const float *in,
 
 const fr_layer_ops fr_maxpool2d_ops = {
     .kind = "maxpool2d",
+    .args = {{"kernel_size", "kernel", .minimum = 1},
+             {"stride", .minimum = 1, .optional = true, .default_value = FR_ARG_NONE},
+             {"padding", .minimum = 0, .optional = true, .default_value = 0}},
     .infer_shape = maxpool2d_infer_shape,
     .scratch_bytes = maxpool2d_scratch_bytes,
     .forward = maxpool2d_forward,
