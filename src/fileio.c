@@ -1,5 +1,10 @@
 /*
- * fileio.c - the library's one atomic file writer.
+ * fileio.c - the library's one whole-file reader and one atomic file writer.
+ *
+ * Every file frost reads whole (safetensors weights and checkpoints, IDX
+ * data) comes through fr_read_file: a regular file, checked against a size
+ * limit before anything is allocated, read into one aligned buffer.  The
+ * callers parse that buffer; none of them opens a file itself.
  *
  * Every file frost writes (weights, checkpoints, traces) is written to
  * PATH.tmp.PID beside PATH, synced and renamed over PATH, then the directory is
@@ -11,9 +16,64 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* ------------------------------------------------------------------ read */
+
+int fr_read_file(const char *path, size_t limit, size_t spare, unsigned char **out,
+                 size_t *size, fr_error *err) {
+    *out = NULL;
+    *size = 0;
+    FILE *file = fopen(path, "rb");
+    if (!file) {
+        if (errno == ENOENT)
+            return fr_fail(err, FR_EIO, "%s: no such file", path);
+        return fr_fail(err, FR_EIO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat info;
+    int status = FR_OK;
+    if (fstat(fileno(file), &info) != 0)
+        status = fr_fail(err, FR_EIO, "%s: cannot stat: %s", path, strerror(errno));
+    else if (S_ISDIR(info.st_mode))
+        status = fr_fail(err, FR_EIO, "%s: is a directory, not a file", path);
+    else if (!S_ISREG(info.st_mode))
+        status = fr_fail(err, FR_EIO, "%s: not a regular file", path);
+    else if ((uintmax_t)info.st_size > limit)
+        status = fr_fail(err, FR_EFORMAT, "%s: file is %jd bytes, more than the limit of %zu",
+                         path, (intmax_t)info.st_size, limit);
+    else if ((uintmax_t)info.st_size > SIZE_MAX - spare)
+        status = fr_fail(err, FR_ENOMEM, "%s: file too large to read", path);
+    if (status != FR_OK) {
+        fclose(file);
+        return status;
+    }
+
+    size_t file_bytes = (size_t)info.st_size;
+    unsigned char *bytes = fr_alloc(file_bytes + spare);
+    if (!bytes) {
+        fclose(file);
+        return fr_fail(err, FR_ENOMEM, "%s: cannot allocate %zu bytes to read it", path,
+                       file_bytes);
+    }
+    /* A file that shrank since fstat just yields fewer bytes; the parsers check sizes. */
+    size_t got = fread(bytes, 1, file_bytes, file);
+    if (got < file_bytes && ferror(file)) {
+        status = fr_fail(err, FR_EIO, "%s: read error: %s", path, strerror(errno));
+        fclose(file);
+        fr_free(bytes);
+        return status;
+    }
+    fclose(file);
+    *out = bytes;
+    *size = got;
+    return FR_OK;
+}
+
+/* ----------------------------------------------------------------- write */
 
 /* A rename is durable only once its directory is on disk.  Failing here loses
  * durability, not data, so it is not reported. */

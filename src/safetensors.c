@@ -11,7 +11,7 @@
  * Files come from users and from other programs, so the reader trusts nothing.
  * What is a valid file is what the reference reader (huggingface/safetensors,
  * SafeTensors::deserialize) accepts: the header length checked against the
- * file size and the 100 MB limit before anything is allocated; the header
+ * file size and the 100 MB limit before the header is parsed; the header
  * UTF-8 JSON, whitespace allowed before and after the object; tensors listed
  * in any order, keys of a tensor entry other than dtype, shape and
  * data_offsets ignored, "__metadata__" an object of strings or null; each
@@ -26,9 +26,10 @@
  * The JSON itself is read and written by json.c; this file walks the
  * document the format defines and checks what it says.
  *
- * The whole file is read into one buffer, placed so that the data section
- * starts FR_ALIGN-aligned; the tensors then point straight into it (tiling
- * from 0 with 4-byte elements keeps each of them float-aligned).
+ * The whole file is read into one buffer (fileio.c's fr_read_file, so memory
+ * follows the file's real size, never a length it claims), moved so that the
+ * data section starts FR_ALIGN-aligned; the tensors then point straight into
+ * it (tiling from 0 with 4-byte elements keeps each of them float-aligned).
  *
  * The writer produces what the reference implementation produces: the header
  * padded with spaces to a multiple of 8 bytes, "__metadata__" first, tensors in
@@ -38,21 +39,17 @@
 
 #include "json.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian and frost uses it in place"
 #endif
 
 #define LENGTH_FIELD_BYTES 8
-/* The reference implementation refuses larger headers; so do we, before allocating. */
+/* The reference implementation refuses larger headers; so do we, before parsing. */
 #define HEADER_LIMIT_BYTES 100000000u
 #define TENSOR_NAME_LIMIT (FR_NAME_MAX * 2 - 1)
 #define FLOAT_BYTES 4
@@ -484,35 +481,29 @@ static void place_tensor_data(header_parser *p, const unsigned char *data_sectio
 /* --------------------------------------------------------------- read */
 
 /*
- * Reads the whole file into storage->allocation, shifted so that the data
- * section (which starts at 8 + header length, any alignment) lands on an
- * FR_ALIGN boundary.  The header length is checked against the file size and
- * the limit before anything is allocated.
+ * Reads the whole file (fileio.c's reader) into storage->allocation, then
+ * shifts it so that the data section (which starts at 8 + header length, any
+ * alignment) lands on an FR_ALIGN boundary.  The header length is checked
+ * against the file's size and the limit before the header is parsed; memory
+ * follows the file's real size, never a length it claims.
  */
-static int read_stream(st_file_storage *storage, FILE *stream, const char *path,
-                       uint64_t *header_bytes, fr_error *err) {
-    struct stat info;
-    if (fstat(fileno(stream), &info) != 0)
-        return fr_fail(err, FR_EIO, "%s: cannot stat: %s", path, strerror(errno));
-    if (!S_ISREG(info.st_mode))
-        return fr_fail(err, FR_EIO, "%s: not a regular file", path);
-    if (info.st_size == 0)
+static int read_file(st_file_storage *storage, const char *path, uint64_t *header_bytes,
+                     fr_error *err) {
+    unsigned char *allocation;
+    size_t file_bytes;
+    int status = fr_read_file(path, SIZE_MAX / 2, FR_ALIGN, &allocation, &file_bytes, err);
+    if (status != FR_OK)
+        return status;
+    storage->allocation = allocation;
+    if (file_bytes == 0)
         return fr_fail(err, FR_EFORMAT, "%s: file is empty, not a safetensors file", path);
-    if (info.st_size < LENGTH_FIELD_BYTES)
+    if (file_bytes < LENGTH_FIELD_BYTES)
         return fr_fail(err, FR_EFORMAT,
-                       "%s: file is only %lld bytes, too short for a safetensors header", path,
-                       (long long)info.st_size);
-    if ((uintmax_t)info.st_size > SIZE_MAX - FR_ALIGN * 2)
-        return fr_fail(err, FR_ENOMEM, "%s: file too large to read", path);
-    size_t file_bytes = (size_t)info.st_size;
-
-    unsigned char length_field[LENGTH_FIELD_BYTES];
-    if (fread(length_field, 1, sizeof length_field, stream) != sizeof length_field)
-        return fr_fail(err, FR_EIO, "%s: cannot read: %s", path,
-                       ferror(stream) ? strerror(errno) : "file shrank while being read");
+                       "%s: file is only %zu bytes, too short for a safetensors header", path,
+                       file_bytes);
     uint64_t length = 0;
     for (int i = LENGTH_FIELD_BYTES - 1; i >= 0; i--)
-        length = length << 8 | length_field[i];
+        length = length << 8 | allocation[i];
     if (length < 2)
         return fr_fail(err, FR_EFORMAT,
                        "%s: header length %" PRIu64 " is too small for a JSON object", path, length);
@@ -525,18 +516,12 @@ static int read_stream(st_file_storage *storage, FILE *stream, const char *path,
                        "%s: header length %" PRIu64 " runs past the end of the file (%zu bytes)",
                        path, length, file_bytes);
 
+    /* The buffer is FR_ALIGN-aligned with FR_ALIGN spare bytes after the file. */
     size_t data_start = LENGTH_FIELD_BYTES + (size_t)length;
     size_t lead = (FR_ALIGN - data_start % FR_ALIGN) % FR_ALIGN;
-    storage->allocation = fr_alloc(lead + file_bytes);
-    if (!storage->allocation)
-        return fr_fail(err, FR_ENOMEM, "%s: out of memory reading %zu bytes", path, file_bytes);
-    unsigned char *bytes = storage->allocation + lead;
-    memcpy(bytes, length_field, sizeof length_field);
-    size_t rest = file_bytes - LENGTH_FIELD_BYTES;
-    if (fread(bytes + LENGTH_FIELD_BYTES, 1, rest, stream) != rest)
-        return fr_fail(err, FR_EIO, "%s: cannot read: %s", path,
-                       ferror(stream) ? strerror(errno) : "file shrank while being read");
-    storage->file.bytes = bytes;
+    if (lead)
+        memmove(allocation + lead, allocation, file_bytes);
+    storage->file.bytes = allocation + lead;
     storage->file.size = file_bytes;
     *header_bytes = length;
     return FR_OK;
@@ -576,14 +561,7 @@ int fr_st_read(const char *path, fr_st_file **out, fr_error *err) {
         return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
     }
     uint64_t header_bytes = 0;
-    int status;
-    FILE *stream = fopen(path, "rb");
-    if (!stream) {
-        status = fr_fail(err, FR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    } else {
-        status = read_stream(storage, stream, path, &header_bytes, err);
-        fclose(stream);
-    }
+    int status = read_file(storage, path, &header_bytes, err);
     if (status == FR_OK)
         status = parse_and_check(storage, path, header_bytes, err);
     if (status) {
