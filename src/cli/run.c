@@ -259,19 +259,14 @@ typedef struct training_run {
     float *x;
     int32_t *labels;
     int *order;
-    FILE *metrics;
-    char *metrics_tmp;
+    fr_atomic_file *metrics; /* rank 0's --metrics, committed at the end */
     uint64_t *frozen_before; /* per-parameter checksums of frozen parameters */
     char placement[200];     /* where the threads run, for the header */
     char thread_count[240];  /* why this many, when frost chose */
 } training_run;
 
 static void free_run(training_run *run) {
-    if (run->metrics) {
-        fclose(run->metrics);
-        remove(run->metrics_tmp); /* no partial output */
-    }
-    free(run->metrics_tmp);
+    fr_atomic_discard(run->metrics); /* no partial output */
     free(run->x);
     free(run->labels);
     free(run->order);
@@ -301,34 +296,28 @@ static int verify_frozen(training_run *run, fr_error *err) {
     return FR_OK;
 }
 
+/*
+ * The metrics grow row by row in the library's atomic file (PATH.tmp.PID) and
+ * replace PATH once, at the end of the run or when a signal stops it: synced,
+ * renamed, and the directory synced, as weights and checkpoints are.  Rows
+ * are not synced as they come: until the commit they are only in the
+ * temporary file, which a failed run removes (no partial output), so a sync
+ * per row would make nothing more durable.
+ */
 static int open_metrics(training_run *run, fr_error *err) {
     const char *path = run->opts->metrics;
     if (!path || !is_root())
         return FR_OK;
-    size_t len = strlen(path) + 32;
-    run->metrics_tmp = malloc(len);
-    if (!run->metrics_tmp)
-        return fr_fail(err, FR_ENOMEM, "out of memory");
-    snprintf(run->metrics_tmp, len, "%s.tmp.%ld", path, (long)getpid());
-    run->metrics = fopen(run->metrics_tmp, "w");
-    if (!run->metrics)
-        return fr_fail(err, FR_EIO, "%s: cannot write: %s", path, strerror(errno));
-    fprintf(run->metrics, "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes\n");
-    return FR_OK;
+    int rc = fr_atomic_open(path, &run->metrics, err);
+    if (rc == FR_OK)
+        fr_atomic_printf(run->metrics, "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes\n");
+    return rc;
 }
 
 static int close_metrics(training_run *run, fr_error *err) {
-    if (!run->metrics)
-        return FR_OK;
-    FILE *f = run->metrics;
+    fr_atomic_file *metrics = run->metrics;
     run->metrics = NULL;
-    bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(run->metrics_tmp, run->opts->metrics) != 0) {
-        remove(run->metrics_tmp);
-        return fr_fail(err, FR_EIO, "%s: cannot write: %s", run->opts->metrics, strerror(errno));
-    }
-    return FR_OK;
+    return fr_atomic_commit(metrics, err);
 }
 
 static void format_duration(double seconds, char *buf, size_t len) {
@@ -532,8 +521,8 @@ static void log_progress(training_run *run, progress *p, long epoch, long step, 
                step, total_steps, loss, 100.0 * correct / batch, rate, eta);
         fflush(stdout);
         if (run->metrics)
-            fprintf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1, loss,
-                    (double)correct / batch, rate, bytes_per_step);
+            fr_atomic_printf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1,
+                             loss, (double)correct / batch, rate, bytes_per_step);
     }
     p->interval_start = t;
     p->interval_steps = 0;
