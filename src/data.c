@@ -516,8 +516,8 @@ static int parse_class_number(const char *spec, const char **cursor, int *value,
     const char *start = *cursor;
     if (*start < '0' || *start > '9') {
         if (*start == '\0')
-            return fr_fail(err, FR_EINVAL, "--classes '%s': missing %s at the end", spec, what);
-        return fr_fail(err, FR_EINVAL, "--classes '%s': expected %s at '%s'", spec, what,
+            return fr_fail(err, FR_EINVAL, "class list '%s': missing %s at the end", spec, what);
+        return fr_fail(err, FR_EINVAL, "class list '%s': expected %s at '%s'", spec, what,
                        start);
     }
     long number = 0;
@@ -527,7 +527,7 @@ static int parse_class_number(const char *spec, const char **cursor, int *value,
         if (number >= CLASS_LIMIT) {
             while (**cursor >= '0' && **cursor <= '9')
                 (*cursor)++;
-            return fr_fail(err, FR_EINVAL, "--classes '%s': class %.*s is out of range 0-%d",
+            return fr_fail(err, FR_EINVAL, "class list '%s': class %.*s is out of range 0-%d",
                            spec, (int)(*cursor - start), start, CLASS_LIMIT - 1);
         }
     }
@@ -542,7 +542,7 @@ static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error
     skip_spaces(&cursor);
     if (*cursor == '\0')
         return fr_fail(err, FR_EINVAL,
-                       "--classes '%s': empty; give classes like 0-4 or 5,6,7 or 0-2,7", spec);
+                       "class list '%s': empty; give classes like 0-4 or 5,6,7 or 0-2,7", spec);
     for (;;) {
         int first, last;
         int status = parse_class_number(spec, &cursor, &first, "a class number", err);
@@ -556,7 +556,7 @@ static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error
                 return status;
             if (last < first)
                 return fr_fail(err, FR_EINVAL,
-                               "--classes '%s': empty range %d-%d (write it low-high)", spec,
+                               "class list '%s': empty range %d-%d (write it low-high)", spec,
                                first, last);
         }
         for (int c = first; c <= last; c++)
@@ -564,7 +564,7 @@ static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error
         if (*cursor == '\0')
             return FR_OK;
         if (*cursor != ',')
-            return fr_fail(err, FR_EINVAL, "--classes '%s': expected ',' or '-' at '%s'", spec,
+            return fr_fail(err, FR_EINVAL, "class list '%s': expected ',' or '-' at '%s'", spec,
                            cursor);
         cursor++;
     }
@@ -590,9 +590,9 @@ int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
     }
     if (kept_count == 0) {
         if (data->n == 0)
-            return fr_fail(err, FR_EINVAL, "--classes '%s': the dataset is empty", spec);
+            return fr_fail(err, FR_EINVAL, "class list '%s': the dataset is empty", spec);
         return fr_fail(err, FR_EINVAL,
-                       "--classes '%s': no sample has one of these classes (labels here are "
+                       "class list '%s': no sample has one of these classes (labels here are "
                        "%d-%d)",
                        spec, smallest_label, largest_label);
     }

@@ -65,8 +65,11 @@ static int load_data(const frost_options *opts, const fr_model *model, bool trai
                      fr_dataset **out, fr_error *err) {
     fr_dataset *data = NULL;
     int rc = fr_dataset_load_dir(opts->data, train, &data, err);
-    if (rc == FR_OK && opts->classes)
+    if (rc == FR_OK && opts->classes) {
         rc = fr_dataset_keep_classes(data, opts->classes, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--classes: ");
+    }
     if (rc == FR_OK && fr_dataset_sample_numel(data) != fr_model_input_numel(model))
         rc = fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
                      fr_dataset_images_path(data), fr_dataset_sample_numel(data),
@@ -491,6 +494,12 @@ static int save_checkpoint(run_state *run, long epoch, long batch_in_epoch, fr_e
     return fr_comm_agree(rc, err);
 }
 
+/* The library names its own arguments; the user knows the flags. */
+static void append_to_message(fr_error *err, const char *text) {
+    size_t used = strnlen(err->msg, sizeof err->msg);
+    snprintf(err->msg + used, sizeof err->msg - used, "%s", text);
+}
+
 /* A resumed run must see the same data in the same order. */
 static int check_resume_setting(const char *path, const fr_checkpoint *checkpoint,
                                 const char *key, const char *want, const char *what,
@@ -506,6 +515,8 @@ static int resume(run_state *run, fr_error *err) {
     const frost_options *opts = run->opts;
     fr_checkpoint *checkpoint = NULL;
     int rc = fr_checkpoint_open(opts->resume, &checkpoint, err);
+    if (rc == FR_EFORMAT && strstr(err->msg, "a weights file, not a training checkpoint"))
+        append_to_message(err, " (use --init)");
     char want[4][32];
     snprintf(want[0], sizeof want[0], "%d", opts->batch_size);
     snprintf(want[1], sizeof want[1], "%ld", opts->seed);
@@ -519,8 +530,11 @@ static int resume(run_state *run, fr_error *err) {
     if (rc == FR_OK)
         rc = check_resume_setting(opts->resume, checkpoint, "classes",
                                   opts->classes ? opts->classes : "all", "--classes", err);
-    if (rc == FR_OK)
+    if (rc == FR_OK) {
         rc = fr_trainer_restore(run->trainer, checkpoint, opts->allow_freeze_change, err);
+        if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match"))
+            append_to_message(err, "; --allow-freeze-change allows it");
+    }
     fr_checkpoint_close(checkpoint);
     return fr_comm_agree(rc, err);
 }
