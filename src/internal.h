@@ -341,10 +341,10 @@ struct fr_dataset {
     uint8_t *labels;  /* n */
 };
 
-/* Read a whole file, gunzipping it when it starts with the gzip magic.
+/* data.c: fr_read_file, then gunzipped when it starts with the gzip magic;
  * `limit` bounds the decompressed size.  Release *out with fr_free. */
-int fr_read_file(const char *path, size_t limit, unsigned char **out,
-                 size_t *size, fr_error *err);
+int fr_read_file_gunzip(const char *path, size_t limit, unsigned char **out,
+                        size_t *size, fr_error *err);
 
 
 /* ------------------------------------------------------------- loss */
@@ -451,6 +451,14 @@ long fr_trace_step(void);
 
 /* ------------------------------------------------------------ files */
 
+/* fileio.c: the whole regular file at PATH, refused when larger than `limit`
+ * bytes, into one FR_ALIGN-aligned fr_alloc'd buffer (release it with
+ * fr_free) followed by `spare` zero bytes (a NUL after text, or room to
+ * move the contents); *size is what was read, less than the file's size if it
+ * shrank meanwhile (parsers check their sizes).  Every whole-file read goes
+ * through here. */
+int fr_read_file(const char *path, size_t limit, size_t spare, unsigned char **out,
+                 size_t *size, fr_error *err);
 /* fileio.c: write PATH.tmp.PID with write_contents, sync it, rename it over
  * PATH, sync the directory; on failure PATH is untouched. */
 int fr_write_atomic(const char *path, bool (*write_contents)(FILE *stream, void *context),
