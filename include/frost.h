@@ -263,6 +263,14 @@ void fr_trainer_watch_stop(fr_trainer *trainer, const volatile sig_atomic_t *fla
 bool fr_trainer_stop_requested(const fr_trainer *trainer);
 
 /*
+ * At the next step, check that every rank holds the same weights as that
+ * step starts (every update applied): a checksum travels with the step's
+ * loss totals, so it costs no communication of its own and does not wait
+ * for an update in flight.  That step fails with FR_ECOMM when they differ.
+ */
+void fr_trainer_check_replicas(fr_trainer *trainer);
+
+/*
  * One optimisation step on a global batch of `batch` samples: x is
  * batch x input_numel floats; targets are `batch` class indices (int32) for
  * cross-entropy or batch x output_numel floats for MSE.  Under MPI every rank

@@ -319,7 +319,7 @@ static int sum_floats(float *buf, size_t count, bool bf16, fr_error *err) {
  * network latency (a tree or ring would take several) and every rank gets
  * the same bits.  The values travel on tag 1, apart from the buckets.
  */
-#define MAX_DOUBLES 8
+#define MAX_DOUBLES 16
 static int sum_doubles(double *buf, int count, fr_error *err) {
     int n = fr_comm_size(), r = fr_comm_rank();
     if (count > MAX_DOUBLES)

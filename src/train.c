@@ -103,9 +103,13 @@ typedef struct feature_cache {
 } feature_cache;
 
 /* The step's loss totals: summed loss, correct predictions, whether a label
- * was out of range (so every rank learns of it), and how many ranks were
- * asked to stop (fr_trainer_watch_stop). */
-enum { LOSS_TOTALS = 4 };
+ * was out of range (so every rank learns of it), how many ranks were asked
+ * to stop (fr_trainer_watch_stop), and when the replicas are checked
+ * (fr_trainer_check_replicas) the weights' checksum in CHECK_PARTS parts of
+ * CHECK_BITS bits and their squares: the ranks agree on a part exactly when
+ * n * (sum of squares) == (sum)^2, all of it exact in doubles for up to
+ * 2^15 ranks. */
+enum { CHECK_PARTS = 6, CHECK_BITS = 11, CHECK_AT = 4, LOSS_TOTALS = CHECK_AT + 2 * CHECK_PARTS };
 
 /* What one thread owns: its activations, scratch and gradient slab. */
 typedef struct replica {
@@ -171,6 +175,7 @@ struct fr_trainer {
 
     const volatile sig_atomic_t *stop_flag;
     bool stop_agreed;
+    bool check_replicas; /* at the next step */
 
     long steps_done;
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
@@ -974,8 +979,18 @@ static int check_batch(const fr_trainer *trainer, const void *x, const void *tar
 }
 
 static void local_loss_totals(const fr_trainer *trainer, double *totals) {
-    totals[0] = totals[1] = totals[2] = 0.0;
+    for (int k = 0; k < LOSS_TOTALS; k++)
+        totals[k] = 0.0;
     totals[3] = trainer->stop_flag && *trainer->stop_flag ? 1.0 : 0.0;
+    if (trainer->check_replicas) {
+        /* The weights as this step runs them: every update applied. */
+        uint64_t hash = fr_model_checksum(trainer->model);
+        for (int k = 0; k < CHECK_PARTS; k++) {
+            double part = (double)((hash >> (CHECK_BITS * k)) & ((1u << CHECK_BITS) - 1));
+            totals[CHECK_AT + k] = part;
+            totals[CHECK_AT + CHECK_PARTS + k] = part * part;
+        }
+    }
     for (int t = 0; t < trainer->threads; t++) {
         totals[0] += trainer->replicas[t].loss_sum;
         totals[1] += (double)trainer->replicas[t].correct;
@@ -988,6 +1003,17 @@ static void local_loss_totals(const fr_trainer *trainer, double *totals) {
 static int check_loss_totals(fr_trainer *trainer, const double *totals, int batch,
                              double *loss, long *correct, fr_error *err) {
     trainer->stop_agreed = trainer->stop_agreed || totals[3] > 0;
+    if (trainer->check_replicas) {
+        trainer->check_replicas = false;
+        double n = fr_comm_size();
+        for (int k = 0; k < CHECK_PARTS; k++) {
+            double sum = totals[CHECK_AT + k], squares = totals[CHECK_AT + CHECK_PARTS + k];
+            if (n * squares != sum * sum)
+                return fr_fail(err, FR_ECOMM,
+                               "the ranks' weights differ at step %ld (checked as it started); every rank must run the same command, and a rank may not change its weights alone",
+                               trainer->steps_done + 1);
+        }
+    }
     if (totals[2] > 0) {
         for (int t = 0; t < trainer->threads; t++)
             if (trainer->replicas[t].bad_label >= 0)
@@ -1525,6 +1551,8 @@ int fr_trainer_sync_plan(fr_trainer *trainer, fr_error *err) {
         rc = plan(trainer, err);
     return rc;
 }
+
+void fr_trainer_check_replicas(fr_trainer *trainer) { trainer->check_replicas = true; }
 
 void fr_trainer_watch_stop(fr_trainer *trainer, const volatile sig_atomic_t *flag) {
     trainer->stop_flag = flag;

@@ -150,6 +150,21 @@ int main(int argc, char **argv) {
         die("fr_trainer_step", &err);
     record("after restore", fr_trainer_steps_done(trainer), model, loss);
 
+    /* The replicas checked with the next step's loss: equal, then with one
+     * weight changed on the last rank alone. */
+    fr_trainer_check_replicas(trainer);
+    int rc = fr_trainer_step(trainer, x, y, BATCH, &loss, NULL, &err);
+    record("checked equal", rc, model, loss);
+    if (fr_trainer_sync(trainer, &err) != FR_OK)
+        die("fr_trainer_sync", &err);
+    if (rank == fr_comm_size() - 1)
+        fr_param_data(fr_model_find_param(model, "fc2.bias"))[3] += 1.0f;
+    fr_trainer_check_replicas(trainer);
+    rc = fr_trainer_step(trainer, x, y, BATCH, &loss, NULL, &err);
+    if (rank == 0)
+        printf("checked different: %s %s\n", rc == FR_ECOMM ? "FR_ECOMM" : "not FR_ECOMM",
+               strstr(err.msg, "weights differ") ? "weights differ" : err.msg);
+
     fr_trainer_free(trainer);
     fr_model_free(model);
     fr_comm_finalize();

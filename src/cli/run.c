@@ -686,9 +686,13 @@ int frost_train(const frost_options *options, fr_error *err) {
          * would wait for the step's gradients still on the wire. */
         interrupted = fr_trainer_stop_requested(run.trainer);
         if (step % opts->log_every == 0 || step == total_steps || interrupted) {
-            /* Ranks must stay bit-identical; a check at every log. */
-            if (fr_comm_size() > 1)
+            /* Ranks must stay bit-identical; a check at every log: with the
+             * next step's loss (no wait for this step's update, still in
+             * flight), or here when no step follows. */
+            if (fr_comm_size() > 1 && (step == total_steps || interrupted))
                 rc = fr_comm_check_same(fr_model_checksum(run.model), "the weights", err);
+            else if (fr_comm_size() > 1)
+                fr_trainer_check_replicas(run.trainer);
             if (rc == FR_OK)
                 log_progress(&run, &p, epoch, step, total_steps, last_loss, correct, batch);
         }
