@@ -441,6 +441,23 @@ int fr_trace_start(int threads, size_t events_per_thread, fr_error *err);
 int fr_trace_write(const char *path, fr_error *err);
 void fr_trace_stop(void);
 
+/* ---------------------------------------------------------------- files */
+
+/*
+ * A file written whole or not at all, as frost writes weights, checkpoints
+ * and traces: what is printed goes to PATH.tmp.PID beside PATH; commit syncs
+ * it, renames it over PATH and syncs the directory, so a crash or a full disk
+ * leaves the old file or the new one, never part of one; discard removes it.
+ * For output that grows while a program runs (the frost command's metrics).
+ * A failed write is reported by commit, which releases the file either way.
+ */
+typedef struct fr_atomic_file fr_atomic_file;
+int fr_atomic_open(const char *path, fr_atomic_file **out, fr_error *err);
+void fr_atomic_printf(fr_atomic_file *file, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int fr_atomic_commit(fr_atomic_file *file, fr_error *err);
+void fr_atomic_discard(fr_atomic_file *file);
+
 /* ------------------------------------------------------ thread placement */
 
 /*

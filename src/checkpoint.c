@@ -156,7 +156,7 @@ int fr_checkpoint_open(const char *path, fr_checkpoint **out, fr_error *err) {
         return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
     int rc = fr_st_read(path, &checkpoint->file, err);
     if (rc == FR_OK && !fr_st_meta_get(checkpoint->file, META_KIND))
-        rc = fr_fail(err, FR_EFORMAT, "%s: a weights file, not a training checkpoint (use --init)",
+        rc = fr_fail(err, FR_EFORMAT, "%s: a weights file, not a training checkpoint",
                      path);
     if (rc != FR_OK) {
         fr_checkpoint_close(checkpoint);
@@ -263,14 +263,14 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
         }
     }
     if (strcmp(optimizer, optimizer_name(config->optimizer)) != 0)
-        return fr_fail(err, FR_EINVAL, "%s: the checkpoint was trained with --optimizer %s, this run uses %s",
+        return fr_fail(err, FR_EINVAL, "%s: the checkpoint was trained with optimizer %s, this run uses %s",
                        path, optimizer, optimizer_name(config->optimizer));
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];
         bool was_frozen = list_has(frozen, p->name);
         if (was_frozen == p->requires_grad && !allow_freeze_change)
             return fr_fail(err, FR_EINVAL,
-                               "%s: the checkpoint has '%s' %s, this run %s it (the frozen set must match; --allow-freeze-change allows staged fine-tuning)",
+                               "%s: the checkpoint has '%s' %s, this run %s it (the frozen set must match unless a change is allowed, for staged fine-tuning)",
                                path, p->name, was_frozen ? "frozen" : "trainable",
                                p->requires_grad ? "trains" : "freezes");
     }

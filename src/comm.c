@@ -457,7 +457,7 @@ int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
     hyper = fr_hash_bytes(hyper, settings, sizeof(double) * (size_t)setting_count);
     int rc = fr_comm_check_same(shapes, "the model (parameter names and shapes)", err);
     if (rc == FR_OK)
-        rc = fr_comm_check_same(frozen, "the frozen set (--freeze/--unfreeze)", err);
+        rc = fr_comm_check_same(frozen, "the frozen set (which parameters require gradients)", err);
     if (rc == FR_OK)
         rc = fr_comm_check_same(hyper, "the hyper-parameters and run settings", err);
     if (rc == FR_OK)

@@ -7,8 +7,8 @@
  * checked against the bytes actually present before anything is allocated
  * from it, and every failure is a one-line message naming the file.
  *
- * fr_read_file also lives here; safetensors.c uses it too.  Its buffer comes
- * from fr_alloc and is released with fr_free.
+ * Files are read whole by fileio.c's reader; fr_read_file_gunzip adds the
+ * gunzipping.  Its buffer comes from fr_alloc and is released with fr_free.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -31,60 +31,10 @@
 #define IDX_IMAGES_HEADER_BYTES 16u
 #define IDX_LABELS_HEADER_BYTES 8u
 
-/* ------------------------------------------------------------ reading files */
+/* ------------------------------------------------------------ gzip */
 
 static bool starts_with_gzip_magic(const unsigned char *bytes, size_t size) {
     return size >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
-}
-
-/* The whole file as it is on disk; larger than `limit` (+ `slack`) bytes is an error. */
-static int read_raw_file(const char *path, size_t limit, size_t slack, unsigned char **out,
-                         size_t *size, fr_error *err) {
-    FILE *file = fopen(path, "rb");
-    if (!file) {
-        if (errno == ENOENT)
-            return fr_fail(err, FR_EIO, "%s: no such file", path);
-        return fr_fail(err, FR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    }
-    struct stat info;
-    if (fstat(fileno(file), &info) != 0) {
-        int status = fr_fail(err, FR_EIO, "%s: cannot stat: %s", path, strerror(errno));
-        fclose(file);
-        return status;
-    }
-    if (S_ISDIR(info.st_mode)) {
-        fclose(file);
-        return fr_fail(err, FR_EIO, "%s: is a directory, not a file", path);
-    }
-    if (!S_ISREG(info.st_mode)) {
-        fclose(file);
-        return fr_fail(err, FR_EIO, "%s: not a regular file", path);
-    }
-    if ((uintmax_t)info.st_size > limit + slack) {
-        fclose(file);
-        return fr_fail(err, FR_EFORMAT, "%s: file is %jd bytes, more than the limit of %zu",
-                       path, (intmax_t)info.st_size, limit);
-    }
-
-    size_t file_bytes = (size_t)info.st_size;
-    unsigned char *bytes = fr_alloc(file_bytes);
-    if (!bytes) {
-        fclose(file);
-        return fr_fail(err, FR_ENOMEM, "%s: cannot allocate %zu bytes to read it", path,
-                       file_bytes);
-    }
-    /* A file that shrank since fstat just yields fewer bytes; the parsers check sizes. */
-    size_t got = fread(bytes, 1, file_bytes, file);
-    if (got < file_bytes && ferror(file)) {
-        int status = fr_fail(err, FR_EIO, "%s: read error: %s", path, strerror(errno));
-        fclose(file);
-        fr_free(bytes);
-        return status;
-    }
-    fclose(file);
-    *out = bytes;
-    *size = got;
-    return FR_OK;
 }
 
 /*
@@ -229,15 +179,15 @@ static int gunzip_buffer(const char *path, const unsigned char *compressed,
     return FR_OK;
 }
 
-int fr_read_file(const char *path, size_t limit, unsigned char **out, size_t *size,
-                 fr_error *err) {
+int fr_read_file_gunzip(const char *path, size_t limit, unsigned char **out, size_t *size,
+                        fr_error *err) {
     unsigned char *bytes = NULL;
     size_t byte_count = 0;
     if (limit > SIZE_MAX / 2)
         limit = SIZE_MAX / 2;
     /* The limit bounds the content; gzip's framing may add a little on top of it. */
     size_t gzip_slack = limit / 64 + 65536;
-    int status = read_raw_file(path, limit, gzip_slack, &bytes, &byte_count, err);
+    int status = fr_read_file(path, limit + gzip_slack, 0, &bytes, &byte_count, err);
     if (status != FR_OK)
         return status;
     if (!starts_with_gzip_magic(bytes, byte_count)) {
@@ -410,11 +360,11 @@ int fr_dataset_load_idx(const char *images_path, const char *labels_path, fr_dat
     size_t label_size = 0, image_size = 0;
     uint32_t label_count = 0;
     idx_images images = {0, 0, 0, NULL};
-    int status = fr_read_file(labels_path, IDX_READ_LIMIT, &label_bytes, &label_size, err);
+    int status = fr_read_file_gunzip(labels_path, IDX_READ_LIMIT, &label_bytes, &label_size, err);
     if (status == FR_OK)
         status = parse_idx_labels(labels_path, label_bytes, label_size, &label_count, err);
     if (status == FR_OK)
-        status = fr_read_file(images_path, IDX_READ_LIMIT, &image_bytes, &image_size, err);
+        status = fr_read_file_gunzip(images_path, IDX_READ_LIMIT, &image_bytes, &image_size, err);
     if (status == FR_OK)
         status = parse_idx_images(images_path, image_bytes, image_size, &images, err);
     if (status == FR_OK && images.count != label_count)
@@ -566,8 +516,8 @@ static int parse_class_number(const char *spec, const char **cursor, int *value,
     const char *start = *cursor;
     if (*start < '0' || *start > '9') {
         if (*start == '\0')
-            return fr_fail(err, FR_EINVAL, "--classes '%s': missing %s at the end", spec, what);
-        return fr_fail(err, FR_EINVAL, "--classes '%s': expected %s at '%s'", spec, what,
+            return fr_fail(err, FR_EINVAL, "class list '%s': missing %s at the end", spec, what);
+        return fr_fail(err, FR_EINVAL, "class list '%s': expected %s at '%s'", spec, what,
                        start);
     }
     long number = 0;
@@ -577,7 +527,7 @@ static int parse_class_number(const char *spec, const char **cursor, int *value,
         if (number >= CLASS_LIMIT) {
             while (**cursor >= '0' && **cursor <= '9')
                 (*cursor)++;
-            return fr_fail(err, FR_EINVAL, "--classes '%s': class %.*s is out of range 0-%d",
+            return fr_fail(err, FR_EINVAL, "class list '%s': class %.*s is out of range 0-%d",
                            spec, (int)(*cursor - start), start, CLASS_LIMIT - 1);
         }
     }
@@ -592,7 +542,7 @@ static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error
     skip_spaces(&cursor);
     if (*cursor == '\0')
         return fr_fail(err, FR_EINVAL,
-                       "--classes '%s': empty; give classes like 0-4 or 5,6,7 or 0-2,7", spec);
+                       "class list '%s': empty; give classes like 0-4 or 5,6,7 or 0-2,7", spec);
     for (;;) {
         int first, last;
         int status = parse_class_number(spec, &cursor, &first, "a class number", err);
@@ -606,7 +556,7 @@ static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error
                 return status;
             if (last < first)
                 return fr_fail(err, FR_EINVAL,
-                               "--classes '%s': empty range %d-%d (write it low-high)", spec,
+                               "class list '%s': empty range %d-%d (write it low-high)", spec,
                                first, last);
         }
         for (int c = first; c <= last; c++)
@@ -614,7 +564,7 @@ static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error
         if (*cursor == '\0')
             return FR_OK;
         if (*cursor != ',')
-            return fr_fail(err, FR_EINVAL, "--classes '%s': expected ',' or '-' at '%s'", spec,
+            return fr_fail(err, FR_EINVAL, "class list '%s': expected ',' or '-' at '%s'", spec,
                            cursor);
         cursor++;
     }
@@ -640,9 +590,9 @@ int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
     }
     if (kept_count == 0) {
         if (data->n == 0)
-            return fr_fail(err, FR_EINVAL, "--classes '%s': the dataset is empty", spec);
+            return fr_fail(err, FR_EINVAL, "class list '%s': the dataset is empty", spec);
         return fr_fail(err, FR_EINVAL,
-                       "--classes '%s': no sample has one of these classes (labels here are "
+                       "class list '%s': no sample has one of these classes (labels here are "
                        "%d-%d)",
                        spec, smallest_label, largest_label);
     }

@@ -175,6 +175,15 @@ typedef struct fr_layer_ops {
      */
     void (*weight_grad_rows)(const fr_layer *l, const float *in, const float *dout, int n,
                              float *dweight, int row_begin, int row_end, bool accumulate);
+    /*
+     * Optional, with weight_grad_rows: forward for the outputs that rows
+     * [row_begin, row_end) of the weight make (with a fused relu).  With both
+     * the trainer on several ranks computes a large weight's gradient in row
+     * blocks, sending each as it is done, and the next forward takes each
+     * block as soon as its update is applied.
+     */
+    void (*forward_rows)(const fr_layer *l, const float *in, float *out, int n, int row_begin,
+                         int row_end);
     /* Out aliases in (flatten): forward/backward are never called. */
     bool alias;
     /* Forward may run with out == in (relu): the trainer then gives the layer
@@ -237,6 +246,10 @@ extern const fr_layer_ops fr_residual_ops;
 /* Shared kernels (kernels.c). */
 /* out[n x m] = in[n x k] * W[m x k]^T + b (b may be NULL), then
  * max(out, 0) when `relu`. */
+/* Columns [col_begin, col_end) of fr_gemm_affine's out (m wide): the
+ * weight's rows and the bias's values of those outputs. */
+void fr_gemm_affine_cols(const float *in, const float *weight, const float *bias, float *out,
+                         int n, int k, int m, int col_begin, int col_end, bool relu);
 void fr_gemm_affine(const float *in, const float *weight, const float *bias,
                     float *out, int n, int k, int m, bool relu);
 /* values = max(values, 0); a NaN passes through, as in PyTorch. */
@@ -376,10 +389,10 @@ struct fr_dataset {
     uint8_t *labels;  /* n */
 };
 
-/* Read a whole file, gunzipping it when it starts with the gzip magic.
+/* data.c: fr_read_file, then gunzipped when it starts with the gzip magic;
  * `limit` bounds the decompressed size.  Release *out with fr_free. */
-int fr_read_file(const char *path, size_t limit, unsigned char **out,
-                 size_t *size, fr_error *err);
+int fr_read_file_gunzip(const char *path, size_t limit, unsigned char **out,
+                        size_t *size, fr_error *err);
 
 
 /* ------------------------------------------------------------- loss */
@@ -486,6 +499,14 @@ long fr_trace_step(void);
 
 /* ------------------------------------------------------------ files */
 
+/* fileio.c: the whole regular file at PATH, refused when larger than `limit`
+ * bytes, into one FR_ALIGN-aligned fr_alloc'd buffer (release it with
+ * fr_free) followed by `spare` zero bytes (a NUL after text, or room to
+ * move the contents); *size is what was read, less than the file's size if it
+ * shrank meanwhile (parsers check their sizes).  Every whole-file read goes
+ * through here. */
+int fr_read_file(const char *path, size_t limit, size_t spare, unsigned char **out,
+                 size_t *size, fr_error *err);
 /* fileio.c: write PATH.tmp.PID with write_contents, sync it, rename it over
  * PATH, sync the directory; on failure PATH is untouched. */
 int fr_write_atomic(const char *path, bool (*write_contents)(FILE *stream, void *context),

@@ -38,6 +38,25 @@ void fr_gemm_affine(const float *in, const float *weight, const float *bias,
         fr_relu_inplace(out, (size_t)n * m);
 }
 
+void fr_gemm_affine_cols(const float *in, const float *weight, const float *bias, float *out,
+                         int n, int k, int m, int col_begin, int col_end, bool relu) {
+    int cols = col_end - col_begin;
+    if (n <= 0 || cols <= 0)
+        return;
+    float beta = 0.0f;
+    float *block = out + col_begin;
+    if (bias) {
+        for (int row = 0; row < n; row++)
+            memcpy(block + (size_t)row * m, bias + col_begin, (size_t)cols * sizeof *bias);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, cols, k, 1.0f, in, k,
+                weight + (size_t)col_begin * k, k, beta, block, m);
+    if (relu)
+        for (int row = 0; row < n; row++)
+            fr_relu_inplace(block + (size_t)row * m, (size_t)cols);
+}
+
 void fr_relu_inplace(float *values, size_t count) {
     /* "negative -> 0", so a NaN passes through as in PyTorch. */
 #pragma omp simd

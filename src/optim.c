@@ -38,11 +38,11 @@ int fr_optim_check(const fr_train_config *c, fr_error *err) {
         return fr_fail(err, FR_EINVAL, "gradient dtype %d: expected float32 or bfloat16",
                        (int)c->grad_dtype);
     if (!(c->lr >= 0.0) || !isfinite(c->lr))
-        return fr_fail(err, FR_EINVAL, "--lr %g: must be a finite number >= 0", c->lr);
+        return fr_fail(err, FR_EINVAL, "learning rate %g: must be a finite number >= 0", c->lr);
     if (!(c->momentum >= 0.0) || !isfinite(c->momentum))
-        return fr_fail(err, FR_EINVAL, "--momentum %g: must be a finite number >= 0", c->momentum);
+        return fr_fail(err, FR_EINVAL, "momentum %g: must be a finite number >= 0", c->momentum);
     if (!(c->weight_decay >= 0.0) || !isfinite(c->weight_decay))
-        return fr_fail(err, FR_EINVAL, "--weight-decay %g: must be a finite number >= 0", c->weight_decay);
+        return fr_fail(err, FR_EINVAL, "weight decay %g: must be a finite number >= 0", c->weight_decay);
     if (c->nesterov && (c->momentum <= 0.0 || c->dampening != 0.0))
         return fr_fail(err, FR_EINVAL, "nesterov momentum needs a momentum > 0 and zero dampening");
     if (!(c->beta1 >= 0.0 && c->beta1 < 1.0) || !(c->beta2 >= 0.0 && c->beta2 < 1.0))

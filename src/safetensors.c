@@ -11,7 +11,7 @@
  * Files come from users and from other programs, so the reader trusts nothing.
  * What is a valid file is what the reference reader (huggingface/safetensors,
  * SafeTensors::deserialize) accepts: the header length checked against the
- * file size and the 100 MB limit before anything is allocated; the header
+ * file size and the 100 MB limit before the header is parsed; the header
  * UTF-8 JSON, whitespace allowed before and after the object; tensors listed
  * in any order, keys of a tensor entry other than dtype, shape and
  * data_offsets ignored, "__metadata__" an object of strings or null; each
@@ -23,9 +23,13 @@
  * dimensions or names over 127 bytes, and NUL characters in strings.
  * Every failure is one line naming the file and the problem.
  *
- * The whole file is read into one buffer, placed so that the data section
- * starts FR_ALIGN-aligned; the tensors then point straight into it (tiling
- * from 0 with 4-byte elements keeps each of them float-aligned).
+ * The JSON itself is read and written by json.c; this file walks the
+ * document the format defines and checks what it says.
+ *
+ * The whole file is read into one buffer (fileio.c's fr_read_file, so memory
+ * follows the file's real size, never a length it claims), moved so that the
+ * data section starts FR_ALIGN-aligned; the tensors then point straight into
+ * it (tiling from 0 with 4-byte elements keeps each of them float-aligned).
  *
  * The writer produces what the reference implementation produces: the header
  * padded with spaces to a multiple of 8 bytes, "__metadata__" first, tensors in
@@ -33,23 +37,19 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "internal.h"
+#include "json.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian and frost uses it in place"
 #endif
 
 #define LENGTH_FIELD_BYTES 8
-/* The reference implementation refuses larger headers; so do we, before allocating. */
+/* The reference implementation refuses larger headers; so do we, before parsing. */
 #define HEADER_LIMIT_BYTES 100000000u
 #define TENSOR_NAME_LIMIT (FR_NAME_MAX * 2 - 1)
 #define FLOAT_BYTES 4
@@ -110,77 +110,6 @@ static void format_shape(const int64_t *shape, int ndim, char *text, size_t len)
         snprintf(text + used, len - used, "]");
 }
 
-/* Length of the valid UTF-8 sequence starting at `s` (at most `available`
- * bytes long), or 0 if it is not valid UTF-8. */
-static size_t utf8_sequence_length(const unsigned char *s, size_t available) {
-    unsigned char lead = s[0];
-    size_t length;
-    uint32_t code_point;
-    if (lead < 0x80)
-        return 1;
-    if (lead >= 0xc2 && lead <= 0xdf) {
-        length = 2;
-        code_point = lead & 0x1f;
-    } else if ((lead & 0xf0) == 0xe0) {
-        length = 3;
-        code_point = lead & 0x0f;
-    } else if (lead >= 0xf0 && lead <= 0xf4) {
-        length = 4;
-        code_point = lead & 0x07;
-    } else {
-        return 0;
-    }
-    if (length > available)
-        return 0;
-    for (size_t i = 1; i < length; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        code_point = code_point << 6 | (s[i] & 0x3f);
-    }
-    /* Overlong forms, UTF-16 surrogates and values past Unicode are invalid. */
-    if (length == 3 && (code_point < 0x800 || (code_point >= 0xd800 && code_point <= 0xdfff)))
-        return 0;
-    if (length == 4 && (code_point < 0x10000 || code_point > 0x10ffff))
-        return 0;
-    return length;
-}
-
-static bool is_valid_utf8(const char *text) {
-    size_t remaining = strlen(text);
-    const unsigned char *s = (const unsigned char *)text;
-    while (remaining) {
-        size_t length = utf8_sequence_length(s, remaining);
-        if (!length)
-            return false;
-        s += length;
-        remaining -= length;
-    }
-    return true;
-}
-
-static size_t utf8_encode(uint32_t code_point, char *out) {
-    if (code_point < 0x80) {
-        out[0] = (char)code_point;
-        return 1;
-    }
-    if (code_point < 0x800) {
-        out[0] = (char)(0xc0 | code_point >> 6);
-        out[1] = (char)(0x80 | (code_point & 0x3f));
-        return 2;
-    }
-    if (code_point < 0x10000) {
-        out[0] = (char)(0xe0 | code_point >> 12);
-        out[1] = (char)(0x80 | (code_point >> 6 & 0x3f));
-        out[2] = (char)(0x80 | (code_point & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | code_point >> 18);
-    out[1] = (char)(0x80 | (code_point >> 12 & 0x3f));
-    out[2] = (char)(0x80 | (code_point >> 6 & 0x3f));
-    out[3] = (char)(0x80 | (code_point & 0x3f));
-    return 4;
-}
-
 static int compare_strings(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -212,10 +141,8 @@ static bool shape_bytes(const int64_t *shape, int ndim, size_t *numel, size_t *b
 /* ------------------------------------------------------- JSON header */
 
 typedef struct header_parser {
+    fr_json_reader json;        /* over the header; json.source is the path */
     const char *path;           /* for messages */
-    const unsigned char *text;  /* the JSON header; not NUL-terminated */
-    size_t length;
-    size_t pos;
     size_t data_bytes;          /* size of the data section */
     st_file_storage *storage;
     tensor_extent *extents;     /* one per tensor, same order */
@@ -224,336 +151,18 @@ typedef struct header_parser {
     fr_error *err;
 } header_parser;
 
-static int syntax_error(header_parser *p, const char *problem) {
-    return fr_fail(p->err, FR_EFORMAT, "%s: invalid JSON in the header at byte %zu: %s",
-                   p->path, p->pos, problem);
-}
-
-static int out_of_memory(header_parser *p) {
-    return fr_fail(p->err, FR_ENOMEM, "%s: out of memory reading the header", p->path);
-}
-
-static int peek(const header_parser *p) { return p->pos < p->length ? p->text[p->pos] : -1; }
-
-static void skip_whitespace(header_parser *p) {
-    int c;
-    while ((c = peek(p)) == ' ' || c == '\t' || c == '\n' || c == '\r')
-        p->pos++;
-}
-
-static int parse_hex4(header_parser *p, size_t end, uint32_t *value) {
-    *value = 0;
-    if (end - p->pos < 4)
-        return syntax_error(p, "\\u needs four hex digits");
-    for (int i = 0; i < 4; i++) {
-        int c = p->text[p->pos + (size_t)i], digit;
-        if (c >= '0' && c <= '9')
-            digit = c - '0';
-        else if (c >= 'a' && c <= 'f')
-            digit = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            digit = c - 'A' + 10;
-        else
-            return syntax_error(p, "\\u needs four hex digits");
-        *value = *value << 4 | (uint32_t)digit;
-    }
-    p->pos += 4;
-    return FR_OK;
-}
-
-/* One escape sequence after its backslash, appended to `out`. */
-static int decode_escape(header_parser *p, size_t end, char *out, size_t *out_length) {
-    char simple = 0;
-    switch (p->text[p->pos++]) {
-    case '"': simple = '"'; break;
-    case '\\': simple = '\\'; break;
-    case '/': simple = '/'; break;
-    case 'b': simple = '\b'; break;
-    case 'f': simple = '\f'; break;
-    case 'n': simple = '\n'; break;
-    case 'r': simple = '\r'; break;
-    case 't': simple = '\t'; break;
-    case 'u': break;
-    default:
-        p->pos--;
-        return syntax_error(p, "invalid escape sequence");
-    }
-    if (simple) {
-        out[(*out_length)++] = simple;
-        return FR_OK;
-    }
-    uint32_t code_point;
-    int status = parse_hex4(p, end, &code_point);
-    if (status)
-        return status;
-    if (code_point >= 0xdc00 && code_point <= 0xdfff)
-        return syntax_error(p, "unpaired UTF-16 surrogate in \\u escape");
-    if (code_point >= 0xd800 && code_point <= 0xdbff) {
-        /* Characters beyond the BMP arrive as a \uD8xx\uDCxx pair. */
-        uint32_t low;
-        if (end - p->pos < 2 || p->text[p->pos] != '\\' || p->text[p->pos + 1] != 'u')
-            return syntax_error(p, "unpaired UTF-16 surrogate in \\u escape");
-        p->pos += 2;
-        if ((status = parse_hex4(p, end, &low)) != FR_OK)
-            return status;
-        if (low < 0xdc00 || low > 0xdfff)
-            return syntax_error(p, "unpaired UTF-16 surrogate in \\u escape");
-        code_point = 0x10000 + ((code_point - 0xd800) << 10) + (low - 0xdc00);
-    }
-    /* Names and values are C strings here. */
-    if (code_point == 0)
-        return syntax_error(p, "NUL character in a string");
-    *out_length += utf8_encode(code_point, out + *out_length);
-    return FR_OK;
-}
-
-/* A JSON string, decoded into a fresh NUL-terminated fr_alloc'd copy. */
-static int parse_string(header_parser *p, char **out, size_t *out_length) {
-    *out = NULL;
-    if (peek(p) != '"')
-        return syntax_error(p, "expected a string");
-    /* Find the closing quote first: the decoded string is never longer than
-     * its JSON form, so it can be allocated once. */
-    size_t end = p->pos + 1;
-    while (end < p->length && p->text[end] != '"')
-        end += p->text[end] == '\\' ? 2 : 1;
-    if (end >= p->length)
-        return syntax_error(p, "unterminated string");
-    p->pos++;
-    char *decoded = fr_alloc(end - p->pos + 1);
-    if (!decoded)
-        return out_of_memory(p);
-    size_t length = 0;
-    int status = FR_OK;
-    while (p->pos < end && status == FR_OK) {
-        unsigned char c = p->text[p->pos];
-        if (c < 0x20) {
-            status = syntax_error(p, "control character in a string");
-        } else if (c == '\\') {
-            p->pos++;
-            status = decode_escape(p, end, decoded, &length);
-        } else {
-            size_t sequence = utf8_sequence_length(p->text + p->pos, end - p->pos);
-            if (!sequence) {
-                status = syntax_error(p, "invalid UTF-8 in a string");
-            } else {
-                memcpy(decoded + length, p->text + p->pos, sequence);
-                length += sequence;
-                p->pos += sequence;
-            }
-        }
-    }
-    if (status) {
-        fr_free(decoded);
-        return status;
-    }
-    p->pos = end + 1;
-    decoded[length] = '\0';
-    *out = decoded;
-    *out_length = length;
-    return FR_OK;
-}
-
-/*
- * A JSON number that must be a non-negative integer fitting int64: shapes and
- * offsets are unsigned in the format.  `*negative` tells a leading '-' (even
- * "-0", which the reference reads as a float and refuses) so the caller can
- * say which value was negative.
- */
-static int parse_integer(header_parser *p, int64_t *value, bool *negative) {
-    *negative = peek(p) == '-';
-    if (*negative)
-        p->pos++;
-    int c = peek(p);
-    if (c < '0' || c > '9')
-        return syntax_error(p, "expected an integer");
-    uint64_t magnitude = 0;
-    if (c == '0') {
-        p->pos++;
-    } else {
-        while ((c = peek(p)) >= '0' && c <= '9') {
-            unsigned digit = (unsigned)(c - '0');
-            if (magnitude > ((uint64_t)INT64_MAX - digit) / 10)
-                return fr_fail(p->err, FR_EFORMAT,
-                               "%s: the integer at byte %zu of the header is too large "
-                               "(over 2^63 - 1)", p->path, p->pos);
-            magnitude = magnitude * 10 + digit;
-            p->pos++;
-        }
-    }
-    c = peek(p);
-    if (c == '.' || c == 'e' || c == 'E')
-        return syntax_error(p, "expected an integer, not a fraction or exponent");
-    if (c >= '0' && c <= '9')
-        return syntax_error(p, "leading zeros are not allowed");
-    *value = *negative ? -(int64_t)magnitude : (int64_t)magnitude;
-    return FR_OK;
-}
-
-/*
- * Steps through an object whose '{' is consumed: parses the next key and its
- * ':', or consumes the closing '}' and sets *done.  `*first` is true before the
- * first member.
- */
-static int next_object_key(header_parser *p, bool *first, char **key, size_t *key_length,
-                           bool *done) {
-    *key = NULL;
-    *done = false;
-    skip_whitespace(p);
-    if (peek(p) == '}') {
-        /* "{"a":1,}" is caught below: after ',' a key must follow. */
-        p->pos++;
-        *done = true;
-        return FR_OK;
-    }
-    if (!*first) {
-        if (peek(p) != ',')
-            return syntax_error(p, "expected ',' or '}'");
-        p->pos++;
-        skip_whitespace(p);
-    }
-    *first = false;
-    int status = parse_string(p, key, key_length);
-    if (status)
-        return status;
-    skip_whitespace(p);
-    if (peek(p) != ':') {
-        fr_free(*key);
-        *key = NULL;
-        return syntax_error(p, "expected ':'");
-    }
-    p->pos++;
-    skip_whitespace(p);
-    return FR_OK;
-}
-
-/* The same for an array whose '[' is consumed: stops before the next element. */
-static int next_array_element(header_parser *p, bool *first, bool *done) {
-    *done = false;
-    skip_whitespace(p);
-    if (peek(p) == ']') {
-        p->pos++;
-        *done = true;
-        return FR_OK;
-    }
-    if (!*first) {
-        if (peek(p) != ',')
-            return syntax_error(p, "expected ',' or ']'");
-        p->pos++;
-        skip_whitespace(p);
-        if (peek(p) == ']')
-            return syntax_error(p, "trailing ',' in an array");
-    }
-    *first = false;
-    return FR_OK;
-}
-
-/* Consumes `word` (true, false or null) or fails. */
-static int parse_literal(header_parser *p, const char *word) {
-    size_t length = strlen(word);
-    if (p->length - p->pos < length || memcmp(p->text + p->pos, word, length) != 0)
-        return syntax_error(p, "expected a value");
-    p->pos += length;
-    return FR_OK;
-}
-
-static void skip_digits(header_parser *p) {
-    int c;
-    while ((c = peek(p)) >= '0' && c <= '9')
-        p->pos++;
-}
-
-/* Any JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
-static int skip_number(header_parser *p) {
-    if (peek(p) == '-')
-        p->pos++;
-    int c = peek(p);
-    if (c < '0' || c > '9')
-        return syntax_error(p, "expected a value");
-    p->pos++;
-    if (c != '0')
-        skip_digits(p);
-    else if ((c = peek(p)) >= '0' && c <= '9')
-        return syntax_error(p, "leading zeros are not allowed");
-    if (peek(p) == '.') {
-        p->pos++;
-        if ((c = peek(p)) < '0' || c > '9')
-            return syntax_error(p, "expected a digit after '.'");
-        skip_digits(p);
-    }
-    if ((c = peek(p)) == 'e' || c == 'E') {
-        p->pos++;
-        if ((c = peek(p)) == '+' || c == '-')
-            p->pos++;
-        if ((c = peek(p)) < '0' || c > '9')
-            return syntax_error(p, "expected a digit in the exponent");
-        skip_digits(p);
-    }
-    return FR_OK;
-}
-
-/* serde_json, the reference's parser, refuses deeper nesting; so do we,
- * which also bounds the recursion below. */
-#define JSON_DEPTH_LIMIT 128
-
-/*
- * Checks and passes over one JSON value of any kind.  The reference ignores
- * keys it does not know inside a tensor entry, so a file may carry anything
- * there, but it must still be valid JSON.
- */
-static int skip_value(header_parser *p, int depth) {
-    if (depth > JSON_DEPTH_LIMIT)
-        return syntax_error(p, "values nested too deeply");
-    skip_whitespace(p);
-    int c = peek(p), status = FR_OK;
-    bool first = true, done = false;
-    if (c == '{') {
-        p->pos++;
-        while (status == FR_OK) {
-            char *key;
-            size_t key_length;
-            if ((status = next_object_key(p, &first, &key, &key_length, &done)) != FR_OK || done)
-                break;
-            fr_free(key);
-            status = skip_value(p, depth + 1);
-        }
-        return status;
-    }
-    if (c == '[') {
-        p->pos++;
-        while ((status = next_array_element(p, &first, &done)) == FR_OK && !done)
-            if ((status = skip_value(p, depth + 1)) != FR_OK)
-                break;
-        return status;
-    }
-    if (c == '"') {
-        char *text;
-        size_t text_length;
-        if ((status = parse_string(p, &text, &text_length)) == FR_OK)
-            fr_free(text);
-        return status;
-    }
-    if (c == 't')
-        return parse_literal(p, "true");
-    if (c == 'f')
-        return parse_literal(p, "false");
-    if (c == 'n')
-        return parse_literal(p, "null");
-    return skip_number(p);
-}
-
 static int tensor_error(header_parser *p, const char *problem) {
     return fr_fail(p->err, FR_EFORMAT, "%s: tensor '%s': %s", p->path, p->tensor_shown, problem);
 }
 
 static int parse_shape(header_parser *p, fr_st_tensor *tensor) {
-    skip_whitespace(p);
-    if (peek(p) != '[')
+    fr_json_skip_whitespace(&p->json);
+    if (fr_json_peek(&p->json) != '[')
         return tensor_error(p, "shape must be an array of integers");
-    p->pos++;
+    p->json.pos++;
     bool first = true, done = false;
     for (;;) {
-        int status = next_array_element(p, &first, &done);
+        int status = fr_json_next_element(&p->json, &first, &done);
         if (status || done)
             return status;
         if (tensor->ndim == FR_MAX_DIMS)
@@ -562,7 +171,7 @@ static int parse_shape(header_parser *p, fr_st_tensor *tensor) {
                            p->path, p->tensor_shown, FR_MAX_DIMS);
         int64_t dim;
         bool negative;
-        if ((status = parse_integer(p, &dim, &negative)) != FR_OK)
+        if ((status = fr_json_integer(&p->json, &dim, &negative)) != FR_OK)
             return status;
         if (negative)
             return fr_fail(p->err, FR_EFORMAT,
@@ -574,21 +183,21 @@ static int parse_shape(header_parser *p, fr_st_tensor *tensor) {
 
 static int parse_offsets(header_parser *p, int64_t offsets[2]) {
     static const char *const wrong = "data_offsets must be two non-negative integers [begin, end]";
-    skip_whitespace(p);
-    if (peek(p) != '[')
+    fr_json_skip_whitespace(&p->json);
+    if (fr_json_peek(&p->json) != '[')
         return tensor_error(p, wrong);
-    p->pos++;
+    p->json.pos++;
     bool first = true, done = false;
     int count = 0;
     for (;;) {
-        int status = next_array_element(p, &first, &done);
+        int status = fr_json_next_element(&p->json, &first, &done);
         if (status)
             return status;
         if (done)
             return count == 2 ? FR_OK : tensor_error(p, wrong);
         int64_t offset;
         bool negative;
-        if ((status = parse_integer(p, &offset, &negative)) != FR_OK)
+        if ((status = fr_json_integer(&p->json, &offset, &negative)) != FR_OK)
             return status;
         if (negative || count == 2)
             return tensor_error(p, wrong);
@@ -635,22 +244,22 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
     fr_st_tensor *tensors = grow_for_one_more(file->tensors, file->tensor_count,
                                               &storage->tensor_capacity, sizeof *tensors);
     if (!tensors)
-        return out_of_memory(p);
+        return fr_json_out_of_memory(&p->json);
     file->tensors = tensors;
     tensor_extent *extents = grow_for_one_more(p->extents, file->tensor_count,
                                                &p->extent_capacity, sizeof *extents);
     if (!extents)
-        return out_of_memory(p);
+        return fr_json_out_of_memory(&p->json);
     p->extents = extents;
 
     fr_st_tensor *tensor = &file->tensors[file->tensor_count];
     memset(tensor, 0, sizeof *tensor);
     memcpy(tensor->name, name, name_length + 1);
 
-    skip_whitespace(p);
-    if (peek(p) != '{')
+    fr_json_skip_whitespace(&p->json);
+    if (fr_json_peek(&p->json) != '{')
         return tensor_error(p, "expected an object with dtype, shape and data_offsets");
-    p->pos++;
+    p->json.pos++;
     bool seen_dtype = false, seen_shape = false, seen_offsets = false;
     bool first = true, done = false;
     int64_t offsets[2] = {0, 0};
@@ -658,13 +267,13 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
     while (status == FR_OK) {
         char *key;
         size_t key_length;
-        if ((status = next_object_key(p, &first, &key, &key_length, &done)) != FR_OK || done)
+        if ((status = fr_json_next_key(&p->json, &first, &key, &key_length, &done)) != FR_OK || done)
             break;
         if (strcmp(key, "dtype") == 0 && !seen_dtype) {
             char *dtype;
             size_t dtype_length;
             seen_dtype = true;
-            status = parse_string(p, &dtype, &dtype_length);
+            status = fr_json_string(&p->json, &dtype, &dtype_length);
             if (status == FR_OK && strcmp(dtype, "F32") != 0) {
                 char shown[32];
                 status = fr_fail(p->err, FR_EFORMAT,
@@ -684,7 +293,7 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
                              p->tensor_shown, key);
         } else {
             /* As the reference: other keys are ignored (their values must still be JSON). */
-            status = skip_value(p, 1);
+            status = fr_json_skip_value(&p->json, 1);
         }
         fr_free(key);
     }
@@ -705,26 +314,26 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
 static int parse_metadata(header_parser *p) {
     st_file_storage *storage = p->storage;
     fr_st_file *file = &storage->file;
-    skip_whitespace(p);
-    if (peek(p) != '{')
+    fr_json_skip_whitespace(&p->json);
+    if (fr_json_peek(&p->json) != '{')
         return fr_fail(p->err, FR_EFORMAT, "%s: __metadata__ must be an object of strings (or null)",
                        p->path);
-    p->pos++;
+    p->json.pos++;
     bool first = true, done = false;
     for (;;) {
         char *key, *value;
         size_t key_length, value_length;
-        int status = next_object_key(p, &first, &key, &key_length, &done);
+        int status = fr_json_next_key(&p->json, &first, &key, &key_length, &done);
         if (status || done)
             return status;
-        if (peek(p) != '"') {
+        if (fr_json_peek(&p->json) != '"') {
             char shown[FR_NAME_MAX];
             status = fr_fail(p->err, FR_EFORMAT, "%s: __metadata__ value of '%s' is not a string",
                              p->path, fr_printable(key, shown, sizeof shown));
             fr_free(key);
             return status;
         }
-        if ((status = parse_string(p, &value, &value_length)) != FR_OK) {
+        if ((status = fr_json_string(&p->json, &value, &value_length)) != FR_OK) {
             fr_free(key);
             return status;
         }
@@ -733,7 +342,7 @@ static int parse_metadata(header_parser *p) {
         if (!meta) {
             fr_free(key);
             fr_free(value);
-            return out_of_memory(p);
+            return fr_json_out_of_memory(&p->json);
         }
         file->meta = meta;
         file->meta[file->meta_count++] = (fr_st_meta){.key = key, .value = value};
@@ -741,15 +350,15 @@ static int parse_metadata(header_parser *p) {
 }
 
 static int parse_header(header_parser *p) {
-    skip_whitespace(p);
-    if (peek(p) != '{')
-        return syntax_error(p, "the header must be a JSON object");
-    p->pos++;
+    fr_json_skip_whitespace(&p->json);
+    if (fr_json_peek(&p->json) != '{')
+        return fr_json_syntax_error(&p->json, "the header must be a JSON object");
+    p->json.pos++;
     bool first = true, done = false, seen_metadata = false;
     for (;;) {
         char *key;
         size_t key_length;
-        int status = next_object_key(p, &first, &key, &key_length, &done);
+        int status = fr_json_next_key(&p->json, &first, &key, &key_length, &done);
         if (status)
             return status;
         if (done)
@@ -758,7 +367,7 @@ static int parse_header(header_parser *p) {
             /* null is the reference's "no metadata". */
             status = seen_metadata ? fr_fail(p->err, FR_EFORMAT,
                                              "%s: __metadata__ appears twice in the header", p->path)
-                     : peek(p) == 'n' ? parse_literal(p, "null")
+                     : fr_json_peek(&p->json) == 'n' ? fr_json_literal(&p->json, "null")
                                       : parse_metadata(p);
             seen_metadata = true;
         } else {
@@ -769,9 +378,9 @@ static int parse_header(header_parser *p) {
             return status;
     }
     /* The reference writer pads the header with spaces; anything else is wrong. */
-    skip_whitespace(p);
-    if (p->pos != p->length)
-        return syntax_error(p, "unexpected text after the header object");
+    fr_json_skip_whitespace(&p->json);
+    if (p->json.pos != p->json.length)
+        return fr_json_syntax_error(&p->json, "unexpected text after the header object");
     return FR_OK;
 }
 
@@ -784,7 +393,7 @@ static int check_unique_names(header_parser *p) {
         return FR_OK;
     const char **names = fr_alloc((size_t)count * sizeof *names);
     if (!names)
-        return out_of_memory(p);
+        return fr_json_out_of_memory(&p->json);
     char shown[FR_NAME_MAX * 2];
     int status = FR_OK;
     for (int i = 0; i < file->tensor_count; i++)
@@ -872,35 +481,29 @@ static void place_tensor_data(header_parser *p, const unsigned char *data_sectio
 /* --------------------------------------------------------------- read */
 
 /*
- * Reads the whole file into storage->allocation, shifted so that the data
- * section (which starts at 8 + header length, any alignment) lands on an
- * FR_ALIGN boundary.  The header length is checked against the file size and
- * the limit before anything is allocated.
+ * Reads the whole file (fileio.c's reader) into storage->allocation, then
+ * shifts it so that the data section (which starts at 8 + header length, any
+ * alignment) lands on an FR_ALIGN boundary.  The header length is checked
+ * against the file's size and the limit before the header is parsed; memory
+ * follows the file's real size, never a length it claims.
  */
-static int read_stream(st_file_storage *storage, FILE *stream, const char *path,
-                       uint64_t *header_bytes, fr_error *err) {
-    struct stat info;
-    if (fstat(fileno(stream), &info) != 0)
-        return fr_fail(err, FR_EIO, "%s: cannot stat: %s", path, strerror(errno));
-    if (!S_ISREG(info.st_mode))
-        return fr_fail(err, FR_EIO, "%s: not a regular file", path);
-    if (info.st_size == 0)
+static int read_file(st_file_storage *storage, const char *path, uint64_t *header_bytes,
+                     fr_error *err) {
+    unsigned char *allocation;
+    size_t file_bytes;
+    int status = fr_read_file(path, SIZE_MAX / 2, FR_ALIGN, &allocation, &file_bytes, err);
+    if (status != FR_OK)
+        return status;
+    storage->allocation = allocation;
+    if (file_bytes == 0)
         return fr_fail(err, FR_EFORMAT, "%s: file is empty, not a safetensors file", path);
-    if (info.st_size < LENGTH_FIELD_BYTES)
+    if (file_bytes < LENGTH_FIELD_BYTES)
         return fr_fail(err, FR_EFORMAT,
-                       "%s: file is only %lld bytes, too short for a safetensors header", path,
-                       (long long)info.st_size);
-    if ((uintmax_t)info.st_size > SIZE_MAX - FR_ALIGN * 2)
-        return fr_fail(err, FR_ENOMEM, "%s: file too large to read", path);
-    size_t file_bytes = (size_t)info.st_size;
-
-    unsigned char length_field[LENGTH_FIELD_BYTES];
-    if (fread(length_field, 1, sizeof length_field, stream) != sizeof length_field)
-        return fr_fail(err, FR_EIO, "%s: cannot read: %s", path,
-                       ferror(stream) ? strerror(errno) : "file shrank while being read");
+                       "%s: file is only %zu bytes, too short for a safetensors header", path,
+                       file_bytes);
     uint64_t length = 0;
     for (int i = LENGTH_FIELD_BYTES - 1; i >= 0; i--)
-        length = length << 8 | length_field[i];
+        length = length << 8 | allocation[i];
     if (length < 2)
         return fr_fail(err, FR_EFORMAT,
                        "%s: header length %" PRIu64 " is too small for a JSON object", path, length);
@@ -913,18 +516,12 @@ static int read_stream(st_file_storage *storage, FILE *stream, const char *path,
                        "%s: header length %" PRIu64 " runs past the end of the file (%zu bytes)",
                        path, length, file_bytes);
 
+    /* The buffer is FR_ALIGN-aligned with FR_ALIGN spare bytes after the file. */
     size_t data_start = LENGTH_FIELD_BYTES + (size_t)length;
     size_t lead = (FR_ALIGN - data_start % FR_ALIGN) % FR_ALIGN;
-    storage->allocation = fr_alloc(lead + file_bytes);
-    if (!storage->allocation)
-        return fr_fail(err, FR_ENOMEM, "%s: out of memory reading %zu bytes", path, file_bytes);
-    unsigned char *bytes = storage->allocation + lead;
-    memcpy(bytes, length_field, sizeof length_field);
-    size_t rest = file_bytes - LENGTH_FIELD_BYTES;
-    if (fread(bytes + LENGTH_FIELD_BYTES, 1, rest, stream) != rest)
-        return fr_fail(err, FR_EIO, "%s: cannot read: %s", path,
-                       ferror(stream) ? strerror(errno) : "file shrank while being read");
-    storage->file.bytes = bytes;
+    if (lead)
+        memmove(allocation + lead, allocation, file_bytes);
+    storage->file.bytes = allocation + lead;
     storage->file.size = file_bytes;
     *header_bytes = length;
     return FR_OK;
@@ -935,9 +532,12 @@ static int parse_and_check(st_file_storage *storage, const char *path, uint64_t 
     const unsigned char *bytes = storage->file.bytes;
     size_t data_start = LENGTH_FIELD_BYTES + (size_t)header_bytes;
     header_parser parser = {
+        .json = {.source = path,
+                 .what = "the header",
+                 .text = bytes + LENGTH_FIELD_BYTES,
+                 .length = (size_t)header_bytes,
+                 .err = err},
         .path = path,
-        .text = bytes + LENGTH_FIELD_BYTES,
-        .length = (size_t)header_bytes,
         .data_bytes = storage->file.size - data_start,
         .storage = storage,
         .err = err,
@@ -961,14 +561,7 @@ int fr_st_read(const char *path, fr_st_file **out, fr_error *err) {
         return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
     }
     uint64_t header_bytes = 0;
-    int status;
-    FILE *stream = fopen(path, "rb");
-    if (!stream) {
-        status = fr_fail(err, FR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    } else {
-        status = read_stream(storage, stream, path, &header_bytes, err);
-        fclose(stream);
-    }
+    int status = read_file(storage, path, &header_bytes, err);
     if (status == FR_OK)
         status = parse_and_check(storage, path, header_bytes, err);
     if (status) {
@@ -1010,71 +603,10 @@ const char *fr_st_meta_get(const fr_st_file *file, const char *key) {
 
 /* -------------------------------------------------------------- write */
 
-/* A growing string for the JSON header; `failed` records running out of memory. */
-typedef struct header_text {
-    char *text;
-    size_t length, capacity;
-    bool failed;
-} header_text;
-
-static void append_bytes(header_text *h, const char *bytes, size_t count) {
-    if (h->failed)
-        return;
-    if (count > h->capacity - h->length) {
-        size_t capacity = h->capacity ? h->capacity : 256;
-        while (capacity - h->length < count) {
-            if (capacity > SIZE_MAX / 2) {
-                h->failed = true;
-                return;
-            }
-            capacity *= 2;
-        }
-        char *grown = fr_alloc(capacity);
-        if (!grown) {
-            h->failed = true;
-            return;
-        }
-        if (h->length)
-            memcpy(grown, h->text, h->length);
-        fr_free(h->text);
-        h->text = grown;
-        h->capacity = capacity;
-    }
-    memcpy(h->text + h->length, bytes, count);
-    h->length += count;
-}
-
-static void append_text(header_text *h, const char *text) { append_bytes(h, text, strlen(text)); }
-
-static void append_integer(header_text *h, uint64_t value) {
-    char digits[24];
-    snprintf(digits, sizeof digits, "%" PRIu64, value);
-    append_text(h, digits);
-}
-
-static void append_json_string(header_text *h, const char *text) {
-    append_bytes(h, "\"", 1);
-    for (const char *c = text; *c; c++) {
-        unsigned char byte = (unsigned char)*c;
-        char escaped[8];
-        if (byte == '"' || byte == '\\') {
-            escaped[0] = '\\';
-            escaped[1] = (char)byte;
-            append_bytes(h, escaped, 2);
-        } else if (byte < 0x20) {
-            snprintf(escaped, sizeof escaped, "\\u%04x", (unsigned)byte);
-            append_text(h, escaped);
-        } else {
-            append_bytes(h, c, 1);
-        }
-    }
-    append_bytes(h, "\"", 1);
-}
-
 /* Any UTF-8 name the reader accepts, the empty one too (the reference
  * reader takes it). */
 static bool is_writable_name(const char *name) {
-    return name && strlen(name) <= TENSOR_NAME_LIMIT && is_valid_utf8(name);
+    return name && strlen(name) <= TENSOR_NAME_LIMIT && fr_json_is_utf8(name);
 }
 
 /* Refuses, before anything is written, what fr_st_read would refuse. */
@@ -1102,8 +634,8 @@ static int check_what_to_write(const char *path, const fr_st_out *tensors, int t
         total_bytes += bytes;
     }
     for (int i = 0; i < meta_count; i++)
-        if (!meta[i].key || !meta[i].value || !is_valid_utf8(meta[i].key) ||
-            !is_valid_utf8(meta[i].value))
+        if (!meta[i].key || !meta[i].value || !fr_json_is_utf8(meta[i].key) ||
+            !fr_json_is_utf8(meta[i].value))
             return fr_fail(err, FR_EINVAL, "%s: metadata entry %d is not a pair of UTF-8 strings",
                            path, i);
 
@@ -1129,22 +661,21 @@ static int check_what_to_write(const char *path, const fr_st_out *tensors, int t
     return status;
 }
 
-/* The 8-byte length field followed by the JSON header, padded with spaces so
- * the data section starts at a multiple of 8 as the reference writer does. */
-static int build_header(header_text *h, const char *path, const fr_st_out *tensors,
+/* The JSON header, padded with spaces so the data section starts at a
+ * multiple of 8 as the reference writer does. */
+static int build_header(fr_text *h, const char *path, const fr_st_out *tensors,
                         int tensor_count, const fr_st_meta *meta, int meta_count, fr_error *err) {
-    append_bytes(h, "\0\0\0\0\0\0\0\0", LENGTH_FIELD_BYTES);
-    append_text(h, "{");
+    fr_text_printf(h, "{");
     if (meta_count) {
-        append_text(h, "\"__metadata__\":{");
+        fr_text_printf(h, "\"__metadata__\":{");
         for (int i = 0; i < meta_count; i++) {
             if (i)
-                append_text(h, ",");
-            append_json_string(h, meta[i].key);
-            append_text(h, ":");
-            append_json_string(h, meta[i].value);
+                fr_text_printf(h, ",");
+            fr_json_append_string(h, meta[i].key);
+            fr_text_printf(h, ":");
+            fr_json_append_string(h, meta[i].value);
         }
-        append_text(h, "}");
+        fr_text_printf(h, "}");
     }
     uint64_t offset = 0;
     for (int i = 0; i < tensor_count; i++) {
@@ -1152,44 +683,40 @@ static int build_header(header_text *h, const char *path, const fr_st_out *tenso
         size_t numel, bytes;
         shape_bytes(tensor->shape, tensor->ndim, &numel, &bytes); /* checked already */
         if (i || meta_count)
-            append_text(h, ",");
-        append_json_string(h, tensor->name);
-        append_text(h, ":{\"dtype\":\"F32\",\"shape\":[");
-        for (int d = 0; d < tensor->ndim; d++) {
-            if (d)
-                append_text(h, ",");
-            append_integer(h, (uint64_t)tensor->shape[d]);
-        }
-        append_text(h, "],\"data_offsets\":[");
-        append_integer(h, offset);
-        append_text(h, ",");
-        append_integer(h, offset + bytes);
-        append_text(h, "]}");
+            fr_text_printf(h, ",");
+        fr_json_append_string(h, tensor->name);
+        fr_text_printf(h, ":{\"dtype\":\"F32\",\"shape\":[");
+        for (int d = 0; d < tensor->ndim; d++)
+            fr_text_printf(h, "%s%" PRIu64, d ? "," : "", (uint64_t)tensor->shape[d]);
+        fr_text_printf(h, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", offset,
+                       offset + bytes);
         offset += bytes;
     }
-    append_text(h, "}");
-    while ((h->length - LENGTH_FIELD_BYTES) % 8 != 0)
-        append_text(h, " ");
+    fr_text_printf(h, "}");
+    while (!h->failed && h->length % 8 != 0)
+        fr_text_printf(h, " ");
     if (h->failed)
         return fr_fail(err, FR_ENOMEM, "%s: out of memory building the header", path);
-    uint64_t header_bytes = h->length - LENGTH_FIELD_BYTES;
-    if (header_bytes > HEADER_LIMIT_BYTES)
-        return fr_fail(err, FR_EINVAL, "%s: header of %" PRIu64 " bytes exceeds the limit of %u",
-                       path, header_bytes, HEADER_LIMIT_BYTES);
-    for (int i = 0; i < LENGTH_FIELD_BYTES; i++)
-        h->text[i] = (char)(header_bytes >> (8 * i) & 0xff);
+    if (h->length > HEADER_LIMIT_BYTES)
+        return fr_fail(err, FR_EINVAL, "%s: header of %zu bytes exceeds the limit of %u",
+                       path, h->length, HEADER_LIMIT_BYTES);
     return FR_OK;
 }
 
 typedef struct st_contents {
-    const header_text *header;
+    const fr_text *header;
     const fr_st_out *tensors;
     int tensor_count;
 } st_contents;
 
+/* The 8-byte little-endian header length, the header, the tensors' data. */
 static bool write_contents(FILE *stream, void *context) {
     const st_contents *c = context;
-    if (fwrite(c->header->text, 1, c->header->length, stream) != c->header->length)
+    unsigned char length_field[LENGTH_FIELD_BYTES];
+    for (int i = 0; i < LENGTH_FIELD_BYTES; i++)
+        length_field[i] = (unsigned char)((uint64_t)c->header->length >> (8 * i) & 0xff);
+    if (fwrite(length_field, 1, sizeof length_field, stream) != sizeof length_field ||
+        fwrite(c->header->data, 1, c->header->length, stream) != c->header->length)
         return false;
     for (int i = 0; i < c->tensor_count; i++) {
         size_t numel, bytes;
@@ -1207,11 +734,11 @@ int fr_st_write(const char *path, const fr_st_out *tensors, int tensor_count,
     int status = check_what_to_write(path, tensors, tensor_count, meta, meta_count, err);
     if (status)
         return status;
-    header_text header = {0};
+    fr_text header = {0};
     status = build_header(&header, path, tensors, tensor_count, meta, meta_count, err);
     st_contents contents = {&header, tensors, tensor_count};
     if (status == FR_OK)
         status = fr_write_atomic(path, write_contents, &contents, err);
-    fr_free(header.text);
+    free(header.data);
     return status;
 }

@@ -49,6 +49,7 @@ typedef struct slab_segment {
 typedef struct bucket {
     size_t begin, end;
     int ready_after_layer;
+    int first_piece, pieces; /* its pieces, in slab order */
 } bucket;
 
 #define DEFAULT_BUCKET_MB 4.0
@@ -56,14 +57,24 @@ typedef struct bucket {
 /* A bucket of at least this many floats is sent as two pieces (a head
  * during backward, the tail after the last bucket); smaller ones whole. */
 #define SPLIT_BUCKET_FLOATS (128 * 1024)
+/* On several ranks a weight of at least twice this many floats that closes
+ * a bucket has its gradient computed in row blocks of about this size, each
+ * sent as soon as it is done (at most MAX_ROW_BLOCKS). */
+#define ROW_BLOCK_FLOATS (256 * 1024)
+#define MAX_ROW_BLOCKS 8
 
-/* A piece of the slab that one sum of the communication thread carries.
- * `layer` is the first layer, in forward order, holding a parameter in it:
- * the next step's forward applies the piece's update just before that layer. */
+/* A piece of the slab that one sum of the communication thread carries,
+ * planned with the buckets.  `layer` is the first layer, in forward order,
+ * holding a parameter in it: the next step's forward applies the piece's
+ * update just before that layer, or just before the block of its outputs
+ * that row block `block` of its weight makes (-1: the whole layer).
+ * `early` pieces are sent as soon as backward completes them, the others
+ * after the step's last bucket.  `ticket` is the last step's. */
 typedef struct piece {
     size_t begin, end;
+    int layer, block;
+    bool early;
     long ticket;
-    int layer;
 } piece;
 
 /* Where a step's samples come from: a caller's batch arrays, or a dataset
@@ -159,11 +170,13 @@ struct fr_trainer {
     float *state_m, *state_v;
     long *param_steps;
 
-    /* Several ranks: the last step's pieces in the order they were started.
-     * While `in_flight`, their sums are not applied yet: the next step's
-     * forward applies each just before the first layer that needs it (or
-     * fr_trainer_sync does), with the optimizer settings of the step that
-     * made them. */
+    /* Several ranks: per layer, the row blocks its weight gradient and
+     * forward are computed in (0: not blocked), and the buckets' pieces.
+     * While `in_flight`, the last step's sums are not applied yet: the next
+     * step's forward applies each just before the first layer that needs it
+     * (or fr_trainer_sync does), with the optimizer settings of the step
+     * that made them. */
+    int *row_blocks;
     piece *pieces;
     int piece_count;
     bool in_flight;
@@ -454,6 +467,8 @@ static void free_plan(fr_trainer *trainer) {
     free(trainer->pieces);
     trainer->pieces = NULL;
     trainer->piece_count = 0;
+    free(trainer->row_blocks);
+    trainer->row_blocks = NULL;
     free(trainer->split_weight);
     trainer->split_weight = NULL;
 }
@@ -470,15 +485,15 @@ static int plan_buckets(fr_trainer *trainer) {
     if (target == 0)
         target = 1;
     trainer->buckets = calloc((size_t)model->layer_count + 1, sizeof *trainer->buckets);
-    trainer->pieces = calloc(2 * (size_t)model->layer_count + 1, sizeof *trainer->pieces);
-    if (!trainer->buckets || !trainer->pieces)
+    if (!trainer->buckets)
         return FR_ENOMEM;
     size_t begin = 0, end = 0;
     for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
         const fr_layer *l = &model->layers[i];
         int ids[2] = {l->weight, l->bias};
         for (int k = 0; k < 2; k++)
-            if (ids[k] >= 0 && model->params[ids[k]].requires_grad)
+            if (ids[k] >= 0 && model->params[ids[k]].requires_grad &&
+                trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel > end)
                 end = trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel;
         bool last = i == trainer->first_trainable;
         if (end > begin && (end - begin >= target || last)) {
@@ -486,6 +501,105 @@ static int plan_buckets(fr_trainer *trainer) {
                 (bucket){.begin = begin, .end = end, .ready_after_layer = i};
             begin = end;
         }
+    }
+    return FR_OK;
+}
+
+/* Where a bucket's head ends when it goes as head and tail (its end when it
+ * goes whole). */
+static size_t bucket_middle(const bucket *b) {
+    if (b->end - b->begin < SPLIT_BUCKET_FLOATS)
+        return b->end;
+    return b->begin + round_up((b->end - b->begin) / 2, SLAB_CHUNK_ALIGN);
+}
+
+/* Rows [*begin, *end) of row block j of layer i's weight. */
+static void block_rows(const fr_trainer *trainer, int i, int j, int *begin, int *end) {
+    const fr_param *w = &trainer->model->params[trainer->model->layers[i].weight];
+    int blocks = trainer->row_blocks[i], rows = w->shape[0];
+    *begin = (int)((long long)rows * j / blocks);
+    *end = (int)((long long)rows * (j + 1) / blocks);
+}
+
+/* The first layer, in forward order, with a parameter in slab range
+ * [begin, end). */
+static int piece_layer(const fr_trainer *trainer, size_t begin, size_t end) {
+    const fr_model *model = trainer->model;
+    for (int i = trainer->first_trainable; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        int ids[2] = {l->weight, l->bias};
+        for (int k = 0; k < 2; k++) {
+            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
+                continue;
+            size_t lo = trainer->slab_offsets[ids[k]], hi = lo + model->params[ids[k]].numel;
+            if (lo < end && begin < hi)
+                return i;
+        }
+    }
+    return trainer->model->layer_count;
+}
+
+static void add_piece(fr_trainer *trainer, size_t begin, size_t end, int block, bool early) {
+    trainer->pieces[trainer->piece_count++] =
+        (piece){.begin = begin, .end = end, .layer = piece_layer(trainer, begin, end),
+                .block = block, .early = early, .ticket = -1};
+}
+
+/*
+ * Several ranks: cut each bucket into the pieces the communication thread
+ * sums.  A bucket closed by a large weight with row operations
+ * (weight_grad_rows and forward_rows) goes as one piece per row block of
+ * that weight (the first also holds the rest of the bucket, the weight's
+ * bias among it), otherwise as a head and a tail (or whole when small).  The
+ * next forward needs the buckets in the opposite order to backward's, so a
+ * bucket other than the step's last sends the first half of its pieces when
+ * backward completes them and the rest after the last bucket.
+ */
+static int plan_pieces(fr_trainer *trainer) {
+    const fr_model *model = trainer->model;
+    trainer->row_blocks = calloc((size_t)model->layer_count + 1, sizeof *trainer->row_blocks);
+    trainer->pieces = calloc((size_t)trainer->bucket_count * MAX_ROW_BLOCKS + 1,
+                             sizeof *trainer->pieces);
+    if (!trainer->row_blocks || !trainer->pieces)
+        return FR_ENOMEM;
+    if (fr_comm_size() == 1)
+        return FR_OK;
+    for (int k = 0; k < trainer->bucket_count; k++) {
+        bucket *b = &trainer->buckets[k];
+        int i = b->ready_after_layer;
+        const fr_layer *l = &model->layers[i];
+        bool last = k == trainer->bucket_count - 1;
+        b->first_piece = trainer->piece_count;
+        size_t numel = l->weight >= 0 ? model->params[l->weight].numel : 0;
+        if (l->ops->weight_grad_rows && l->ops->forward_rows && numel >= 2 * ROW_BLOCK_FLOATS &&
+            model->params[l->weight].requires_grad) {
+            int blocks = (int)(numel / ROW_BLOCK_FLOATS);
+            if (blocks > MAX_ROW_BLOCKS)
+                blocks = MAX_ROW_BLOCKS;
+            if (blocks > model->params[l->weight].shape[0])
+                blocks = model->params[l->weight].shape[0];
+            trainer->row_blocks[i] = blocks;
+            trainer->split_weight[i] = true;
+            for (int s = 0; s < trainer->segment_count; s++)
+                if (trainer->segments[s].param == l->weight)
+                    trainer->segments[s].split = true;
+            size_t weight = trainer->slab_offsets[l->weight], row_len = numel / (size_t)
+                                                                  model->params[l->weight].shape[0];
+            size_t begin = b->begin;
+            for (int j = 0; j < blocks; j++) {
+                int lo, hi;
+                block_rows(trainer, i, j, &lo, &hi);
+                size_t end = j == blocks - 1 ? b->end : weight + (size_t)hi * row_len;
+                add_piece(trainer, begin, end, j, last || j < (blocks + 1) / 2);
+                begin = end;
+            }
+        } else {
+            size_t middle = last ? b->end : bucket_middle(b);
+            add_piece(trainer, b->begin, middle, -1, true);
+            if (middle < b->end)
+                add_piece(trainer, middle, b->end, -1, false);
+        }
+        b->pieces = trainer->piece_count - b->first_piece;
     }
     return FR_OK;
 }
@@ -519,7 +633,9 @@ static int plan(fr_trainer *trainer, fr_error *err) {
     size_t offset = 0;
     for (int layer = model->layer_count - 1; layer >= 0; layer--) {
         const fr_layer *l = &model->layers[layer];
-        int ids[2] = {l->weight, l->bias};
+        /* The bias first: a layer's first piece then carries its bias, which
+         * every block of its outputs needs. */
+        int ids[2] = {l->bias, l->weight};
         trainer->split_weight[layer] = trainer->threads > 1 && l->weight >= 0 &&
                                        model->params[l->weight].requires_grad &&
                                        l->ops->weight_grad_rows;
@@ -530,13 +646,13 @@ static int plan(fr_trainer *trainer, fr_error *err) {
             trainer->slab_offsets[ids[k]] = offset;
             trainer->segments[trainer->segment_count++] =
                 (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k],
-                               .split = k == 0 && trainer->split_weight[layer]};
+                               .split = ids[k] == l->weight && trainer->split_weight[layer]};
             offset += p->numel;
         }
     }
     trainer->trainable_count = offset;
     trainer->first_trainable = fr_model_first_trainable_layer(model);
-    if (plan_buckets(trainer) != FR_OK)
+    if (plan_buckets(trainer) != FR_OK || plan_pieces(trainer) != FR_OK)
         goto oom;
     for (int i = 0; i < params; i++)
         trainer->planned_requires_grad[i] = model->params[i].requires_grad;
@@ -877,23 +993,24 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source 
 }
 
 /*
- * Thread t's rows of layer i's split weight gradient: summed over the
+ * Thread t's share of rows [row_lo, row_hi) of layer i's split weight
+ * gradient: summed over the
  * replicas in replica order straight into replica 0's slab (the GEMM adds
  * each replica's product onto the rows).  The order is fixed, so the result
  * does not depend on timing; it can differ from adding whole per-replica
  * copies in the last bit of some values.
  */
-static void split_weight_grad(const fr_trainer *trainer, int i, int t) {
+static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_lo, int row_hi) {
     const fr_layer *l = &trainer->model->layers[i];
     const fr_param *p = &trainer->model->params[l->weight];
-    int rows = p->shape[0];
-    size_t row_len = p->numel / (size_t)rows;
+    int rows = row_hi - row_lo;
+    size_t row_len = p->numel / (size_t)p->shape[0];
     /* Whole cache lines per thread where the rows allow it. */
     int per = (rows + trainer->threads - 1) / trainer->threads;
     while (per < rows && (size_t)per * row_len % SLAB_CHUNK_ALIGN)
         per++;
-    int begin = t * per < rows ? t * per : rows;
-    int end = begin + per < rows ? begin + per : rows;
+    int begin = row_lo + (t * per < rows ? t * per : rows);
+    int end = begin + per < row_hi ? begin + per : row_hi;
     if (begin >= end)
         return;
     float *dweight = trainer->replicas[0].slab + trainer->slab_offsets[l->weight];
@@ -925,7 +1042,8 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
     if (trainer->split_weight[i] && (parts & GRAD_WEIGHTS)) {
 #pragma omp barrier
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-        split_weight_grad(trainer, i, omp_get_thread_num());
+        split_weight_grad(trainer, i, omp_get_thread_num(), 0,
+                          trainer->model->params[trainer->model->layers[i].weight].shape[0]);
         fr_trace_add(omp_get_thread_num(), trainer->model->layers[i].name, "weight-grad", -1, t0, 0);
 #pragma omp barrier
     }
@@ -1123,76 +1241,40 @@ static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch
 
 /* ------------------------------------------------- updates in flight */
 
-/* The first layer, in forward order, with a parameter in slab range
- * [begin, end). */
-static int piece_layer(const fr_trainer *trainer, size_t begin, size_t end) {
-    const fr_model *model = trainer->model;
-    for (int i = trainer->first_trainable; i < model->layer_count; i++) {
-        const fr_layer *l = &model->layers[i];
-        int ids[2] = {l->weight, l->bias};
-        for (int k = 0; k < 2; k++) {
-            if (ids[k] < 0 || !trainer->planned_requires_grad[ids[k]])
-                continue;
-            size_t lo = trainer->slab_offsets[ids[k]], hi = lo + model->params[ids[k]].numel;
-            if (lo < end && begin < hi)
-                return i;
-        }
-    }
-    return trainer->model->layer_count;
-}
-
-/* Start the sum of slab range [begin, end) (main thread). */
-static int start_piece(fr_trainer *trainer, size_t begin, size_t end, fr_error *err) {
+/* Start the sum of piece k (main thread). */
+static int start_piece(fr_trainer *trainer, int k, fr_error *err) {
     bool bf16 = trainer->config.grad_dtype == FR_GRAD_BF16;
-    piece *p = &trainer->pieces[trainer->piece_count];
-    *p = (piece){.begin = begin, .end = end, .layer = piece_layer(trainer, begin, end)};
-    int rc = fr_comm_start_sum(trainer->replicas[0].slab + begin, end - begin, bf16,
-                               trainer->piece_count, &p->ticket, err);
-    trainer->piece_count++;
-    trainer->bytes_sent += (end - begin) * (bf16 ? sizeof(uint16_t) : sizeof(float));
-    return rc;
+    piece *p = &trainer->pieces[k];
+    trainer->bytes_sent += (p->end - p->begin) * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    return fr_comm_start_sum(trainer->replicas[0].slab + p->begin, p->end - p->begin, bf16, k,
+                             &p->ticket, err);
 }
 
-/* Where a bucket that is not the step's last splits into head and tail (its
- * end when it goes whole). */
-static size_t bucket_middle(const bucket *b) {
-    if (b->end - b->begin < SPLIT_BUCKET_FLOATS)
-        return b->end;
-    return b->begin + round_up((b->end - b->begin) / 2, SLAB_CHUNK_ALIGN);
-}
-
-/*
- * Bucket k of the step is complete: start its sum.  The next step's forward
- * needs the buckets in the opposite order (the first layer's comes last), so
- * a large bucket goes as two pieces: its head now, keeping the link busy
- * while backward goes on, and its tail after the last bucket, tails in
- * forward order.  The next forward can then start on the first layers while
- * the tails of the last ones are still on the wire (priority by need, as
- * P3 and ByteScheduler do).
- */
-static int start_bucket(fr_trainer *trainer, int k, fr_error *err) {
-    const bucket *b = trainer->buckets;
-    int last = trainer->bucket_count - 1, rc = FR_OK;
-    if (k < last)
-        return start_piece(trainer, b[k].begin, bucket_middle(&b[k]), err);
-    rc = start_piece(trainer, b[k].begin, b[k].end, err);
-    for (int j = last - 1; j >= 0 && rc == FR_OK; j--)
-        if (bucket_middle(&b[j]) < b[j].end)
-            rc = start_piece(trainer, bucket_middle(&b[j]), b[j].end, err);
+/* Piece k is complete (main thread): an early piece goes now; after the
+ * step's last piece the others go, the last buckets' first. */
+static int piece_complete(fr_trainer *trainer, int k, fr_error *err) {
+    int rc = trainer->pieces[k].early ? start_piece(trainer, k, err) : FR_OK;
+    if (rc != FR_OK || k != trainer->buckets[trainer->bucket_count - 1].first_piece +
+                                 trainer->buckets[trainer->bucket_count - 1].pieces - 1)
+        return rc;
+    for (int b = trainer->bucket_count - 2; b >= 0 && rc == FR_OK; b--)
+        for (int j = 0; j < trainer->buckets[b].pieces && rc == FR_OK; j++)
+            if (!trainer->pieces[trainer->buckets[b].first_piece + j].early)
+                rc = start_piece(trainer, trainer->buckets[b].first_piece + j, err);
     return rc;
 }
 
 /*
- * Apply the last step's pieces whose first layer is `layer` (every thread
- * calls it, in step): the main thread waits for each sum, then each thread
- * updates its chunk.  The closing barrier keeps every thread from reading
- * the layer's parameters before they are updated.
+ * Apply the last step's pieces for `layer` and `block` (every thread calls
+ * it, in step): the main thread waits for each sum, then each thread updates
+ * its chunk.  The closing barrier keeps every thread from reading the
+ * parameters before they are updated.
  */
-static void apply_pieces(fr_trainer *trainer, int layer, int *status, fr_error *err) {
+static void apply_pieces(fr_trainer *trainer, int layer, int block, int *status, fr_error *err) {
     int t = omp_get_thread_num();
     for (int k = 0; k < trainer->piece_count; k++) {
         const piece *p = &trainer->pieces[k];
-        if (p->layer != layer)
+        if (p->layer != layer || p->block != block)
             continue;
 #pragma omp master
         {
@@ -1217,18 +1299,10 @@ static void apply_pieces(fr_trainer *trainer, int layer, int *status, fr_error *
 #pragma omp barrier
 }
 
-static bool pieces_at(const fr_trainer *trainer, int layer) {
-    for (int k = 0; k < trainer->piece_count; k++)
-        if (trainer->pieces[k].layer == layer)
-            return true;
-    return false;
-}
-
 /* Wait for every piece in flight without applying it (a failed step). */
 static void drop_in_flight(fr_trainer *trainer) {
     for (int k = 0; k < trainer->piece_count; k++)
         fr_comm_finish_sum(trainer->pieces[k].ticket, NULL);
-    trainer->piece_count = 0;
     trainer->in_flight = false;
     if (trainer->model->in_flight == trainer)
         trainer->model->in_flight = NULL;
@@ -1243,10 +1317,9 @@ int fr_trainer_sync(fr_trainer *trainer, fr_error *err) {
         trainer->model->in_flight = NULL;
     trainer->in_flight = false;
 #pragma omp parallel num_threads(trainer->threads)
-    for (int i = trainer->first_trainable; i <= trainer->model->layer_count; i++)
-        if (pieces_at(trainer, i))
-            apply_pieces(trainer, i, &status, &local);
-    trainer->piece_count = 0;
+    for (int i = trainer->first_trainable; i < trainer->model->layer_count; i++)
+        for (int j = -1; j < trainer->row_blocks[i]; j++)
+            apply_pieces(trainer, i, j, &status, &local);
     if (status != FR_OK && err)
         *err = local;
     return status;
@@ -1258,22 +1331,113 @@ void fr_model_settle(const fr_model *model) {
 }
 
 /*
+ * Several ranks, layers [from, to) of the forward: each layer (or block of a
+ * blocked layer's outputs) runs once the last step's pieces it needs are
+ * applied, so forward starts while the last pieces are still on the wire.
+ * Every thread calls it; one without rows (from < 0) only meets the
+ * barriers.  Blocked layers always run by blocks, in flight or not, so the
+ * arithmetic does not depend on it.
+ */
+static void forward_applying(fr_trainer *trainer, replica *r, int from, bool applying,
+                             int *status, fr_error *err) {
+    const fr_model *model = trainer->model;
+    int at = from, rows = r->step_rows;
+    for (int i = trainer->first_trainable; i < model->layer_count; i++) {
+        int blocks = trainer->row_blocks[i];
+        bool waits = false;
+        for (int k = 0; applying && k < trainer->piece_count && !waits; k++)
+            waits = trainer->pieces[k].layer == i;
+        if (!waits && blocks == 0)
+            continue;
+        if (from >= 0 && at < i) {
+            forward(trainer, r, r->x, rows, at, i);
+            at = i;
+        }
+        if (blocks == 0) {
+            apply_pieces(trainer, i, -1, status, err);
+            continue;
+        }
+        const fr_layer *l = &model->layers[i];
+        for (int j = 0; j < blocks; j++) {
+            if (applying)
+                apply_pieces(trainer, i, j, status, err);
+            int lo, hi;
+            block_rows(trainer, i, j, &lo, &hi);
+            if (from >= 0) {
+                double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+                l->ops->forward_rows(l, layer_input(trainer, r, r->x, i),
+                                     (float *)layer_output(trainer, r, r->x, i), rows, lo, hi);
+                fr_trace_add(omp_get_thread_num(), l->name, "forward", j, t0, 0);
+            }
+        }
+        at = i + 1;
+    }
+    if (from >= 0 && at < model->layer_count)
+        forward(trainer, r, r->x, rows, at, model->layer_count);
+}
+
+/*
+ * Several ranks, the gradients of layer i's parameters when it closes
+ * bucket k, and the bucket's pieces as they complete: a blocked weight row
+ * block by row block (the threads split each block's rows, summing over
+ * every replica into replica 0's slab), each block's piece reduced and sent
+ * before the next block is computed; otherwise the whole layer, then its
+ * pieces.  Every thread calls it.
+ */
+static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int i, int k,
+                               int *status, fr_error *err) {
+    const bucket *b = &trainer->buckets[k];
+    float *reduced = trainer->replicas[0].slab;
+    int t = omp_get_thread_num(), blocks = trainer->row_blocks[i];
+    if (blocks == 0) {
+        backward_in_step(trainer, r, active, i, GRAD_WEIGHTS);
+    } else {
+        /* The bias (the weight is computed by rows below). */
+        r->layer_dout = active ? output_grad(trainer, r, i) : NULL;
+        if (active)
+            backward_layer(trainer, r, r->x, r->step_rows, i, GRAD_WEIGHTS);
+    }
+    for (int j = 0; j < b->pieces; j++) {
+        const piece *p = &trainer->pieces[b->first_piece + j];
+#pragma omp barrier
+        if (blocks > 0) {
+            int lo, hi;
+            block_rows(trainer, i, j, &lo, &hi);
+            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+            split_weight_grad(trainer, i, t, lo, hi);
+            fr_trace_add(t, trainer->model->layers[i].name, "weight-grad", j, t0, 0);
+#pragma omp barrier
+        }
+        /* Pieces of a bucket that is not blocked are all complete now; the
+         * others become complete block by block. */
+        size_t begin, end;
+        double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+        chunk_of(trainer, t, p->begin, p->end, &begin, &end);
+        reduce_range(trainer, reduced + begin, begin, end);
+        fr_trace_add(t, "bucket", "reduce", b->first_piece + j, t0, 0);
+#pragma omp barrier
+#pragma omp master
+        if (*status == FR_OK && piece_complete(trainer, b->first_piece + j, err) != FR_OK)
+            *status = err ? err->status : FR_ECOMM;
+    }
+}
+
+/*
  * Several ranks.  Forward first applies the last step's updates, each just
- * before the first layer that needs it, so it starts while the last pieces
- * are still on the wire.  The loss totals go to the communication thread as
- * soon as forward is done.  Backward runs layer by layer in step on every
- * thread; when it has passed the layer that completes a bucket, the threads
- * sum that bucket of their slabs into replica 0's and the main thread hands
- * it to the communication thread (allreduce.c), which sends it while
- * backward goes on.  The step returns once its loss is known; its updates
- * stay in flight.  The workers never call MPI themselves; every thread
- * meets every barrier.
+ * before the first layer (or block of outputs) that needs it, so it starts
+ * while the last pieces are still on the wire.  The loss totals go to the
+ * communication thread as soon as forward is done.  Backward runs layer by
+ * layer in step on every thread; when it has passed the layer that
+ * completes a bucket, the threads sum that bucket's pieces of their slabs
+ * into replica 0's and the main thread hands them to the communication
+ * thread (allreduce.c), which sends them while backward goes on.  The step
+ * returns once its loss is known; its updates stay in flight.  The workers
+ * never call MPI themselves; every thread meets every barrier.
  */
 static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
                            long *correct, fr_error *err) {
     int rank_first, rank_rows, status = FR_OK;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
-    float *reduced = trainer->replicas[0].slab;
     double *totals = trainer->loss_totals;
     long loss_ticket = -1;
     bool applying = trainer->in_flight;
@@ -1286,23 +1450,12 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
         split_rows(rank_rows, trainer->threads, t, &first, &rows);
         first += rank_first;
         replica *r = &trainer->replicas[t];
-        int from = replica_begin(trainer, r, src, first, rows), at = from;
-        for (int i = trainer->first_trainable; applying && i <= trainer->model->layer_count; i++) {
-            if (!pieces_at(trainer, i))
-                continue;
-            if (from >= 0 && at < i) {
-                forward(trainer, r, r->x, rows, at, i);
-                at = i;
-            }
-            apply_pieces(trainer, i, &status, err);
-        }
-        if (from >= 0)
-            forward(trainer, r, r->x, rows, at, trainer->model->layer_count);
+        int from = replica_begin(trainer, r, src, first, rows);
+        forward_applying(trainer, r, from, applying, &status, err);
         bool active = replica_loss(trainer, r, first, batch, true);
 #pragma omp barrier
 #pragma omp master
         {
-            trainer->piece_count = 0;
             local_loss_totals(trainer, totals);
             if (status == FR_OK &&
                 fr_comm_start_sum_doubles(totals, LOSS_TOTALS, &loss_ticket, err) != FR_OK)
@@ -1313,24 +1466,13 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
             /* A layer that completes a bucket computes its parameters'
              * gradients first, so the bucket leaves before the (as costly)
              * gradient for the layer below is computed. */
-            bool closes = next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i;
-            backward_in_step(trainer, r, active, i, closes ? GRAD_WEIGHTS : GRAD_BOTH);
-            while (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
-                const bucket *b = &trainer->buckets[next];
-                size_t begin, end;
-#pragma omp barrier
-                double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-                chunk_of(trainer, t, b->begin, b->end, &begin, &end);
-                reduce_range(trainer, reduced + begin, begin, end);
-                fr_trace_add(t, "bucket", "reduce", next, t0, 0);
-#pragma omp barrier
-#pragma omp master
-                if (status == FR_OK && start_bucket(trainer, next, err) != FR_OK)
-                    status = err ? err->status : FR_ECOMM;
+            if (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
+                weights_and_pieces(trainer, r, active, i, next, &status, err);
                 next++;
-            }
-            if (closes)
                 backward_in_step(trainer, r, active, i, GRAD_INPUT);
+            } else {
+                backward_in_step(trainer, r, active, i, GRAD_BOTH);
+            }
         }
     }
     /* The loss is summed ahead of the pieces, so this wait is short. */

@@ -94,7 +94,7 @@ expect_error "unwritable --save path, before training" "does not exist" \
     train --model "$MLP" --data "$DATA" --save "$WORK/no/such/dir/w.safetensors"
 expect_error "eval without --init" "needs --init" eval --model "$MLP" --data "$DATA"
 expect_error "unknown optimizer" "expected sgd, adam or adamw" train --model "$MLP" --optimizer rmsprop
-expect_error "bad --classes" "--classes" train --model "$MLP" --data "$DATA" --classes 3-x
+expect_error "bad --classes" "--classes: class list '3-x'" train --model "$MLP" --data "$DATA" --classes 3-x
 
 "$FROST" --help | grep -q 'usage: frost train'
 ok $? "frost --help prints usage"

@@ -192,15 +192,15 @@ eval without weights         | 'frost eval' needs --init                      | 
 --init: broken JSON header   | json\.safetensors: .*fc1\.weight             | -       | train --model "$MLP" --data "$D" --init "$WORK/json.safetensors" --save "$O/w.st"
 --init: not float32          | f16\.safetensors: tensor 'fc1\.weight' has dtype F16 | -     | train --model "$MLP" --data "$D" --init "$WORK/f16.safetensors" --save "$O/w.st"
 --init: weights of another model | w\.safetensors: tensor 'fc1\.weight' has shape \[32, 784\], the model needs \[16, 784\] | - | train --model "$MLP16" --data "$D" --init "$W" --save "$O/w.st"
---init: missing file         | nothere\.safetensors: cannot open             | -       | train --model "$MLP" --data "$D" --init "$WORK/nothere.safetensors" --save "$O/w.st"
+--init: missing file         | nothere\.safetensors: no such file            | -       | train --model "$MLP" --data "$D" --init "$WORK/nothere.safetensors" --save "$O/w.st"
 eval --init: not safetensors | text\.safetensors: header length             | -       | eval --model "$MLP" --data "$D" --init "$WORK/text.safetensors"
 eval --init: truncated data  | half\.safetensors: tensor 'fc1\.weight': data_offsets .* run past the end | -       | eval --model "$MLP" --data "$D" --init "$WORK/half.safetensors"
 eval --init: truncated header | short\.safetensors: header length [0-9]+ runs past | -              | eval --model "$MLP" --data "$D" --init "$WORK/short.safetensors"
 eval --init: huge header length | huge\.safetensors: header length 4611686018427387904 exceeds | -      | eval --model "$MLP" --data "$D" --init "$WORK/huge.safetensors"
 eval --init: weights of another model | w\.safetensors: tensor 'fc1\.weight' has shape \[32, 784\] | - | eval --model "$MLP16" --data "$D" --init "$W"
---resume: a weights file, not a checkpoint | w\.safetensors: a weights file, not a training checkpoint | - | train --model "$MLP" --data "$D" --resume "$W" --save "$O/w.st" --checkpoint "$O/c.st"
+--resume: a weights file, not a checkpoint | w\.safetensors: a weights file, not a training checkpoint \(use --init\) | - | train --model "$MLP" --data "$D" --resume "$W" --save "$O/w.st" --checkpoint "$O/c.st"
 --resume: truncated checkpoint | cut\.safetensors: .*is the file truncated\? | -            | train --model "$MLP" --data "$D" --resume "$WORK/cut.safetensors" --save "$O/w.st"
---resume: missing file       | nothere\.safetensors: cannot open             | -       | train --model "$MLP" --data "$D" --resume "$WORK/nothere.safetensors" --save "$O/w.st"
+--resume: missing file       | nothere\.safetensors: no such file            | -       | train --model "$MLP" --data "$D" --resume "$WORK/nothere.safetensors" --save "$O/w.st"
 
 # ---- data: IDX and gzip
 missing data directory       | nodata: no such directory                      | -       | train --model "$MLP" --data "$WORK/nodata" --save "$O/w.st"

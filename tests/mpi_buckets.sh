@@ -55,6 +55,20 @@ OMPI_MCA_coll_libnbc_iallreduce_algorithm=2 run binomial 0.002
 ok $? "2 ranks, the user's own libnbc allreduce algorithm (binomial): training runs"
 cmp -s "$WORK/many.safetensors" "$WORK/binomial.safetensors"
 ok $? "the user's allreduce algorithm and frost's default (ring) give bit-identical weights"
+# A weight of 2 x 256K floats or more that closes a bucket has its gradient
+# sent in row blocks and its forward run by blocks of outputs: the training
+# is one process's, the bytes still exactly 4 x trainable.
+BIG='input 1 28 28; conv1 = conv2d(1, 4, 3); relu; maxpool2d(2); flatten; fc1 = linear(676, 1024); relu; fc2 = linear(1024, 10)'
+big_trainable=$("$FROST" inspect --model "$BIG" | sed -n 's/^trainable parameters: \([0-9]*\).*/\1/p')
+MODEL=$BIG run blocks 1
+ok $? "2 ranks, fc1's 692,224 weights in row blocks: training runs"
+timeout 120 "$MPIRUN" --allow-run-as-root --oversubscribe -np 1 -x OMP_NUM_THREADS=1 \
+    "$FROST" train --model "$BIG" --data "$DATA" --steps 12 --batch-size 30 --lr 0.05 \
+    --momentum 0.9 --log-every 1 --save "$WORK/blocks1.safetensors" > "$WORK/blocks1.out" 2>&1 &&
+    diff=$(compare "$WORK/blocks1.safetensors" "$WORK/blocks.safetensors" 1e-6)
+ok $? "row blocks on 2 ranks give one process's weights (max diff $diff)"
+awk -F, -v want=$((4 * big_trainable)) 'NR > 1 && $6 != want { bad = 1 } END { exit bad }' "$WORK/blocks.csv"
+ok $? "with row blocks each step still sends exactly 4 x $big_trainable bytes"
 run frozen 0.002 --freeze conv1
 grep -q "allreduce: $((4 * (trainable - 40))) bytes per step" "$WORK/frozen.out"
 ok $? "with conv1 frozen the buckets carry 4 x (trainable - 40) bytes"

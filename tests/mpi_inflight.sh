@@ -12,12 +12,12 @@ if [ -z "${MPIRUN:-}" ]; then
     skip "frost was built without MPI"
     done_testing
 fi
-plan 6
+plan 7
 MPI="$MPIRUN --allow-run-as-root --oversubscribe"
 PROGRAM=$(dirname "$FROST")/../tests/test_inflight
 
-run() { # run NAME NP THREADS MODE
-    timeout 120 $MPI -np "$2" -x OMP_NUM_THREADS="$3" "$PROGRAM" "$3" "$WORK/$1.ckpt" "$4" \
+run() { # run NAME NP THREADS MODE [BUCKET_MB]
+    timeout 120 $MPI -np "$2" -x OMP_NUM_THREADS="$3" "$PROGRAM" "$3" "$WORK/$1.ckpt" "$4" "${5:-0.05}" \
         > "$WORK/$1.out" 2> "$WORK/$1.err"
     status=$?
     [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/$1.out" "$WORK/$1.err"
@@ -39,6 +39,8 @@ same sync inflight
 ok $? "with updates in flight every read sees what it sees with them applied (a stop asked by the last rank only reaches both)"
 run inflight2t 2 2 in-flight && run sync2t 2 2 sync && same sync2t inflight2t
 ok $? "the same on 2 ranks x 2 threads"
+run inflight1b 2 1 in-flight 100 && run sync1b 2 1 sync 100 && same sync1b inflight1b
+ok $? "the same with one bucket (every row block of fc3 sent as it is done)"
 grep -q '^stop before 7 .* value 0$' "$WORK/inflight.out" && grep -q '^stop after 10 .* value 1$' "$WORK/inflight.out"
 ok $? "the stop asked for before step 9 is agreed after it, not before"
 done_testing

@@ -223,7 +223,7 @@ refused "resume with another batch size" "sgd-ck\.st: the checkpoint was written
 refused "resume with another seed" "sgd-ck\.st: the checkpoint was written with --seed 3, this run has 4" \
     train --model "$MLP" --data "$D" $COMMON --momentum 0.9 --seed 4 --steps 40 \
     --resume "$WORK/sgd-ck.st" --save "$WORK/refused.st"
-refused "resume with another optimizer" "sgd-ck\.st: the checkpoint was trained with --optimizer sgd, this run uses adam" \
+refused "resume with another optimizer" "sgd-ck\.st: the checkpoint was trained with optimizer sgd, this run uses adam" \
     train --model "$MLP" --data "$D" $COMMON --optimizer adam --steps 40 \
     --resume "$WORK/sgd-ck.st" --save "$WORK/refused.st"
 

@@ -308,7 +308,7 @@ static void test_load_weights(void) {
                         FR_ESHAPE, "'fc2.weight'", "[5, 3], the model needs [2, 3]",
                         "a file whose fc2.weight is [5, 3]");
     expect_load_refused(model, in_test_dir("absent.safetensors"), FR_EIO, "absent.safetensors",
-                        "cannot open", "a file that does not exist");
+                        "no such file", "a file that does not exist");
     fr_model_free(model);
 }
 

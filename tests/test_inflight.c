@@ -11,10 +11,10 @@
  * that saw the weights before the update, or an update applied with the
  * wrong plan or step count, changes the record.
  *
- * The model's large layer makes a bucket big enough to go as two pieces (a
- * head in backward, the tail after the last bucket).
+ * The model's large layer (fc3, 600,000 weights) has its gradient computed
+ * and sent in row blocks and its forward run by blocks of outputs.
  *
- * Usage: test_inflight THREADS CHECKPOINT_PATH in-flight|sync
+ * Usage: test_inflight THREADS CHECKPOINT_PATH in-flight|sync BUCKET_MB
  */
 #include "frost.h"
 
@@ -44,8 +44,8 @@ int main(int argc, char **argv) {
     fr_error err = {0};
     if (fr_comm_init(&argc, &argv, &err) != FR_OK)
         die("fr_comm_init", &err);
-    if (argc != 4) {
-        fprintf(stderr, "usage: test_inflight THREADS CHECKPOINT_PATH in-flight|sync\n");
+    if (argc != 5) {
+        fprintf(stderr, "usage: test_inflight THREADS CHECKPOINT_PATH in-flight|sync BUCKET_MB\n");
         return 2;
     }
     rank = fr_comm_rank();
@@ -55,9 +55,9 @@ int main(int argc, char **argv) {
         fr_model_add_relu(model, "relu1", &err) != FR_OK ||
         fr_model_add_linear(model, "fc2", 32, 600, &err) != FR_OK ||
         fr_model_add_relu(model, "relu2", &err) != FR_OK ||
-        fr_model_add_linear(model, "fc3", 600, 300, &err) != FR_OK ||
+        fr_model_add_linear(model, "fc3", 600, 1000, &err) != FR_OK ||
         fr_model_add_relu(model, "relu3", &err) != FR_OK ||
-        fr_model_add_linear(model, "fc4", 300, CLASSES, &err) != FR_OK ||
+        fr_model_add_linear(model, "fc4", 1000, CLASSES, &err) != FR_OK ||
         fr_model_init(model, 7, &err) != FR_OK)
         die("building the model", &err);
 
@@ -67,7 +67,9 @@ int main(int argc, char **argv) {
     config.momentum = 0.9;
     config.threads = atoi(argv[1]);
     config.max_batch = BATCH;
-    config.bucket_mb = 0.05; /* fc4+fc3 (split in two pieces), fc2, fc1 */
+    /* 0.05: fc4+fc3 (fc3's weight in two row blocks, the second sent after
+     * the last bucket), fc2, fc1; 100: one bucket, blocked. */
+    config.bucket_mb = atof(argv[4]);
     config.sync_updates = strcmp(argv[3], "sync") == 0;
     fr_trainer *trainer;
     if (fr_trainer_new(model, &config, &trainer, &err) != FR_OK)

@@ -668,7 +668,7 @@ static void test_bad_steps(void) {
     fr_train_config_default(&c);
     c.lr = -1;
     fr_trainer *bad = NULL;
-    tap_ok(fr_trainer_new(m, &c, &bad, &err) == FR_EINVAL && strstr(err.msg, "--lr"),
+    tap_ok(fr_trainer_new(m, &c, &bad, &err) == FR_EINVAL && strstr(err.msg, "learning rate -1"),
            "a negative learning rate is refused");
     fr_trainer_free(t);
     fr_model_free(m);

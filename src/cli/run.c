@@ -1,9 +1,10 @@
 /*
  * run.c - frost train, frost eval and frost inspect.
  *
- * Training is set up in stages (model, frozen set, weights, data, output
- * paths), each followed by fr_comm_agree so that a failure on any one rank
- * ends every rank with that rank's message.  Before the first step the ranks
+ * Training and evaluation are set up by one function (set_up_run) in stages
+ * (model, frozen set, weights, data, output paths, trainer), each followed by
+ * fr_comm_agree so that a failure on any one rank ends every rank with that
+ * rank's message.  Before the first step the ranks
  * compare fingerprints of everything that must match.  Only rank 0 prints and
  * writes files; files are written whole or not at all.
  */
@@ -64,8 +65,11 @@ static int load_data(const frost_options *opts, const fr_model *model, bool trai
                      fr_dataset **out, fr_error *err) {
     fr_dataset *data = NULL;
     int rc = fr_dataset_load_dir(opts->data, train, &data, err);
-    if (rc == FR_OK && opts->classes)
+    if (rc == FR_OK && opts->classes) {
         rc = fr_dataset_keep_classes(data, opts->classes, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--classes: ");
+    }
     if (rc == FR_OK && fr_dataset_sample_numel(data) != fr_model_input_numel(model))
         rc = fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
                      fr_dataset_images_path(data), fr_dataset_sample_numel(data),
@@ -133,23 +137,33 @@ static int check_output_path(const char *flag, const char *path, fr_error *err) 
  * checkpoints, where the weights come from), before the first of those calls:
  * ranks that disagree would otherwise hang in, or corrupt, a collective.
  */
-static int compare_ranks(const frost_options *opts, const fr_model *model, fr_error *err) {
+static int compare_ranks(const frost_options *opts, const fr_model *model, bool training,
+                         fr_error *err) {
     double settings[] = {opts->batch_size,       opts->epochs,       opts->steps,
                          (double)opts->seed,     opts->shuffle,      opts->log_every,
                          opts->checkpoint_every, opts->init != NULL, opts->resume != NULL,
                          opts->checkpoint != NULL, opts->allow_freeze_change};
-    return fr_comm_check_run(model, &opts->train, settings, sizeof settings / sizeof settings[0],
-                             0, err);
+    /* Evaluating, only the batch size decides the collective calls. */
+    int count = training ? (int)(sizeof settings / sizeof settings[0]) : 1;
+    return fr_comm_check_run(model, &opts->train, settings, count, 0, err);
 }
 
 /* Weights: --init on every rank (then checked equal), else seeded init on
  * rank 0 broadcast to all, so every replica starts from the same bits. */
-static int initialise_weights(const frost_options *opts, fr_model *model, fr_error *err) {
+static int initialise_weights(const frost_options *opts, fr_model *model, bool training,
+                              fr_error *err) {
     int rc;
     if (opts->init) {
         rc = fr_comm_agree(fr_model_load_weights(model, opts->init, err), err);
         if (rc == FR_OK)
             rc = fr_comm_check_same(fr_model_checksum(model), "the --init weights", err);
+        /* Evaluating, NaN or Inf weights would only give a NaN loss: say
+         * where they are.  (Training says so at the step they break, with the
+         * last checkpoint kept.) */
+        if (rc == FR_OK && !training && fr_model_check_finite(model, err) != FR_OK) {
+            fr_error_prefix(err, "%s: ", opts->init);
+            rc = FR_ENONFINITE;
+        }
         return rc;
     }
     int local = fr_model_init(model, (uint64_t)opts->seed, err);
@@ -249,9 +263,11 @@ static int place_threads(const frost_options *opts, fr_trainer *trainer, char *r
     return rc;
 }
 
-/* ---------------------------------------------------------------- train */
+/* ---------------------------------------------------------- a run's state */
 
-typedef struct training_run {
+/* What frost train and frost eval set up and use; eval leaves the training
+ * parts (train, order, metrics, frozen_before) empty. */
+typedef struct run_state {
     const frost_options *opts;
     fr_model *model;
     fr_dataset *train, *test;
@@ -259,19 +275,14 @@ typedef struct training_run {
     float *x;
     int32_t *labels;
     int *order;
-    FILE *metrics;
-    char *metrics_tmp;
+    fr_atomic_file *metrics; /* rank 0's --metrics, committed at the end */
     uint64_t *frozen_before; /* per-parameter checksums of frozen parameters */
     char placement[200];     /* where the threads run, for the header */
     char thread_count[240];  /* why this many, when frost chose */
-} training_run;
+} run_state;
 
-static void free_run(training_run *run) {
-    if (run->metrics) {
-        fclose(run->metrics);
-        remove(run->metrics_tmp); /* no partial output */
-    }
-    free(run->metrics_tmp);
+static void free_run(run_state *run) {
+    fr_atomic_discard(run->metrics); /* no partial output */
     free(run->x);
     free(run->labels);
     free(run->order);
@@ -282,7 +293,7 @@ static void free_run(training_run *run) {
     fr_model_free(run->model);
 }
 
-static void record_frozen(training_run *run) {
+static void record_frozen(run_state *run) {
     for (size_t i = 0; i < fr_model_param_count(run->model); i++) {
         fr_param *p = fr_model_param(run->model, i);
         run->frozen_before[i] = fr_param_requires_grad(p) ? 0 : fr_param_checksum(p);
@@ -290,7 +301,7 @@ static void record_frozen(training_run *run) {
 }
 
 /* A frozen parameter that changed is a bug in frost: fail loudly. */
-static int verify_frozen(training_run *run, fr_error *err) {
+static int verify_frozen(run_state *run, fr_error *err) {
     for (size_t i = 0; i < fr_model_param_count(run->model); i++) {
         fr_param *p = fr_model_param(run->model, i);
         if (!fr_param_requires_grad(p) && fr_param_checksum(p) != run->frozen_before[i])
@@ -301,34 +312,28 @@ static int verify_frozen(training_run *run, fr_error *err) {
     return FR_OK;
 }
 
-static int open_metrics(training_run *run, fr_error *err) {
+/*
+ * The metrics grow row by row in the library's atomic file (PATH.tmp.PID) and
+ * replace PATH once, at the end of the run or when a signal stops it: synced,
+ * renamed, and the directory synced, as weights and checkpoints are.  Rows
+ * are not synced as they come: until the commit they are only in the
+ * temporary file, which a failed run removes (no partial output), so a sync
+ * per row would make nothing more durable.
+ */
+static int open_metrics(run_state *run, fr_error *err) {
     const char *path = run->opts->metrics;
     if (!path || !is_root())
         return FR_OK;
-    size_t len = strlen(path) + 32;
-    run->metrics_tmp = malloc(len);
-    if (!run->metrics_tmp)
-        return fr_fail(err, FR_ENOMEM, "out of memory");
-    snprintf(run->metrics_tmp, len, "%s.tmp.%ld", path, (long)getpid());
-    run->metrics = fopen(run->metrics_tmp, "w");
-    if (!run->metrics)
-        return fr_fail(err, FR_EIO, "%s: cannot write: %s", path, strerror(errno));
-    fprintf(run->metrics, "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes\n");
-    return FR_OK;
+    int rc = fr_atomic_open(path, &run->metrics, err);
+    if (rc == FR_OK)
+        fr_atomic_printf(run->metrics, "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes\n");
+    return rc;
 }
 
-static int close_metrics(training_run *run, fr_error *err) {
-    if (!run->metrics)
-        return FR_OK;
-    FILE *f = run->metrics;
+static int close_metrics(run_state *run, fr_error *err) {
+    fr_atomic_file *metrics = run->metrics;
     run->metrics = NULL;
-    bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(run->metrics_tmp, run->opts->metrics) != 0) {
-        remove(run->metrics_tmp);
-        return fr_fail(err, FR_EIO, "%s: cannot write: %s", run->opts->metrics, strerror(errno));
-    }
-    return FR_OK;
+    return fr_atomic_commit(metrics, err);
 }
 
 static void format_duration(double seconds, char *buf, size_t len) {
@@ -351,40 +356,52 @@ static long run_steps(const frost_options *opts, int samples) {
     return total;
 }
 
-static int setup_training(training_run *run, fr_error *err) {
+/* --save, --metrics, --checkpoint and --trace, on rank 0 (collective). */
+static int check_output_paths(const frost_options *opts, fr_error *err) {
+    int local = FR_OK;
+    if (is_root()) {
+        local = check_output_path("--save", opts->save, err);
+        if (local == FR_OK)
+            local = check_output_path("--metrics", opts->metrics, err);
+        if (local == FR_OK)
+            local = check_output_path("--checkpoint", opts->checkpoint, err);
+        if (local == FR_OK)
+            local = check_output_path("--trace", opts->trace, err);
+    }
+    return fr_comm_agree(local, err);
+}
+
+/*
+ * The setup frost train and frost eval share, stage by stage: the model and
+ * its frozen set, the ranks' settings compared, the weights, the data (the
+ * training set too, and the output paths, when `training`), the trainer and
+ * its threads, one batch's buffers (and the training run's epoch order,
+ * frozen checksums and metrics file).
+ */
+static int set_up_run(run_state *run, bool training, fr_error *err) {
     const frost_options *opts = run->opts;
     int rc = fr_comm_agree(load_model(opts, &run->model, err), err);
     if (rc == FR_OK)
-        rc = compare_ranks(opts, run->model, err);
+        rc = compare_ranks(opts, run->model, training, err);
     if (rc == FR_OK)
-        rc = initialise_weights(opts, run->model, err);
-    if (rc == FR_OK)
+        rc = initialise_weights(opts, run->model, training, err);
+    if (rc == FR_OK && training)
         rc = fr_comm_agree(load_data(opts, run->model, true, &run->train, err), err);
     if (rc == FR_OK)
         rc = fr_comm_agree(load_data(opts, run->model, false, &run->test, err), err);
-    if (rc == FR_OK) {
-        int local = FR_OK;
-        if (is_root()) {
-            local = check_output_path("--save", opts->save, err);
-            if (local == FR_OK)
-                local = check_output_path("--metrics", opts->metrics, err);
-            if (local == FR_OK)
-                local = check_output_path("--checkpoint", opts->checkpoint, err);
-            if (local == FR_OK)
-                local = check_output_path("--trace", opts->trace, err);
-        }
-        rc = fr_comm_agree(local, err);
-    }
+    if (rc == FR_OK && training)
+        rc = check_output_paths(opts, err);
+    const fr_dataset *data = training ? run->train : run->test; /* what the steps go through */
     if (rc == FR_OK)
-        rc = fr_comm_check_same((uint64_t)fr_dataset_size(run->train), "the dataset size", err);
+        rc = fr_comm_check_same((uint64_t)fr_dataset_size(data), "the dataset size", err);
     if (rc == FR_OK) {
         /* The feature cache costs one forward pass of the prefix over the
          * data before the first step; it pays from the second epoch on.  The
          * choice depends on the whole run, not what is left of it, so a
          * resumed run makes the same one. */
         fr_train_config config = opts->train;
-        if (run_steps(opts, fr_dataset_size(run->train)) <=
-            batches_per_epoch(opts, fr_dataset_size(run->train)))
+        if (training && run_steps(opts, fr_dataset_size(run->train)) <=
+                            batches_per_epoch(opts, fr_dataset_size(run->train)))
             config.cache_mb = -1;
         rc = choose_threads(&config, run->thread_count, sizeof run->thread_count, err);
         if (rc == FR_OK)
@@ -394,20 +411,23 @@ static int setup_training(training_run *run, fr_error *err) {
         rc = place_threads(opts, run->trainer, run->placement, sizeof run->placement, err);
     if (rc != FR_OK)
         return rc;
-    size_t n = (size_t)fr_dataset_size(run->train);
     run->x = malloc(sizeof(float) * (size_t)opts->batch_size * fr_model_input_numel(run->model));
     run->labels = malloc(sizeof(int32_t) * (size_t)opts->batch_size);
-    run->order = malloc(sizeof(int) * n);
-    run->frozen_before = calloc(fr_model_param_count(run->model) + 1, sizeof(uint64_t));
-    int local = run->x && run->labels && run->order && run->frozen_before
-                    ? FR_OK
-                    : fr_fail(err, FR_ENOMEM, "out of memory for a batch of %d", opts->batch_size);
-    if (local == FR_OK)
+    bool allocated = run->x && run->labels;
+    if (training) {
+        run->order = malloc(sizeof(int) * (size_t)fr_dataset_size(run->train));
+        run->frozen_before = calloc(fr_model_param_count(run->model) + 1, sizeof(uint64_t));
+        allocated = allocated && run->order && run->frozen_before;
+    }
+    int local = allocated ? FR_OK
+                          : fr_fail(err, FR_ENOMEM, "out of memory for a batch of %d",
+                                    opts->batch_size);
+    if (local == FR_OK && training)
         local = open_metrics(run, err);
     return fr_comm_agree(local, err);
 }
 
-static void print_header(const training_run *run) {
+static void print_header(const run_state *run) {
     const frost_options *opts = run->opts;
     size_t total = fr_model_numel(run->model), trainable = fr_model_trainable_numel(run->model);
     printf("frost %s: %d rank%s x %d thread%s, global batch %d, %d training samples\n",
@@ -451,7 +471,7 @@ void frost_catch_stop_signals(int extra) {
 
 /* What the run adds to a checkpoint: where it is in the data, and the
  * settings that must match for a resume to continue the same run. */
-static int save_checkpoint(training_run *run, long epoch, long batch_in_epoch, fr_error *err) {
+static int save_checkpoint(run_state *run, long epoch, long batch_in_epoch, fr_error *err) {
     const frost_options *opts = run->opts;
     char values[8][64];
     snprintf(values[0], sizeof values[0], "%ld", epoch);
@@ -474,6 +494,12 @@ static int save_checkpoint(training_run *run, long epoch, long batch_in_epoch, f
     return fr_comm_agree(rc, err);
 }
 
+/* The library names its own arguments; the user knows the flags. */
+static void append_to_message(fr_error *err, const char *text) {
+    size_t used = strnlen(err->msg, sizeof err->msg);
+    snprintf(err->msg + used, sizeof err->msg - used, "%s", text);
+}
+
 /* A resumed run must see the same data in the same order. */
 static int check_resume_setting(const char *path, const fr_checkpoint *checkpoint,
                                 const char *key, const char *want, const char *what,
@@ -485,10 +511,12 @@ static int check_resume_setting(const char *path, const fr_checkpoint *checkpoin
     return FR_OK;
 }
 
-static int resume(training_run *run, fr_error *err) {
+static int resume(run_state *run, fr_error *err) {
     const frost_options *opts = run->opts;
     fr_checkpoint *checkpoint = NULL;
     int rc = fr_checkpoint_open(opts->resume, &checkpoint, err);
+    if (rc == FR_EFORMAT && strstr(err->msg, "a weights file, not a training checkpoint"))
+        append_to_message(err, " (use --init)");
     char want[4][32];
     snprintf(want[0], sizeof want[0], "%d", opts->batch_size);
     snprintf(want[1], sizeof want[1], "%ld", opts->seed);
@@ -502,8 +530,11 @@ static int resume(training_run *run, fr_error *err) {
     if (rc == FR_OK)
         rc = check_resume_setting(opts->resume, checkpoint, "classes",
                                   opts->classes ? opts->classes : "all", "--classes", err);
-    if (rc == FR_OK)
+    if (rc == FR_OK) {
         rc = fr_trainer_restore(run->trainer, checkpoint, opts->allow_freeze_change, err);
+        if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match"))
+            append_to_message(err, "; --allow-freeze-change allows it");
+    }
     fr_checkpoint_close(checkpoint);
     return fr_comm_agree(rc, err);
 }
@@ -517,7 +548,7 @@ typedef struct progress {
     double samples_trained;
 } progress;
 
-static void log_progress(training_run *run, progress *p, long epoch, long step, long total_steps,
+static void log_progress(run_state *run, progress *p, long epoch, long step, long total_steps,
                          double loss, long correct, int batch) {
     double t = now_seconds();
     double rate = p->interval_samples / (t - p->interval_start);
@@ -532,8 +563,8 @@ static void log_progress(training_run *run, progress *p, long epoch, long step, 
                step, total_steps, loss, 100.0 * correct / batch, rate, eta);
         fflush(stdout);
         if (run->metrics)
-            fprintf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1, loss,
-                    (double)correct / batch, rate, bytes_per_step);
+            fr_atomic_printf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1,
+                             loss, (double)correct / batch, rate, bytes_per_step);
     }
     p->interval_start = t;
     p->interval_steps = 0;
@@ -542,7 +573,7 @@ static void log_progress(training_run *run, progress *p, long epoch, long step, 
 }
 
 /* The loss became NaN or Inf: say at which step, and which parameter broke. */
-static int explain_nonfinite(training_run *run, fr_error *err) {
+static int explain_nonfinite(run_state *run, fr_error *err) {
     fr_error where = {0};
     if (fr_model_check_finite(run->model, &where) != FR_OK) {
         char msg[FR_ERROR_LEN];
@@ -556,7 +587,7 @@ static int explain_nonfinite(training_run *run, fr_error *err) {
 
 /* Room for every event of the run, up to a bound: one forward and one
  * backward per layer, and a few per bucket, each step. */
-static int start_trace(training_run *run, fr_error *err) {
+static int start_trace(run_state *run, fr_error *err) {
     const frost_options *opts = run->opts;
     long steps = run_steps(opts, fr_dataset_size(run->train)) - fr_trainer_steps_done(run->trainer);
     size_t per_step = 2 * fr_model_layer_count(run->model) + 64;
@@ -593,10 +624,10 @@ int frost_train(const frost_options *options, fr_error *err) {
     frost_catch_stop_signals(options->stop_signal);
     frost_options resolved = *options;
     const frost_options *opts = &resolved;
-    training_run run = {.opts = opts};
+    run_state run = {.opts = opts};
     int rc = resolve_resume(&resolved, err);
     if (rc == FR_OK)
-        rc = setup_training(&run, err);
+        rc = set_up_run(&run, true, err);
     if (rc == FR_OK && opts->resume)
         rc = resume(&run, err);
     if (rc != FR_OK) {
@@ -732,54 +763,16 @@ int frost_train(const frost_options *options, fr_error *err) {
 /* ----------------------------------------------------------------- eval */
 
 int frost_eval(const frost_options *opts, fr_error *err) {
-    fr_model *model = NULL;
-    fr_dataset *test = NULL;
-    fr_trainer *trainer = NULL;
-    float *x = NULL;
-    int32_t *labels = NULL;
-    int rc = fr_comm_agree(load_model(opts, &model, err), err);
-    /* As in training: ranks that disagree must stop before a collective. */
-    double settings[] = {opts->batch_size};
-    if (rc == FR_OK)
-        rc = fr_comm_check_run(model, &opts->train, settings, 1, 0, err);
-    if (rc == FR_OK)
-        rc = fr_comm_agree(fr_model_load_weights(model, opts->init, err), err);
-    if (rc == FR_OK)
-        rc = fr_comm_check_same(fr_model_checksum(model), "the --init weights", err);
-    /* NaN or Inf weights would only give a NaN loss: say where they are. */
-    if (rc == FR_OK && fr_model_check_finite(model, err) != FR_OK) {
-        fr_error_prefix(err, "%s: ", opts->init);
-        rc = FR_ENONFINITE;
-    }
-    if (rc == FR_OK)
-        rc = fr_comm_agree(load_data(opts, model, false, &test, err), err);
-    if (rc == FR_OK)
-        rc = fr_comm_check_same((uint64_t)fr_dataset_size(test), "the dataset size", err);
-    fr_train_config config = opts->train;
-    char thread_count[240];
-    if (rc == FR_OK)
-        rc = choose_threads(&config, thread_count, sizeof thread_count, err);
-    if (rc == FR_OK)
-        rc = fr_comm_agree(fr_trainer_new(model, &config, &trainer, err), err);
-    char placement[200];
-    if (rc == FR_OK)
-        rc = place_threads(opts, trainer, placement, sizeof placement, err);
-    if (rc == FR_OK) {
-        x = malloc(sizeof(float) * (size_t)opts->batch_size * fr_model_input_numel(model));
-        labels = malloc(sizeof(int32_t) * (size_t)opts->batch_size);
-        rc = fr_comm_agree(x && labels ? FR_OK : fr_fail(err, FR_ENOMEM, "out of memory"), err);
-    }
+    run_state run = {.opts = opts};
+    int rc = set_up_run(&run, false, err);
     double loss = 0.0, accuracy = 0.0;
     if (rc == FR_OK)
-        rc = evaluate_dataset(trainer, test, opts->batch_size, x, labels, &loss, &accuracy, err);
+        rc = evaluate_dataset(run.trainer, run.test, opts->batch_size, run.x, run.labels, &loss,
+                              &accuracy, err);
     if (rc == FR_OK && is_root())
         printf("test: loss %.4f accuracy %.2f%% (%d samples)\n", loss, 100.0 * accuracy,
-               fr_dataset_size(test));
-    free(x);
-    free(labels);
-    fr_trainer_free(trainer);
-    fr_dataset_free(test);
-    fr_model_free(model);
+               fr_dataset_size(run.test));
+    free_run(&run);
     return rc;
 }
 

@@ -55,6 +55,13 @@ static void linear_forward(const fr_layer *l, const float *in, float *out,
                    out_features(l), l->fused_relu);
 }
 
+/* Outputs [a, b) of the slice, from weight rows [a, b). */
+static void linear_forward_rows(const fr_layer *l, const float *in, float *out, int n,
+                                int row_begin, int row_end) {
+    fr_gemm_affine_cols(in, l->weight_data, l->bias_data, out, n, in_features(l),
+                        out_features(l), row_begin, row_end, l->fused_relu);
+}
+
 /* ---------------------------------------------------- backward */
 
 static void linear_backward(const fr_layer *l, const float *in,
@@ -100,5 +107,6 @@ const fr_layer_ops fr_linear_ops = {
     .forward = linear_forward,
     .backward = linear_backward,
     .weight_grad_rows = linear_weight_grad_rows,
+    .forward_rows = linear_forward_rows,
     .alias = false,
 };

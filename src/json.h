@@ -1,0 +1,73 @@
+/*
+ * json.h - the library's JSON reader and writer (json.c), for the one JSON
+ * document frost reads and writes: a safetensors header (safetensors.c).
+ *
+ * The reader is a cursor over text that is not NUL-terminated; the caller
+ * walks the document it expects (objects key by key, arrays element by
+ * element) and passes over any value it does not need with
+ * fr_json_skip_value, which still checks it.  It follows RFC 8259 as
+ * serde_json (the reference safetensors reader's parser) does, with two
+ * restrictions the callers need: strings are decoded into NUL-terminated
+ * copies, so a NUL character is refused, and integers are non-negative
+ * int64 values.  Every failure is one line through `err`:
+ *   "SOURCE: invalid JSON in WHAT at byte N: PROBLEM".
+ *
+ * The writer appends JSON strings and integers to an fr_text.
+ */
+#ifndef FROST_JSON_H
+#define FROST_JSON_H
+
+#include "internal.h"
+
+typedef struct fr_json_reader {
+    const char *source;         /* the file, for messages */
+    const char *what;           /* the document, for messages: "the header" */
+    const unsigned char *text;  /* not NUL-terminated */
+    size_t length;
+    size_t pos;                 /* bytes from text; messages give it */
+    fr_error *err;
+} fr_json_reader;
+
+/* A syntax error at the cursor, or running out of memory; both return the status. */
+int fr_json_syntax_error(fr_json_reader *r, const char *problem);
+int fr_json_out_of_memory(fr_json_reader *r);
+
+/* The byte at the cursor, -1 at the end. */
+int fr_json_peek(const fr_json_reader *r);
+void fr_json_skip_whitespace(fr_json_reader *r);
+
+/* A string, decoded into a fresh NUL-terminated copy (release with fr_free);
+ * *out is NULL on failure. */
+int fr_json_string(fr_json_reader *r, char **out, size_t *out_length);
+
+/* A number that must be an integer of magnitude at most INT64_MAX.
+ * `*negative` tells a leading '-' (even "-0") so the caller can refuse it
+ * with its own message. */
+int fr_json_integer(fr_json_reader *r, int64_t *value, bool *negative);
+
+/*
+ * Steps through an object whose '{' is consumed: parses the next key and its
+ * ':', or consumes the closing '}' and sets *done.  `*first` is true before
+ * the first member.  *key is fr_alloc'd (NULL when done or on failure).
+ */
+int fr_json_next_key(fr_json_reader *r, bool *first, char **key, size_t *key_length, bool *done);
+
+/* The same for an array whose '[' is consumed: stops before the next element. */
+int fr_json_next_element(fr_json_reader *r, bool *first, bool *done);
+
+/* Consumes `word` (true, false or null) or fails. */
+int fr_json_literal(fr_json_reader *r, const char *word);
+
+/* Checks and passes over one value of any kind, nested at most 128 deep
+ * (serde_json's limit) counting from `depth`. */
+int fr_json_skip_value(fr_json_reader *r, int depth);
+
+/* Whether a NUL-terminated string is valid UTF-8 (no overlong forms, no
+ * surrogates, nothing past U+10FFFF). */
+bool fr_json_is_utf8(const char *text);
+
+/* Appends `text` as a JSON string (quoted; '"', '\\' and control characters
+ * escaped, everything else as it is). */
+void fr_json_append_string(fr_text *out, const char *text);
+
+#endif /* FROST_JSON_H */
