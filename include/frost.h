@@ -76,8 +76,8 @@ void fr_model_free(fr_model *model);
 /*
  * Layers are appended in order.  `name` may be NULL: the layer is then named by
  * its index in the model, as nn.Sequential does ("0.weight").  Shapes are checked
- * against the previous layer when the layer is added; a mismatch names both
- * layers and both shapes.
+ * against the layer it reads (the previous one, see the residual blocks below)
+ * when the layer is added; a mismatch names both layers and both shapes.
  */
 int fr_model_add_linear(fr_model *model, const char *name, int in_features,
                         int out_features, fr_error *err);
@@ -88,6 +88,20 @@ int fr_model_add_relu(fr_model *model, const char *name, fr_error *err);
 int fr_model_add_maxpool2d(fr_model *model, const char *name, int kernel,
                            int stride, fr_error *err);
 int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err);
+
+/*
+ * A residual block: output = body(x) + shortcut(x).  After begin_residual the
+ * layers added are the body, reading the block's input x; after
+ * begin_shortcut (optional) they are the shortcut, reading x too; without one
+ * the shortcut is the identity.  end_residual checks that both give the same
+ * shape (a mismatch names both) and adds the sum, a layer named as the
+ * block.  Inside a block every name gets the block's name and a dot in front
+ * (`layer1.0` + `conv1` -> `layer1.0.conv1.weight`, torchvision's names);
+ * blocks nest.  A model with a block still open cannot be trained.
+ */
+int fr_model_begin_residual(fr_model *model, const char *name, fr_error *err);
+int fr_model_begin_shortcut(fr_model *model, fr_error *err);
+int fr_model_end_residual(fr_model *model, fr_error *err);
 
 /*
  * Parse a model description (DESIGN.md): one layer per line or `;` between

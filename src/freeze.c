@@ -2,13 +2,27 @@
  * freeze.c - which parameters train.  PyTorch's requires_grad, at the three
  * granularities people use: the whole model, one layer, and every parameter
  * whose name matches a pattern.  A pattern that matches nothing is an error,
- * so a typo never silently trains the wrong thing.
+ * so a typo never silently trains the wrong thing.  A residual block's name
+ * stands for every layer in it, as a torchvision module's does.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 
 #include <fnmatch.h>
 #include <string.h>
+
+static int apply_pattern(fr_model *model, const char *pattern, bool requires_grad,
+                         fr_error *err);
+
+/* Parameter p belongs to layer `layer`, or to a layer inside it when that is
+ * a residual block (its join: the block's name, then a dot). */
+static bool param_in_layer(const fr_model *model, const fr_param *p, int layer) {
+    const fr_layer *l = &model->layers[layer];
+    if (!l->ops->join)
+        return p->layer == layer;
+    size_t len = strlen(l->name);
+    return strncmp(p->name, l->name, len) == 0 && p->name[len] == '.';
+}
 
 bool fr_param_requires_grad(const fr_param *param) { return param->requires_grad; }
 
@@ -32,6 +46,8 @@ int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err) {
         return fr_fail(err, FR_ENOMATCH, "no layer named '%s'",
                        fr_printable(layer, shown, sizeof shown));
     const fr_layer *l = &model->layers[index];
+    if (l->ops->join)
+        return apply_pattern(model, layer, false, err);
     if (l->weight < 0)
         return fr_fail(err, FR_ENOMATCH, "layer '%s' (%s) has no parameters to freeze", layer,
                        l->ops->kind);
@@ -52,7 +68,7 @@ static int apply_pattern(fr_model *model, const char *pattern, bool requires_gra
     int matched = 0;
     for (int i = 0; i < model->param_count; i++) {
         fr_param *p = &model->params[i];
-        bool hit = layer >= 0 ? p->layer == layer : fnmatch(pattern, p->name, 0) == 0;
+        bool hit = layer >= 0 ? param_in_layer(model, p, layer) : fnmatch(pattern, p->name, 0) == 0;
         if (hit) {
             p->requires_grad = requires_grad;
             matched++;

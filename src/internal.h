@@ -189,12 +189,21 @@ typedef struct fr_layer_ops {
     /* Forward may run with out == in (relu): the trainer then gives the layer
      * no buffer of its own.  Backward must not need the layer's input. */
     bool inplace;
+    /* The end of a residual block (src/layers/residual.c): its output is the
+     * sum of its input (the body's) and fr_layer.shortcut's output, which the
+     * trainer forms; backward passes its gradient to both unchanged. */
+    bool join;
 } fr_layer_ops;
 
 struct fr_layer {
     const fr_layer_ops *ops;
-    char name[FR_NAME_MAX];
+    char name[FR_NAME_MAX];       /* with its blocks' names in front: "layer1.0.conv1" */
     int args[FR_LAYER_ARGS_MAX];  /* in the order of ops->args */
+    /* The model is a graph whose layers are listed in topological order: the
+     * layer whose output this one reads (-1: the model input; the previous
+     * layer except at the start of a block's body or shortcut), and for a
+     * join the shortcut's last layer (or the block's input). */
+    int input, shortcut;
     fr_shape in, out;
     int weight, bias;  /* param indices, -1 if none */
     /* Filled by infer_shape for layers with parameters. */
@@ -230,6 +239,9 @@ extern const fr_layer_ops fr_conv2d_ops;
 extern const fr_layer_ops fr_relu_ops;
 extern const fr_layer_ops fr_maxpool2d_ops;
 extern const fr_layer_ops fr_flatten_ops;
+/* The join that ends a residual block; not a kind of the registry (a model
+ * file writes `residual NAME { ... }`), the model adds it. */
+extern const fr_layer_ops fr_residual_ops;
 
 /* Shared kernels (kernels.c). */
 /* out[n x m] = in[n x k] * W[m x k]^T + b (b may be NULL), then
@@ -252,13 +264,33 @@ void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img);
 /* dbias[j] = sum over the rows of d[rows x cols] of column j. */
 void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias);
+/* out = a + b, element-wise (a residual block's join). */
+void fr_add_arrays(float *out, const float *a, const float *b, size_t count);
+/* into += from, element-wise (gradients meeting where a block's input forks). */
+void fr_add_into(float *into, const float *from, size_t count);
 
 /* ------------------------------------------------------------- model */
+
+/* How deep residual blocks nest. */
+#define FR_BLOCK_DEPTH_MAX 16
+
+/* A residual block being built (fr_model_begin_residual ... fr_model_end_residual). */
+typedef struct fr_open_block {
+    char name[FR_NAME_MAX];  /* with the enclosing blocks' names: "layer1.0" */
+    int input;               /* the layer whose output enters the block; -1 the model input */
+    int body_end;            /* the body's last layer once the shortcut began */
+    bool in_shortcut;
+} fr_open_block;
 
 struct fr_model {
     fr_shape input;
     fr_layer *layers;
     int layer_count, layer_cap;
+    /* While building: the layer the next one reads (-1: the model input) and
+     * the blocks still open, innermost last. */
+    int tail;
+    fr_open_block blocks[FR_BLOCK_DEPTH_MAX];
+    int block_depth;
     fr_param *params;
     int param_count, param_cap;
     float *arena;           /* every parameter, one allocation */
@@ -283,6 +315,9 @@ int fr_model_find_layer(const fr_model *model, const char *name);
  * parser add through it.  `name` NULL: the layer's index. */
 int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
                        const int *args, fr_error *err);
+/* The name a layer called `name` (NULL: unnamed) added now would get: the open
+ * blocks' names in front, an unnamed layer its index. */
+void fr_model_next_layer_name(const fr_model *model, const char *name, char *buf, size_t len);
 
 /* ----------------------------------------------------------- safetensors */
 

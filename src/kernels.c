@@ -272,3 +272,19 @@ size_t fr_scratch_none(const fr_layer *l, int n) {
     (void)n;
     return 0;
 }
+
+/* ------------------------------------------------------------ sums */
+
+/* A residual block's join: the body's output plus the shortcut's. */
+void fr_add_arrays(float *out, const float *a, const float *b, size_t count) {
+#pragma omp simd
+    for (size_t i = 0; i < count; i++)
+        out[i] = a[i] + b[i];
+}
+
+/* Backward: the gradients at a block's input from its body and its shortcut. */
+void fr_add_into(float *into, const float *from, size_t count) {
+#pragma omp simd
+    for (size_t i = 0; i < count; i++)
+        into[i] += from[i];
+}

@@ -1,9 +1,15 @@
 /*
- * model.c - a model is a list of layers and the parameter arena.
+ * model.c - a model is a graph of layers and the parameter arena.
  *
  * Layers are appended one at a time; each is shape-checked against the one
- * before it as it is added, so a bad model is refused at the line that breaks
- * it.  Parameters are listed in declaration order (PyTorch's named_parameters)
+ * it reads as it is added, so a bad model is refused at the line that breaks
+ * it.  The graph is a list in topological order: a layer reads the layer
+ * added before it, except where a residual block forks.  A block
+ * (fr_model_begin_residual) feeds its input to its body's first layer and, if
+ * it has one, its shortcut's (fr_model_begin_shortcut); closing it
+ * (fr_model_end_residual) checks that both branches give one shape and adds
+ * the join, which sums them.  Names inside a block get the block's name and a
+ * dot in front, as torchvision's nested modules do.  Parameters are listed in declaration order (PyTorch's named_parameters)
  * and all live in one allocation, the arena: a parameter is an offset into it.
  *
  * Every layer is added through fr_model_add_layer, whatever its kind: the
@@ -24,6 +30,7 @@ fr_model *fr_model_new(int channels, int height, int width) {
     if (!model)
         return NULL;
     model->input = (fr_shape){channels, height, width};
+    model->tail = -1;
     return model;
 }
 
@@ -36,8 +43,13 @@ void fr_model_free(fr_model *model) {
     free(model);
 }
 
+/* The shape of layer `layer`'s output; -1: the model input. */
+static fr_shape shape_of(const fr_model *model, int layer) {
+    return layer >= 0 ? model->layers[layer].out : model->input;
+}
+
 static fr_shape output_shape(const fr_model *model) {
-    return model->layer_count ? model->layers[model->layer_count - 1].out : model->input;
+    return shape_of(model, model->layer_count - 1);
 }
 
 static void shape_string(fr_shape s, char *buf, size_t len) {
@@ -54,17 +66,20 @@ int fr_model_find_layer(const fr_model *model, const char *name) {
     return -1;
 }
 
-/* Letters, digits, '_' and '-', at most FR_LAYER_NAME_MAX of them (spec.c
- * checks the same before it gets here, with the line to point at). */
+/* Letters, digits, '_', '-' and '.' (not first, last or twice in a row: the
+ * dots join torchvision's module path), at most FR_LAYER_NAME_MAX of them with
+ * the blocks' names in front (spec.c checks the characters before it gets
+ * here, with the line to point at). */
 static int check_layer_name(const char *name, fr_error *err) {
     char shown[40];
-    bool ok = *name != '\0';
+    bool ok = *name != '\0' && *name != '.';
     for (const char *p = name; *p && ok; p++)
         ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-             *p == '_' || *p == '-';
+             *p == '_' || *p == '-' || (*p == '.' && p[1] != '.' && p[1] != '\0');
     if (!ok)
-        return fr_fail(err, FR_EINVAL, "invalid layer name '%s' (letters, digits, '_' and '-' only)",
-                       name);
+        return fr_fail(err, FR_EINVAL,
+                       "invalid layer name '%s' (letters, digits, '_', '-' and inner '.' only)",
+                       fr_printable(name, shown, 33));
     if (strlen(name) > FR_LAYER_NAME_MAX)
         return fr_fail(err, FR_EINVAL, "layer name '%s...' is too long (at most %d characters)",
                        fr_printable(name, shown, 33), FR_LAYER_NAME_MAX);
@@ -101,9 +116,22 @@ static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
     return FR_OK;
 }
 
+void fr_model_next_layer_name(const fr_model *model, const char *name, char *buf, size_t len) {
+    char index_name[16];
+    if (!name) {
+        /* nn.Sequential names children by their index. */
+        snprintf(index_name, sizeof index_name, "%d", model->layer_count);
+        name = index_name;
+    }
+    if (model->block_depth == 0)
+        snprintf(buf, len, "%s", name);
+    else
+        snprintf(buf, len, "%s.%s", model->blocks[model->block_depth - 1].name, name);
+}
+
 /* Append a layer: check its arguments, name it, check its shape against the
- * previous layer, and give it its parameters. */
-int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
+ * layer it reads, and give it its parameters. */
+int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *local_name,
                        const int *args, fr_error *err) {
     int arg_count = fr_layer_arg_count(ops);
     for (int i = 0; i < arg_count; i++) {
@@ -111,12 +139,9 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *nam
         if (rc != FR_OK)
             return rc;
     }
-    char index_name[16];
-    if (!name) {
-        /* nn.Sequential names children by their index. */
-        snprintf(index_name, sizeof index_name, "%d", model->layer_count);
-        name = index_name;
-    }
+    /* One byte more than a name may have, so a long one is seen as too long. */
+    char name[FR_NAME_MAX * 2];
+    fr_model_next_layer_name(model, local_name, name, sizeof name);
     int rc = check_layer_name(name, err);
     if (rc != FR_OK)
         return rc;
@@ -133,10 +158,12 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *nam
     fr_layer *l = &model->layers[model->layer_count];
     memset(l, 0, sizeof *l);
     l->ops = ops;
-    snprintf(l->name, sizeof l->name, "%s", name);
+    snprintf(l->name, sizeof l->name, "%.*s", FR_LAYER_NAME_MAX, name);
     if (arg_count > 0)
         memcpy(l->args, args, (size_t)arg_count * sizeof *args);
-    l->in = output_shape(model);
+    l->input = model->tail;
+    l->shortcut = -1;
+    l->in = shape_of(model, l->input);
     l->weight = l->bias = -1;
     fr_error shape_err = {0};
     int shape_status = ops->infer_shape(l, &shape_err);
@@ -147,9 +174,9 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *nam
             return fr_fail(err, shape_status, "%s", shape_err.msg);
         char in[48];
         shape_string(l->in, in, sizeof in);
-        if (model->layer_count == 0)
+        if (l->input < 0)
             return fr_fail(err, FR_ESHAPE, "%s (the model input is %s)", shape_err.msg, in);
-        const fr_layer *prev = &model->layers[model->layer_count - 1];
+        const fr_layer *prev = &model->layers[l->input];
         return fr_fail(err, FR_ESHAPE, "%s, but layer '%s' (%s) before it gives %s", shape_err.msg,
                        prev->name, prev->ops->kind, in);
     }
@@ -168,6 +195,85 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *nam
         model->layers[index].weight = first;
         model->layers[index].bias = l->bias_numel > 0 ? first + 1 : -1;
     }
+    model->tail = index;
+    return FR_OK;
+}
+
+/* ------------------------------------------------------- residual blocks */
+
+int fr_model_begin_residual(fr_model *model, const char *name, fr_error *err) {
+    if (!name)
+        return fr_fail(err, FR_EINVAL, "a residual block needs a name");
+    if (model->block_depth == FR_BLOCK_DEPTH_MAX)
+        return fr_fail(err, FR_EINVAL, "residual blocks nest more than %d deep",
+                       FR_BLOCK_DEPTH_MAX);
+    char full[FR_NAME_MAX * 2];
+    fr_model_next_layer_name(model, name, full, sizeof full);
+    int rc = check_layer_name(full, err);
+    if (rc != FR_OK)
+        return rc;
+    if (fr_model_find_layer(model, full) >= 0)
+        return fr_fail(err, FR_EINVAL, "layer name '%s' is used twice", full);
+    for (int b = 0; b < model->block_depth; b++)
+        if (strcmp(model->blocks[b].name, full) == 0)
+            return fr_fail(err, FR_EINVAL, "layer name '%s' is used twice", full);
+    fr_open_block *block = &model->blocks[model->block_depth++];
+    snprintf(block->name, sizeof block->name, "%.*s", FR_LAYER_NAME_MAX, full);
+    block->input = model->tail;
+    block->body_end = -1;
+    block->in_shortcut = false;
+    return FR_OK;
+}
+
+int fr_model_begin_shortcut(fr_model *model, fr_error *err) {
+    if (model->block_depth == 0)
+        return fr_fail(err, FR_EINVAL, "a shortcut outside a residual block");
+    fr_open_block *block = &model->blocks[model->block_depth - 1];
+    if (block->in_shortcut)
+        return fr_fail(err, FR_EINVAL, "residual block '%s' has a second shortcut", block->name);
+    if (model->tail == block->input)
+        return fr_fail(err, FR_EINVAL, "residual block '%s' has no layers before its shortcut",
+                       block->name);
+    block->body_end = model->tail;
+    block->in_shortcut = true;
+    /* The shortcut's first layer reads the block's input. */
+    model->tail = block->input;
+    return FR_OK;
+}
+
+int fr_model_end_residual(fr_model *model, fr_error *err) {
+    if (model->block_depth == 0)
+        return fr_fail(err, FR_EINVAL, "no residual block to end");
+    fr_open_block *block = &model->blocks[model->block_depth - 1];
+    int body = block->in_shortcut ? block->body_end : model->tail;
+    int shortcut = block->in_shortcut ? model->tail : block->input;
+    if (body == block->input)
+        return fr_fail(err, FR_EINVAL, "residual block '%s' has no layers", block->name);
+    fr_shape body_shape = shape_of(model, body), shortcut_shape = shape_of(model, shortcut);
+    if (memcmp(&body_shape, &shortcut_shape, sizeof body_shape) != 0) {
+        char a[48], b[48];
+        shape_string(body_shape, a, sizeof a);
+        shape_string(shortcut_shape, b, sizeof b);
+        return fr_fail(err, FR_ESHAPE,
+                       "residual block '%s': its body gives %s but its shortcut gives %s%s",
+                       block->name, a, b, block->in_shortcut ? "" : " (the block's input)");
+    }
+    /* The join reads the body and is named as the block; that name already
+     * has the enclosing blocks' in front, so it is added as from outside all
+     * of them. */
+    char name[FR_NAME_MAX];
+    snprintf(name, sizeof name, "%s", block->name);
+    int depth = model->block_depth, tail = model->tail;
+    model->block_depth = 0;
+    model->tail = body;
+    int rc = fr_model_add_layer(model, &fr_residual_ops, name, NULL, err);
+    model->block_depth = depth;
+    if (rc != FR_OK) {
+        model->tail = tail;
+        return rc;
+    }
+    model->block_depth--;
+    model->layers[model->layer_count - 1].shortcut = shortcut;
     return FR_OK;
 }
 

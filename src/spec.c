@@ -5,7 +5,17 @@
  *   conv1 = conv2d(1, 32, 3)       NAME = KIND(ARGS)
  *   relu                           unnamed: named by its index ("1"), as nn.Sequential does
  *   maxpool2d(2)
+ *   residual layer1.0 {            output = body(x) + shortcut(x)
+ *       conv1 = conv2d(32, 32, 3, padding=1)     the body: layer1.0.conv1, ...
+ *       shortcut {                 optional, last; the identity without it
+ *           downsample.0 = conv2d(32, 32, 1)
+ *       }
+ *   }
  *
+ * Braces may stand anywhere between layers (`residual b { relu }` on one
+ * line, or `;` between every piece of it); blocks nest, and the names inside
+ * one get the block's name and a dot in front (model.c).  A name may hold
+ * inner dots, as torchvision's module paths do.
  * Layers are separated by newlines or ';' (both may be mixed), '#' starts a
  * comment that runs to the end of the line (past any ';'), blank pieces are
  * ignored.  The kinds are the registry's (src/layers/registry.c) and each
@@ -49,8 +59,14 @@
 
 /* ---------------------------------------------------------- parsed model */
 
+/* What an entry of the parsed list is: a layer, or a block's bounds as
+ * fr_model_begin_residual, fr_model_begin_shortcut and fr_model_end_residual
+ * take them. */
+typedef enum spec_op { SPEC_LAYER, SPEC_RESIDUAL, SPEC_SHORTCUT, SPEC_END } spec_op;
+
 typedef struct spec_layer {
-    long line;
+    spec_op op;
+    long line;                 /* for SPEC_END, the line its block starts on */
     const fr_layer_ops *kind;
     bool named;                /* otherwise model.c names it by its index */
     char name[FR_NAME_MAX];
@@ -64,6 +80,15 @@ typedef struct spec {
     int input[3]; /* C, H, W */
     spec_layer *layers;
     int layer_count, layer_cap;
+    /* The blocks open while parsing, innermost last. */
+    struct open_block {
+        bool shortcut;      /* a shortcut block (else a residual one) */
+        long line;
+        char name[FR_NAME_MAX];
+        bool has_layers;    /* its body (a residual) has a layer or block */
+        bool has_shortcut;  /* a residual's shortcut began */
+    } open[FR_BLOCK_DEPTH_MAX];
+    int depth;
 } spec;
 
 /* The part of the text one layer (or the input line) occupies. */
@@ -85,7 +110,7 @@ static bool is_blank(char c) {
 
 static bool is_name_char(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-';
+           c == '_' || c == '-' || c == '.';
 }
 
 static bool at_end(const cursor *c) { return c->pos >= c->end; }
@@ -425,7 +450,8 @@ static int parse_layer_name(const spec *s, long line, const char *start, const c
         return syntax_error(s, line, err, "expected a layer name before '='");
     if (name_run(start, equals) != len)
         return syntax_error(s, line, err,
-                            "invalid layer name '%s' (letters, digits, '_' and '-' only)", name);
+                            "invalid layer name '%s' (letters, digits, '_', '-' and '.' only)",
+                            name);
     if (len > FR_LAYER_NAME_MAX)
         return syntax_error(s, line, err, "layer name '%s' is too long (at most %d characters)",
                             name, FR_LAYER_NAME_MAX);
@@ -506,8 +532,24 @@ static int parse_layer(spec *s, long line, cursor *c, fr_error *err) {
     return append_layer(s, &layer, err);
 }
 
-/* One piece of text between separators: blank, the input line, or a layer. */
-static int parse_piece(spec *s, long line, const char *start, const char *end, fr_error *err) {
+/* The innermost open block, NULL at the top level. */
+static struct open_block *innermost(spec *s) { return s->depth ? &s->open[s->depth - 1] : NULL; }
+
+/* A layer or a nested block is about to be added to the innermost block. */
+static int enter_body(spec *s, long line, fr_error *err) {
+    struct open_block *block = innermost(s);
+    if (!block)
+        return FR_OK;
+    if (!block->shortcut && block->has_shortcut)
+        return syntax_error(s, line, err,
+                            "a layer after the shortcut of residual block '%s' "
+                            "(the shortcut comes last)", block->name);
+    block->has_layers = true;
+    return FR_OK;
+}
+
+/* Text between separators and braces: blank, the input line, or a layer. */
+static int parse_simple(spec *s, long line, const char *start, const char *end, fr_error *err) {
     cursor c = {start, end};
     skip_blanks(&c);
     while (c.end > c.pos && is_blank(c.end[-1]))
@@ -517,11 +559,108 @@ static int parse_piece(spec *s, long line, const char *start, const char *end, f
     size_t word = name_run(c.pos, c.end);
     cursor after_word = {c.pos + word, c.end};
     skip_blanks(&after_word);
+    bool assigned = !at_end(&after_word) && *after_word.pos == '=';
     /* "input = linear(...)" is a layer called input. */
-    if (word == 5 && memcmp(c.pos, "input", 5) == 0 &&
-        (at_end(&after_word) || *after_word.pos != '='))
+    if (word == 5 && memcmp(c.pos, "input", 5) == 0 && !assigned)
         return parse_input(s, line, &after_word, err);
-    return parse_layer(s, line, &c, err);
+    if (!assigned && (word_is(c.pos, word, "residual") || word_is(c.pos, word, "shortcut")))
+        return syntax_error(s, line, err, "expected '{' after '%s'",
+                            word_is(c.pos, word, "residual") ? "residual NAME" : "shortcut");
+    int rc = enter_body(s, line, err);
+    return rc == FR_OK ? parse_layer(s, line, &c, err) : rc;
+}
+
+/* "residual NAME" or "shortcut" before a '{'. */
+static int open_block(spec *s, long line, const char *start, const char *end, fr_error *err) {
+    cursor c = {start, end};
+    skip_blanks(&c);
+    while (c.end > c.pos && is_blank(c.end[-1]))
+        c.end--;
+    size_t word = name_run(c.pos, c.end);
+    spec_layer entry = {.line = line};
+    struct open_block *outer = innermost(s);
+    if (word_is(c.pos, word, "shortcut") && c.pos + word == c.end) {
+        if (!outer || outer->shortcut)
+            return syntax_error(s, line, err, "'shortcut {' outside a residual block");
+        if (outer->has_shortcut)
+            return syntax_error(s, line, err, "residual block '%s' has a second shortcut",
+                                outer->name);
+        if (!outer->has_layers)
+            return syntax_error(s, line, err, "residual block '%s' has no layers before its shortcut",
+                                outer->name);
+        outer->has_shortcut = true;
+        entry.op = SPEC_SHORTCUT;
+    } else if (word_is(c.pos, word, "residual") && c.pos + word < c.end) {
+        cursor name = {c.pos + word, c.end};
+        skip_blanks(&name);
+        size_t len = name_run(name.pos, name.end);
+        char shown_name[48];
+        shown(name.pos, (size_t)(name.end - name.pos), shown_name, sizeof shown_name);
+        if (len == 0 || name.pos + len != name.end)
+            return syntax_error(s, line, err, "invalid block name '%s' (letters, digits, '_', '-' "
+                                "and '.' only)", shown_name);
+        if (len > FR_LAYER_NAME_MAX)
+            return syntax_error(s, line, err, "block name '%s' is too long (at most %d characters)",
+                                shown_name, FR_LAYER_NAME_MAX);
+        if (s->depth == FR_BLOCK_DEPTH_MAX)
+            return syntax_error(s, line, err, "blocks nest more than %d deep", FR_BLOCK_DEPTH_MAX);
+        int rc = enter_body(s, line, err);
+        if (rc != FR_OK)
+            return rc;
+        entry.op = SPEC_RESIDUAL;
+        entry.named = true;
+        memcpy(entry.name, name.pos, len);
+        entry.name[len] = '\0';
+    } else {
+        char got[48];
+        shown(c.pos, (size_t)(c.end - c.pos), got, sizeof got);
+        if (at_end(&c))
+            return syntax_error(s, line, err, "expected 'residual NAME' or 'shortcut' before '{'");
+        return syntax_error(s, line, err, "expected 'residual NAME' or 'shortcut' before '{', "
+                            "got '%s'", got);
+    }
+    struct open_block *block = &s->open[s->depth++];
+    memset(block, 0, sizeof *block);
+    block->shortcut = entry.op == SPEC_SHORTCUT;
+    block->line = line;
+    snprintf(block->name, sizeof block->name, "%s", entry.op == SPEC_SHORTCUT ? outer->name
+                                                                              : entry.name);
+    return append_layer(s, &entry, err);
+}
+
+/* '}': the innermost block ends (a residual's end adds its join). */
+static int close_block(spec *s, long line, fr_error *err) {
+    struct open_block *block = innermost(s);
+    if (!block)
+        return syntax_error(s, line, err, "unexpected '}' (no block is open)");
+    if (block->shortcut) {
+        s->depth--;
+        return FR_OK;
+    }
+    if (!block->has_layers)
+        return syntax_error(s, line, err, "residual block '%s' has no layers", block->name);
+    spec_layer entry = {.op = SPEC_END, .line = block->line};
+    s->depth--;
+    return append_layer(s, &entry, err);
+}
+
+/* One piece of text between separators: blank, the input line, a layer, or
+ * any of those around the braces of blocks. */
+static int parse_piece(spec *s, long line, const char *start, const char *end, fr_error *err) {
+    for (;;) {
+        const char *brace = start;
+        while (brace < end && *brace != '{' && *brace != '}')
+            brace++;
+        if (brace == end)
+            return parse_simple(s, line, start, end, err);
+        int rc = *brace == '{' ? open_block(s, line, start, brace, err)
+                               : parse_simple(s, line, start, brace, err);
+        if (rc == FR_OK && *brace == '}')
+            rc = close_block(s, line, err);
+        if (rc != FR_OK)
+            return rc;
+        start = brace + 1;
+    }
 }
 
 static int parse_text(spec *s, const char *text, fr_error *err) {
@@ -539,10 +678,20 @@ static int parse_text(spec *s, const char *text, fr_error *err) {
         if (rc != FR_OK)
             return rc;
         if (!*p)
-            return FR_OK;
+            break;
         p++;
         line++;
     }
+    if (s->depth > 0) {
+        const struct open_block *block = innermost(s);
+        if (block->shortcut)
+            return syntax_error(s, block->line, err,
+                                "the shortcut of residual block '%s' is not closed (missing '}')",
+                                block->name);
+        return syntax_error(s, block->line, err,
+                            "residual block '%s' is not closed (missing '}')", block->name);
+    }
+    return FR_OK;
 }
 
 /* --------------------------------------------------------------- building */
@@ -556,6 +705,8 @@ static int input_shape(const spec *s, int shape[3], fr_error *err) {
         return FR_OK;
     }
     const spec_layer *first = &s->layers[0];
+    while (first->op != SPEC_LAYER)
+        first++;
     switch (first->kind->implies_input) {
     case FR_IMPLIES_IMAGE:
         shape[0] = first->args[0];
@@ -581,7 +732,7 @@ static bool mentions_layer(const char *msg, const char *name) {
     size_t len = strlen(name);
     if (strncmp(msg, name, len) == 0 && msg[len] == ':')
         return true;
-    char quoted[FR_NAME_MAX + 2];
+    char quoted[FR_NAME_MAX * 2 + 2];
     snprintf(quoted, sizeof quoted, "'%s'", name);
     return strstr(msg, quoted) != NULL;
 }
@@ -599,19 +750,30 @@ static int build_model(const spec *s, fr_model **out, fr_error *err) {
     for (int i = 0; i < s->layer_count; i++) {
         const spec_layer *layer = &s->layers[i];
         fr_error add_err = {0};
-        rc = fr_model_add_layer(model, layer->kind, layer->named ? layer->name : NULL, layer->args,
-                                &add_err);
+        /* The name model.c gives it, with its blocks' names in front. */
+        char name[FR_NAME_MAX * 2];
+        fr_model_next_layer_name(model, layer->named ? layer->name : NULL, name, sizeof name);
+        switch (layer->op) {
+        case SPEC_LAYER:
+            rc = fr_model_add_layer(model, layer->kind, layer->named ? layer->name : NULL,
+                                    layer->args, &add_err);
+            break;
+        case SPEC_RESIDUAL:
+            rc = fr_model_begin_residual(model, layer->name, &add_err);
+            break;
+        case SPEC_SHORTCUT:
+            rc = fr_model_begin_shortcut(model, &add_err);
+            break;
+        case SPEC_END:
+            rc = fr_model_end_residual(model, &add_err);
+            break;
+        }
         if (rc == FR_OK)
             continue;
         fr_model_free(model);
         /* A shape mismatch must name both layers; the layer's own message may
-         * name only the one before it. */
-        char name[FR_NAME_MAX];
-        if (layer->named)
-            snprintf(name, sizeof name, "%s", layer->name);
-        else
-            snprintf(name, sizeof name, "%d", i);
-        if (mentions_layer(add_err.msg, name))
+         * name only the one before it.  A block's messages name the block. */
+        if (layer->op != SPEC_LAYER || mentions_layer(add_err.msg, name))
             return fr_fail(err, rc, "%s:%ld: %s", s->source, layer->line, add_err.msg);
         return fr_fail(err, rc, "%s:%ld: layer '%s': %s", s->source, layer->line, name,
                        add_err.msg);
@@ -676,7 +838,7 @@ int fr_model_load(const char *arg, fr_model **out, fr_error *err) {
     if (exists && S_ISREG(st.st_mode))
         return load_file(arg, out, err);
     /* Inline specs need one of these; a plain word is a mistyped file name. */
-    if (strpbrk(arg, ";=(\n"))
+    if (strpbrk(arg, ";=({\n"))
         return fr_model_parse(arg, "--model", out, err);
     if (exists)
         return fr_fail(err, FR_EIO, "%s: not a regular file", arg);

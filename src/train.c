@@ -120,7 +120,7 @@ typedef struct replica {
     int32_t *gathered_labels;
     float **outputs;     /* per layer; NULL where the output shares the input's buffer */
     void **scratch;      /* per layer */
-    float *grad_a, *grad_b; /* ping-pong gradients w.r.t. activations */
+    float **grads;       /* the gradient slots w.r.t. activations (grad_slot_count) */
     float *slab;
     int step_rows;            /* this step's rows */
     const float *layer_dout;  /* the gradient backward is at, for split weight gradients */
@@ -144,6 +144,20 @@ struct fr_trainer {
     size_t *slab_offsets;
     /* Per layer: its output lives in its input's buffer (flatten, in-place relu). */
     bool *shares_input;
+    /* Per layer: the gradient at its output is needed, because it or a layer
+     * it reads from (directly or not) has a trainable parameter. */
+    bool *needs_grad;
+    /* Backward's gradients w.r.t. activations live in grad_slot_count slots
+     * per replica (two, used in turn, for a list of layers; a residual block
+     * holds the gradient at its input while its body and shortcut run).  Per
+     * layer: the slot holding the gradient at its output; the slot its
+     * backward writes the gradient at its input into (-1: none); and in
+     * grad_adds, bit k set when that gradient is instead added into input k's
+     * slot, which already holds another reader's share (for a layer that
+     * computes it, din_slot is then a temporary). */
+    int grad_slot_count;
+    int *grad_slot, *din_slot;
+    unsigned char *grad_adds;
     int first_trainable;
     size_t trainable_count;
     slab_segment *segments;
@@ -197,27 +211,58 @@ void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first, int 
     split_rows(batch, fr_comm_size(), fr_comm_rank(), first, count);
 }
 
+/* Layer i's inputs: `input`, and a join's shortcut; -2 where it has no second. */
+static int input_of(const fr_layer *l, int k) {
+    return k == 0 ? l->input : l->ops->join ? l->shortcut : -2;
+}
+
 /*
  * Which outputs share their input's buffer: flatten always, and an in-place
- * layer (relu) unless its input is the caller's batch, which is read-only.
+ * layer (relu) unless its input is the caller's batch, which is read-only, or
+ * is read by another layer too (a residual block's input).
  */
 static void plan_shared_outputs(fr_model *model, bool *shares_input) {
-    bool input_is_batch = true;
-    for (int i = 0; i < model->layer_count; i++) {
-        const fr_layer_ops *ops = model->layers[i].ops;
-        shares_input[i] = ops->alias || (ops->inplace && !input_is_batch);
-        if (!ops->alias)
-            input_is_batch = input_is_batch && shares_input[i];
+    int layers = model->layer_count;
+    int *readers = calloc((size_t)layers + 1, sizeof *readers);
+    int *owner = calloc((size_t)layers + 1, sizeof *owner);
+    bool *exclusive = calloc((size_t)layers + 1, sizeof *exclusive);
+    if (!readers || !owner || !exclusive) {
+        /* Nothing shared but flatten is always correct. */
+        for (int i = 0; i < layers; i++) {
+            shares_input[i] = model->layers[i].ops->alias;
+            model->layers[i].fused_relu = false;
+        }
+        free(readers);
+        free(owner);
+        free(exclusive);
+        return;
+    }
+    for (int i = 0; i < layers; i++)
+        for (int k = 0; k < 2; k++)
+            if (input_of(&model->layers[i], k) >= 0)
+                readers[input_of(&model->layers[i], k)]++;
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        int in = l->input;
+        /* The buffer holding the input, -1 the batch; whether only this layer
+         * reads it (along a chain of sharing layers). */
+        int in_owner = in >= 0 ? owner[in] : -1;
+        shares_input[i] = l->ops->alias || (l->ops->inplace && in_owner >= 0 && exclusive[in]);
+        owner[i] = shares_input[i] ? in_owner : i;
+        exclusive[i] = readers[i] <= 1 && (!shares_input[i] || in < 0 || exclusive[in]);
     }
     /* A relu working in place right after a layer that can take it (linear,
      * conv2d: ops.fuses_relu) is applied in that layer's bias pass (the
      * epilogue of its GEMM) instead. */
-    for (int i = 0; i < model->layer_count; i++) {
+    for (int i = 0; i < layers; i++) {
         fr_layer *l = &model->layers[i];
-        const fr_layer *next = i + 1 < model->layer_count ? &model->layers[i + 1] : NULL;
-        l->fused_relu = next && next->ops == &fr_relu_ops && shares_input[i + 1] &&
-                        l->ops->fuses_relu;
+        const fr_layer *next = i + 1 < layers ? &model->layers[i + 1] : NULL;
+        l->fused_relu = next && next->ops == &fr_relu_ops && next->input == i &&
+                        shares_input[i + 1] && l->ops->fuses_relu;
     }
+    free(readers);
+    free(owner);
+    free(exclusive);
 }
 
 static bool relu_fused_into(const fr_model *model, int i) {
@@ -226,18 +271,95 @@ static bool relu_fused_into(const fr_model *model, int i) {
 
 /*
  * Which layer outputs must be kept for backward: those from the layer before
- * the first trainable one onwards (a layer needs its input and output), plus
- * the buffers that sharing layers there write into.  The rest live in two
- * transient buffers.
+ * the first trainable one onwards (a layer needs its input and output), those
+ * read later than by the next layer (a residual block's input, its body's
+ * end), plus the buffers that sharing layers there write into.  The rest live
+ * in two transient buffers, used in turn.
  */
 static void plan_kept_outputs(const fr_model *model, const bool *shares_input,
                               int first_trainable, bool *kept) {
     int last = model->layer_count - 1;
     for (int i = 0; i <= last; i++)
         kept[i] = i >= first_trainable - 1 || i == last;
+    for (int i = 0; i <= last; i++)
+        for (int k = 0; k < 2; k++) {
+            int in = input_of(&model->layers[i], k);
+            if (in >= 0 && in != i - 1)
+                kept[in] = true;
+        }
     for (int i = last; i > 0; i--)
-        if (shares_input[i] && kept[i])
-            kept[i - 1] = true;
+        if (shares_input[i] && kept[i] && model->layers[i].input >= 0)
+            kept[model->layers[i].input] = true;
+}
+
+/*
+ * Backward's gradient slots, planned by walking backward as a step does: a
+ * slot is taken when a layer's gradient is first written and given back once
+ * every layer reading it is done.  The loss writes the last layer's gradient
+ * into slot 0.  A layer that passes its gradient on unchanged (flatten, a
+ * join) lends its slot to its inputs.  Where a residual block's input was
+ * read twice, the second share arrives in a temporary and is added.  For a
+ * list of layers this is the ping-pong of slots 0 and 1.
+ */
+static int plan_gradients(fr_trainer *trainer) {
+    const fr_model *model = trainer->model;
+    int layers = model->layer_count;
+    /* At most one slot per layer plus the temporary is ever in use. */
+    int *uses = calloc((size_t)layers + 3, sizeof *uses);
+    if (!uses)
+        return FR_ENOMEM;
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        bool mine = (l->weight >= 0 && model->params[l->weight].requires_grad) ||
+                    (l->bias >= 0 && model->params[l->bias].requires_grad);
+        trainer->needs_grad[i] = mine;
+        for (int k = 0; k < 2; k++)
+            if (input_of(l, k) >= 0 && trainer->needs_grad[input_of(l, k)])
+                trainer->needs_grad[i] = true;
+        trainer->grad_slot[i] = trainer->din_slot[i] = -1;
+        trainer->grad_adds[i] = 0;
+    }
+    int slots = 2;
+    if (layers > 0 && trainer->needs_grad[layers - 1]) {
+        trainer->grad_slot[layers - 1] = 0;
+        uses[0] = 1;
+    }
+    for (int i = layers - 1; i >= 0; i--) {
+        const fr_layer *l = &model->layers[i];
+        int mine = trainer->grad_slot[i];
+        if (!trainer->needs_grad[i] || mine < 0)
+            continue;
+        bool passes = l->ops->alias || l->ops->join;
+        for (int k = 0; k < 2; k++) {
+            int in = input_of(l, k);
+            if (in < 0 || !trainer->needs_grad[in])
+                continue;
+            bool started = trainer->grad_slot[in] >= 0;
+            if (passes && !started) {
+                trainer->grad_slot[in] = mine;
+                uses[mine]++;
+                continue;
+            }
+            if (started)
+                trainer->grad_adds[i] |= (unsigned char)(1u << k);
+            if (passes)
+                continue;
+            int free_slot = 0;
+            while (uses[free_slot] > 0)
+                free_slot++;
+            trainer->din_slot[i] = free_slot;
+            if (free_slot + 1 > slots)
+                slots = free_slot + 1;
+            if (!started) {
+                trainer->grad_slot[in] = free_slot;
+                uses[free_slot]++;
+            }
+        }
+        uses[mine]--;
+    }
+    trainer->grad_slot_count = slots;
+    free(uses);
+    return FR_OK;
 }
 
 static size_t layer_out_numel(const fr_model *model, int i) {
@@ -257,6 +379,7 @@ static void free_replica(replica *r) {
     fr_free(r->owned[1]);
     free(r->outputs);
     free(r->scratch);
+    free(r->grads);
     free(r->backward_calls);
     memset(r, 0, sizeof *r);
 }
@@ -276,13 +399,16 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bo
     r->outputs = calloc((size_t)layers, sizeof *r->outputs);
     r->scratch = calloc((size_t)layers, sizeof *r->scratch);
     r->backward_calls = calloc((size_t)layers, sizeof *r->backward_calls);
-    if (!r->outputs || !r->scratch || !r->backward_calls)
+    int slots = trainer->grad_slot_count;
+    r->grads = calloc((size_t)slots, sizeof *r->grads);
+    if (!r->outputs || !r->scratch || !r->backward_calls || !r->grads)
         return FR_ENOMEM;
 
-    /* Floats: kept outputs + 2 transient + 2 gradient buffers + scratch. */
+    /* Floats: kept outputs + 2 transient + the gradient slots + scratch. */
     size_t input_floats = round_up(fr_shape_numel(model->input) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
     size_t label_floats = round_up((size_t)rows_cap, SLAB_CHUNK_ALIGN);
-    size_t floats = 4 * round_up(act, SLAB_CHUNK_ALIGN) + input_floats + label_floats;
+    size_t floats = (2 + (size_t)slots) * round_up(act, SLAB_CHUNK_ALIGN) + input_floats +
+                    label_floats;
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
         if (!trainer->shares_input[i] && kept[i])
@@ -301,17 +427,16 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bo
     float *transient[2];
     for (int k = 0; k < 2; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
         transient[k] = next;
-    r->grad_a = next;
-    next += round_up(act, SLAB_CHUNK_ALIGN);
-    r->grad_b = next;
-    next += round_up(act, SLAB_CHUNK_ALIGN);
+    for (int k = 0; k < slots; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
+        r->grads[k] = next;
     r->gathered_x = next;
     next += input_floats;
     r->gathered_labels = (int32_t *)next;
     next += label_floats;
 
     /* Forward walks the layers; an output not kept goes to whichever
-     * transient buffer does not hold the layer's input. */
+     * transient buffer does not hold the layer's input (an output not kept
+     * is read only by the next layer, so that is the last one written). */
     int input_in = -1; /* which transient buffer holds the current input */
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
@@ -573,6 +698,10 @@ static int plan(fr_trainer *trainer, fr_error *err) {
         return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
     plan_shared_outputs(model, trainer->shares_input);
     plan_kept_outputs(model, trainer->shares_input, trainer->first_trainable, kept);
+    if (plan_gradients(trainer) != FR_OK) {
+        free(kept);
+        return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
+    }
     int rank_first, rank_rows;
     split_rows(trainer->config.max_batch, fr_comm_size(), 0, &rank_first, &rank_rows);
     int failed = 0;
@@ -622,6 +751,9 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
         return fr_fail(err, FR_EINVAL, "batch size %d: must be positive", config->max_batch);
     if (model->layer_count == 0)
         return fr_fail(err, FR_EINVAL, "the model has no layers");
+    if (model->block_depth > 0)
+        return fr_fail(err, FR_EINVAL, "residual block '%s' is not closed",
+                       model->blocks[model->block_depth - 1].name);
     if ((rc = fr_model_ensure_arena(model, err)) != FR_OK)
         return rc;
     /* Parallelism comes from replicas; OpenBLAS's own threads would fight them. */
@@ -642,8 +774,13 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
     trainer->param_steps = calloc((size_t)model->param_count + 1, sizeof(long));
     trainer->slab_offsets = calloc((size_t)model->param_count + 1, sizeof(size_t));
     trainer->shares_input = calloc((size_t)model->layer_count + 1, sizeof(bool));
+    trainer->needs_grad = calloc((size_t)model->layer_count + 1, sizeof(bool));
+    trainer->grad_slot = calloc((size_t)model->layer_count + 1, sizeof(int));
+    trainer->din_slot = calloc((size_t)model->layer_count + 1, sizeof(int));
+    trainer->grad_adds = calloc((size_t)model->layer_count + 1, 1);
     if (!trainer->replicas || !trainer->planned_requires_grad || !trainer->param_steps ||
-        !trainer->shares_input || !trainer->slab_offsets) {
+        !trainer->shares_input || !trainer->slab_offsets || !trainer->needs_grad ||
+        !trainer->grad_slot || !trainer->din_slot || !trainer->grad_adds) {
         fr_trainer_free(trainer);
         return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
     }
@@ -667,24 +804,32 @@ void fr_trainer_free(fr_trainer *trainer) {
     free(trainer->param_steps);
     free(trainer->slab_offsets);
     free(trainer->shares_input);
+    free(trainer->needs_grad);
+    free(trainer->grad_slot);
+    free(trainer->din_slot);
+    free(trainer->grad_adds);
     fr_free(trainer->cache.features);
     free(trainer);
 }
 
 /* ----------------------------------------------------- forward, backward */
 
+/* The buffer holding layer j's output (-1: the input rows x): sharing
+ * layers are walked back to the one that holds the data. */
+static const float *output_of(const fr_trainer *trainer, const replica *r, const float *x, int j) {
+    while (j >= 0 && trainer->shares_input[j])
+        j = trainer->model->layers[j].input;
+    return j >= 0 ? r->outputs[j] : x;
+}
+
 static const float *layer_input(const fr_trainer *trainer, const replica *r, const float *x,
                                 int i) {
-    /* Walk back over sharing layers to the buffer that holds the data. */
-    for (int j = i - 1; j >= 0; j--)
-        if (!trainer->shares_input[j])
-            return r->outputs[j];
-    return x;
+    return output_of(trainer, r, x, trainer->model->layers[i].input);
 }
 
 static const float *layer_output(const fr_trainer *trainer, const replica *r, const float *x,
                                  int i) {
-    return trainer->shares_input[i] ? layer_input(trainer, r, x, i) : r->outputs[i];
+    return output_of(trainer, r, x, i);
 }
 
 /* Layers [from, to) of this replica's rows. */
@@ -698,7 +843,11 @@ static void forward(const fr_trainer *trainer, replica *r, const float *x, int r
         /* An in-place layer writes over its input, a buffer this replica owns. */
         float *out = (float *)layer_output(trainer, r, x, i);
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-        l->ops->forward(l, layer_input(trainer, r, x, i), out, rows, r->scratch[i]);
+        if (l->ops->join)
+            fr_add_arrays(out, layer_input(trainer, r, x, i), output_of(trainer, r, x, l->shortcut),
+                          (size_t)rows * fr_shape_numel(l->out));
+        else
+            l->ops->forward(l, layer_input(trainer, r, x, i), out, rows, r->scratch[i]);
         fr_trace_add(omp_get_thread_num(), l->name, "forward", -1, t0, 0);
     }
 }
@@ -707,18 +856,34 @@ static void forward(const fr_trainer *trainer, replica *r, const float *x, int r
  * gradient for the layer below, or both. */
 enum { GRAD_WEIGHTS = 1, GRAD_INPUT = 2, GRAD_BOTH = 3 };
 
-/* The backward of layer i, from *dout; after the GRAD_INPUT part *dout is
- * the gradient the layer below needs (NULL at the first trainable layer,
- * where backward stops: nothing is computed for the frozen prefix). */
+/* The gradient at layer i's output, NULL where none is needed. */
+static float *output_grad(const fr_trainer *trainer, const replica *r, int i) {
+    return trainer->needs_grad[i] ? r->grads[trainer->grad_slot[i]] : NULL;
+}
+
+/* The backward of layer i, from the gradient at its output (the slots are
+ * planned by plan_gradients).  Its GRAD_INPUT part leaves the gradient at its
+ * input(s) in their slots; nothing is computed where nothing trainable lies
+ * behind (the frozen prefix, a frozen branch). */
 static void backward_layer(const fr_trainer *trainer, replica *r, const float *x, int rows, int i,
-                           float **dout, int parts) {
+                           int parts) {
     const fr_model *model = trainer->model;
     const fr_layer *l = &model->layers[i];
-    if (l->ops->alias)
-        return; /* same memory, same gradient */
+    float *dout = output_grad(trainer, r, i);
+    if (!dout)
+        return;
+    if (l->ops->alias || l->ops->join) {
+        /* Same gradient for each input: shared slots, or added to another
+         * reader's share. */
+        for (int k = 0; k < 2 && (parts & GRAD_INPUT); k++)
+            if (trainer->grad_adds[i] & (1u << k))
+                fr_add_into(r->grads[trainer->grad_slot[input_of(l, k)]], dout,
+                            (size_t)rows * fr_shape_numel(l->out));
+        return;
+    }
     float *din = NULL, *dweight = NULL, *dbias = NULL;
-    if ((parts & GRAD_INPUT) && i > trainer->first_trainable)
-        din = *dout == r->grad_a ? r->grad_b : r->grad_a;
+    if ((parts & GRAD_INPUT) && trainer->din_slot[i] >= 0)
+        din = r->grads[trainer->din_slot[i]];
     if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad &&
         !trainer->split_weight[i])
         dweight = r->slab + trainer->slab_offsets[l->weight];
@@ -728,13 +893,14 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
         r->backward_calls[i]++;
     if (din || dweight || dbias || parts == GRAD_BOTH) {
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-        l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), *dout,
+        l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), dout,
                          din, dweight, dbias, rows, r->scratch[i]);
         fr_trace_add(omp_get_thread_num(), l->name, parts == GRAD_INPUT ? "input-grad" : "backward",
                      -1, t0, 0);
     }
-    if (parts & GRAD_INPUT)
-        *dout = din;
+    if (din && (trainer->grad_adds[i] & 1u))
+        fr_add_into(r->grads[trainer->grad_slot[l->input]], din,
+                    (size_t)rows * fr_shape_numel(l->in));
 }
 
 static const void *target_rows(const fr_trainer *trainer, const void *targets, int first) {
@@ -813,7 +979,8 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
     const float *logits = layer_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
     r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
-                          run_backward ? r->grad_a : NULL, &r->correct, &r->bad_label);
+                          run_backward ? output_grad(trainer, r, model->layer_count - 1) : NULL,
+                          &r->correct, &r->bad_label);
     if (r->bad_label >= 0) {
         r->bad_label += first;
         return false;
@@ -872,12 +1039,11 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_l
  * meet again before any of them overwrites that gradient with the next
  * layer's.
  */
-static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, float **dout,
-                             int parts) {
+static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, int parts) {
     if (parts & GRAD_WEIGHTS)
-        r->layer_dout = active ? *dout : NULL;
+        r->layer_dout = active ? output_grad(trainer, r, i) : NULL;
     if (active)
-        backward_layer(trainer, r, r->x, r->step_rows, i, dout, parts);
+        backward_layer(trainer, r, r->x, r->step_rows, i, parts);
     if (trainer->split_weight[i] && (parts & GRAD_WEIGHTS)) {
 #pragma omp barrier
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
@@ -1084,10 +1250,9 @@ static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch
 #pragma omp single
         status = finish_loss(trainer, batch, loss, correct, err);
         /* (the single's barrier: every thread sees the status) */
-        float *dout = r->grad_a;
         for (int i = trainer->model->layer_count - 1;
              status == FR_OK && i >= trainer->first_trainable; i--)
-            backward_in_step(trainer, r, active, i, &dout, GRAD_BOTH);
+            backward_in_step(trainer, r, active, i, GRAD_BOTH);
 #pragma omp barrier
         size_t begin, end;
         chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
@@ -1245,18 +1410,18 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
  * before the next block is computed; otherwise the whole layer, then its
  * pieces.  Every thread calls it.
  */
-static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int i, float **dout,
-                               int k, int *status, fr_error *err) {
+static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int i, int k,
+                               int *status, fr_error *err) {
     const bucket *b = &trainer->buckets[k];
     float *reduced = trainer->replicas[0].slab;
     int t = omp_get_thread_num(), blocks = trainer->row_blocks[i];
     if (blocks == 0) {
-        backward_in_step(trainer, r, active, i, dout, GRAD_WEIGHTS);
+        backward_in_step(trainer, r, active, i, GRAD_WEIGHTS);
     } else {
         /* The bias (the weight is computed by rows below). */
-        r->layer_dout = active ? *dout : NULL;
+        r->layer_dout = active ? output_grad(trainer, r, i) : NULL;
         if (active)
-            backward_layer(trainer, r, r->x, r->step_rows, i, dout, GRAD_WEIGHTS);
+            backward_layer(trainer, r, r->x, r->step_rows, i, GRAD_WEIGHTS);
     }
     for (int j = 0; j < b->pieces; j++) {
         const piece *p = &trainer->pieces[b->first_piece + j];
@@ -1322,18 +1487,17 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
                 fr_comm_start_sum_doubles(totals, LOSS_TOTALS, &loss_ticket, err) != FR_OK)
                 status = err ? err->status : FR_ECOMM;
         }
-        float *dout = r->grad_a;
         int next = 0;
         for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--) {
             /* A layer that completes a bucket computes its parameters'
              * gradients first, so the bucket leaves before the (as costly)
              * gradient for the layer below is computed. */
             if (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
-                weights_and_pieces(trainer, r, active, i, &dout, next, &status, err);
+                weights_and_pieces(trainer, r, active, i, next, &status, err);
                 next++;
-                backward_in_step(trainer, r, active, i, &dout, GRAD_INPUT);
+                backward_in_step(trainer, r, active, i, GRAD_INPUT);
             } else {
-                backward_in_step(trainer, r, active, i, &dout, GRAD_BOTH);
+                backward_in_step(trainer, r, active, i, GRAD_BOTH);
             }
         }
     }
@@ -1420,7 +1584,8 @@ static void fill_cache(fr_trainer *trainer, const fr_dataset *data) {
 /*
  * Size the feature cache for this dataset and frozen prefix (as many samples
  * as the budget holds, from index 0) and fill it.  Nothing is cached when the
- * prefix is empty or moves no data (a lone flatten).
+ * prefix is empty, moves no data (a lone flatten), or ends inside a residual
+ * block.
  */
 static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
     feature_cache *c = &trainer->cache;
@@ -1432,11 +1597,20 @@ static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err
     bool moves_data = false;
     for (int i = 0; i <= layer; i++)
         moves_data |= !trainer->shares_input[i];
+    /* The suffix must need nothing of the prefix but its last output: a cut
+     * through a residual block (a trainable shortcut reading the block's
+     * input, say) caches nothing. */
+    bool clean_cut = true;
+    for (int i = trainer->first_trainable; i < trainer->model->layer_count; i++)
+        for (int k = 0; k < 2; k++) {
+            int in = input_of(&trainer->model->layers[i], k);
+            clean_cut = clean_cut && (in == -2 || in >= layer);
+        }
     size_t numel = fr_shape_numel(trainer->model->layers[layer].out);
     size_t samples = numel ? c->budget_bytes / (numel * sizeof(float)) : 0;
     if (samples > (size_t)data->n)
         samples = (size_t)data->n;
-    if (!moves_data || samples == 0) {
+    if (!moves_data || !clean_cut || samples == 0) {
         c->layer = -1;
         return FR_OK;
     }

@@ -26,7 +26,7 @@ fi
 
 # The checks are counted up front: the per-run lines come from reading
 # compare_runs.py's output, a loop that would pass silently if it read nothing.
-plan 128
+plan 147
 # tests/compare_runs.py REF INIT RUN... checks losses and weights of each run
 # against REF (see its docstring for the tolerances).
 layout_fixture
@@ -152,5 +152,59 @@ ok $status "2 ranks running 1 and 3 threads (MPMD): training succeeds"
     > "$WORK/mixed.cmp"
 [ "$(grep -c '^mixed [a-z]* 0 ' "$WORK/mixed.cmp")" -eq 2 ]
 ok $? "2 ranks running 1 and 3 threads: losses and weights equal 1x1's within 1e-5 relative ($(grep '^mixed' "$WORK/mixed.cmp" | cut -d' ' -f4- | tr '\n' ' '))"
+
+# Residual blocks (identity and downsampling shortcuts): 2 ranks, and 2 x 2,
+# train as 1 rank x 2 threads, with everything trained and with a frozen
+# prefix that runs through the first block.
+MODEL=$WORK/residual.txt
+cat > "$MODEL" <<'MODEL_END'
+input 1 28 28
+conv1 = conv2d(1, 4, 3, stride=2, padding=1)
+relu
+residual layer1.0 {
+    conv1 = conv2d(4, 4, 3, padding=1, bias=False)
+    relu
+    conv2 = conv2d(4, 4, 3, padding=1, bias=False)
+}
+relu
+residual layer2.0 {
+    conv1 = conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+    relu
+    conv2 = conv2d(8, 8, 3, padding=1, bias=False)
+    shortcut {
+        downsample.0 = conv2d(4, 8, 1, stride=2, bias=False)
+    }
+}
+relu
+flatten
+fc = linear(392, 10)
+MODEL_END
+"$FROST" train --model "$MODEL" --data "$WORK/data" --steps 1 --lr 0 --seed 11 \
+    --save "$WORK/residual.init.safetensors" > "$WORK/residual.init.out" 2>&1
+ok $? "the residual model trains; a run with --lr 0 writes its seeded initial weights"
+residual_set() {
+    name=$1 what=$2 frozen=$3
+    shift 3
+    for l in 1x2 2x1 2x2; do
+        mpi_train "$WORK/$name.$l" "${l%x*}" "${l#*x}" "$@"
+        ok $? "$what, ${l}: ${l%x*} rank(s) x ${l#*x} thread(s) train to the end"
+    done
+    "$PYTHON3" "$TOP_SRCDIR/tests/compare_runs.py" "$WORK/$name.1x2.dir" \
+        "$WORK/residual.init.safetensors" "$WORK/$name.2x1.dir" "$WORK/$name.2x2.dir" \
+        > "$WORK/$name.cmp"
+    ok $? "$what: the runs' losses and weights can be compared"
+    while read -r label kind status detail; do
+        case $kind in
+        losses | weights) ok "$status" "$what, ${label#*.}: $kind equal 1x2's within 1e-5 relative ($detail)" ;;
+        unchanged)
+            [ "$detail" = "$frozen" ]
+            ok $? "$what: exactly the frozen tensors keep their initial bits (expected '$frozen', got '$detail')" ;;
+        esac
+    done < "$WORK/$name.cmp"
+}
+residual_set residual "residual blocks" ""
+residual_set residual_frozen "residual blocks, --freeze conv1 --freeze layer1.0" \
+    "conv1.bias conv1.weight layer1.0.conv1.weight layer1.0.conv2.weight" \
+    --freeze conv1 --freeze layer1.0
 
 done_testing

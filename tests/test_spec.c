@@ -314,8 +314,8 @@ static void test_errors(void) {
                 WANT("model.txt: no layers"));
     check_error("a name with nothing after '='", "linear(4, 4)\nfc1 = \n", FR_EFORMAT,
                 WANT("model.txt:2:", "expected a layer kind"));
-    check_error("a name with a '.'", "fc.1 = linear(4, 4)", FR_EFORMAT,
-                WANT("model.txt:1:", "invalid layer name 'fc.1'"));
+    check_error("a name with '..'", "fc..1 = linear(4, 4)", FR_EINVAL,
+                WANT("model.txt:1:", "invalid layer name 'fc..1'"));
     check_error("an '=' with no name", "linear(4, 4)\n = relu", FR_EFORMAT,
                 WANT("model.txt:2:", "expected a layer name"));
     check_error("a first layer that implies no input", "relu\nlinear(4, 4)", FR_EFORMAT,
@@ -545,8 +545,117 @@ static void test_add_functions(void) {
     fr_model_free(model);
 }
 
+
+/* ------------------------------------------------------ residual blocks */
+
+/* torchvision's BasicBlock with a downsampling shortcut, then one with the
+ * identity and a nested block, as a file and inline. */
+static const char *const residual_file =
+    "input 8 6 6\n"
+    "residual layer1.0 {                 # output = body(x) + shortcut(x)\n"
+    "    conv1 = conv2d(8, 16, 3, stride=2, padding=1, bias=False)\n"
+    "    relu\n"
+    "    conv2 = conv2d(16, 16, 3, padding=1, bias=False)\n"
+    "    shortcut {\n"
+    "        downsample.0 = conv2d(8, 16, 1, stride=2, bias=False)\n"
+    "    }\n"
+    "}\n"
+    "relu\n"
+    "residual layer1.1 {\n"
+    "    conv1 = conv2d(16, 16, 3, padding=1)\n"
+    "    residual inner { conv = conv2d(16, 16, 1) }\n"
+    "}\n"
+    "flatten\n"
+    "fc = linear(144, 10)\n";
+
+static const char *const residual_inline =
+    "input 8 6 6; residual layer1.0 { conv1 = conv2d(8, 16, 3, stride=2, padding=1, bias=False);"
+    " relu; conv2 = conv2d(16, 16, 3, padding=1, bias=False); shortcut {"
+    " downsample.0 = conv2d(8, 16, 1, stride=2, bias=False) } }; relu;"
+    " residual layer1.1 { conv1 = conv2d(16, 16, 3, padding=1); residual inner {"
+    " conv = conv2d(16, 16, 1) } }; flatten; fc = linear(144, 10)";
+
+static void check_residual_model(fr_model *model, const char *how) {
+    if (!tap_ok(model != NULL, "%s: a model with residual blocks parses", how))
+        return;
+    tap_ok(fr_model_param_count(model) == 9 && fr_model_output_numel(model) == 10,
+           "%s: it has 9 parameters and 10 outputs", how);
+    tap_ok(param_is(model, 0, "layer1.0.conv1.weight", (int[]){16, 8, 3, 3, 0}) &&
+               param_is(model, 1, "layer1.0.conv2.weight", (int[]){16, 16, 3, 3, 0}),
+           "%s: the body's names have the block's in front (layer1.0.conv1.weight, ...)", how);
+    tap_ok(param_is(model, 2, "layer1.0.downsample.0.weight", (int[]){16, 8, 1, 1, 0}),
+           "%s: the shortcut's too: layer1.0.downsample.0.weight [16, 8, 1, 1]", how);
+    tap_ok(param_is(model, 5, "layer1.1.inner.conv.weight", (int[]){16, 16, 1, 1, 0}) &&
+               param_is(model, 6, "layer1.1.inner.conv.bias", (int[]){16, 0}),
+           "%s: nested blocks nest the names (layer1.1.inner.conv.weight)", how);
+    tap_ok(param_is(model, 7, "fc.weight", (int[]){10, 144, 0}),
+           "%s: after the blocks names are plain again (fc.weight)", how);
+    int join = -1;
+    for (int i = 0; i < fr_model_layer_count(model); i++)
+        if (strcmp(fr_model_layer_name(model, i), "layer1.0") == 0)
+            join = i;
+    tap_ok(join >= 0 && strcmp(fr_model_layer_kind(model, join), "residual") == 0,
+           "%s: the block's sum is a layer named as the block", how);
+}
+
+static void test_residual_blocks(void) {
+    fr_model *model = parse(residual_file);
+    check_residual_model(model, "file text");
+    fr_model_free(model);
+    model = parse(residual_inline);
+    check_residual_model(model, "inline with ';'");
+    fr_model_free(model);
+    model = parse("input 4 3 3; residual b { relu }; residual c { shortcut2 = relu }");
+    tap_ok(model && fr_model_layer_count(model) == 4 &&
+               strcmp(fr_model_layer_name(model, 0), "b.0") == 0,
+           "identity shortcuts; an unnamed layer in a block is named by its index after the "
+           "block's name (b.0)");
+    fr_model_free(model);
+
+    check_error("an unclosed block", "input 4 3 3\nrelu\nresidual b {\n  relu\n", FR_EFORMAT,
+                WANT("model.txt:3: residual block 'b' is not closed (missing '}')"));
+    check_error("an unclosed shortcut",
+                "input 4 3 3; residual b { relu; shortcut { relu", FR_EFORMAT,
+                WANT("model.txt:3: the shortcut of residual block 'b' is not closed"));
+    check_error("a '}' with no block", "input 4 3 3\nrelu\n}\n", FR_EFORMAT,
+                WANT("model.txt:3: unexpected '}' (no block is open)"));
+    check_error("a residual without '{'", "input 4 3 3\nresidual b\n{ relu }", FR_EFORMAT,
+                WANT("model.txt:2: expected '{' after 'residual NAME'"));
+    check_error("a block with no name", "input 4 3 3\nresidual { relu }", FR_EFORMAT,
+                WANT("model.txt:2: expected 'residual NAME' or 'shortcut' before '{'"));
+    check_error("an empty block", "input 4 3 3\nresidual b {\n}", FR_EFORMAT,
+                WANT("model.txt:3: residual block 'b' has no layers"));
+    check_error("a shortcut outside a block", "input 4 3 3\nshortcut { relu }", FR_EFORMAT,
+                WANT("model.txt:2: 'shortcut {' outside a residual block"));
+    check_error("a second shortcut",
+                "input 4 3 3; residual b { relu; shortcut { relu }; shortcut { relu } }",
+                FR_EFORMAT, WANT("model.txt:4: residual block 'b' has a second shortcut"));
+    check_error("a layer after the shortcut",
+                "input 4 3 3; residual b { relu; shortcut { relu }; relu }", FR_EFORMAT,
+                WANT("model.txt:4: a layer after the shortcut of residual block 'b'"));
+    check_error("a body and shortcut of different shapes",
+                "input 4 6 6\nrelu\nresidual layer1.0 {\n  conv1 = conv2d(4, 8, 3, stride=2, padding=1)\n"
+                "  shortcut {\n    downsample.0 = conv2d(4, 8, 1)\n  }\n}\n",
+                FR_ESHAPE,
+                WANT("model.txt:3: residual block 'layer1.0'", "body gives 8x3x3",
+                     "shortcut gives 8x6x6"));
+    check_error("an identity shortcut that does not fit the body",
+                "input 4 6 6; residual b { c = conv2d(4, 8, 3, padding=1) }", FR_ESHAPE,
+                WANT("model.txt:2: residual block 'b'", "body gives 8x6x6",
+                     "shortcut gives 4x6x6 (the block's input)"));
+    check_error("a layer in a block that does not fit its input",
+                "input 4 6 6\nresidual b {\n  c = conv2d(3, 8, 3)\n}", FR_ESHAPE,
+                WANT("model.txt:3:", "b.c"));
+    check_error("a block named twice", "input 4 3 3; residual b { relu }; residual b { relu }",
+                FR_EINVAL, WANT("model.txt:3:", "'b' is used twice"));
+    check_error("a prefixed name too long",
+                "input 4 3 3; residual abcdefghijklmnopqrstuvwxyz0123456789 {"
+                " abcdefghijklmnop = conv2d(4, 4, 1) }", FR_EINVAL,
+                WANT("model.txt:2:", "too long"));
+}
+
 int main(void) {
-    tap_plan(152); /* every check below, counted: fewer or more fails the test */
+    tap_plan(181); /* every check below, counted: fewer or more fails the test */
     size_t bytes_before = fr_allocated_bytes();
     test_design_example();
     test_index_names();
@@ -557,6 +666,7 @@ int main(void) {
     test_hostile_input();
     test_load();
     test_add_functions();
+    test_residual_blocks();
     tap_ok(fr_allocated_bytes() == bytes_before, "every model was freed");
     return tap_done();
 }

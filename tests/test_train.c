@@ -454,6 +454,204 @@ static void test_feature_cache(void) {
     fr_dataset_free(data);
 }
 
+
+/* ------------------------------------------------------ residual blocks */
+
+/* conv0 feeds a block whose shortcut is a 1x1 convolution and whose body
+ * holds a nested block with the identity shortcut: the gradient at each
+ * block's input is the sum of its two branches'.  No relu: central
+ * differences across its kink would be wrong by more than a lost branch. */
+#define RESIDUAL_NET                                                                             \
+    "input 2 4 4; conv0 = conv2d(2, 3, 3, padding=1);"                                           \
+    "residual b { c1 = conv2d(3, 3, 3, padding=1); residual inner { c2 = conv2d(3, 3, 1) };"     \
+    "  shortcut { d = conv2d(3, 3, 1, bias=False) } };"                                          \
+    "flatten; fc = linear(48, 3)"
+
+static fr_model *residual_net(void) {
+    fr_model *m = NULL;
+    fr_error err = {0};
+    if (fr_model_parse(RESIDUAL_NET, "test", &m, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    else
+        fr_model_init(m, 5, NULL);
+    return m;
+}
+
+/*
+ * One SGD step with lr 1 and no momentum moves each trainable parameter by
+ * minus its gradient; central differences of the loss (fr_trainer_evaluate)
+ * give the same gradient independently.  Returns the worst difference
+ * relative to 1e-2 + |gradient|, over every value of every trainable
+ * parameter; `frozen_moved` counts frozen values that changed, `calls` how
+ * often the backward of layer `watched` ran.
+ */
+static double residual_gradient_error(const char *const *freeze, int threads, int *frozen_moved,
+                                      const char *watched, long *calls) {
+    fr_model *m = residual_net();
+    fr_error err = {0};
+    if (!m)
+        return INFINITY;
+    for (int k = 0; freeze && freeze[k]; k++)
+        if (fr_model_freeze(m, freeze[k], &err) != FR_OK)
+            tap_diag("%s", err.msg);
+    enum { N = 4 };
+    float x[N * 32];
+    int32_t labels[N];
+    random_batch(m, N, x, labels, 31);
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.lr = 1.0;
+    c.threads = threads;
+    c.max_batch = N;
+    fr_trainer *t = NULL;
+    if (fr_trainer_new(m, &c, &t, &err) != FR_OK) {
+        tap_diag("%s", err.msg);
+        fr_model_free(m);
+        return INFINITY;
+    }
+    size_t total = fr_model_numel(m);
+    float *before = malloc(total * sizeof(float));
+    double *numeric = malloc(total * sizeof(double));
+    size_t at = 0;
+    for (size_t i = 0; i < fr_model_param_count(m); i++) {
+        fr_param *p = fr_model_param(m, i);
+        float *v = fr_param_data(p);
+        for (size_t j = 0; j < fr_param_numel(p); j++, at++) {
+            before[at] = v[j];
+            const float eps = 1e-3f;
+            double up = 0.0, down = 0.0;
+            v[j] = before[at] + eps;
+            fr_trainer_evaluate(t, x, labels, N, &up, NULL, &err);
+            double step = v[j];
+            v[j] = before[at] - eps;
+            fr_trainer_evaluate(t, x, labels, N, &down, NULL, &err);
+            step -= v[j]; /* 2 eps as float rounds it */
+            v[j] = before[at];
+            numeric[at] = (up - down) / step;
+        }
+    }
+    if (fr_trainer_step(t, x, labels, N, NULL, NULL, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    fr_trainer_sync(t, &err);
+    double worst = 0.0;
+    *frozen_moved = 0;
+    at = 0;
+    for (size_t i = 0; i < fr_model_param_count(m); i++) {
+        fr_param *p = fr_model_param(m, i);
+        const float *v = fr_param_data(p);
+        for (size_t j = 0; j < fr_param_numel(p); j++, at++) {
+            if (!p->requires_grad) {
+                *frozen_moved += v[j] != before[at];
+                continue;
+            }
+            double analytic = (double)before[at] - v[j];
+            worst = fmax(worst, fabs(analytic - numeric[at]) / (1e-2 + fabs(numeric[at])));
+        }
+    }
+    *calls = fr_trainer_layer_backward_calls(t, fr_model_find_layer(m, watched));
+    free(before);
+    free(numeric);
+    fr_trainer_free(t);
+    fr_model_free(m);
+    return worst;
+}
+
+static void test_residual_gradients(void) {
+    int moved = 0;
+    long calls = 0;
+    double worst = residual_gradient_error(NULL, 1, &moved, "b.d", &calls);
+    tap_ok(worst < 1e-2 && calls == 1,
+           "a residual block (1x1 shortcut, a nested identity block): every parameter's gradient "
+           "matches central differences of the loss (worst relative difference %.2g)", worst);
+    worst = residual_gradient_error(NULL, 3, &moved, "b.d", &calls);
+    tap_ok(worst < 1e-2, "the same on 3 threads (worst %.2g)", worst);
+    static const char *const prefix[] = {"conv0", NULL};
+    worst = residual_gradient_error(prefix, 2, &moved, "conv0", &calls);
+    tap_ok(worst < 1e-2 && moved == 0 && calls == 0,
+           "conv0 frozen: the blocks' gradients still match (worst %.2g), conv0 keeps its bits "
+           "(%d values moved) and its backward never runs (%ld calls)", worst, moved, calls);
+    static const char *const shortcut[] = {"conv0", "b.d", NULL};
+    worst = residual_gradient_error(shortcut, 1, &moved, "b.d", &calls);
+    tap_ok(worst < 1e-2 && moved == 0 && calls == 0,
+           "conv0 and the shortcut frozen: the body's gradients match (worst %.2g), nothing runs "
+           "for the frozen shortcut (%ld backward calls, %d values moved)", worst, calls, moved);
+    static const char *const body[] = {"conv0", "b.c1", "b.inner", NULL};
+    worst = residual_gradient_error(body, 2, &moved, "b.c1", &calls);
+    tap_ok(worst < 1e-2 && moved == 0 && calls == 0,
+           "conv0 and the body frozen (a bare block name freezes the block): the shortcut's "
+           "gradient matches (worst %.2g), nothing runs for the body (%ld calls, %d moved)",
+           worst, calls, moved);
+}
+
+
+/* A frozen prefix ending after a residual block is cached like any other;
+ * one ending inside a block (the shortcut still reads the block's input) is
+ * not, and both train as without the cache. */
+static void residual_cache_run(const char *const *freeze, double cache_mb, fr_dataset *data,
+                               float *out, size_t *cache_bytes) {
+    fr_model *m = NULL;
+    fr_error err = {0};
+    if (fr_model_parse("input 1 4 4; conv0 = conv2d(1, 4, 3, padding=1); relu;"
+                       "residual b { c1 = conv2d(4, 4, 3, padding=1); relu;"
+                       "  c2 = conv2d(4, 4, 3, padding=1); shortcut { d = conv2d(4, 4, 1) } };"
+                       "relu; flatten; fc = linear(64, 3)", "test", &m, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    fr_model_init(m, 3, &err);
+    for (int k = 0; freeze[k]; k++)
+        fr_model_freeze(m, freeze[k], &err);
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.lr = 0.1;
+    c.momentum = 0.9;
+    c.threads = 2;
+    c.max_batch = 10;
+    c.cache_mb = cache_mb;
+    fr_trainer *t = NULL;
+    fr_trainer_new(m, &c, &t, &err);
+    int order[40];
+    for (long epoch = 0; epoch < 2; epoch++) {
+        fr_epoch_order(order, 40, 5, epoch, true);
+        for (int b = 0; b < 40; b += 10)
+            if (fr_trainer_step_samples(t, data, order + b, 10, NULL, NULL, &err) != FR_OK)
+                tap_diag("%s", err.msg);
+    }
+    *cache_bytes = fr_trainer_cache_bytes(t);
+    fr_param *w = fr_model_find_param(m, "fc.weight");
+    memcpy(out, fr_param_data(w), fr_param_numel(w) * sizeof(float));
+    fr_trainer_free(t);
+    fr_model_free(m);
+}
+
+static void test_residual_cache(void) {
+    float x[40 * 16];
+    uint8_t labels[40];
+    fr_rng rng;
+    fr_rng_seed(&rng, 19);
+    for (int i = 0; i < 40 * 16; i++)
+        x[i] = fr_rng_uniform(&rng);
+    for (int i = 0; i < 40; i++)
+        labels[i] = (uint8_t)(i % 3);
+    fr_dataset *data = NULL;
+    fr_error err = {0};
+    fr_dataset_from_arrays(x, labels, 40, 1, 4, 4, &data, &err);
+    static const char *const whole[] = {"conv0", "b", NULL};
+    static const char *const inside[] = {"conv0", "b.c1", "b.c2", NULL};
+    float plain[192], cached[192];
+    size_t off_bytes, on_bytes;
+    residual_cache_run(whole, -1, data, plain, &off_bytes);
+    residual_cache_run(whole, 0, data, cached, &on_bytes);
+    tap_ok(off_bytes == 0 && on_bytes == 40 * 64 * sizeof(float) &&
+               memcmp(plain, cached, sizeof plain) == 0,
+           "a frozen residual block is cached (%zu bytes: the relu after it) and trains to the "
+           "same bits as without the cache", on_bytes);
+    residual_cache_run(inside, -1, data, plain, &off_bytes);
+    residual_cache_run(inside, 0, data, cached, &on_bytes);
+    tap_ok(on_bytes == 0 && memcmp(plain, cached, sizeof plain) == 0,
+           "a frozen prefix ending inside a block (its shortcut trains) caches nothing (%zu bytes) "
+           "and trains as without the cache", on_bytes);
+    fr_dataset_free(data);
+}
+
 static void test_bad_steps(void) {
     fr_model *m = mlp();
     fr_trainer *t = make_trainer(m, FR_SGD, 1, 4);
@@ -477,7 +675,7 @@ static void test_bad_steps(void) {
 }
 
 int main(void) {
-    tap_plan(52); /* every check below, counted: fewer or more fails the test */
+    tap_plan(59); /* every check below, counted: fewer or more fails the test */
     test_loss_gradients();
     test_sgd_formulas();
     test_adam_formulas();
@@ -489,6 +687,8 @@ int main(void) {
     test_gradual_unfreezing();
     test_learning_and_threads();
     test_feature_cache();
+    test_residual_gradients();
+    test_residual_cache();
     test_bad_steps();
     return tap_done();
 }

@@ -25,6 +25,10 @@ CNN='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1); relu; conv2 = conv2d(4, 8, 3,
 # padding -> 4x7x7, conv2 -> 8x7x7, avgpool with padding -> 8x4x4, adaptive
 # average -> 8x2x2 = 32
 POOLS='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1, bias=False); relu; maxpool2d(3, 2, 1); conv2 = conv2d(4, 8, 3, padding=1); relu; avgpool2d(3, stride=2, padding=1); adaptive_avgpool2d(2); flatten; fc1 = linear(32, 10)'
+# Residual blocks: conv1 -> 4x14x14, layer1.0 with the identity shortcut,
+# layer2.0 downsampling -> 8x7x7 with a 1x1 convolution as its shortcut and a
+# nested identity block in its body = 392
+RES='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1); relu; residual layer1.0 { conv1 = conv2d(4, 4, 3, padding=1, bias=False); relu; conv2 = conv2d(4, 4, 3, padding=1, bias=False) }; relu; residual layer2.0 { conv1 = conv2d(4, 8, 3, stride=2, padding=1, bias=False); relu; residual inner { conv = conv2d(8, 8, 1) }; shortcut { downsample.0 = conv2d(4, 8, 1, stride=2, bias=False) } }; relu; flatten; fc = linear(392, 10)'
 
 # NAME|MODEL|FROZEN|OPTIONS.  FROZEN: --freeze patterns separated by spaces,
 # or "-".  OPTIONS: the same words for frost train and torch_reference.py.
@@ -34,7 +38,9 @@ mlp-adamw|$MLP|-|--optimizer adamw --lr 0.001 --weight-decay 0.1
 cnn-sgd-nesterov-freeze-conv1|$CNN|conv1|--optimizer sgd --lr 0.02 --momentum 0.9 --nesterov --weight-decay 0.01
 mlp-adam-l2-freeze-fc1|$MLP|fc1|--optimizer adam --lr 0.002 --weight-decay 0.01
 cnn-sgd-freeze-biases|$CNN|*.bias|--optimizer sgd --lr 0.05
-pools-adam|$POOLS|-|--optimizer adam --lr 0.003"
+pools-adam|$POOLS|-|--optimizer adam --lr 0.003
+residual-sgd-momentum|$RES|-|--optimizer sgd --lr 0.01 --momentum 0.9
+residual-sgd-freeze-layer1|$RES|conv1 layer1.0|--optimizer sgd --lr 0.02 --momentum 0.9"
 
 # each_case FUNCTION: calls FUNCTION NAME MODEL FROZEN OPTIONS for every case.
 # A here-document, not a pipe, so that the loop runs in this shell and the

@@ -35,7 +35,8 @@
 The model grammar is the subset of frost's (DESIGN.md) that the tests use:
 `input C H W`, linear(in, out), conv2d(in, out, k[, stride[, padding]][, bias=B]),
 relu, maxpool2d and avgpool2d(k[, stride[, padding]]), adaptive_avgpool2d(n), flatten; `NAME = KIND(ARGS)`, or unnamed and
-then named by its index as nn.Sequential does; `;` or newlines between layers,
+then named by its index as nn.Sequential does; `residual NAME { ... [shortcut { ... }] }`
+blocks (their layers' names prefixed with NAME.); `;` or newlines between layers,
 `#` comments, keyword arguments.  Safetensors files are read and written by
 hand, so torch itself is the only requirement, and the compare commands need
 only the standard library.
@@ -82,85 +83,150 @@ class JobError(Exception):
     pass
 
 
+def parse_layer(piece):
+    """(name or None, kind, {argument: value}) for one layer's text."""
+    name = None
+    m = re.match(r"^([A-Za-z_][\w.-]*)\s*=\s*(.*)$", piece)
+    if m:
+        name, piece = m.group(1), m.group(2).strip()
+    m = re.match(r"^(\w+)\s*(?:\((.*)\))?$", piece)
+    if not m or m.group(1).lower() not in ARG_NAMES:
+        raise JobError(f"unsupported layer '{piece}'")
+    kind, args = m.group(1).lower(), {}
+    items = [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
+    for i, item in enumerate(items):
+        if "=" in item:
+            key, value = (s.strip() for s in item.split("=", 1))
+            key = "kernel_size" if key == "kernel" else key
+        else:
+            key, value = ARG_NAMES[kind][i], item
+        args[key] = {"True": True, "False": False}[value] if value in ("True", "False") \
+            else int(value)
+    if len(args) < MIN_ARGS[kind]:
+        raise JobError(f"'{piece}': too few arguments")
+    return name, kind, args
+
+
 def parse_spec(text):
-    """(input shape or None, [(name or None, kind, {argument: value})])"""
+    """(input shape or None, items): an item is a layer (name or None, kind,
+    {argument: value}) or a block ("residual", name, body items, shortcut items)."""
     if os.path.isfile(text):
         with open(text) as f:
             text = f.read()
     pieces = []
     for line in text.split("\n"):
-        pieces.extend(p.strip() for p in line.split("#", 1)[0].split(";"))
-    input_shape, layers = None, []
+        for piece in line.split("#", 1)[0].split(";"):
+            pieces.extend(p.strip() for p in re.split(r"([{}])", piece))
+    input_shape, root, first = None, [], []
+    stack, header = [root], None
     for piece in filter(None, pieces):
         words = piece.split()
-        if words[0] == "input":
-            input_shape = tuple(int(w) for w in words[1:])
-            continue
-        name = None
-        m = re.match(r"^([A-Za-z_][\w.-]*)\s*=\s*(.*)$", piece)
-        if m:
-            name, piece = m.group(1), m.group(2).strip()
-        m = re.match(r"^(\w+)\s*(?:\((.*)\))?$", piece)
-        if not m or m.group(1).lower() not in ARG_NAMES:
-            raise JobError(f"unsupported layer '{piece}'")
-        kind, args = m.group(1).lower(), {}
-        items = [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
-        for i, item in enumerate(items):
-            if "=" in item:
-                key, value = (s.strip() for s in item.split("=", 1))
-                key = "kernel_size" if key == "kernel" else key
+        if piece == "{":
+            if header is None:
+                raise JobError("'{' without 'residual NAME' or 'shortcut'")
+            if header == "shortcut":
+                stack.append(stack[-2][-1][3])
             else:
-                key, value = ARG_NAMES[kind][i], item
-            args[key] = {"True": True, "False": False}[value] if value in ("True", "False") \
-                else int(value)
-        if len(args) < MIN_ARGS[kind]:
-            raise JobError(f"'{piece}': too few arguments")
-        layers.append((name, kind, args))
-    if input_shape is None and layers and layers[0][1] == "conv2d":
-        input_shape = (layers[0][2]["in_channels"], 28, 28)
-    return input_shape, layers
+                block = ("residual", header, [], [])
+                stack[-1].append(block)
+                stack.append(block[2])
+            header = None
+        elif piece == "}":
+            stack.pop()
+        elif words[0] == "residual" and len(words) == 2:
+            header = words[1]
+        elif piece == "shortcut":
+            header = "shortcut"
+        elif words[0] == "input":
+            input_shape = tuple(int(w) for w in words[1:])
+        else:
+            layer = parse_layer(piece)
+            first = first or [layer]
+            stack[-1].append(layer)
+    if input_shape is None and first and first[0][1] == "conv2d":
+        input_shape = (first[0][2]["in_channels"], 28, 28)
+    return input_shape, root
+
+
+def make_layer(kind, a):
+    nn = need_torch().nn
+    if kind == "linear":
+        return nn.Linear(a["in_features"], a["out_features"])
+    if kind == "conv2d":
+        return nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"],
+                         stride=a.get("stride", 1), padding=a.get("padding", 0),
+                         bias=a.get("bias", True))
+    if kind == "maxpool2d":
+        return nn.MaxPool2d(a["kernel_size"], stride=a.get("stride"), padding=a.get("padding", 0))
+    if kind == "avgpool2d":
+        return nn.AvgPool2d(a["kernel_size"], stride=a.get("stride"), padding=a.get("padding", 0))
+    if kind == "adaptive_avgpool2d":
+        return nn.AdaptiveAvgPool2d(a["output_size"])
+    if kind == "relu":
+        return nn.ReLU()
+    return nn.Flatten()
 
 
 def make_net(spec):
-    """A module whose children are the layers in order, named as frost names
-    them, so named_parameters() lists `conv1.weight`, ..., `0.weight`."""
+    """A module tree named as frost names the layers, so named_parameters()
+    lists `conv1.weight`, ..., `0.weight`, `layer1.0.downsample.0.weight`: a
+    residual block is a module (output = body(x) + shortcut(x)) holding its
+    layers under their dotted names; unnamed layers are named by their index
+    in frost's list of layers (where each block's sum counts as one)."""
     nn = need_torch().nn
-    input_shape, layers = parse_spec(spec)
+    input_shape, items = parse_spec(spec)
+
+    def run(modules, x):
+        for module in modules:
+            x = module(x)
+        return x
 
     class Net(nn.Module):
         def forward(self, x):
             x = x.reshape(x.shape[0], *input_shape) if input_shape else x.reshape(x.shape[0], -1)
-            for module in self.children():
-                x = module(x)
-            return x
+            return run(self.order, x)
+
+    class Residual(nn.Module):
+        def forward(self, x):
+            return run(self.body, x) + run(self.shortcut, x)
+
+    def place(owner, dotted, module):
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not hasattr(owner, part):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+        owner.add_module(parts[-1], module)
+
+    index = [0]
+
+    def build(owner, items):
+        modules = []
+        for item in items:
+            if item[0] == "residual":
+                block = Residual()
+                block.body = build(block, item[2])
+                block.shortcut = build(block, item[3])
+                module, name = block, item[1]
+            else:
+                name, kind, a = item
+                module = make_layer(kind, a)
+                name = name if name is not None else str(index[0])
+            index[0] += 1
+            place(owner, name, module)
+            modules.append(module)
+        return modules
 
     net = Net()
-    for index, (name, kind, a) in enumerate(layers):
-        if kind == "linear":
-            module = nn.Linear(a["in_features"], a["out_features"])
-        elif kind == "conv2d":
-            module = nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"],
-                               stride=a.get("stride", 1), padding=a.get("padding", 0),
-                               bias=a.get("bias", True))
-        elif kind == "maxpool2d":
-            module = nn.MaxPool2d(a["kernel_size"], stride=a.get("stride"),
-                                  padding=a.get("padding", 0))
-        elif kind == "avgpool2d":
-            module = nn.AvgPool2d(a["kernel_size"], stride=a.get("stride"),
-                                  padding=a.get("padding", 0))
-        elif kind == "adaptive_avgpool2d":
-            module = nn.AdaptiveAvgPool2d(a["output_size"])
-        elif kind == "relu":
-            module = nn.ReLU()
-        else:
-            module = nn.Flatten()
-        net.add_module(name if name is not None else str(index), module)
+    net.order = build(net, items)
     return net
 
 
 def pattern_matches(pattern, name):
-    """frost's rule: a shell glob over parameter names, or a bare layer name."""
-    return fnmatch.fnmatchcase(name, pattern) or name.rsplit(".", 1)[0] == pattern
+    """frost's rule: a shell glob over parameter names, or a bare layer or
+    block name."""
+    return (fnmatch.fnmatchcase(name, pattern) or name.rsplit(".", 1)[0] == pattern
+            or name.startswith(pattern + "."))
 
 
 # ---------------------------------------------------------- safetensors
