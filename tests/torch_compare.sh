@@ -47,7 +47,7 @@ cnn-sgd-freeze-biases|$CNN|*.bias|--optimizer sgd --lr 0.05
 pools-adam|$POOLS|-|--optimizer adam --lr 0.003
 residual-sgd-momentum|$RES|-|--optimizer sgd --lr 0.01 --momentum 0.9
 residual-sgd-freeze-layer1|$RES|conv1 layer1.0|--optimizer sgd --lr 0.02 --momentum 0.9
-batchnorm-sgd-momentum|$BN|-|--optimizer sgd --lr 0.05 --momentum 0.9
+batchnorm-sgd-momentum|$BN|-|--optimizer sgd --lr 0.01 --momentum 0.9
 batchnorm-adam-freeze-bn1|$BN|conv1 bn1|--optimizer adam --lr 0.003"
 
 # each_case FUNCTION: calls FUNCTION NAME MODEL FROZEN OPTIONS for every case.
