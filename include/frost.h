@@ -371,7 +371,7 @@ typedef struct fr_meta {
 } fr_meta;
 
 /*
- * Write a training checkpoint: every parameter, the optimizer state of the
+ * Write a training checkpoint: every parameter and buffer, the optimizer state of the
  * trainable ones ("<name>.momentum", "<name>.exp_avg", "<name>.exp_avg_sq"),
  * and in __metadata__ the step, the optimizer, the per-parameter step counts
  * and the frozen set, plus the caller's entries.  Atomic (temporary file,

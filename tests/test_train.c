@@ -890,6 +890,39 @@ static void test_batchnorm(void) {
            "num_batches_tracked as F32 is refused naming it and I64: %s", err.msg);
     fr_model_free(back);
     fr_model_free(m);
+
+    /* Checkpoints carry the buffers: a restored run continues bitwise. */
+    fr_model *run = bn_net(BN_NET), *resumed = bn_net(BN_NET);
+    fr_trainer *tr = sgd_trainer(run, 0.1, 2, 6), *tr2 = sgd_trainer(resumed, 0.1, 2, 6);
+    double losses[2][2] = {{0}};
+    snprintf(path, sizeof path, "%s", in_test_dir("c.safetensors"));
+    for (int s = 0; s < 4; s++) {
+        random_batch(run, 6, x, labels, 70 + (uint64_t)s);
+        fr_trainer_step(tr, x, labels, 6, s >= 2 ? &losses[0][s - 2] : NULL, NULL, &err);
+        if (s == 1)
+            rc = fr_trainer_save_checkpoint(tr, path, NULL, 0, &err);
+    }
+    fr_checkpoint *cp = NULL;
+    if (rc == FR_OK && (rc = fr_checkpoint_open(path, &cp, &err)) == FR_OK) {
+        rc = fr_trainer_restore(tr2, cp, false, &err);
+        fr_checkpoint_close(cp);
+    }
+    for (int s = 2; s < 4 && rc == FR_OK; s++) {
+        random_batch(resumed, 6, x, labels, 70 + (uint64_t)s);
+        fr_trainer_step(tr2, x, labels, 6, &losses[1][s - 2], NULL, &err);
+    }
+    fr_trainer_sync(tr, NULL);
+    fr_trainer_sync(tr2, NULL);
+    tap_ok(rc == FR_OK && memcmp(losses[0], losses[1], sizeof losses[0]) == 0 &&
+               memcmp(fr_model_buffer_floats(run, "bn1.running_var"),
+                      fr_model_buffer_floats(resumed, "bn1.running_var"), 3 * sizeof(float)) == 0 &&
+               *fr_model_buffer_i64(resumed, "bn1.num_batches_tracked") == 4,
+           "a checkpoint carries the buffers: the restored run gives the same losses and running "
+           "statistics bitwise, num_batches_tracked 4 (%s)", rc == FR_OK ? "ok" : err.msg);
+    fr_trainer_free(tr);
+    fr_trainer_free(tr2);
+    fr_model_free(run);
+    fr_model_free(resumed);
     remove_test_dir();
 }
 
@@ -913,7 +946,7 @@ static void test_dropout(void) {
 }
 
 int main(void) {
-    tap_plan(71); /* every check below, counted: fewer or more fails the test */
+    tap_plan(72); /* every check below, counted: fewer or more fails the test */
     test_loss_gradients();
     test_sgd_formulas();
     test_adam_formulas();
