@@ -144,6 +144,19 @@ void fr_param_set_requires_grad(fr_param *param, bool requires_grad);
 /* "[32, 1, 3, 3]" */
 void fr_param_shape_string(const fr_param *param, char *buf, size_t len);
 
+/* Buffers: state that is not a parameter (batchnorm2d's running_mean and
+ * running_var, float [C], and num_batches_tracked, int64 []), in declaration
+ * order, saved and loaded with the weights under these names. */
+size_t fr_model_buffer_count(const fr_model *model);
+const char *fr_model_buffer_name(const fr_model *model, size_t index);
+/* The data of the buffer called `name`: floats (NULL if it holds int64) or
+ * int64 values (NULL if it holds floats); NULL if there is none. */
+float *fr_model_buffer_floats(fr_model *model, const char *name);
+int64_t *fr_model_buffer_i64(fr_model *model, const char *name);
+/* numel, ndim and "[64]" / "[]" of buffer `index`. */
+size_t fr_model_buffer_numel(const fr_model *model, size_t index);
+void fr_model_buffer_shape_string(const fr_model *model, size_t index, char *buf, size_t len);
+
 /* ------------------------------------------------------------- freezing */
 
 void fr_model_freeze_all(fr_model *model);
@@ -158,7 +171,9 @@ int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err);
 int fr_model_freeze(fr_model *model, const char *pattern, fr_error *err);
 int fr_model_unfreeze(fr_model *model, const char *pattern, fr_error *err);
 
-/* A 64-bit checksum of the bits of every frozen parameter, in order. */
+/* A 64-bit checksum of the bits of every frozen parameter, in order, and of
+ * the buffers of every layer whose parameters are all frozen (a frozen
+ * batchnorm2d runs in eval mode: its statistics never change). */
 uint64_t fr_model_frozen_checksum(const fr_model *model);
 /* A checksum of the bits of all parameters. */
 uint64_t fr_model_checksum(const fr_model *model);
@@ -242,6 +257,8 @@ typedef struct fr_train_config {
     fr_grad_dtype grad_dtype; /* how gradients travel between ranks */
     double cache_mb;     /* frozen-prefix feature cache budget: 0 a quarter
                             of RAM, < 0 off (fr_trainer_step_samples only) */
+    uint64_t seed;       /* dropout's masks depend on it, the step and the
+                            sample's row in the global batch only */
     bool sync_updates;   /* several ranks: apply each step's update before
                             fr_trainer_step returns instead of leaving it in
                             flight (slower; see fr_trainer_step) */
@@ -354,7 +371,7 @@ typedef struct fr_meta {
 } fr_meta;
 
 /*
- * Write a training checkpoint: every parameter, the optimizer state of the
+ * Write a training checkpoint: every parameter and buffer, the optimizer state of the
  * trainable ones ("<name>.momentum", "<name>.exp_avg", "<name>.exp_avg_sq"),
  * and in __metadata__ the step, the optimizer, the per-parameter step counts
  * and the frozen set, plus the caller's entries.  Atomic (temporary file,

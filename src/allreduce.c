@@ -403,26 +403,27 @@ static int sum_floats(float *buf, size_t count, bool bf16, fr_error *err) {
 }
 
 /*
- * The step's loss totals, a few doubles: every rank sends its own to every
+ * The step's loss totals and batch statistics, a few doubles: every rank sends its own to every
  * other at once and adds all of them in rank order, so the sum takes one
  * network latency (a tree or ring would take several) and every rank gets
  * the same bits.  The values travel on tag 1, apart from the buckets.
  */
-#define MAX_DOUBLES 16
+/* The loss totals, and a BatchNorm layer's statistics (2 per channel). */
+#define MAX_DOUBLES (1 << 20)
 static int sum_doubles(double *buf, int count, fr_error *err) {
     int n = fr_comm_size(), r = fr_comm_rank();
     if (count > MAX_DOUBLES)
         return fr_fail(err, FR_EINVAL, "%s: %d doubles, at most %d", WHAT, count, MAX_DOUBLES);
-    double *all = malloc((size_t)n * MAX_DOUBLES * sizeof *all);
+    double *all = malloc((size_t)n * (size_t)count * sizeof *all);
     if (!all || !reserve_requests(2 * n))
         return free(all), fr_fail(err, FR_ENOMEM, "out of memory summing the loss");
     MPI_Comm comm = fr_comm_gradients();
     int posted = 0, rc = FR_OK;
-    memcpy(all + (size_t)r * MAX_DOUBLES, buf, (size_t)count * sizeof *buf);
+    memcpy(all + (size_t)r * (size_t)count, buf, (size_t)count * sizeof *buf);
     for (int peer = 0; peer < n && rc == FR_OK; peer++) {
         if (peer == r)
             continue;
-        if (MPI_Irecv(all + (size_t)peer * MAX_DOUBLES, count, MPI_DOUBLE, peer, 1, comm,
+        if (MPI_Irecv(all + (size_t)peer * (size_t)count, count, MPI_DOUBLE, peer, 1, comm,
                       &engine.requests[posted++]) != MPI_SUCCESS ||
             MPI_Isend(buf, count, MPI_DOUBLE, peer, 1, comm, &engine.requests[posted++]) !=
                 MPI_SUCCESS)
@@ -434,7 +435,7 @@ static int sum_doubles(double *buf, int count, fr_error *err) {
         for (int k = 0; k < count; k++) {
             double total = 0.0;
             for (int peer = 0; peer < n; peer++)
-                total += all[(size_t)peer * MAX_DOUBLES + k];
+                total += all[(size_t)peer * (size_t)count + (size_t)k];
             buf[k] = total;
         }
     free(all);

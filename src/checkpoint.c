@@ -88,8 +88,9 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
     if (rc != FR_OK)
         return rc;
 
-    /* Tensors: parameters, then state; the names need storage while writing. */
-    int capacity = model->param_count * 3;
+    /* Tensors: parameters, buffers, then state; the names need storage while
+     * writing. */
+    int capacity = model->param_count * 3 + model->buffer_count;
     fr_st_out *tensors = calloc((size_t)capacity + 1, sizeof *tensors);
     char (*names)[FR_NAME_MAX * 2] = calloc((size_t)capacity + 1, sizeof *names);
     fr_text frozen = {0}, steps = {0};
@@ -105,6 +106,7 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
         for (int d = 0; d < p->ndim; d++)
             tensors[count - 1].shape[d] = p->shape[d];
     }
+    count = fr_model_buffer_tensors(model, tensors, count);
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];
         if (!p->requires_grad)
@@ -287,7 +289,7 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
             char name[FR_NAME_MAX * 2];
             snprintf(name, sizeof name, "%s.%s", p->name, state_name(config, which));
             const fr_st_tensor *t = fr_st_find(file, name);
-            if (!t || t->numel != p->numel)
+            if (!t || t->numel != p->numel || t->i64)
                 return fr_fail(err, FR_EFORMAT, "%s: optimizer state '%s' is missing or has the wrong size",
                                path, name);
         }

@@ -106,6 +106,13 @@ static uint64_t checksum(const fr_model *model, bool frozen_only) {
         if (p->data)
             hash = fr_hash_bytes(hash, p->data, p->numel * sizeof(float));
     }
+    for (int i = 0; i < model->buffer_count; i++) {
+        const fr_buffer *b = &model->buffers[i];
+        if (frozen_only && !fr_model_layer_frozen(model, b->layer))
+            continue;
+        hash = fr_hash_bytes(hash, b->name, strlen(b->name));
+        hash = fr_hash_bytes(hash, b->data, b->numel * (b->i64 ? sizeof(int64_t) : sizeof(float)));
+    }
     return hash;
 }
 

@@ -121,7 +121,24 @@ typedef struct fr_layer_arg {
     int default_value;   /* FR_ARG_NONE for PyTorch's None */
     bool keyword_only;   /* only by keyword (bias=False: PyTorch has arguments before it we lack) */
     bool boolean;        /* written True or False, held as 1 or 0 */
+    bool real;           /* a number in [0, 1] written as Python writes floats (eps=1e-5),
+                            held in units of FR_REAL_UNIT (minimum and default too) */
 } fr_layer_arg;
+
+/* A real argument's unit: eps=1e-5 is held as 10000.  Reals lie in [0, 1]. */
+#define FR_REAL_UNIT 1e-9
+#define FR_REAL_MAX 1000000000
+static inline double fr_arg_real(int value) { return value * FR_REAL_UNIT; }
+
+/* A layer's buffers (batchnorm2d's running statistics): state that is not a
+ * parameter, saved and loaded with the weights under "<layer>.<suffix>". */
+#define FR_LAYER_BUFFERS_MAX 3
+typedef struct fr_buffer_kind {
+    const char *suffix;  /* "running_mean" */
+    bool i64;            /* int64 (num_batches_tracked), else float */
+    bool scalar;         /* shape [], else [out channels] */
+    float initial;       /* its value in a fresh model */
+} fr_buffer_kind;
 
 /* What a kind's first argument says about a model input nobody gave. */
 typedef enum fr_implied_input {
@@ -184,6 +201,41 @@ typedef struct fr_layer_ops {
      */
     void (*forward_rows)(const fr_layer *l, const float *in, float *out, int n, int row_begin,
                          int row_end);
+    /* Its buffers; a NULL suffix ends the list.  Only layers with buffers
+     * take the model's FR_LAYER_BUFFERS_MAX slots in fr_layer.buffer_data. */
+    fr_buffer_kind buffers[FR_LAYER_BUFFERS_MAX + 1];
+    /* Optional: its parameters' initial values (batchnorm2d: weight 1, bias
+     * 0) instead of PyTorch's default for linear and conv2d. */
+    void (*init_params)(const fr_layer *l, float *weight, float *bias);
+    /*
+     * Optional: statistics over the whole batch (batchnorm2d in train mode,
+     * fr_layer.training).  The trainer then runs the layer in two halves
+     * around a meeting of every replica (and rank): stats_count doubles of
+     * partial sums from each replica's rows, summed in replica then rank
+     * order, so the result does not depend on how the batch is split.
+     *   forward_sums: this replica's sums for forward;
+     *   forward_with: forward from the batch's sums; commit: the buffers
+     *     updated from them, once per step (the main thread);
+     *   backward_sums: this replica's sums for backward, and its parameters'
+     *     gradients from them (dweight/dbias NULL when not wanted);
+     *   backward_with: the gradient at the input from the batch's sums.
+     * A replica without rows passes n = 0 and contributes zeros.
+     */
+    int (*stats_count)(const fr_layer *l);
+    void (*forward_sums)(const fr_layer *l, const float *in, int n, double *sums);
+    void (*forward_with)(const fr_layer *l, const float *in, float *out, int n,
+                         const double *sums, void *scratch);
+    void (*commit)(const fr_layer *l, const double *sums);
+    void (*backward_sums)(const fr_layer *l, const float *in, const float *dout, int n,
+                          double *sums, float *dweight, float *dbias, const double *forward_sums);
+    void (*backward_with)(const fr_layer *l, const float *in, const float *dout, float *din,
+                          int n, const double *sums, const double *forward_sums);
+    /* Optional: forward that depends on where the rows sit (dropout's mask):
+     * row 0 is row `first_row` of the global batch at step `step` (counted
+     * from 0) of a run seeded with `seed`.  Used instead of forward when the
+     * layer is in train mode. */
+    void (*forward_at)(const fr_layer *l, const float *in, float *out, int n, void *scratch,
+                       uint64_t seed, long step, int first_row);
     /* Out aliases in (flatten): forward/backward are never called. */
     bool alias;
     /* Forward may run with out == in (relu): the trainer then gives the layer
@@ -215,7 +267,24 @@ struct fr_layer {
     /* Set by the trainer when an in-place relu follows: forward applies it in
      * the bias pass after the GEMM, and the relu's own forward is skipped. */
     bool fused_relu;
+    /* Its buffers' data (float or int64_t as the kind says), allocated with
+     * the layer; and whether it runs in train mode (batch statistics, a
+     * dropout mask), set by the trainer before each step and evaluation. */
+    void *buffer_data[FR_LAYER_BUFFERS_MAX];
+    int first_buffer;  /* index in fr_model.buffers, -1 if none */
+    bool training;
 };
+
+/* One buffer of a model (fr_model.buffers), in declaration order. */
+typedef struct fr_buffer {
+    char name[FR_NAME_MAX];  /* "bn1.running_mean" */
+    bool i64;
+    int ndim;                /* 0 (a scalar) or 1 */
+    int shape[1];
+    size_t numel;
+    void *data;              /* fr_layer.buffer_data's */
+    int layer;
+} fr_buffer;
 
 /* The registry (src/layers/registry.c): every kind, in the order messages
  * list them. */
@@ -293,6 +362,8 @@ struct fr_model {
     int block_depth;
     fr_param *params;
     int param_count, param_cap;
+    fr_buffer *buffers;
+    int buffer_count, buffer_cap;
     float *arena;           /* every parameter, one allocation */
     size_t arena_floats;     /* floats the parameters need */
     size_t arena_capacity;   /* floats allocated */
@@ -307,6 +378,11 @@ void fr_model_settle(const fr_model *model);
 
 /* The arena exists once the first parameter is read or written. */
 int fr_model_ensure_arena(fr_model *model, fr_error *err);
+/* Whether layer i is frozen: its parameters are all frozen, or it has none
+ * and lies before the first trainable layer.  A frozen layer runs in eval
+ * mode in training too (batchnorm2d keeps its statistics, dropout passes
+ * everything): the trainer sets fr_layer.training from this. */
+bool fr_model_layer_frozen(const fr_model *model, int i);
 /* Index of the first layer with a trainable parameter, layer_count if none. */
 int fr_model_first_trainable_layer(const fr_model *model);
 int fr_model_find_layer(const fr_model *model, const char *name);
@@ -327,7 +403,9 @@ typedef struct fr_st_tensor {
     int ndim;
     int64_t shape[FR_MAX_DIMS];
     size_t numel;
-    const float *data;  /* into the file buffer; F32 only */
+    bool i64;           /* dtype I64, else F32 */
+    const float *data;  /* into the file buffer (F32) */
+    const void *data_i64; /* (I64) possibly unaligned: read it with memcpy */
 } fr_st_tensor;
 
 typedef struct fr_st_meta {
@@ -350,12 +428,13 @@ void fr_st_free(fr_st_file *file);
 const fr_st_tensor *fr_st_find(const fr_st_file *file, const char *name);
 const char *fr_st_meta_get(const fr_st_file *file, const char *key);
 
-/* A tensor to write: data is numel float32 values. */
+/* A tensor to write: data is numel float32 values, or int64 when i64. */
 typedef struct fr_st_out {
     const char *name;
     int ndim;
     int64_t shape[FR_MAX_DIMS];
-    const float *data;
+    const void *data;
+    bool i64;
 } fr_st_out;
 
 /* Write atomically (PATH.tmp.PID in the same directory, fsync, rename). */
@@ -365,6 +444,11 @@ int fr_st_write(const char *path, const fr_st_out *tensors, int tensor_count,
 /* Copy every parameter from an opened safetensors file (weights.c); the file
  * must fit the model, which is checked before anything is copied. */
 int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err);
+/* Append the model's buffers to a list of tensors to write (room for
+ * model->buffer_count more); returns the new count. */
+int fr_model_buffer_tensors(const fr_model *model, fr_st_out *tensors, int count);
+/* The model's buffers set to a fresh model's values. */
+void fr_model_reset_buffers(fr_model *model);
 
 /* ------------------------------------------------------- trainer state */
 

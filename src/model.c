@@ -38,6 +38,9 @@ void fr_model_free(fr_model *model) {
     if (!model)
         return;
     fr_free(model->arena);
+    for (int i = 0; i < model->buffer_count; i++)
+        fr_free(model->buffers[i].data);
+    free(model->buffers);
     free(model->layers);
     free(model->params);
     free(model);
@@ -114,6 +117,54 @@ static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
     model->arena_floats += (p->numel + 15) / 16 * 16;
     model->param_count++;
     return FR_OK;
+}
+
+/* The buffer a layer's kind declares as `kind`, allocated and set to its
+ * initial value at once (buffers are few and small). */
+static int add_buffer(fr_model *model, int layer, const fr_buffer_kind *kind, fr_error *err) {
+    if (model->buffer_count == model->buffer_cap) {
+        int cap = model->buffer_cap ? model->buffer_cap * 2 : 8;
+        fr_buffer *grown = realloc(model->buffers, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return fr_fail(err, FR_ENOMEM, "out of memory adding a buffer");
+        model->buffers = grown;
+        model->buffer_cap = cap;
+    }
+    const char *layer_name = model->layers[layer].name;
+    if (strlen(layer_name) + 1 + strlen(kind->suffix) >= FR_NAME_MAX)
+        return fr_fail(err, FR_EINVAL, "layer name '%s' is too long for its buffer '%s' (at most %d "
+                       "characters in all)", layer_name, kind->suffix, FR_NAME_MAX - 1);
+    fr_buffer *b = &model->buffers[model->buffer_count];
+    memset(b, 0, sizeof *b);
+    snprintf(b->name, sizeof b->name, "%s.%s", layer_name, kind->suffix);
+    b->i64 = kind->i64;
+    b->ndim = kind->scalar ? 0 : 1;
+    b->shape[0] = model->layers[layer].out.c;
+    b->numel = kind->scalar ? 1 : (size_t)b->shape[0];
+    b->layer = layer;
+    b->data = fr_alloc(b->numel * 8);
+    if (!b->data)
+        return fr_fail(err, FR_ENOMEM, "out of memory adding buffer '%s'", b->name);
+    model->buffer_count++;
+    return FR_OK;
+}
+
+/* Buffer i set to its kind's initial value. */
+static void reset_buffer(fr_model *model, int i) {
+    fr_buffer *b = &model->buffers[i];
+    const fr_layer *l = &model->layers[b->layer];
+    float initial = l->ops->buffers[i - l->first_buffer].initial;
+    for (size_t j = 0; j < b->numel; j++) {
+        if (b->i64)
+            ((int64_t *)b->data)[j] = (int64_t)initial;
+        else
+            ((float *)b->data)[j] = initial;
+    }
+}
+
+void fr_model_reset_buffers(fr_model *model) {
+    for (int i = 0; i < model->buffer_count; i++)
+        reset_buffer(model, i);
 }
 
 void fr_model_next_layer_name(const fr_model *model, const char *name, char *buf, size_t len) {
@@ -195,6 +246,21 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *loc
         model->layers[index].weight = first;
         model->layers[index].bias = l->bias_numel > 0 ? first + 1 : -1;
     }
+    fr_layer *added = &model->layers[index];
+    added->first_buffer = ops->buffers[0].suffix ? model->buffer_count : -1;
+    for (int k = 0; k < FR_LAYER_BUFFERS_MAX && ops->buffers[k].suffix; k++) {
+        int rc = add_buffer(model, index, &ops->buffers[k], err);
+        if (rc != FR_OK) {
+            while (model->buffer_count > added->first_buffer)
+                fr_free(model->buffers[--model->buffer_count].data);
+            model->param_count = added->weight >= 0 ? added->weight : model->param_count;
+            model->layer_count--;
+            return rc;
+        }
+        added->buffer_data[k] = model->buffers[model->buffer_count - 1].data;
+    }
+    for (int k = added->first_buffer; k >= 0 && k < model->buffer_count; k++)
+        reset_buffer(model, k);
     model->tail = index;
     return FR_OK;
 }
@@ -339,10 +405,16 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
     /* nn.Linear / nn.Conv2d reset_parameters: kaiming_uniform_(a=sqrt(5)) for the
      * weight reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the
      * same bound. */
+    fr_model_reset_buffers(model);
     for (int i = 0; i < model->layer_count; i++) {
         const fr_layer *l = &model->layers[i];
         if (l->weight < 0)
             continue;
+        if (l->ops->init_params) {
+            l->ops->init_params(l, model->params[l->weight].data,
+                                l->bias >= 0 ? model->params[l->bias].data : NULL);
+            continue;
+        }
         float bound = 1.0f / sqrtf((float)l->fan_in);
         int ids[2] = {l->weight, l->bias};
         for (int k = 0; k < 2; k++) {
@@ -408,6 +480,45 @@ size_t fr_model_trainable_numel(const fr_model *model) {
         if (model->params[i].requires_grad)
             total += model->params[i].numel;
     return total;
+}
+
+bool fr_model_layer_frozen(const fr_model *model, int i) {
+    const fr_layer *l = &model->layers[i];
+    if (l->weight < 0)
+        return i < fr_model_first_trainable_layer(model);
+    return !model->params[l->weight].requires_grad &&
+           (l->bias < 0 || !model->params[l->bias].requires_grad);
+}
+
+size_t fr_model_buffer_count(const fr_model *model) { return (size_t)model->buffer_count; }
+const char *fr_model_buffer_name(const fr_model *model, size_t index) {
+    return index < (size_t)model->buffer_count ? model->buffers[index].name : NULL;
+}
+static fr_buffer *find_buffer(fr_model *model, const char *name) {
+    fr_model_settle(model);
+    for (int i = 0; i < model->buffer_count; i++)
+        if (strcmp(model->buffers[i].name, name) == 0)
+            return &model->buffers[i];
+    return NULL;
+}
+float *fr_model_buffer_floats(fr_model *model, const char *name) {
+    fr_buffer *b = find_buffer(model, name);
+    return b && !b->i64 ? b->data : NULL;
+}
+int64_t *fr_model_buffer_i64(fr_model *model, const char *name) {
+    fr_buffer *b = find_buffer(model, name);
+    return b && b->i64 ? b->data : NULL;
+}
+size_t fr_model_buffer_numel(const fr_model *model, size_t index) {
+    return index < (size_t)model->buffer_count ? model->buffers[index].numel : 0;
+}
+void fr_model_buffer_shape_string(const fr_model *model, size_t index, char *buf, size_t len) {
+    if (index >= (size_t)model->buffer_count)
+        snprintf(buf, len, "?");
+    else if (model->buffers[index].ndim == 0)
+        snprintf(buf, len, "[]");
+    else
+        snprintf(buf, len, "[%d]", model->buffers[index].shape[0]);
 }
 
 int fr_model_first_trainable_layer(const fr_model *model) {

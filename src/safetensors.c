@@ -127,7 +127,7 @@ static const char *find_repeated(const char **strings, int count) {
 }
 
 /* numel and byte size of a shape; false if either overflows size_t. */
-static bool shape_bytes(const int64_t *shape, int ndim, size_t *numel, size_t *bytes) {
+static bool shape_bytes(const int64_t *shape, int ndim, bool i64, size_t *numel, size_t *bytes) {
     size_t count = 1;
     for (int d = 0; d < ndim; d++) {
         if (shape[d] < 0 || (uint64_t)shape[d] > SIZE_MAX ||
@@ -135,7 +135,7 @@ static bool shape_bytes(const int64_t *shape, int ndim, size_t *numel, size_t *b
             return false;
     }
     *numel = count;
-    return fr_mul_size(count, FLOAT_BYTES, bytes);
+    return fr_mul_size(count, i64 ? sizeof(int64_t) : FLOAT_BYTES, bytes);
 }
 
 /* ------------------------------------------------------- JSON header */
@@ -210,7 +210,7 @@ static int check_tensor_extent(header_parser *p, fr_st_tensor *tensor, const int
     char shape[SHAPE_TEXT_LEN];
     size_t bytes;
     format_shape(tensor->shape, tensor->ndim, shape, sizeof shape);
-    if (!shape_bytes(tensor->shape, tensor->ndim, &tensor->numel, &bytes))
+    if (!shape_bytes(tensor->shape, tensor->ndim, tensor->i64, &tensor->numel, &bytes))
         return fr_fail(p->err, FR_EFORMAT, "%s: tensor '%s': shape %s is too large", p->path,
                        p->tensor_shown, shape);
     uint64_t begin = (uint64_t)offsets[0], end = (uint64_t)offsets[1];
@@ -274,10 +274,12 @@ static int parse_tensor(header_parser *p, const char *name, size_t name_length) 
             size_t dtype_length;
             seen_dtype = true;
             status = fr_json_string(&p->json, &dtype, &dtype_length);
-            if (status == FR_OK && strcmp(dtype, "F32") != 0) {
+            tensor->i64 = status == FR_OK && strcmp(dtype, "I64") == 0;
+            if (status == FR_OK && strcmp(dtype, "F32") != 0 && !tensor->i64) {
                 char shown[32];
                 status = fr_fail(p->err, FR_EFORMAT,
-                                 "%s: tensor '%s' has dtype %s; only F32 is supported", p->path,
+                                 "%s: tensor '%s' has dtype %s; only F32 and I64 are supported",
+                                 p->path,
                                  p->tensor_shown, fr_printable(dtype, shown, sizeof shown));
             }
             fr_free(dtype);
@@ -473,8 +475,11 @@ static void place_tensor_data(header_parser *p, const unsigned char *data_sectio
     fr_st_file *file = &p->storage->file;
     for (int i = 0; i < file->tensor_count; i++) {
         const tensor_extent *extent = &p->extents[i];
-        file->tensors[extent->tensor].data =
-            (const float *)(const void *)(data_section + extent->begin);
+        fr_st_tensor *tensor = &file->tensors[extent->tensor];
+        if (tensor->i64)
+            tensor->data_i64 = data_section + extent->begin;
+        else
+            tensor->data = (const float *)(const void *)(data_section + extent->begin);
     }
 }
 
@@ -625,7 +630,7 @@ static int check_what_to_write(const char *path, const fr_st_out *tensors, int t
         if (tensor->ndim < 0 || tensor->ndim > FR_MAX_DIMS)
             return fr_fail(err, FR_EINVAL, "%s: tensor '%s' has %d dimensions (at most %d)", path,
                            tensor->name, tensor->ndim, FR_MAX_DIMS);
-        if (!shape_bytes(tensor->shape, tensor->ndim, &numel, &bytes) ||
+        if (!shape_bytes(tensor->shape, tensor->ndim, tensor->i64, &numel, &bytes) ||
             bytes > SIZE_MAX - total_bytes)
             return fr_fail(err, FR_EINVAL, "%s: tensor '%s' has an invalid or too large shape",
                            path, tensor->name);
@@ -681,11 +686,11 @@ static int build_header(fr_text *h, const char *path, const fr_st_out *tensors,
     for (int i = 0; i < tensor_count; i++) {
         const fr_st_out *tensor = &tensors[i];
         size_t numel, bytes;
-        shape_bytes(tensor->shape, tensor->ndim, &numel, &bytes); /* checked already */
+        shape_bytes(tensor->shape, tensor->ndim, tensor->i64, &numel, &bytes); /* checked already */
         if (i || meta_count)
             fr_text_printf(h, ",");
         fr_json_append_string(h, tensor->name);
-        fr_text_printf(h, ":{\"dtype\":\"F32\",\"shape\":[");
+        fr_text_printf(h, ":{\"dtype\":\"%s\",\"shape\":[", tensor->i64 ? "I64" : "F32");
         for (int d = 0; d < tensor->ndim; d++)
             fr_text_printf(h, "%s%" PRIu64, d ? "," : "", (uint64_t)tensor->shape[d]);
         fr_text_printf(h, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", offset,
@@ -720,8 +725,8 @@ static bool write_contents(FILE *stream, void *context) {
         return false;
     for (int i = 0; i < c->tensor_count; i++) {
         size_t numel, bytes;
-        shape_bytes(c->tensors[i].shape, c->tensors[i].ndim, &numel, &bytes);
-        if (numel && fwrite(c->tensors[i].data, FLOAT_BYTES, numel, stream) != numel)
+        shape_bytes(c->tensors[i].shape, c->tensors[i].ndim, c->tensors[i].i64, &numel, &bytes);
+        if (numel && fwrite(c->tensors[i].data, bytes / numel, numel, stream) != numel)
             return false;
     }
     return true;

@@ -45,6 +45,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 
+#include <math.h>
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -360,12 +362,39 @@ static int keyword_slot(const fr_layer_ops *kind, int arg_count, const raw_arg *
     return -1;
 }
 
+/* A real in [0, 1] (eps=1e-5, p=0.5), held in units of FR_REAL_UNIT; a
+ * positive `minimum` excludes 0. */
+static int check_real(const spec *s, long line, const char *what, const char *text, size_t len,
+                      int minimum, int *value, fr_error *err) {
+    char got[48], copy[48];
+    shown(text, len, got, sizeof got);
+    double real = -1.0;
+    char *end = NULL;
+    if (len < sizeof copy) {
+        memcpy(copy, text, len);
+        copy[len] = '\0';
+        real = strtod(copy, &end);
+    }
+    if (!end || end == copy || *end != '\0' || !(real >= 0.0 && real <= 1.0) ||
+        (minimum > 0 && real == 0.0))
+        return syntax_error(s, line, err, "%s must be a number in %s1, got '%s'", what,
+                            minimum > 0 ? "(0, " : "[0, ", got);
+    double units = real / FR_REAL_UNIT;
+    *value = (int)(units + 0.5);
+    if (*value < minimum || fabs(*value - units) > 1e-3 * units)
+        return syntax_error(s, line, err, "%s: '%s' is not a multiple of %g", what, got,
+                            FR_REAL_UNIT);
+    return FR_OK;
+}
+
 /* One argument's value, as its schema says: True or False, or a size. */
 static int bind_value(const spec *s, long line, const fr_layer_ops *kind, int slot,
                       const raw_arg *arg, int *value, fr_error *err) {
     const fr_layer_arg *schema = &kind->args[slot];
     char what[64];
     snprintf(what, sizeof what, "%s: %s", kind->kind, schema->name);
+    if (schema->real)
+        return check_real(s, line, what, arg->value, arg->value_len, schema->minimum, value, err);
     if (!schema->boolean)
         return check_size(s, line, what, arg->value, arg->value_len, schema->minimum, value, err);
     if (word_is(arg->value, arg->value_len, "true") || word_is(arg->value, arg->value_len, "false")) {

@@ -123,6 +123,7 @@ typedef struct replica {
     float **grads;       /* the gradient slots w.r.t. activations (grad_slot_count) */
     float *slab;
     int step_rows;            /* this step's rows */
+    int first_row;            /* their first row in the global batch */
     const float *layer_dout;  /* the gradient backward is at, for split weight gradients */
     long *backward_calls; /* per layer */
     double loss_sum;
@@ -195,6 +196,17 @@ struct fr_trainer {
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
     double loss_totals[LOSS_TOTALS]; /* summed by the communication thread */
     feature_cache cache;
+
+    /* Batch statistics (layers with ops->stats_count in train mode): each
+     * replica's partial sums (stats_max doubles per thread), the sums of the
+     * last meeting in backward, and per layer the forward's batch sums, kept
+     * for its backward (at stats_offset[i], -1 for other layers).  A failed
+     * sum over ranks is kept in stats_status/stats_err for the step. */
+    int stats_max;
+    double *stats_partial, *stats_total, *stats_saved;
+    long *stats_offset;
+    int stats_status;
+    fr_error stats_err;
 };
 
 /* ------------------------------------------------------------ planning */
@@ -741,6 +753,35 @@ static size_t default_cache_budget(void) {
     return (size_t)pages * (size_t)page / 4;
 }
 
+/* Room for the batch statistics of every layer that may gather them. */
+static int plan_batch_stats(fr_trainer *trainer, fr_error *err) {
+    const fr_model *model = trainer->model;
+    size_t saved = 0;
+    trainer->stats_offset = malloc(((size_t)model->layer_count + 1) * sizeof(long));
+    if (!trainer->stats_offset)
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        trainer->stats_offset[i] = -1;
+        if (!l->ops->stats_count)
+            continue;
+        int count = l->ops->stats_count(l);
+        trainer->stats_offset[i] = (long)saved;
+        saved += (size_t)count;
+        if (count > trainer->stats_max)
+            trainer->stats_max = count;
+    }
+    if (trainer->stats_max == 0)
+        return FR_OK;
+    trainer->stats_partial = calloc((size_t)trainer->threads * (size_t)trainer->stats_max,
+                                    sizeof(double));
+    trainer->stats_total = calloc((size_t)trainer->stats_max, sizeof(double));
+    trainer->stats_saved = calloc(saved, sizeof(double));
+    if (!trainer->stats_partial || !trainer->stats_total || !trainer->stats_saved)
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    return FR_OK;
+}
+
 int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **out,
                    fr_error *err) {
     *out = NULL;
@@ -784,7 +825,7 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
         fr_trainer_free(trainer);
         return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
     }
-    if ((rc = plan(trainer, err)) != FR_OK) {
+    if ((rc = plan(trainer, err)) != FR_OK || (rc = plan_batch_stats(trainer, err)) != FR_OK) {
         fr_trainer_free(trainer);
         return rc;
     }
@@ -809,6 +850,10 @@ void fr_trainer_free(fr_trainer *trainer) {
     free(trainer->din_slot);
     free(trainer->grad_adds);
     fr_free(trainer->cache.features);
+    free(trainer->stats_partial);
+    free(trainer->stats_total);
+    free(trainer->stats_saved);
+    free(trainer->stats_offset);
     free(trainer);
 }
 
@@ -832,20 +877,85 @@ static const float *layer_output(const fr_trainer *trainer, const replica *r, co
     return output_of(trainer, r, x, i);
 }
 
-/* Layers [from, to) of this replica's rows. */
-static void forward(const fr_trainer *trainer, replica *r, const float *x, int rows, int from,
-                    int to) {
+/*
+ * Every thread in step: the replicas' partial sums (stats_partial, `count`
+ * doubles each) added in replica order, then over the ranks by the
+ * communication thread (main thread only, between barriers), into `total`.
+ * The order is fixed, so the sums do not depend on timing or on how the
+ * batch is split between threads.
+ */
+static void meet_sums(fr_trainer *trainer, int count, double *total) {
+#pragma omp barrier
+#pragma omp master
+    {
+        for (int k = 0; k < count; k++) {
+            double sum = 0.0;
+            for (int t = 0; t < trainer->threads; t++)
+                sum += trainer->stats_partial[(size_t)t * (size_t)trainer->stats_max + (size_t)k];
+            total[k] = sum;
+        }
+        long ticket;
+        if (fr_comm_size() > 1 && trainer->stats_status == FR_OK &&
+            (fr_comm_start_sum_doubles(total, count, &ticket, &trainer->stats_err) != FR_OK ||
+             fr_comm_finish_sum(ticket, &trainer->stats_err) != FR_OK))
+            trainer->stats_status = trainer->stats_err.status ? trainer->stats_err.status : FR_ECOMM;
+    }
+#pragma omp barrier
+}
+
+/* Whether layer i gathers batch statistics in this step (every thread meets
+ * in its forward and backward). */
+static bool gathers_stats(const fr_trainer *trainer, int i) {
+    const fr_layer *l = &trainer->model->layers[i];
+    return l->training && l->ops->stats_count;
+}
+
+/* Layer i's forward with the global batch's statistics (every thread calls
+ * it; a replica without rows adds nothing); the main thread moves the
+ * layer's buffers once. */
+static void forward_batch_stats(fr_trainer *trainer, replica *r, const float *x, int rows, int i) {
+    const fr_layer *l = &trainer->model->layers[i];
+    int count = l->ops->stats_count(l);
+    double *mine = trainer->stats_partial + (size_t)omp_get_thread_num() * (size_t)trainer->stats_max;
+    double *total = trainer->stats_saved + trainer->stats_offset[i];
+    const float *in = layer_input(trainer, r, x, i);
+    if (rows > 0)
+        l->ops->forward_sums(l, in, rows, mine);
+    else
+        memset(mine, 0, (size_t)count * sizeof *mine);
+    meet_sums(trainer, count, total);
+#pragma omp master
+    l->ops->commit(l, total);
+    if (rows > 0)
+        l->ops->forward_with(l, in, (float *)layer_output(trainer, r, x, i), rows, total,
+                             r->scratch[i]);
+}
+
+/* Layers [from, to) of this replica's rows.  Every thread of the team calls
+ * it when a layer gathers batch statistics (those meet), with rows = 0 if it
+ * has none. */
+static void forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to) {
     const fr_model *model = trainer->model;
     for (int i = from; i < to; i++) {
         const fr_layer *l = &model->layers[i];
         if (l->ops->alias || relu_fused_into(model, i))
             continue;
+        double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+        if (gathers_stats(trainer, i)) {
+            forward_batch_stats(trainer, r, x, rows, i);
+            fr_trace_add(omp_get_thread_num(), l->name, "forward", -1, t0, 0);
+            continue;
+        }
+        if (rows == 0)
+            continue;
         /* An in-place layer writes over its input, a buffer this replica owns. */
         float *out = (float *)layer_output(trainer, r, x, i);
-        double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         if (l->ops->join)
             fr_add_arrays(out, layer_input(trainer, r, x, i), output_of(trainer, r, x, l->shortcut),
                           (size_t)rows * fr_shape_numel(l->out));
+        else if (l->training && l->ops->forward_at)
+            l->ops->forward_at(l, layer_input(trainer, r, x, i), out, rows, r->scratch[i],
+                               trainer->config.seed, trainer->steps_done, r->first_row);
         else
             l->ops->forward(l, layer_input(trainer, r, x, i), out, rows, r->scratch[i]);
         fr_trace_add(omp_get_thread_num(), l->name, "forward", -1, t0, 0);
@@ -962,6 +1072,7 @@ static int replica_begin(fr_trainer *trainer, replica *r, const batch_source *sr
     r->correct = 0;
     r->bad_label = -1;
     r->step_rows = rows;
+    r->first_row = first;
     return rows > 0 ? take_rows(trainer, r, src, first, rows) : -1;
 }
 
@@ -992,8 +1103,7 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
 static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
                             int rows, int batch, bool train) {
     int from = replica_begin(trainer, r, src, first, rows);
-    if (from >= 0)
-        forward(trainer, r, r->x, rows, from, trainer->model->layer_count);
+    forward(trainer, r, r->x, rows, from >= 0 ? from : 0, trainer->model->layer_count);
     return replica_loss(trainer, r, first, batch, train);
 }
 
@@ -1033,6 +1143,48 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_l
 }
 
 /*
+ * Backward of layer i that gathered batch statistics (every thread calls it):
+ * each replica's sums give its share of the parameters' gradients, and the
+ * gradient at the input needs them summed over the whole batch.
+ */
+static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, int i, int parts) {
+    const fr_model *model = trainer->model;
+    const fr_layer *l = &model->layers[i];
+    float *dout = output_grad(trainer, r, i);
+    if (!trainer->needs_grad[i])
+        return;
+    int count = l->ops->stats_count(l);
+    double *mine = trainer->stats_partial + (size_t)omp_get_thread_num() * (size_t)trainer->stats_max;
+    const double *forward_sums = trainer->stats_saved + trainer->stats_offset[i];
+    float *dweight = NULL, *dbias = NULL;
+    if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad)
+        dweight = r->slab + trainer->slab_offsets[l->weight];
+    if ((parts & GRAD_WEIGHTS) && l->bias >= 0 && model->params[l->bias].requires_grad)
+        dbias = r->slab + trainer->slab_offsets[l->bias];
+    const float *in = layer_input(trainer, r, r->x, i);
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+    if (active) {
+        if (parts & GRAD_WEIGHTS)
+            r->backward_calls[i]++;
+        l->ops->backward_sums(l, in, dout, r->step_rows, mine, dweight, dbias, forward_sums);
+    } else {
+        memset(mine, 0, (size_t)count * sizeof *mine);
+    }
+    if ((parts & GRAD_INPUT) && trainer->din_slot[i] >= 0) {
+        meet_sums(trainer, count, trainer->stats_total);
+        if (active) {
+            float *din = r->grads[trainer->din_slot[i]];
+            l->ops->backward_with(l, in, dout, din, r->step_rows, trainer->stats_total,
+                                  forward_sums);
+            if (trainer->grad_adds[i] & 1u)
+                fr_add_into(r->grads[trainer->grad_slot[l->input]], din,
+                            (size_t)r->step_rows * fr_shape_numel(l->in));
+        }
+    }
+    fr_trace_add(omp_get_thread_num(), l->name, "backward", -1, t0, 0);
+}
+
+/*
  * Layer i's backward on every thread in step (every thread calls it, active
  * or not).  For a split weight gradient the threads meet once the gradient at
  * the layer's output is ready everywhere, each computes its rows, and they
@@ -1042,6 +1194,10 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_l
 static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, int parts) {
     if (parts & GRAD_WEIGHTS)
         r->layer_dout = active ? output_grad(trainer, r, i) : NULL;
+    if (gathers_stats(trainer, i)) {
+        backward_batch_stats(trainer, r, active, i, parts);
+        return;
+    }
     if (active)
         backward_layer(trainer, r, r->x, r->step_rows, i, parts);
     if (trainer->split_weight[i] && (parts & GRAD_WEIGHTS)) {
@@ -1213,16 +1369,30 @@ static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correc
     return check_loss_totals(trainer, totals, batch, loss, correct, err);
 }
 
+/* Train mode (batch statistics, dropout masks) for the layers that have one
+ * and are not frozen: a frozen layer, like the frozen prefix, computes what
+ * it computes in evaluation, so its buffers never change. */
+static void set_modes(fr_trainer *trainer, bool train) {
+    fr_model *model = trainer->model;
+    for (int i = 0; i < model->layer_count; i++) {
+        fr_layer *l = &model->layers[i];
+        l->training = train && (l->ops->stats_count || l->ops->forward_at) &&
+                      !fr_model_layer_frozen(model, i);
+    }
+    trainer->stats_status = FR_OK;
+}
+
 /* A valid batch, the updates of another trainer of the model applied, and
  * the slab laid out for the current frozen set (this trainer's updates in
  * flight applied first, with the plan they were made with). */
 static int prepare_step(fr_trainer *trainer, const void *x, const void *targets, int batch,
-                        fr_error *err) {
+                        bool train, fr_error *err) {
     int rc = check_batch(trainer, x, targets, batch, err);
     if (rc == FR_OK && trainer->model->in_flight && trainer->model->in_flight != trainer)
         rc = fr_trainer_sync(trainer->model->in_flight, err);
     if (rc == FR_OK && frozen_set_changed(trainer))
         rc = fr_trainer_sync_plan(trainer, err);
+    set_modes(trainer, train);
     return rc;
 }
 
@@ -1367,7 +1537,8 @@ void fr_model_settle(const fr_model *model) {
 static void forward_applying(fr_trainer *trainer, replica *r, int from, bool applying,
                              int *status, fr_error *err) {
     const fr_model *model = trainer->model;
-    int at = from, rows = r->step_rows;
+    /* A thread without rows still meets the others at batch statistics. */
+    int at = from >= 0 ? from : 0, rows = r->step_rows;
     for (int i = trainer->first_trainable; i < model->layer_count; i++) {
         int blocks = trainer->row_blocks[i];
         bool waits = false;
@@ -1375,7 +1546,7 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
             waits = trainer->pieces[k].layer == i;
         if (!waits && blocks == 0)
             continue;
-        if (from >= 0 && at < i) {
+        if (at < i) {
             forward(trainer, r, r->x, rows, at, i);
             at = i;
         }
@@ -1389,7 +1560,7 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
                 apply_pieces(trainer, i, j, status, err);
             int lo, hi;
             block_rows(trainer, i, j, &lo, &hi);
-            if (from >= 0) {
+            if (rows > 0) {
                 double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
                 l->ops->forward_rows(l, layer_input(trainer, r, r->x, i),
                                      (float *)layer_output(trainer, r, r->x, i), rows, lo, hi);
@@ -1398,7 +1569,7 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
         }
         at = i + 1;
     }
-    if (from >= 0 && at < model->layer_count)
+    if (at < model->layer_count)
         forward(trainer, r, r->x, rows, at, model->layer_count);
 }
 
@@ -1501,6 +1672,11 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
             }
         }
     }
+    if (status == FR_OK && trainer->stats_status != FR_OK) {
+        status = trainer->stats_status;
+        if (err)
+            *err = trainer->stats_err;
+    }
     /* The loss is summed ahead of the pieces, so this wait is short. */
     double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     if (loss_ticket >= 0 && fr_comm_finish_sum(loss_ticket, err) != FR_OK && status == FR_OK)
@@ -1549,7 +1725,7 @@ static int run_step(fr_trainer *trainer, const batch_source *src, int batch, dou
 
 int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, int batch,
                     double *loss, long *correct, fr_error *err) {
-    int rc = prepare_step(trainer, x, targets, batch, err);
+    int rc = prepare_step(trainer, x, targets, batch, true, err);
     if (rc != FR_OK)
         return rc;
     batch_source src = {.x = x, .targets = targets};
@@ -1636,7 +1812,7 @@ static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err
 
 int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const int *ids,
                             int batch, double *loss, long *correct, fr_error *err) {
-    int rc = prepare_step(trainer, data, ids, batch, err);
+    int rc = prepare_step(trainer, data, ids, batch, true, err);
     if (rc != FR_OK)
         return rc;
     if (fr_dataset_sample_numel(data) != fr_model_input_numel(trainer->model))
@@ -1659,7 +1835,7 @@ size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
 
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets, int batch,
                         double *loss, long *correct, fr_error *err) {
-    int rc = prepare_step(trainer, x, targets, batch, err);
+    int rc = prepare_step(trainer, x, targets, batch, false, err);
     if (rc == FR_OK)
         rc = fr_trainer_sync(trainer, err);
     if (rc != FR_OK)

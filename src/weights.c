@@ -8,6 +8,9 @@
  * loading weights from a checkpoint works too; any other extra tensor means
  * the file belongs to another model and is refused.
  *
+ * Buffers (batchnorm2d's running statistics) are saved and loaded beside the
+ * parameters under their PyTorch names, num_batches_tracked as I64.
+ *
  * Loading checks every tensor before it copies any, so a refused file leaves
  * the model as it was.
  */
@@ -48,6 +51,33 @@ static bool names_parameter_state(const fr_model *model, const char *name) {
     return false;
 }
 
+/* Buffer b against the file's tensor of its name. */
+static int check_buffer(const fr_buffer *b, const fr_st_file *file, const char *path,
+                        fr_error *err) {
+    const fr_st_tensor *tensor = fr_st_find(file, b->name);
+    const char *dtype = b->i64 ? "I64" : "F32";
+    if (!tensor)
+        return fr_fail(err, FR_EFORMAT, "%s: no tensor '%s' for the model (a %s buffer)", path,
+                       b->name, dtype);
+    if (tensor->i64 != b->i64)
+        return fr_fail(err, FR_EFORMAT, "%s: tensor '%s' has dtype %s, the model needs %s", path,
+                       b->name, tensor->i64 ? "I64" : "F32", dtype);
+    if (tensor->ndim != b->ndim || (b->ndim == 1 && tensor->shape[0] != b->shape[0])) {
+        char file_shape[SHAPE_TEXT_LEN];
+        format_file_shape(tensor, file_shape, sizeof file_shape);
+        return fr_fail(err, FR_ESHAPE, "%s: tensor '%s' has shape %s, the model needs %s", path,
+                       b->name, file_shape, b->ndim ? "one value per channel" : "[]");
+    }
+    return FR_OK;
+}
+
+static bool is_buffer(const fr_model *model, const char *name) {
+    for (int i = 0; i < model->buffer_count; i++)
+        if (strcmp(name, model->buffers[i].name) == 0)
+            return true;
+    return false;
+}
+
 static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
                                  const char *path, fr_error *err) {
     for (int i = 0; i < model->param_count; i++) {
@@ -55,6 +85,9 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
         const fr_st_tensor *tensor = fr_st_find(file, param->name);
         if (!tensor)
             return fr_fail(err, FR_EFORMAT, "%s: no tensor '%s' for the model", path, param->name);
+        if (tensor->i64)
+            return fr_fail(err, FR_EFORMAT, "%s: tensor '%s' has dtype I64, the model needs F32",
+                           path, param->name);
         if (!same_shape(tensor, param)) {
             char file_shape[SHAPE_TEXT_LEN], model_shape[SHAPE_TEXT_LEN];
             format_file_shape(tensor, file_shape, sizeof file_shape);
@@ -63,9 +96,14 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
                            path, param->name, file_shape, model_shape);
         }
     }
+    for (int i = 0; i < model->buffer_count; i++) {
+        int rc = check_buffer(&model->buffers[i], file, path, err);
+        if (rc != FR_OK)
+            return rc;
+    }
     for (int i = 0; i < file->tensor_count; i++) {
         const char *name = file->tensors[i].name;
-        bool is_parameter = false;
+        bool is_parameter = is_buffer(model, name);
         for (int j = 0; j < model->param_count && !is_parameter; j++)
             is_parameter = strcmp(name, model->params[j].name) == 0;
         if (!is_parameter && !names_parameter_state(model, name))
@@ -88,7 +126,22 @@ int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err
         if (param->numel)
             memcpy(param->data, tensor->data, param->numel * sizeof(float));
     }
+    for (int i = 0; i < model->buffer_count; i++) {
+        fr_buffer *b = &model->buffers[i];
+        const fr_st_tensor *tensor = fr_st_find(file, b->name);
+        memcpy(b->data, b->i64 ? tensor->data_i64 : (const void *)tensor->data,
+               b->numel * (b->i64 ? sizeof(int64_t) : sizeof(float)));
+    }
     return FR_OK;
+}
+
+int fr_model_buffer_tensors(const fr_model *model, fr_st_out *tensors, int count) {
+    for (int i = 0; i < model->buffer_count; i++) {
+        const fr_buffer *b = &model->buffers[i];
+        tensors[count++] = (fr_st_out){.name = b->name, .ndim = b->ndim,
+                                       .shape = {b->shape[0]}, .data = b->data, .i64 = b->i64};
+    }
+    return count;
 }
 
 int fr_model_load_weights(fr_model *model, const char *path, fr_error *err) {
@@ -108,8 +161,8 @@ int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err
     if (status)
         return status;
     fr_st_out *tensors = NULL;
-    if (model->param_count) {
-        tensors = fr_alloc((size_t)model->param_count * sizeof *tensors);
+    if (model->param_count + model->buffer_count) {
+        tensors = fr_alloc((size_t)(model->param_count + model->buffer_count) * sizeof *tensors);
         if (!tensors)
             return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
     }
@@ -124,7 +177,8 @@ int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err
     /* PyTorch's safetensors save_file marks its files this way. */
     char format_key[] = "format", format_value[] = "pt";
     fr_st_meta format = {.key = format_key, .value = format_value};
-    status = fr_st_write(path, tensors, model->param_count, &format, 1, err);
+    int count = fr_model_buffer_tensors(model, tensors, model->param_count);
+    status = fr_st_write(path, tensors, count, &format, 1, err);
     fr_free(tensors);
     return status;
 }

@@ -25,6 +25,9 @@ grep -qx 'allreduce bytes per step: 4724264' "$WORK/inspect.txt"
 ok $? "inspect: allreduce bytes = 4 x trainable"
 "$FROST" inspect --model "$CNN" --freeze '*' --unfreeze fc2 | grep -qx 'allreduce bytes per step: 5160'
 ok $? "inspect: --freeze '*' --unfreeze fc2 applies in order"
+"$FROST" inspect --model 'input 1 8 8; conv1 = conv2d(1, 4, 3, bias=False); bn1 = batchnorm2d(4); relu; flatten; fc = linear(144, 2)' > "$WORK/inspect-bn.txt" 2>&1
+[ "$(sed -n '5,8p' "$WORK/inspect-bn.txt" | tr '\n' '|')" = 'fc.bias [2] 2 trainable|bn1.running_mean [4] 4 buffer|bn1.running_var [4] 4 buffer|bn1.num_batches_tracked [] 1 buffer|' ]
+ok $? "inspect: buffers follow the parameters, 'buffer' the last word ($(sed -n '6,8p' "$WORK/inspect-bn.txt" | tr '\n' '|'))"
 
 # ---- train, metrics, save, eval
 "$FROST" train --model "$MLP" --data "$DATA" --steps 60 --batch-size 32 --lr 0.1 \

@@ -14,7 +14,8 @@ holds), then "- unchanged 0 NAMES": the tensors REF left bit-identical to INIT.
            element-wise relative error means nothing for weights near 0),
            and the tensors REF left bit-identical to INIT (the frozen ones)
            bit-identical here too.
-Only the standard library: the safetensors header is JSON, the data F32.
+Only the standard library: the safetensors header is JSON, the data F32 (and
+I64 for BatchNorm's num_batches_tracked).
 """
 import csv, json, os, struct, sys
 RTOL = 1e-5
@@ -27,10 +28,13 @@ def weights(path):
     header.pop("__metadata__", None)
     out = {}
     for name, t in header.items():
-        if t["dtype"] != "F32":
-            raise ValueError("%s: %s is %s, not F32" % (path, name, t["dtype"]))
+        if t["dtype"] not in ("F32", "I64"):
+            raise ValueError("%s: %s is %s, not F32 or I64" % (path, name, t["dtype"]))
         a, b = t["data_offsets"]
-        out[name] = (t["shape"], struct.unpack("<%df" % ((b - a) // 4), data[a:b]))
+        if t["dtype"] == "I64":  # BatchNorm's num_batches_tracked
+            out[name] = (t["shape"], struct.unpack("<%dq" % ((b - a) // 8), data[a:b]))
+        else:
+            out[name] = (t["shape"], struct.unpack("<%df" % ((b - a) // 4), data[a:b]))
     return out
 
 def losses(path):

@@ -15,7 +15,8 @@
 #
 # The global batch (50) is divisible by neither 3 nor 4 and the dataset (502
 # samples) ends an epoch with a batch of 2, so in that step two of 4 ranks
-# have no rows, and with 2x2 one thread has none.
+# have no rows, and with 2x2 one thread has none.  The same holds with
+# batchnorm2d layers (statistics over the global batch) at the end.
 . "$TOP_SRCDIR/tests/common.sh"
 set -f # freeze patterns like 'conv*' travel in unquoted variables
 
@@ -26,7 +27,7 @@ fi
 
 # The checks are counted up front: the per-run lines come from reading
 # compare_runs.py's output, a loop that would pass silently if it read nothing.
-plan 147
+plan 166
 # tests/compare_runs.py REF INIT RUN... checks losses and weights of each run
 # against REF (see its docstring for the tolerances).
 layout_fixture
@@ -185,12 +186,13 @@ ok $? "the residual model trains; a run with --lr 0 writes its seeded initial we
 residual_set() {
     name=$1 what=$2 frozen=$3
     shift 3
+    init=${INIT:-$WORK/residual.init.safetensors}
     for l in 1x2 2x1 2x2; do
         mpi_train "$WORK/$name.$l" "${l%x*}" "${l#*x}" "$@"
         ok $? "$what, ${l}: ${l%x*} rank(s) x ${l#*x} thread(s) train to the end"
     done
     "$PYTHON3" "$TOP_SRCDIR/tests/compare_runs.py" "$WORK/$name.1x2.dir" \
-        "$WORK/residual.init.safetensors" "$WORK/$name.2x1.dir" "$WORK/$name.2x2.dir" \
+        "$init" "$WORK/$name.2x1.dir" "$WORK/$name.2x2.dir" \
         > "$WORK/$name.cmp"
     ok $? "$what: the runs' losses and weights can be compared"
     while read -r label kind status detail; do
@@ -206,5 +208,36 @@ residual_set residual "residual blocks" ""
 residual_set residual_frozen "residual blocks, --freeze conv1 --freeze layer1.0" \
     "conv1.bias conv1.weight layer1.0.conv1.weight layer1.0.conv2.weight" \
     --freeze conv1 --freeze layer1.0
+
+# BatchNorm with statistics over the global batch (SyncBatchNorm): each
+# layer's per-channel sums meet across the threads and then the ranks inside
+# the step, so 2 ranks and 2 x 2 train as 1 rank x 2 threads, running
+# statistics and num_batches_tracked included.  A frozen BatchNorm runs in
+# eval mode: its buffers keep their initial bits on every layout.
+MODEL=$WORK/batchnorm.txt
+cat > "$MODEL" <<'MODEL_END'
+input 1 28 28
+conv1 = conv2d(1, 4, 3, stride=2, padding=1, bias=False)
+bn1 = batchnorm2d(4)
+relu
+residual layer1.0 {
+    conv1 = conv2d(4, 4, 3, padding=1, bias=False)
+    bn1 = batchnorm2d(4, momentum=0.2)
+}
+relu
+maxpool2d(2)
+flatten
+fc = linear(196, 10)
+MODEL_END
+# All frozen, the one step moves no buffer either: the file holds the seeded
+# initial state the runs below start from.
+"$FROST" train --model "$MODEL" --data "$WORK/data" --steps 1 --lr 0 --seed 11 --freeze '*' \
+    --save "$WORK/batchnorm.init.safetensors" > "$WORK/batchnorm.init.out" 2>&1
+ok $? "the batchnorm model trains; an all-frozen run writes its seeded initial weights and buffers"
+INIT=$WORK/batchnorm.init.safetensors
+residual_set batchnorm "batchnorm2d" ""
+residual_set batchnorm_frozen "batchnorm2d, --freeze conv1 --freeze bn1" \
+    "bn1.bias bn1.num_batches_tracked bn1.running_mean bn1.running_var bn1.weight conv1.weight" \
+    --freeze conv1 --freeze bn1
 
 done_testing

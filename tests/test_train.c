@@ -674,8 +674,279 @@ static void test_bad_steps(void) {
     fr_model_free(m);
 }
 
+
+/* ------------------------------------------------- batchnorm2d, dropout */
+
+#define BN_NET "input 2 4 4; conv1 = conv2d(2, 3, 3, bias=False); bn1 = batchnorm2d(3); relu;" \
+               "flatten; fc = linear(12, 3)"
+
+static fr_model *bn_net(const char *spec) {
+    fr_model *m = NULL;
+    fr_error err = {0};
+    if (fr_model_parse(spec, "test", &m, &err) != FR_OK) {
+        tap_diag("%s", err.msg);
+        return NULL;
+    }
+    fr_model_init(m, 5, NULL);
+    /* Away from weight 1, bias 0, so that the affine part is tested too. */
+    fr_param *w = fr_model_find_param(m, "bn1.weight"), *b = fr_model_find_param(m, "bn1.bias");
+    for (size_t j = 0; w && j < fr_param_numel(w); j++) {
+        fr_param_data(w)[j] = 0.5f + 0.3f * (float)j;
+        fr_param_data(b)[j] = 0.2f - 0.1f * (float)j;
+    }
+    return m;
+}
+
+static fr_trainer *sgd_trainer(fr_model *m, double lr, int threads, int batch) {
+    fr_train_config c;
+    fr_train_config_default(&c);
+    c.lr = lr;
+    c.threads = threads;
+    c.max_batch = batch;
+    c.seed = 9;
+    fr_trainer *t = NULL;
+    fr_error err = {0};
+    if (fr_trainer_new(m, &c, &t, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    return t;
+}
+
+/* Train mode: every parameter's gradient (one SGD step at lr 1) against
+ * central differences of the train-mode loss (steps at lr 0, which move no
+ * parameter), batch statistics and all. */
+static double bn_gradient_error(int threads) {
+    enum { N = 5 };
+    fr_model *m = bn_net(BN_NET), *probe = bn_net(BN_NET);
+    if (!m || !probe)
+        return INFINITY;
+    float x[N * 32];
+    int32_t labels[N];
+    random_batch(m, N, x, labels, 17);
+    fr_trainer *step = sgd_trainer(m, 1.0, threads, N), *still = sgd_trainer(probe, 0.0, threads, N);
+    fr_error err = {0};
+    double worst = 0.0;
+    if (fr_trainer_step(step, x, labels, N, NULL, NULL, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    fr_trainer_sync(step, NULL);
+    for (size_t i = 0; i < fr_model_param_count(probe); i++) {
+        fr_param *p = fr_model_param(probe, i);
+        const float *after = fr_param_data(fr_model_param(m, i));
+        float *v = fr_param_data(p);
+        for (size_t j = 0; j < fr_param_numel(p); j++) {
+            float keep = v[j];
+            const float eps = 1e-3f;
+            double up = 0.0, down = 0.0;
+            v[j] = keep + eps;
+            fr_trainer_step(still, x, labels, N, &up, NULL, &err);
+            double h = v[j];
+            v[j] = keep - eps;
+            fr_trainer_step(still, x, labels, N, &down, NULL, &err);
+            h -= v[j];
+            v[j] = keep;
+            double numeric = (up - down) / h, analytic = (double)keep - after[j];
+            worst = fmax(worst, fabs(analytic - numeric) / (1e-2 + fabs(numeric)));
+        }
+    }
+    fr_trainer_free(step);
+    fr_trainer_free(still);
+    fr_model_free(m);
+    fr_model_free(probe);
+    return worst;
+}
+
+/* `steps` SGD steps on `threads` threads at batch `batch`: the losses, and
+ * the final parameters and float buffers, appended to `out`. */
+static size_t layout_run(const char *spec, const char *freeze, int threads, int batch, int steps,
+                         double *out) {
+    fr_model *m = bn_net(spec);
+    fr_error err = {0};
+    if (!m)
+        return 0;
+    if (freeze && fr_model_freeze(m, freeze, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    fr_trainer *t = sgd_trainer(m, 0.1, threads, batch);
+    float x[8 * 32];
+    int32_t labels[8];
+    size_t count = 0;
+    for (int s = 0; s < steps; s++) {
+        random_batch(m, batch, x, labels, 100 + (uint64_t)s);
+        double loss = 0.0;
+        if (fr_trainer_step(t, x, labels, batch, &loss, NULL, &err) != FR_OK)
+            tap_diag("%s", err.msg);
+        out[count++] = loss;
+    }
+    fr_trainer_sync(t, NULL);
+    for (size_t i = 0; i < fr_model_param_count(m); i++) {
+        fr_param *p = fr_model_param(m, i);
+        for (size_t j = 0; j < fr_param_numel(p); j++)
+            out[count++] = fr_param_data(p)[j];
+    }
+    for (size_t i = 0; i < fr_model_buffer_count(m); i++) {
+        float *f = fr_model_buffer_floats(m, fr_model_buffer_name(m, i));
+        int64_t *n = fr_model_buffer_i64(m, fr_model_buffer_name(m, i));
+        for (size_t j = 0; j < fr_model_buffer_numel(m, i); j++)
+            out[count++] = f ? f[j] : (double)n[j];
+    }
+    fr_trainer_free(t);
+    fr_model_free(m);
+    return count;
+}
+
+static double largest_difference(const double *a, const double *b, size_t n) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs(a[i] - b[i]) / (1.0 + fabs(b[i])));
+    return worst;
+}
+
+static void test_batchnorm(void) {
+    double worst = bn_gradient_error(1);
+    tap_ok(worst < 1e-2, "batchnorm2d in train mode: every parameter's gradient matches central "
+           "differences of the train-mode loss (worst relative difference %.2g)", worst);
+    worst = bn_gradient_error(2);
+    tap_ok(worst < 1e-2, "the same on 2 threads, the statistics summed over both (worst %.2g)",
+           worst);
+
+    static double one[4096], two[4096], three[4096];
+    size_t n1 = layout_run(BN_NET, NULL, 1, 7, 4, one);
+    size_t n2 = layout_run(BN_NET, NULL, 2, 7, 4, two);
+    tap_ok(n1 > 0 && n1 == n2 && largest_difference(two, one, n1) < 1e-5,
+           "batchnorm2d: 2 threads give 1 thread's losses, weights and running statistics "
+           "(largest difference %.2g)", n1 == n2 ? largest_difference(two, one, n1) : -1.0);
+    n1 = layout_run(BN_NET, NULL, 1, 2, 3, one);
+    size_t n3 = layout_run(BN_NET, NULL, 3, 2, 3, three);
+    tap_ok(n1 > 0 && n1 == n3 && largest_difference(three, one, n1) < 1e-5,
+           "batchnorm2d: 3 threads at batch 2 (one without rows) give 1 thread's (largest "
+           "difference %.2g)", n1 == n3 ? largest_difference(three, one, n1) : -1.0);
+    size_t buffers_at = n1 - 7; /* running_mean 3, running_var 3, num_batches_tracked */
+    tap_ok(one[n1 - 1] == 3.0 && one[buffers_at] != 0.0,
+           "batchnorm2d: the running statistics moved and num_batches_tracked counts the steps "
+           "(%g)", one[n1 - 1]);
+
+    /* Frozen: eval mode, its buffers keep their bits; the checksum covers them. */
+    fr_model *m = bn_net(BN_NET);
+    fr_error err = {0};
+    fr_model_freeze(m, "bn1", &err);
+    float mean_before[3], var_before[3];
+    memcpy(mean_before, fr_model_buffer_floats(m, "bn1.running_mean"), sizeof mean_before);
+    memcpy(var_before, fr_model_buffer_floats(m, "bn1.running_var"), sizeof var_before);
+    uint64_t frozen_sum = fr_model_frozen_checksum(m);
+    fr_trainer *t = sgd_trainer(m, 0.1, 2, 6);
+    float x[6 * 32];
+    int32_t labels[6];
+    for (int s = 0; s < 3; s++) {
+        random_batch(m, 6, x, labels, 50 + (uint64_t)s);
+        fr_trainer_step(t, x, labels, 6, NULL, NULL, &err);
+    }
+    fr_trainer_sync(t, NULL);
+    tap_ok(memcmp(mean_before, fr_model_buffer_floats(m, "bn1.running_mean"), sizeof mean_before) ==
+                   0 &&
+               memcmp(var_before, fr_model_buffer_floats(m, "bn1.running_var"), sizeof var_before) ==
+                   0 &&
+               *fr_model_buffer_i64(m, "bn1.num_batches_tracked") == 0 &&
+               fr_model_frozen_checksum(m) == frozen_sum,
+           "a frozen batchnorm2d runs in eval mode: its buffers keep their bits, and the "
+           "frozen checksum with them");
+    fr_model_buffer_floats(m, "bn1.running_var")[1] += 1.0f;
+    tap_ok(fr_model_frozen_checksum(m) != frozen_sum,
+           "the frozen checksum sees a frozen batchnorm2d's buffer change");
+    fr_trainer_free(t);
+
+    /* Weights files carry the buffers; a missing one or a wrong dtype is named. */
+    char path[256];
+    if (!make_test_dir("bn"))
+        tap_diag("mkdtemp failed");
+    snprintf(path, sizeof path, "%s", in_test_dir("w.safetensors"));
+    *fr_model_buffer_i64(m, "bn1.num_batches_tracked") = 12345;
+    int rc = fr_model_save_weights(m, path, &err);
+    fr_model *back = bn_net(BN_NET);
+    rc = rc == FR_OK ? fr_model_load_weights(back, path, &err) : rc;
+    tap_ok(rc == FR_OK && *fr_model_buffer_i64(back, "bn1.num_batches_tracked") == 12345 &&
+               memcmp(fr_model_buffer_floats(back, "bn1.running_var"),
+                      fr_model_buffer_floats(m, "bn1.running_var"), 3 * sizeof(float)) == 0,
+           "weights files save and load the buffers, num_batches_tracked as I64 (%s)",
+           rc == FR_OK ? "ok" : err.msg);
+    fr_st_out tensors[8];
+    int count = 0;
+    for (size_t i = 0; i < fr_model_param_count(m); i++) {
+        fr_param *p = fr_model_param(m, i);
+        tensors[count] = (fr_st_out){.name = p->name, .ndim = p->ndim, .data = p->data};
+        for (int d = 0; d < p->ndim; d++)
+            tensors[count].shape[d] = p->shape[d];
+        count++;
+    }
+    snprintf(path, sizeof path, "%s", in_test_dir("missing.safetensors"));
+    fr_st_write(path, tensors, count, NULL, 0, &err);
+    rc = fr_model_load_weights(back, path, &err);
+    tap_ok(rc != FR_OK && strstr(err.msg, "bn1.running_mean"),
+           "a weights file without a batchnorm2d buffer is refused naming it: %s", err.msg);
+    float wrong = 3.0f;
+    int with_buffers = fr_model_buffer_tensors(m, tensors, count);
+    tensors[with_buffers - 1] = (fr_st_out){.name = "bn1.num_batches_tracked", .data = &wrong};
+    snprintf(path, sizeof path, "%s", in_test_dir("dtype.safetensors"));
+    fr_st_write(path, tensors, with_buffers, NULL, 0, &err);
+    rc = fr_model_load_weights(back, path, &err);
+    tap_ok(rc != FR_OK && strstr(err.msg, "bn1.num_batches_tracked") && strstr(err.msg, "I64"),
+           "num_batches_tracked as F32 is refused naming it and I64: %s", err.msg);
+    fr_model_free(back);
+    fr_model_free(m);
+
+    /* Checkpoints carry the buffers: a restored run continues bitwise. */
+    fr_model *run = bn_net(BN_NET), *resumed = bn_net(BN_NET);
+    fr_trainer *tr = sgd_trainer(run, 0.1, 2, 6), *tr2 = sgd_trainer(resumed, 0.1, 2, 6);
+    double losses[2][2] = {{0}};
+    snprintf(path, sizeof path, "%s", in_test_dir("c.safetensors"));
+    for (int s = 0; s < 4; s++) {
+        random_batch(run, 6, x, labels, 70 + (uint64_t)s);
+        fr_trainer_step(tr, x, labels, 6, s >= 2 ? &losses[0][s - 2] : NULL, NULL, &err);
+        if (s == 1)
+            rc = fr_trainer_save_checkpoint(tr, path, NULL, 0, &err);
+    }
+    fr_checkpoint *cp = NULL;
+    if (rc == FR_OK && (rc = fr_checkpoint_open(path, &cp, &err)) == FR_OK) {
+        rc = fr_trainer_restore(tr2, cp, false, &err);
+        fr_checkpoint_close(cp);
+    }
+    for (int s = 2; s < 4 && rc == FR_OK; s++) {
+        random_batch(resumed, 6, x, labels, 70 + (uint64_t)s);
+        fr_trainer_step(tr2, x, labels, 6, &losses[1][s - 2], NULL, &err);
+    }
+    fr_trainer_sync(tr, NULL);
+    fr_trainer_sync(tr2, NULL);
+    tap_ok(rc == FR_OK && memcmp(losses[0], losses[1], sizeof losses[0]) == 0 &&
+               memcmp(fr_model_buffer_floats(run, "bn1.running_var"),
+                      fr_model_buffer_floats(resumed, "bn1.running_var"), 3 * sizeof(float)) == 0 &&
+               *fr_model_buffer_i64(resumed, "bn1.num_batches_tracked") == 4,
+           "a checkpoint carries the buffers: the restored run gives the same losses and running "
+           "statistics bitwise, num_batches_tracked 4 (%s)", rc == FR_OK ? "ok" : err.msg);
+    fr_trainer_free(tr);
+    fr_trainer_free(tr2);
+    fr_model_free(run);
+    fr_model_free(resumed);
+    remove_test_dir();
+}
+
+#define DROPOUT_NET "input 2 4 4; flatten; fc1 = linear(32, 16); relu; drop = dropout(0.5);" \
+                    "fc2 = linear(16, 3)"
+
+static void test_dropout(void) {
+    static double one[4096], two[4096], three[4096], plain[4096];
+    size_t n1 = layout_run(DROPOUT_NET, NULL, 1, 7, 3, one);
+    size_t n2 = layout_run(DROPOUT_NET, NULL, 2, 7, 3, two);
+    size_t n3 = layout_run(DROPOUT_NET, NULL, 3, 7, 3, three);
+    size_t np = layout_run("input 2 4 4; flatten; fc1 = linear(32, 16); relu; drop = dropout(0.0);"
+                           "fc2 = linear(16, 3)", NULL, 1, 7, 3, plain);
+    tap_ok(n1 > 0 && n1 == n2 && n1 == n3 && largest_difference(two, one, n1) < 1e-6 &&
+               largest_difference(three, one, n1) < 1e-6,
+           "dropout: the mask depends on the seed, step and row only: 2 and 3 threads train as "
+           "1 (largest difference %.2g)", n1 == n3 ? largest_difference(three, one, n1) : -1.0);
+    tap_ok(np == n1 && fabs(plain[0] - one[0]) > 1e-6,
+           "dropout(0.5) changes the training loss from dropout(0.0)'s (%.6f vs %.6f)", one[0],
+           plain[0]);
+}
+
 int main(void) {
-    tap_plan(59); /* every check below, counted: fewer or more fails the test */
+    tap_plan(72); /* every check below, counted: fewer or more fails the test */
     test_loss_gradients();
     test_sgd_formulas();
     test_adam_formulas();
@@ -690,5 +961,7 @@ int main(void) {
     test_residual_gradients();
     test_residual_cache();
     test_bad_steps();
+    test_batchnorm();
+    test_dropout();
     return tap_done();
 }

@@ -1,8 +1,10 @@
 #!/bin/sh
 # torch_compare.sh - frost and PyTorch train the same small nets from the same
 # --init weights on the same data in the same order (--no-shuffle); they must
-# agree on every step's loss (within 1e-4) and on the final weights, and the
-# frozen parameters must keep the bits of the --init file in both.
+# agree on every step's loss (within 1e-4) and on the final weights and
+# buffers (BatchNorm's running statistics; num_batches_tracked exactly), and
+# the frozen parameters (and a frozen BatchNorm's buffers) must keep the bits
+# of the --init file in both.
 #
 # Needs a python3 that can `import torch` (Debian's python3-torch belongs to
 # /usr/bin/python3, tried first, then $PYTHON3); without one every case is
@@ -30,6 +32,10 @@ POOLS='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1, bias=False); relu; maxpool2d
 # nested identity block in its body = 392
 RES='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1); relu; residual layer1.0 { conv1 = conv2d(4, 4, 3, padding=1, bias=False); relu; conv2 = conv2d(4, 4, 3, padding=1, bias=False) }; relu; residual layer2.0 { conv1 = conv2d(4, 8, 3, stride=2, padding=1, bias=False); relu; residual inner { conv = conv2d(8, 8, 1) }; shortcut { downsample.0 = conv2d(4, 8, 1, stride=2, bias=False) } }; relu; flatten; fc = linear(392, 10)'
 
+# BatchNorm in train mode (batch statistics, running statistics updated,
+# saved as buffers): conv1 -> 4x14x14, conv2 -> 8x14x14, maxpool -> 8x7x7 = 392.
+# Frozen, a BatchNorm runs in eval mode in both (its buffers keep their bits).
+BN='input 1 28 28; conv1 = conv2d(1, 4, 3, 2, 1, bias=False); bn1 = batchnorm2d(4); relu; conv2 = conv2d(4, 8, 3, padding=1, bias=False); bn2 = batchnorm2d(8, eps=0.001, momentum=0.2); relu; maxpool2d(2); flatten; fc1 = linear(392, 10)'
 # NAME|MODEL|FROZEN|OPTIONS.  FROZEN: --freeze patterns separated by spaces,
 # or "-".  OPTIONS: the same words for frost train and torch_reference.py.
 CASES="mlp-sgd-momentum|$MLP|-|--optimizer sgd --lr 0.01 --momentum 0.9
@@ -40,7 +46,9 @@ mlp-adam-l2-freeze-fc1|$MLP|fc1|--optimizer adam --lr 0.002 --weight-decay 0.01
 cnn-sgd-freeze-biases|$CNN|*.bias|--optimizer sgd --lr 0.05
 pools-adam|$POOLS|-|--optimizer adam --lr 0.003
 residual-sgd-momentum|$RES|-|--optimizer sgd --lr 0.01 --momentum 0.9
-residual-sgd-freeze-layer1|$RES|conv1 layer1.0|--optimizer sgd --lr 0.02 --momentum 0.9"
+residual-sgd-freeze-layer1|$RES|conv1 layer1.0|--optimizer sgd --lr 0.02 --momentum 0.9
+batchnorm-sgd-momentum|$BN|-|--optimizer sgd --lr 0.01 --momentum 0.9
+batchnorm-adam-freeze-bn1|$BN|conv1 bn1|--optimizer adam --lr 0.003"
 
 # each_case FUNCTION: calls FUNCTION NAME MODEL FROZEN OPTIONS for every case.
 # A here-document, not a pipe, so that the loop runs in this shell and the

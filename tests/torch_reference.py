@@ -74,9 +74,11 @@ ARG_NAMES = {
     "adaptive_avgpool2d": ["output_size"],
     "relu": [],
     "flatten": [],
+    "batchnorm2d": ["num_features", "eps", "momentum", "affine"],
+    "dropout": ["p"],
 }
 MIN_ARGS = {"linear": 2, "conv2d": 3, "maxpool2d": 1, "avgpool2d": 1, "adaptive_avgpool2d": 1,
-            "relu": 0, "flatten": 0}
+            "relu": 0, "flatten": 0, "batchnorm2d": 1, "dropout": 0}
 
 
 class JobError(Exception):
@@ -101,7 +103,7 @@ def parse_layer(piece):
         else:
             key, value = ARG_NAMES[kind][i], item
         args[key] = {"True": True, "False": False}[value] if value in ("True", "False") \
-            else int(value)
+            else float(value) if re.search(r"[.eE]", value) else int(value)
     if len(args) < MIN_ARGS[kind]:
         raise JobError(f"'{piece}': too few arguments")
     return name, kind, args
@@ -164,6 +166,11 @@ def make_layer(kind, a):
         return nn.AdaptiveAvgPool2d(a["output_size"])
     if kind == "relu":
         return nn.ReLU()
+    if kind == "batchnorm2d":
+        return nn.BatchNorm2d(a["num_features"], eps=a.get("eps", 1e-5),
+                              momentum=a.get("momentum", 0.1), affine=a.get("affine", True))
+    if kind == "dropout":
+        return nn.Dropout(a.get("p", 0.5))
     return nn.Flatten()
 
 
@@ -232,12 +239,17 @@ def pattern_matches(pattern, name):
 # ---------------------------------------------------------- safetensors
 
 def save_safetensors(path, named_tensors):
-    """Writes (name, float32 tensor) pairs in that order, atomically."""
+    """Writes (name, float32 or int64 tensor) pairs in that order, atomically."""
     header, blobs, offset = {}, [], 0
     for name, t in named_tensors:
-        values = t.detach().float().contiguous().flatten().tolist()
-        raw = struct.pack(f"<{len(values)}f", *values)  # float32 -> double -> f32: exact
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
+        if t.dtype == torch.int64:
+            values = t.detach().contiguous().flatten().tolist()
+            raw, dtype = struct.pack(f"<{len(values)}q", *values), "I64"
+        else:
+            values = t.detach().float().contiguous().flatten().tolist()
+            raw = struct.pack(f"<{len(values)}f", *values)  # float32 -> double -> f32: exact
+            dtype = "F32"
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)
@@ -250,7 +262,8 @@ def save_safetensors(path, named_tensors):
 
 
 def load_safetensors(path):
-    """{name: (shape, raw little-endian bytes)} for a file of F32 tensors, in file order."""
+    """{name: (shape, raw little-endian bytes)} for a file of F32 (and I64) tensors, in file
+    order; an I64 tensor's shape is marked with a leading "I64"."""
     with open(path, "rb") as f:
         blob = f.read()
     (length,) = struct.unpack("<Q", blob[:8])
@@ -259,15 +272,21 @@ def load_safetensors(path):
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] != "F32":
-            raise JobError(f"{path}: {name}: dtype {info['dtype']}, expected F32")
+        if info["dtype"] not in ("F32", "I64"):
+            raise JobError(f"{path}: {name}: dtype {info['dtype']}, expected F32 or I64")
         begin, end = info["data_offsets"]
-        out[name] = (tuple(info["shape"]), blob[base + begin:base + end])
+        shape = tuple(info["shape"]) if info["dtype"] == "F32" else ("I64",) + tuple(info["shape"])
+        out[name] = (shape, blob[base + begin:base + end])
     return out
 
 
 def floats(raw):
     return struct.unpack(f"<{len(raw) // 4}f", raw)
+
+
+def state_tensors(net):
+    """Parameters, then buffers, in declaration order: frost's order."""
+    return list(net.named_parameters()) + list(net.named_buffers())
 
 
 # ------------------------------------------------------------------ data
@@ -297,7 +316,7 @@ def load_train(directory):
 
 def cmd_init(args):
     need_torch().manual_seed(args.seed)
-    save_safetensors(args.out, make_net(args.model).named_parameters())
+    save_safetensors(args.out, state_tensors(make_net(args.model)))
 
 
 def cmd_train(args):
@@ -309,6 +328,13 @@ def cmd_train(args):
             if name not in weights or weights[name][0] != tuple(p.shape):
                 raise JobError(f"{args.init}: no tensor {name} of shape {tuple(p.shape)}")
             p.copy_(torch.tensor(floats(weights[name][1])).reshape(p.shape))
+        for name, buf in net.named_buffers():
+            if name in weights:
+                raw = weights[name][1]
+                if buf.dtype == torch.int64:
+                    buf.copy_(torch.tensor(struct.unpack(f"<{len(raw) // 8}q", raw)).reshape(buf.shape))
+                else:
+                    buf.copy_(torch.tensor(floats(raw)).reshape(buf.shape))
     for rule, pattern in args.rules:
         hits = [p for name, p in net.named_parameters() if pattern_matches(pattern, name)]
         if not hits:
@@ -316,6 +342,13 @@ def cmd_train(args):
         for p in hits:
             p.requires_grad_(rule == "unfreeze")
     trainable = [p for p in net.parameters() if p.requires_grad]
+    # frost runs a BatchNorm whose parameters are all frozen in eval mode
+    # (torchvision's FrozenBatchNorm2d): its running statistics never change.
+    net.train()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and m.affine and \
+                not any(p.requires_grad for p in m.parameters()):
+            m.eval()
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
                               nesterov=args.nesterov, weight_decay=args.weight_decay)
@@ -342,7 +375,7 @@ def cmd_train(args):
     else:
         sys.stdout.write(text)
     if args.save:
-        save_safetensors(args.save, net.named_parameters())
+        save_safetensors(args.save, state_tensors(net))
 
 
 def cmd_compare_losses(args):
@@ -372,6 +405,11 @@ def cmd_compare_weights(args):
         return 1
     worst_abs, worst_rel, where = 0.0, 0.0, "-"
     for name in a:
+        if a[name][0][:1] == ("I64",):
+            if a[name][1] != b[name][1]:
+                print(f"{name}: int64 values differ")
+                return 1
+            continue
         va, vb = floats(a[name][1]), floats(b[name][1])
         d = max((abs(p - q) for p, q in zip(va, vb)), default=0.0)
         scale = max([1.0] + [abs(q) for q in vb])

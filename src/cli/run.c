@@ -400,6 +400,7 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
          * choice depends on the whole run, not what is left of it, so a
          * resumed run makes the same one. */
         fr_train_config config = opts->train;
+        config.seed = (uint64_t)opts->seed;
         if (training && run_steps(opts, fr_dataset_size(run->train)) <=
                             batches_per_epoch(opts, fr_dataset_size(run->train)))
             config.cache_mb = -1;
@@ -794,6 +795,13 @@ int frost_inspect(const frost_options *opts, fr_error *err) {
             fr_param_shape_string(p, shape, sizeof shape);
             printf("%s %s %zu %s\n", fr_param_name(p), shape, fr_param_numel(p),
                    fr_param_requires_grad(p) ? "trainable" : "frozen");
+        }
+        /* Buffers after the parameters, the state word `buffer`. */
+        for (size_t i = 0; i < fr_model_buffer_count(model); i++) {
+            char shape[32];
+            fr_model_buffer_shape_string(model, i, shape, sizeof shape);
+            printf("%s %s %zu buffer\n", fr_model_buffer_name(model, i), shape,
+                   fr_model_buffer_numel(model, i));
         }
         size_t total = fr_model_numel(model), trainable = fr_model_trainable_numel(model);
         printf("total parameters: %zu\n", total);

@@ -21,7 +21,9 @@
     KIND(maxpool2d)       \
     KIND(flatten)         \
     KIND(avgpool2d)       \
-    KIND(adaptive_avgpool2d)
+    KIND(adaptive_avgpool2d) \
+    KIND(batchnorm2d)        \
+    KIND(dropout)
 
 #define DECLARE_OPS(kind) extern const fr_layer_ops fr_##kind##_ops;
 #define OPS_ADDRESS(kind) &fr_##kind##_ops,
@@ -55,6 +57,12 @@ int fr_layer_check_arg(const fr_layer_ops *ops, int index, int value, fr_error *
                            arg->name, value);
         return FR_OK;
     }
+    if (arg->real) {
+        if (value < arg->minimum || value > FR_REAL_MAX)
+            return fr_fail(err, FR_EINVAL, "%s: %s must be in %s1, got %g", ops->kind, arg->name,
+                           arg->minimum > 0 ? "(0, " : "[0, ", fr_arg_real(value));
+        return FR_OK;
+    }
     if (value < arg->minimum)
         return fr_fail(err, FR_EINVAL, "%s: %s must be %s, got %d", ops->kind, arg->name,
                        arg->minimum > 0 ? "positive" : "0 or more", value);
@@ -86,6 +94,8 @@ static size_t append_value(char *buf, size_t len, size_t used, const fr_layer_ar
         used = append(buf, len, used, "%s=", arg->name);
     if (arg->boolean)
         return append(buf, len, used, "%s", value ? "True" : "False");
+    if (arg->real)
+        return append(buf, len, used, "%g", fr_arg_real(value));
     return append(buf, len, used, "%d", value);
 }
 
