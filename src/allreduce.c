@@ -18,9 +18,8 @@
  * allreduce can, and every link carries data both ways at once.  A step's
  * segment moves as chunks of CHUNK_BYTES, all posted at once, and each chunk
  * is added as it arrives, so the adds hide behind the transfer.  A small
- * bucket goes in 2 latencies instead of 2(n-1): on 3 or more ranks by a
- * direct exchange (each segment straight to the rank that sums it, then
- * straight to every rank), on 2 ranks by one exchange (recursive doubling).
+ * bucket on 2, 4, 8, ... ranks goes by recursive doubling instead: log2(n)
+ * latencies, not 2(n-1) (one exchange on two ranks).
  *
  * Every sum is formed once, in a fixed order, and copied to the other ranks,
  * so every rank ends with the same bits, and they depend on the rank count
@@ -306,97 +305,9 @@ static int recursive_doubling(float *buf, size_t count, bool bf16, fr_error *err
     return FR_OK;
 }
 
-/*
- * A small bucket on 3 or more ranks, each segment at most one chunk: every
- * rank sends segment p of its values straight to rank p, which adds the n
- * contributions in rank order, then sends the complete segment straight to
- * every other rank.  The same bytes as the ring (2(n-1)/n of the bucket per
- * rank, each node's link carrying them either way) in 2 network latencies
- * instead of the ring's 2(n-1).  Only rank p forms segment p's sum, so every
- * rank ends with the same bits.  With bfloat16 every contribution, the
- * rank's own too, is rounded as it would be sent, and rank p keeps the
- * rounded sum it sends.
- */
-static int direct(float *buf, size_t count, bool bf16, fr_error *err) {
-    int n = fr_comm_size(), r = fr_comm_rank();
-    size_t element = bf16 ? sizeof(uint16_t) : sizeof(float);
-    size_t mine_begin, mine_length;
-    segment(count, n, r, &mine_begin, &mine_length);
-    size_t slot = count / (size_t)n + 1; /* room for the longest segment */
-    if (!reserve(&engine.incoming, &engine.incoming_bytes, (size_t)n * slot * element) ||
-        (bf16 && !reserve(&engine.wire, &engine.wire_bytes, (count + 1) * element)) ||
-        !reserve_requests(2 * n))
-        return fr_fail(err, FR_ENOMEM, "out of memory for the allreduce's buffers");
-    MPI_Comm comm = fr_comm_gradients();
-    uint16_t *wire = engine.wire;
-    char *incoming = engine.incoming;
-    if (bf16)
-        round_to_wire(buf, wire, count);
-    const char *values = bf16 ? (const char *)wire : (const char *)buf;
-    /* Reduce-scatter: segment p of this rank's values to rank p. */
-    int posted = 0, rc = FR_OK;
-    for (int p = 0; p < n && rc == FR_OK; p++) {
-        if (p == r)
-            continue;
-        size_t begin, length;
-        segment(count, n, p, &begin, &length);
-        if (MPI_Irecv(incoming + (size_t)p * slot * element, (int)(mine_length * element),
-                      MPI_BYTE, p, 0, comm, &engine.requests[posted++]) != MPI_SUCCESS ||
-            MPI_Isend(values + begin * element, (int)(length * element), MPI_BYTE, p, 0, comm,
-                      &engine.requests[posted++]) != MPI_SUCCESS)
-            rc = fr_fail(err, FR_ECOMM, "%s: sending a segment failed", WHAT);
-    }
-    for (int i = 0; i < posted && rc == FR_OK; i++)
-        rc = fr_comm_wait_spinning(&engine.requests[i], WHAT, -1, 500e-6, err);
-    if (rc != FR_OK)
-        return rc;
-    float *sum = buf + mine_begin;
-    for (size_t i = 0; i < mine_length; i++) {
-        float total = 0.0f;
-        for (int q = 0; q < n; q++) {
-            if (bf16) {
-                const uint16_t *from = q == r ? wire + mine_begin
-                                              : (const uint16_t *)(incoming + (size_t)q * slot * element);
-                total += fr_from_bf16(from[i]);
-            } else {
-                const float *from = q == r ? sum : (const float *)(incoming + (size_t)q * slot * element);
-                total += from[i];
-            }
-        }
-        sum[i] = total;
-        if (bf16) {
-            wire[mine_begin + i] = fr_to_bf16(total);
-            sum[i] = fr_from_bf16(wire[mine_begin + i]);
-        }
-    }
-    /* Allgather: the complete segment to every other rank. */
-    posted = 0;
-    char *out = bf16 ? (char *)wire : (char *)buf;
-    for (int p = 0; p < n && rc == FR_OK; p++) {
-        if (p == r)
-            continue;
-        size_t begin, length;
-        segment(count, n, p, &begin, &length);
-        if (MPI_Irecv(out + begin * element, (int)(length * element), MPI_BYTE, p, 0, comm,
-                      &engine.requests[posted++]) != MPI_SUCCESS ||
-            MPI_Isend(out + mine_begin * element, (int)(mine_length * element), MPI_BYTE, p, 0,
-                      comm, &engine.requests[posted++]) != MPI_SUCCESS)
-            rc = fr_fail(err, FR_ECOMM, "%s: sending a segment failed", WHAT);
-    }
-    for (int i = 0; i < posted && rc == FR_OK; i++)
-        rc = fr_comm_wait_spinning(&engine.requests[i], WHAT, -1, 500e-6, err);
-    if (rc == FR_OK && bf16)
-        for (size_t i = 0; i < count; i++)
-            if (i < mine_begin || i >= mine_begin + mine_length)
-                buf[i] = fr_from_bf16(wire[i]);
-    return rc;
-}
-
 static int sum_floats(float *buf, size_t count, bool bf16, fr_error *err) {
     size_t element = bf16 ? sizeof(uint16_t) : sizeof(float);
     int n = fr_comm_size();
-    if (n > 2 && (count / (size_t)n + 1) * element <= CHUNK_BYTES)
-        return direct(buf, count, bf16, err);
     if ((n & (n - 1)) == 0 && count * element <= EXCHANGE_BYTES)
         return recursive_doubling(buf, count, bf16, err);
     return ring(buf, count, bf16, err);
