@@ -2,9 +2,11 @@
 # examples.sh - the three freezing examples (examples/freeze_*.c) run to the
 # end, report requires_grad for every parameter in named_parameters() order
 # exactly as PyTorch would print it, and confirm that training left the frozen
-# parameters bit-identical and moved the trainable ones.
+# parameters bit-identical and moved the trainable ones; and
+# examples/resnet_finetune.sh, with a few steps on a small dataset, runs to
+# its table.
 . "$TOP_SRCDIR/tests/common.sh"
-plan 10
+plan 12
 
 # check_example NAME 'EXPECTED REQUIRES_GRAD LINES' 'EXPECTED FINAL LINE'
 check_example() {
@@ -57,5 +59,18 @@ fc1.bias requires_grad: True
 fc2.weight requires_grad: True
 fc2.bias requires_grad: True' \
 'frozen parameters unchanged, trainable parameters changed'
+
+# resnet_finetune.sh: pretrain on 0-4, fine-tune with the trunk frozen, from
+# scratch, evaluate: a few steps each on make_idx's data.
+mkdir -p "$WORK/data" && make_idx "$WORK/data" 200 3
+FROST="$FROST" DATA="$WORK/data" STEPS=4 PRETRAIN_STEPS=4 BATCH=16 THREADS=2 \
+    sh "$TOP_SRCDIR/examples/resnet_finetune.sh" > "$WORK/resnet.out" 2> "$WORK/resnet.err"
+status=$?
+[ $status -eq 0 ] || sed 's/^/#   /' "$WORK/resnet.err"
+ok $status "resnet_finetune.sh exits with status 0"
+# The fine-tuning row: 4 steps, conv1, bn1 and layer1.0 (4,848 parameters) frozen.
+grep -Eq '^fine-tune on 5-9, conv1 bn1 layer1 frozen +4 +14858 +[0-9.]+ +[0-9.]+% \(5-9\)$' \
+    "$WORK/resnet.out"
+ok $? "resnet_finetune.sh prints the fine-tuning row: $(grep '^fine-tune' "$WORK/resnet.out")"
 
 done_testing
