@@ -367,13 +367,16 @@ struct fr_model {
     float *arena;           /* every parameter, one allocation */
     size_t arena_floats;     /* floats the parameters need */
     size_t arena_capacity;   /* floats allocated */
-    /* A trainer whose last step's updates are still in flight (train.c):
-     * whatever reads or writes the parameters calls fr_model_settle first. */
+    /* A trainer whose last step's updates are still in flight (train.c),
+     * and how to apply them (fr_trainer_sync, through a pointer so that
+     * model.c needs nothing of train.c): whatever reads or writes the
+     * parameters calls fr_model_settle first. */
     struct fr_trainer *in_flight;
+    int (*sync_in_flight)(struct fr_trainer *trainer, fr_error *err);
 };
 
-/* Apply the updates in flight, if any (train.c); const because reading a
- * model is what needs it. */
+/* Apply the updates in flight, if any; const because reading a model is
+ * what needs it. */
 void fr_model_settle(const fr_model *model);
 
 /* The arena exists once the first parameter is read or written. */

@@ -372,6 +372,11 @@ int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err) {
     return fr_model_add_layer(model, &fr_flatten_ops, name, NULL, err);
 }
 
+void fr_model_settle(const fr_model *model) {
+    if (model->in_flight && model->sync_in_flight)
+        model->sync_in_flight(model->in_flight, NULL); /* a failure stays with the engine */
+}
+
 int fr_model_ensure_arena(fr_model *model, fr_error *err) {
     fr_model_settle(model);
     if (model->arena && model->arena_capacity == model->arena_floats)

@@ -1521,11 +1521,6 @@ int fr_trainer_sync(fr_trainer *trainer, fr_error *err) {
     return status;
 }
 
-void fr_model_settle(const fr_model *model) {
-    if (model->in_flight)
-        fr_trainer_sync(model->in_flight, NULL); /* a failure stays with the engine */
-}
-
 /*
  * Several ranks, layers [from, to) of the forward: each layer (or block of a
  * blocked layer's outputs) runs once the last step's pieces it needs are
@@ -1693,8 +1688,10 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
     trainer->in_flight = trainer->piece_count > 0;
     trainer->in_flight_config = trainer->config;
     trainer->in_flight_step = trainer->steps_done + 1;
-    if (trainer->in_flight)
+    if (trainer->in_flight) {
         trainer->model->in_flight = trainer;
+        trainer->model->sync_in_flight = fr_trainer_sync;
+    }
     return trainer->config.sync_updates ? fr_trainer_sync(trainer, err) : FR_OK;
 }
 
