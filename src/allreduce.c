@@ -491,15 +491,6 @@ int fr_comm_finish_sum(long ticket, fr_error *err) {
     return rc;
 }
 
-bool fr_comm_sum_done(long ticket) {
-    if (!engine.started)
-        return true;
-    pthread_mutex_lock(&engine.lock);
-    bool done = engine.done > ticket || engine.status != FR_OK;
-    pthread_mutex_unlock(&engine.lock);
-    return done;
-}
-
 void fr_allreduce_quiesce(void) {
     if (!engine.started)
         return;
@@ -526,10 +517,6 @@ int fr_comm_start_sum_doubles(double *buf, int count, long *ticket, fr_error *er
 int fr_comm_finish_sum(long ticket, fr_error *err) {
     (void)ticket, (void)err;
     return FR_OK;
-}
-bool fr_comm_sum_done(long ticket) {
-    (void)ticket;
-    return true;
 }
 void fr_allreduce_quiesce(void) {}
 int fr_allreduce_start(fr_error *err) {

@@ -524,8 +524,8 @@ int fr_comm_gather_bytes(const void *mine, size_t length, char **all, size_t *al
  * a communication thread, so it moves while the workers compute.  Each sum
  * started gets a ticket (numbered from 0 for the whole run); every rank
  * starts the same sums in the same order and the thread runs them in that
- * order.  fr_comm_finish_sum waits for one; fr_comm_sum_done asks without
- * waiting.  Floats go over the wire as float32, or as bfloat16 when `bf16`
+ * order.  fr_comm_finish_sum waits for one.  Floats go over the wire as
+ * float32, or as bfloat16 when `bf16`
  * (summed in float32 on arrival; every rank ends with the same bits either
  * way); `label` names the sum in the trace.  The doubles variant carries a
  * step's loss totals.  fr_allreduce_quiesce waits until every sum started
@@ -536,7 +536,6 @@ int fr_comm_start_sum(float *buf, size_t count, bool bf16, int label, long *tick
                       fr_error *err);
 int fr_comm_start_sum_doubles(double *buf, int count, long *ticket, fr_error *err);
 int fr_comm_finish_sum(long ticket, fr_error *err);
-bool fr_comm_sum_done(long ticket);
 void fr_allreduce_quiesce(void);
 /* Start the communication thread (fr_comm_init does, before any thread is
  * pinned, so it may run on any of the process's CPUs) and stop it
