@@ -6,9 +6,9 @@
  *     each fr_param a pointer at an offset into it (fr_model.arena);
  *   - the gradient slab: one contiguous buffer per replica holding the
  *     gradients of the trainable parameters only, each at an offset the
- *     trainer plans and keeps (train.c), laid out in the order backward
+ *     trainer plans and keeps (plan.c), laid out in the order backward
  *     produces them (last layer first).
- * The arena's offsets live in model.c, the slab's in train.c.
+ * The arena's offsets live in model.c, the slab's in plan.c.
  */
 #ifndef FROST_INTERNAL_H
 #define FROST_INTERNAL_H

@@ -15,847 +15,25 @@
  *   optimizer: trainable parameters only, over the same chunks; on several
  *            ranks during the next step's forward (updates in flight)
  *
- * On one rank the thread reduction and the optimizer are fused: a thread sums
- * its chunk of the slabs and updates the parameters under it at once.
+ * One pipeline (step_pipeline) runs a step on one rank and on many, and
+ * checks the loss at the same moment in both.  On one rank the thread
+ * reduction and the optimizer are fused: a thread sums its chunk of the slabs
+ * and updates the parameters under it at once.
  *
  * The gradient slab holds the trainable parameters' gradients in the order
  * backward produces them (last layer first); the optimizer state arrays use
- * the same layout, so frozen parameters cost neither.  Everything a step needs
- * is allocated when the trainer is made or when the frozen set changes.
+ * the same layout, so frozen parameters cost neither.  Its layout, and
+ * everything else a step needs, is planned and allocated by plan.c when the
+ * trainer is made or when the frozen set changes; cache.c keeps the frozen
+ * prefix's features.
  */
-#include "internal.h"
+#include "trainer.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-/* Chunks of the slab that threads reduce are whole cache lines. */
-#define SLAB_CHUNK_ALIGN 16
-
-/* One trainable parameter's place in the slab. */
-typedef struct slab_segment {
-    size_t slab_offset;
-    size_t numel;
-    int param;
-    bool split; /* computed by rows across threads, straight into replica 0's slab */
-} slab_segment;
-
-/* A piece of the slab that one nonblocking allreduce carries: complete once
- * backward has passed layer `ready_after_layer`. */
-typedef struct bucket {
-    size_t begin, end;
-    int ready_after_layer;
-    int first_piece, pieces; /* its pieces, in slab order */
-} bucket;
-
-#define DEFAULT_BUCKET_MB 4.0
-
-/* A bucket of at least this many floats is sent as two pieces (a head
- * during backward, the tail after the last bucket); smaller ones whole. */
-#define SPLIT_BUCKET_FLOATS (128 * 1024)
-/* On several ranks a weight of at least twice this many floats that closes
- * a bucket has its gradient computed in row blocks of about this size, each
- * sent as soon as it is done (at most MAX_ROW_BLOCKS). */
-#define ROW_BLOCK_FLOATS (256 * 1024)
-#define MAX_ROW_BLOCKS 8
-
-/* A piece of the slab that one sum of the communication thread carries,
- * planned with the buckets.  `layer` is the first layer, in forward order,
- * holding a parameter in it: the next step's forward applies the piece's
- * update just before that layer, or just before the block of its outputs
- * that row block `block` of its weight makes (-1: the whole layer).
- * `early` pieces are sent as soon as backward completes them, the others
- * after the step's last bucket.  `ticket` is the last step's. */
-typedef struct piece {
-    size_t begin, end;
-    int layer, block;
-    bool early;
-    long ticket;
-} piece;
-
-/* Where a step's samples come from: a caller's batch arrays, or a dataset
- * and the indices of the batch's samples (the replicas gather their rows, and
- * the feature cache can serve them). */
-typedef struct batch_source {
-    const float *x;
-    const void *targets;
-    const fr_dataset *data;
-    const int *ids;
-} batch_source;
-
-/*
- * The frozen-prefix feature cache: when layers [0, first_trainable) hold no
- * trainable parameter, their output for a sample never changes, so it is
- * computed once per sample and every step runs only the trainable suffix.
- */
-typedef struct feature_cache {
-    bool enabled;
-    size_t budget_bytes;
-    int layer;            /* the prefix's last layer; -1: nothing cached */
-    int samples;          /* dataset indices [0, samples) may be cached */
-    size_t numel;         /* floats per sample */
-    float *features;
-    const fr_dataset *data; /* the dataset the entries belong to; NULL: empty */
-} feature_cache;
-
-/* The step's loss totals: summed loss, correct predictions, whether a label
- * was out of range (so every rank learns of it), how many ranks were asked
- * to stop (fr_trainer_watch_stop), and when the replicas are checked
- * (fr_trainer_check_replicas) the weights' checksum in CHECK_PARTS parts of
- * CHECK_BITS bits and their squares: the ranks agree on a part exactly when
- * n * (sum of squares) == (sum)^2, all of it exact in doubles for up to
- * 2^15 ranks. */
-enum { CHECK_PARTS = 6, CHECK_BITS = 11, CHECK_AT = 4, LOSS_TOTALS = CHECK_AT + 2 * CHECK_PARTS };
-
-/* What one thread owns: its activations, scratch and gradient slab. */
-typedef struct replica {
-    int rows_cap;
-    const float *x;       /* this step's input rows */
-    const void *targets;  /* and their targets */
-    float *gathered_x;    /* rows gathered from a dataset */
-    int32_t *gathered_labels;
-    float **outputs;     /* per layer; NULL where the output shares the input's buffer */
-    void **scratch;      /* per layer */
-    float **grads;       /* the gradient slots w.r.t. activations (grad_slot_count) */
-    float *slab;
-    int step_rows;            /* this step's rows */
-    int first_row;            /* their first row in the global batch */
-    const float *layer_dout;  /* the gradient backward is at, for split weight gradients */
-    long *backward_calls; /* per layer */
-    double loss_sum;
-    long correct;
-    int bad_label;
-    float *owned[2];     /* the two allocations the pointers above live in */
-} replica;
-
-struct fr_trainer {
-    fr_model *model;
-    fr_train_config config;
-    int threads;
-    replica *replicas;
-
-    /* The frozen set the slab was laid out for, and where each trainable
-     * parameter's gradient (and optimizer state) sits in it.  The plan is
-     * the trainer's own: two trainers on one model do not share it. */
-    bool *planned_requires_grad;
-    size_t *slab_offsets;
-    /* Per layer: its output lives in its input's buffer (flatten, in-place relu). */
-    bool *shares_input;
-    /* Per layer: the gradient at its output is needed, because it or a layer
-     * it reads from (directly or not) has a trainable parameter. */
-    bool *needs_grad;
-    /* Backward's gradients w.r.t. activations live in grad_slot_count slots
-     * per replica (two, used in turn, for a list of layers; a residual block
-     * holds the gradient at its input while its body and shortcut run).  Per
-     * layer: the slot holding the gradient at its output; the slot its
-     * backward writes the gradient at its input into (-1: none); and in
-     * grad_adds, bit k set when that gradient is instead added into input k's
-     * slot, which already holds another reader's share (for a layer that
-     * computes it, din_slot is then a temporary). */
-    int grad_slot_count;
-    int *grad_slot, *din_slot;
-    unsigned char *grad_adds;
-    int first_trainable;
-    size_t trainable_count;
-    slab_segment *segments;
-    int segment_count;
-    bucket *buckets;
-    int bucket_count;
-    /* Per layer: its weight gradient is split by rows between the threads,
-     * each summing its rows over all replicas into replica 0's slab, instead
-     * of one whole copy per replica summed afterwards (less memory traffic). */
-    bool *split_weight;
-
-    /* Optimizer state, slab layout; per-parameter step counts (torch keeps
-     * `step` per parameter, and a parameter unfrozen later starts at 1). */
-    float *state_m, *state_v;
-    long *param_steps;
-
-    /* Several ranks: per layer, the row blocks its weight gradient and
-     * forward are computed in (0: not blocked), and the buckets' pieces.
-     * While `in_flight`, the last step's sums are not applied yet: the next
-     * step's forward applies each just before the first layer that needs it
-     * (or fr_trainer_sync does), with the optimizer settings of the step
-     * that made them. */
-    int *row_blocks;
-    piece *pieces;
-    int piece_count;
-    bool in_flight;
-    fr_train_config in_flight_config;
-    long in_flight_step; /* the step they belong to, counted from 1 */
-
-    const volatile sig_atomic_t *stop_flag;
-    bool stop_agreed;
-    bool check_replicas; /* at the next step */
-
-    long steps_done;
-    size_t bytes_sent;   /* into the gradient allreduce, all steps */
-    double loss_totals[LOSS_TOTALS]; /* summed by the communication thread */
-    feature_cache cache;
-
-    /* Batch statistics (layers with ops->stats_count in train mode): each
-     * replica's partial sums (stats_max doubles per thread), the sums of the
-     * last meeting in backward, and per layer the forward's batch sums, kept
-     * for its backward (at stats_offset[i], -1 for other layers).  A failed
-     * sum over ranks is kept in stats_status/stats_err for the step. */
-    int stats_max;
-    double *stats_partial, *stats_total, *stats_saved;
-    long *stats_offset;
-    int stats_status;
-    fr_error stats_err;
-};
-
-/* ------------------------------------------------------------ planning */
-
-/* Rows [first, first + count) of `total` for part `index` of `parts`. */
-static void split_rows(int total, int parts, int index, int *first, int *count) {
-    int base = total / parts, extra = total % parts;
-    *first = index * base + (index < extra ? index : extra);
-    *count = base + (index < extra ? 1 : 0);
-}
-
-void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first, int *count) {
-    (void)trainer;
-    split_rows(batch, fr_comm_size(), fr_comm_rank(), first, count);
-}
-
-/* Layer i's inputs: `input`, and a join's shortcut; -2 where it has no second. */
-static int input_of(const fr_layer *l, int k) {
-    return k == 0 ? l->input : l->ops->join ? l->shortcut : -2;
-}
-
-/*
- * Which outputs share their input's buffer: flatten always, and an in-place
- * layer (relu) unless its input is the caller's batch, which is read-only, or
- * is read by another layer too (a residual block's input).
- */
-static void plan_shared_outputs(fr_model *model, bool *shares_input) {
-    int layers = model->layer_count;
-    int *readers = calloc((size_t)layers + 1, sizeof *readers);
-    int *owner = calloc((size_t)layers + 1, sizeof *owner);
-    bool *exclusive = calloc((size_t)layers + 1, sizeof *exclusive);
-    if (!readers || !owner || !exclusive) {
-        /* Nothing shared but flatten is always correct. */
-        for (int i = 0; i < layers; i++) {
-            shares_input[i] = model->layers[i].ops->alias;
-            model->layers[i].fused_relu = false;
-        }
-        free(readers);
-        free(owner);
-        free(exclusive);
-        return;
-    }
-    for (int i = 0; i < layers; i++)
-        for (int k = 0; k < 2; k++)
-            if (input_of(&model->layers[i], k) >= 0)
-                readers[input_of(&model->layers[i], k)]++;
-    for (int i = 0; i < layers; i++) {
-        const fr_layer *l = &model->layers[i];
-        int in = l->input;
-        /* The buffer holding the input, -1 the batch; whether only this layer
-         * reads it (along a chain of sharing layers). */
-        int in_owner = in >= 0 ? owner[in] : -1;
-        shares_input[i] = l->ops->alias || (l->ops->inplace && in_owner >= 0 && exclusive[in]);
-        owner[i] = shares_input[i] ? in_owner : i;
-        exclusive[i] = readers[i] <= 1 && (!shares_input[i] || in < 0 || exclusive[in]);
-    }
-    /* A relu working in place right after a layer that can take it (linear,
-     * conv2d: ops.fuses_relu) is applied in that layer's bias pass (the
-     * epilogue of its GEMM) instead. */
-    for (int i = 0; i < layers; i++) {
-        fr_layer *l = &model->layers[i];
-        const fr_layer *next = i + 1 < layers ? &model->layers[i + 1] : NULL;
-        l->fused_relu = next && next->ops == &fr_relu_ops && next->input == i &&
-                        shares_input[i + 1] && l->ops->fuses_relu;
-    }
-    free(readers);
-    free(owner);
-    free(exclusive);
-}
-
-static bool relu_fused_into(const fr_model *model, int i) {
-    return i > 0 && model->layers[i - 1].fused_relu;
-}
-
-/*
- * Which layer outputs must be kept for backward: those from the layer before
- * the first trainable one onwards (a layer needs its input and output), those
- * read later than by the next layer (a residual block's input, its body's
- * end), plus the buffers that sharing layers there write into.  The rest live
- * in two transient buffers, used in turn.
- */
-static void plan_kept_outputs(const fr_model *model, const bool *shares_input,
-                              int first_trainable, bool *kept) {
-    int last = model->layer_count - 1;
-    for (int i = 0; i <= last; i++)
-        kept[i] = i >= first_trainable - 1 || i == last;
-    for (int i = 0; i <= last; i++)
-        for (int k = 0; k < 2; k++) {
-            int in = input_of(&model->layers[i], k);
-            if (in >= 0 && in != i - 1)
-                kept[in] = true;
-        }
-    for (int i = last; i > 0; i--)
-        if (shares_input[i] && kept[i] && model->layers[i].input >= 0)
-            kept[model->layers[i].input] = true;
-}
-
-/*
- * Backward's gradient slots, planned by walking backward as a step does: a
- * slot is taken when a layer's gradient is first written and given back once
- * every layer reading it is done.  The loss writes the last layer's gradient
- * into slot 0.  A layer that passes its gradient on unchanged (flatten, a
- * join) lends its slot to its inputs.  Where a residual block's input was
- * read twice, the second share arrives in a temporary and is added.  For a
- * list of layers this is the ping-pong of slots 0 and 1.
- */
-static int plan_gradients(fr_trainer *trainer) {
-    const fr_model *model = trainer->model;
-    int layers = model->layer_count;
-    /* At most one slot per layer plus the temporary is ever in use. */
-    int *uses = calloc((size_t)layers + 3, sizeof *uses);
-    if (!uses)
-        return FR_ENOMEM;
-    for (int i = 0; i < layers; i++) {
-        const fr_layer *l = &model->layers[i];
-        bool mine = (l->weight >= 0 && model->params[l->weight].requires_grad) ||
-                    (l->bias >= 0 && model->params[l->bias].requires_grad);
-        trainer->needs_grad[i] = mine;
-        for (int k = 0; k < 2; k++)
-            if (input_of(l, k) >= 0 && trainer->needs_grad[input_of(l, k)])
-                trainer->needs_grad[i] = true;
-        trainer->grad_slot[i] = trainer->din_slot[i] = -1;
-        trainer->grad_adds[i] = 0;
-    }
-    int slots = 2;
-    if (layers > 0 && trainer->needs_grad[layers - 1]) {
-        trainer->grad_slot[layers - 1] = 0;
-        uses[0] = 1;
-    }
-    for (int i = layers - 1; i >= 0; i--) {
-        const fr_layer *l = &model->layers[i];
-        int mine = trainer->grad_slot[i];
-        if (!trainer->needs_grad[i] || mine < 0)
-            continue;
-        bool passes = l->ops->alias || l->ops->join;
-        for (int k = 0; k < 2; k++) {
-            int in = input_of(l, k);
-            if (in < 0 || !trainer->needs_grad[in])
-                continue;
-            bool started = trainer->grad_slot[in] >= 0;
-            if (passes && !started) {
-                trainer->grad_slot[in] = mine;
-                uses[mine]++;
-                continue;
-            }
-            if (started)
-                trainer->grad_adds[i] |= (unsigned char)(1u << k);
-            if (passes)
-                continue;
-            int free_slot = 0;
-            while (uses[free_slot] > 0)
-                free_slot++;
-            trainer->din_slot[i] = free_slot;
-            if (free_slot + 1 > slots)
-                slots = free_slot + 1;
-            if (!started) {
-                trainer->grad_slot[in] = free_slot;
-                uses[free_slot]++;
-            }
-        }
-        uses[mine]--;
-    }
-    trainer->grad_slot_count = slots;
-    free(uses);
-    return FR_OK;
-}
-
-static size_t layer_out_numel(const fr_model *model, int i) {
-    return fr_shape_numel(model->layers[i].out);
-}
-
-static size_t max_activation_numel(const fr_model *model) {
-    size_t most = fr_shape_numel(model->input);
-    for (int i = 0; i < model->layer_count; i++)
-        if (layer_out_numel(model, i) > most)
-            most = layer_out_numel(model, i);
-    return most;
-}
-
-static void free_replica(replica *r) {
-    fr_free(r->owned[0]);
-    fr_free(r->owned[1]);
-    free(r->outputs);
-    free(r->scratch);
-    free(r->grads);
-    free(r->backward_calls);
-    memset(r, 0, sizeof *r);
-}
-
-static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
-
-/*
- * Size and carve one replica's buffers: kept outputs, two transient outputs,
- * two activation-gradient buffers, per-layer scratch and the slab.  Called by
- * the thread that owns the replica, so its pages are first touched there.
- */
-static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bool *kept) {
-    const fr_model *model = trainer->model;
-    int layers = model->layer_count;
-    size_t act = max_activation_numel(model) * (size_t)rows_cap;
-    r->rows_cap = rows_cap;
-    r->outputs = calloc((size_t)layers, sizeof *r->outputs);
-    r->scratch = calloc((size_t)layers, sizeof *r->scratch);
-    r->backward_calls = calloc((size_t)layers, sizeof *r->backward_calls);
-    int slots = trainer->grad_slot_count;
-    r->grads = calloc((size_t)slots, sizeof *r->grads);
-    if (!r->outputs || !r->scratch || !r->backward_calls || !r->grads)
-        return FR_ENOMEM;
-
-    /* Floats: kept outputs + 2 transient + the gradient slots + scratch. */
-    size_t input_floats = round_up(fr_shape_numel(model->input) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
-    size_t label_floats = round_up((size_t)rows_cap, SLAB_CHUNK_ALIGN);
-    size_t floats = (2 + (size_t)slots) * round_up(act, SLAB_CHUNK_ALIGN) + input_floats +
-                    label_floats;
-    for (int i = 0; i < layers; i++) {
-        const fr_layer *l = &model->layers[i];
-        if (!trainer->shares_input[i] && kept[i])
-            floats += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
-        if (l->ops->scratch_bytes)
-            floats += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
-    }
-    r->owned[0] = fr_alloc(floats * sizeof(float));
-    /* The slab gets its own allocation: it is what other threads read. */
-    r->owned[1] = fr_alloc(round_up(trainer->trainable_count, SLAB_CHUNK_ALIGN) * sizeof(float) + 64);
-    if (!r->owned[0] || !r->owned[1])
-        return FR_ENOMEM;
-    r->slab = r->owned[1];
-
-    float *next = r->owned[0];
-    float *transient[2];
-    for (int k = 0; k < 2; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
-        transient[k] = next;
-    for (int k = 0; k < slots; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
-        r->grads[k] = next;
-    r->gathered_x = next;
-    next += input_floats;
-    r->gathered_labels = (int32_t *)next;
-    next += label_floats;
-
-    /* Forward walks the layers; an output not kept goes to whichever
-     * transient buffer does not hold the layer's input (an output not kept
-     * is read only by the next layer, so that is the last one written). */
-    int input_in = -1; /* which transient buffer holds the current input */
-    for (int i = 0; i < layers; i++) {
-        const fr_layer *l = &model->layers[i];
-        if (trainer->shares_input[i]) {
-            r->outputs[i] = NULL;
-        } else if (kept[i]) {
-            r->outputs[i] = next;
-            next += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
-            input_in = -1;
-        } else {
-            int use = input_in == 0 ? 1 : 0;
-            r->outputs[i] = transient[use];
-            input_in = use;
-        }
-        if (l->ops->scratch_bytes) {
-            r->scratch[i] = next;
-            next += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
-        }
-    }
-    return FR_OK;
-}
-
-static void free_plan(fr_trainer *trainer) {
-    if (trainer->replicas)
-        for (int t = 0; t < trainer->threads; t++)
-            free_replica(&trainer->replicas[t]);
-    free(trainer->segments);
-    trainer->segments = NULL;
-    trainer->segment_count = 0;
-    free(trainer->buckets);
-    trainer->buckets = NULL;
-    trainer->bucket_count = 0;
-    free(trainer->pieces);
-    trainer->pieces = NULL;
-    trainer->piece_count = 0;
-    free(trainer->row_blocks);
-    trainer->row_blocks = NULL;
-    free(trainer->split_weight);
-    trainer->split_weight = NULL;
-}
-
-/*
- * Cut the slab into buckets in backward order: a bucket closes at the first
- * layer boundary after it reaches the target size, so each can be sent as
- * soon as backward has passed that layer while backward goes on below.
- */
-static int plan_buckets(fr_trainer *trainer) {
-    const fr_model *model = trainer->model;
-    double mb = trainer->config.bucket_mb > 0 ? trainer->config.bucket_mb : DEFAULT_BUCKET_MB;
-    size_t target = (size_t)(mb * 1024 * 1024 / sizeof(float));
-    if (target == 0)
-        target = 1;
-    trainer->buckets = calloc((size_t)model->layer_count + 1, sizeof *trainer->buckets);
-    if (!trainer->buckets)
-        return FR_ENOMEM;
-    size_t begin = 0, end = 0;
-    for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
-        const fr_layer *l = &model->layers[i];
-        int ids[2] = {l->weight, l->bias};
-        for (int k = 0; k < 2; k++)
-            if (ids[k] >= 0 && model->params[ids[k]].requires_grad &&
-                trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel > end)
-                end = trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel;
-        bool last = i == trainer->first_trainable;
-        if (end > begin && (end - begin >= target || last)) {
-            trainer->buckets[trainer->bucket_count++] =
-                (bucket){.begin = begin, .end = end, .ready_after_layer = i};
-            begin = end;
-        }
-    }
-    return FR_OK;
-}
-
-/* Where a bucket's head ends when it goes as head and tail (its end when it
- * goes whole). */
-static size_t bucket_middle(const bucket *b) {
-    if (b->end - b->begin < SPLIT_BUCKET_FLOATS)
-        return b->end;
-    return b->begin + round_up((b->end - b->begin) / 2, SLAB_CHUNK_ALIGN);
-}
-
-/* Rows [*begin, *end) of row block j of layer i's weight. */
-static void block_rows(const fr_trainer *trainer, int i, int j, int *begin, int *end) {
-    const fr_param *w = &trainer->model->params[trainer->model->layers[i].weight];
-    int blocks = trainer->row_blocks[i], rows = w->shape[0];
-    *begin = (int)((long long)rows * j / blocks);
-    *end = (int)((long long)rows * (j + 1) / blocks);
-}
-
-/* The first layer, in forward order, with a parameter in slab range
- * [begin, end). */
-static int piece_layer(const fr_trainer *trainer, size_t begin, size_t end) {
-    const fr_model *model = trainer->model;
-    for (int i = trainer->first_trainable; i < model->layer_count; i++) {
-        const fr_layer *l = &model->layers[i];
-        int ids[2] = {l->weight, l->bias};
-        for (int k = 0; k < 2; k++) {
-            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
-                continue;
-            size_t lo = trainer->slab_offsets[ids[k]], hi = lo + model->params[ids[k]].numel;
-            if (lo < end && begin < hi)
-                return i;
-        }
-    }
-    return trainer->model->layer_count;
-}
-
-static void add_piece(fr_trainer *trainer, size_t begin, size_t end, int block, bool early) {
-    trainer->pieces[trainer->piece_count++] =
-        (piece){.begin = begin, .end = end, .layer = piece_layer(trainer, begin, end),
-                .block = block, .early = early, .ticket = -1};
-}
-
-/*
- * Several ranks: cut each bucket into the pieces the communication thread
- * sums.  A bucket closed by a large weight with row operations
- * (weight_grad_rows and forward_rows) goes as one piece per row block of
- * that weight (the first also holds the rest of the bucket, the weight's
- * bias among it), otherwise as a head and a tail (or whole when small).  The
- * next forward needs the buckets in the opposite order to backward's, so a
- * bucket other than the step's last sends the first half of its pieces when
- * backward completes them and the rest after the last bucket.
- */
-static int plan_pieces(fr_trainer *trainer) {
-    const fr_model *model = trainer->model;
-    trainer->row_blocks = calloc((size_t)model->layer_count + 1, sizeof *trainer->row_blocks);
-    trainer->pieces = calloc((size_t)trainer->bucket_count * MAX_ROW_BLOCKS + 1,
-                             sizeof *trainer->pieces);
-    if (!trainer->row_blocks || !trainer->pieces)
-        return FR_ENOMEM;
-    if (fr_comm_size() == 1)
-        return FR_OK;
-    for (int k = 0; k < trainer->bucket_count; k++) {
-        bucket *b = &trainer->buckets[k];
-        int i = b->ready_after_layer;
-        const fr_layer *l = &model->layers[i];
-        bool last = k == trainer->bucket_count - 1;
-        b->first_piece = trainer->piece_count;
-        size_t numel = l->weight >= 0 ? model->params[l->weight].numel : 0;
-        if (l->ops->weight_grad_rows && l->ops->forward_rows && numel >= 2 * ROW_BLOCK_FLOATS &&
-            model->params[l->weight].requires_grad) {
-            int blocks = (int)(numel / ROW_BLOCK_FLOATS);
-            if (blocks > MAX_ROW_BLOCKS)
-                blocks = MAX_ROW_BLOCKS;
-            if (blocks > model->params[l->weight].shape[0])
-                blocks = model->params[l->weight].shape[0];
-            trainer->row_blocks[i] = blocks;
-            trainer->split_weight[i] = true;
-            for (int s = 0; s < trainer->segment_count; s++)
-                if (trainer->segments[s].param == l->weight)
-                    trainer->segments[s].split = true;
-            size_t weight = trainer->slab_offsets[l->weight], row_len = numel / (size_t)
-                                                                  model->params[l->weight].shape[0];
-            size_t begin = b->begin;
-            for (int j = 0; j < blocks; j++) {
-                int lo, hi;
-                block_rows(trainer, i, j, &lo, &hi);
-                size_t end = j == blocks - 1 ? b->end : weight + (size_t)hi * row_len;
-                add_piece(trainer, begin, end, j, last || j < (blocks + 1) / 2);
-                begin = end;
-            }
-        } else {
-            size_t middle = last ? b->end : bucket_middle(b);
-            add_piece(trainer, b->begin, middle, -1, true);
-            if (middle < b->end)
-                add_piece(trainer, middle, b->end, -1, false);
-        }
-        b->pieces = trainer->piece_count - b->first_piece;
-    }
-    return FR_OK;
-}
-
-/*
- * Lay out the slab for the current frozen set: trainable parameters in the
- * order backward produces them, last layer first.  Optimizer state follows
- * the parameters that stay trainable; parameters that became trainable start
- * fresh.
- */
-static int plan(fr_trainer *trainer, fr_error *err) {
-    fr_model *model = trainer->model;
-    int params = model->param_count;
-    size_t *old_offsets = malloc(((size_t)params + 1) * sizeof *old_offsets);
-    bool *was_trainable = malloc(((size_t)params + 1) * sizeof *was_trainable);
-    if (!old_offsets || !was_trainable) {
-        free(old_offsets);
-        free(was_trainable);
-        return fr_fail(err, FR_ENOMEM, "out of memory planning the gradient slab");
-    }
-    for (int i = 0; i < params; i++) {
-        old_offsets[i] = trainer->slab_offsets[i];
-        was_trainable[i] = trainer->planned_requires_grad[i];
-    }
-    free_plan(trainer);
-
-    trainer->segments = calloc((size_t)params + 1, sizeof *trainer->segments);
-    trainer->split_weight = calloc((size_t)model->layer_count + 1, sizeof *trainer->split_weight);
-    if (!trainer->segments || !trainer->split_weight)
-        goto oom;
-    size_t offset = 0;
-    for (int layer = model->layer_count - 1; layer >= 0; layer--) {
-        const fr_layer *l = &model->layers[layer];
-        /* The bias first: a layer's first piece then carries its bias, which
-         * every block of its outputs needs. */
-        int ids[2] = {l->bias, l->weight};
-        trainer->split_weight[layer] = trainer->threads > 1 && l->weight >= 0 &&
-                                       model->params[l->weight].requires_grad &&
-                                       l->ops->weight_grad_rows;
-        for (int k = 0; k < 2; k++) {
-            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
-                continue;
-            fr_param *p = &model->params[ids[k]];
-            trainer->slab_offsets[ids[k]] = offset;
-            trainer->segments[trainer->segment_count++] =
-                (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k],
-                               .split = ids[k] == l->weight && trainer->split_weight[layer]};
-            offset += p->numel;
-        }
-    }
-    trainer->trainable_count = offset;
-    trainer->first_trainable = fr_model_first_trainable_layer(model);
-    if (plan_buckets(trainer) != FR_OK || plan_pieces(trainer) != FR_OK)
-        goto oom;
-    for (int i = 0; i < params; i++)
-        trainer->planned_requires_grad[i] = model->params[i].requires_grad;
-
-    /* Optimizer state: carry each still-trainable parameter's over. */
-    int per_value = fr_optim_state_per_value(&trainer->config);
-    float *old_state[2] = {trainer->state_m, trainer->state_v};
-    float *new_state[2] = {NULL, NULL};
-    for (int k = 0; k < per_value; k++) {
-        new_state[k] = fr_alloc((offset ? offset : 1) * sizeof(float));
-        if (!new_state[k]) {
-            fr_free(new_state[0]);
-            goto oom;
-        }
-    }
-    for (int i = 0; i < params; i++) {
-        fr_param *p = &model->params[i];
-        if (!p->requires_grad)
-            trainer->param_steps[i] = 0;
-        else if (!was_trainable[i] || !old_state[0])
-            trainer->param_steps[i] = 0;
-        else
-            for (int k = 0; k < per_value; k++)
-                if (old_state[k])
-                    memcpy(new_state[k] + trainer->slab_offsets[i], old_state[k] + old_offsets[i],
-                           p->numel * sizeof(float));
-    }
-    fr_free(trainer->state_m);
-    fr_free(trainer->state_v);
-    trainer->state_m = new_state[0];
-    trainer->state_v = new_state[1];
-    free(old_offsets);
-    free(was_trainable);
-
-    /* Replicas: each thread builds its own. */
-    bool *kept = calloc((size_t)model->layer_count + 1, sizeof *kept);
-    if (!kept)
-        return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
-    plan_shared_outputs(model, trainer->shares_input);
-    plan_kept_outputs(model, trainer->shares_input, trainer->first_trainable, kept);
-    if (plan_gradients(trainer) != FR_OK) {
-        free(kept);
-        return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
-    }
-    int rank_first, rank_rows;
-    split_rows(trainer->config.max_batch, fr_comm_size(), 0, &rank_first, &rank_rows);
-    int failed = 0;
-#pragma omp parallel num_threads(trainer->threads) reduction(+ : failed)
-    {
-        int t = omp_get_thread_num(), first, rows;
-        split_rows(rank_rows, trainer->threads, 0, &first, &rows);
-        if (build_replica(trainer, &trainer->replicas[t], rows > 0 ? rows : 1, kept) != FR_OK)
-            failed++;
-    }
-    free(kept);
-    if (failed)
-        return fr_fail(err, FR_ENOMEM, "out of memory allocating replica workspaces for batch %d",
-                       trainer->config.max_batch);
-    return FR_OK;
-oom:
-    free(old_offsets);
-    free(was_trainable);
-    return fr_fail(err, FR_ENOMEM, "out of memory planning the gradient slab");
-}
-
-static bool frozen_set_changed(const fr_trainer *trainer) {
-    for (int i = 0; i < trainer->model->param_count; i++)
-        if (trainer->model->params[i].requires_grad != trainer->planned_requires_grad[i])
-            return true;
-    return false;
-}
-
-/* ---------------------------------------------------------- lifecycle */
-
-/* A quarter of the machine's memory, shared by the ranks on it is not
- * known here: each process takes a quarter (--cache-mb sets it exactly). */
-static size_t default_cache_budget(void) {
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    if (pages <= 0 || page <= 0)
-        return (size_t)1 << 30;
-    return (size_t)pages * (size_t)page / 4;
-}
-
-/* Room for the batch statistics of every layer that may gather them. */
-static int plan_batch_stats(fr_trainer *trainer, fr_error *err) {
-    const fr_model *model = trainer->model;
-    size_t saved = 0;
-    trainer->stats_offset = malloc(((size_t)model->layer_count + 1) * sizeof(long));
-    if (!trainer->stats_offset)
-        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
-    for (int i = 0; i < model->layer_count; i++) {
-        const fr_layer *l = &model->layers[i];
-        trainer->stats_offset[i] = -1;
-        if (!l->ops->stats_count)
-            continue;
-        int count = l->ops->stats_count(l);
-        trainer->stats_offset[i] = (long)saved;
-        saved += (size_t)count;
-        if (count > trainer->stats_max)
-            trainer->stats_max = count;
-    }
-    if (trainer->stats_max == 0)
-        return FR_OK;
-    trainer->stats_partial = calloc((size_t)trainer->threads * (size_t)trainer->stats_max,
-                                    sizeof(double));
-    trainer->stats_total = calloc((size_t)trainer->stats_max, sizeof(double));
-    trainer->stats_saved = calloc(saved, sizeof(double));
-    if (!trainer->stats_partial || !trainer->stats_total || !trainer->stats_saved)
-        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
-    return FR_OK;
-}
-
-int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **out,
-                   fr_error *err) {
-    *out = NULL;
-    int rc = fr_optim_check(config, err);
-    if (rc != FR_OK)
-        return rc;
-    if (config->max_batch <= 0)
-        return fr_fail(err, FR_EINVAL, "batch size %d: must be positive", config->max_batch);
-    if (model->layer_count == 0)
-        return fr_fail(err, FR_EINVAL, "the model has no layers");
-    if (model->block_depth > 0)
-        return fr_fail(err, FR_EINVAL, "residual block '%s' is not closed",
-                       model->blocks[model->block_depth - 1].name);
-    if ((rc = fr_model_ensure_arena(model, err)) != FR_OK)
-        return rc;
-    /* Parallelism comes from replicas; OpenBLAS's own threads would fight them. */
-    openblas_set_num_threads(1);
-
-    fr_trainer *trainer = calloc(1, sizeof *trainer);
-    if (!trainer)
-        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
-    trainer->model = model;
-    trainer->config = *config;
-    trainer->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
-    trainer->cache.enabled = config->cache_mb >= 0;
-    trainer->cache.budget_bytes = config->cache_mb > 0 ? (size_t)(config->cache_mb * 1048576.0)
-                                                       : default_cache_budget();
-    trainer->cache.layer = -1;
-    trainer->replicas = calloc((size_t)trainer->threads, sizeof *trainer->replicas);
-    trainer->planned_requires_grad = calloc((size_t)model->param_count + 1, sizeof(bool));
-    trainer->param_steps = calloc((size_t)model->param_count + 1, sizeof(long));
-    trainer->slab_offsets = calloc((size_t)model->param_count + 1, sizeof(size_t));
-    trainer->shares_input = calloc((size_t)model->layer_count + 1, sizeof(bool));
-    trainer->needs_grad = calloc((size_t)model->layer_count + 1, sizeof(bool));
-    trainer->grad_slot = calloc((size_t)model->layer_count + 1, sizeof(int));
-    trainer->din_slot = calloc((size_t)model->layer_count + 1, sizeof(int));
-    trainer->grad_adds = calloc((size_t)model->layer_count + 1, 1);
-    if (!trainer->replicas || !trainer->planned_requires_grad || !trainer->param_steps ||
-        !trainer->shares_input || !trainer->slab_offsets || !trainer->needs_grad ||
-        !trainer->grad_slot || !trainer->din_slot || !trainer->grad_adds) {
-        fr_trainer_free(trainer);
-        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
-    }
-    if ((rc = plan(trainer, err)) != FR_OK || (rc = plan_batch_stats(trainer, err)) != FR_OK) {
-        fr_trainer_free(trainer);
-        return rc;
-    }
-    *out = trainer;
-    return FR_OK;
-}
-
-void fr_trainer_free(fr_trainer *trainer) {
-    if (!trainer)
-        return;
-    fr_trainer_sync(trainer, NULL);
-    free_plan(trainer);
-    free(trainer->replicas);
-    fr_free(trainer->state_m);
-    fr_free(trainer->state_v);
-    free(trainer->planned_requires_grad);
-    free(trainer->param_steps);
-    free(trainer->slab_offsets);
-    free(trainer->shares_input);
-    free(trainer->needs_grad);
-    free(trainer->grad_slot);
-    free(trainer->din_slot);
-    free(trainer->grad_adds);
-    fr_free(trainer->cache.features);
-    free(trainer->stats_partial);
-    free(trainer->stats_total);
-    free(trainer->stats_saved);
-    free(trainer->stats_offset);
-    free(trainer);
-}
 
 /* ----------------------------------------------------- forward, backward */
 
@@ -874,6 +52,10 @@ static const float *layer_input(const fr_trainer *trainer, const replica *r, con
 
 static const float *layer_output(const fr_trainer *trainer, const replica *r, const float *x,
                                  int i) {
+    return output_of(trainer, r, x, i);
+}
+
+const float *fr_step_output(const fr_trainer *trainer, const replica *r, const float *x, int i) {
     return output_of(trainer, r, x, i);
 }
 
@@ -934,7 +116,7 @@ static void forward_batch_stats(fr_trainer *trainer, replica *r, const float *x,
 /* Layers [from, to) of this replica's rows.  Every thread of the team calls
  * it when a layer gathers batch statistics (those meet), with rows = 0 if it
  * has none. */
-static void forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to) {
+void fr_step_forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to) {
     const fr_model *model = trainer->model;
     for (int i = from; i < to; i++) {
         const fr_layer *l = &model->layers[i];
@@ -1019,16 +201,6 @@ static const void *target_rows(const fr_trainer *trainer, const void *targets, i
     return (const int32_t *)targets + first;
 }
 
-/* The cache serves rows when the prefix is frozen and every row is in it. */
-static bool rows_cached(const fr_trainer *trainer, const int *ids, int rows) {
-    const feature_cache *c = &trainer->cache;
-    if (c->layer < 0 || c->layer != trainer->first_trainable - 1 || !c->data)
-        return false;
-    for (int i = 0; i < rows; i++)
-        if (ids[i] >= c->samples)
-            return false;
-    return true;
-}
 
 /*
  * Point the replica at its rows.  From a dataset it gathers them (or, when
@@ -1051,7 +223,7 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     r->x = r->gathered_x;
     r->targets = r->gathered_labels;
     const feature_cache *c = &trainer->cache;
-    if (rows_cached(trainer, ids, rows)) {
+    if (fr_cache_has_rows(trainer, ids, rows)) {
         float *features = (float *)layer_output(trainer, r, r->x, c->layer);
         for (int i = 0; i < rows; i++)
             memcpy(features + (size_t)i * c->numel, c->features + (size_t)ids[i] * c->numel,
@@ -1103,7 +275,7 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
 static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
                             int rows, int batch, bool train) {
     int from = replica_begin(trainer, r, src, first, rows);
-    forward(trainer, r, r->x, rows, from >= 0 ? from : 0, trainer->model->layer_count);
+    fr_step_forward(trainer, r, r->x, rows, from >= 0 ? from : 0, trainer->model->layer_count);
     return replica_loss(trainer, r, first, batch, train);
 }
 
@@ -1390,49 +562,10 @@ static int prepare_step(fr_trainer *trainer, const void *x, const void *targets,
     int rc = check_batch(trainer, x, targets, batch, err);
     if (rc == FR_OK && trainer->model->in_flight && trainer->model->in_flight != trainer)
         rc = fr_trainer_sync(trainer->model->in_flight, err);
-    if (rc == FR_OK && frozen_set_changed(trainer))
+    if (rc == FR_OK && fr_plan_changed(trainer))
         rc = fr_trainer_sync_plan(trainer, err);
     set_modes(trainer, train);
     return rc;
-}
-
-/* After the step's backward: the replicas' loss totals, checked finite. */
-static int finish_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
-                       fr_error *err) {
-    int status = total_loss(trainer, batch, loss, correct, err);
-    return status == FR_OK ? check_finite_loss(trainer, *loss, err) : status;
-}
-
-/*
- * One rank: every replica runs forward and backward, then each thread sums its
- * chunk of the slabs and updates the parameters under it, fused.
- */
-static int step_one_rank(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
-                         long *correct, fr_error *err) {
-    int status = FR_OK;
-#pragma omp parallel num_threads(trainer->threads)
-    {
-        int t = omp_get_thread_num(), first, rows;
-        split_rows(batch, trainer->threads, t, &first, &rows);
-        replica *r = &trainer->replicas[t];
-        bool active = replica_forward(trainer, r, src, first, rows, batch, true);
-#pragma omp barrier
-#pragma omp single
-        status = finish_loss(trainer, batch, loss, correct, err);
-        /* (the single's barrier: every thread sees the status) */
-        for (int i = trainer->model->layer_count - 1;
-             status == FR_OK && i >= trainer->first_trainable; i--)
-            backward_in_step(trainer, r, active, i, GRAD_BOTH);
-#pragma omp barrier
-        size_t begin, end;
-        chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
-        if (status == FR_OK) {
-            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-            reduce_and_update(trainer, begin, end);
-            fr_trace_add(t, "slab", "reduce+update", -1, t0, 0);
-        }
-    }
-    return status;
 }
 
 /* ------------------------------------------------- updates in flight */
@@ -1522,7 +655,7 @@ int fr_trainer_sync(fr_trainer *trainer, fr_error *err) {
 }
 
 /*
- * Several ranks, layers [from, to) of the forward: each layer (or block of a
+ * The forward from layer `from` to the end: on several ranks each layer (or block of a
  * blocked layer's outputs) runs once the last step's pieces it needs are
  * applied, so forward starts while the last pieces are still on the wire.
  * Every thread calls it; one without rows (from < 0) only meets the
@@ -1542,7 +675,7 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
         if (!waits && blocks == 0)
             continue;
         if (at < i) {
-            forward(trainer, r, r->x, rows, at, i);
+            fr_step_forward(trainer, r, r->x, rows, at, i);
             at = i;
         }
         if (blocks == 0) {
@@ -1565,7 +698,7 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
         at = i + 1;
     }
     if (at < model->layer_count)
-        forward(trainer, r, r->x, rows, at, model->layer_count);
+        fr_step_forward(trainer, r, r->x, rows, at, model->layer_count);
 }
 
 /*
@@ -1615,24 +748,29 @@ static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int
 }
 
 /*
- * Several ranks.  Forward first applies the last step's updates, each just
- * before the first layer (or block of outputs) that needs it, so it starts
- * while the last pieces are still on the wire.  The loss totals go to the
- * communication thread as soon as forward is done.  Backward runs layer by
- * layer in step on every thread; when it has passed the layer that
- * completes a bucket, the threads sum that bucket's pieces of their slabs
- * into replica 0's and the main thread hands them to the communication
- * thread (allreduce.c), which sends them while backward goes on.  The step
- * returns once its loss is known; its updates stay in flight.  The workers
- * never call MPI themselves; every thread meets every barrier.
+ * One step, on one rank or many.  Forward first applies the last step's
+ * updates still in flight (several ranks), each just before the first layer
+ * (or block of outputs) that needs it, so it starts while the last pieces are
+ * still on the wire.  The loss totals go to the communication thread as soon
+ * as forward is done.  Backward runs layer by layer in step on every thread;
+ * on several ranks, when it has passed the layer that completes a bucket, the
+ * threads sum that bucket's pieces of their slabs into replica 0's and the
+ * main thread hands them to the communication thread (allreduce.c), which
+ * sends them while backward goes on.  Then the loss is checked, the same way
+ * and at the same moment whatever the layout: a bad label or a non-finite
+ * loss fails the step and leaves the weights as they were.  On one rank each
+ * thread then sums its chunk of the slabs and updates the parameters under
+ * it, fused; on several the step's updates stay in flight until the next
+ * forward needs them.  The workers never call MPI themselves; every thread
+ * meets every barrier.
  */
-static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
-                           long *correct, fr_error *err) {
+static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
+                         long *correct, fr_error *err) {
     int rank_first, rank_rows, status = FR_OK;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
     double *totals = trainer->loss_totals;
     long loss_ticket = -1;
-    bool applying = trainer->in_flight;
+    bool applying = trainer->in_flight, many_ranks = fr_comm_size() > 1;
     if (trainer->model->in_flight == trainer)
         trainer->model->in_flight = NULL;
     trainer->in_flight = false;
@@ -1655,32 +793,46 @@ static int step_many_ranks(fr_trainer *trainer, const batch_source *src, int bat
         }
         int next = 0;
         for (int i = trainer->model->layer_count - 1; i >= trainer->first_trainable; i--) {
-            /* A layer that completes a bucket computes its parameters'
-             * gradients first, so the bucket leaves before the (as costly)
-             * gradient for the layer below is computed. */
-            if (next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i) {
+            /* A layer that completes a bucket with pieces to send computes
+             * its parameters' gradients first, so the bucket leaves before
+             * the (as costly) gradient for the layer below is computed. */
+            bool closes = next < trainer->bucket_count && trainer->buckets[next].ready_after_layer == i;
+            if (closes && trainer->buckets[next].pieces > 0) {
                 weights_and_pieces(trainer, r, active, i, next, &status, err);
-                next++;
                 backward_in_step(trainer, r, active, i, GRAD_INPUT);
             } else {
                 backward_in_step(trainer, r, active, i, GRAD_BOTH);
             }
+            next += closes;
+        }
+#pragma omp barrier
+#pragma omp master
+        {
+            if (status == FR_OK && trainer->stats_status != FR_OK) {
+                status = trainer->stats_status;
+                if (err)
+                    *err = trainer->stats_err;
+            }
+            /* The loss is summed ahead of the pieces, so this wait is short. */
+            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+            if (loss_ticket >= 0 && fr_comm_finish_sum(loss_ticket, err) != FR_OK &&
+                status == FR_OK)
+                status = err ? err->status : FR_ECOMM;
+            fr_trace_add(0, "loss", "wait", -1, t0, 0);
+            if (status == FR_OK)
+                status = check_loss_totals(trainer, totals, batch, loss, correct, err);
+            if (status == FR_OK)
+                status = check_finite_loss(trainer, *loss, err);
+        }
+#pragma omp barrier
+        if (status == FR_OK && !many_ranks) {
+            size_t begin, end;
+            chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
+            double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+            reduce_and_update(trainer, begin, end);
+            fr_trace_add(t, "slab", "reduce+update", -1, t0, 0);
         }
     }
-    if (status == FR_OK && trainer->stats_status != FR_OK) {
-        status = trainer->stats_status;
-        if (err)
-            *err = trainer->stats_err;
-    }
-    /* The loss is summed ahead of the pieces, so this wait is short. */
-    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-    if (loss_ticket >= 0 && fr_comm_finish_sum(loss_ticket, err) != FR_OK && status == FR_OK)
-        status = err ? err->status : FR_ECOMM;
-    fr_trace_add(0, "loss", "wait", -1, t0, 0);
-    if (status == FR_OK)
-        status = check_loss_totals(trainer, totals, batch, loss, correct, err);
-    if (status == FR_OK)
-        status = check_finite_loss(trainer, *loss, err);
     if (status != FR_OK) {
         drop_in_flight(trainer);
         return status;
@@ -1701,9 +853,7 @@ static int run_step(fr_trainer *trainer, const batch_source *src, int batch, dou
     long step_correct = 0;
     fr_error step_err = {0};
     fr_trace_set_step(trainer->steps_done);
-    int rc = fr_comm_size() == 1
-                 ? step_one_rank(trainer, src, batch, &step_loss, &step_correct, &step_err)
-                 : step_many_ranks(trainer, src, batch, &step_loss, &step_correct, &step_err);
+    int rc = step_pipeline(trainer, src, batch, &step_loss, &step_correct, &step_err);
     if (rc != FR_OK) {
         if (err)
             *err = step_err;
@@ -1729,84 +879,6 @@ int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, in
     return run_step(trainer, &src, batch, loss, correct, err);
 }
 
-/*
- * Fill the cache in fixed chunks of the dataset, in index order: a sample's
- * features then depend only on its chunk, never on the batch or epoch that
- * first met it, so a resumed run sees exactly the features the uninterrupted
- * run used.
- */
-static void fill_cache(fr_trainer *trainer, const fr_dataset *data) {
-    feature_cache *c = &trainer->cache;
-    int chunk = trainer->replicas[0].rows_cap < 32 ? trainer->replicas[0].rows_cap : 32;
-    int chunks = (c->samples + chunk - 1) / chunk;
-    size_t sample_numel = fr_shape_numel(data->shape);
-#pragma omp parallel for num_threads(trainer->threads) schedule(static)
-    for (int k = 0; k < chunks; k++) {
-        replica *r = &trainer->replicas[omp_get_thread_num()];
-        int first = k * chunk, rows = c->samples - first < chunk ? c->samples - first : chunk;
-        memcpy(r->gathered_x, data->x + (size_t)first * sample_numel,
-               (size_t)rows * sample_numel * sizeof(float));
-        forward(trainer, r, r->gathered_x, rows, 0, c->layer + 1);
-        memcpy(c->features + (size_t)first * c->numel,
-               layer_output(trainer, r, r->gathered_x, c->layer),
-               (size_t)rows * c->numel * sizeof(float));
-    }
-    c->data = data;
-}
-
-/*
- * Size the feature cache for this dataset and frozen prefix (as many samples
- * as the budget holds, from index 0) and fill it.  Nothing is cached when the
- * prefix is empty, moves no data (a lone flatten), or ends inside a residual
- * block.
- */
-static int plan_cache(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
-    feature_cache *c = &trainer->cache;
-    int layer = trainer->first_trainable - 1;
-    if (!c->enabled || layer < 0 || trainer->first_trainable >= trainer->model->layer_count) {
-        c->layer = -1;
-        return FR_OK;
-    }
-    bool moves_data = false;
-    for (int i = 0; i <= layer; i++)
-        moves_data |= !trainer->shares_input[i];
-    /* The suffix must need nothing of the prefix but its last output: a cut
-     * through a residual block (a trainable shortcut reading the block's
-     * input, say) caches nothing. */
-    bool clean_cut = true;
-    for (int i = trainer->first_trainable; i < trainer->model->layer_count; i++)
-        for (int k = 0; k < 2; k++) {
-            int in = input_of(&trainer->model->layers[i], k);
-            clean_cut = clean_cut && (in == -2 || in >= layer);
-        }
-    size_t numel = fr_shape_numel(trainer->model->layers[layer].out);
-    size_t samples = numel ? c->budget_bytes / (numel * sizeof(float)) : 0;
-    if (samples > (size_t)data->n)
-        samples = (size_t)data->n;
-    if (!moves_data || !clean_cut || samples == 0) {
-        c->layer = -1;
-        return FR_OK;
-    }
-    if (c->layer == layer && c->numel == numel && c->samples == (int)samples) {
-        if (c->data != data)
-            fill_cache(trainer, data);
-        return FR_OK;
-    }
-    fr_free(c->features);
-    c->data = NULL;
-    c->features = fr_alloc(samples * numel * sizeof(float));
-    if (!c->features) {
-        c->layer = -1;
-        return fr_fail(err, FR_ENOMEM, "out of memory for a feature cache of %zu MB",
-                       samples * numel * sizeof(float) >> 20);
-    }
-    c->layer = layer;
-    c->numel = numel;
-    c->samples = (int)samples;
-    fill_cache(trainer, data);
-    return FR_OK;
-}
-
 int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const int *ids,
                             int batch, double *loss, long *correct, fr_error *err) {
     int rc = prepare_step(trainer, data, ids, batch, true, err);
@@ -1819,15 +891,10 @@ int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const i
         if (ids[i] < 0 || ids[i] >= data->n)
             return fr_fail(err, FR_EINVAL, "step: sample index %d outside the dataset of %d",
                            ids[i], data->n);
-    if (trainer->cache.enabled && (rc = plan_cache(trainer, data, err)) != FR_OK)
+    if (trainer->cache.enabled && (rc = fr_cache_plan(trainer, data, err)) != FR_OK)
         return rc;
     batch_source src = {.data = data, .ids = ids};
     return run_step(trainer, &src, batch, loss, correct, err);
-}
-
-size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
-    const feature_cache *c = &trainer->cache;
-    return c->layer >= 0 ? (size_t)c->samples * c->numel * sizeof(float) : 0;
 }
 
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets, int batch,
@@ -1882,22 +949,7 @@ long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer) {
 
 /* ------------------------------------------------- state for checkpoints */
 
-float *fr_trainer_param_state(fr_trainer *trainer, int which, int param) {
-    float *state = which == 0 ? trainer->state_m : trainer->state_v;
-    if (!state || param < 0 || param >= trainer->model->param_count ||
-        !trainer->planned_requires_grad[param])
-        return NULL;
-    return state + trainer->slab_offsets[param];
-}
 
-/* The update in flight applied (with the plan it was made with), then the
- * slab laid out for the current frozen set. */
-int fr_trainer_sync_plan(fr_trainer *trainer, fr_error *err) {
-    int rc = fr_trainer_sync(trainer, err);
-    if (rc == FR_OK && frozen_set_changed(trainer))
-        rc = plan(trainer, err);
-    return rc;
-}
 
 void fr_trainer_check_replicas(fr_trainer *trainer) { trainer->check_replicas = true; }
 

@@ -1,0 +1,666 @@
+/*
+ * plan.c - the trainer's plan, and making and freeing trainers.
+ *
+ * The plan is laid out for the current frozen set and redone when it
+ * changes: the gradient slab (trainable parameters only, in the order
+ * backward produces them, last layer first; the optimizer state uses the
+ * same layout, so frozen parameters cost neither), its buckets and the
+ * pieces several ranks send them in, which outputs share or keep their
+ * buffers and which relus fuse into the layer before, backward's gradient
+ * slots, and each thread's replica: its activations, scratch and slab.
+ * Everything a step needs is allocated here, when the trainer is made or
+ * when the frozen set changes.  The plan is the trainer's own: two trainers
+ * on one model do not share it.
+ */
+#include "trainer.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ planning */
+
+
+void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first, int *count) {
+    (void)trainer;
+    split_rows(batch, fr_comm_size(), fr_comm_rank(), first, count);
+}
+
+
+/*
+ * Which outputs share their input's buffer: flatten always, and an in-place
+ * layer (relu) unless its input is the caller's batch, which is read-only, or
+ * is read by another layer too (a residual block's input).
+ */
+static void plan_shared_outputs(fr_model *model, bool *shares_input) {
+    int layers = model->layer_count;
+    int *readers = calloc((size_t)layers + 1, sizeof *readers);
+    int *owner = calloc((size_t)layers + 1, sizeof *owner);
+    bool *exclusive = calloc((size_t)layers + 1, sizeof *exclusive);
+    if (!readers || !owner || !exclusive) {
+        /* Nothing shared but flatten is always correct. */
+        for (int i = 0; i < layers; i++) {
+            shares_input[i] = model->layers[i].ops->alias;
+            model->layers[i].fused_relu = false;
+        }
+        free(readers);
+        free(owner);
+        free(exclusive);
+        return;
+    }
+    for (int i = 0; i < layers; i++)
+        for (int k = 0; k < 2; k++)
+            if (input_of(&model->layers[i], k) >= 0)
+                readers[input_of(&model->layers[i], k)]++;
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        int in = l->input;
+        /* The buffer holding the input, -1 the batch; whether only this layer
+         * reads it (along a chain of sharing layers). */
+        int in_owner = in >= 0 ? owner[in] : -1;
+        shares_input[i] = l->ops->alias || (l->ops->inplace && in_owner >= 0 && exclusive[in]);
+        owner[i] = shares_input[i] ? in_owner : i;
+        exclusive[i] = readers[i] <= 1 && (!shares_input[i] || in < 0 || exclusive[in]);
+    }
+    /* A relu working in place right after a layer that can take it (linear,
+     * conv2d: ops.fuses_relu) is applied in that layer's bias pass (the
+     * epilogue of its GEMM) instead. */
+    for (int i = 0; i < layers; i++) {
+        fr_layer *l = &model->layers[i];
+        const fr_layer *next = i + 1 < layers ? &model->layers[i + 1] : NULL;
+        l->fused_relu = next && next->ops == &fr_relu_ops && next->input == i &&
+                        shares_input[i + 1] && l->ops->fuses_relu;
+    }
+    free(readers);
+    free(owner);
+    free(exclusive);
+}
+
+
+/*
+ * Which layer outputs must be kept for backward: those from the layer before
+ * the first trainable one onwards (a layer needs its input and output), those
+ * read later than by the next layer (a residual block's input, its body's
+ * end), plus the buffers that sharing layers there write into.  The rest live
+ * in two transient buffers, used in turn.
+ */
+static void plan_kept_outputs(const fr_model *model, const bool *shares_input,
+                              int first_trainable, bool *kept) {
+    int last = model->layer_count - 1;
+    for (int i = 0; i <= last; i++)
+        kept[i] = i >= first_trainable - 1 || i == last;
+    for (int i = 0; i <= last; i++)
+        for (int k = 0; k < 2; k++) {
+            int in = input_of(&model->layers[i], k);
+            if (in >= 0 && in != i - 1)
+                kept[in] = true;
+        }
+    for (int i = last; i > 0; i--)
+        if (shares_input[i] && kept[i] && model->layers[i].input >= 0)
+            kept[model->layers[i].input] = true;
+}
+
+/*
+ * Backward's gradient slots, planned by walking backward as a step does: a
+ * slot is taken when a layer's gradient is first written and given back once
+ * every layer reading it is done.  The loss writes the last layer's gradient
+ * into slot 0.  A layer that passes its gradient on unchanged (flatten, a
+ * join) lends its slot to its inputs.  Where a residual block's input was
+ * read twice, the second share arrives in a temporary and is added.  For a
+ * list of layers this is the ping-pong of slots 0 and 1.
+ */
+static int plan_gradients(fr_trainer *trainer) {
+    const fr_model *model = trainer->model;
+    int layers = model->layer_count;
+    /* At most one slot per layer plus the temporary is ever in use. */
+    int *uses = calloc((size_t)layers + 3, sizeof *uses);
+    if (!uses)
+        return FR_ENOMEM;
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        bool mine = (l->weight >= 0 && model->params[l->weight].requires_grad) ||
+                    (l->bias >= 0 && model->params[l->bias].requires_grad);
+        trainer->needs_grad[i] = mine;
+        for (int k = 0; k < 2; k++)
+            if (input_of(l, k) >= 0 && trainer->needs_grad[input_of(l, k)])
+                trainer->needs_grad[i] = true;
+        trainer->grad_slot[i] = trainer->din_slot[i] = -1;
+        trainer->grad_adds[i] = 0;
+    }
+    int slots = 2;
+    if (layers > 0 && trainer->needs_grad[layers - 1]) {
+        trainer->grad_slot[layers - 1] = 0;
+        uses[0] = 1;
+    }
+    for (int i = layers - 1; i >= 0; i--) {
+        const fr_layer *l = &model->layers[i];
+        int mine = trainer->grad_slot[i];
+        if (!trainer->needs_grad[i] || mine < 0)
+            continue;
+        bool passes = l->ops->alias || l->ops->join;
+        for (int k = 0; k < 2; k++) {
+            int in = input_of(l, k);
+            if (in < 0 || !trainer->needs_grad[in])
+                continue;
+            bool started = trainer->grad_slot[in] >= 0;
+            if (passes && !started) {
+                trainer->grad_slot[in] = mine;
+                uses[mine]++;
+                continue;
+            }
+            if (started)
+                trainer->grad_adds[i] |= (unsigned char)(1u << k);
+            if (passes)
+                continue;
+            int free_slot = 0;
+            while (uses[free_slot] > 0)
+                free_slot++;
+            trainer->din_slot[i] = free_slot;
+            if (free_slot + 1 > slots)
+                slots = free_slot + 1;
+            if (!started) {
+                trainer->grad_slot[in] = free_slot;
+                uses[free_slot]++;
+            }
+        }
+        uses[mine]--;
+    }
+    trainer->grad_slot_count = slots;
+    free(uses);
+    return FR_OK;
+}
+
+static size_t layer_out_numel(const fr_model *model, int i) {
+    return fr_shape_numel(model->layers[i].out);
+}
+
+static size_t max_activation_numel(const fr_model *model) {
+    size_t most = fr_shape_numel(model->input);
+    for (int i = 0; i < model->layer_count; i++)
+        if (layer_out_numel(model, i) > most)
+            most = layer_out_numel(model, i);
+    return most;
+}
+
+static void free_replica(replica *r) {
+    fr_free(r->owned[0]);
+    fr_free(r->owned[1]);
+    free(r->outputs);
+    free(r->scratch);
+    free(r->grads);
+    free(r->backward_calls);
+    memset(r, 0, sizeof *r);
+}
+
+
+/*
+ * Size and carve one replica's buffers: kept outputs, two transient outputs,
+ * two activation-gradient buffers, per-layer scratch and the slab.  Called by
+ * the thread that owns the replica, so its pages are first touched there.
+ */
+static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bool *kept) {
+    const fr_model *model = trainer->model;
+    int layers = model->layer_count;
+    size_t act = max_activation_numel(model) * (size_t)rows_cap;
+    r->rows_cap = rows_cap;
+    r->outputs = calloc((size_t)layers, sizeof *r->outputs);
+    r->scratch = calloc((size_t)layers, sizeof *r->scratch);
+    r->backward_calls = calloc((size_t)layers, sizeof *r->backward_calls);
+    int slots = trainer->grad_slot_count;
+    r->grads = calloc((size_t)slots, sizeof *r->grads);
+    if (!r->outputs || !r->scratch || !r->backward_calls || !r->grads)
+        return FR_ENOMEM;
+
+    /* Floats: kept outputs + 2 transient + the gradient slots + scratch. */
+    size_t input_floats = round_up(fr_shape_numel(model->input) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
+    size_t label_floats = round_up((size_t)rows_cap, SLAB_CHUNK_ALIGN);
+    size_t floats = (2 + (size_t)slots) * round_up(act, SLAB_CHUNK_ALIGN) + input_floats +
+                    label_floats;
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        if (!trainer->shares_input[i] && kept[i])
+            floats += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
+        if (l->ops->scratch_bytes)
+            floats += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
+    }
+    r->owned[0] = fr_alloc(floats * sizeof(float));
+    /* The slab gets its own allocation: it is what other threads read. */
+    r->owned[1] = fr_alloc(round_up(trainer->trainable_count, SLAB_CHUNK_ALIGN) * sizeof(float) + 64);
+    if (!r->owned[0] || !r->owned[1])
+        return FR_ENOMEM;
+    r->slab = r->owned[1];
+
+    float *next = r->owned[0];
+    float *transient[2];
+    for (int k = 0; k < 2; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
+        transient[k] = next;
+    for (int k = 0; k < slots; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
+        r->grads[k] = next;
+    r->gathered_x = next;
+    next += input_floats;
+    r->gathered_labels = (int32_t *)next;
+    next += label_floats;
+
+    /* Forward walks the layers; an output not kept goes to whichever
+     * transient buffer does not hold the layer's input (an output not kept
+     * is read only by the next layer, so that is the last one written). */
+    int input_in = -1; /* which transient buffer holds the current input */
+    for (int i = 0; i < layers; i++) {
+        const fr_layer *l = &model->layers[i];
+        if (trainer->shares_input[i]) {
+            r->outputs[i] = NULL;
+        } else if (kept[i]) {
+            r->outputs[i] = next;
+            next += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
+            input_in = -1;
+        } else {
+            int use = input_in == 0 ? 1 : 0;
+            r->outputs[i] = transient[use];
+            input_in = use;
+        }
+        if (l->ops->scratch_bytes) {
+            r->scratch[i] = next;
+            next += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
+        }
+    }
+    return FR_OK;
+}
+
+static void free_plan(fr_trainer *trainer) {
+    if (trainer->replicas)
+        for (int t = 0; t < trainer->threads; t++)
+            free_replica(&trainer->replicas[t]);
+    free(trainer->segments);
+    trainer->segments = NULL;
+    trainer->segment_count = 0;
+    free(trainer->buckets);
+    trainer->buckets = NULL;
+    trainer->bucket_count = 0;
+    free(trainer->pieces);
+    trainer->pieces = NULL;
+    trainer->piece_count = 0;
+    free(trainer->row_blocks);
+    trainer->row_blocks = NULL;
+    free(trainer->split_weight);
+    trainer->split_weight = NULL;
+}
+
+/*
+ * Cut the slab into buckets in backward order: a bucket closes at the first
+ * layer boundary after it reaches the target size, so each can be sent as
+ * soon as backward has passed that layer while backward goes on below.
+ */
+static int plan_buckets(fr_trainer *trainer) {
+    const fr_model *model = trainer->model;
+    double mb = trainer->config.bucket_mb > 0 ? trainer->config.bucket_mb : DEFAULT_BUCKET_MB;
+    size_t target = (size_t)(mb * 1024 * 1024 / sizeof(float));
+    if (target == 0)
+        target = 1;
+    trainer->buckets = calloc((size_t)model->layer_count + 1, sizeof *trainer->buckets);
+    if (!trainer->buckets)
+        return FR_ENOMEM;
+    size_t begin = 0, end = 0;
+    for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
+        const fr_layer *l = &model->layers[i];
+        int ids[2] = {l->weight, l->bias};
+        for (int k = 0; k < 2; k++)
+            if (ids[k] >= 0 && model->params[ids[k]].requires_grad &&
+                trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel > end)
+                end = trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel;
+        bool last = i == trainer->first_trainable;
+        if (end > begin && (end - begin >= target || last)) {
+            trainer->buckets[trainer->bucket_count++] =
+                (bucket){.begin = begin, .end = end, .ready_after_layer = i};
+            begin = end;
+        }
+    }
+    return FR_OK;
+}
+
+/* Where a bucket's head ends when it goes as head and tail (its end when it
+ * goes whole). */
+static size_t bucket_middle(const bucket *b) {
+    if (b->end - b->begin < SPLIT_BUCKET_FLOATS)
+        return b->end;
+    return b->begin + round_up((b->end - b->begin) / 2, SLAB_CHUNK_ALIGN);
+}
+
+
+/* The first layer, in forward order, with a parameter in slab range
+ * [begin, end). */
+static int piece_layer(const fr_trainer *trainer, size_t begin, size_t end) {
+    const fr_model *model = trainer->model;
+    for (int i = trainer->first_trainable; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        int ids[2] = {l->weight, l->bias};
+        for (int k = 0; k < 2; k++) {
+            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
+                continue;
+            size_t lo = trainer->slab_offsets[ids[k]], hi = lo + model->params[ids[k]].numel;
+            if (lo < end && begin < hi)
+                return i;
+        }
+    }
+    return trainer->model->layer_count;
+}
+
+static void add_piece(fr_trainer *trainer, size_t begin, size_t end, int block, bool early) {
+    trainer->pieces[trainer->piece_count++] =
+        (piece){.begin = begin, .end = end, .layer = piece_layer(trainer, begin, end),
+                .block = block, .early = early, .ticket = -1};
+}
+
+/*
+ * Several ranks: cut each bucket into the pieces the communication thread
+ * sums.  A bucket closed by a large weight with row operations
+ * (weight_grad_rows and forward_rows) goes as one piece per row block of
+ * that weight (the first also holds the rest of the bucket, the weight's
+ * bias among it), otherwise as a head and a tail (or whole when small).  The
+ * next forward needs the buckets in the opposite order to backward's, so a
+ * bucket other than the step's last sends the first half of its pieces when
+ * backward completes them and the rest after the last bucket.
+ */
+static int plan_pieces(fr_trainer *trainer) {
+    const fr_model *model = trainer->model;
+    trainer->row_blocks = calloc((size_t)model->layer_count + 1, sizeof *trainer->row_blocks);
+    trainer->pieces = calloc((size_t)trainer->bucket_count * MAX_ROW_BLOCKS + 1,
+                             sizeof *trainer->pieces);
+    if (!trainer->row_blocks || !trainer->pieces)
+        return FR_ENOMEM;
+    if (fr_comm_size() == 1)
+        return FR_OK;
+    for (int k = 0; k < trainer->bucket_count; k++) {
+        bucket *b = &trainer->buckets[k];
+        int i = b->ready_after_layer;
+        const fr_layer *l = &model->layers[i];
+        bool last = k == trainer->bucket_count - 1;
+        b->first_piece = trainer->piece_count;
+        size_t numel = l->weight >= 0 ? model->params[l->weight].numel : 0;
+        if (l->ops->weight_grad_rows && l->ops->forward_rows && numel >= 2 * ROW_BLOCK_FLOATS &&
+            model->params[l->weight].requires_grad) {
+            int blocks = (int)(numel / ROW_BLOCK_FLOATS);
+            if (blocks > MAX_ROW_BLOCKS)
+                blocks = MAX_ROW_BLOCKS;
+            if (blocks > model->params[l->weight].shape[0])
+                blocks = model->params[l->weight].shape[0];
+            trainer->row_blocks[i] = blocks;
+            trainer->split_weight[i] = true;
+            for (int s = 0; s < trainer->segment_count; s++)
+                if (trainer->segments[s].param == l->weight)
+                    trainer->segments[s].split = true;
+            size_t weight = trainer->slab_offsets[l->weight], row_len = numel / (size_t)
+                                                                  model->params[l->weight].shape[0];
+            size_t begin = b->begin;
+            for (int j = 0; j < blocks; j++) {
+                int lo, hi;
+                block_rows(trainer, i, j, &lo, &hi);
+                size_t end = j == blocks - 1 ? b->end : weight + (size_t)hi * row_len;
+                add_piece(trainer, begin, end, j, last || j < (blocks + 1) / 2);
+                begin = end;
+            }
+        } else {
+            size_t middle = last ? b->end : bucket_middle(b);
+            add_piece(trainer, b->begin, middle, -1, true);
+            if (middle < b->end)
+                add_piece(trainer, middle, b->end, -1, false);
+        }
+        b->pieces = trainer->piece_count - b->first_piece;
+    }
+    return FR_OK;
+}
+
+/*
+ * Lay out the slab for the current frozen set: trainable parameters in the
+ * order backward produces them, last layer first.  Optimizer state follows
+ * the parameters that stay trainable; parameters that became trainable start
+ * fresh.
+ */
+int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
+    fr_model *model = trainer->model;
+    int params = model->param_count;
+    size_t *old_offsets = malloc(((size_t)params + 1) * sizeof *old_offsets);
+    bool *was_trainable = malloc(((size_t)params + 1) * sizeof *was_trainable);
+    if (!old_offsets || !was_trainable) {
+        free(old_offsets);
+        free(was_trainable);
+        return fr_fail(err, FR_ENOMEM, "out of memory planning the gradient slab");
+    }
+    for (int i = 0; i < params; i++) {
+        old_offsets[i] = trainer->slab_offsets[i];
+        was_trainable[i] = trainer->planned_requires_grad[i];
+    }
+    free_plan(trainer);
+
+    trainer->segments = calloc((size_t)params + 1, sizeof *trainer->segments);
+    trainer->split_weight = calloc((size_t)model->layer_count + 1, sizeof *trainer->split_weight);
+    if (!trainer->segments || !trainer->split_weight)
+        goto oom;
+    size_t offset = 0;
+    for (int layer = model->layer_count - 1; layer >= 0; layer--) {
+        const fr_layer *l = &model->layers[layer];
+        /* The bias first: a layer's first piece then carries its bias, which
+         * every block of its outputs needs. */
+        int ids[2] = {l->bias, l->weight};
+        trainer->split_weight[layer] = trainer->threads > 1 && l->weight >= 0 &&
+                                       model->params[l->weight].requires_grad &&
+                                       l->ops->weight_grad_rows;
+        for (int k = 0; k < 2; k++) {
+            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
+                continue;
+            fr_param *p = &model->params[ids[k]];
+            trainer->slab_offsets[ids[k]] = offset;
+            trainer->segments[trainer->segment_count++] =
+                (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k],
+                               .split = ids[k] == l->weight && trainer->split_weight[layer]};
+            offset += p->numel;
+        }
+    }
+    trainer->trainable_count = offset;
+    trainer->first_trainable = fr_model_first_trainable_layer(model);
+    if (plan_buckets(trainer) != FR_OK || plan_pieces(trainer) != FR_OK)
+        goto oom;
+    for (int i = 0; i < params; i++)
+        trainer->planned_requires_grad[i] = model->params[i].requires_grad;
+
+    /* Optimizer state: carry each still-trainable parameter's over. */
+    int per_value = fr_optim_state_per_value(&trainer->config);
+    float *old_state[2] = {trainer->state_m, trainer->state_v};
+    float *new_state[2] = {NULL, NULL};
+    for (int k = 0; k < per_value; k++) {
+        new_state[k] = fr_alloc((offset ? offset : 1) * sizeof(float));
+        if (!new_state[k]) {
+            fr_free(new_state[0]);
+            goto oom;
+        }
+    }
+    for (int i = 0; i < params; i++) {
+        fr_param *p = &model->params[i];
+        if (!p->requires_grad)
+            trainer->param_steps[i] = 0;
+        else if (!was_trainable[i] || !old_state[0])
+            trainer->param_steps[i] = 0;
+        else
+            for (int k = 0; k < per_value; k++)
+                if (old_state[k])
+                    memcpy(new_state[k] + trainer->slab_offsets[i], old_state[k] + old_offsets[i],
+                           p->numel * sizeof(float));
+    }
+    fr_free(trainer->state_m);
+    fr_free(trainer->state_v);
+    trainer->state_m = new_state[0];
+    trainer->state_v = new_state[1];
+    free(old_offsets);
+    free(was_trainable);
+
+    /* Replicas: each thread builds its own. */
+    bool *kept = calloc((size_t)model->layer_count + 1, sizeof *kept);
+    if (!kept)
+        return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
+    plan_shared_outputs(model, trainer->shares_input);
+    plan_kept_outputs(model, trainer->shares_input, trainer->first_trainable, kept);
+    if (plan_gradients(trainer) != FR_OK) {
+        free(kept);
+        return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
+    }
+    int rank_first, rank_rows;
+    split_rows(trainer->config.max_batch, fr_comm_size(), 0, &rank_first, &rank_rows);
+    int failed = 0;
+#pragma omp parallel num_threads(trainer->threads) reduction(+ : failed)
+    {
+        int t = omp_get_thread_num(), first, rows;
+        split_rows(rank_rows, trainer->threads, 0, &first, &rows);
+        if (build_replica(trainer, &trainer->replicas[t], rows > 0 ? rows : 1, kept) != FR_OK)
+            failed++;
+    }
+    free(kept);
+    if (failed)
+        return fr_fail(err, FR_ENOMEM, "out of memory allocating replica workspaces for batch %d",
+                       trainer->config.max_batch);
+    return FR_OK;
+oom:
+    free(old_offsets);
+    free(was_trainable);
+    return fr_fail(err, FR_ENOMEM, "out of memory planning the gradient slab");
+}
+
+
+/* ---------------------------------------------------------- lifecycle */
+
+/* A quarter of the machine's memory, shared by the ranks on it is not
+ * known here: each process takes a quarter (--cache-mb sets it exactly). */
+static size_t default_cache_budget(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0)
+        return (size_t)1 << 30;
+    return (size_t)pages * (size_t)page / 4;
+}
+
+/* Room for the batch statistics of every layer that may gather them. */
+static int plan_batch_stats(fr_trainer *trainer, fr_error *err) {
+    const fr_model *model = trainer->model;
+    size_t saved = 0;
+    trainer->stats_offset = malloc(((size_t)model->layer_count + 1) * sizeof(long));
+    if (!trainer->stats_offset)
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        trainer->stats_offset[i] = -1;
+        if (!l->ops->stats_count)
+            continue;
+        int count = l->ops->stats_count(l);
+        trainer->stats_offset[i] = (long)saved;
+        saved += (size_t)count;
+        if (count > trainer->stats_max)
+            trainer->stats_max = count;
+    }
+    if (trainer->stats_max == 0)
+        return FR_OK;
+    trainer->stats_partial = calloc((size_t)trainer->threads * (size_t)trainer->stats_max,
+                                    sizeof(double));
+    trainer->stats_total = calloc((size_t)trainer->stats_max, sizeof(double));
+    trainer->stats_saved = calloc(saved, sizeof(double));
+    if (!trainer->stats_partial || !trainer->stats_total || !trainer->stats_saved)
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    return FR_OK;
+}
+
+int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **out,
+                   fr_error *err) {
+    *out = NULL;
+    int rc = fr_optim_check(config, err);
+    if (rc != FR_OK)
+        return rc;
+    if (config->max_batch <= 0)
+        return fr_fail(err, FR_EINVAL, "batch size %d: must be positive", config->max_batch);
+    if (model->layer_count == 0)
+        return fr_fail(err, FR_EINVAL, "the model has no layers");
+    if (model->block_depth > 0)
+        return fr_fail(err, FR_EINVAL, "residual block '%s' is not closed",
+                       model->blocks[model->block_depth - 1].name);
+    if ((rc = fr_model_ensure_arena(model, err)) != FR_OK)
+        return rc;
+    /* Parallelism comes from replicas; OpenBLAS's own threads would fight them. */
+    openblas_set_num_threads(1);
+
+    fr_trainer *trainer = calloc(1, sizeof *trainer);
+    if (!trainer)
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    trainer->model = model;
+    trainer->config = *config;
+    trainer->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
+    trainer->cache.enabled = config->cache_mb >= 0;
+    trainer->cache.budget_bytes = config->cache_mb > 0 ? (size_t)(config->cache_mb * 1048576.0)
+                                                       : default_cache_budget();
+    trainer->cache.layer = -1;
+    trainer->replicas = calloc((size_t)trainer->threads, sizeof *trainer->replicas);
+    trainer->planned_requires_grad = calloc((size_t)model->param_count + 1, sizeof(bool));
+    trainer->param_steps = calloc((size_t)model->param_count + 1, sizeof(long));
+    trainer->slab_offsets = calloc((size_t)model->param_count + 1, sizeof(size_t));
+    trainer->shares_input = calloc((size_t)model->layer_count + 1, sizeof(bool));
+    trainer->needs_grad = calloc((size_t)model->layer_count + 1, sizeof(bool));
+    trainer->grad_slot = calloc((size_t)model->layer_count + 1, sizeof(int));
+    trainer->din_slot = calloc((size_t)model->layer_count + 1, sizeof(int));
+    trainer->grad_adds = calloc((size_t)model->layer_count + 1, 1);
+    if (!trainer->replicas || !trainer->planned_requires_grad || !trainer->param_steps ||
+        !trainer->shares_input || !trainer->slab_offsets || !trainer->needs_grad ||
+        !trainer->grad_slot || !trainer->din_slot || !trainer->grad_adds) {
+        fr_trainer_free(trainer);
+        return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
+    }
+    if ((rc = fr_plan_layout(trainer, err)) != FR_OK || (rc = plan_batch_stats(trainer, err)) != FR_OK) {
+        fr_trainer_free(trainer);
+        return rc;
+    }
+    *out = trainer;
+    return FR_OK;
+}
+
+void fr_trainer_free(fr_trainer *trainer) {
+    if (!trainer)
+        return;
+    fr_trainer_sync(trainer, NULL);
+    free_plan(trainer);
+    free(trainer->replicas);
+    fr_free(trainer->state_m);
+    fr_free(trainer->state_v);
+    free(trainer->planned_requires_grad);
+    free(trainer->param_steps);
+    free(trainer->slab_offsets);
+    free(trainer->shares_input);
+    free(trainer->needs_grad);
+    free(trainer->grad_slot);
+    free(trainer->din_slot);
+    free(trainer->grad_adds);
+    fr_free(trainer->cache.features);
+    free(trainer->stats_partial);
+    free(trainer->stats_total);
+    free(trainer->stats_saved);
+    free(trainer->stats_offset);
+    free(trainer);
+}
+
+bool fr_plan_changed(const fr_trainer *trainer) {
+    for (int i = 0; i < trainer->model->param_count; i++)
+        if (trainer->model->params[i].requires_grad != trainer->planned_requires_grad[i])
+            return true;
+    return false;
+}
+
+float *fr_trainer_param_state(fr_trainer *trainer, int which, int param) {
+    float *state = which == 0 ? trainer->state_m : trainer->state_v;
+    if (!state || param < 0 || param >= trainer->model->param_count ||
+        !trainer->planned_requires_grad[param])
+        return NULL;
+    return state + trainer->slab_offsets[param];
+}
+
+/* The update in flight applied (with the plan it was made with), then the
+ * slab laid out for the current frozen set. */
+int fr_trainer_sync_plan(fr_trainer *trainer, fr_error *err) {
+    int rc = fr_trainer_sync(trainer, err);
+    if (rc == FR_OK && fr_plan_changed(trainer))
+        rc = fr_plan_layout(trainer, err);
+    return rc;
+}

@@ -1,0 +1,242 @@
+/*
+ * trainer.h - what the trainer's files share: the trainer itself, its plan
+ * (the gradient slab's layout, buckets and pieces, each replica's buffers)
+ * and the feature cache.
+ *
+ *   plan.c    lays the plan out for the current frozen set, and makes and
+ *             frees trainers;
+ *   train.c   the training step, DESIGN.md's data path top to bottom, and
+ *             evaluation;
+ *   cache.c   the frozen-prefix feature cache.
+ */
+#ifndef FROST_TRAINER_H
+#define FROST_TRAINER_H
+
+#include "internal.h"
+
+#include <signal.h>
+
+/* Chunks of the slab that threads reduce are whole cache lines. */
+#define SLAB_CHUNK_ALIGN 16
+
+/* One trainable parameter's place in the slab. */
+typedef struct slab_segment {
+    size_t slab_offset;
+    size_t numel;
+    int param;
+    bool split; /* computed by rows across threads, straight into replica 0's slab */
+} slab_segment;
+
+/* A piece of the slab that one nonblocking allreduce carries: complete once
+ * backward has passed layer `ready_after_layer`. */
+typedef struct bucket {
+    size_t begin, end;
+    int ready_after_layer;
+    int first_piece, pieces; /* its pieces, in slab order */
+} bucket;
+
+#define DEFAULT_BUCKET_MB 4.0
+
+/* A bucket of at least this many floats is sent as two pieces (a head
+ * during backward, the tail after the last bucket); smaller ones whole. */
+#define SPLIT_BUCKET_FLOATS (128 * 1024)
+/* On several ranks a weight of at least twice this many floats that closes
+ * a bucket has its gradient computed in row blocks of about this size, each
+ * sent as soon as it is done (at most MAX_ROW_BLOCKS). */
+#define ROW_BLOCK_FLOATS (256 * 1024)
+#define MAX_ROW_BLOCKS 8
+
+/* A piece of the slab that one sum of the communication thread carries,
+ * planned with the buckets.  `layer` is the first layer, in forward order,
+ * holding a parameter in it: the next step's forward applies the piece's
+ * update just before that layer, or just before the block of its outputs
+ * that row block `block` of its weight makes (-1: the whole layer).
+ * `early` pieces are sent as soon as backward completes them, the others
+ * after the step's last bucket.  `ticket` is the last step's. */
+typedef struct piece {
+    size_t begin, end;
+    int layer, block;
+    bool early;
+    long ticket;
+} piece;
+
+/* Where a step's samples come from: a caller's batch arrays, or a dataset
+ * and the indices of the batch's samples (the replicas gather their rows, and
+ * the feature cache can serve them). */
+typedef struct batch_source {
+    const float *x;
+    const void *targets;
+    const fr_dataset *data;
+    const int *ids;
+} batch_source;
+
+/*
+ * The frozen-prefix feature cache: when layers [0, first_trainable) hold no
+ * trainable parameter, their output for a sample never changes, so it is
+ * computed once per sample and every step runs only the trainable suffix.
+ */
+typedef struct feature_cache {
+    bool enabled;
+    size_t budget_bytes;
+    int layer;            /* the prefix's last layer; -1: nothing cached */
+    int samples;          /* dataset indices [0, samples) may be cached */
+    size_t numel;         /* floats per sample */
+    float *features;
+    const fr_dataset *data; /* the dataset the entries belong to; NULL: empty */
+} feature_cache;
+
+/* The step's loss totals: summed loss, correct predictions, whether a label
+ * was out of range (so every rank learns of it), how many ranks were asked
+ * to stop (fr_trainer_watch_stop), and when the replicas are checked
+ * (fr_trainer_check_replicas) the weights' checksum in CHECK_PARTS parts of
+ * CHECK_BITS bits and their squares: the ranks agree on a part exactly when
+ * n * (sum of squares) == (sum)^2, all of it exact in doubles for up to
+ * 2^15 ranks. */
+enum { CHECK_PARTS = 6, CHECK_BITS = 11, CHECK_AT = 4, LOSS_TOTALS = CHECK_AT + 2 * CHECK_PARTS };
+
+/* What one thread owns: its activations, scratch and gradient slab. */
+typedef struct replica {
+    int rows_cap;
+    const float *x;       /* this step's input rows */
+    const void *targets;  /* and their targets */
+    float *gathered_x;    /* rows gathered from a dataset */
+    int32_t *gathered_labels;
+    float **outputs;     /* per layer; NULL where the output shares the input's buffer */
+    void **scratch;      /* per layer */
+    float **grads;       /* the gradient slots w.r.t. activations (grad_slot_count) */
+    float *slab;
+    int step_rows;            /* this step's rows */
+    int first_row;            /* their first row in the global batch */
+    const float *layer_dout;  /* the gradient backward is at, for split weight gradients */
+    long *backward_calls; /* per layer */
+    double loss_sum;
+    long correct;
+    int bad_label;
+    float *owned[2];     /* the two allocations the pointers above live in */
+} replica;
+
+struct fr_trainer {
+    fr_model *model;
+    fr_train_config config;
+    int threads;
+    replica *replicas;
+
+    /* The frozen set the slab was laid out for, and where each trainable
+     * parameter's gradient (and optimizer state) sits in it.  The plan is
+     * the trainer's own: two trainers on one model do not share it. */
+    bool *planned_requires_grad;
+    size_t *slab_offsets;
+    /* Per layer: its output lives in its input's buffer (flatten, in-place relu). */
+    bool *shares_input;
+    /* Per layer: the gradient at its output is needed, because it or a layer
+     * it reads from (directly or not) has a trainable parameter. */
+    bool *needs_grad;
+    /* Backward's gradients w.r.t. activations live in grad_slot_count slots
+     * per replica (two, used in turn, for a list of layers; a residual block
+     * holds the gradient at its input while its body and shortcut run).  Per
+     * layer: the slot holding the gradient at its output; the slot its
+     * backward writes the gradient at its input into (-1: none); and in
+     * grad_adds, bit k set when that gradient is instead added into input k's
+     * slot, which already holds another reader's share (for a layer that
+     * computes it, din_slot is then a temporary). */
+    int grad_slot_count;
+    int *grad_slot, *din_slot;
+    unsigned char *grad_adds;
+    int first_trainable;
+    size_t trainable_count;
+    slab_segment *segments;
+    int segment_count;
+    bucket *buckets;
+    int bucket_count;
+    /* Per layer: its weight gradient is split by rows between the threads,
+     * each summing its rows over all replicas into replica 0's slab, instead
+     * of one whole copy per replica summed afterwards (less memory traffic). */
+    bool *split_weight;
+
+    /* Optimizer state, slab layout; per-parameter step counts (torch keeps
+     * `step` per parameter, and a parameter unfrozen later starts at 1). */
+    float *state_m, *state_v;
+    long *param_steps;
+
+    /* Several ranks: per layer, the row blocks its weight gradient and
+     * forward are computed in (0: not blocked), and the buckets' pieces.
+     * While `in_flight`, the last step's sums are not applied yet: the next
+     * step's forward applies each just before the first layer that needs it
+     * (or fr_trainer_sync does), with the optimizer settings of the step
+     * that made them. */
+    int *row_blocks;
+    piece *pieces;
+    int piece_count;
+    bool in_flight;
+    fr_train_config in_flight_config;
+    long in_flight_step; /* the step they belong to, counted from 1 */
+
+    const volatile sig_atomic_t *stop_flag;
+    bool stop_agreed;
+    bool check_replicas; /* at the next step */
+
+    long steps_done;
+    size_t bytes_sent;   /* into the gradient allreduce, all steps */
+    double loss_totals[LOSS_TOTALS]; /* summed by the communication thread */
+    feature_cache cache;
+
+    /* Batch statistics (layers with ops->stats_count in train mode): each
+     * replica's partial sums (stats_max doubles per thread), the sums of the
+     * last meeting in backward, and per layer the forward's batch sums, kept
+     * for its backward (at stats_offset[i], -1 for other layers).  A failed
+     * sum over ranks is kept in stats_status/stats_err for the step. */
+    int stats_max;
+    double *stats_partial, *stats_total, *stats_saved;
+    long *stats_offset;
+    int stats_status;
+    fr_error stats_err;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+/* Rows [first, first + count) of `total` for part `index` of `parts`. */
+static inline void split_rows(int total, int parts, int index, int *first, int *count) {
+    int base = total / parts, extra = total % parts;
+    *first = index * base + (index < extra ? index : extra);
+    *count = base + (index < extra ? 1 : 0);
+}
+
+/* Layer i's inputs: `input`, and a join's shortcut; -2 where it has no second. */
+static inline int input_of(const fr_layer *l, int k) {
+    return k == 0 ? l->input : l->ops->join ? l->shortcut : -2;
+}
+
+static inline size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+static inline bool relu_fused_into(const fr_model *model, int i) {
+    return i > 0 && model->layers[i - 1].fused_relu;
+}
+
+/* Rows [*begin, *end) of row block j of layer i's weight. */
+static inline void block_rows(const fr_trainer *trainer, int i, int j, int *begin, int *end) {
+    const fr_param *w = &trainer->model->params[trainer->model->layers[i].weight];
+    int blocks = trainer->row_blocks[i], rows = w->shape[0];
+    *begin = (int)((long long)rows * j / blocks);
+    *end = (int)((long long)rows * (j + 1) / blocks);
+}
+
+/* ------------------------------------------------ between the files */
+
+/* plan.c: lay out the slab, buckets, pieces and replicas for the current
+ * frozen set (keeping the optimizer state of parameters that stay
+ * trainable); whether the frozen set changed since. */
+int fr_plan_layout(fr_trainer *trainer, fr_error *err);
+bool fr_plan_changed(const fr_trainer *trainer);
+
+/* train.c: layers [from, to) of a replica's rows (every thread of the team
+ * calls it where a layer gathers batch statistics); the buffer holding layer
+ * i's output (x: the rows at the model's input). */
+void fr_step_forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to);
+const float *fr_step_output(const fr_trainer *trainer, const replica *r, const float *x, int i);
+
+/* cache.c: size and fill the cache for this dataset and the current frozen
+ * prefix; whether it holds every one of the `rows` samples `ids`. */
+int fr_cache_plan(fr_trainer *trainer, const fr_dataset *data, fr_error *err);
+bool fr_cache_has_rows(const fr_trainer *trainer, const int *ids, int rows);
+
+#endif
