@@ -11,12 +11,16 @@
  *     a log point        wall_time, step, summary (5): Summary { repeated
  *                        value (1): Value { tag (1, string),
  *                        simple_value (2, float) } }
- *     a restart          wall_time, step, session_log (7): SessionLog
+ *     a run's start      wall_time, step, session_log (7): SessionLog
  *                        { status (1, enum) START = 1 }
  * Unlike every other file frost writes, an event file is a log that a live
  * TensorBoard reads while it grows: it is appended to, a record at a time,
  * and flushed after each, never written atomically.  A run that starts again
- * (a resumed one) starts a new file in the same directory, as TensorFlow does.
+ * (a resumed one) starts a new file in the same directory, as TensorFlow does,
+ * and its start event tells TensorBoard to drop what the stopped run logged
+ * after the checkpoint (TensorBoard's event_accumulator: the first START of
+ * a run is its beginning, each later one a restart that purges every point
+ * at its step or later).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
@@ -321,7 +325,7 @@ int fr_tb_write(fr_tensorboard *tb, long step, fr_error *err) {
     return rc;
 }
 
-int fr_tb_restart(fr_tensorboard *tb, long step, fr_error *err) {
+int fr_tb_start(fr_tensorboard *tb, long step, fr_error *err) {
     if (!tb)
         return FR_OK;
     begin_event(tb, step);

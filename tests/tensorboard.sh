@@ -4,11 +4,12 @@
 # protobuf decoding of its own, python3's standard library only):
 #   - DIR is made when missing, and holds one file
 #     events.out.tfevents.<unix time>.<hostname>, whose every record's CRCs
-#     are right: the file version, then at each --log-every point the loss,
-#     accuracy, learning rate, samples/s and allreduce bytes per step of that
-#     point's --metrics row, then the test loss and accuracy frost printed;
-#   - a resumed run adds a second file, beginning with a restart at its next
-#     step, and leaves the first as it was;
+#     are right: the file version, the run's start at step 1, then at each
+#     --log-every point the loss, accuracy, learning rate, samples/s and
+#     allreduce bytes per step of that point's --metrics row, then the test
+#     loss and accuracy frost printed;
+#   - a resumed run adds a second file, starting at its next step (which
+#     TensorBoard takes as a restart), and leaves the first as it was;
 #   - a DIR that is a file or whose parent is missing stops the run before
 #     training, and a refused write is one error naming the event file;
 #   - on 2 MPI ranks only rank 0 writes: one file, matching rank 0's metrics.
@@ -41,7 +42,7 @@ train() {
 test_result() { sed -n 's/^test: loss \([0-9.]*\) accuracy \([0-9.]*\)% .*/\1 \2/p' "$1"; }
 # event_files DIR: the event files in DIR, in the order TensorBoard reads them.
 event_files() { ls "$1" | grep tfevents | LC_ALL=C sort; }
-# check EVENTS CSV ARGS...: tests/tfevents.py's verdict.
+# check EVENTS CSV START ARGS...: tests/tfevents.py's verdict.
 check() {
     events=$1 csv=$2
     shift 2
@@ -57,8 +58,8 @@ files=$(event_files "$TB")
     echo "$files" | grep -Eq "^events\.out\.tfevents\.[0-9]{10}\.$HOST\$"
 ok $? "DIR holds one file, events.out.tfevents.<10-digit unix time>.$HOST ($files)"
 # Log points at steps 2, 4, 6, 8 and 9 (the last step).
-result=$(check "$TB/$files" "$WORK/a.csv" --eval $(test_result "$WORK/a.out") 2>&1)
-ok $? "its records' CRCs are right; the file version, then each metrics row's loss, accuracy, learning rate, samples/s and allreduce bytes at its step, then the printed test loss and accuracy ($result)"
+result=$(check "$TB/$files" "$WORK/a.csv" 1 --eval $(test_result "$WORK/a.out") 2>&1)
+ok $? "its records' CRCs are right; the file version, the start (SessionLog START) at step 1, then each metrics row's loss, accuracy, learning rate, samples/s and allreduce bytes at its step, then the printed test loss and accuracy ($result)"
 
 # ------------------------------------------------------------- resumed
 TB="$WORK/resumed"
@@ -72,10 +73,11 @@ train "$WORK/b2" --steps 9 --resume "$WORK/c.safetensors" --metrics "$WORK/b2.cs
 ok $? "resumed to 9 steps with the same --tensorboard DIR"
 second=$(event_files "$TB" | tail -n 1)
 [ "$(event_files "$TB" | wc -l)" -eq 2 ] && [ "$second" != "$first" ] &&
-    cmp -s "$TB/$first" "$WORK/first.copy"
-ok $? "the resumed run adds a second file, read after the first ($first, $second), and leaves the first as it was"
-result=$(check "$TB/$second" "$WORK/b2.csv" --restart 5 --eval $(test_result "$WORK/b2.out") 2>&1)
-ok $? "the second file: the file version, a restart (SessionLog START) at step 5, then the resumed run's rows ($result)"
+    cmp -s "$TB/$first" "$WORK/first.copy" &&
+    check "$TB/$first" "$WORK/b1.csv" 1 --eval $(test_result "$WORK/b1.out") > /dev/null
+ok $? "the resumed run adds a second file, read after the first ($first, $second), and leaves the first as it was (started at step 1)"
+result=$(check "$TB/$second" "$WORK/b2.csv" 5 --eval $(test_result "$WORK/b2.out") 2>&1)
+ok $? "the second file: the file version, the start at step 5 (a restart for TensorBoard, which drops the first file's points from step 5 on), then the resumed run's rows ($result)"
 
 # ------------------------------------------------------------- failures
 touch "$WORK/plain"
@@ -118,7 +120,7 @@ if [ -n "${MPIRUN:-}" ]; then
     files=$(event_files "$WORK/mpi")
     [ $status -eq 0 ] && [ "$(ls "$WORK/mpi" | wc -l)" -eq 1 ]
     ok $? "2 MPI ranks with --tensorboard write exactly one event file, from rank 0 ($files)"
-    result=$(check "$WORK/mpi/$files" "$WORK/mpi.csv" --eval $(test_result "$WORK/mpi.out") 2>&1) &&
+    result=$(check "$WORK/mpi/$files" "$WORK/mpi.csv" 1 --eval $(test_result "$WORK/mpi.out") 2>&1) &&
         awk -F, 'NR > 1 && $NF > 0 { n++ } END { exit !(NR > 1 && n == NR - 1) }' "$WORK/mpi.csv"
     ok $? "it matches rank 0's metrics, allreduce bytes (not 0 on 2 ranks) included ($result)"
 else

@@ -5,7 +5,7 @@
  * check value and RFC 3720's vectors, TFRecord's mask, protobuf varints;
  * then files written through the public API, read back byte by byte: the
  * TFRecord framing and both CRCs of every record, the file-version event,
- * a summary event's tags, step and float values, the restart marker; the
+ * a summary event's tags, step and float values, the start marker; the
  * directory made when missing, names never reused, and the failures (a path
  * that is a file, a missing parent, a write refused) each one message naming
  * the file.  (tests/tensorboard.sh reads the frost command's files with an
@@ -145,29 +145,32 @@ static void check_file(void) {
     char path[300];
     snprintf(path, sizeof path, "%s", fr_tb_path(tb));
 
+    int start_rc = fr_tb_start(tb, 7, &err);
     fr_tb_scalar(tb, "loss", 0.25);
     fr_tb_scalar(tb, "acc", -2.0);
     rc = fr_tb_write(tb, 300, &err);
     int empty_rc = fr_tb_write(tb, 301, &err); /* nothing gathered: no event */
-    int restart_rc = fr_tb_restart(tb, 7, &err);
     /* Flushed at each write: what is in the file now is what a live
      * TensorBoard would read. */
     event_file live;
     bool live_read = read_events(path, &live);
     int close_rc = fr_tb_close(tb, &err);
     double after = now();
-    tap_ok(rc == FR_OK && empty_rc == FR_OK && restart_rc == FR_OK && close_rc == FR_OK,
-           "scalars, a write, an empty write, a restart and close succeed");
+    tap_ok(rc == FR_OK && empty_rc == FR_OK && start_rc == FR_OK && close_rc == FR_OK,
+           "a start, scalars, a write, an empty write and close succeed");
     tap_ok(live_read && live.count == 3 && live.crcs_good,
            "every record is flushed as it is written: 3 records before close, framed, both CRCs good");
 
     event_file file;
     bool framed = read_events(path, &file);
     tap_ok(framed && file.count == 3 && file.crcs_good,
-           "the file is TFRecords: 3 records (version, summary, restart), every length and data CRC right");
+           "the file is TFRecords: 3 records (version, start, summary), every length and data CRC right");
     static const unsigned char version[] = "\x10\x00\x1a\x0d" "brain.Event:2";
     tap_ok(framed && event_is(&file, 0, before, after, version, sizeof version - 1),
            "record 1: wall_time (field 1, double, now), step 0 (field 2), file_version \"brain.Event:2\" (field 3)");
+    static const unsigned char start[] = {0x10, 0x07, 0x3a, 0x02, 0x08, 0x01};
+    tap_ok(framed && event_is(&file, 1, before, after, start, sizeof start),
+           "record 2: the start at step 7 is a session_log (field 7) with status START (1)");
     static const unsigned char summary[] = {
         0x10, 0xac, 0x02,                                     /* step 300 */
         0x2a, 0x19,                                           /* summary, 25 bytes */
@@ -175,11 +178,8 @@ static void check_file(void) {
         0x0a, 0x04, 'l', 'o', 's', 's', 0x15, 0x00, 0x00, 0x80, 0x3e, /* tag, 0.25f */
         0x0a, 0x0a,                                           /* value, 10 bytes */
         0x0a, 0x03, 'a', 'c', 'c', 0x15, 0x00, 0x00, 0x00, 0xc0};   /* tag, -2.0f */
-    tap_ok(framed && event_is(&file, 1, before, after, summary, sizeof summary),
-           "record 2: step 300 as a varint, a summary (field 5) of two values, each tag (field 1) and simple_value (field 2, little-endian float)");
-    static const unsigned char restart[] = {0x10, 0x07, 0x3a, 0x02, 0x08, 0x01};
-    tap_ok(framed && event_is(&file, 2, before, after, restart, sizeof restart),
-           "record 3: the restart at step 7 is a session_log (field 7) with status START (1)");
+    tap_ok(framed && event_is(&file, 2, before, after, summary, sizeof summary),
+           "record 3: step 300 as a varint, a summary (field 5) of two values, each tag (field 1) and simple_value (field 2, little-endian float)");
     fr_free(live.bytes);
     fr_free(file.bytes);
 

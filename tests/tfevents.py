@@ -4,12 +4,12 @@ Standard library only (there is no TensorFlow or TensorBoard here): CRC-32C
 and the protobuf wire format are implemented below from their specifications,
 not from frost's code (src/tensorboard.c).
 
-    tfevents.py check EVENTS CSV LR [--restart STEP] [--eval LOSS ACCURACY_PERCENT]
+    tfevents.py check EVENTS CSV LR START [--eval LOSS ACCURACY_PERCENT]
 
 checks that EVENTS is a sequence of TFRecords whose every length and data CRC
 (masked CRC-32C) is right, holding tensorflow.Event messages: first the file
-version "brain.Event:2" at step 0; then, with --restart, a session_log START
-at STEP; then one summary event per row of the metrics CSV, at its step, with
+version "brain.Event:2" at step 0; then a session_log START at step START
+(the run's first step); then one summary event per row of the metrics CSV, at its step, with
 the scalars train/loss, train/accuracy, train/learning_rate (LR),
 system/samples_per_s and system/allreduce_bytes_per_step equal to the row's
 values to the CSV's precision and float's; then, with --eval, one event at the
@@ -147,7 +147,7 @@ def close(got, want, decimals):
     return abs(got - want) <= 0.5 * 10 ** -decimals + 1e-6 * abs(want)
 
 
-def check(path, csv_path, lr, restart, evaluation):
+def check(path, csv_path, lr, start, evaluation):
     problems = []
     with open(path, "rb") as f:
         events = [event(body) for body in records(f.read())]
@@ -156,9 +156,7 @@ def check(path, csv_path, lr, restart, evaluation):
     wall_times = [e[0] for e in events]
     if wall_times != sorted(wall_times):
         problems.append("wall times go back")
-    expected = [("file_version", 0)]
-    if restart is not None:
-        expected.append(("session_log", restart))
+    expected = [("file_version", 0), ("session_log", start)]
     expected += [("summary", int(row["step"])) for row in rows]
     if evaluation:
         expected.append(("summary", int(rows[-1]["step"])))
@@ -167,14 +165,11 @@ def check(path, csv_path, lr, restart, evaluation):
         return problems, events
     if events[0][3] != "brain.Event:2":
         problems.append("file_version %r" % events[0][3])
-    at = 1
-    if restart is not None:
-        if events[1][3] != 1:
-            problems.append("session_log status %r, expected START (1)" % events[1][3])
-        at = 2
+    if events[1][3] != 1:
+        problems.append("session_log status %r, expected START (1)" % events[1][3])
     train_tags = {"train/loss", "train/accuracy", "train/learning_rate", "system/samples_per_s",
                   "system/allreduce_bytes_per_step"}
-    for row, (_, step, _, values) in zip(rows, events[at:]):
+    for row, (_, step, _, values) in zip(rows, events[2:]):
         if set(values) != train_tags:
             problems.append("step %d: tags %s" % (step, sorted(values)))
             continue
@@ -201,19 +196,17 @@ def check(path, csv_path, lr, restart, evaluation):
 
 
 def main(argv):
-    if len(argv) < 4 or argv[0] != "check":
+    if len(argv) < 5 or argv[0] != "check":
         sys.exit(__doc__)
-    path, csv_path, lr = argv[1], argv[2], float(argv[3])
-    restart, evaluation, rest = None, None, argv[4:]
+    path, csv_path, lr, start = argv[1], argv[2], float(argv[3]), int(argv[4])
+    evaluation, rest = None, argv[5:]
     while rest:
-        if rest[0] == "--restart":
-            restart, rest = int(rest[1]), rest[2:]
-        elif rest[0] == "--eval":
+        if rest[0] == "--eval":
             evaluation, rest = (float(rest[1]), float(rest[2])), rest[3:]
         else:
             sys.exit("unknown argument %r" % rest[0])
     try:
-        problems, events = check(path, csv_path, lr, restart, evaluation)
+        problems, events = check(path, csv_path, lr, start, evaluation)
     except (ValueError, struct.error) as e:
         problems, events = ["%s: %s" % (path, e)], []
     if problems:

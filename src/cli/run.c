@@ -566,10 +566,6 @@ static int resume(run_state *run, fr_error *err) {
         if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match"))
             append_to_message(err, "; --allow-freeze-change allows it");
     }
-    /* TensorBoard then drops what the stopped run logged after its
-     * checkpoint (a failure sticks, reported at the end). */
-    if (rc == FR_OK)
-        fr_tb_restart(run->tensorboard, fr_trainer_steps_done(run->trainer) + 1, NULL);
     fr_checkpoint_close(checkpoint);
     return fr_comm_agree(rc, err);
 }
@@ -692,6 +688,9 @@ int frost_train(const frost_options *options, fr_error *err) {
     /* Steps count from the start of the run, resumed or not; the position in
      * the data follows from the step. */
     long step = fr_trainer_steps_done(run.trainer);
+    /* Resumed, TensorBoard drops what the stopped run logged after its
+     * checkpoint (a failed write sticks, reported at the end). */
+    fr_tb_start(run.tensorboard, step + 1, NULL);
     if (is_root() && opts->resume)
         printf("resumed from %s at step %ld\n", opts->resume, step);
     else if (is_root() && opts->resume_if_exists)
