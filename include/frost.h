@@ -466,6 +466,49 @@ int fr_trace_start(int threads, size_t events_per_thread, fr_error *err);
 int fr_trace_write(const char *path, fr_error *err);
 void fr_trace_stop(void);
 
+/* ---------------------------------------------------------- TensorBoard */
+
+/*
+ * A TensorBoard event file: `tensorboard --logdir DIR` plots the scalars
+ * as they come.  fr_tb_open makes DIR if it is missing (not its parents) and
+ * starts a new file in it, DIR/events.out.tfevents.<unix time>.<hostname>
+ * (TensorFlow's name; never one that exists), beginning with the file-version
+ * record.  fr_tb_start marks the run's first step.  Scalars are gathered with fr_tb_scalar and written, as one event
+ * at a step, by fr_tb_write, which flushes it so that a running TensorBoard
+ * sees it.  Each run (a resumed one too) writes its own file; the files of a
+ * directory make one run in TensorBoard.  Write from one process only (rank
+ * 0 under MPI).
+ *
+ *     fr_tb_scalar(tb, "train/loss", loss);
+ *     fr_tb_scalar(tb, "train/accuracy", accuracy);
+ *     fr_tb_write(tb, step, &err);
+ *
+ * Errors stick: after the first failure (a full disk, say) nothing more is
+ * written, and fr_tb_write, fr_tb_start and fr_tb_close return that
+ * failure, naming the file.  `tb` may be NULL in every call but fr_tb_open:
+ * nothing happens, so a program writes its scalars unconditionally and only
+ * the process that opened a file writes one.
+ */
+typedef struct fr_tensorboard fr_tensorboard;
+int fr_tb_open(const char *dir, fr_tensorboard **out, fr_error *err);
+/* The event file's path (NULL for NULL). */
+const char *fr_tb_path(const fr_tensorboard *tb);
+/* Add `value` (stored as a float) under `tag` to the next event. */
+void fr_tb_scalar(fr_tensorboard *tb, const char *tag, double value);
+/* Write the scalars added since the last write as one event at `step` and
+ * flush it; nothing when there are none. */
+int fr_tb_write(fr_tensorboard *tb, long step, fr_error *err);
+/* Mark that the run starts at `step`, its first step (1 when it starts
+ * afresh, N+1 resumed from a checkpoint of step N); call it once, before the
+ * first fr_tb_write.  TensorBoard takes the first start it reads in a
+ * directory as the beginning and each later one as a restart: it drops the
+ * points it read at `step` and later (what a stopped run logged after its
+ * checkpoint, or all of an earlier run that started afresh in the same
+ * directory). */
+int fr_tb_start(fr_tensorboard *tb, long step, fr_error *err);
+/* Close the file (NULL is allowed); returns the first failure, if any. */
+int fr_tb_close(fr_tensorboard *tb, fr_error *err);
+
 /* ---------------------------------------------------------------- files */
 
 /*

@@ -598,6 +598,12 @@ int fr_read_file(const char *path, size_t limit, size_t spare, unsigned char **o
 int fr_write_atomic(const char *path, bool (*write_contents)(FILE *stream, void *context),
                     void *context, fr_error *err);
 int fr_write_file_atomic(const char *path, const void *data, size_t length, fr_error *err);
+/* tensorboard.c's encoding, for the tests: CRC-32C (Castagnoli) of `len`
+ * bytes continuing `crc` (0 to start); TFRecord's mask of a CRC; `value` as a
+ * protobuf varint into `out` (room for 10 bytes), returning its length. */
+uint32_t fr_crc32c(uint32_t crc, const void *data, size_t len);
+uint32_t fr_crc32c_mask(uint32_t crc);
+size_t fr_varint_encode(uint64_t value, unsigned char *out);
 /* Rank 0's values to every rank. */
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err);
 /* Collective: among the ranks on this node (shared memory) whose `key` bytes

@@ -53,6 +53,7 @@ static const option_spec options[] = {
     {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false},
     {"--save", TEXT, TRAIN, AT(save), 0, 0, false},
     {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false},
+    {"--tensorboard", TEXT, TRAIN, AT(tensorboard), 0, 0, false},
     {"--log-every", LONG, TRAIN, AT(log_every), 1, 1e12, false},
     {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false},
     {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false},
@@ -268,6 +269,7 @@ void frost_print_usage(const char *command) {
                "         [--resume-if-exists] [--stop-signal NAME] [--allow-freeze-change]\n"
                "         [--bucket-mb X] [--cache-mb X] [--no-cache] [--no-pin]\n"
                "         [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
+               "         [--tensorboard DIR]\n"
                "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
@@ -284,6 +286,10 @@ void frost_print_usage(const char *command) {
                "  --grad-dtype bf16 sends gradients between ranks as bfloat16 (half the bytes;\n"
                "  summed and applied in float32).  --comm-timeout ends the job when a rank\n"
                "  waits that long for another (a rank or link is down; 120 s).\n"
+               "  --metrics and --tensorboard get the loss, accuracy, samples/s and allreduce\n"
+               "  bytes every --log-every steps: a CSV file, and TensorBoard scalars in an event\n"
+               "  file in DIR (made if missing; with the learning rate, and the test loss and\n"
+               "  accuracy at the end); a resumed run starts a new file in the same DIR.\n"
                "  --trace writes a Chrome trace (Perfetto, chrome://tracing) of every layer's\n"
                "  forward and backward per thread and every bucket's allreduce per rank.\n"
                "  --threads defaults to OMP_NUM_THREADS, else to the rank's CPUs: its affinity\n"

@@ -33,6 +33,7 @@ typedef struct frost_options {
     const char *init;
     const char *save;
     const char *metrics;
+    const char *tensorboard; /* directory of TensorBoard event files */
     const char *checkpoint;
     long checkpoint_every; /* 0: only at the end and when stopped */
     const char *resume;

@@ -6,7 +6,8 @@
  * fr_comm_agree so that a failure on any one rank ends every rank with that
  * rank's message.  Before the first step the ranks
  * compare fingerprints of everything that must match.  Only rank 0 prints and
- * writes files; files are written whole or not at all.
+ * writes files; files are written whole or not at all, but for the
+ * TensorBoard event file, a log that grows as the run goes.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "run.h"
@@ -276,6 +277,7 @@ typedef struct run_state {
     int32_t *labels;
     int *order;
     fr_atomic_file *metrics; /* rank 0's --metrics, committed at the end */
+    fr_tensorboard *tensorboard; /* rank 0's --tensorboard event file (else NULL) */
     uint64_t *frozen_before; /* per-parameter checksums of frozen parameters */
     char placement[200];     /* where the threads run, for the header */
     char thread_count[240];  /* why this many, when frost chose */
@@ -283,6 +285,7 @@ typedef struct run_state {
 
 static void free_run(run_state *run) {
     fr_atomic_discard(run->metrics); /* no partial output */
+    fr_tb_close(run->tensorboard, NULL); /* a log: what it holds stays */
     free(run->x);
     free(run->labels);
     free(run->order);
@@ -334,6 +337,31 @@ static int close_metrics(run_state *run, fr_error *err) {
     fr_atomic_file *metrics = run->metrics;
     run->metrics = NULL;
     return fr_atomic_commit(metrics, err);
+}
+
+/*
+ * --tensorboard DIR: rank 0's event file, started at setup (so a directory
+ * that cannot be made stops the run before its first step) and written at the
+ * metrics' log points.  A failed write stops the file, not the run: it is
+ * reported, once, when the run ends, as a failed --metrics is.
+ */
+static int open_tensorboard(run_state *run, fr_error *err) {
+    const char *dir = run->opts->tensorboard;
+    if (!dir || !is_root())
+        return FR_OK;
+    int rc = fr_tb_open(dir, &run->tensorboard, err);
+    if (rc != FR_OK)
+        fr_error_prefix(err, "--tensorboard ");
+    return rc;
+}
+
+static int close_tensorboard(run_state *run, fr_error *err) {
+    fr_tensorboard *tensorboard = run->tensorboard;
+    run->tensorboard = NULL;
+    int rc = fr_tb_close(tensorboard, err);
+    if (rc != FR_OK)
+        fr_error_prefix(err, "--tensorboard ");
+    return rc;
 }
 
 static void format_duration(double seconds, char *buf, size_t len) {
@@ -425,6 +453,8 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
                                     opts->batch_size);
     if (local == FR_OK && training)
         local = open_metrics(run, err);
+    if (local == FR_OK && training)
+        local = open_tensorboard(run, err);
     return fr_comm_agree(local, err);
 }
 
@@ -566,6 +596,13 @@ static void log_progress(run_state *run, progress *p, long epoch, long step, lon
         if (run->metrics)
             fr_atomic_printf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1,
                              loss, (double)correct / batch, rate, bytes_per_step);
+        /* The same row as TensorBoard scalars (a write failure sticks). */
+        fr_tb_scalar(run->tensorboard, "train/loss", loss);
+        fr_tb_scalar(run->tensorboard, "train/accuracy", (double)correct / batch);
+        fr_tb_scalar(run->tensorboard, "train/learning_rate", run->opts->train.lr);
+        fr_tb_scalar(run->tensorboard, "system/samples_per_s", rate);
+        fr_tb_scalar(run->tensorboard, "system/allreduce_bytes_per_step", (double)bytes_per_step);
+        fr_tb_write(run->tensorboard, step, NULL);
     }
     p->interval_start = t;
     p->interval_steps = 0;
@@ -651,6 +688,9 @@ int frost_train(const frost_options *options, fr_error *err) {
     /* Steps count from the start of the run, resumed or not; the position in
      * the data follows from the step. */
     long step = fr_trainer_steps_done(run.trainer);
+    /* Resumed, TensorBoard drops what the stopped run logged after its
+     * checkpoint (a failed write sticks, reported at the end). */
+    fr_tb_start(run.tensorboard, step + 1, NULL);
     if (is_root() && opts->resume)
         printf("resumed from %s at step %ld\n", opts->resume, step);
     else if (is_root() && opts->resume_if_exists)
@@ -713,6 +753,8 @@ int frost_train(const frost_options *options, fr_error *err) {
         /* The metrics so far are a complete record of this part of the run. */
         if (is_root())
             rc = close_metrics(&run, err);
+        if (rc == FR_OK && is_root())
+            rc = close_tensorboard(&run, err);
         rc = fr_comm_agree(rc, err);
     }
     if (rc == FR_OK && interrupted) {
@@ -730,12 +772,19 @@ int frost_train(const frost_options *options, fr_error *err) {
     if (rc == FR_OK)
         rc = evaluate_dataset(run.trainer, run.test, batch_size, run.x, run.labels, &test_loss,
                               &test_accuracy, err);
+    if (rc == FR_OK) {
+        fr_tb_scalar(run.tensorboard, "eval/loss", test_loss);
+        fr_tb_scalar(run.tensorboard, "eval/accuracy", test_accuracy);
+        fr_tb_write(run.tensorboard, step, NULL);
+    }
     if (rc == FR_OK && is_root() && opts->save)
         rc = fr_model_save_weights(run.model, opts->save, err);
     if (rc != FR_ECOMMLOST)
         rc = fr_comm_agree(rc, err);
     if (rc == FR_OK && is_root())
         rc = close_metrics(&run, err);
+    if (rc == FR_OK && is_root())
+        rc = close_tensorboard(&run, err);
     if (rc == FR_OK && is_root()) {
         if (p.samples_trained == 0) /* resumed at or past the last step */
             printf("done: %ld steps, nothing left to train after resuming\n", step);
