@@ -428,7 +428,7 @@ static int check_npy_labels(const char *path, const fr_npy *labels, fr_error *er
 }
 
 /* Element i of an integer array; uint64 values beyond int64 saturate (they
- * are out of any label range anyway). */
+ * are out of any label range anyway: the message reads them again). */
 static long long npy_integer_at(const fr_npy *array, size_t i) {
     const unsigned char *at = array->data + i * (size_t)array->item_bytes;
     bool is_signed = array->kind == 'i';
@@ -463,10 +463,20 @@ static int decode_npy_labels(const char *path, const fr_npy *labels, uint8_t *ou
                              fr_error *err) {
     for (size_t i = 0; i < labels->count; i++) {
         long long label = npy_integer_at(labels, i);
-        if (label < 0 || label > 255)
-            return fr_fail(err, FR_EFORMAT, "%s: label %lld (sample %zu) is out of range 0-255",
-                           path, label, i);
-        out[i] = (uint8_t)label;
+        if (label >= 0 && label <= 255) {
+            out[i] = (uint8_t)label;
+            continue;
+        }
+        char value[32];
+        if (labels->kind == 'u' && labels->item_bytes == 8) {
+            uint64_t raw;
+            memcpy(&raw, labels->data + i * sizeof raw, sizeof raw);
+            snprintf(value, sizeof value, "%llu", (unsigned long long)raw);
+        } else {
+            snprintf(value, sizeof value, "%lld", label);
+        }
+        return fr_fail(err, FR_EFORMAT, "%s: label %s (sample %zu) is out of range 0-255", path,
+                       value, i);
     }
     return FR_OK;
 }
