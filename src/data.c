@@ -792,9 +792,9 @@ int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std, 
     int channels = data->shape.c;
     if (count != 1 && count != channels)
         return fr_fail(err, FR_EINVAL,
-                       "%d mean,std pairs for images of %d channels: give one pair, or one per "
+                       "%d mean,std pairs for images of %d channel%s: give one pair, or one per "
                        "channel",
-                       count, channels);
+                       count, channels, channels == 1 ? "" : "s");
     /* Every pair checked before any value changes: a refusal leaves the data as it was. */
     for (int c = 0; c < count; c++) {
         if (!isfinite(mean[c]))
