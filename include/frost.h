@@ -116,6 +116,8 @@ int fr_model_parse(const char *text, const char *source, fr_model **out,
 int fr_model_load(const char *arg, fr_model **out, fr_error *err);
 
 int fr_model_input_numel(const fr_model *model);
+/* The input's shape, channels x height x width (a vector is C x 1 x 1). */
+void fr_model_input_shape(const fr_model *model, int *channels, int *height, int *width);
 int fr_model_output_numel(const fr_model *model);
 int fr_model_layer_count(const fr_model *model);
 const char *fr_model_layer_name(const fr_model *model, int layer);
@@ -195,12 +197,32 @@ typedef struct fr_dataset fr_dataset;
 /* An IDX image file and its label file, raw or gzip'd. Pixels become [0, 1]. */
 int fr_dataset_load_idx(const char *images_path, const char *labels_path,
                         fr_dataset **out, fr_error *err);
+/* How a 4-D image array is laid out; a sample in frost is always C x H x W. */
+typedef enum fr_layout {
+    FR_LAYOUT_NCHW, /* (N, C, H, W): PyTorch's */
+    FR_LAYOUT_NHWC  /* (N, H, W, C): TensorFlow's, PIL's, OpenCV's */
+} fr_layout;
 /*
- * `dir` holds train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz] and
- * the t10k- pair; `train` picks which.
+ * NumPy .npy files (numpy.save; format 1.0, 2.0 or 3.0), raw or gzip'd.
+ * Images x: shape (N, C, H, W) or (N, H, W, C) as `layout` says, (N, H, W)
+ * (one channel) or (N, F) (F features: a sample of F x 1 x 1); dtype uint8
+ * (p becomes p / 255, as IDX pixels do), float32 or float64 (taken as they
+ * are; every value must be finite).  Labels y: shape (N,), any integer
+ * dtype, values 0..255.
+ */
+int fr_dataset_load_npy(const char *x_path, const char *y_path, fr_layout layout,
+                        fr_dataset **out, fr_error *err);
+/*
+ * `dir` holds NumPy files train_x.npy, train_y.npy, test_x.npy, test_y.npy
+ * (each may be NAME.gz instead; a directory with train_x.npy or test_x.npy
+ * is read as NumPy data), else the IDX files train-images-idx3-ubyte[.gz],
+ * train-labels-idx1-ubyte[.gz] and the t10k- pair; `train` picks which.
+ * fr_dataset_load_dir reads 4-D NumPy images as NCHW.
  */
 int fr_dataset_load_dir(const char *dir, bool train, fr_dataset **out,
                         fr_error *err);
+int fr_dataset_load_dir_as(const char *dir, bool train, fr_layout layout,
+                           fr_dataset **out, fr_error *err);
 /* A dataset over caller-owned copies of x (n x sample_numel) and labels. */
 int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n,
                            int channels, int height, int width,
@@ -208,10 +230,20 @@ int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n,
 void fr_dataset_free(fr_dataset *data);
 int fr_dataset_size(const fr_dataset *data);
 int fr_dataset_sample_numel(const fr_dataset *data);
+/* One sample's shape, channels x height x width. */
+void fr_dataset_sample_shape(const fr_dataset *data, int *channels, int *height,
+                             int *width);
 const float *fr_dataset_images(const fr_dataset *data);
 const uint8_t *fr_dataset_labels(const fr_dataset *data);
 /* Keep only samples whose label is in `spec`: "0-4", "5,6,7,8,9", "0-2,7". */
 int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err);
+/*
+ * Per-channel normalisation, torchvision's Normalize: x = (x - mean[c]) /
+ * std[c] in float32.  `count` pairs: 1 (for every channel) or one per
+ * channel; every mean finite, every std finite and > 0.
+ */
+int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std,
+                         int count, fr_error *err);
 /* Largest label + 1. */
 int fr_dataset_class_count(const fr_dataset *data);
 /* The files the dataset was read from ("" for fr_dataset_from_arrays). */

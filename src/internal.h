@@ -472,9 +472,30 @@ struct fr_dataset {
     char images_path[512], labels_path[512]; /* where it came from, for messages */
     int n;
     fr_shape shape;
-    float *x;         /* n x numel(shape), values in [0, 1] */
+    float *x;         /* n x numel(shape), NCHW; IDX and uint8 pixels in [0, 1] */
     uint8_t *labels;  /* n */
 };
+
+/* npy.c: a NumPy .npy file held in memory, parsed and checked: a simple
+ * little-endian dtype ('u' or 'i' of 1, 2, 4 or 8 bytes, 'f' of 4 or 8), C
+ * order, a body of exactly count * item_bytes bytes.  `data` points into
+ * the bytes given, which must outlive the array. */
+#define FR_NPY_MAX_DIMS 32
+
+typedef struct fr_npy {
+    char kind;      /* 'u' unsigned integer, 'i' signed integer, 'f' float */
+    int item_bytes; /* 1, 2, 4 or 8 */
+    char descr[48]; /* as the header gives it ("<f4"), for messages */
+    int ndim;
+    uint64_t shape[FR_NPY_MAX_DIMS];
+    size_t count;              /* elements: the product of the shape */
+    const unsigned char *data; /* count * item_bytes bytes */
+} fr_npy;
+
+int fr_npy_parse(const char *path, const unsigned char *bytes, size_t size, fr_npy *array,
+                 fr_error *err);
+/* The shape as numpy prints it: "(60000, 28, 28)", "(5,)". */
+void fr_npy_shape_string(const fr_npy *array, char *text, size_t len);
 
 /* data.c: fr_read_file, then gunzipped when it starts with the gzip magic;
  * `limit` bounds the decompressed size.  Release *out with fr_free. */

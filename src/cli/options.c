@@ -8,6 +8,7 @@
 #include "options.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -16,7 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
-enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL };
+enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE };
 
 /* Which commands take a flag. */
 enum { TRAIN = 1, EVAL = 2, INSPECT = 4 };
@@ -36,6 +37,8 @@ static const option_spec options[] = {
     {"--model", TEXT, TRAIN | EVAL | INSPECT, AT(model), 0, 0, false},
     {"--data", TEXT, TRAIN | EVAL, AT(data), 0, 0, false},
     {"--classes", TEXT, TRAIN | EVAL, AT(classes), 0, 0, false},
+    {"--data-layout", LAYOUT, TRAIN | EVAL, AT(data_layout), 0, 0, false},
+    {"--normalize", NORMALIZE, TRAIN | EVAL, AT(normalize), 0, 0, false},
     {"--freeze", RULE, TRAIN | INSPECT, 0, 0, 0, true},
     {"--unfreeze", RULE, TRAIN | INSPECT, 0, 0, 0, false},
     {"--epochs", LONG, TRAIN, AT(epochs), 1, 1e9, false},
@@ -89,6 +92,49 @@ static int parse_signal(const char *text, int *out, fr_error *err) {
     return fr_fail(err, FR_EINVAL,
                    "--stop-signal '%s': expected TERM, INT, HUP, USR1, USR2, QUIT, ALRM or XCPU",
                    text);
+}
+
+/*
+ * --normalize MEAN,STD[;MEAN,STD...]: torchvision's Normalize(mean, std).
+ * Numbers are read as doubles and rounded to float32, as torch does with a
+ * Python list; each std must be positive.  Whether the count fits the
+ * channels is for the data to say (fr_dataset_normalize).
+ */
+static int parse_normalize(const char *text, frost_options *opts, fr_error *err) {
+    static const char usage[] = "expected MEAN,STD pairs separated by ';' (0.5,0.25 or "
+                                "0.49,0.25;0.48,0.24;0.45,0.26)";
+    const char *cursor = text;
+    int count = 0;
+    for (;;) {
+        double pair[2];
+        for (int k = 0; k < 2; k++) {
+            char *end;
+            errno = 0;
+            pair[k] = strtod(cursor, &end);
+            if (end == cursor || errno == ERANGE || !(fabs(pair[k]) <= FLT_MAX))
+                return fr_fail(err, FR_EINVAL, "--normalize '%s': %s", text, usage);
+            cursor = end;
+            while (*cursor == ' ')
+                cursor++;
+            if (k == 0 && *cursor++ != ',')
+                return fr_fail(err, FR_EINVAL, "--normalize '%s': %s", text, usage);
+        }
+        if (count == FROST_MAX_NORMALIZE)
+            return fr_fail(err, FR_EINVAL, "--normalize: more than %d pairs", FROST_MAX_NORMALIZE);
+        if (!((float)pair[1] > 0.0f))
+            return fr_fail(err, FR_EINVAL, "--normalize '%s': std %g (pair %d) must be positive",
+                           text, pair[1], count + 1);
+        opts->normalize_mean[count] = (float)pair[0];
+        opts->normalize_std[count] = (float)pair[1];
+        count++;
+        if (*cursor == '\0')
+            break;
+        if (*cursor++ != ';')
+            return fr_fail(err, FR_EINVAL, "--normalize '%s': %s", text, usage);
+    }
+    opts->normalize = text;
+    opts->normalize_count = count;
+    return FR_OK;
 }
 
 static const option_spec *find_option(const char *name) {
@@ -164,6 +210,16 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
         return FR_OK;
     case SIGNAL:
         return parse_signal(value, (int *)field, err);
+    case LAYOUT:
+        if (strcasecmp(value, "nchw") == 0)
+            opts->data_layout = FR_LAYOUT_NCHW;
+        else if (strcasecmp(value, "nhwc") == 0)
+            opts->data_layout = FR_LAYOUT_NHWC;
+        else
+            return fr_fail(err, FR_EINVAL, "--data-layout '%s': expected nchw or nhwc", value);
+        return FR_OK;
+    case NORMALIZE:
+        return parse_normalize(value, opts, err);
     case LONG:
         if ((rc = parse_number(o, value, &number, true, err)) == FR_OK)
             *(long *)field = (long)number;
@@ -263,14 +319,22 @@ void frost_print_usage(const char *command) {
         printf("usage: frost train --model FILE|SPEC [--data DIR] [--freeze P]... [--unfreeze P]...\n"
                "         [--epochs N] [--steps N] [--batch-size B] [--lr X] [--momentum X]\n"
                "         [--nesterov] [--weight-decay X] [--optimizer sgd|adam|adamw] [--threads T]\n"
-               "         [--seed N] [--no-shuffle] [--classes 0-4] [--init W.safetensors]\n"
+               "         [--seed N] [--no-shuffle] [--classes 0-4] [--data-layout nchw|nhwc]\n"
+               "         [--normalize MEAN,STD[;MEAN,STD...]] [--init W.safetensors]\n"
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
                "         [--resume-if-exists] [--stop-signal NAME] [--allow-freeze-change]\n"
                "         [--bucket-mb X] [--cache-mb X] [--no-cache] [--no-pin]\n"
                "         [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
                "         [--tensorboard DIR]\n"
-               "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
+               "  Train the model on DIR (default " FROST_DEFAULT_DATA "): NumPy files\n"
+               "  train_x.npy, train_y.npy, test_x.npy, test_y.npy, else IDX files\n"
+               "  (train-images-idx3-ubyte, ..., t10k-...), each raw or .gz.  NumPy images are\n"
+               "  uint8 (scaled to [0, 1], as IDX pixels are), float32 or float64, shaped\n"
+               "  (N, C, H, W), or (N, H, W, C) with --data-layout nhwc, (N, H, W) or\n"
+               "  (N, features); labels are integers, shape (N,).\n"
+               "  --normalize subtracts MEAN and divides by STD per channel, as torchvision's\n"
+               "  Normalize (one pair for every channel, or one per channel).\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
                "  layer name, applied in order; a pattern that matches nothing is an error.\n"
@@ -299,8 +363,9 @@ void frost_print_usage(const char *command) {
                "  OMP_PROC_BIND/OMP_PLACES.\n");
     if (!command || strcmp(command, "eval") == 0)
         printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
+               "         [--data-layout nchw|nhwc] [--normalize MEAN,STD[;MEAN,STD...]]\n"
                "         [--batch-size B] [--threads T] [--no-pin] [--comm-timeout S]\n"
-               "  Loss and accuracy of the weights on the test set (t10k).\n");
+               "  Loss and accuracy of the weights on the test set (test_x.npy or t10k-).\n");
     if (!command || strcmp(command, "inspect") == 0)
         printf("usage: frost inspect --model FILE|SPEC [--freeze P]... [--unfreeze P]...\n"
                "  One line per parameter: name shape count trainable|frozen; then totals and\n"

@@ -11,6 +11,7 @@
 
 #define FROST_MAX_PATTERNS 64
 #define FROST_DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
+#define FROST_MAX_NORMALIZE 1024 /* --normalize pairs: channels, or features of (N, F) data */
 
 typedef struct freeze_rule {
     const char *pattern;
@@ -22,6 +23,10 @@ typedef struct frost_options {
     const char *model;
     const char *data;
     const char *classes;
+    fr_layout data_layout; /* of 4-D NumPy images */
+    const char *normalize; /* --normalize as given; NULL: none */
+    int normalize_count;
+    float normalize_mean[FROST_MAX_NORMALIZE], normalize_std[FROST_MAX_NORMALIZE];
     freeze_rule rules[FROST_MAX_PATTERNS];
     int rule_count;
     long epochs;

@@ -62,23 +62,55 @@ static int load_model(const frost_options *opts, fr_model **out, fr_error *err) 
     return FR_OK;
 }
 
+/*
+ * The samples must fit the model's input: as many values, and when both are
+ * images (not vectors, which a linear layer takes flattened) the same
+ * C x H x W, so that NHWC data read as NCHW is caught, not trained on.
+ */
+static int check_sample_shape(const fr_dataset *data, const fr_model *model, fr_error *err) {
+    const char *path = fr_dataset_images_path(data);
+    if (fr_dataset_sample_numel(data) != fr_model_input_numel(model))
+        return fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
+                       path, fr_dataset_sample_numel(data), fr_model_input_numel(model));
+    int c, h, w, model_c, model_h, model_w;
+    fr_dataset_sample_shape(data, &c, &h, &w);
+    fr_model_input_shape(model, &model_c, &model_h, &model_w);
+    bool both_images = (long)h * w > 1 && (long)model_h * model_w > 1;
+    if (!both_images || (c == model_c && h == model_h && w == model_w))
+        return FR_OK;
+    const char *hint = "";
+    if (c == model_h && h == model_w && w == model_c)
+        hint = " (N, H, W, C data? give --data-layout nhwc)";
+    else if (h == model_c && w == model_h && c == model_w)
+        hint = " (N, C, H, W data? leave out --data-layout nhwc)";
+    return fr_fail(err, FR_ESHAPE, "%s: images are %dx%dx%d (C x H x W), the model's input is "
+                                   "%dx%dx%d%s",
+                   path, c, h, w, model_c, model_h, model_w, hint);
+}
+
 static int load_data(const frost_options *opts, const fr_model *model, bool train,
                      fr_dataset **out, fr_error *err) {
     fr_dataset *data = NULL;
-    int rc = fr_dataset_load_dir(opts->data, train, &data, err);
+    int rc = fr_dataset_load_dir_as(opts->data, train, opts->data_layout, &data, err);
     if (rc == FR_OK && opts->classes) {
         rc = fr_dataset_keep_classes(data, opts->classes, err);
         if (rc != FR_OK)
             fr_error_prefix(err, "--classes: ");
     }
-    if (rc == FR_OK && fr_dataset_sample_numel(data) != fr_model_input_numel(model))
-        rc = fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
-                     fr_dataset_images_path(data), fr_dataset_sample_numel(data),
-                     fr_model_input_numel(model));
+    if (rc == FR_OK)
+        rc = check_sample_shape(data, model, err);
     if (rc == FR_OK && fr_dataset_class_count(data) > fr_model_output_numel(model))
         rc = fr_fail(err, FR_EFORMAT, "%s: label %d is out of range for a model with %d outputs",
                      fr_dataset_labels_path(data), fr_dataset_class_count(data) - 1,
                      fr_model_output_numel(model));
+    /* Once, here: every step, the evaluation and the frozen-prefix feature
+     * cache then see the normalised values. */
+    if (rc == FR_OK && opts->normalize) {
+        rc = fr_dataset_normalize(data, opts->normalize_mean, opts->normalize_std,
+                                  opts->normalize_count, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--normalize: %s: ", fr_dataset_images_path(data));
+    }
     if (rc != FR_OK) {
         fr_dataset_free(data);
         return rc;
@@ -500,10 +532,29 @@ void frost_catch_stop_signals(int extra) {
         sigaction(extra, &action, NULL);
 }
 
+/* --normalize as the checkpoint records it: the float32 values ("none"
+ * without it), so that "0.5,0.25" and "0.50, 0.250" are the same setting.
+ * NULL when out of memory; free it. */
+static char *normalize_setting(const frost_options *opts) {
+    size_t len = 8 + (size_t)opts->normalize_count * 34;
+    char *text = malloc(len);
+    if (!text)
+        return NULL;
+    snprintf(text, len, "none");
+    size_t used = 0;
+    for (int i = 0; i < opts->normalize_count; i++)
+        used += (size_t)snprintf(text + used, len - used, "%s%.9g,%.9g", i ? ";" : "",
+                                 opts->normalize_mean[i], opts->normalize_std[i]);
+    return text;
+}
+
 /* What the run adds to a checkpoint: where it is in the data, and the
  * settings that must match for a resume to continue the same run. */
 static int save_checkpoint(run_state *run, long epoch, long batch_in_epoch, fr_error *err) {
     const frost_options *opts = run->opts;
+    char *normalize = normalize_setting(opts);
+    if (!normalize)
+        return fr_comm_agree(fr_fail(err, FR_ENOMEM, "out of memory"), err);
     char values[8][64];
     snprintf(values[0], sizeof values[0], "%ld", epoch);
     snprintf(values[1], sizeof values[1], "%ld", batch_in_epoch);
@@ -517,11 +568,13 @@ static int save_checkpoint(run_state *run, long epoch, long batch_in_epoch, fr_e
                       {"seed", values[2]},       {"shuffle", values[3]},
                       {"batch_size", values[4]}, {"dataset_size", values[5]},
                       {"lr", values[6]},         {"ranks", values[7]},
-                      {"classes", opts->classes ? opts->classes : "all"}};
+                      {"classes", opts->classes ? opts->classes : "all"},
+                      {"normalize", normalize}};
     int rc = FR_OK;
     if (is_root())
         rc = fr_trainer_save_checkpoint(run->trainer, opts->checkpoint, meta,
                                         (int)(sizeof meta / sizeof meta[0]), err);
+    free(normalize);
     return fr_comm_agree(rc, err);
 }
 
@@ -561,6 +614,19 @@ static int resume(run_state *run, fr_error *err) {
     if (rc == FR_OK)
         rc = check_resume_setting(opts->resume, checkpoint, "classes",
                                   opts->classes ? opts->classes : "all", "--classes", err);
+    /* Checkpoints from before --normalize have no key: they were written without it. */
+    char *normalize = rc == FR_OK ? normalize_setting(opts) : NULL;
+    if (rc == FR_OK && !normalize)
+        rc = fr_fail(err, FR_ENOMEM, "out of memory");
+    if (rc == FR_OK && !fr_checkpoint_get(checkpoint, "normalize") &&
+        strcmp(normalize, "none") != 0)
+        rc = fr_fail(err, FR_EINVAL,
+                     "%s: the checkpoint was written with --normalize none, this run has %s",
+                     opts->resume, normalize);
+    if (rc == FR_OK && fr_checkpoint_get(checkpoint, "normalize"))
+        rc = check_resume_setting(opts->resume, checkpoint, "normalize", normalize,
+                                  "--normalize", err);
+    free(normalize);
     if (rc == FR_OK) {
         rc = fr_trainer_restore(run->trainer, checkpoint, opts->allow_freeze_change, err);
         if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match"))
