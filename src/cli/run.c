@@ -694,10 +694,14 @@ static void log_progress(run_state *run, progress *p, long epoch, long step, lon
  * unchanged; and where the feature cache stood. */
 static void print_phase(run_state *run, long last) {
     size_t frozen = fr_model_numel(run->model) - fr_model_trainable_numel(run->model);
-    printf("phase %d, steps %ld-%ld: %zu frozen parameters unchanged (checksum %016llx)",
+    printf("phase %d, steps %ld-%ld: ",
            schedule_phase(run->schedule, run->opts->schedule_count, run->phase_first - 1),
-           run->phase_first, last, frozen,
-           (unsigned long long)fr_model_frozen_checksum(run->model));
+           run->phase_first, last);
+    if (frozen)
+        printf("%zu frozen parameters unchanged (checksum %016llx)", frozen,
+               (unsigned long long)fr_model_frozen_checksum(run->model));
+    else
+        printf("no frozen parameters");
     int layer = fr_trainer_cache_layer(run->trainer);
     if (layer >= 0)
         printf("; feature cache %.3g MB through layer %s (%s)",
