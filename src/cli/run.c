@@ -894,9 +894,10 @@ int frost_train(const frost_options *options, fr_error *err) {
         /* Shared with the step's loss: no collective of its own, which
          * would wait for the step's gradients still on the wire. */
         interrupted = fr_trainer_stop_requested(run.trainer) || step == stop_after;
+        /* Evaluated even when stopping, so that the best so far in the
+         * checkpoint is the uninterrupted run's. */
         run.evaluated = false;
-        if (run.eval_every.count && !interrupted &&
-            (step % run.eval_every.steps == 0 || step == total_steps) &&
+        if (run.eval_every.count && (step % run.eval_every.steps == 0 || step == total_steps) &&
             (rc = evaluate_now(&run, step, err)) != FR_OK)
             break;
         /* A row for every evaluation, and one before each schedule point, so
