@@ -244,6 +244,9 @@ int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err);
  */
 int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std,
                          int count, fr_error *err);
+/* Move samples [keep, n) into a new dataset *rest, in order; `data` keeps
+ * [0, keep).  Both parts must be non-empty. */
+int fr_dataset_split(fr_dataset *data, int keep, fr_dataset **rest, fr_error *err);
 /* Largest label + 1. */
 int fr_dataset_class_count(const fr_dataset *data);
 /* The files the dataset was read from ("" for fr_dataset_from_arrays). */
@@ -370,6 +373,9 @@ int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data,
                             long *correct, fr_error *err);
 /* Bytes the feature cache holds now (0 when off or nothing cacheable). */
 size_t fr_trainer_cache_bytes(const fr_trainer *trainer);
+/* The layer whose outputs the feature cache holds now (the frozen prefix's
+ * last), or -1 when it holds none. */
+int fr_trainer_cache_layer(const fr_trainer *trainer);
 /* Forward only: mean loss and correct count over `batch` samples. */
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x,
                         const void *targets, int batch, double *loss,

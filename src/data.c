@@ -929,5 +929,33 @@ int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
     return FR_OK;
 }
 
+/* ------------------------------------------------------------ held-out split */
+
+/* The tail becomes a dataset of its own (a validation set held out of the
+ * training set): samples keep their order, so the split is the same on every
+ * rank and in every resumed run. */
+int fr_dataset_split(fr_dataset *data, int keep, fr_dataset **rest, fr_error *err) {
+    if (!data || !rest)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_split: NULL argument");
+    *rest = NULL;
+    if (keep <= 0 || keep >= data->n)
+        return fr_fail(err, FR_EINVAL,
+                       "%s: splitting %d samples after the first %d leaves one part empty",
+                       data->images_path, data->n, keep);
+    fr_dataset *tail;
+    int status = dataset_alloc(data->n - keep, data->shape, data->images_path, &tail, err);
+    if (status != FR_OK)
+        return status;
+    size_t sample_floats = fr_shape_numel(data->shape);
+    memcpy(tail->x, data->x + (size_t)keep * sample_floats,
+           (size_t)tail->n * sample_floats * sizeof(float));
+    memcpy(tail->labels, data->labels + keep, (size_t)tail->n);
+    memcpy(tail->images_path, data->images_path, sizeof tail->images_path);
+    memcpy(tail->labels_path, data->labels_path, sizeof tail->labels_path);
+    data->n = keep;
+    *rest = tail;
+    return FR_OK;
+}
+
 const char *fr_dataset_images_path(const fr_dataset *data) { return data->images_path; }
 const char *fr_dataset_labels_path(const fr_dataset *data) { return data->labels_path; }

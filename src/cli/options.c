@@ -17,7 +17,10 @@
 #include <string.h>
 #include <strings.h>
 
-enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE };
+enum value_kind {
+    FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE, SCHEDULE,
+    INTERVAL
+};
 
 /* Which commands take a flag. */
 enum { TRAIN = 1, EVAL = 2, INSPECT = 4 };
@@ -28,7 +31,7 @@ typedef struct option_spec {
     int commands;
     size_t offset;  /* into frost_options */
     double min, max;
-    bool freeze;    /* for RULE */
+    bool freeze;    /* for RULE and SCHEDULE */
 } option_spec;
 
 #define AT(field) offsetof(frost_options, field)
@@ -41,6 +44,8 @@ static const option_spec options[] = {
     {"--normalize", NORMALIZE, TRAIN | EVAL, AT(normalize), 0, 0, false},
     {"--freeze", RULE, TRAIN | INSPECT, 0, 0, 0, true},
     {"--unfreeze", RULE, TRAIN | INSPECT, 0, 0, 0, false},
+    {"--unfreeze-at", SCHEDULE, TRAIN, 0, 0, 0, false},
+    {"--freeze-at", SCHEDULE, TRAIN, 0, 0, 0, true},
     {"--epochs", LONG, TRAIN, AT(epochs), 1, 1e9, false},
     {"--steps", LONG, TRAIN, AT(steps), 1, 1e12, false},
     {"--batch-size", INT, TRAIN | EVAL, AT(batch_size), 1, 1 << 20, false},
@@ -58,6 +63,9 @@ static const option_spec options[] = {
     {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false},
     {"--tensorboard", TEXT, TRAIN, AT(tensorboard), 0, 0, false},
     {"--log-every", LONG, TRAIN, AT(log_every), 1, 1e12, false},
+    {"--eval-every", INTERVAL, TRAIN, AT(eval_every), 0, 0, false},
+    {"--val-split", DOUBLE, TRAIN, AT(val_split), 0, 1, false},
+    {"--save-best", TEXT, TRAIN, AT(save_best), 0, 0, false},
     {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false},
     {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false},
     {"--resume", TEXT, TRAIN, AT(resume), 0, 0, false},
@@ -190,6 +198,19 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
             return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
         opts->rules[opts->rule_count++] = (freeze_rule){value, o->freeze};
         return FR_OK;
+    case SCHEDULE:
+        if (opts->schedule_count == FROST_MAX_PATTERNS)
+            return fr_fail(err, FR_EINVAL, "%s: more than %d points", o->name, FROST_MAX_PATTERNS);
+        rc = schedule_parse_point(value, o->freeze, &opts->schedule[opts->schedule_count], err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "%s ", o->name);
+        opts->schedule_count += rc == FR_OK;
+        return rc;
+    case INTERVAL:
+        rc = schedule_parse_interval(value, (schedule_interval *)field, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "%s ", o->name);
+        return rc;
     case OPTIMIZER:
         if (strcmp(value, "sgd") == 0)
             opts->train.optimizer = FR_SGD;
@@ -292,6 +313,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
             return rc;
         if (strcmp(o->name, "--epochs") == 0)
             epochs_given = true;
+        if (strcmp(o->name, "--val-split") == 0 && !(opts->val_split > 0 && opts->val_split < 1))
+            return fr_fail(err, FR_EINVAL,
+                           "--val-split %s: expected the fraction to hold out, above 0 and below 1",
+                           value);
     }
     /* --steps alone means that many steps, however many epochs it takes. */
     if (opts->steps > 0 && !epochs_given)
@@ -308,6 +333,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return fr_fail(err, FR_EINVAL, "--resume-if-exists needs --checkpoint FILE (the file to resume from)");
     if (opts->resume_if_exists && opts->resume)
         return fr_fail(err, FR_EINVAL, "--resume-if-exists and --resume both name the checkpoint to resume; use one");
+    if (opts->save_best && !opts->eval_every.count)
+        return fr_fail(err, FR_EINVAL, "--save-best needs --eval-every N (when to evaluate)");
+    if (opts->val_split > 0 && !opts->eval_every.count)
+        return fr_fail(err, FR_EINVAL, "--val-split needs --eval-every N (when to evaluate)");
     if (opts->no_cache)
         opts->train.cache_mb = -1;
     opts->train.max_batch = opts->batch_size;
@@ -324,6 +353,8 @@ void frost_print_usage(const char *command) {
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
                "         [--resume-if-exists] [--stop-signal NAME] [--allow-freeze-change]\n"
+               "         [--unfreeze-at POINT:P]... [--freeze-at POINT:P]... [--eval-every N|Ne]\n"
+               "         [--val-split FRACTION] [--save-best W.safetensors]\n"
                "         [--bucket-mb X] [--cache-mb X] [--no-cache] [--no-pin]\n"
                "         [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
                "         [--tensorboard DIR]\n"
@@ -339,6 +370,14 @@ void frost_print_usage(const char *command) {
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
                "  layer name, applied in order; a pattern that matches nothing is an error.\n"
                "  --steps is the total number of steps; --epochs bounds it too when given.\n"
+               "  --unfreeze-at/--freeze-at POINT:P change the frozen set during the run, POINT\n"
+               "  an epoch (2: before epoch 2's first step) or a step (s500: after 500 steps);\n"
+               "  points at one step apply in command-line order.  Every rank re-plans there\n"
+               "  (gradients, optimizer state, feature cache); parameters that become\n"
+               "  trainable start with fresh optimizer state.\n"
+               "  --eval-every N (steps) or Ne (epochs) evaluates on the test set, or on the\n"
+               "  last FRACTION of the training set held out by --val-split, and at the last\n"
+               "  step; --save-best writes the weights of the best evaluation (by accuracy).\n"
                "  --checkpoint is written every --checkpoint-every steps, at the end, and when\n"
                "  SIGTERM, SIGINT or the --stop-signal (USR1, USR2, HUP, ...) stops the run\n"
                "  (exit status 75); --resume continues exactly; --resume-if-exists resumes from\n"

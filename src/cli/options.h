@@ -8,6 +8,7 @@
 #define FROST_CLI_OPTIONS_H
 
 #include "frost.h"
+#include "schedule.h"
 
 #define FROST_MAX_PATTERNS 64
 #define FROST_DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
@@ -45,6 +46,11 @@ typedef struct frost_options {
     bool resume_if_exists; /* resume from `checkpoint` if that file exists */
     int stop_signal;       /* besides SIGTERM and SIGINT: checkpoint and exit 75 */
     bool allow_freeze_change;
+    schedule_point schedule[FROST_MAX_PATTERNS]; /* --unfreeze-at, --freeze-at */
+    int schedule_count;
+    schedule_interval eval_every;
+    double val_split;      /* 0: evaluate on the test set */
+    const char *save_best; /* weights of the best evaluation */
     bool no_cache;
     bool no_pin; /* leave thread placement to the OS (or OMP_PROC_BIND) */
     double comm_timeout_s; /* 0: the library's default */
