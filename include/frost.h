@@ -277,6 +277,54 @@ typedef enum fr_loss_kind {
  * DDP's bf16_compress_hook does. */
 typedef enum { FR_GRAD_F32 = 0, FR_GRAD_BF16 = 1 } fr_grad_dtype;
 
+/*
+ * A learning-rate schedule: the learning rate of step k (counted from 0) is a
+ * pure function of k and the base learning rate, fr_lr_at, so a resumed run
+ * needs only the step count.  Each matches torch.optim.lr_scheduler stepped
+ * once per optimizer step (scheduler.step() after optimizer.step()):
+ *   FR_LR_CONSTANT  no scheduler: the base learning rate
+ *   FR_LR_STEP      StepLR(step_size, gamma): base * gamma^(k / step_size)
+ *   FR_LR_COSINE    CosineAnnealingLR(T_max, eta_min):
+ *                   eta_min + (base - eta_min) * (1 + cos(pi * k / T_max)) / 2
+ *                   (past T_max it rises again, as torch's does)
+ * With warmup_steps W > 0, step k < W has base * (k + 1) / W, and the
+ * schedule above starts at step W with its own k = 0: torch's
+ *   SequentialLR(opt, [LambdaLR(opt, lambda k: (k + 1) / W), SCHEDULE], milestones=[W])
+ * (the same factors as LinearLR(opt, start_factor=1/W, total_iters=W-1)).
+ * Every parameter follows the schedule from its own base learning rate
+ * (fr_trainer_set_lr), as a torch scheduler treats each param group; eta_min
+ * is the same for all of them, as in torch.  All zero: constant, no warmup.
+ */
+typedef enum fr_lr_schedule_kind {
+    FR_LR_CONSTANT = 0,
+    FR_LR_STEP = 1,
+    FR_LR_COSINE = 2
+} fr_lr_schedule_kind;
+
+typedef struct fr_lr_schedule {
+    fr_lr_schedule_kind kind;
+    long step_size;    /* FR_LR_STEP: >= 1 */
+    double gamma;      /* FR_LR_STEP: > 0 */
+    long t_max;        /* FR_LR_COSINE: >= 1 */
+    double eta_min;    /* FR_LR_COSINE: >= 0 */
+    long warmup_steps; /* >= 0 */
+} fr_lr_schedule;
+
+/* The learning rate of step `step` (from 0) for base learning rate `base_lr`. */
+double fr_lr_at(const fr_lr_schedule *schedule, double base_lr, long step);
+/* FR_EINVAL naming the first value out of range. */
+int fr_lr_schedule_check(const fr_lr_schedule *schedule, fr_error *err);
+/*
+ * Parse "constant", "step:STEP_SIZE[:GAMMA]" (gamma 0.1 by default, as
+ * StepLR's) or "cosine[:T_MAX[:ETA_MIN]]" (eta_min 0; without T_MAX, t_max is
+ * left 0 for the caller to fill in, e.g. with the steps after the warmup).
+ * warmup_steps is left as it was.  One clear message per malformed value.
+ */
+int fr_lr_schedule_parse(const char *text, fr_lr_schedule *schedule, fr_error *err);
+/* "constant", "StepLR(step_size=10, gamma=0.5)",
+ * "warmup 5 steps, then CosineAnnealingLR(T_max=95, eta_min=0)": torch's names. */
+void fr_lr_schedule_format(const fr_lr_schedule *schedule, char *buf, size_t len);
+
 typedef struct fr_train_config {
     fr_optimizer_kind optimizer;
     fr_loss_kind loss;
@@ -297,6 +345,12 @@ typedef struct fr_train_config {
     bool sync_updates;   /* several ranks: apply each step's update before
                             fr_trainer_step returns instead of leaving it in
                             flight (slower; see fr_trainer_step) */
+    fr_lr_schedule lr_schedule; /* the learning rate per step (zero: constant) */
+    double clip_grad_norm; /* > 0: torch's clip_grad_norm_(trainable, max_norm,
+                              norm_type=2) on the gradient averaged over the
+                              global batch, before every update; 0: off.  On
+                              several ranks the update is then applied within
+                              its step (no update in flight) */
 } fr_train_config;
 
 /* PyTorch's defaults: SGD, lr 0.01, no momentum or weight decay, Adam betas
@@ -380,6 +434,23 @@ int fr_trainer_cache_layer(const fr_trainer *trainer);
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x,
                         const void *targets, int batch, double *loss,
                         long *correct, fr_error *err);
+/*
+ * Per-parameter learning rates, torch's param groups by name: every parameter
+ * `pattern` matches (a glob or a layer name, as fr_model_freeze matches;
+ * frozen ones too, for when they are unfrozen) gets base learning rate `lr`
+ * instead of config.lr.  Calls apply in order: where patterns overlap, the
+ * last call wins.  FR_ENOMATCH when the pattern matches nothing.  The
+ * schedule (config.lr_schedule) acts on each parameter's base rate.
+ */
+int fr_trainer_set_lr(fr_trainer *trainer, const char *pattern, double lr, fr_error *err);
+/* The learning rate step `step` (from 0) applies to parameter `param`
+ * (-1: to a parameter without its own, config.lr through the schedule). */
+double fr_trainer_lr(const fr_trainer *trainer, int param, long step);
+/* With config.clip_grad_norm: the global L2 norm of the last step's averaged
+ * gradient before clipping (what torch's clip_grad_norm_ returns); NAN before
+ * the first step or without clipping. */
+double fr_trainer_grad_norm(const fr_trainer *trainer);
+
 /* Rows [*first, *first + *count) of a global batch are read by this rank. */
 void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first,
                           int *count);
@@ -411,8 +482,9 @@ typedef struct fr_meta {
 /*
  * Write a training checkpoint: every parameter and buffer, the optimizer state of the
  * trainable ones ("<name>.momentum", "<name>.exp_avg", "<name>.exp_avg_sq"),
- * and in __metadata__ the step, the optimizer, the per-parameter step counts
- * and the frozen set, plus the caller's entries.  Atomic (temporary file,
+ * and in __metadata__ the step, the optimizer, the per-parameter step counts,
+ * the frozen set, the learning rates and their schedule, plus the caller's
+ * entries.  Atomic (temporary file,
  * fsync, rename); refused with FR_ENONFINITE if any value is NaN or Inf, so a
  * good checkpoint is never replaced by a broken one.  A checkpoint is also a
  * weights file for fr_model_load_weights.
@@ -426,14 +498,24 @@ int fr_checkpoint_open(const char *path, fr_checkpoint **out, fr_error *err);
 void fr_checkpoint_close(fr_checkpoint *checkpoint);
 /* A metadata value, or NULL. */
 const char *fr_checkpoint_get(const fr_checkpoint *checkpoint, const char *key);
+/* What fr_trainer_restore may find changed, bits of its `allow` (true is
+ * FR_RESTORE_FREEZE_CHANGE). */
+enum {
+    FR_RESTORE_FREEZE_CHANGE = 1, /* the frozen set */
+    FR_RESTORE_LR_CHANGE = 2      /* the learning rates and their schedule */
+};
 /*
  * Restore weights, optimizer state, step counts and the step counter.  The
- * checkpoint must come from the same model and optimizer, and from the same
- * frozen set unless `allow_freeze_change` (staged fine-tuning: parameters
- * unfrozen since start with fresh state).
+ * checkpoint must come from the same model and optimizer; from the same
+ * frozen set unless `allow` has FR_RESTORE_FREEZE_CHANGE (staged fine-tuning:
+ * parameters unfrozen since start with fresh state); and with the same
+ * learning rates (config.lr, the per-parameter ones, config.lr_schedule)
+ * unless it has FR_RESTORE_LR_CHANGE (the run then goes on from the
+ * checkpoint's step with this trainer's).  The schedule's position is the
+ * step counter.
  */
 int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
-                       bool allow_freeze_change, fr_error *err);
+                       unsigned allow, fr_error *err);
 
 /* FR_ENONFINITE naming the first parameter holding a NaN or Inf. */
 int fr_model_check_finite(const fr_model *model, fr_error *err);

@@ -466,6 +466,20 @@ void fr_trainer_set_steps_done(fr_trainer *trainer, long steps);
 const fr_train_config *fr_trainer_config(const fr_trainer *trainer);
 fr_model *fr_trainer_model(const fr_trainer *trainer);
 
+/* schedule.c, for checkpoint.c: the learning rates as a checkpoint records
+ * them, FR_LR_META_COUNT entries of `meta` whose values live in `texts`
+ * (false when out of memory); and whether a checkpoint's are this trainer's
+ * (FR_EINVAL naming the first difference; one that records none passes). */
+#define FR_LR_META_COUNT 3
+bool fr_trainer_lr_metadata(const fr_trainer *trainer, fr_text texts[FR_LR_META_COUNT],
+                            fr_st_meta *meta);
+int fr_trainer_check_lr_metadata(const fr_trainer *trainer, const fr_checkpoint *checkpoint,
+                                 const char *path, fr_error *err);
+
+/* freeze.c: hits[i] says whether parameter i matches `pattern` (a glob, or a
+ * layer or block name, as fr_model_freeze matches); FR_ENOMATCH when none does. */
+int fr_model_match(const fr_model *model, const char *pattern, bool *hits, fr_error *err);
+
 /* ------------------------------------------------------------- data */
 
 struct fr_dataset {

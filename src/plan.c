@@ -638,6 +638,8 @@ void fr_trainer_free(fr_trainer *trainer) {
     free(trainer->stats_total);
     free(trainer->stats_saved);
     free(trainer->stats_offset);
+    free(trainer->param_lr);
+    free(trainer->clip_partial);
     free(trainer);
 }
 
