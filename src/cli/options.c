@@ -19,7 +19,7 @@
 
 enum value_kind {
     FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE, SCHEDULE,
-    INTERVAL
+    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE
 };
 
 /* Which commands take a flag. */
@@ -78,6 +78,11 @@ static const option_spec options[] = {
     {"--grad-dtype", GRAD_DTYPE, TRAIN, 0, 0, 0, false},
     {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false},
     {"--trace", TEXT, TRAIN, AT(trace), 0, 0, false},
+    {"--lr-schedule", LR_SCHEDULE, TRAIN, AT(train.lr_schedule), 0, 0, false},
+    {"--warmup-steps", LONG, TRAIN, AT(train.lr_schedule.warmup_steps), 0, 1e12, false},
+    {"--lr-for", LR_RULE, TRAIN, 0, 0, 0, false},
+    {"--clip-grad-norm", POSITIVE, TRAIN, AT(train.clip_grad_norm), 0, 1e12, false},
+    {"--allow-lr-change", FLAG, TRAIN, AT(allow_lr_change), 0, 0, false},
 };
 
 /* The signals a batch system may send as notice (Slurm's --signal, PBS's and
@@ -142,6 +147,33 @@ static int parse_normalize(const char *text, frost_options *opts, fr_error *err)
     }
     opts->normalize = text;
     opts->normalize_count = count;
+    return FR_OK;
+}
+
+/* --lr-for PATTERN=LR: the pattern is everything before the last '='. */
+static int parse_lr_rule(const char *text, frost_options *opts, fr_error *err) {
+    if (opts->lr_rule_count == FROST_MAX_PATTERNS)
+        return fr_fail(err, FR_EINVAL, "--lr-for: more than %d rules", FROST_MAX_PATTERNS);
+    lr_rule *rule = &opts->lr_rules[opts->lr_rule_count];
+    const char *eq = strrchr(text, '=');
+    size_t len = eq ? (size_t)(eq - text) : 0;
+    if (!eq || len == 0 || !eq[1])
+        return fr_fail(err, FR_EINVAL, "--lr-for '%s': expected PATTERN=LR, e.g. 'layer4*=0.01'",
+                       text);
+    if (len >= sizeof rule->pattern)
+        return fr_fail(err, FR_EINVAL, "--lr-for '%.40s...': the pattern is too long", text);
+    char *end;
+    errno = 0;
+    double lr = strtod(eq + 1, &end);
+    if (end == eq + 1 || *end || errno == ERANGE || !isfinite(lr) || lr < 0.0 || lr > 1e6)
+        return fr_fail(err, FR_EINVAL,
+                       "--lr-for '%s': the learning rate '%s' must be a number between 0 and 1e6",
+                       text, eq + 1);
+    memcpy(rule->pattern, text, len);
+    rule->pattern[len] = '\0';
+    rule->text = text;
+    rule->lr = lr;
+    opts->lr_rule_count++;
     return FR_OK;
 }
 
@@ -241,6 +273,23 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
         return FR_OK;
     case NORMALIZE:
         return parse_normalize(value, opts, err);
+    case LR_SCHEDULE:
+        if ((rc = fr_lr_schedule_parse(value, (fr_lr_schedule *)field, err)) != FR_OK)
+            fr_error_prefix(err, "%s: ", o->name);
+        return rc;
+    case LR_RULE:
+        return parse_lr_rule(value, opts, err);
+    case POSITIVE: {
+        char *end;
+        errno = 0;
+        number = strtod(value, &end);
+        if (end == value || *end || errno == ERANGE || !isfinite(number) || !(number > 0.0) ||
+            number > o->max)
+            return fr_fail(err, FR_EINVAL, "%s '%s': must be a number > 0 and <= %g", o->name,
+                           value, o->max);
+        *(double *)field = number;
+        return FR_OK;
+    }
     case LONG:
         if ((rc = parse_number(o, value, &number, true, err)) == FR_OK)
             *(long *)field = (long)number;
@@ -358,6 +407,8 @@ void frost_print_usage(const char *command) {
                "         [--bucket-mb X] [--cache-mb X] [--no-cache] [--no-pin]\n"
                "         [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
                "         [--tensorboard DIR]\n"
+               "         [--lr-schedule S] [--warmup-steps N] [--lr-for P=LR]...\n"
+               "         [--clip-grad-norm X] [--allow-lr-change]\n"
                "  Train the model on DIR (default " FROST_DEFAULT_DATA "): NumPy files\n"
                "  train_x.npy, train_y.npy, test_x.npy, test_y.npy, else IDX files\n"
                "  (train-images-idx3-ubyte, ..., t10k-...), each raw or .gz.  NumPy images are\n"
@@ -395,6 +446,18 @@ void frost_print_usage(const char *command) {
                "  accuracy at the end); a resumed run starts a new file in the same DIR.\n"
                "  --trace writes a Chrome trace (Perfetto, chrome://tracing) of every layer's\n"
                "  forward and backward per thread and every bucket's allreduce per rank.\n"
+               "  --lr-schedule sets the learning rate per step, as torch's schedulers do:\n"
+               "  constant (default); step:STEP_SIZE[:GAMMA] (StepLR, gamma 0.1);\n"
+               "  cosine[:T_MAX[:ETA_MIN]] (CosineAnnealingLR; T_MAX defaults to the steps\n"
+               "  after the warmup, ETA_MIN to 0).  --warmup-steps N: step k < N runs at\n"
+               "  (k+1)/N of the rate, then the schedule starts (SequentialLR of\n"
+               "  LambdaLR((k+1)/N) and the schedule, milestone N).\n"
+               "  --lr-for P=LR gives the parameters glob or layer P base rate LR (torch's\n"
+               "  param groups), applied in order: the last matching rule wins; every\n"
+               "  rate follows the schedule.  --clip-grad-norm X scales the averaged\n"
+               "  gradient to global L2 norm X at most (torch's clip_grad_norm_); the\n"
+               "  metrics get its norm before clipping (grad_norm).  A resumed run must\n"
+               "  keep the rates and schedule unless --allow-lr-change.\n"
                "  --threads defaults to OMP_NUM_THREADS, else to the rank's CPUs: its affinity\n"
                "  mask, split evenly between the ranks of a node that share the same mask.\n"
                "  Threads are pinned one per CPU of the process's affinity mask when it has\n"

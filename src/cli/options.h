@@ -19,6 +19,13 @@ typedef struct freeze_rule {
     bool freeze; /* false: --unfreeze */
 } freeze_rule;
 
+/* --lr-for PATTERN=LR: the parameters PATTERN matches train at base rate LR. */
+typedef struct lr_rule {
+    const char *text; /* the flag's value, for messages */
+    char pattern[256];
+    double lr;
+} lr_rule;
+
 typedef struct frost_options {
     const char *command; /* "train", "eval", "inspect" */
     const char *model;
@@ -56,6 +63,12 @@ typedef struct frost_options {
     double comm_timeout_s; /* 0: the library's default */
     const char *trace;     /* Chrome trace-event file */
     long log_every;
+    /* Learning rates: the schedule and --clip-grad-norm are in train;
+     * a cosine schedule without T_MAX has lr_schedule.t_max 0 (the run's
+     * steps after the warmup). */
+    lr_rule lr_rules[FROST_MAX_PATTERNS];
+    int lr_rule_count;
+    bool allow_lr_change;
     bool help;
 } frost_options;
 

@@ -333,6 +333,7 @@ typedef struct run_state {
     bool evaluated;
     double eval_loss, eval_accuracy, best_accuracy;
     long best_step;
+    fr_lr_schedule lr_schedule; /* as resolved for this run (cosine's T_max) */
 } run_state;
 
 static void free_run(run_state *run) {
@@ -368,6 +369,18 @@ static int verify_frozen(run_state *run, fr_error *err) {
     return FR_OK;
 }
 
+/* The learning rate of each logged step, and with --clip-grad-norm the
+ * gradient's norm before clipping: the metrics' last columns. */
+static const char *schedule_columns(const frost_options *opts) {
+    return opts->train.clip_grad_norm > 0.0 ? ",lr,grad_norm" : ",lr";
+}
+
+static void schedule_values(const run_state *run, long step, char *buf, size_t len) {
+    int used = snprintf(buf, len, ",%.12g", fr_trainer_lr(run->trainer, -1, step - 1));
+    if (run->opts->train.clip_grad_norm > 0.0 && used > 0 && (size_t)used < len)
+        snprintf(buf + used, len - (size_t)used, ",%.9g", fr_trainer_grad_norm(run->trainer));
+}
+
 /*
  * The metrics grow row by row in the library's atomic file (PATH.tmp.PID) and
  * replace PATH once, at the end of the run or when a signal stops it: synced,
@@ -383,7 +396,8 @@ static int open_metrics(run_state *run, fr_error *err) {
     int rc = fr_atomic_open(path, &run->metrics, err);
     if (rc == FR_OK)
         fr_atomic_printf(run->metrics,
-                         "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes,eval_loss,eval_accuracy\n");
+                         "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes,eval_loss,eval_accuracy%s\n",
+                         schedule_columns(run->opts));
     return rc;
 }
 
@@ -479,6 +493,70 @@ static int resolve_schedule(run_state *run, fr_error *err) {
                             batches_per_epoch(opts, n), run_steps(opts, n), err);
 }
 
+/* ------------------------------------------------------ learning rates */
+
+/*
+ * The schedule as this run needs it: a cosine schedule without T_MAX anneals
+ * over the run's steps after the warmup (the whole run's, so a resumed run
+ * with the same --steps gets the same).  A warmup may outlast a run that a
+ * later one continues.
+ */
+static int resolve_lr_schedule(const frost_options *opts, int samples,
+                               fr_lr_schedule *schedule, fr_error *err) {
+    long total = run_steps(opts, samples);
+    if (schedule->kind == FR_LR_COSINE && schedule->t_max == 0) {
+        if (total - schedule->warmup_steps < 1)
+            return fr_fail(err, FR_EINVAL,
+                           "--lr-schedule cosine: the run has no steps after the %ld warmup steps to anneal over (give cosine:T_MAX)",
+                           schedule->warmup_steps);
+        schedule->t_max = total - schedule->warmup_steps;
+    }
+    return FR_OK;
+}
+
+/* --lr-for, in order (where rules overlap the last one wins); then the ranks
+ * compare the rates, which they must all update with. */
+static int apply_lr_rules(run_state *run, fr_error *err) {
+    const frost_options *opts = run->opts;
+    int rc = FR_OK;
+    for (int i = 0; rc == FR_OK && i < opts->lr_rule_count; i++) {
+        const lr_rule *rule = &opts->lr_rules[i];
+        rc = fr_trainer_set_lr(run->trainer, rule->pattern, rule->lr, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--lr-for '%s': ", rule->text);
+    }
+    rc = fr_comm_agree(rc, err);
+    uint64_t hash = 14695981039346656037u; /* FNV-1a over the rates' bits */
+    for (size_t i = 0; rc == FR_OK && i < fr_model_param_count(run->model); i++) {
+        double lr = fr_trainer_lr(run->trainer, (int)i, 0);
+        const unsigned char *bytes = (const unsigned char *)&lr;
+        for (size_t b = 0; b < sizeof lr; b++)
+            hash = (hash ^ bytes[b]) * 1099511628211u;
+    }
+    return rc == FR_OK ? fr_comm_check_same(hash, "the learning rates (--lr-for)", err) : rc;
+}
+
+/* One header line when the learning rate is more than a constant --lr. */
+static void print_learning_rates(const run_state *run) {
+    const frost_options *opts = run->opts;
+    const fr_lr_schedule *schedule = &run->lr_schedule;
+    if (schedule->kind == FR_LR_CONSTANT && schedule->warmup_steps == 0 &&
+        opts->lr_rule_count == 0 && opts->train.clip_grad_norm == 0.0)
+        return;
+    char text[256];
+    fr_lr_schedule_format(schedule, text, sizeof text);
+    printf("learning rate %g, %s", opts->train.lr, text);
+    if (opts->lr_rule_count) {
+        size_t own = 0, count = fr_model_param_count(run->model);
+        for (size_t i = 0; i < count; i++)
+            own += fr_trainer_lr(run->trainer, (int)i, 0) != fr_trainer_lr(run->trainer, -1, 0);
+        printf("; --lr-for gives %zu of %zu parameters a rate of their own", own, count);
+    }
+    if (opts->train.clip_grad_norm > 0.0)
+        printf("; gradient norm clipped to %g", opts->train.clip_grad_norm);
+    printf("\n");
+}
+
 /*
  * The setup frost train and frost eval share, stage by stage: the model and
  * its frozen set, the ranks' settings compared, the weights, the data (the
@@ -516,12 +594,18 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
         if (training && run_steps(opts, fr_dataset_size(run->train)) <=
                             batches_per_epoch(opts, fr_dataset_size(run->train)))
             config.cache_mb = -1;
-        rc = choose_threads(&config, run->thread_count, sizeof run->thread_count, err);
+        if (training)
+            rc = resolve_lr_schedule(opts, fr_dataset_size(run->train), &config.lr_schedule, err);
+        run->lr_schedule = config.lr_schedule;
+        if (rc == FR_OK)
+            rc = choose_threads(&config, run->thread_count, sizeof run->thread_count, err);
         if (rc == FR_OK)
             rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
     }
     if (rc == FR_OK)
         rc = place_threads(opts, run->trainer, run->placement, sizeof run->placement, err);
+    if (rc == FR_OK && training)
+        rc = apply_lr_rules(run, err);
     if (rc != FR_OK)
         return rc;
     run->x = malloc(sizeof(float) * (size_t)opts->batch_size * fr_model_input_numel(run->model));
@@ -564,6 +648,7 @@ static void print_header(const run_state *run) {
                run->eval_every.steps,
                run->val ? "the held-out tail of the training set" : "the test set",
                fr_dataset_size(run->val ? run->val : run->test));
+    print_learning_rates(run);
     fflush(stdout);
 }
 
@@ -728,7 +813,9 @@ static int resume(run_state *run, fr_error *err) {
     if (rc == FR_OK)
         rc = catch_up_schedule(run, checkpoint, &at, err);
     if (rc == FR_OK) {
-        rc = fr_trainer_restore(run->trainer, checkpoint, opts->allow_freeze_change, err);
+        unsigned allow = (opts->allow_freeze_change ? FR_RESTORE_FREEZE_CHANGE : 0) |
+                         (opts->allow_lr_change ? FR_RESTORE_LR_CHANGE : 0);
+        rc = fr_trainer_restore(run->trainer, checkpoint, allow, err);
         if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match") &&
             opts->schedule_count) {
             char text[256];
@@ -740,6 +827,8 @@ static int resume(run_state *run, fr_error *err) {
             append_to_message(err, text);
         } else if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match"))
             append_to_message(err, "; --allow-freeze-change allows it");
+        if (rc == FR_EINVAL && strstr(err->msg, "the learning rates must match"))
+            append_to_message(err, "; --allow-lr-change allows it");
     }
     if (rc == FR_OK)
         restore_best(run, checkpoint);
@@ -767,6 +856,8 @@ static void log_progress(run_state *run, progress *p, long epoch, long step, lon
         long done_here = (long)(p->samples_trained / run->opts->batch_size);
         format_duration(done_here ? (total_steps - step) * (t - p->start) / done_here : 0, eta,
                         sizeof eta);
+        char lr_values[64];
+        schedule_values(run, step, lr_values, sizeof lr_values);
         printf("epoch %ld step %ld/%ld loss %.4f acc %.1f%% %.0f samples/s ETA %s\n", epoch + 1,
                step, total_steps, loss, 100.0 * correct / batch, rate, eta);
         fflush(stdout);
@@ -775,12 +866,16 @@ static void log_progress(run_state *run, progress *p, long epoch, long step, lon
             snprintf(evaluation, sizeof evaluation, "%.6f,%.6f", run->eval_loss,
                      run->eval_accuracy);
         if (run->metrics)
-            fr_atomic_printf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu,%s\n", step, epoch + 1,
-                             loss, (double)correct / batch, rate, bytes_per_step, evaluation);
+            fr_atomic_printf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu,%s%s\n", step, epoch + 1,
+                             loss, (double)correct / batch, rate, bytes_per_step, evaluation,
+                             lr_values);
         /* The same row as TensorBoard scalars (a write failure sticks). */
         fr_tb_scalar(run->tensorboard, "train/loss", loss);
         fr_tb_scalar(run->tensorboard, "train/accuracy", (double)correct / batch);
-        fr_tb_scalar(run->tensorboard, "train/learning_rate", run->opts->train.lr);
+        fr_tb_scalar(run->tensorboard, "train/learning_rate",
+                     fr_trainer_lr(run->trainer, -1, step - 1));
+        if (run->opts->train.clip_grad_norm > 0.0)
+            fr_tb_scalar(run->tensorboard, "train/grad_norm", fr_trainer_grad_norm(run->trainer));
         fr_tb_scalar(run->tensorboard, "system/samples_per_s", rate);
         fr_tb_scalar(run->tensorboard, "system/allreduce_bytes_per_step", (double)bytes_per_step);
         if (run->evaluated) {
