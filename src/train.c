@@ -13,7 +13,9 @@
  *   ranks:   the slab in buckets, summed by the communication thread
  *            (allreduce.c) while backward goes on (trainable only)
  *   optimizer: trainable parameters only, over the same chunks; on several
- *            ranks during the next step's forward (updates in flight)
+ *            ranks during the next step's forward (updates in flight); each
+ *            parameter at its step's rate (schedule.c); with gradient
+ *            clipping only once the whole sum and its norm are known
  *
  * One pipeline (step_pipeline) runs a step on one rank and on many, and
  * checks the loss at the same moment in both.  On one rank the thread
