@@ -8,6 +8,7 @@
 #     their own step's rate) and of a clipped one (cosine after a warmup,
 #     --lr-for, --clip-grad-norm) agree on per-step losses and final weights
 #     within 1e-5 relative, and the clipped runs on the gradient norms;
+#   - --tensorboard logs each step's scheduled rate and gradient norm;
 #   - resume: a checkpoint mid-warmup and one mid-cosine (and one of a
 #     clipped run with a group of its own, on 2 threads and on 2 ranks)
 #     continue bit-identically to the run that never stopped;
@@ -112,6 +113,15 @@ for l in 1x2 1x3 2x1 2x2; do
 done
 column "$WORK/clipped.1x1.dir/m.csv" grad_norm | awk '$1 > 0.15 { n++ } END { exit n < 6 }'
 ok $? "clipped: most steps' gradients were above the clipping norm (the clipping was exercised)"
+
+# TensorBoard gets each logged step's scheduled rate and gradient norm.
+layout "$WORK/tb" 1x1 --lr 0.05 --lr-schedule step:3:0.5 --warmup-steps 2 --clip-grad-norm 0.15 \
+    --tensorboard "$WORK/tb.events"
+events=$WORK/tb.events/$(ls "$WORK/tb.events" | grep tfevents) # set -f: no glob
+out=$("$PYTHON3" "$TOP_SRCDIR/tests/tfevents.py" check "$events" \
+    "$WORK/tb.dir/m.csv" 0.05 1 \
+    --eval $(sed -n 's/^test: loss \([0-9.]*\) accuracy \([0-9.]*\)% .*/\1 \2/p' "$WORK/tb.out") 2>&1)
+ok $? "--tensorboard: train/learning_rate is each step's scheduled rate and train/grad_norm its norm, as in the metrics ($out)"
 
 # ------------------------------------------------------------- resume
 D="$WORK/mlp"

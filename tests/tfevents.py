@@ -10,9 +10,10 @@ checks that EVENTS is a sequence of TFRecords whose every length and data CRC
 (masked CRC-32C) is right, holding tensorflow.Event messages: first the file
 version "brain.Event:2" at step 0; then a session_log START at step START
 (the run's first step); then one summary event per row of the metrics CSV, at its step, with
-the scalars train/loss, train/accuracy, train/learning_rate (LR),
-system/samples_per_s and system/allreduce_bytes_per_step equal to the row's
-values to the CSV's precision and float's; then, with --eval, one event at the
+the scalars train/loss, train/accuracy, train/learning_rate (the row's lr
+where the CSV has that column, else LR), system/samples_per_s and
+system/allreduce_bytes_per_step, and train/grad_norm where the CSV has that
+column, equal to the row's values to the CSV's precision and float's; then, with --eval, one event at the
 last row's step with eval/loss and eval/accuracy as `frost train` printed them
 (4 decimals, and a percentage with 2).  Prints what it found, or the first
 problems, and exits 1 on any problem.
@@ -169,6 +170,8 @@ def check(path, csv_path, lr, start, evaluation):
         problems.append("session_log status %r, expected START (1)" % events[1][3])
     train_tags = {"train/loss", "train/accuracy", "train/learning_rate", "system/samples_per_s",
                   "system/allreduce_bytes_per_step"}
+    if rows and "grad_norm" in rows[0]:
+        train_tags.add("train/grad_norm")
     for row, (_, step, _, values) in zip(rows, events[2:]):
         if set(values) != train_tags:
             problems.append("step %d: tags %s" % (step, sorted(values)))
@@ -177,8 +180,12 @@ def check(path, csv_path, lr, start, evaluation):
             problems.append("step %d: loss %r, the CSV has %s" % (step, values["train/loss"], row["loss"]))
         if not close(values["train/accuracy"], float(row["accuracy"]), 4):
             problems.append("step %d: accuracy %r, the CSV has %s" % (step, values["train/accuracy"], row["accuracy"]))
-        if values["train/learning_rate"] != as_float(lr):
-            problems.append("step %d: learning rate %r, not %r" % (step, values["train/learning_rate"], lr))
+        want_lr = float(row["lr"]) if "lr" in row else lr
+        if not close(values["train/learning_rate"], as_float(want_lr), 12):
+            problems.append("step %d: learning rate %r, not %r" % (step, values["train/learning_rate"], want_lr))
+        if "grad_norm" in row and not close(values["train/grad_norm"], float(row["grad_norm"]), 9):
+            problems.append("step %d: gradient norm %r, the CSV has %s" % (
+                step, values["train/grad_norm"], row["grad_norm"]))
         if not close(values["system/samples_per_s"], float(row["samples_per_s"]), 1):
             problems.append("step %d: samples/s %r, the CSV has %s" % (step, values["system/samples_per_s"], row["samples_per_s"]))
         if values["system/allreduce_bytes_per_step"] != as_float(int(row["allreduce_bytes"])):
