@@ -11,7 +11,7 @@
  *
  * Metadata written here ("frost.*"): the step counter, the optimizer, the
  * frozen set, the per-parameter optimizer step counts, and the learning
- * rates with their schedule (schedule.c; the schedule's position is the step
+ * rates with their schedule (lr_schedule.c; the schedule's position is the step
  * counter).  The caller adds
  * its own entries (data position, seed, hyper-parameters).
  */

@@ -466,7 +466,7 @@ void fr_trainer_set_steps_done(fr_trainer *trainer, long steps);
 const fr_train_config *fr_trainer_config(const fr_trainer *trainer);
 fr_model *fr_trainer_model(const fr_trainer *trainer);
 
-/* schedule.c, for checkpoint.c: the learning rates as a checkpoint records
+/* lr_schedule.c, for checkpoint.c: the learning rates as a checkpoint records
  * them, FR_LR_META_COUNT entries of `meta` whose values live in `texts`
  * (false when out of memory); and whether a checkpoint's are this trainer's
  * (FR_EINVAL naming the first difference; one that records none passes). */

@@ -14,7 +14,7 @@
  *            (allreduce.c) while backward goes on (trainable only)
  *   optimizer: trainable parameters only, over the same chunks; on several
  *            ranks during the next step's forward (updates in flight); each
- *            parameter at its step's rate (schedule.c); with gradient
+ *            parameter at its step's rate (lr_schedule.c); with gradient
  *            clipping only once the whole sum and its norm are known
  *
  * One pipeline (step_pipeline) runs a step on one rank and on many, and

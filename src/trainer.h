@@ -191,7 +191,7 @@ struct fr_trainer {
     int stats_status;
     fr_error stats_err;
 
-    /* Learning rates (schedule.c): each parameter's base rate, NULL until
+    /* Learning rates (lr_schedule.c): each parameter's base rate, NULL until
      * fr_trainer_set_lr (config.lr for every one).  A step's rate is the base
      * rate through config.lr_schedule at that step's index. */
     double *param_lr;
@@ -245,7 +245,7 @@ bool fr_plan_changed(const fr_trainer *trainer);
 void fr_step_forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to);
 const float *fr_step_output(const fr_trainer *trainer, const replica *r, const float *x, int i);
 
-/* schedule.c: the learning rate of step `step` (from 0) for parameter
+/* lr_schedule.c: the learning rate of step `step` (from 0) for parameter
  * `param` under `config` (the trainer's, or the one an update in flight was
  * made with). */
 double fr_param_lr(const fr_trainer *trainer, const fr_train_config *config, int param, long step);

@@ -1,6 +1,6 @@
 #!/bin/sh
-# schedules.sh - learning-rate schedules, per-parameter learning rates
-# (--lr-for) and gradient clipping in real runs (tests/torch_schedules.sh
+# lr_schedules.sh - learning-rate schedules, per-parameter learning rates
+# (--lr-for) and gradient clipping in real runs (tests/torch_lr_schedules.sh
 # checks the numbers against PyTorch):
 #   - layouts: 1x1, 1x2 and 1x3 (ranks x threads), and with MPI 2x1 and 2x2,
 #     of a run whose rate changes every step (StepLR after a warmup, a group

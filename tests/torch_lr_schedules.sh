@@ -1,5 +1,5 @@
 #!/bin/sh
-# torch_schedules.sh - frost's learning-rate schedules, warmup, per-parameter
+# torch_lr_schedules.sh - frost's learning-rate schedules, warmup, per-parameter
 # learning rates (--lr-for) and gradient clipping against PyTorch's
 # schedulers, param groups and clip_grad_norm_: from the same --init weights
 # on the same data in the same order (--no-shuffle), every step's loss agrees

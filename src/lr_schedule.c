@@ -1,5 +1,5 @@
 /*
- * schedule.c - learning rates: the schedule, per-parameter base rates, and
+ * lr_schedule.c - learning rates: the schedule, per-parameter base rates, and
  * what a checkpoint records of them.
  *
  * The learning rate of a step is a pure function of the step's index and the

@@ -1,5 +1,5 @@
 /*
- * test_schedule.c - learning rates and gradient clipping as a specification:
+ * test_lr_schedule.c - learning rates and gradient clipping as a specification:
  * the schedule is a pure function of the step with torch's closed forms, the
  * schedule text parses and fails one way per mistake, each step updates with
  * its own step's rate and each parameter with its own base rate, clipping
@@ -291,7 +291,7 @@ static void test_checkpoint(void) {
     static float x[BATCH * 10];
     int32_t labels[BATCH];
     fr_error err = {0};
-    if (!make_test_dir("schedule"))
+    if (!make_test_dir("lr-schedule"))
         return;
     const char *path = in_test_dir("c.safetensors");
     fr_model *m = mlp();
