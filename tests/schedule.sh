@@ -196,8 +196,8 @@ solo train $TRAIN $SCHEDULE --threads 1 --log-every 5 $EVAL --metrics "$WORK/e.c
 status=$?
 [ $status -eq 0 ] || show "$WORK/e.err"
 ok $status "--eval-every 10 --save-best: the run trains to the end"
-[ "$(head -n 1 "$WORK/e.csv")" = "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes,eval_loss,eval_accuracy" ]
-ok $? "the metrics header ends with eval_loss,eval_accuracy"
+[ "$(head -n 1 "$WORK/e.csv")" = "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes,eval_loss,eval_accuracy,lr" ]
+ok $? "the metrics header has the eval columns after allreduce_bytes, then lr"
 with=$(awk -F, 'NR > 1 && $7 != "" && $8 != "" { print $1 }' "$WORK/e.csv" | tr '\n' ' ')
 without=$(awk -F, 'NR > 1 && $7 == "" && $8 == "" { print $1 }' "$WORK/e.csv" | tr '\n' ' ')
 [ "$with" = "10 20 30 39 " ] && [ "$without" = "5 13 15 25 35 " ]
