@@ -21,8 +21,9 @@
 # (requires_grad plus a new optimizer param group at each stage), which under
 # DDP needs find_unused_parameters or lr=0 tricks that still send every
 # gradient; here the allreduce carries only what trains.
-# All stages use the same --lr; per-stage learning rates (smaller for earlier
-# layers) come with --lr-for.
+# Discriminative rates in the staged run (--lr-for, the last matching rule
+# wins): the head at LR, layer2.0 at LR/10, the stem and layer1 at LR/100,
+# so what was pretrained longest moves least once it is unfrozen.
 #
 # Usage: sh examples/staged_finetune.sh [NAME=VALUE]...  (or set them in the environment)
 #   FROST           the frost binary (default: ./src/frost, else frost on PATH)
@@ -121,8 +122,12 @@ finetune() {
         --metrics "$tmp/$name.csv" --save "$tmp/$name.safetensors" "$@"
 }
 finetune head --freeze '*' --unfreeze fc
+LR_MIDDLE=$(awk -v lr="$LR" 'BEGIN { print lr / 10 }')
+LR_STEM=$(awk -v lr="$LR" 'BEGIN { print lr / 100 }')
 finetune staged --freeze '*' --unfreeze fc \
-    --unfreeze-at "s$STAGE_STEPS:layer2.0" --unfreeze-at "s$((2 * STAGE_STEPS)):*"
+    --unfreeze-at "s$STAGE_STEPS:layer2.0" --unfreeze-at "s$((2 * STAGE_STEPS)):*" \
+    --lr-for "layer2.0*=$LR_MIDDLE" --lr-for "conv1*=$LR_STEM" --lr-for "bn1*=$LR_STEM" \
+    --lr-for "layer1*=$LR_STEM"
 finetune everything
 
 # Numbers from the logs and metrics: the test line, and each phase's bytes per
