@@ -328,8 +328,9 @@ void fr_bias_set_channels(float *out, const float *bias, int channels, int plane
 /* col[(c*kh*kw) x (oh*ow)] from one image [c x h x w]. */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
                int pad, int oh, int ow, float *col);
-/* img[c x h x w] += col2im(col). */
-void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
+/* img[c x h x w] += col2im(col).  col is scratch: the entries that fall in
+ * the padding may be zeroed on the way. */
+void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img);
 /* dbias[j] = sum over the rows of d[rows x cols] of column j. */
 void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias);

@@ -93,12 +93,108 @@ static void inside_range(int size, int offset, int stride, int count,
 }
 
 /*
+ * A stride-1 convolution whose output has the input's size ("same" padding,
+ * 2 * pad = k - 1: ResNet's 3x3 convolutions) sees, for kernel tap (ki, kj),
+ * the whole image shifted by (ki - pad) * w + (kj - pad) in flat order: row
+ * (ci, ki, kj) of col is one contiguous copy of the plane, except that the
+ * columns the tap pushes past the left or right edge read the neighbouring
+ * row and must be zero instead (a position whose column is inside reads the
+ * right row, or one outside the plane, which is zero too).  One long copy and
+ * a few zeros per row instead of h short copies: the rows are 7-28 values
+ * long here.
+ */
+static bool same_size(int h, int w, int k, int stride, int pad, int oh, int ow) {
+    return stride == 1 && oh == h && ow == w && 2 * pad == k - 1;
+}
+
+/* For tap (ki, kj): the flat positions [*first, *last) of the output plane
+ * whose shifted input lies inside the plane, the shift, and the columns
+ * [*x0, *x1) inside the image (the others are padding). */
+static void same_tap(int h, int w, int pad, int ki, int kj, long *shift, size_t *first,
+                     size_t *last, int *x0, int *x1) {
+    long plane = (long)h * w;
+    *shift = (long)(ki - pad) * w + (kj - pad);
+    /* A small image may be shifted out entirely: clamp to the plane. */
+    long lo = *shift < 0 ? -*shift : 0, hi = *shift > 0 ? plane - *shift : plane;
+    lo = lo < plane ? lo : plane;
+    hi = hi > lo ? hi : lo;
+    *first = (size_t)lo;
+    *last = (size_t)hi;
+    *x0 = kj < pad ? (pad - kj < w ? pad - kj : w) : 0;
+    *x1 = kj > pad ? (kj - pad < w ? w - (kj - pad) : 0) : w;
+}
+
+static void im2col_same(const float *img, int c, int h, int w, int k, int pad, float *col) {
+    size_t plane = (size_t)h * w;
+    for (int ci = 0; ci < c; ci++) {
+        const float *channel = img + (size_t)ci * plane;
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                long shift;
+                size_t first, last;
+                int x0, x1;
+                same_tap(h, w, pad, ki, kj, &shift, &first, &last, &x0, &x1);
+                const float *src = channel + shift;
+#pragma omp simd
+                for (size_t p = 0; p < first; p++)
+                    row[p] = 0.0f;
+#pragma omp simd
+                for (size_t p = first; p < last; p++)
+                    row[p] = src[p];
+#pragma omp simd
+                for (size_t p = last; p < plane; p++)
+                    row[p] = 0.0f;
+                for (int oy = 0; oy < h; oy++) {
+                    float *line = row + (size_t)oy * w;
+                    for (int ox = 0; ox < x0; ox++)
+                        line[ox] = 0.0f;
+                    for (int ox = x1; ox < w; ox++)
+                        line[ox] = 0.0f;
+                }
+            }
+    }
+}
+
+/* The adjoint: each row's padding columns are zeroed in col (the scratch it
+ * is), then the row is added back shifted, in one long loop. */
+static void col2im_same_add(float *col, int c, int h, int w, int k, int pad, float *img) {
+    size_t plane = (size_t)h * w;
+    for (int ci = 0; ci < c; ci++) {
+        float *channel = img + (size_t)ci * plane;
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                long shift;
+                size_t first, last;
+                int x0, x1;
+                same_tap(h, w, pad, ki, kj, &shift, &first, &last, &x0, &x1);
+                for (int oy = 0; oy < h; oy++) {
+                    float *line = row + (size_t)oy * w;
+                    for (int ox = 0; ox < x0; ox++)
+                        line[ox] = 0.0f;
+                    for (int ox = x1; ox < w; ox++)
+                        line[ox] = 0.0f;
+                }
+                float *dst = channel + shift;
+#pragma omp simd
+                for (size_t p = first; p < last; p++)
+                    dst[p] += row[p];
+            }
+    }
+}
+
+/*
  * Row (ci, ki, kj) of col holds, for every output position (oy, ox), the input
  * pixel that kernel tap meets there: img[ci][oy*s - p + ki][ox*s - p + kj], or
  * 0 in the padding.  col2im walks the same map backwards, adding.
  */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
                int pad, int oh, int ow, float *col) {
+    if (same_size(h, w, k, stride, pad, oh, ow)) {
+        im2col_same(img, c, h, w, k, pad, col);
+        return;
+    }
     size_t plane = (size_t)oh * ow;
     for (int ci = 0; ci < c; ci++) {
         const float *channel = img + (size_t)ci * h * w;
@@ -132,8 +228,12 @@ void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
     }
 }
 
-void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
+void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img) {
+    if (same_size(h, w, k, stride, pad, oh, ow)) {
+        col2im_same_add(col, c, h, w, k, pad, img);
+        return;
+    }
     size_t plane = (size_t)oh * ow;
     for (int ci = 0; ci < c; ci++) {
         float *channel = img + (size_t)ci * h * w;
