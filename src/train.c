@@ -60,29 +60,55 @@ const float *fr_step_output(const fr_trainer *trainer, const replica *r, const f
 }
 
 /*
- * Every thread in step: the replicas' partial sums (stats_partial, `count`
- * doubles each) added in replica order, then over the ranks by the
- * communication thread (main thread only, between barriers), into `total`.
- * The order is fixed, so the sums do not depend on timing or on how the
- * batch is split between threads.
+ * Thread t's place for layer i's meeting in forward or in backward: its
+ * partial sums, or its copy of the batch's sums (those of forward are kept
+ * for the layer's backward).  Every meeting of a step has places of its own,
+ * so a thread that has gone on to the next meeting never overwrites partial
+ * sums a slower one is still adding.
  */
-static void meet_sums(fr_trainer *trainer, int count, double *total) {
+enum { FORWARD_MEETING, BACKWARD_MEETING };
+enum { PARTIAL_SUMS, BATCH_SUMS };
+
+static double *stats_at(const fr_trainer *trainer, int t, int i, int meeting, int what) {
+    size_t region = (size_t)t * 4 + (size_t)what * 2 + (size_t)meeting;
+    return trainer->stats + region * trainer->stats_size + (size_t)trainer->stats_offset[i];
+}
+
+/*
+ * Every thread in step, at layer i's meeting: the replicas' partial sums
+ * added in replica order into this thread's copy of the batch's sums, which
+ * it returns.  On one rank that takes one barrier.  On several the main
+ * thread's copy is summed over the ranks by the communication thread, and
+ * after a second barrier the others copy it.  The order is fixed, so every
+ * thread has the same bits, whatever the timing or the split of the batch.
+ */
+static const double *meet_sums(fr_trainer *trainer, int i, int meeting) {
+    const fr_layer *l = &trainer->model->layers[i];
+    int count = l->ops->stats_count(l), me = omp_get_thread_num();
+    double *total = stats_at(trainer, me, i, meeting, BATCH_SUMS);
 #pragma omp barrier
-#pragma omp master
-    {
-        for (int k = 0; k < count; k++) {
-            double sum = 0.0;
-            for (int t = 0; t < trainer->threads; t++)
-                sum += trainer->stats_partial[(size_t)t * (size_t)trainer->stats_max + (size_t)k];
-            total[k] = sum;
-        }
-        long ticket;
-        if (fr_comm_size() > 1 && trainer->stats_status == FR_OK &&
-            (fr_comm_start_sum_doubles(total, count, &ticket, &trainer->stats_err) != FR_OK ||
-             fr_comm_finish_sum(ticket, &trainer->stats_err) != FR_OK))
-            trainer->stats_status = trainer->stats_err.status ? trainer->stats_err.status : FR_ECOMM;
+    for (int k = 0; k < count; k++) {
+        double sum = 0.0;
+        for (int t = 0; t < trainer->threads; t++)
+            sum += stats_at(trainer, t, i, meeting, PARTIAL_SUMS)[k];
+        total[k] = sum;
     }
+    if (fr_comm_size() > 1) {
+#pragma omp master
+        {
+            long ticket;
+            if (trainer->stats_status == FR_OK &&
+                (fr_comm_start_sum_doubles(total, count, &ticket, &trainer->stats_err) != FR_OK ||
+                 fr_comm_finish_sum(ticket, &trainer->stats_err) != FR_OK))
+                trainer->stats_status =
+                    trainer->stats_err.status ? trainer->stats_err.status : FR_ECOMM;
+        }
 #pragma omp barrier
+        if (me != 0)
+            memcpy(total, stats_at(trainer, 0, i, meeting, BATCH_SUMS),
+                   (size_t)count * sizeof *total);
+    }
+    return total;
 }
 
 /* Whether layer i gathers batch statistics in this step (every thread meets
@@ -98,14 +124,13 @@ static bool gathers_stats(const fr_trainer *trainer, int i) {
 static void forward_batch_stats(fr_trainer *trainer, replica *r, const float *x, int rows, int i) {
     const fr_layer *l = &trainer->model->layers[i];
     int count = l->ops->stats_count(l);
-    double *mine = trainer->stats_partial + (size_t)omp_get_thread_num() * (size_t)trainer->stats_max;
-    double *total = trainer->stats_saved + trainer->stats_offset[i];
+    double *mine = stats_at(trainer, omp_get_thread_num(), i, FORWARD_MEETING, PARTIAL_SUMS);
     const float *in = layer_input(trainer, r, x, i);
     if (rows > 0)
         l->ops->forward_sums(l, in, rows, mine);
     else
         memset(mine, 0, (size_t)count * sizeof *mine);
-    meet_sums(trainer, count, total);
+    const double *total = meet_sums(trainer, i, FORWARD_MEETING);
 #pragma omp master
     l->ops->commit(l, total);
     if (rows > 0)
@@ -325,9 +350,9 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
     float *dout = output_grad(trainer, r, i);
     if (!trainer->needs_grad[i])
         return;
-    int count = l->ops->stats_count(l);
-    double *mine = trainer->stats_partial + (size_t)omp_get_thread_num() * (size_t)trainer->stats_max;
-    const double *forward_sums = trainer->stats_saved + trainer->stats_offset[i];
+    int count = l->ops->stats_count(l), me = omp_get_thread_num();
+    double *mine = stats_at(trainer, me, i, BACKWARD_MEETING, PARTIAL_SUMS);
+    const double *forward_sums = stats_at(trainer, me, i, FORWARD_MEETING, BATCH_SUMS);
     float *dweight = NULL, *dbias = NULL;
     if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad)
         dweight = r->slab + trainer->slab_offsets[l->weight];
@@ -343,11 +368,10 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
         memset(mine, 0, (size_t)count * sizeof *mine);
     }
     if ((parts & GRAD_INPUT) && trainer->din_slot[i] >= 0) {
-        meet_sums(trainer, count, trainer->stats_total);
+        const double *total = meet_sums(trainer, i, BACKWARD_MEETING);
         if (active) {
             float *din = r->grads[trainer->din_slot[i]];
-            l->ops->backward_with(l, in, dout, din, r->step_rows, trainer->stats_total,
-                                  forward_sums);
+            l->ops->backward_with(l, in, dout, din, r->step_rows, total, forward_sums);
             if (trainer->grad_adds[i] & 1u)
                 fr_add_into(r->grads[trainer->grad_slot[l->input]], din,
                             (size_t)r->step_rows * fr_shape_numel(l->in));
