@@ -124,6 +124,18 @@ static void same_tap(int h, int w, int pad, int ki, int kj, long *shift, size_t 
     *x1 = kj > pad ? (kj - pad < w ? w - (kj - pad) : 0) : w;
 }
 
+/* Columns [0, x0) and [x1, w) of an h x w plane set to zero, column by
+ * column: one or two values a row, which stored row by row would each be a
+ * call to memset. */
+static void zero_columns(float *plane, int h, int w, int x0, int x1) {
+    for (int ox = 0; ox < x0; ox++)
+        for (int oy = 0; oy < h; oy++)
+            plane[(size_t)oy * w + ox] = 0.0f;
+    for (int ox = x1; ox < w; ox++)
+        for (int oy = 0; oy < h; oy++)
+            plane[(size_t)oy * w + ox] = 0.0f;
+}
+
 static void im2col_same(const float *img, int c, int h, int w, int k, int pad, float *col) {
     size_t plane = (size_t)h * w;
     for (int ci = 0; ci < c; ci++) {
@@ -145,13 +157,7 @@ static void im2col_same(const float *img, int c, int h, int w, int k, int pad, f
 #pragma omp simd
                 for (size_t p = last; p < plane; p++)
                     row[p] = 0.0f;
-                for (int oy = 0; oy < h; oy++) {
-                    float *line = row + (size_t)oy * w;
-                    for (int ox = 0; ox < x0; ox++)
-                        line[ox] = 0.0f;
-                    for (int ox = x1; ox < w; ox++)
-                        line[ox] = 0.0f;
-                }
+                zero_columns(row, h, w, x0, x1);
             }
     }
 }
@@ -169,13 +175,7 @@ static void col2im_same_add(float *col, int c, int h, int w, int k, int pad, flo
                 size_t first, last;
                 int x0, x1;
                 same_tap(h, w, pad, ki, kj, &shift, &first, &last, &x0, &x1);
-                for (int oy = 0; oy < h; oy++) {
-                    float *line = row + (size_t)oy * w;
-                    for (int ox = 0; ox < x0; ox++)
-                        line[ox] = 0.0f;
-                    for (int ox = x1; ox < w; ox++)
-                        line[ox] = 0.0f;
-                }
+                zero_columns(row, h, w, x0, x1);
                 float *dst = channel + shift;
 #pragma omp simd
                 for (size_t p = first; p < last; p++)
