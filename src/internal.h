@@ -17,6 +17,7 @@
 
 #include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -566,6 +567,16 @@ static inline float fr_from_bf16(uint16_t half) {
     memcpy(&value, &bits, sizeof value);
     return value;
 }
+
+/* ------------------------------------------------------------ barrier */
+
+/* barrier.c: where the `threads` threads of a parallel region wait for each
+ * other, as `#pragma omp barrier` does but spinning only a few microseconds
+ * before sleeping.  Zeroed memory is a ready barrier. */
+typedef struct fr_barrier {
+    atomic_uint arrived, generation;
+} fr_barrier;
+void fr_barrier_wait(fr_barrier *barrier, int threads);
 
 /* ------------------------------------------------------------ trace */
 

@@ -37,6 +37,13 @@
 
 /* ----------------------------------------------------- forward, backward */
 
+/* Every thread of the step's team waits here for the others (barrier.c:
+ * OpenMP's barrier spins long enough to take a shared core from the thread
+ * it waits for). */
+static void meet(fr_trainer *trainer) {
+    fr_barrier_wait(&trainer->barrier, omp_get_num_threads());
+}
+
 /* The buffer holding layer j's output (-1: the input rows x): sharing
  * layers are walked back to the one that holds the data. */
 static const float *output_of(const fr_trainer *trainer, const replica *r, const float *x, int j) {
@@ -86,7 +93,7 @@ static const double *meet_sums(fr_trainer *trainer, int i, int meeting) {
     const fr_layer *l = &trainer->model->layers[i];
     int count = l->ops->stats_count(l), me = omp_get_thread_num();
     double *total = stats_at(trainer, me, i, meeting, BATCH_SUMS);
-#pragma omp barrier
+    meet(trainer);
     for (int k = 0; k < count; k++) {
         double sum = 0.0;
         for (int t = 0; t < trainer->threads; t++)
@@ -103,7 +110,7 @@ static const double *meet_sums(fr_trainer *trainer, int i, int meeting) {
                 trainer->stats_status =
                     trainer->stats_err.status ? trainer->stats_err.status : FR_ECOMM;
         }
-#pragma omp barrier
+        meet(trainer);
         if (me != 0)
             memcpy(total, stats_at(trainer, 0, i, meeting, BATCH_SUMS),
                    (size_t)count * sizeof *total);
@@ -397,12 +404,12 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
     if (active)
         backward_layer(trainer, r, r->x, r->step_rows, i, parts);
     if (trainer->split_weight[i] && (parts & GRAD_WEIGHTS)) {
-#pragma omp barrier
+        meet(trainer);
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         split_weight_grad(trainer, i, omp_get_thread_num(), 0,
                           trainer->model->params[trainer->model->layers[i].weight].shape[0]);
         fr_trace_add(omp_get_thread_num(), trainer->model->layers[i].name, "weight-grad", -1, t0, 0);
-#pragma omp barrier
+        meet(trainer);
     }
 }
 
@@ -636,7 +643,7 @@ static void apply_pieces(fr_trainer *trainer, int layer, int block, int *status,
                 *status = err ? err->status : FR_ECOMM;
             fr_trace_add(t, "bucket", "wait", k, t0, 0);
         }
-#pragma omp barrier
+        meet(trainer);
         size_t begin, end;
         chunk_of(trainer, t, p->begin, p->end, &begin, &end);
         if (*status == FR_OK) {
@@ -649,7 +656,7 @@ static void apply_pieces(fr_trainer *trainer, int layer, int block, int *status,
             fr_trace_add(t, "bucket", "update", k, t0, 0);
         }
     }
-#pragma omp barrier
+    meet(trainer);
 }
 
 /* Wait for every piece in flight without applying it (a failed step). */
@@ -748,14 +755,14 @@ static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int
     }
     for (int j = 0; j < b->pieces; j++) {
         const piece *p = &trainer->pieces[b->first_piece + j];
-#pragma omp barrier
+        meet(trainer);
         if (blocks > 0) {
             int lo, hi;
             block_rows(trainer, i, j, &lo, &hi);
             double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
             split_weight_grad(trainer, i, t, lo, hi);
             fr_trace_add(t, trainer->model->layers[i].name, "weight-grad", j, t0, 0);
-#pragma omp barrier
+            meet(trainer);
         }
         /* Pieces of a bucket that is not blocked are all complete now; the
          * others become complete block by block. */
@@ -764,7 +771,7 @@ static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int
         chunk_of(trainer, t, p->begin, p->end, &begin, &end);
         reduce_range(trainer, reduced + begin, begin, end);
         fr_trace_add(t, "bucket", "reduce", b->first_piece + j, t0, 0);
-#pragma omp barrier
+        meet(trainer);
 #pragma omp master
         if (*status == FR_OK && piece_complete(trainer, b->first_piece + j, err) != FR_OK)
             *status = err ? err->status : FR_ECOMM;
@@ -807,7 +814,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
         int from = replica_begin(trainer, r, src, first, rows);
         forward_applying(trainer, r, from, applying, &status, err);
         bool active = replica_loss(trainer, r, first, batch, true);
-#pragma omp barrier
+        meet(trainer);
 #pragma omp master
         {
             local_loss_totals(trainer, totals);
@@ -829,7 +836,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
             }
             next += closes;
         }
-#pragma omp barrier
+        meet(trainer);
 #pragma omp master
         {
             if (status == FR_OK && trainer->stats_status != FR_OK) {
@@ -848,7 +855,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
             if (status == FR_OK)
                 status = check_finite_loss(trainer, *loss, err);
         }
-#pragma omp barrier
+        meet(trainer);
         if (status == FR_OK && !many_ranks) {
             size_t begin, end;
             chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);

@@ -176,6 +176,7 @@ struct fr_trainer {
     bool check_replicas; /* at the next step */
 
     long steps_done;
+    fr_barrier barrier;  /* where the step's threads meet (train.c's meet) */
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
     double loss_totals[LOSS_TOTALS]; /* summed by the communication thread */
     feature_cache cache;
