@@ -2,8 +2,8 @@
  * kernels.c - the numerical building blocks the layers share: the affine map
  * behind linear layers, im2col/col2im that turn a convolution into one GEMM
  * per sample, the bias broadcasts and reductions for both layouts, the
- * pooling window's shape rule and the average pools' window loops, and the
- * small helpers every shape rule uses.
+ * pooling layers' windows (their shape rule, the one loop over them, the
+ * average pools), and the small helpers every shape rule uses.
  *
  * Every kernel is single-threaded and allocates nothing: the trainer runs one
  * replica per OpenMP thread (and keeps OpenBLAS itself to one thread) and hands
@@ -300,9 +300,21 @@ int fr_window_count(int size, int kernel, int stride, int pad) {
     return (int)(span / stride + 1);
 }
 
-int fr_pool_infer_shape(fr_layer *l, const char *self, int kernel, int stride, int pad,
-                        fr_error *err) {
-    char shape[64];
+/* ------------------------------------------------------- pooling */
+
+/* FR_POOL_ARGS, in the order of the schema. */
+enum { POOL_KERNEL, POOL_STRIDE, POOL_PADDING };
+
+fr_pool_window fr_pool_window_of(const fr_layer *l) {
+    int kernel = l->args[POOL_KERNEL], stride = l->args[POOL_STRIDE];
+    return (fr_pool_window){kernel, stride == FR_ARG_NONE ? kernel : stride, l->args[POOL_PADDING]};
+}
+
+int fr_pool_infer_shape(fr_layer *l, fr_error *err) {
+    fr_pool_window how = fr_pool_window_of(l);
+    int kernel = how.kernel, stride = how.stride, pad = how.pad;
+    char self[96], shape[64];
+    fr_layer_format(l, self, sizeof self);
     fr_shape_format(l->in, shape, sizeof shape);
     if (kernel < 1 || stride < 1 || pad < 0)
         return fr_layer_fail(l, err, FR_EINVAL,
@@ -322,32 +334,85 @@ int fr_pool_infer_shape(fr_layer *l, const char *self, int kernel, int stride, i
                              kernel, kernel, shape, pad);
     }
     l->out = (fr_shape){l->in.c, oh, ow};
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
+    fr_layer_no_params(l);
     return FR_OK;
 }
 
-void fr_window_clip(int first, int size, int limit, int *begin, int *end) {
+/* Output cell i's window along an axis of `size` inputs and `cells`
+ * outputs: [*begin, *end), inside the axis. */
+static void window_span(fr_pool_window how, int i, int size, int cells, int *begin, int *end) {
+    if (how.kernel == 0) { /* adaptive: [floor(i*size/cells), ceil((i+1)*size/cells)) */
+        *begin = (int)((long long)i * size / cells);
+        *end = (int)(((long long)(i + 1) * size + cells - 1) / cells);
+        return;
+    }
+    int first = i * how.stride - how.pad;
     *begin = first < 0 ? 0 : first;
-    *end = first + size < limit ? first + size : limit;
+    *end = first + how.kernel < size ? first + how.kernel : size;
     if (*end < *begin)
         *end = *begin;
 }
 
-float fr_window_sum(const float *plane, int width, int y0, int y1, int x0, int x1) {
-    float sum = 0.0f;
-    for (int y = y0; y < y1; y++)
-        for (int x = x0; x < x1; x++)
-            sum += plane[(size_t)y * width + x];
-    return sum;
+void fr_pool_each_window(const fr_layer *l, fr_pool_window how, int n,
+                         void (*visit)(const fr_window *window, void *context), void *context) {
+    int h = l->in.h, w = l->in.w, oh = l->out.h, ow = l->out.w;
+    size_t in_plane = (size_t)h * w, out_plane = (size_t)oh * ow;
+    size_t planes = (size_t)n * l->in.c;
+    fr_window window = {.width = w, .area = how.kernel * how.kernel};
+    for (size_t p = 0; p < planes; p++) {
+        window.in_plane = p * in_plane;
+        for (int oy = 0; oy < oh; oy++) {
+            window_span(how, oy, h, oh, &window.y0, &window.y1);
+            for (int ox = 0; ox < ow; ox++) {
+                window_span(how, ox, w, ow, &window.x0, &window.x1);
+                window.out = p * out_plane + (size_t)oy * ow + ox;
+                if (how.kernel == 0)
+                    window.area = (window.y1 - window.y0) * (window.x1 - window.x0);
+                visit(&window, context);
+            }
+        }
+    }
 }
 
-void fr_window_add(float *plane, int width, int y0, int y1, int x0, int x1, float value) {
-    for (int y = y0; y < y1; y++)
-        for (int x = x0; x < x1; x++)
-            plane[(size_t)y * width + x] += value;
+typedef struct average_context {
+    const float *from;
+    float *to;
+} average_context;
+
+static void average_window(const fr_window *window, void *context) {
+    const average_context *c = context;
+    const float *plane = c->from + window->in_plane;
+    float sum = 0.0f;
+    for (int y = window->y0; y < window->y1; y++)
+        for (int x = window->x0; x < window->x1; x++)
+            sum += plane[(size_t)y * window->width + x];
+    c->to[window->out] = sum / (float)window->area;
 }
+
+/* The adjoint: the output gradient's share added to every input it covers. */
+static void spread_window(const fr_window *window, void *context) {
+    const average_context *c = context;
+    float *plane = c->to + window->in_plane;
+    float share = c->from[window->out] / (float)window->area;
+    for (int y = window->y0; y < window->y1; y++)
+        for (int x = window->x0; x < window->x1; x++)
+            plane[(size_t)y * window->width + x] += share;
+}
+
+void fr_avgpool_forward(const fr_layer *l, fr_pool_window how, const float *in, float *out,
+                        int n) {
+    average_context c = {in, out};
+    fr_pool_each_window(l, how, n, average_window, &c);
+}
+
+void fr_avgpool_backward(const fr_layer *l, fr_pool_window how, const float *dout, float *din,
+                         int n) {
+    memset(din, 0, (size_t)n * fr_shape_numel(l->in) * sizeof *din);
+    average_context c = {dout, din};
+    fr_pool_each_window(l, how, n, spread_window, &c);
+}
+
+/* --------------------------------------------------------- helpers */
 
 void fr_shape_format(fr_shape shape, char *buf, size_t len) {
     snprintf(buf, len, "%dx%dx%d", shape.c, shape.h, shape.w);
@@ -371,6 +436,19 @@ size_t fr_scratch_none(const fr_layer *l, int n) {
     (void)l;
     (void)n;
     return 0;
+}
+
+int fr_infer_same_shape(fr_layer *l, fr_error *err) {
+    (void)err;
+    l->out = l->in;
+    fr_layer_no_params(l);
+    return FR_OK;
+}
+
+void fr_layer_no_params(fr_layer *l) {
+    l->weight_ndim = 0;
+    l->bias_numel = 0;
+    l->fan_in = 0;
 }
 
 /* ------------------------------------------------------------ sums */
