@@ -136,10 +136,14 @@ static void zero_columns(float *plane, int h, int w, int x0, int x1) {
             plane[(size_t)oy * w + ox] = 0.0f;
 }
 
-static void im2col_same(const float *img, int c, int h, int w, int k, int pad, float *col) {
+/* Both directions over every tap (ci, ki, kj) of a same-size convolution:
+ * with `img`, its columns into col (im2col); with `add_to`, col folded back
+ * and added to it (col2im), each row's padding columns zeroed in col (the
+ * scratch it is) so the row adds back in one long loop. */
+static void same_size_taps(const float *img, float *add_to, float *col, int c, int h, int w,
+                           int k, int pad) {
     size_t plane = (size_t)h * w;
-    for (int ci = 0; ci < c; ci++) {
-        const float *channel = img + (size_t)ci * plane;
+    for (int ci = 0; ci < c; ci++)
         for (int ki = 0; ki < k; ki++)
             for (int kj = 0; kj < k; kj++) {
                 float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
@@ -147,7 +151,15 @@ static void im2col_same(const float *img, int c, int h, int w, int k, int pad, f
                 size_t first, last;
                 int x0, x1;
                 same_tap(h, w, pad, ki, kj, &shift, &first, &last, &x0, &x1);
-                const float *src = channel + shift;
+                if (add_to) {
+                    zero_columns(row, h, w, x0, x1);
+                    float *dst = add_to + (size_t)ci * plane + shift;
+#pragma omp simd
+                    for (size_t p = first; p < last; p++)
+                        dst[p] += row[p];
+                    continue;
+                }
+                const float *src = img + (size_t)ci * plane + shift;
 #pragma omp simd
                 for (size_t p = 0; p < first; p++)
                     row[p] = 0.0f;
@@ -159,29 +171,6 @@ static void im2col_same(const float *img, int c, int h, int w, int k, int pad, f
                     row[p] = 0.0f;
                 zero_columns(row, h, w, x0, x1);
             }
-    }
-}
-
-/* The adjoint: each row's padding columns are zeroed in col (the scratch it
- * is), then the row is added back shifted, in one long loop. */
-static void col2im_same_add(float *col, int c, int h, int w, int k, int pad, float *img) {
-    size_t plane = (size_t)h * w;
-    for (int ci = 0; ci < c; ci++) {
-        float *channel = img + (size_t)ci * plane;
-        for (int ki = 0; ki < k; ki++)
-            for (int kj = 0; kj < k; kj++) {
-                float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
-                long shift;
-                size_t first, last;
-                int x0, x1;
-                same_tap(h, w, pad, ki, kj, &shift, &first, &last, &x0, &x1);
-                zero_columns(row, h, w, x0, x1);
-                float *dst = channel + shift;
-#pragma omp simd
-                for (size_t p = first; p < last; p++)
-                    dst[p] += row[p];
-            }
-    }
 }
 
 /*
@@ -192,7 +181,7 @@ static void col2im_same_add(float *col, int c, int h, int w, int k, int pad, flo
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
                int pad, int oh, int ow, float *col) {
     if (same_size(h, w, k, stride, pad, oh, ow)) {
-        im2col_same(img, c, h, w, k, pad, col);
+        same_size_taps(img, NULL, col, c, h, w, k, pad);
         return;
     }
     size_t plane = (size_t)oh * ow;
@@ -231,7 +220,7 @@ void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
 void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img) {
     if (same_size(h, w, k, stride, pad, oh, ow)) {
-        col2im_same_add(col, c, h, w, k, pad, img);
+        same_size_taps(NULL, img, col, c, h, w, k, pad);
         return;
     }
     size_t plane = (size_t)oh * ow;
