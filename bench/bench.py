@@ -28,13 +28,35 @@ OPENBLAS_INCLUDE = "/usr/include/x86_64-linux-gnu/openblas-pthread"
 
 # ------------------------------------------------------------------ workloads
 # A model is a list of layers; bench turns it into frost's inline spec and torch_worker.py into
-# an nn.Sequential with the same parameter names.
+# a PyTorch module with the same parameter names.  Layers:
+#   ["linear", NAME, IN, OUT]               ["conv2d", NAME, IN, OUT, K, STRIDE, PAD[, BIAS]]
+#   ["batchnorm2d", NAME, C]                ["relu"]  ["flatten"]  ["maxpool2d", K, STRIDE]
+#   ["adaptive_avgpool2d", SIZE]            ["residual", NAME, BODY, SHORTCUT]  (lists of layers;
+#                                           names inside are the block's, as in a model file)
 MLP = [["linear", "fc1", 784, 1024], ["relu"], ["linear", "fc2", 1024, 1024], ["relu"],
        ["linear", "fc3", 1024, 1024], ["relu"], ["linear", "fc4", 1024, 10]]
 # The CNN of DESIGN.md (examples/cnn.txt).
 CNN = [["conv2d", "conv1", 1, 32, 3, 1, 0], ["relu"], ["conv2d", "conv2", 32, 64, 3, 1, 0],
        ["relu"], ["maxpool2d", 2, 2], ["flatten"], ["linear", "fc1", 9216, 128], ["relu"],
        ["linear", "fc2", 128, 10]]
+
+
+def basic_block(cin, cout, stride):
+    """torchvision's BasicBlock body: conv1, bn1, relu, conv2, bn2 (3x3, no bias)."""
+    return [["conv2d", "conv1", cin, cout, 3, stride, 1, False], ["batchnorm2d", "bn1", cout],
+            ["relu"], ["conv2d", "conv2", cout, cout, 3, 1, 1, False],
+            ["batchnorm2d", "bn2", cout]]
+
+
+# examples/resnet_small.txt (frost runs that file; bench checks that it holds these parameters).
+RESNET_SMALL = [
+    ["conv2d", "conv1", 1, 16, 3, 1, 1, False], ["batchnorm2d", "bn1", 16], ["relu"],
+    ["maxpool2d", 2, 2],
+    ["residual", "layer1.0", basic_block(16, 16, 1), []], ["relu"],
+    ["residual", "layer2.0", basic_block(16, 32, 2),
+     [["conv2d", "downsample.0", 16, 32, 1, 2, 0, False], ["batchnorm2d", "downsample.1", 32]]],
+    ["relu"], ["adaptive_avgpool2d", 1], ["flatten"], ["linear", "fc", 32, 10]]
+RESNET_TRUNK = ["--freeze", "conv1", "--freeze", "bn1", "--freeze", "layer1*"]
 
 # frost_flags: what frost is told; frozen: the layers bench expects frozen (checked against
 # `frost inspect` and applied in PyTorch as requires_grad = False).
@@ -53,12 +75,30 @@ WORKLOADS = [
     # the first, untimed interval.  Fixed length even with --quick.
     {"id": "3c", "name": "MLP, only fc4 trained, 2 epochs (frost's feature cache)", "model": MLP,
      "batch": 256, "frost_flags": ["--freeze", "*", "--unfreeze", "fc4"],
-     "frozen": ["fc1", "fc2", "fc3"], "steps": 470, "log_every": 47, "fixed_length": True},
+     "frozen": ["fc1", "fc2", "fc3"], "steps": 470, "log_every": 47, "fixed_length": True,
+     "cached": True},
     {"id": "4", "name": "CNN (DESIGN.md), full", "model": CNN, "batch": 64,
      "frost_flags": [], "frozen": [], "steps": 100, "log_every": 10},
     {"id": "5", "name": "CNN, --freeze 'conv*'", "model": CNN, "batch": 64,
      "frost_flags": ["--freeze", "conv*"], "frozen": ["conv1", "conv2"],
      "steps": 120, "log_every": 20},
+    # The small residual net with BatchNorm of examples/resnet_small.txt: all of it trained, and
+    # the trunk (conv1, bn1, layer1.0) frozen as examples/resnet_finetune.sh does, its
+    # BatchNorms in eval mode on both sides; torch in channels_last, its faster layout here.
+    {"id": "6", "name": "ResNet small (examples/resnet_small.txt), full", "model": RESNET_SMALL,
+     "model_file": "examples/resnet_small.txt", "batch": 64, "frost_flags": [], "frozen": [],
+     "torch_flags": ["--channels-last"], "steps": 100, "log_every": 10},
+    {"id": "7", "name": "ResNet small, trunk frozen (conv1 bn1 layer1*)", "model": RESNET_SMALL,
+     "model_file": "examples/resnet_small.txt", "batch": 64, "frost_flags": RESNET_TRUNK,
+     "frozen": ["conv1", "bn1", "layer1"], "torch_flags": ["--channels-last"],
+     "steps": 120, "log_every": 20},
+    # Two epochs at batch 256, so the frozen trunk's output is cached (computed once per sample,
+    # in the first, untimed interval).  Fixed length even with --quick.
+    {"id": "7c", "name": "ResNet small, trunk frozen, 2 epochs (frost's feature cache)",
+     "model": RESNET_SMALL, "model_file": "examples/resnet_small.txt", "batch": 256,
+     "frost_flags": RESNET_TRUNK, "frozen": ["conv1", "bn1", "layer1"],
+     "torch_flags": ["--channels-last"], "steps": 470, "log_every": 47, "fixed_length": True,
+     "cached": True},
 ]
 QUICK_STEPS, QUICK_LOG_EVERY = 15, 5
 
@@ -68,56 +108,110 @@ def log(msg):
 
 
 def frost_spec(layers):
-    parts = []
-    for layer in layers:
-        kind = layer[0]
-        if kind == "linear":
-            parts.append("%s = linear(%d, %d)" % (layer[1], layer[2], layer[3]))
-        elif kind == "conv2d":
-            name, cin, cout, k, stride, pad = layer[1:]
-            extra = "" if (stride, pad) == (1, 0) else ", stride=%d, padding=%d" % (stride, pad)
-            parts.append("%s = conv2d(%d, %d, %d%s)" % (name, cin, cout, k, extra))
-        elif kind == "maxpool2d":
-            extra = "" if layer[2] == layer[1] else ", %d" % layer[2]
-            parts.append("maxpool2d(%d%s)" % (layer[1], extra))
-        else:
-            parts.append(kind)
+    """The inline model text of a layer list (residual blocks in braces)."""
+    def pieces(layers):
+        parts = []
+        for layer in layers:
+            kind = layer[0]
+            if kind == "linear":
+                parts.append("%s = linear(%d, %d)" % (layer[1], layer[2], layer[3]))
+            elif kind == "conv2d":
+                name, cin, cout, k, stride, pad = layer[1:7]
+                extra = "" if (stride, pad) == (1, 0) else ", stride=%d, padding=%d" % (stride, pad)
+                if len(layer) > 7 and not layer[7]:
+                    extra += ", bias=False"
+                parts.append("%s = conv2d(%d, %d, %d%s)" % (name, cin, cout, k, extra))
+            elif kind == "batchnorm2d":
+                parts.append("%s = batchnorm2d(%d)" % (layer[1], layer[2]))
+            elif kind == "maxpool2d":
+                extra = "" if layer[2] == layer[1] else ", %d" % layer[2]
+                parts.append("maxpool2d(%d%s)" % (layer[1], extra))
+            elif kind == "adaptive_avgpool2d":
+                parts.append("adaptive_avgpool2d(%d)" % layer[1])
+            elif kind == "residual":
+                shortcut = "; shortcut { %s }" % "; ".join(pieces(layer[3])) if layer[3] else ""
+                parts.append("residual %s { %s%s }" % (layer[1], "; ".join(pieces(layer[2])),
+                                                       shortcut))
+            else:
+                parts.append(kind)
+        return parts
     first = layers[0]
     prefix = "input %d 28 28; " % first[2] if first[0] == "conv2d" else ""
-    return prefix + "; ".join(parts)
+    return prefix + "; ".join(pieces(layers))
+
+
+def walk(layers, frozen, visit, shape=(1, 28, 28), prefix="", behind=False):
+    """Go through a layer list as frost's graph runs it: visit(full name, layer, input shape,
+    trainable, gradient wanted at its input) for every linear, conv2d and batchnorm2d, where
+    `trainable` is whether its top-level name is not in `frozen` and the gradient at the input is
+    wanted when some layer it depends on is trainable.  Returns the output shape and whether some
+    layer the output depends on is trainable."""
+    c, h, w = shape
+    for layer in layers:
+        kind = layer[0]
+        if kind in ("linear", "conv2d", "batchnorm2d"):
+            name = prefix + layer[1]
+            trainable = name.split(".")[0] not in frozen
+            visit(name, layer, (c, h, w), trainable, behind)
+            behind = behind or trainable
+            if kind == "linear":
+                c, h, w = layer[3], 1, 1
+            elif kind == "conv2d":
+                k, stride, pad = layer[4:7]
+                c, h, w = layer[3], (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        elif kind == "maxpool2d":
+            h, w = (h - layer[1]) // layer[2] + 1, (w - layer[1]) // layer[2] + 1
+        elif kind == "adaptive_avgpool2d":
+            h = w = layer[1]
+        elif kind == "flatten":
+            c, h, w = c * h * w, 1, 1
+        elif kind == "residual":
+            inner = prefix + layer[1] + "."
+            out, body = walk(layer[2], frozen, visit, (c, h, w), inner, behind)
+            _, skip = walk(layer[3], frozen, visit, (c, h, w), inner, behind)
+            (c, h, w), behind = out, body or skip
+    return (c, h, w), behind
+
+
+def param_shapes(layers):
+    """[(name, shape)] of the parameters, in frost's (and PyTorch's) order."""
+    out = []
+
+    def visit(name, layer, shape, trainable, behind):
+        kind = layer[0]
+        if kind == "linear":
+            out.extend([(name + ".weight", [layer[3], layer[2]]), (name + ".bias", [layer[3]])])
+        elif kind == "conv2d":
+            out.append((name + ".weight", [layer[3], layer[2], layer[4], layer[4]]))
+            if len(layer) <= 7 or layer[7]:
+                out.append((name + ".bias", [layer[3]]))
+        else:
+            out.extend([(name + ".weight", [layer[2]]), (name + ".bias", [layer[2]])])
+    walk(layers, set(), visit)
+    return out
 
 
 def step_flops(layers, frozen):
     """FLOPs per sample of one training step as frost computes it (and PyTorch's autograd too):
     forward of every linear/conv, the weight gradient of trainable layers only, and the input
-    gradient of a layer only when some layer before it is trainable (a frozen prefix gets no
-    backward at all). Bias, ReLU, pooling and loss FLOPs are left out (they are < 1%)."""
-    c, h, w = 1, 28, 28
-    per_layer = []      # (name, matmul FLOPs of forward, trainable)
-    for layer in layers:
-        kind = layer[0]
-        if kind == "linear":
-            per_layer.append((layer[1], 2 * layer[2] * layer[3], layer[1] not in frozen))
-            c, h, w = layer[3], 1, 1
-        elif kind == "conv2d":
-            _, name, cin, cout, k, stride, pad = layer
-            oh = (h + 2 * pad - k) // stride + 1
-            ow = (w + 2 * pad - k) // stride + 1
-            per_layer.append((name, 2 * cin * k * k * cout * oh * ow, name not in frozen))
-            c, h, w = cout, oh, ow
-        elif kind == "maxpool2d":
-            h = (h - layer[1]) // layer[2] + 1
-            w = (w - layer[1]) // layer[2] + 1
-    total = 0
-    trainable_behind = False
-    for name, fwd, trainable in per_layer:
-        total += fwd                      # forward
-        if trainable:
-            total += fwd                  # dW
-        if trainable_behind:
-            total += fwd                  # dX, needed by an earlier trainable layer
-        trainable_behind = trainable_behind or trainable
-    return total
+    gradient of a layer only when some layer it depends on is trainable (a frozen prefix gets no
+    backward at all). Bias, BatchNorm, ReLU, pooling and loss FLOPs are left out (matrix products
+    only)."""
+    total = [0]
+
+    def visit(name, layer, shape, trainable, behind):
+        c, h, w = shape
+        if layer[0] == "linear":
+            fwd = 2 * layer[2] * layer[3]
+        elif layer[0] == "conv2d":
+            k, stride, pad = layer[4:7]
+            oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+            fwd = 2 * layer[2] * k * k * layer[3] * oh * ow
+        else:
+            return
+        total[0] += fwd * (1 + trainable + behind)   # forward, dW, dX
+    walk(layers, frozen, visit)
+    return total[0]
 
 
 # ------------------------------------------------------------------ helpers
@@ -231,17 +325,19 @@ def measure_sgemm(exe, reps):
     return float(m.group(1)), float(m.group(2)), None
 
 
-def frost_inspect_trainable(frost, spec, flags):
+def frost_inspect(frost, spec, flags):
+    """`frost inspect`'s parameters: [(name, shape)] in order, and the set of trainable names."""
     rc, out, err = run_cmd([frost, "inspect", "--model", spec] + flags)
     if rc != 0:
-        return None, last_line(err or out, rc)
-    names = set()
+        return None, None, last_line(err or out, rc)
+    params, trainable = [], set()
     for line in out.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[-1] in ("trainable", "frozen"):
-            if words[-1] == "trainable":
-                names.add(words[0])
-    return names, None
+        m = re.match(r"(\S+) \[([0-9, ]*)\] [0-9]+ (trainable|frozen)$", line)
+        if m:
+            params.append((m.group(1), [int(d) for d in m.group(2).split(",") if d.strip()]))
+            if m.group(3) == "trainable":
+                trainable.add(m.group(1))
+    return params, trainable, None
 
 
 def bench_env(policy, **extra):
@@ -315,7 +411,7 @@ def run_frost(args, frost, wl, spec, data, steps, log_every, work, ranks, rep):
 def run_torch(args, wl, data, steps, log_every, work, ranks, rep, policy):
     threads = args.threads if ranks == 1 else 1
     cmd = [args.python, os.path.join(HERE, "torch_worker.py"), "--model", json.dumps(wl["model"]),
-           "--frozen", ",".join(wl["frozen"]), "--data", data,
+           "--frozen", ",".join(wl["frozen"]), "--data", data] + wl.get("torch_flags", []) + [
            "--batch-size", str(wl["batch"]), "--steps", str(steps), "--log-every", str(log_every),
            "--threads", str(threads), "--ranks", str(ranks), "--lr", "0.01", "--momentum", "0.9"]
     t = str(threads)
@@ -359,7 +455,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="short smoke run (%d steps each)" % QUICK_STEPS)
     ap.add_argument("--data", default=os.environ.get("DATA", DEFAULT_DATA),
                     help="Fashion-MNIST directory (default: $DATA or %s)" % DEFAULT_DATA)
-    ap.add_argument("--workloads", default="1,2,3,3c,4,5", help="which workloads (default %(default)s)")
+    ap.add_argument("--workloads", default="1,2,3,3c,4,5,6,7,7c", help="which workloads (default %(default)s)")
     ap.add_argument("--mpi", default="1,4",
                     help="workloads also run as 2 ranks x 1 thread (frost under mpirun, PyTorch DDP/gloo); "
                          "'none' to skip (default %(default)s)")
@@ -439,7 +535,7 @@ def main():
         rows, details = [], []
         frost_version = "?"
         for i, (wl, ranks) in enumerate(runs):
-            spec = frost_spec(wl["model"])
+            spec = os.path.join(REPO, wl["model_file"]) if "model_file" in wl else frost_spec(wl["model"])
             short = args.quick and not wl.get("fixed_length")
             steps = args.steps or (QUICK_STEPS if short else wl["steps"])
             log_every = args.log_every or (QUICK_LOG_EVERY if short else wl["log_every"])
@@ -453,12 +549,10 @@ def main():
                 i + 1, len(runs), name, steps, wl["batch"],
                 "%d threads" % args.threads if ranks == 1 else "%d ranks x 1 thread" % ranks))
 
-            # frost's frozen set must be the one bench assumes (FLOPs, PyTorch model)
-            trainable, why = frost_inspect_trainable(frost, spec, wl["frost_flags"])
-            expect = set()
-            for layer in wl["model"]:
-                if layer[0] in ("linear", "conv2d") and layer[1] not in wl["frozen"]:
-                    expect |= {layer[1] + ".weight", layer[1] + ".bias"}
+            # frost's model and frozen set must be the ones bench assumes (FLOPs, PyTorch model)
+            params, trainable, why = frost_inspect(frost, spec, wl["frost_flags"])
+            shapes = param_shapes(wl["model"])
+            expect = {name for name, _ in shapes if name.split(".")[0] not in wl["frozen"]}
             use_torch = bool(torch_version) and (ranks == 1 or torch_dist)
             policies = [args.omp_wait_policy]
             if not args.no_torch_passive and args.omp_wait_policy != "passive":
@@ -466,6 +560,9 @@ def main():
             fr_runs, th_runs = [], {p: [] for p in policies}
             if trainable is None:
                 fr_runs.append({"error": "frost inspect failed: %s" % why})
+            elif params != shapes:
+                fr_runs.append({"error": "frost's model %s has the parameters %s, bench expected %s"
+                                % (spec, params, shapes)})
             elif trainable != expect:
                 fr_runs.append({"error": "frost trains %s, bench expected %s" % (sorted(trainable), sorted(expect))})
             # frost then PyTorch, --repeat times, so that a change in the machine's load hits both
@@ -501,7 +598,7 @@ def main():
             p_sps = rates.get("passive") if args.omp_wait_policy != "passive" else None
             best = max([x for x in (t_sps, p_sps) if x], default=None)
             memory = [res.get("maxrss_mb") for res in th.values() if res.get("maxrss_mb")]
-            cached = wl.get("fixed_length", False)
+            cached = wl.get("cached", False)
             rows.append([
                 name, fmt(f_sps, ".0f"),
                 fmt(t_sps, ".0f") if th else "-",

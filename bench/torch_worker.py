@@ -68,25 +68,71 @@ def load_train(data_dir, torch):
 
 
 def build_model(layers, torch):
-    from collections import OrderedDict
+    """The layer list as a module whose parameters have frost's names: a named layer is registered
+    under its name (dots making nested modules, as torchvision's `layer1.0.conv1`), a residual
+    block ["residual", NAME, BODY, SHORTCUT] is a module computing body(x) + shortcut(x) (the
+    identity without a shortcut) in place, as torchvision's BasicBlock does, and the layers run in
+    list order."""
     nn = torch.nn
-    mods = OrderedDict()
-    flat_input = layers[0][0] == "linear"
-    for i, layer in enumerate(layers):
+
+    def register(parent, name, module):
+        *path, last = name.split(".")
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(last, module)
+
+    def make(parent, layer, i):
         kind = layer[0]
         if kind == "linear":
-            mods[layer[1]] = nn.Linear(layer[2], layer[3])
+            module = nn.Linear(layer[2], layer[3])
         elif kind == "conv2d":
-            mods[layer[1]] = nn.Conv2d(layer[2], layer[3], layer[4], stride=layer[5], padding=layer[6])
+            bias = layer[7] if len(layer) > 7 else True
+            module = nn.Conv2d(layer[2], layer[3], layer[4], stride=layer[5], padding=layer[6],
+                               bias=bias)
+        elif kind == "batchnorm2d":
+            module = nn.BatchNorm2d(layer[2])
+        elif kind == "residual":
+            module = Residual(layer[2], layer[3])
         elif kind == "relu":
-            mods["relu%d" % i] = nn.ReLU()
+            return nn.ReLU(inplace=True)
         elif kind == "maxpool2d":
-            mods["pool%d" % i] = nn.MaxPool2d(layer[1], layer[2])
+            return nn.MaxPool2d(layer[1], layer[2])
+        elif kind == "adaptive_avgpool2d":
+            return nn.AdaptiveAvgPool2d(layer[1])
         elif kind == "flatten":
-            mods["flatten%d" % i] = nn.Flatten()
+            return nn.Flatten()
         else:
             raise ValueError("unknown layer " + kind)
-    return nn.Sequential(mods), flat_input
+        register(parent, layer[1], module)
+        return module
+
+    class Residual(nn.Module):
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body = [make(self, layer, i) for i, layer in enumerate(body)]
+            self.shortcut = [make(self, layer, i) for i, layer in enumerate(shortcut)]
+
+        def forward(self, x):
+            out, skip = x, x
+            for module in self.body:
+                out = module(out)
+            for module in self.shortcut:
+                skip = module(skip)
+            return out.add_(skip)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [make(self, layer, i) for i, layer in enumerate(layers)]
+
+        def forward(self, x):
+            for module in self.layers:
+                x = module(x)
+            return x
+
+    return Net(), layers[0][0] == "linear"
 
 
 def run(rank, args, result_path):
@@ -103,6 +149,9 @@ def run(rank, args, result_path):
     torch.manual_seed(args.seed)
     layers = json.loads(args.model)
     model, flat_input = build_model(layers, torch)
+    if args.channels_last and not flat_input:
+        # NHWC: oneDNN's convolutions take it without reordering to their blocked layout.
+        model = model.to(memory_format=torch.channels_last)
     frozen = set(args.frozen.split(",")) if args.frozen else set()
     for name, p in model.named_parameters():
         if name.split(".")[0] in frozen:
@@ -117,6 +166,8 @@ def run(rank, args, result_path):
     x_all, y_all = load_train(args.data, torch)
     if flat_input:
         x_all = x_all.reshape(x_all.shape[0], -1).contiguous()
+    elif args.channels_last:
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
     n = x_all.shape[0]
     B = args.batch_size
     # This rank's contiguous slice of the global batch (frost: ranks, then threads).
@@ -128,6 +179,11 @@ def run(rank, args, result_path):
     loss_fn = torch.nn.functional.cross_entropy
 
     model.train()
+    # A frozen BatchNorm runs in eval mode, on its running statistics, as frost's does
+    # (torchvision's FrozenBatchNorm2d); the trainable ones use the batch's.
+    for name, module in (model.module if ddp else model).named_modules():
+        if name.split(".")[0] in frozen and isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
     rates = []
     interval_samples = 0
     if ddp:
@@ -187,6 +243,8 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels-last", action="store_true",
+                    help="images and convolutions in torch.channels_last (NHWC) memory format")
     ap.add_argument("--rank", type=int, help="this process is rank RANK of --ranks, started on "
                     "its own; the ranks meet at --master-addr:--master-port")
     ap.add_argument("--master-addr", default="127.0.0.1")

@@ -373,7 +373,8 @@ int fr_comm_init(int *argc, char ***argv, fr_error *err) {
     int launched = launcher_world_size();
     if (launched > 1)
         return fr_fail(err, FR_ECOMM,
-                       "this frost was built without MPI (--without-mpi) but was started as %d ranks; rebuild with Open MPI or run one process",
+                       "this frost was built without MPI but was started as %d ranks; rebuild "
+                       "it with Open MPI or run one process",
                        launched);
     return FR_OK;
 }

@@ -17,6 +17,7 @@
 
 #include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -328,8 +329,9 @@ void fr_bias_set_channels(float *out, const float *bias, int channels, int plane
 /* col[(c*kh*kw) x (oh*ow)] from one image [c x h x w]. */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
                int pad, int oh, int ow, float *col);
-/* img[c x h x w] += col2im(col). */
-void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
+/* img[c x h x w] += col2im(col).  col is scratch: the entries that fall in
+ * the padding may be zeroed on the way. */
+void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img);
 /* dbias[j] = sum over the rows of d[rows x cols] of column j. */
 void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias);
@@ -600,6 +602,16 @@ static inline float fr_from_bf16(uint16_t half) {
     memcpy(&value, &bits, sizeof value);
     return value;
 }
+
+/* ------------------------------------------------------------ barrier */
+
+/* barrier.c: where the `threads` threads of a parallel region wait for each
+ * other, as `#pragma omp barrier` does but spinning only a few microseconds
+ * before sleeping.  Zeroed memory is a ready barrier. */
+typedef struct fr_barrier {
+    atomic_uint arrived, generation;
+} fr_barrier;
+void fr_barrier_wait(fr_barrier *barrier, int threads);
 
 /* ------------------------------------------------------------ trace */
 

@@ -2,8 +2,8 @@
  * kernels.c - the numerical building blocks the layers share: the affine map
  * behind linear layers, im2col/col2im that turn a convolution into one GEMM
  * per sample, the bias broadcasts and reductions for both layouts, the
- * pooling window's shape rule and the average pools' window loops, and the
- * small helpers every shape rule uses.
+ * pooling layers' windows (their shape rule, the one loop over them, the
+ * average pools), and the small helpers every shape rule uses.
  *
  * Every kernel is single-threaded and allocates nothing: the trainer runs one
  * replica per OpenMP thread (and keeps OpenBLAS itself to one thread) and hands
@@ -93,12 +93,97 @@ static void inside_range(int size, int offset, int stride, int count,
 }
 
 /*
+ * A stride-1 convolution whose output has the input's size ("same" padding,
+ * 2 * pad = k - 1: ResNet's 3x3 convolutions) sees, for kernel tap (ki, kj),
+ * the whole image shifted by (ki - pad) * w + (kj - pad) in flat order: row
+ * (ci, ki, kj) of col is one contiguous copy of the plane, except that the
+ * columns the tap pushes past the left or right edge read the neighbouring
+ * row and must be zero instead (a position whose column is inside reads the
+ * right row, or one outside the plane, which is zero too).  One long copy and
+ * a few zeros per row instead of h short copies: the rows are 7-28 values
+ * long here.
+ */
+static bool same_size(int h, int w, int k, int stride, int pad, int oh, int ow) {
+    return stride == 1 && oh == h && ow == w && 2 * pad == k - 1;
+}
+
+/* For tap (ki, kj): the flat positions [*first, *last) of the output plane
+ * whose shifted input lies inside the plane, the shift, and the columns
+ * [*x0, *x1) inside the image (the others are padding). */
+static void same_tap(int h, int w, int pad, int ki, int kj, long *shift, size_t *first,
+                     size_t *last, int *x0, int *x1) {
+    long plane = (long)h * w;
+    *shift = (long)(ki - pad) * w + (kj - pad);
+    /* A small image may be shifted out entirely: clamp to the plane. */
+    long lo = *shift < 0 ? -*shift : 0, hi = *shift > 0 ? plane - *shift : plane;
+    lo = lo < plane ? lo : plane;
+    hi = hi > lo ? hi : lo;
+    *first = (size_t)lo;
+    *last = (size_t)hi;
+    *x0 = kj < pad ? (pad - kj < w ? pad - kj : w) : 0;
+    *x1 = kj > pad ? (kj - pad < w ? w - (kj - pad) : 0) : w;
+}
+
+/* Columns [0, x0) and [x1, w) of an h x w plane set to zero, column by
+ * column: one or two values a row, which stored row by row would each be a
+ * call to memset. */
+static void zero_columns(float *plane, int h, int w, int x0, int x1) {
+    for (int ox = 0; ox < x0; ox++)
+        for (int oy = 0; oy < h; oy++)
+            plane[(size_t)oy * w + ox] = 0.0f;
+    for (int ox = x1; ox < w; ox++)
+        for (int oy = 0; oy < h; oy++)
+            plane[(size_t)oy * w + ox] = 0.0f;
+}
+
+/* Both directions over every tap (ci, ki, kj) of a same-size convolution:
+ * with `img`, its columns into col (im2col); with `add_to`, col folded back
+ * and added to it (col2im), each row's padding columns zeroed in col (the
+ * scratch it is) so the row adds back in one long loop. */
+static void same_size_taps(const float *img, float *add_to, float *col, int c, int h, int w,
+                           int k, int pad) {
+    size_t plane = (size_t)h * w;
+    for (int ci = 0; ci < c; ci++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                long shift;
+                size_t first, last;
+                int x0, x1;
+                same_tap(h, w, pad, ki, kj, &shift, &first, &last, &x0, &x1);
+                if (add_to) {
+                    zero_columns(row, h, w, x0, x1);
+                    float *dst = add_to + (size_t)ci * plane + shift;
+#pragma omp simd
+                    for (size_t p = first; p < last; p++)
+                        dst[p] += row[p];
+                    continue;
+                }
+                const float *src = img + (size_t)ci * plane + shift;
+#pragma omp simd
+                for (size_t p = 0; p < first; p++)
+                    row[p] = 0.0f;
+#pragma omp simd
+                for (size_t p = first; p < last; p++)
+                    row[p] = src[p];
+#pragma omp simd
+                for (size_t p = last; p < plane; p++)
+                    row[p] = 0.0f;
+                zero_columns(row, h, w, x0, x1);
+            }
+}
+
+/*
  * Row (ci, ki, kj) of col holds, for every output position (oy, ox), the input
  * pixel that kernel tap meets there: img[ci][oy*s - p + ki][ox*s - p + kj], or
  * 0 in the padding.  col2im walks the same map backwards, adding.
  */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
                int pad, int oh, int ow, float *col) {
+    if (same_size(h, w, k, stride, pad, oh, ow)) {
+        same_size_taps(img, NULL, col, c, h, w, k, pad);
+        return;
+    }
     size_t plane = (size_t)oh * ow;
     for (int ci = 0; ci < c; ci++) {
         const float *channel = img + (size_t)ci * h * w;
@@ -132,8 +217,12 @@ void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
     }
 }
 
-void fr_col2im_add(const float *col, int c, int h, int w, int k, int stride,
+void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img) {
+    if (same_size(h, w, k, stride, pad, oh, ow)) {
+        same_size_taps(NULL, img, col, c, h, w, k, pad);
+        return;
+    }
     size_t plane = (size_t)oh * ow;
     for (int ci = 0; ci < c; ci++) {
         float *channel = img + (size_t)ci * h * w;
@@ -200,9 +289,21 @@ int fr_window_count(int size, int kernel, int stride, int pad) {
     return (int)(span / stride + 1);
 }
 
-int fr_pool_infer_shape(fr_layer *l, const char *self, int kernel, int stride, int pad,
-                        fr_error *err) {
-    char shape[64];
+/* ------------------------------------------------------- pooling */
+
+/* FR_POOL_ARGS, in the order of the schema. */
+enum { POOL_KERNEL, POOL_STRIDE, POOL_PADDING };
+
+fr_pool_window fr_pool_window_of(const fr_layer *l) {
+    int kernel = l->args[POOL_KERNEL], stride = l->args[POOL_STRIDE];
+    return (fr_pool_window){kernel, stride == FR_ARG_NONE ? kernel : stride, l->args[POOL_PADDING]};
+}
+
+int fr_pool_infer_shape(fr_layer *l, fr_error *err) {
+    fr_pool_window how = fr_pool_window_of(l);
+    int kernel = how.kernel, stride = how.stride, pad = how.pad;
+    char self[96], shape[64];
+    fr_layer_format(l, self, sizeof self);
     fr_shape_format(l->in, shape, sizeof shape);
     if (kernel < 1 || stride < 1 || pad < 0)
         return fr_layer_fail(l, err, FR_EINVAL,
@@ -222,32 +323,85 @@ int fr_pool_infer_shape(fr_layer *l, const char *self, int kernel, int stride, i
                              kernel, kernel, shape, pad);
     }
     l->out = (fr_shape){l->in.c, oh, ow};
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
+    fr_layer_no_params(l);
     return FR_OK;
 }
 
-void fr_window_clip(int first, int size, int limit, int *begin, int *end) {
+/* Output cell i's window along an axis of `size` inputs and `cells`
+ * outputs: [*begin, *end), inside the axis. */
+static void window_span(fr_pool_window how, int i, int size, int cells, int *begin, int *end) {
+    if (how.kernel == 0) { /* adaptive: [floor(i*size/cells), ceil((i+1)*size/cells)) */
+        *begin = (int)((long long)i * size / cells);
+        *end = (int)(((long long)(i + 1) * size + cells - 1) / cells);
+        return;
+    }
+    int first = i * how.stride - how.pad;
     *begin = first < 0 ? 0 : first;
-    *end = first + size < limit ? first + size : limit;
+    *end = first + how.kernel < size ? first + how.kernel : size;
     if (*end < *begin)
         *end = *begin;
 }
 
-float fr_window_sum(const float *plane, int width, int y0, int y1, int x0, int x1) {
-    float sum = 0.0f;
-    for (int y = y0; y < y1; y++)
-        for (int x = x0; x < x1; x++)
-            sum += plane[(size_t)y * width + x];
-    return sum;
+void fr_pool_each_window(const fr_layer *l, fr_pool_window how, int n,
+                         void (*visit)(const fr_window *window, void *context), void *context) {
+    int h = l->in.h, w = l->in.w, oh = l->out.h, ow = l->out.w;
+    size_t in_plane = (size_t)h * w, out_plane = (size_t)oh * ow;
+    size_t planes = (size_t)n * l->in.c;
+    fr_window window = {.width = w, .area = how.kernel * how.kernel};
+    for (size_t p = 0; p < planes; p++) {
+        window.in_plane = p * in_plane;
+        for (int oy = 0; oy < oh; oy++) {
+            window_span(how, oy, h, oh, &window.y0, &window.y1);
+            for (int ox = 0; ox < ow; ox++) {
+                window_span(how, ox, w, ow, &window.x0, &window.x1);
+                window.out = p * out_plane + (size_t)oy * ow + ox;
+                if (how.kernel == 0)
+                    window.area = (window.y1 - window.y0) * (window.x1 - window.x0);
+                visit(&window, context);
+            }
+        }
+    }
 }
 
-void fr_window_add(float *plane, int width, int y0, int y1, int x0, int x1, float value) {
-    for (int y = y0; y < y1; y++)
-        for (int x = x0; x < x1; x++)
-            plane[(size_t)y * width + x] += value;
+typedef struct average_context {
+    const float *from;
+    float *to;
+} average_context;
+
+static void average_window(const fr_window *window, void *context) {
+    const average_context *c = context;
+    const float *plane = c->from + window->in_plane;
+    float sum = 0.0f;
+    for (int y = window->y0; y < window->y1; y++)
+        for (int x = window->x0; x < window->x1; x++)
+            sum += plane[(size_t)y * window->width + x];
+    c->to[window->out] = sum / (float)window->area;
 }
+
+/* The adjoint: the output gradient's share added to every input it covers. */
+static void spread_window(const fr_window *window, void *context) {
+    const average_context *c = context;
+    float *plane = c->to + window->in_plane;
+    float share = c->from[window->out] / (float)window->area;
+    for (int y = window->y0; y < window->y1; y++)
+        for (int x = window->x0; x < window->x1; x++)
+            plane[(size_t)y * window->width + x] += share;
+}
+
+void fr_avgpool_forward(const fr_layer *l, fr_pool_window how, const float *in, float *out,
+                        int n) {
+    average_context c = {in, out};
+    fr_pool_each_window(l, how, n, average_window, &c);
+}
+
+void fr_avgpool_backward(const fr_layer *l, fr_pool_window how, const float *dout, float *din,
+                         int n) {
+    memset(din, 0, (size_t)n * fr_shape_numel(l->in) * sizeof *din);
+    average_context c = {dout, din};
+    fr_pool_each_window(l, how, n, spread_window, &c);
+}
+
+/* --------------------------------------------------------- helpers */
 
 void fr_shape_format(fr_shape shape, char *buf, size_t len) {
     snprintf(buf, len, "%dx%dx%d", shape.c, shape.h, shape.w);
@@ -271,6 +425,19 @@ size_t fr_scratch_none(const fr_layer *l, int n) {
     (void)l;
     (void)n;
     return 0;
+}
+
+int fr_infer_same_shape(fr_layer *l, fr_error *err) {
+    (void)err;
+    l->out = l->in;
+    fr_layer_no_params(l);
+    return FR_OK;
+}
+
+void fr_layer_no_params(fr_layer *l) {
+    l->weight_ndim = 0;
+    l->bias_numel = 0;
+    l->fan_in = 0;
 }
 
 /* ------------------------------------------------------------ sums */

@@ -17,22 +17,50 @@
 int fr_window_count(int size, int kernel, int stride, int pad);
 
 /*
- * The shape rule of a pooling window (maxpool2d, avgpool2d): a kernel x kernel
- * window sliding by `stride` over the input padded by `pad`, which PyTorch
- * allows up to half the kernel; floor mode.  Sets l->out (the channels kept)
- * and no parameters; `self` names the layer in messages.
+ * The windows of a pooling layer: kernel x kernel sliding by `stride` over the
+ * input padded by `pad` (maxpool2d, avgpool2d, whose arguments are
+ * FR_POOL_ARGS), or, with kernel 0, PyTorch's adaptive windows, which cover
+ * the input whatever its size (adaptive_avgpool2d).
  */
-int fr_pool_infer_shape(fr_layer *l, const char *self, int kernel, int stride, int pad,
-                        fr_error *err);
+typedef struct fr_pool_window {
+    int kernel, stride, pad;
+} fr_pool_window;
 
-/* The part of a window starting at `first` (negative in the padding) with
- * `size` positions that lies inside [0, limit): [*begin, *end). */
-void fr_window_clip(int first, int size, int limit, int *begin, int *end);
+/* (kernel_size, stride=None, padding=0): stride None is the kernel size. */
+#define FR_POOL_ARGS                                                                      \
+    {{"kernel_size", "kernel", .minimum = 1},                                              \
+     {"stride", .minimum = 1, .optional = true, .default_value = FR_ARG_NONE},             \
+     {"padding", .minimum = 0, .optional = true, .default_value = 0}}
+fr_pool_window fr_pool_window_of(const fr_layer *l);
 
-/* Sum of plane[y0..y1) x [x0..x1) (rows of `width`), and its adjoint: `value`
- * added to each of those elements.  The average pools' two loops. */
-float fr_window_sum(const float *plane, int width, int y0, int y1, int x0, int x1);
-void fr_window_add(float *plane, int width, int y0, int y1, int x0, int x1, float value);
+/*
+ * The shape rule of a FR_POOL_ARGS layer: its window sliding over the input
+ * padded by pad, which PyTorch allows up to half the kernel; floor mode.
+ * Sets l->out (the channels kept) and no parameters.
+ */
+int fr_pool_infer_shape(fr_layer *l, fr_error *err);
+
+/* One window: for the output element at `out` (an offset into the layer's
+ * output), rows [y0, y1) and columns [x0, x1) of the input plane at
+ * `in_plane` (clipped to the plane; rows are `width` long), and `area`, what
+ * PyTorch divides an average by (the kernel's, padding counted, or the
+ * adaptive window's). */
+typedef struct fr_window {
+    size_t in_plane, out;
+    int y0, y1, x0, x1, width, area;
+} fr_window;
+
+/* visit(window, context) for every output element of n samples of layer l,
+ * plane by plane, each plane's in row-major order: the pooling layers' one
+ * window loop. */
+void fr_pool_each_window(const fr_layer *l, fr_pool_window how, int n,
+                         void (*visit)(const fr_window *window, void *context), void *context);
+
+/* The average pools (avgpool2d, adaptive_avgpool2d): forward, and backward
+ * spreading each output gradient evenly over its window. */
+void fr_avgpool_forward(const fr_layer *l, fr_pool_window how, const float *in, float *out, int n);
+void fr_avgpool_backward(const fr_layer *l, fr_pool_window how, const float *dout, float *din,
+                         int n);
 
 /* dbias[c] += sum of d[c x plane] row c (conv's bias gradient, one sample). */
 void fr_bias_grad_channels(const float *d, int channels, int plane,
@@ -50,5 +78,12 @@ int fr_layer_fail(const fr_layer *l, fr_error *err, int status,
 
 /* scratch_bytes for layers that need none. */
 size_t fr_scratch_none(const fr_layer *l, int n);
+
+/* infer_shape for a layer whose output has its input's shape and which has
+ * no parameters (relu, dropout, a residual block's join). */
+int fr_infer_same_shape(fr_layer *l, fr_error *err);
+
+/* What infer_shape sets for a layer without parameters. */
+void fr_layer_no_params(fr_layer *l);
 
 #endif /* FROST_KERNELS_H */

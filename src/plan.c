@@ -540,7 +540,7 @@ static size_t default_cache_budget(void) {
 /* Room for the batch statistics of every layer that may gather them. */
 static int plan_batch_stats(fr_trainer *trainer, fr_error *err) {
     const fr_model *model = trainer->model;
-    size_t saved = 0;
+    size_t size = 0;
     trainer->stats_offset = malloc(((size_t)model->layer_count + 1) * sizeof(long));
     if (!trainer->stats_offset)
         return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
@@ -549,19 +549,14 @@ static int plan_batch_stats(fr_trainer *trainer, fr_error *err) {
         trainer->stats_offset[i] = -1;
         if (!l->ops->stats_count)
             continue;
-        int count = l->ops->stats_count(l);
-        trainer->stats_offset[i] = (long)saved;
-        saved += (size_t)count;
-        if (count > trainer->stats_max)
-            trainer->stats_max = count;
+        trainer->stats_offset[i] = (long)size;
+        size += (size_t)l->ops->stats_count(l);
     }
-    if (trainer->stats_max == 0)
+    trainer->stats_size = size;
+    if (size == 0)
         return FR_OK;
-    trainer->stats_partial = calloc((size_t)trainer->threads * (size_t)trainer->stats_max,
-                                    sizeof(double));
-    trainer->stats_total = calloc((size_t)trainer->stats_max, sizeof(double));
-    trainer->stats_saved = calloc(saved, sizeof(double));
-    if (!trainer->stats_partial || !trainer->stats_total || !trainer->stats_saved)
+    trainer->stats = calloc((size_t)trainer->threads * 4 * size, sizeof(double));
+    if (!trainer->stats)
         return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
     return FR_OK;
 }
@@ -634,9 +629,7 @@ void fr_trainer_free(fr_trainer *trainer) {
     free(trainer->din_slot);
     free(trainer->grad_adds);
     fr_free(trainer->cache.features);
-    free(trainer->stats_partial);
-    free(trainer->stats_total);
-    free(trainer->stats_saved);
+    free(trainer->stats);
     free(trainer->stats_offset);
     free(trainer->param_lr);
     free(trainer->clip_partial);

@@ -33,8 +33,10 @@
  * counts lines and every ';' (outside a comment) starts a new line too.  For
  * a model file without ';' N is the line number an editor shows; for an inline
  * spec "input 1 28 28; conv1 = conv2d(1, 32, 3); relu" it is the position of
- * the piece in the list (here: 1, 2, 3).  Messages that concern the whole
- * text have no number ("model.txt: no layers").
+ * the piece in the list (here: 1, 2, 3), and SOURCE is "model text" when
+ * fr_model_load was given the text itself (the frost command puts its flag in
+ * front: "--model: model text:2: ...").  Messages that concern the whole text
+ * have no number ("model.txt: no layers").
  *
  * The whole text is parsed into a list before anything is built, because
  * without an input line the input shape comes from the first layer and
@@ -46,8 +48,6 @@
 #include "internal.h"
 
 #include <math.h>
-
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -57,6 +57,8 @@
 /* More layers than this is a mistake, and model.c's name checks are quadratic. */
 #define MAX_LAYERS 4096
 #define MAX_MODEL_FILE_BYTES (1024 * 1024)
+/* What messages about an inline model call it; the frost command adds its flag. */
+#define INLINE_SOURCE "model text"
 #define MAX_ARGS FR_LAYER_ARGS_MAX
 
 /* ---------------------------------------------------------- parsed model */
@@ -828,32 +830,20 @@ int fr_model_parse(const char *text, const char *source, fr_model **out, fr_erro
     return rc;
 }
 
-/* A model file: a regular file of at most 1 MiB of text. */
+/* A model file: a regular file of at most 1 MiB of text, read by the
+ * library's one reader with one spare zero byte to end the string. */
 static int load_file(const char *path, fr_model **out, fr_error *err) {
-    FILE *file = fopen(path, "rb");
-    if (!file)
-        return fr_fail(err, FR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    /* One byte more than allowed tells a file at the limit from one beyond it. */
-    char *text = malloc(MAX_MODEL_FILE_BYTES + 2);
-    if (!text) {
-        fclose(file);
-        return fr_fail(err, FR_ENOMEM, "%s: out of memory reading the model file", path);
-    }
-    size_t size = fread(text, 1, MAX_MODEL_FILE_BYTES + 1, file);
-    bool read_failed = ferror(file) != 0;
-    fclose(file);
-    int rc;
-    if (read_failed)
-        rc = fr_fail(err, FR_EIO, "%s: cannot read the model file", path);
-    else if (size > MAX_MODEL_FILE_BYTES)
-        rc = fr_fail(err, FR_EFORMAT, "%s: model file is larger than 1 MiB", path);
-    else if (memchr(text, '\0', size))
+    unsigned char *bytes = NULL;
+    size_t size = 0;
+    int rc = fr_read_file(path, MAX_MODEL_FILE_BYTES, 1, &bytes, &size, err);
+    if (rc != FR_OK)
+        return rc;
+    const char *text = (const char *)bytes;
+    if (memchr(text, '\0', size))
         rc = fr_fail(err, FR_EFORMAT, "%s: contains a NUL byte (a model file is text)", path);
-    else {
-        text[size] = '\0';
+    else
         rc = fr_model_parse(text, path, out, err);
-    }
-    free(text);
+    fr_free(bytes);
     return rc;
 }
 
@@ -868,7 +858,7 @@ int fr_model_load(const char *arg, fr_model **out, fr_error *err) {
         return load_file(arg, out, err);
     /* Inline specs need one of these; a plain word is a mistyped file name. */
     if (strpbrk(arg, ";=({\n"))
-        return fr_model_parse(arg, "--model", out, err);
+        return fr_model_parse(arg, INLINE_SOURCE, out, err);
     if (exists)
         return fr_fail(err, FR_EIO, "%s: not a regular file", arg);
     return fr_fail(err, FR_EIO, "%s: no such model file", arg);

@@ -39,6 +39,13 @@
 
 /* ----------------------------------------------------- forward, backward */
 
+/* Every thread of the step's team waits here for the others (barrier.c:
+ * OpenMP's barrier spins long enough to take a shared core from the thread
+ * it waits for). */
+static void meet(fr_trainer *trainer) {
+    fr_barrier_wait(&trainer->barrier, omp_get_num_threads());
+}
+
 /* The buffer holding layer j's output (-1: the input rows x): sharing
  * layers are walked back to the one that holds the data. */
 static const float *output_of(const fr_trainer *trainer, const replica *r, const float *x, int j) {
@@ -62,29 +69,55 @@ const float *fr_step_output(const fr_trainer *trainer, const replica *r, const f
 }
 
 /*
- * Every thread in step: the replicas' partial sums (stats_partial, `count`
- * doubles each) added in replica order, then over the ranks by the
- * communication thread (main thread only, between barriers), into `total`.
- * The order is fixed, so the sums do not depend on timing or on how the
- * batch is split between threads.
+ * Thread t's place for layer i's meeting in forward or in backward: its
+ * partial sums, or its copy of the batch's sums (those of forward are kept
+ * for the layer's backward).  Every meeting of a step has places of its own,
+ * so a thread that has gone on to the next meeting never overwrites partial
+ * sums a slower one is still adding.
  */
-static void meet_sums(fr_trainer *trainer, int count, double *total) {
-#pragma omp barrier
-#pragma omp master
-    {
-        for (int k = 0; k < count; k++) {
-            double sum = 0.0;
-            for (int t = 0; t < trainer->threads; t++)
-                sum += trainer->stats_partial[(size_t)t * (size_t)trainer->stats_max + (size_t)k];
-            total[k] = sum;
-        }
-        long ticket;
-        if (fr_comm_size() > 1 && trainer->stats_status == FR_OK &&
-            (fr_comm_start_sum_doubles(total, count, &ticket, &trainer->stats_err) != FR_OK ||
-             fr_comm_finish_sum(ticket, &trainer->stats_err) != FR_OK))
-            trainer->stats_status = trainer->stats_err.status ? trainer->stats_err.status : FR_ECOMM;
+enum { FORWARD_MEETING, BACKWARD_MEETING };
+enum { PARTIAL_SUMS, BATCH_SUMS };
+
+static double *stats_at(const fr_trainer *trainer, int t, int i, int meeting, int what) {
+    size_t region = (size_t)t * 4 + (size_t)what * 2 + (size_t)meeting;
+    return trainer->stats + region * trainer->stats_size + (size_t)trainer->stats_offset[i];
+}
+
+/*
+ * Every thread in step, at layer i's meeting: the replicas' partial sums
+ * added in replica order into this thread's copy of the batch's sums, which
+ * it returns.  On one rank that takes one barrier.  On several the main
+ * thread's copy is summed over the ranks by the communication thread, and
+ * after a second barrier the others copy it.  The order is fixed, so every
+ * thread has the same bits, whatever the timing or the split of the batch.
+ */
+static const double *meet_sums(fr_trainer *trainer, int i, int meeting) {
+    const fr_layer *l = &trainer->model->layers[i];
+    int count = l->ops->stats_count(l), me = omp_get_thread_num();
+    double *total = stats_at(trainer, me, i, meeting, BATCH_SUMS);
+    meet(trainer);
+    for (int k = 0; k < count; k++) {
+        double sum = 0.0;
+        for (int t = 0; t < trainer->threads; t++)
+            sum += stats_at(trainer, t, i, meeting, PARTIAL_SUMS)[k];
+        total[k] = sum;
     }
-#pragma omp barrier
+    if (fr_comm_size() > 1) {
+#pragma omp master
+        {
+            long ticket;
+            if (trainer->stats_status == FR_OK &&
+                (fr_comm_start_sum_doubles(total, count, &ticket, &trainer->stats_err) != FR_OK ||
+                 fr_comm_finish_sum(ticket, &trainer->stats_err) != FR_OK))
+                trainer->stats_status =
+                    trainer->stats_err.status ? trainer->stats_err.status : FR_ECOMM;
+        }
+        meet(trainer);
+        if (me != 0)
+            memcpy(total, stats_at(trainer, 0, i, meeting, BATCH_SUMS),
+                   (size_t)count * sizeof *total);
+    }
+    return total;
 }
 
 /* Whether layer i gathers batch statistics in this step (every thread meets
@@ -100,14 +133,13 @@ static bool gathers_stats(const fr_trainer *trainer, int i) {
 static void forward_batch_stats(fr_trainer *trainer, replica *r, const float *x, int rows, int i) {
     const fr_layer *l = &trainer->model->layers[i];
     int count = l->ops->stats_count(l);
-    double *mine = trainer->stats_partial + (size_t)omp_get_thread_num() * (size_t)trainer->stats_max;
-    double *total = trainer->stats_saved + trainer->stats_offset[i];
+    double *mine = stats_at(trainer, omp_get_thread_num(), i, FORWARD_MEETING, PARTIAL_SUMS);
     const float *in = layer_input(trainer, r, x, i);
     if (rows > 0)
         l->ops->forward_sums(l, in, rows, mine);
     else
         memset(mine, 0, (size_t)count * sizeof *mine);
-    meet_sums(trainer, count, total);
+    const double *total = meet_sums(trainer, i, FORWARD_MEETING);
 #pragma omp master
     l->ops->commit(l, total);
     if (rows > 0)
@@ -327,9 +359,9 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
     float *dout = output_grad(trainer, r, i);
     if (!trainer->needs_grad[i])
         return;
-    int count = l->ops->stats_count(l);
-    double *mine = trainer->stats_partial + (size_t)omp_get_thread_num() * (size_t)trainer->stats_max;
-    const double *forward_sums = trainer->stats_saved + trainer->stats_offset[i];
+    int count = l->ops->stats_count(l), me = omp_get_thread_num();
+    double *mine = stats_at(trainer, me, i, BACKWARD_MEETING, PARTIAL_SUMS);
+    const double *forward_sums = stats_at(trainer, me, i, FORWARD_MEETING, BATCH_SUMS);
     float *dweight = NULL, *dbias = NULL;
     if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad)
         dweight = r->slab + trainer->slab_offsets[l->weight];
@@ -345,11 +377,10 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
         memset(mine, 0, (size_t)count * sizeof *mine);
     }
     if ((parts & GRAD_INPUT) && trainer->din_slot[i] >= 0) {
-        meet_sums(trainer, count, trainer->stats_total);
+        const double *total = meet_sums(trainer, i, BACKWARD_MEETING);
         if (active) {
             float *din = r->grads[trainer->din_slot[i]];
-            l->ops->backward_with(l, in, dout, din, r->step_rows, trainer->stats_total,
-                                  forward_sums);
+            l->ops->backward_with(l, in, dout, din, r->step_rows, total, forward_sums);
             if (trainer->grad_adds[i] & 1u)
                 fr_add_into(r->grads[trainer->grad_slot[l->input]], din,
                             (size_t)r->step_rows * fr_shape_numel(l->in));
@@ -375,12 +406,12 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
     if (active)
         backward_layer(trainer, r, r->x, r->step_rows, i, parts);
     if (trainer->split_weight[i] && (parts & GRAD_WEIGHTS)) {
-#pragma omp barrier
+        meet(trainer);
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         split_weight_grad(trainer, i, omp_get_thread_num(), 0,
                           trainer->model->params[trainer->model->layers[i].weight].shape[0]);
         fr_trace_add(omp_get_thread_num(), trainer->model->layers[i].name, "weight-grad", -1, t0, 0);
-#pragma omp barrier
+        meet(trainer);
     }
 }
 
@@ -493,7 +524,7 @@ static void clip_and_update(fr_trainer *trainer, int t, bool many_ranks, int *st
         for (int k = 0; k < trainer->piece_count; k++)
             if (fr_comm_finish_sum(trainer->pieces[k].ticket, err) != FR_OK && *status == FR_OK)
                 *status = err && err->status ? err->status : FR_ECOMM;
-#pragma omp barrier
+        meet(trainer);
     } else {
         reduce_range(trainer, sum + begin, begin, end);
     }
@@ -501,7 +532,7 @@ static void clip_and_update(fr_trainer *trainer, int t, bool many_ranks, int *st
     for (size_t i = begin; i < end; i++)
         squares += (double)sum[i] * (double)sum[i];
     trainer->clip_partial[t] = squares;
-#pragma omp barrier
+    meet(trainer);
 #pragma omp master
     {
         double total = 0.0;
@@ -512,7 +543,7 @@ static void clip_and_update(fr_trainer *trainer, int t, bool many_ranks, int *st
             *status = fr_fail(err, FR_ENONFINITE, "the gradient norm is %g at step %ld",
                               trainer->grad_norm, trainer->steps_done + 1);
     }
-#pragma omp barrier
+    meet(trainer);
     if (*status != FR_OK)
         return;
     /* torch's norm is a float32 tensor, and so is the coefficient. */
@@ -677,7 +708,7 @@ static void apply_pieces(fr_trainer *trainer, int layer, int block, int *status,
                 *status = err ? err->status : FR_ECOMM;
             fr_trace_add(t, "bucket", "wait", k, t0, 0);
         }
-#pragma omp barrier
+        meet(trainer);
         size_t begin, end;
         chunk_of(trainer, t, p->begin, p->end, &begin, &end);
         if (*status == FR_OK) {
@@ -690,7 +721,7 @@ static void apply_pieces(fr_trainer *trainer, int layer, int block, int *status,
             fr_trace_add(t, "bucket", "update", k, t0, 0);
         }
     }
-#pragma omp barrier
+    meet(trainer);
 }
 
 /* Wait for every piece in flight without applying it (a failed step). */
@@ -789,14 +820,14 @@ static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int
     }
     for (int j = 0; j < b->pieces; j++) {
         const piece *p = &trainer->pieces[b->first_piece + j];
-#pragma omp barrier
+        meet(trainer);
         if (blocks > 0) {
             int lo, hi;
             block_rows(trainer, i, j, &lo, &hi);
             double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
             split_weight_grad(trainer, i, t, lo, hi);
             fr_trace_add(t, trainer->model->layers[i].name, "weight-grad", j, t0, 0);
-#pragma omp barrier
+            meet(trainer);
         }
         /* Pieces of a bucket that is not blocked are all complete now; the
          * others become complete block by block. */
@@ -805,7 +836,7 @@ static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int
         chunk_of(trainer, t, p->begin, p->end, &begin, &end);
         reduce_range(trainer, reduced + begin, begin, end);
         fr_trace_add(t, "bucket", "reduce", b->first_piece + j, t0, 0);
-#pragma omp barrier
+        meet(trainer);
 #pragma omp master
         if (*status == FR_OK && piece_complete(trainer, b->first_piece + j, err) != FR_OK)
             *status = err ? err->status : FR_ECOMM;
@@ -852,7 +883,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
         int from = replica_begin(trainer, r, src, first, rows);
         forward_applying(trainer, r, from, applying, &status, err);
         bool active = replica_loss(trainer, r, first, batch, true);
-#pragma omp barrier
+        meet(trainer);
 #pragma omp master
         {
             local_loss_totals(trainer, totals);
@@ -874,7 +905,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
             }
             next += closes;
         }
-#pragma omp barrier
+        meet(trainer);
 #pragma omp master
         {
             if (status == FR_OK && trainer->stats_status != FR_OK) {
@@ -893,7 +924,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
             if (status == FR_OK)
                 status = check_finite_loss(trainer, *loss, err);
         }
-#pragma omp barrier
+        meet(trainer);
         if (status == FR_OK && clipping) {
             clip_and_update(trainer, t, many_ranks, &status, err);
         } else if (status == FR_OK && !many_ranks) {

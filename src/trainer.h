@@ -176,17 +176,19 @@ struct fr_trainer {
     bool check_replicas; /* at the next step */
 
     long steps_done;
+    fr_barrier barrier;  /* where the step's threads meet (train.c's meet) */
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
     double loss_totals[LOSS_TOTALS]; /* summed by the communication thread */
     feature_cache cache;
 
-    /* Batch statistics (layers with ops->stats_count in train mode): each
-     * replica's partial sums (stats_max doubles per thread), the sums of the
-     * last meeting in backward, and per layer the forward's batch sums, kept
-     * for its backward (at stats_offset[i], -1 for other layers).  A failed
-     * sum over ranks is kept in stats_status/stats_err for the step. */
-    int stats_max;
-    double *stats_partial, *stats_total, *stats_saved;
+    /* Batch statistics (layers with ops->stats_count in train mode): per
+     * thread four regions of stats_size doubles, its partial sums and its
+     * copy of the batch's sums for the meetings in forward and in backward,
+     * layer i's at stats_offset[i] in each (-1 for other layers; train.c's
+     * stats_at).  A failed sum over ranks is kept in stats_status/stats_err
+     * for the step. */
+    size_t stats_size;
+    double *stats;
     long *stats_offset;
     int stats_status;
     fr_error stats_err;

@@ -59,6 +59,27 @@ ok $? "fine-tuning with --init and --freeze fc1 runs"
 grep -q '^frozen parameters: 25120, unchanged' "$WORK/ft.txt"
 ok $? "fine-tuning reports 25120 frozen values unchanged"
 
+# A residual net with its trunk frozen, BatchNorms included: those run on
+# their running statistics, so the trunk is a fixed function and, in a run
+# longer than an epoch (600 samples, 6 steps), its output is cached.
+RESNET="$TOP_SRCDIR/examples/resnet_small.txt"
+for cache in cache no-cache; do
+    flag=
+    [ $cache = no-cache ] && flag=--no-cache
+    "$FROST" train --model "$RESNET" --data "$DATA" --batch-size 100 --steps 14 --threads 2 \
+        --lr 0.05 --momentum 0.9 --freeze conv1 --freeze bn1 --freeze 'layer1*' $flag \
+        --save "$WORK/res-$cache.safetensors" > "$WORK/res-$cache.txt" 2>&1
+    ok $? "resnet_small with conv1, bn1 and layer1.0 frozen trains ($cache)"
+done
+# Every sample's 16x14x14 output of the relu after layer1.0: 600 x 3136 x 4 bytes.
+grep -qx 'feature cache: 7.2 MB of frozen-prefix outputs' "$WORK/res-cache.txt" &&
+    ! grep -q '^feature cache' "$WORK/res-no-cache.txt"
+ok $? "a frozen trunk with BatchNorm is cached: $(grep '^feature cache' "$WORK/res-cache.txt")"
+cmp -s "$WORK/res-cache.safetensors" "$WORK/res-no-cache.safetensors"
+ok $? "with the cache the residual net trains to the weights and buffers of --no-cache, bit for bit"
+grep -q '^frozen parameters: 4848, unchanged' "$WORK/res-cache.txt"
+ok $? "the frozen trunk, its BatchNorm buffers included, is unchanged"
+
 # ---- bad input: one line 'frost: ...', exit status non-zero, no output file
 expect_error() { # expect_error DESCRIPTION PATTERN frost-args...
     desc=$1 pattern=$2

@@ -69,7 +69,7 @@ status=$?
 [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/resnet.err"
 ok $status "resnet_finetune.sh exits with status 0"
 # The fine-tuning row: 4 steps, conv1, bn1 and layer1.0 (4,848 parameters) frozen.
-grep -Eq '^fine-tune on 5-9, conv1 bn1 layer1 frozen +4 +14858 +[0-9.]+ +[0-9.]+% \(5-9\)$' \
+grep -Eq '^fine-tune on 5-9, conv1 bn1 layer1\* frozen +4 +14858 +[0-9.]+ +[0-9.]+% \(5-9\)$' \
     "$WORK/resnet.out"
 ok $? "resnet_finetune.sh prints the fine-tuning row: $(grep '^fine-tune' "$WORK/resnet.out")"
 

@@ -409,6 +409,11 @@ static void test_conv2d(void) {
         {3, 4, 1, 1, 0, 5, 7}, /* 1x1: the path without im2col */
         {2, 2, 2, 3, 1, 7, 8}, /* stride > kernel: inputs no window reads */
         {1, 2, 3, 1, 2, 3, 4}, /* padding wider than a third of the input */
+        /* "Same" padding, stride 1: im2col's shifted-plane path, down to
+         * taps that shift the whole plane out (resnet18's 1x1 at the end). */
+        {2, 3, 3, 1, 1, 5, 7},
+        {2, 2, 5, 1, 2, 2, 3},
+        {1, 2, 3, 1, 1, 1, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char what[96];
@@ -790,7 +795,7 @@ static void test_registry(void) {
 }
 
 int main(void) {
-    tap_plan(122); /* every check below, counted: fewer or more fails the test */
+    tap_plan(137); /* every check below, counted: fewer or more fails the test */
     test_linear();
     test_conv2d();
     test_conv2d_without_bias();

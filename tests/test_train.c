@@ -41,19 +41,32 @@ static void random_batch(fr_model *m, int n, float *x, int32_t *labels, uint64_t
         labels[i] = (int32_t)fr_rng_below(&rng, (uint64_t)fr_model_output_numel(m));
 }
 
-static fr_trainer *make_trainer(fr_model *m, fr_optimizer_kind kind, int threads, int batch) {
+/* The tests' training settings: the defaults, then optimizer `kind` (SGD's
+ * momentum when asked), learning rate, threads and the largest batch. */
+static fr_train_config test_config(fr_optimizer_kind kind, double lr, double momentum, int threads,
+                                   int max_batch) {
     fr_train_config c;
     fr_train_config_default(&c);
     c.optimizer = kind;
-    c.lr = 0.1;
-    c.momentum = kind == FR_SGD ? 0.9 : 0.0;
+    c.lr = lr;
+    c.momentum = momentum;
     c.threads = threads;
-    c.max_batch = batch;
+    c.max_batch = max_batch;
+    return c;
+}
+
+/* A trainer for m with settings c, or NULL, the reason a diagnostic. */
+static fr_trainer *trainer_for(fr_model *m, const fr_train_config *c) {
     fr_trainer *t = NULL;
     fr_error err = {0};
-    if (fr_trainer_new(m, &c, &t, &err) != FR_OK)
+    if (fr_trainer_new(m, c, &t, &err) != FR_OK)
         tap_diag("%s", err.msg);
     return t;
+}
+
+static fr_trainer *make_trainer(fr_model *m, fr_optimizer_kind kind, int threads, int batch) {
+    fr_train_config c = test_config(kind, 0.1, kind == FR_SGD ? 0.9 : 0.0, threads, batch);
+    return trainer_for(m, &c);
 }
 
 /* ------------------------------------------------------------- losses */
@@ -226,16 +239,9 @@ static void test_frozen_unchanged(fr_optimizer_kind kind, const char *pattern) {
     uint64_t before[16];
     for (size_t i = 0; i < count; i++)
         before[i] = fr_param_checksum(fr_model_param(m, i));
-    fr_train_config c;
-    fr_train_config_default(&c);
-    c.optimizer = kind;
-    c.lr = 0.05;
-    c.momentum = kind == FR_SGD ? 0.9 : 0.0;
+    fr_train_config c = test_config(kind, 0.05, kind == FR_SGD ? 0.9 : 0.0, 2, 8);
     c.weight_decay = 0.1; /* must not touch frozen parameters either */
-    c.threads = 2;
-    c.max_batch = 8;
-    fr_trainer *t = NULL;
-    fr_trainer_new(m, &c, &t, &err);
+    fr_trainer *t = trainer_for(m, &c);
     double loss = 0.0;
     for (int s = 0; s < 3; s++)
         fr_trainer_step(t, x, labels, 8, &loss, NULL, &err);
@@ -386,8 +392,52 @@ static void test_learning_and_threads(void) {
            worst);
 }
 
-/* Train a frozen-prefix MLP on a dataset for three epochs, the prefix cached
- * or not; returns the trainable weights' values in `out`. */
+/* 40 random 1x4x4 samples of 3 classes. */
+static fr_dataset *random_dataset(uint64_t seed) {
+    float x[40 * 16];
+    uint8_t labels[40];
+    fr_rng rng;
+    fr_rng_seed(&rng, seed);
+    for (int i = 0; i < 40 * 16; i++)
+        x[i] = fr_rng_uniform(&rng);
+    for (int i = 0; i < 40; i++)
+        labels[i] = (uint8_t)(i % 3);
+    fr_dataset *data = NULL;
+    fr_error err = {0};
+    if (fr_dataset_from_arrays(x, labels, 40, 1, 4, 4, &data, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    return data;
+}
+
+/* Train model m (freed here) on the 40 samples of `data`, `epochs` epochs of
+ * batches of 10 in shuffled order, SGD (lr 0.1, momentum 0.9) on 2 threads,
+ * the frozen-prefix cache bounded by cache_mb (-1: off).  The bytes the
+ * cache held go to *cache_bytes and the values of parameter `name` to `out`;
+ * returns their count. */
+static size_t train_cached(fr_model *m, double cache_mb, fr_dataset *data, int epochs,
+                           const char *name, float *out, size_t *cache_bytes) {
+    fr_error err = {0};
+    fr_train_config c = test_config(FR_SGD, 0.1, 0.9, 2, 10);
+    c.cache_mb = cache_mb;
+    fr_trainer *t = trainer_for(m, &c);
+    int order[40];
+    for (long epoch = 0; t && epoch < epochs; epoch++) {
+        fr_epoch_order(order, 40, 5, epoch, true);
+        for (int b = 0; b < 40; b += 10)
+            if (fr_trainer_step_samples(t, data, order + b, 10, NULL, NULL, &err) != FR_OK)
+                tap_diag("%s", err.msg);
+    }
+    *cache_bytes = t ? fr_trainer_cache_bytes(t) : 0;
+    fr_trainer_free(t);
+    fr_param *p = fr_model_find_param(m, name);
+    size_t n = fr_param_numel(p);
+    memcpy(out, fr_param_data(p), n * sizeof(float));
+    fr_model_free(m);
+    return n;
+}
+
+/* A frozen-prefix MLP, three epochs, the prefix cached or not; returns the
+ * trainable weights' values in `out`. */
 static size_t train_epochs(double cache_mb, fr_dataset *data, float *out, size_t *cache_bytes) {
     fr_model *m = NULL;
     fr_error err = {0};
@@ -396,43 +446,11 @@ static size_t train_epochs(double cache_mb, fr_dataset *data, float *out, size_t
     fr_model_init(m, 3, &err);
     fr_model_freeze(m, "fc1", &err);
     fr_model_freeze(m, "fc2", &err);
-    fr_train_config c;
-    fr_train_config_default(&c);
-    c.lr = 0.1;
-    c.momentum = 0.9;
-    c.threads = 2;
-    c.max_batch = 10;
-    c.cache_mb = cache_mb;
-    fr_trainer *t = NULL;
-    fr_trainer_new(m, &c, &t, &err);
-    int order[40];
-    for (long epoch = 0; epoch < 3; epoch++) {
-        fr_epoch_order(order, 40, 5, epoch, true);
-        for (int b = 0; b < 40; b += 10)
-            if (fr_trainer_step_samples(t, data, order + b, 10, NULL, NULL, &err) != FR_OK)
-                tap_diag("%s", err.msg);
-    }
-    *cache_bytes = fr_trainer_cache_bytes(t);
-    fr_param *w = fr_model_find_param(m, "fc3.weight");
-    size_t n = fr_param_numel(w);
-    memcpy(out, fr_param_data(w), n * sizeof(float));
-    fr_trainer_free(t);
-    fr_model_free(m);
-    return n;
+    return train_cached(m, cache_mb, data, 3, "fc3.weight", out, cache_bytes);
 }
 
 static void test_feature_cache(void) {
-    float x[40 * 16];
-    uint8_t labels[40];
-    fr_rng rng;
-    fr_rng_seed(&rng, 17);
-    for (int i = 0; i < 40 * 16; i++)
-        x[i] = fr_rng_uniform(&rng);
-    for (int i = 0; i < 40; i++)
-        labels[i] = (uint8_t)(i % 3);
-    fr_dataset *data = NULL;
-    fr_error err = {0};
-    fr_dataset_from_arrays(x, labels, 40, 1, 4, 4, &data, &err);
+    fr_dataset *data = random_dataset(17);
     float plain[96], cached[96], partial[96];
     size_t bytes_off, bytes_on, bytes_partial;
     size_t n = train_epochs(-1, data, plain, &bytes_off);
@@ -498,14 +516,9 @@ static double residual_gradient_error(const char *const *freeze, int threads, in
     float x[N * 32];
     int32_t labels[N];
     random_batch(m, N, x, labels, 31);
-    fr_train_config c;
-    fr_train_config_default(&c);
-    c.lr = 1.0;
-    c.threads = threads;
-    c.max_batch = N;
-    fr_trainer *t = NULL;
-    if (fr_trainer_new(m, &c, &t, &err) != FR_OK) {
-        tap_diag("%s", err.msg);
+    fr_train_config c = test_config(FR_SGD, 1.0, 0.0, threads, N);
+    fr_trainer *t = trainer_for(m, &c);
+    if (!t) {
         fr_model_free(m);
         return INFINITY;
     }
@@ -599,41 +612,11 @@ static void residual_cache_run(const char *const *freeze, double cache_mb, fr_da
     fr_model_init(m, 3, &err);
     for (int k = 0; freeze[k]; k++)
         fr_model_freeze(m, freeze[k], &err);
-    fr_train_config c;
-    fr_train_config_default(&c);
-    c.lr = 0.1;
-    c.momentum = 0.9;
-    c.threads = 2;
-    c.max_batch = 10;
-    c.cache_mb = cache_mb;
-    fr_trainer *t = NULL;
-    fr_trainer_new(m, &c, &t, &err);
-    int order[40];
-    for (long epoch = 0; epoch < 2; epoch++) {
-        fr_epoch_order(order, 40, 5, epoch, true);
-        for (int b = 0; b < 40; b += 10)
-            if (fr_trainer_step_samples(t, data, order + b, 10, NULL, NULL, &err) != FR_OK)
-                tap_diag("%s", err.msg);
-    }
-    *cache_bytes = fr_trainer_cache_bytes(t);
-    fr_param *w = fr_model_find_param(m, "fc.weight");
-    memcpy(out, fr_param_data(w), fr_param_numel(w) * sizeof(float));
-    fr_trainer_free(t);
-    fr_model_free(m);
+    train_cached(m, cache_mb, data, 2, "fc.weight", out, cache_bytes);
 }
 
 static void test_residual_cache(void) {
-    float x[40 * 16];
-    uint8_t labels[40];
-    fr_rng rng;
-    fr_rng_seed(&rng, 19);
-    for (int i = 0; i < 40 * 16; i++)
-        x[i] = fr_rng_uniform(&rng);
-    for (int i = 0; i < 40; i++)
-        labels[i] = (uint8_t)(i % 3);
-    fr_dataset *data = NULL;
-    fr_error err = {0};
-    fr_dataset_from_arrays(x, labels, 40, 1, 4, 4, &data, &err);
+    fr_dataset *data = random_dataset(19);
     static const char *const whole[] = {"conv0", "b", NULL};
     static const char *const inside[] = {"conv0", "b.c1", "b.c2", NULL};
     float plain[192], cached[192];
@@ -698,17 +681,9 @@ static fr_model *bn_net(const char *spec) {
 }
 
 static fr_trainer *sgd_trainer(fr_model *m, double lr, int threads, int batch) {
-    fr_train_config c;
-    fr_train_config_default(&c);
-    c.lr = lr;
-    c.threads = threads;
-    c.max_batch = batch;
+    fr_train_config c = test_config(FR_SGD, lr, 0.0, threads, batch);
     c.seed = 9;
-    fr_trainer *t = NULL;
-    fr_error err = {0};
-    if (fr_trainer_new(m, &c, &t, &err) != FR_OK)
-        tap_diag("%s", err.msg);
-    return t;
+    return trainer_for(m, &c);
 }
 
 /* Train mode: every parameter's gradient (one SGD step at lr 1) against

@@ -47,6 +47,8 @@ static bool is_root(void) { return fr_comm_rank() == 0; }
 static int load_model(const frost_options *opts, fr_model **out, fr_error *err) {
     fr_model *model = NULL;
     int rc = fr_model_load(opts->model, &model, err);
+    if (rc != FR_OK)
+        fr_error_prefix(err, "--model: ");
     for (int i = 0; rc == FR_OK && i < opts->rule_count; i++) {
         const freeze_rule *rule = &opts->rules[i];
         rc = rule->freeze ? fr_model_freeze(model, rule->pattern, err)

@@ -5,19 +5,14 @@
  * windows cover the input whatever its size (they overlap when it does not
  * divide).  adaptive_avgpool2d(1) is a global average pool: ResNet's head.
  * No scratch: backward spreads each output gradient evenly over its window.
+ * The windows (kernel 0 in fr_pool_window) and the averaging are kernels.c's.
  */
 #include "../kernels.h"
-
-#include <string.h>
 
 /* adaptive_avgpool2d(output_size) */
 enum { OUTPUT_SIZE };
 
-/* Output cell i's window along an axis of `size` cut into `cells`. */
-static void window_of(int i, int size, int cells, int *begin, int *end) {
-    *begin = (int)((long long)i * size / cells);
-    *end = (int)(((long long)(i + 1) * size + cells - 1) / cells);
-}
+static const fr_pool_window ADAPTIVE = {0, 0, 0};
 
 /* ------------------------------------------------------- shape */
 
@@ -29,9 +24,7 @@ static int adaptive_avgpool2d_infer_shape(fr_layer *l, fr_error *err) {
         return fr_layer_fail(l, err, FR_EINVAL, "%s needs an output size of at least 1", self);
     }
     l->out = (fr_shape){l->in.c, cells, cells};
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
+    fr_layer_no_params(l);
     return FR_OK;
 }
 
@@ -40,23 +33,7 @@ static int adaptive_avgpool2d_infer_shape(fr_layer *l, fr_error *err) {
 static void adaptive_avgpool2d_forward(const fr_layer *l, const float *in, float *out, int n,
                                        void *scratch) {
     (void)scratch;
-    int h = l->in.h, w = l->in.w, oh = l->out.h, ow = l->out.w;
-    size_t in_plane = (size_t)h * w, out_plane = (size_t)oh * ow;
-    size_t planes = (size_t)n * l->in.c;
-    for (size_t p = 0; p < planes; p++) {
-        const float *src = in + p * in_plane;
-        float *dst = out + p * out_plane;
-        for (int oy = 0; oy < oh; oy++) {
-            int y0, y1;
-            window_of(oy, h, oh, &y0, &y1);
-            for (int ox = 0; ox < ow; ox++) {
-                int x0, x1;
-                window_of(ox, w, ow, &x0, &x1);
-                float area = (float)((y1 - y0) * (x1 - x0));
-                dst[oy * ow + ox] = fr_window_sum(src, w, y0, y1, x0, x1) / area;
-            }
-        }
-    }
+    fr_avgpool_forward(l, ADAPTIVE, in, out, n);
 }
 
 /* ---------------------------------------------------- backward */
@@ -64,31 +41,9 @@ static void adaptive_avgpool2d_forward(const fr_layer *l, const float *in, float
 static void adaptive_avgpool2d_backward(const fr_layer *l, const float *in, const float *out,
                                         const float *dout, float *din, float *dweight,
                                         float *dbias, int n, void *scratch) {
-    (void)in;
-    (void)out;
-    (void)dweight;
-    (void)dbias;
-    (void)scratch;
-    if (!din)
-        return;
-    int h = l->in.h, w = l->in.w, oh = l->out.h, ow = l->out.w;
-    size_t in_plane = (size_t)h * w, out_plane = (size_t)oh * ow;
-    size_t planes = (size_t)n * l->in.c;
-    memset(din, 0, planes * in_plane * sizeof *din);
-    for (size_t p = 0; p < planes; p++) {
-        float *dst = din + p * in_plane;
-        const float *grad = dout + p * out_plane;
-        for (int oy = 0; oy < oh; oy++) {
-            int y0, y1;
-            window_of(oy, h, oh, &y0, &y1);
-            for (int ox = 0; ox < ow; ox++) {
-                int x0, x1;
-                window_of(ox, w, ow, &x0, &x1);
-                float area = (float)((y1 - y0) * (x1 - x0));
-                fr_window_add(dst, w, y0, y1, x0, x1, grad[oy * ow + ox] / area);
-            }
-        }
-    }
+    (void)in, (void)out, (void)dweight, (void)dbias, (void)scratch;
+    if (din)
+        fr_avgpool_backward(l, ADAPTIVE, dout, din, n);
 }
 
 const fr_layer_ops fr_adaptive_avgpool2d_ops = {

@@ -114,9 +114,13 @@ static void batchnorm2d_forward_sums(const fr_layer *l, const float *in, int n, 
         double sum = 0.0, squares = 0.0;
         for (int s = 0; s < n; s++) {
             const float *x = in + ((size_t)s * channels + c) * plane;
+            /* Vectors of partial sums, in double and in a fixed order: the
+             * result depends on the rows, not on threads or timing. */
+#pragma omp simd reduction(+ : sum, squares)
             for (int k = 0; k < plane; k++) {
-                sum += x[k];
-                squares += (double)x[k] * x[k];
+                double v = x[k];
+                sum += v;
+                squares += v * v;
             }
         }
         sums[c] = sum;
@@ -164,10 +168,13 @@ static void channel_sums(const fr_layer *l, const float *in, const float *dout, 
     int channels = l->out.c, plane = l->out.h * l->out.w;
     double dy_total = 0.0, dy_x = 0.0;
     for (int s = 0; s < n; s++) {
-        size_t at = ((size_t)s * channels + c) * plane;
+        const float *dy = dout + ((size_t)s * channels + c) * plane;
+        const float *x = in + ((size_t)s * channels + c) * plane;
+#pragma omp simd reduction(+ : dy_total, dy_x)
         for (int k = 0; k < plane; k++) {
-            dy_total += dout[at + k];
-            dy_x += (double)dout[at + k] * in[at + k];
+            double g = dy[k];
+            dy_total += g;
+            dy_x += g * x[k];
         }
     }
     *sum_dy = dy_total;
@@ -195,6 +202,7 @@ static void batchnorm2d_backward(const fr_layer *l, const float *in, const float
         float scale = (float)((l->weight_data ? l->weight_data[c] : 1.0) * invstd);
         for (int s = 0; s < n; s++) {
             size_t at = ((size_t)s * channels + c) * plane;
+#pragma omp simd
             for (int k = 0; k < plane; k++)
                 din[at + k] = dout[at + k] * scale;
         }

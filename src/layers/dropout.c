@@ -15,15 +15,6 @@
 /* dropout(p=0.5) */
 enum { P };
 
-static int dropout_infer_shape(fr_layer *l, fr_error *err) {
-    (void)err;
-    l->out = l->in;
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
-    return FR_OK;
-}
-
 static size_t dropout_scratch_bytes(const fr_layer *l, int n) {
     return (size_t)n * fr_shape_numel(l->in);
 }
@@ -85,7 +76,7 @@ static void dropout_backward(const fr_layer *l, const float *in, const float *ou
 const fr_layer_ops fr_dropout_ops = {
     .kind = "dropout",
     .args = {{"p", .minimum = 0, .optional = true, .default_value = 500000000, .real = true}},
-    .infer_shape = dropout_infer_shape,
+    .infer_shape = fr_infer_same_shape,
     .scratch_bytes = dropout_scratch_bytes,
     .forward = dropout_forward,
     .backward = dropout_backward,

@@ -15,9 +15,7 @@ static int flatten_infer_shape(fr_layer *l, fr_error *err) {
                              "flatten of %dx%dx%d has too many elements",
                              l->in.c, l->in.h, l->in.w);
     l->out = (fr_shape){(int)numel, 1, 1};
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
+    fr_layer_no_params(l);
     return FR_OK;
 }
 

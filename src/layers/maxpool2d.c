@@ -9,6 +9,8 @@
  * sample's input plane) in the layer's scratch, which persists until backward;
  * backward then routes each output gradient to that one input.  Ties go to the
  * first maximum in row-major window order and a NaN wins, both as in PyTorch.
+ * The arguments, shape rule and window loop are kernels.c's, shared with the
+ * average pools; the common 2x2 window has its own loop.
  */
 #include "../kernels.h"
 
@@ -16,27 +18,19 @@
 #include <stdint.h>
 #include <string.h>
 
-/* maxpool2d(kernel_size, stride=None, padding=0) */
-enum { KERNEL_SIZE, STRIDE, PADDING };
-
-static int pool_kernel(const fr_layer *l) { return l->args[KERNEL_SIZE]; }
-static int pool_stride(const fr_layer *l) {
-    return l->args[STRIDE] == FR_ARG_NONE ? l->args[KERNEL_SIZE] : l->args[STRIDE];
-}
-
 /* ------------------------------------------------------- shape */
 
 static int maxpool2d_infer_shape(fr_layer *l, fr_error *err) {
-    char self[96], shape[64];
-    fr_layer_format(l, self, sizeof self);
-    int rc = fr_pool_infer_shape(l, self, pool_kernel(l), pool_stride(l), l->args[PADDING], err);
+    int rc = fr_pool_infer_shape(l, err);
     if (rc != FR_OK)
         return rc;
     /* The argmax is an int32 index into one input plane. */
-    fr_shape_format(l->in, shape, sizeof shape);
-    if ((long long)l->in.h * l->in.w > INT32_MAX)
-        return fr_layer_fail(l, err, FR_EINVAL, "%s: input %s is too large",
-                             self, shape);
+    if ((long long)l->in.h * l->in.w > INT32_MAX) {
+        char self[96], shape[64];
+        fr_layer_format(l, self, sizeof self);
+        fr_shape_format(l->in, shape, sizeof shape);
+        return fr_layer_fail(l, err, FR_EINVAL, "%s: input %s is too large", self, shape);
+    }
     return FR_OK;
 }
 
@@ -77,44 +71,47 @@ static void max_of_2x2(const float *src, int w, int oh, int ow, float *dst, int3
     }
 }
 
-static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
-                              int n, void *scratch) {
-    int k = pool_kernel(l), stride = pool_stride(l), pad = l->args[PADDING];
-    int h = l->in.h, w = l->in.w, oh = l->out.h, ow = l->out.w;
-    size_t in_plane = (size_t)l->in.h * w, out_plane = (size_t)oh * ow;
-    size_t planes = (size_t)n * l->in.c;
-    int32_t *argmax = scratch;
-    for (size_t p = 0; p < planes; p++) {
-        const float *src = in + p * in_plane;
-        float *dst = out + p * out_plane;
-        int32_t *where = argmax + p * out_plane;
-        if (k == 2 && stride == 2 && pad == 0) {
-            max_of_2x2(src, w, oh, ow, dst, where);
-            continue;
-        }
-        for (int oy = 0; oy < oh; oy++) {
-            int y0, y1;
-            fr_window_clip(oy * stride - pad, k, h, &y0, &y1);
-            for (int ox = 0; ox < ow; ox++) {
-                int x0, x1;
-                fr_window_clip(ox * stride - pad, k, w, &x0, &x1);
-                int best = y0 * w + x0;
-                float best_value = src[best];
-                for (int y = y0; y < y1; y++) {
-                    for (int x = x0; x < x1; x++) {
-                        int at = y * w + x;
-                        float value = src[at];
-                        if (value > best_value || isnan(value)) {
-                            best_value = value;
-                            best = at;
-                        }
-                    }
-                }
-                dst[oy * ow + ox] = best_value;
-                where[oy * ow + ox] = best;
+/* Any other window: the maximum over the inputs it covers (the padding
+ * counts as -inf), the first in row-major order, a NaN winning. */
+typedef struct max_context {
+    const float *in;
+    float *out;
+    int32_t *argmax;
+} max_context;
+
+static void take_max(const fr_window *window, void *context) {
+    const max_context *c = context;
+    const float *src = c->in + window->in_plane;
+    int best = window->y0 * window->width + window->x0;
+    float best_value = src[best];
+    for (int y = window->y0; y < window->y1; y++) {
+        for (int x = window->x0; x < window->x1; x++) {
+            int at = y * window->width + x;
+            float value = src[at];
+            if (value > best_value || isnan(value)) {
+                best_value = value;
+                best = at;
             }
         }
     }
+    c->out[window->out] = best_value;
+    c->argmax[window->out] = best;
+}
+
+static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
+                              int n, void *scratch) {
+    fr_pool_window how = fr_pool_window_of(l);
+    if (!(how.kernel == 2 && how.stride == 2 && how.pad == 0)) {
+        max_context c = {in, out, scratch};
+        fr_pool_each_window(l, how, n, take_max, &c);
+        return;
+    }
+    int w = l->in.w, oh = l->out.h, ow = l->out.w;
+    size_t in_plane = (size_t)l->in.h * w, out_plane = (size_t)oh * ow;
+    size_t planes = (size_t)n * l->in.c;
+    int32_t *argmax = scratch;
+    for (size_t p = 0; p < planes; p++)
+        max_of_2x2(in + p * in_plane, w, oh, ow, out + p * out_plane, argmax + p * out_plane);
 }
 
 /* ---------------------------------------------------- backward */
@@ -146,9 +143,7 @@ static void maxpool2d_backward(const fr_layer *l, const float *in,
 
 const fr_layer_ops fr_maxpool2d_ops = {
     .kind = "maxpool2d",
-    .args = {{"kernel_size", "kernel", .minimum = 1},
-             {"stride", .minimum = 1, .optional = true, .default_value = FR_ARG_NONE},
-             {"padding", .minimum = 0, .optional = true, .default_value = 0}},
+    .args = FR_POOL_ARGS,
     .infer_shape = maxpool2d_infer_shape,
     .scratch_bytes = maxpool2d_scratch_bytes,
     .forward = maxpool2d_forward,

@@ -5,17 +5,6 @@
  */
 #include "../kernels.h"
 
-/* ------------------------------------------------------- shape */
-
-static int relu_infer_shape(fr_layer *l, fr_error *err) {
-    (void)err;
-    l->out = l->in;
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
-    return FR_OK;
-}
-
 /* ----------------------------------------------------- forward */
 
 static void relu_forward(const fr_layer *l, const float *in, float *out, int n,
@@ -56,7 +45,7 @@ static void relu_backward(const fr_layer *l, const float *in, const float *out,
 
 const fr_layer_ops fr_relu_ops = {
     .kind = "relu",
-    .infer_shape = relu_infer_shape,
+    .infer_shape = fr_infer_same_shape,
     .scratch_bytes = fr_scratch_none,
     .forward = relu_forward,
     .backward = relu_backward,

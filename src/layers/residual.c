@@ -10,18 +10,9 @@
  */
 #include "../kernels.h"
 
-static int residual_infer_shape(fr_layer *l, fr_error *err) {
-    (void)err;
-    l->out = l->in;
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
-    l->fan_in = 0;
-    return FR_OK;
-}
-
 const fr_layer_ops fr_residual_ops = {
     .kind = "residual",
-    .infer_shape = residual_infer_shape,
+    .infer_shape = fr_infer_same_shape,
     .scratch_bytes = fr_scratch_none,
     .forward = NULL,
     .backward = NULL,
