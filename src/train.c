@@ -222,6 +222,7 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     const int *ids = src->ids + first;
     const fr_dataset *data = src->data;
     size_t numel = fr_shape_numel(data->shape);
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     for (int i = 0; i < rows; i++)
         r->gathered_labels[i] = data->labels[ids[i]];
     r->x = r->gathered_x;
@@ -232,11 +233,13 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
         for (int i = 0; i < rows; i++)
             memcpy(features + (size_t)i * c->numel, c->features + (size_t)ids[i] * c->numel,
                    c->numel * sizeof(float));
+        fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
         return c->layer + 1;
     }
     for (int i = 0; i < rows; i++)
         memcpy(r->gathered_x + (size_t)i * numel, data->x + (size_t)ids[i] * numel,
                numel * sizeof(float));
+    fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
     return 0;
 }
 
@@ -266,9 +269,11 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
     }
     const float *logits = layer_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
                           run_backward ? output_grad(trainer, r, model->layer_count - 1) : NULL,
                           &r->correct, &r->bad_label);
+    fr_trace_add(omp_get_thread_num(), "loss", "compute", -1, t0, 0);
     if (r->bad_label >= 0) {
         r->bad_label += first;
         return false;
