@@ -10,8 +10,11 @@ the rows gathered, the loss, the slab's reduction and update, and the communicat
 allreduces. This prints, for the worker threads of one rank, averaged over the steps after the
 first --skip (warm-up) and over the threads:
 
-  ms/step     the time a thread spends in that event per step (the threads' mean)
-  % of step   that over the step period (first event of a step to the first of the next)
+  ms/step     the time a thread spends in that event per step (the threads' mean; the median
+              over the steps, so a step in which the machine's other work took the core weighs
+              little)
+  % of step   that over the step period (first event of a step to the first of the next;
+              the median over the steps)
   GFLOP/s     with --model and --batch: the event's matrix-product FLOPs (all threads') over the
               core-seconds the threads spent in it, i.e. per core; % of the sgemm limit with --sgemm
 
@@ -33,8 +36,10 @@ import sys
 
 
 def parse_model(path):
-    """A frost model file as bench.py's layer list (name, kind, forward FLOPs per sample)."""
+    """A frost model file as a list of (name, kind, forward FLOPs per sample) for its linear and
+    conv2d layers, and every layer's kind by name (an unnamed layer is named by its index)."""
     layers = []
+    kinds = {}
     c, h, w = 1, 28, 28
     with open(path) as f:
         text = f.read()
@@ -50,6 +55,8 @@ def parse_model(path):
         if not m:
             raise SystemExit("trace_summary: cannot read model line %r" % line)
         name, kind, args = m.group(1), m.group(2), m.group(3) or ""
+        name = name or str(len(kinds))
+        kinds[name] = kind
         pos = [a.strip() for a in args.split(",") if a.strip() and "=" not in a]
         kw = dict(a.strip().split("=", 1) for a in args.split(",") if "=" in a)
         if kind == "linear":
@@ -67,7 +74,7 @@ def parse_model(path):
             k = int(pos[0])
             s = int(pos[1]) if len(pos) > 1 else k
             h, w = (h - k) // s + 1, (w - k) // s + 1
-    return layers
+    return layers, kinds
 
 
 def event_flops(layers, frozen, batch):
@@ -111,11 +118,12 @@ def main():
     for e in spans:
         first_begin[e["args"]["step"]] = min(first_begin[e["args"]["step"]], e["ts"])
     periods = [first_begin[s + 1] - first_begin[s] for s in kept if s + 1 in first_begin]
-    measured = set(s for s in kept if s + 1 in first_begin)
-    period_us = statistics.mean(periods)
+    measured = sorted(s for s in kept if s + 1 in first_begin)
+    period_us = statistics.median(periods)
+    threads, nsteps = len(workers), len(measured)
 
-    # (layer, what) -> microseconds over all worker threads and measured steps
-    busy = collections.defaultdict(float)
+    # (layer, what) -> step -> microseconds, the worker threads' mean
+    per_step = collections.defaultdict(lambda: collections.defaultdict(float))
     order = []
     for e in spans:
         if e["args"]["step"] not in measured:
@@ -124,14 +132,18 @@ def main():
         layer = e["name"][:-len(what)].strip()
         layer = re.sub(r" \d+$", "", layer)  # a bucket's or row block's number
         key = (layer, what)
-        if key not in busy:
+        if key not in per_step:
             order.append(key)
-        busy[key] += e["dur"]
-    threads, nsteps = len(workers), len(measured)
+        per_step[key][e["args"]["step"]] += e["dur"] / threads
+    # The median step's microseconds, all threads together.
+    busy = {key: statistics.median([steps.get(s, 0.0) for s in measured]) * threads * nsteps
+            for key, steps in per_step.items()}
 
     flops = {}
+    kinds = {}
+    if args.model:
+        layers, kinds = parse_model(args.model)
     if args.model and args.batch:
-        layers = parse_model(args.model)
         per = event_flops(layers, set(args.freeze), args.batch)
         split = {layer for layer, what in busy if what == "weight-grad"}
         for name, _, _ in layers:
@@ -161,7 +173,9 @@ def main():
     for key in order:
         ms = busy[key] / threads / nsteps / 1000
         total += ms
-        row = "| %s | %s | %.3f | %.1f%% |" % (key[0], key[1], ms, 100 * ms * 1000 / period_us)
+        shown = "%s (%s)" % (key[0], kinds[key[0]]) if key[0].isdigit() and key[0] in kinds \
+            else key[0]
+        row = "| %s | %s | %.3f | %.1f%% |" % (shown, key[1], ms, 100 * ms * 1000 / period_us)
         if flops:
             f = flops.get(key, 0)
             step_flops += f
