@@ -135,6 +135,8 @@ fr_param *fr_model_param(fr_model *model, size_t index);
 fr_param *fr_model_find_param(fr_model *model, const char *name);
 size_t fr_model_numel(const fr_model *model);           /* all parameters */
 size_t fr_model_trainable_numel(const fr_model *model); /* requires_grad ones */
+/* Bytes holding the parameters' values and the buffers (batchnorm2d's). */
+size_t fr_model_weight_bytes(const fr_model *model);
 
 const char *fr_param_name(const fr_param *param);
 int fr_param_ndim(const fr_param *param);
@@ -235,6 +237,8 @@ void fr_dataset_sample_shape(const fr_dataset *data, int *channels, int *height,
                              int *width);
 const float *fr_dataset_images(const fr_dataset *data);
 const uint8_t *fr_dataset_labels(const fr_dataset *data);
+/* Bytes the dataset holds in memory (its images as floats and its labels). */
+size_t fr_dataset_bytes(const fr_dataset *data);
 /* Keep only samples whose label is in `spec`: "0-4", "5,6,7,8,9", "0-2,7". */
 int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err);
 /*
@@ -457,9 +461,16 @@ void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first,
 
 long fr_trainer_steps_done(const fr_trainer *trainer);
 int fr_trainer_threads(const fr_trainer *trainer);
-/* Bytes of gradient (slab) and optimizer-state memory allocated now. */
+/* Bytes of gradient (slab) and optimizer-state memory allocated now.  The
+ * gradients: one whole slab (4 x trainable parameters, rounded up to a cache
+ * line), and per further thread room for the gradients it sums at the end of
+ * backward (biases, small weights) and for the largest weight it cannot split
+ * by rows (a large conv2d's); linear weights take no per-thread room. */
 size_t fr_trainer_gradient_bytes(const fr_trainer *trainer);
 size_t fr_trainer_optimizer_bytes(const fr_trainer *trainer);
+/* Bytes of the threads' workspaces: activations kept for backward,
+ * activation gradients, layer scratch and the gathered input rows. */
+size_t fr_trainer_activation_bytes(const fr_trainer *trainer);
 /* Bytes this rank puts into one gradient allreduce: 4 x trainable parameters,
  * 2 x with FR_GRAD_BF16 (as planned for the current frozen set).  The ring
  * that sums them sends 2(n-1)/n of that from each of n ranks: exactly that

@@ -45,6 +45,14 @@ static void fill_cache(fr_trainer *trainer, const fr_dataset *data) {
     c->data = data;
 }
 
+/* Nothing cached, and no memory held for it. */
+static void drop_cache(feature_cache *c) {
+    fr_free(c->features);
+    c->features = NULL;
+    c->data = NULL;
+    c->layer = -1;
+}
+
 /*
  * Size the feature cache for this dataset and frozen prefix (as many samples
  * as the budget holds, from index 0) and fill it.  Nothing is cached when the
@@ -55,7 +63,7 @@ int fr_cache_plan(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
     feature_cache *c = &trainer->cache;
     int layer = trainer->first_trainable - 1;
     if (!c->enabled || layer < 0 || trainer->first_trainable >= trainer->model->layer_count) {
-        c->layer = -1;
+        drop_cache(c);
         return FR_OK;
     }
     bool moves_data = false;
@@ -75,7 +83,7 @@ int fr_cache_plan(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
     if (samples > (size_t)data->n)
         samples = (size_t)data->n;
     if (!moves_data || !clean_cut || samples == 0) {
-        c->layer = -1;
+        drop_cache(c);
         return FR_OK;
     }
     if (c->layer == layer && c->numel == numel && c->samples == (int)samples) {
@@ -83,14 +91,11 @@ int fr_cache_plan(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
             fill_cache(trainer, data);
         return FR_OK;
     }
-    fr_free(c->features);
-    c->data = NULL;
+    drop_cache(c);
     c->features = fr_alloc(samples * numel * sizeof(float));
-    if (!c->features) {
-        c->layer = -1;
+    if (!c->features)
         return fr_fail(err, FR_ENOMEM, "out of memory for a feature cache of %zu MB",
                        samples * numel * sizeof(float) >> 20);
-    }
     c->layer = layer;
     c->numel = numel;
     c->samples = (int)samples;
@@ -99,8 +104,7 @@ int fr_cache_plan(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
 }
 
 size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
-    const feature_cache *c = &trainer->cache;
-    return c->layer >= 0 ? (size_t)c->samples * c->numel * sizeof(float) : 0;
+    return fr_alloc_size(trainer->cache.features);
 }
 
 int fr_trainer_cache_layer(const fr_trainer *trainer) {

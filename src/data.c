@@ -758,6 +758,10 @@ void fr_dataset_free(fr_dataset *data) {
 
 int fr_dataset_size(const fr_dataset *data) { return data ? data->n : 0; }
 
+size_t fr_dataset_bytes(const fr_dataset *data) {
+    return data ? fr_alloc_size(data) + fr_alloc_size(data->x) + fr_alloc_size(data->labels) : 0;
+}
+
 int fr_dataset_sample_numel(const fr_dataset *data) {
     return data ? (int)fr_shape_numel(data->shape) : 0;
 }

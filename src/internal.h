@@ -51,6 +51,9 @@ void fr_text_printf(fr_text *t, const char *format, ...) __attribute__((format(p
 /* Tracked, 64-byte aligned, zero-filled allocations (fr_allocated_bytes). */
 void *fr_alloc(size_t bytes);
 void fr_free(void *ptr);
+/* The bytes fr_alloc was asked for when it returned ptr (0 for NULL): what
+ * the memory accessors report, so they add up to fr_allocated_bytes. */
+size_t fr_alloc_size(const void *ptr);
 /* Overflow-checked a * b; returns false on overflow. */
 bool fr_mul_size(size_t a, size_t b, size_t *out);
 

@@ -478,6 +478,13 @@ fr_param *fr_model_find_param(fr_model *model, const char *name) {
     return NULL;
 }
 
+size_t fr_model_weight_bytes(const fr_model *model) {
+    size_t bytes = fr_alloc_size(model->arena);
+    for (int i = 0; i < model->buffer_count; i++)
+        bytes += fr_alloc_size(model->buffers[i].data);
+    return bytes;
+}
+
 size_t fr_model_numel(const fr_model *model) {
     size_t total = 0;
     for (int i = 0; i < model->param_count; i++)

@@ -197,10 +197,12 @@ static void free_replica(replica *r) {
 
 /*
  * Size and carve one replica's buffers: kept outputs, two transient outputs,
- * two activation-gradient buffers, per-layer scratch and the slab.  Called by
- * the thread that owns the replica, so its pages are first touched there.
+ * two activation-gradient buffers, per-layer scratch and the slab (the whole
+ * slab for replica 0, the compact one and the stage for the others).  Called
+ * by the thread that owns the replica, so its pages are first touched there.
  */
-static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bool *kept) {
+static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bool *kept,
+                         bool whole_slab) {
     const fr_model *model = trainer->model;
     int layers = model->layer_count;
     size_t act = max_activation_numel(model) * (size_t)rows_cap;
@@ -226,11 +228,16 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bo
             floats += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
     }
     r->owned[0] = fr_alloc(floats * sizeof(float));
-    /* The slab gets its own allocation: it is what other threads read. */
-    r->owned[1] = fr_alloc(round_up(trainer->trainable_count, SLAB_CHUNK_ALIGN) * sizeof(float) + 64);
+    /* The slab gets its own allocation (whole cache lines): it is what other
+     * threads read. */
+    size_t own = whole_slab ? round_up(trainer->trainable_count, SLAB_CHUNK_ALIGN)
+                            : round_up(trainer->own_floats, SLAB_CHUNK_ALIGN);
+    r->slab_floats = own + (whole_slab ? 0 : round_up(trainer->stage_floats, SLAB_CHUNK_ALIGN));
+    r->owned[1] = fr_alloc(r->slab_floats * sizeof(float));
     if (!r->owned[0] || !r->owned[1])
         return FR_ENOMEM;
     r->slab = r->owned[1];
+    r->stage = whole_slab || trainer->stage_floats == 0 ? NULL : r->slab + own;
 
     float *next = r->owned[0];
     float *transient[2];
@@ -285,6 +292,10 @@ static void free_plan(fr_trainer *trainer) {
     trainer->row_blocks = NULL;
     free(trainer->split_weight);
     trainer->split_weight = NULL;
+    free(trainer->staged_weight);
+    trainer->staged_weight = NULL;
+    free(trainer->segment_of);
+    trainer->segment_of = NULL;
 }
 
 /*
@@ -412,6 +423,46 @@ static int plan_pieces(fr_trainer *trainer) {
 }
 
 /*
+ * Which segments the replicas other than 0 hold, and where.  A split weight
+ * is summed by rows straight into replica 0's slab and needs no copy; a large
+ * weight without row operations (conv2d's) is staged: each replica computes
+ * its whole gradient into its stage, and the threads add the stages into
+ * replica 0's slab as soon as the layer's backward is done, so the stage
+ * holds one such weight at a time.  The rest (biases, small weights,
+ * batchnorm2d's parameters) is summed at the end of backward from the compact
+ * slabs, each segment at an offset with the same place in its cache line as
+ * in the whole slab, so the kernels writing it see the same alignment on
+ * every replica.  On one thread there are no other replicas.
+ */
+static void plan_replica_slabs(fr_trainer *trainer) {
+    const fr_model *model = trainer->model;
+    trainer->own_floats = trainer->stage_floats = 0;
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        trainer->staged_weight[i] = false;
+        if (trainer->threads == 1 || l->weight < 0 || !model->params[l->weight].requires_grad ||
+            trainer->split_weight[i] || model->params[l->weight].numel < STAGE_GRAD_FLOATS)
+            continue;
+        trainer->staged_weight[i] = true;
+        trainer->segments[trainer->segment_of[l->weight]].staged = true;
+        if (model->params[l->weight].numel > trainer->stage_floats)
+            trainer->stage_floats = model->params[l->weight].numel;
+    }
+    if (trainer->threads == 1)
+        return;
+    size_t own = 0;
+    for (int s = 0; s < trainer->segment_count; s++) {
+        slab_segment *seg = &trainer->segments[s];
+        if (seg->split || seg->staged)
+            continue;
+        own += (seg->slab_offset - own) % SLAB_CHUNK_ALIGN;
+        seg->own_offset = own;
+        own += seg->numel;
+    }
+    trainer->own_floats = own;
+}
+
+/*
  * Lay out the slab for the current frozen set: trainable parameters in the
  * order backward produces them, last layer first.  Optimizer state follows
  * the parameters that stay trainable; parameters that became trainable start
@@ -434,9 +485,14 @@ int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
     free_plan(trainer);
 
     trainer->segments = calloc((size_t)params + 1, sizeof *trainer->segments);
+    trainer->segment_of = malloc(((size_t)params + 1) * sizeof *trainer->segment_of);
     trainer->split_weight = calloc((size_t)model->layer_count + 1, sizeof *trainer->split_weight);
-    if (!trainer->segments || !trainer->split_weight)
+    trainer->staged_weight = calloc((size_t)model->layer_count + 1, sizeof *trainer->staged_weight);
+    if (!trainer->segments || !trainer->segment_of || !trainer->split_weight ||
+        !trainer->staged_weight)
         goto oom;
+    for (int i = 0; i < params; i++)
+        trainer->segment_of[i] = -1;
     size_t offset = 0;
     for (int layer = model->layer_count - 1; layer >= 0; layer--) {
         const fr_layer *l = &model->layers[layer];
@@ -451,6 +507,7 @@ int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
                 continue;
             fr_param *p = &model->params[ids[k]];
             trainer->slab_offsets[ids[k]] = offset;
+            trainer->segment_of[ids[k]] = trainer->segment_count;
             trainer->segments[trainer->segment_count++] =
                 (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k],
                                .split = ids[k] == l->weight && trainer->split_weight[layer]};
@@ -461,6 +518,7 @@ int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
     trainer->first_trainable = fr_model_first_trainable_layer(model);
     if (plan_buckets(trainer) != FR_OK || plan_pieces(trainer) != FR_OK)
         goto oom;
+    plan_replica_slabs(trainer);
     for (int i = 0; i < params; i++)
         trainer->planned_requires_grad[i] = model->params[i].requires_grad;
 
@@ -469,7 +527,7 @@ int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
     float *old_state[2] = {trainer->state_m, trainer->state_v};
     float *new_state[2] = {NULL, NULL};
     for (int k = 0; k < per_value; k++) {
-        new_state[k] = fr_alloc((offset ? offset : 1) * sizeof(float));
+        new_state[k] = fr_alloc(offset * sizeof(float));
         if (!new_state[k]) {
             fr_free(new_state[0]);
             goto oom;
@@ -511,7 +569,7 @@ int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
     {
         int t = omp_get_thread_num(), first, rows;
         split_rows(rank_rows, trainer->threads, 0, &first, &rows);
-        if (build_replica(trainer, &trainer->replicas[t], rows > 0 ? rows : 1, kept) != FR_OK)
+        if (build_replica(trainer, &trainer->replicas[t], rows > 0 ? rows : 1, kept, t == 0) != FR_OK)
             failed++;
     }
     free(kept);

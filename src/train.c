@@ -9,7 +9,11 @@
  *       linear layer's weight gradient is instead split by rows: the threads
  *       meet after the layer's backward and each sums its rows over all
  *       replicas into replica 0's slab (one pass less over the largest
- *       gradients, and no whole copy per thread to write)
+ *       gradients, and no whole copy per thread to write).  A large weight
+ *       gradient that cannot be split (conv2d's) is staged: summed into
+ *       replica 0's slab right after its layer, so the other replicas need
+ *       room for one such weight, not all.  Only replica 0 has a whole slab
+ *       (plan.c, plan_replica_slabs)
  *   ranks:   the slab in buckets, summed by the communication thread
  *            (allreduce.c) while backward goes on (trainable only)
  *   optimizer: trainable parameters only, over the same chunks; on several
@@ -212,9 +216,9 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
         din = r->grads[trainer->din_slot[i]];
     if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad &&
         !trainer->split_weight[i])
-        dweight = r->slab + trainer->slab_offsets[l->weight];
+        dweight = replica_grad(trainer, r, l->weight);
     if ((parts & GRAD_WEIGHTS) && l->bias >= 0 && model->params[l->bias].requires_grad)
-        dbias = r->slab + trainer->slab_offsets[l->bias];
+        dbias = replica_grad(trainer, r, l->bias);
     if (parts & GRAD_WEIGHTS)
         r->backward_calls[i]++;
     if (din || dweight || dbias || parts == GRAD_BOTH) {
@@ -252,6 +256,7 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     const int *ids = src->ids + first;
     const fr_dataset *data = src->data;
     size_t numel = fr_shape_numel(data->shape);
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     for (int i = 0; i < rows; i++)
         r->gathered_labels[i] = data->labels[ids[i]];
     r->x = r->gathered_x;
@@ -262,11 +267,13 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
         for (int i = 0; i < rows; i++)
             memcpy(features + (size_t)i * c->numel, c->features + (size_t)ids[i] * c->numel,
                    c->numel * sizeof(float));
+        fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
         return c->layer + 1;
     }
     for (int i = 0; i < rows; i++)
         memcpy(r->gathered_x + (size_t)i * numel, data->x + (size_t)ids[i] * numel,
                numel * sizeof(float));
+    fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
     return 0;
 }
 
@@ -284,20 +291,23 @@ static int replica_begin(fr_trainer *trainer, replica *r, const batch_source *sr
 
 /* After its forward: the replica's loss on its rows; returns whether it must
  * run backward (it has rows, a trainable parameter and valid labels).  A
- * replica without rows adds nothing to the slab backward overwrites. */
+ * replica without rows adds nothing to the slab (and stage) backward
+ * overwrites. */
 static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, bool train) {
     const fr_model *model = trainer->model;
     int rows = r->step_rows, k = fr_model_output_numel(model);
     if (rows == 0) {
         if (train)
-            memset(r->slab, 0, trainer->trainable_count * sizeof(float));
+            memset(r->slab, 0, r->slab_floats * sizeof(float));
         return false;
     }
     const float *logits = layer_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
                           run_backward ? output_grad(trainer, r, model->layer_count - 1) : NULL,
                           &r->correct, &r->bad_label);
+    fr_trace_add(omp_get_thread_num(), "loss", "compute", -1, t0, 0);
     if (r->bad_label >= 0) {
         r->bad_label += first;
         return false;
@@ -349,6 +359,30 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_l
 }
 
 /*
+ * Thread t's share of layer i's staged weight gradient: the other replicas'
+ * stages added into replica 0's slab, in replica order (a replica without
+ * rows has zeros there), exactly the sum the end of backward forms for the
+ * other segments, only sooner, so that the next staged layer can reuse the
+ * stages.
+ */
+static void chunk_of(const fr_trainer *trainer, int t, size_t from, size_t to, size_t *begin,
+                     size_t *end);
+
+static void staged_weight_grad(const fr_trainer *trainer, int i, int t) {
+    int param = trainer->model->layers[i].weight;
+    const slab_segment *seg = &trainer->segments[trainer->segment_of[param]];
+    size_t begin, end;
+    chunk_of(trainer, t, 0, seg->numel, &begin, &end);
+    float *sum = trainer->replicas[0].slab + seg->slab_offset;
+    for (int s = 1; s < trainer->threads; s++) {
+        const float *part = trainer->replicas[s].stage;
+#pragma omp simd
+        for (size_t j = begin; j < end; j++)
+            sum[j] += part[j];
+    }
+}
+
+/*
  * Backward of layer i that gathered batch statistics (every thread calls it):
  * each replica's sums give its share of the parameters' gradients, and the
  * gradient at the input needs them summed over the whole batch.
@@ -364,9 +398,9 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
     const double *forward_sums = stats_at(trainer, me, i, FORWARD_MEETING, BATCH_SUMS);
     float *dweight = NULL, *dbias = NULL;
     if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad)
-        dweight = r->slab + trainer->slab_offsets[l->weight];
+        dweight = replica_grad(trainer, r, l->weight);
     if ((parts & GRAD_WEIGHTS) && l->bias >= 0 && model->params[l->bias].requires_grad)
-        dbias = r->slab + trainer->slab_offsets[l->bias];
+        dbias = replica_grad(trainer, r, l->bias);
     const float *in = layer_input(trainer, r, r->x, i);
     double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     if (active) {
@@ -394,23 +428,27 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
  * or not).  For a split weight gradient the threads meet once the gradient at
  * the layer's output is ready everywhere, each computes its rows, and they
  * meet again before any of them overwrites that gradient with the next
- * layer's.
+ * layer's.  For a staged one they meet once every replica has its copy, each
+ * adds its chunk of the copies into replica 0's slab, and they meet again
+ * before the next staged layer overwrites the stages.
  */
 static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, int parts) {
     if (parts & GRAD_WEIGHTS)
         r->layer_dout = active ? output_grad(trainer, r, i) : NULL;
-    if (gathers_stats(trainer, i)) {
+    if (gathers_stats(trainer, i))
         backward_batch_stats(trainer, r, active, i, parts);
-        return;
-    }
-    if (active)
+    else if (active)
         backward_layer(trainer, r, r->x, r->step_rows, i, parts);
-    if (trainer->split_weight[i] && (parts & GRAD_WEIGHTS)) {
+    if ((trainer->split_weight[i] || trainer->staged_weight[i]) && (parts & GRAD_WEIGHTS)) {
+        int t = omp_get_thread_num();
         meet(trainer);
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-        split_weight_grad(trainer, i, omp_get_thread_num(), 0,
-                          trainer->model->params[trainer->model->layers[i].weight].shape[0]);
-        fr_trace_add(omp_get_thread_num(), trainer->model->layers[i].name, "weight-grad", -1, t0, 0);
+        if (trainer->split_weight[i])
+            split_weight_grad(trainer, i, t, 0,
+                              trainer->model->params[trainer->model->layers[i].weight].shape[0]);
+        else
+            staged_weight_grad(trainer, i, t);
+        fr_trace_add(t, trainer->model->layers[i].name, "weight-grad", -1, t0, 0);
         meet(trainer);
     }
 }
@@ -450,8 +488,9 @@ static void update_range(fr_trainer *trainer, const fr_train_config *config, lon
 }
 
 /* sum[0 .. end-begin) = the replicas' slabs over [begin, end), added in
- * replica order so the result does not depend on timing.  Split weight
- * gradients are already summed in replica 0's slab. */
+ * replica order so the result does not depend on timing.  Split and staged
+ * weight gradients are already summed in replica 0's slab; the other
+ * replicas hold the rest in their compact slabs. */
 static void reduce_range(const fr_trainer *trainer, float *sum, size_t begin, size_t end) {
     const float *first = trainer->replicas[0].slab;
     if (sum != first + begin)
@@ -459,11 +498,11 @@ static void reduce_range(const fr_trainer *trainer, float *sum, size_t begin, si
     for (int s = 0; s < trainer->segment_count; s++) {
         const slab_segment *seg = &trainer->segments[s];
         size_t lo, hi;
-        if (seg->split || !segment_part(seg, begin, end, &lo, &hi))
+        if (seg->split || seg->staged || !segment_part(seg, begin, end, &lo, &hi))
             continue;
         float *to = sum + (lo - begin);
         for (int t = 1; t < trainer->threads; t++) {
-            const float *part = trainer->replicas[t].slab + lo;
+            const float *part = trainer->replicas[t].slab + seg->own_offset + (lo - seg->slab_offset);
 #pragma omp simd
             for (size_t j = 0; j < hi - lo; j++)
                 to[j] += part[j];
@@ -1027,13 +1066,23 @@ int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets
 long fr_trainer_steps_done(const fr_trainer *trainer) { return trainer->steps_done; }
 int fr_trainer_threads(const fr_trainer *trainer) { return trainer->threads; }
 
+/* What is allocated, so that the parts add up to fr_allocated_bytes. */
 size_t fr_trainer_gradient_bytes(const fr_trainer *trainer) {
-    return (size_t)trainer->threads * trainer->trainable_count * sizeof(float);
+    size_t bytes = 0;
+    for (int t = 0; t < trainer->threads; t++)
+        bytes += fr_alloc_size(trainer->replicas[t].owned[1]);
+    return bytes;
+}
+
+size_t fr_trainer_activation_bytes(const fr_trainer *trainer) {
+    size_t bytes = 0;
+    for (int t = 0; t < trainer->threads; t++)
+        bytes += fr_alloc_size(trainer->replicas[t].owned[0]);
+    return bytes;
 }
 
 size_t fr_trainer_optimizer_bytes(const fr_trainer *trainer) {
-    return (size_t)fr_optim_state_per_value(&trainer->config) * trainer->trainable_count *
-           sizeof(float);
+    return fr_alloc_size(trainer->state_m) + fr_alloc_size(trainer->state_v);
 }
 
 size_t fr_trainer_allreduce_bytes(const fr_trainer *trainer) {

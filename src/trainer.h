@@ -19,12 +19,25 @@
 /* Chunks of the slab that threads reduce are whole cache lines. */
 #define SLAB_CHUNK_ALIGN 16
 
-/* One trainable parameter's place in the slab. */
+/* A weight gradient of at least this many floats that cannot be split by
+ * rows (conv2d's) is staged: summed into replica 0's slab as soon as the
+ * layer's backward is done, so the other threads hold a copy of the largest
+ * such weight only, not one of each. */
+#define STAGE_GRAD_FLOATS (64 * 1024)
+
+/* One trainable parameter's place in the slab, and how the threads' shares
+ * of its gradient are summed into replica 0's slab (the whole slab: the one
+ * the ranks sum and the optimizer reads).  The other replicas have a
+ * compact slab holding only the segments summed at the end of backward. */
 typedef struct slab_segment {
     size_t slab_offset;
     size_t numel;
     int param;
-    bool split; /* computed by rows across threads, straight into replica 0's slab */
+    bool split;  /* computed by rows across threads, straight into replica 0's slab */
+    bool staged; /* each other replica's copy in its stage, summed after the layer */
+    /* Otherwise: summed at the end of backward, from own_offset in the other
+     * replicas' compact slabs. */
+    size_t own_offset;
 } slab_segment;
 
 /* A piece of the slab that one nonblocking allreduce carries: complete once
@@ -104,7 +117,12 @@ typedef struct replica {
     float **outputs;     /* per layer; NULL where the output shares the input's buffer */
     void **scratch;      /* per layer */
     float **grads;       /* the gradient slots w.r.t. activations (grad_slot_count) */
+    /* Its gradient slab: replica 0's is the whole slab; another's holds only
+     * the segments summed at the end of backward (slab_segment.own_offset),
+     * followed by its stage (room for the largest staged weight). */
     float *slab;
+    float *stage;
+    size_t slab_floats;  /* both, as allocated */
     int step_rows;            /* this step's rows */
     int first_row;            /* their first row in the global batch */
     const float *layer_dout;  /* the gradient backward is at, for split weight gradients */
@@ -146,12 +164,18 @@ struct fr_trainer {
     size_t trainable_count;
     slab_segment *segments;
     int segment_count;
+    /* Per parameter: its segment (-1: not trainable). */
+    int *segment_of;
+    /* Floats of the other replicas' compact slabs, and of their stages. */
+    size_t own_floats, stage_floats;
     bucket *buckets;
     int bucket_count;
     /* Per layer: its weight gradient is split by rows between the threads,
      * each summing its rows over all replicas into replica 0's slab, instead
      * of one whole copy per replica summed afterwards (less memory traffic). */
     bool *split_weight;
+    /* Per layer: its weight gradient is staged (slab_segment.staged). */
+    bool *staged_weight;
 
     /* Optimizer state, slab layout; per-parameter step counts (torch keeps
      * `step` per parameter, and a parameter unfrozen later starts at 1). */
@@ -231,6 +255,15 @@ static inline void block_rows(const fr_trainer *trainer, int i, int j, int *begi
     int blocks = trainer->row_blocks[i], rows = w->shape[0];
     *begin = (int)((long long)rows * j / blocks);
     *end = (int)((long long)rows * (j + 1) / blocks);
+}
+
+/* Where replica r's backward writes the gradient of trainable parameter
+ * `param` (not a split weight, which backward does not write). */
+static inline float *replica_grad(const fr_trainer *trainer, const replica *r, int param) {
+    const slab_segment *seg = &trainer->segments[trainer->segment_of[param]];
+    if (r == &trainer->replicas[0])
+        return r->slab + seg->slab_offset;
+    return seg->staged ? r->stage : r->slab + seg->own_offset;
 }
 
 /* ------------------------------------------------ between the files */

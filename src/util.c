@@ -83,6 +83,14 @@ void fr_free(void *ptr) {
 
 size_t fr_allocated_bytes(void) { return atomic_load(&allocated_bytes); }
 
+size_t fr_alloc_size(const void *ptr) {
+    if (!ptr)
+        return 0;
+    size_t bytes;
+    memcpy(&bytes, (const unsigned char *)ptr - FR_ALIGN, sizeof bytes);
+    return bytes;
+}
+
 bool fr_mul_size(size_t a, size_t b, size_t *out) {
     if (a != 0 && b > SIZE_MAX / a)
         return false;

@@ -44,6 +44,12 @@ grep -Eq '^epoch [0-9]+ step 10/60 loss [0-9.]+ .*samples/s ETA' "$WORK/train.tx
 ok $? "progress lines show epoch, step, loss, samples/s and ETA"
 grep -qx 'frozen parameters: 0' "$WORK/train.txt"
 ok $? "the summary reports the frozen-parameter check"
+# memory: weights W MB, gradients G MB, ... feature cache C MB; T MB in all, peak resident P MB
+awk '/^memory: weights [0-9.]+ MB, gradients [0-9.]+ MB, optimizer state [0-9.]+ MB, activations [0-9.]+ MB, dataset [0-9.]+ MB, feature cache [0-9.]+ MB; [0-9.]+ MB in all, peak resident [0-9]+ MB$/ {
+        gsub(/[,;]/, ""); sum = $3 + $6 + $10 + $13 + $16 + $20
+        if (sum > $22 - 0.35 && sum < $22 + 0.35 && $22 <= $28) found = 1 }
+    END { exit !found }' "$WORK/train.txt"
+ok $? "the summary splits memory into weights, gradients, optimizer state, activations, dataset and cache, adding up to the total, within the peak ($(grep '^memory' "$WORK/train.txt"))"
 acc=$(sed -n 's/^test: loss [0-9.]* accuracy \([0-9.]*\)%.*/\1/p' "$WORK/train.txt")
 awk -v a="$acc" 'BEGIN { exit !(a > 50) }'
 ok $? "the trained net classifies the test split well above chance ($acc%)"

@@ -284,12 +284,14 @@ static void test_frozen_costs_nothing(void) {
     size_t tuned_bytes = fr_allocated_bytes() - base;
     size_t trainable = fr_model_trainable_numel(tuned), frozen = fr_model_numel(tuned) - trainable;
     tap_ok(trainable == 10 * 2 + 2, "only fc2 (22 values) is trainable");
-    tap_ok(fr_trainer_gradient_bytes(tt) == threads * trainable * sizeof(float),
+    /* The whole slab in cache lines (16 floats), and the second thread's
+     * room for fc2's bias (its weight is summed by rows into the slab). */
+    tap_ok(fr_trainer_gradient_bytes(tt) == (32 + 16) * sizeof(float),
            "gradient slabs hold trainable parameters only (%zu bytes)", fr_trainer_gradient_bytes(tt));
     tap_ok(fr_trainer_optimizer_bytes(tt) == 2 * trainable * sizeof(float),
            "Adam state exists for trainable parameters only (%zu bytes)", fr_trainer_optimizer_bytes(tt));
-    /* Slabs (one per thread) and two Adam moments: what the frozen values would have cost. */
-    size_t saved = (threads + 2) * frozen * sizeof(float);
+    /* The whole slab and two Adam moments: what the frozen values would have cost. */
+    size_t saved = 3 * frozen * sizeof(float);
     tap_ok(full_bytes >= tuned_bytes + saved,
            "the library allocates at least %zu fewer bytes when they are frozen (%zu vs %zu)", saved,
            tuned_bytes, full_bytes);
@@ -325,6 +327,168 @@ static void test_frozen_costs_nothing(void) {
     fr_trainer_free(tt);
     fr_model_free(full);
     fr_model_free(tuned);
+}
+
+/*
+ * The gradient memory the threads' replicas hold beyond the whole slab (4 x
+ * trainable, in whole cache lines of 16 floats): each further replica keeps
+ * room for the gradients summed at the end of backward only (the biases here:
+ * linear weights are summed by rows straight into the slab), each at the
+ * place in its cache line it has in the slab (the slab holds the layers last
+ * first, a layer's bias before its weight), plus room for the largest staged
+ * weight (a conv2d weight of 65,536 values or more).
+ */
+static size_t cache_lines(size_t floats) { return (floats + 15) / 16 * 16; }
+
+static size_t expected_gradient_bytes(fr_model *m, int threads, size_t staged_floats) {
+    size_t trainable = fr_model_trainable_numel(m), slab = 0, own = 0;
+    for (size_t i = fr_model_param_count(m); i-- > 0;) {
+        /* Parameters are declared weight then bias; the slab takes them in reverse. */
+        fr_param *p = fr_model_param(m, i);
+        if (!fr_param_requires_grad(p))
+            continue;
+        bool bias = strstr(fr_param_name(p), ".bias") != NULL;
+        bool in_own = bias || (fr_param_ndim(p) == 4 && fr_param_numel(p) < 65536);
+        if (in_own) {
+            while (own % 16 != slab % 16)
+                own++;
+            own += fr_param_numel(p);
+        }
+        slab += fr_param_numel(p);
+    }
+    size_t per_thread = threads > 1 ? cache_lines(own) + cache_lines(staged_floats) : 0;
+    return (cache_lines(trainable) + (size_t)(threads - 1) * per_thread) * sizeof(float);
+}
+
+/* A dataset of n random samples of 1 x 8 x 8 in [0, 1], 10 classes. */
+static fr_dataset *random_images(int n, uint64_t seed) {
+    float *x = malloc(sizeof(float) * 64 * (size_t)n);
+    uint8_t *labels = malloc((size_t)n);
+    fr_rng rng;
+    fr_rng_seed(&rng, seed);
+    for (int i = 0; i < 64 * n; i++)
+        x[i] = fr_rng_uniform(&rng);
+    for (int i = 0; i < n; i++)
+        labels[i] = (uint8_t)fr_rng_below(&rng, 10);
+    fr_dataset *data = NULL;
+    fr_error err = {0};
+    if (fr_dataset_from_arrays(x, labels, n, 1, 8, 8, &data, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    free(x);
+    free(labels);
+    return data;
+}
+
+/* Gradient memory does not grow with threads for linear weights, a large
+ * conv2d weight costs a thread one stage, and the memory accessors add up to
+ * what the library holds. */
+static void test_gradient_memory(void) {
+    const char *spec = "input 1 8 8; fc1 = linear(64, 300); relu; fc2 = linear(300, 200); relu;"
+                       "fc3 = linear(200, 10)";
+    size_t bytes[5] = {0};
+    for (int threads = 1; threads <= 4; threads += 3) {
+        size_t baseline = fr_allocated_bytes();
+        fr_model *m = NULL;
+        fr_error err = {0};
+        fr_model_parse(spec, "test", &m, &err);
+        fr_model_init(m, 5, &err);
+        fr_dataset *data = random_images(40, 3);
+        fr_trainer *t = make_trainer(m, FR_SGD, threads, 16);
+        int ids[16];
+        for (int i = 0; i < 16; i++)
+            ids[i] = 2 * i;
+        int rc = fr_trainer_step_samples(t, data, ids, 16, NULL, NULL, &err);
+        bytes[threads] = fr_trainer_gradient_bytes(t);
+        size_t expected = expected_gradient_bytes(m, threads, 0);
+        tap_ok(rc == FR_OK && bytes[threads] == expected,
+               "%d thread%s, linear layers: gradient memory %zu bytes, expected %zu (a whole slab%s)",
+               threads, threads > 1 ? "s" : "", bytes[threads], expected,
+               threads > 1 ? ", and the biases per further thread" : "");
+        size_t parts = fr_model_weight_bytes(m) + fr_trainer_gradient_bytes(t) +
+                       fr_trainer_optimizer_bytes(t) + fr_trainer_activation_bytes(t) +
+                       fr_dataset_bytes(data) + fr_trainer_cache_bytes(t);
+        size_t held = fr_allocated_bytes() - baseline;
+        /* 81,710 parameters; in the model each starts a cache line. */
+        tap_ok(parts == held && fr_trainer_optimizer_bytes(t) == 81710 * sizeof(float) &&
+                   fr_model_weight_bytes(m) == 81728 * sizeof(float) &&
+                   fr_dataset_bytes(data) >= 40 * 64 * sizeof(float),
+               "%d thread%s: weights, gradients, optimizer state, activations, dataset and cache "
+               "add up to what the library holds (%zu bytes, %zu held)",
+               threads, threads > 1 ? "s" : "", parts, held);
+        fr_trainer_free(t);
+        fr_dataset_free(data);
+        fr_model_free(m);
+    }
+    /* fc1 frozen: the cache holds its outputs, gradient and optimizer memory
+     * follow the trainable count, and the parts still add up. */
+    {
+        size_t baseline = fr_allocated_bytes();
+        fr_model *m = NULL;
+        fr_error err = {0};
+        fr_model_parse(spec, "test", &m, &err);
+        fr_model_init(m, 5, &err);
+        fr_model_freeze(m, "fc1", &err);
+        fr_dataset *data = random_images(40, 3);
+        fr_trainer *t = make_trainer(m, FR_SGD, 2, 16);
+        int ids[16];
+        for (int i = 0; i < 16; i++)
+            ids[i] = 2 * i;
+        int rc = fr_trainer_step_samples(t, data, ids, 16, NULL, NULL, &err);
+        size_t trainable = 60000 + 200 + 2000 + 10;
+        size_t parts = fr_model_weight_bytes(m) + fr_trainer_gradient_bytes(t) +
+                       fr_trainer_optimizer_bytes(t) + fr_trainer_activation_bytes(t) +
+                       fr_dataset_bytes(data) + fr_trainer_cache_bytes(t);
+        tap_ok(rc == FR_OK && fr_trainer_cache_bytes(t) == 40 * 300 * sizeof(float) &&
+                   fr_trainer_optimizer_bytes(t) == trainable * sizeof(float) &&
+                   fr_trainer_gradient_bytes(t) == expected_gradient_bytes(m, 2, 0) &&
+                   parts == fr_allocated_bytes() - baseline,
+               "fc1 frozen, 2 threads: cache %zu, optimizer %zu, gradients %zu bytes; the parts add "
+               "up to what the library holds", fr_trainer_cache_bytes(t),
+               fr_trainer_optimizer_bytes(t), fr_trainer_gradient_bytes(t));
+        fr_trainer_free(t);
+        fr_dataset_free(data);
+        fr_model_free(m);
+    }
+    /* 3 x (10 + 200 + 300 biases, each at its offset modulo 16 in the slab) */
+    tap_ok(bytes[4] - bytes[1] == 3 * 512 * sizeof(float),
+           "4 threads hold only the biases beyond 1 thread's gradient memory (%zu more bytes)",
+           bytes[4] - bytes[1]);
+
+    /* conv2's weight (73,728 values) is staged: the other threads hold one
+     * copy of it, not a whole slab, and training gives 1 thread's weights. */
+    const char *conv = "input 8 6 6; conv1 = conv2d(8, 16, 3, padding=1); relu;"
+                       "conv2 = conv2d(16, 512, 3); relu; adaptive_avgpool2d(1); flatten;"
+                       "fc = linear(512, 10)";
+    static float weights[3][82000];
+    size_t count[3] = {0};
+    for (int threads = 1; threads <= 3; threads += 2) {
+        fr_model *m = NULL;
+        fr_error err = {0};
+        fr_model_parse(conv, "test", &m, &err);
+        fr_model_init(m, 9, &err);
+        fr_trainer *t = make_trainer(m, FR_SGD, threads, 5);
+        float x[5 * 8 * 36];
+        int32_t labels[5];
+        random_batch(m, 5, x, labels, 13);
+        int rc = FR_OK;
+        /* 5 rows over 3 threads, then 2 (one thread without rows). */
+        for (int s = 0; s < 4 && rc == FR_OK; s++)
+            rc = fr_trainer_step(t, x, labels, s % 2 ? 2 : 5, NULL, NULL, &err);
+        size_t expected = expected_gradient_bytes(m, threads, threads > 1 ? 73728 : 0);
+        tap_ok(rc == FR_OK && fr_trainer_gradient_bytes(t) == expected,
+               "%d thread%s, a large conv2d weight: gradient memory %zu bytes, expected %zu", threads,
+               threads > 1 ? "s" : "", fr_trainer_gradient_bytes(t), expected);
+        count[threads - 1] = copy_weights(m, weights[threads - 1], 82000);
+        fr_trainer_free(t);
+        fr_model_free(m);
+    }
+    double worst = 0.0;
+    for (size_t i = 0; i < count[0]; i++)
+        worst = fmax(worst, fabs((double)weights[2][i] - weights[0][i]) /
+                                (1e-3 + fabs((double)weights[0][i])));
+    tap_ok(count[0] > 80000 && count[0] == count[2] && worst < 1e-5,
+           "3 threads with a staged conv2d weight train as 1 thread (worst relative difference %.2g)",
+           worst);
 }
 
 /* Gradual unfreezing between steps rebuilds the slab and keeps training. */
@@ -921,7 +1085,7 @@ static void test_dropout(void) {
 }
 
 int main(void) {
-    tap_plan(72); /* every check below, counted: fewer or more fails the test */
+    tap_plan(81); /* every check below, counted: fewer or more fails the test */
     test_loss_gradients();
     test_sgd_formulas();
     test_adam_formulas();
@@ -930,6 +1094,7 @@ int main(void) {
     test_frozen_unchanged(FR_ADAM, "fc1");
     test_frozen_unchanged(FR_ADAMW, "*.bias");
     test_frozen_costs_nothing();
+    test_gradient_memory();
     test_gradual_unfreezing();
     test_learning_and_threads();
     test_feature_cache();

@@ -1024,6 +1024,23 @@ static int resolve_resume(frost_options *opts, fr_error *err) {
     return FR_OK;
 }
 
+/* Where the memory went: what the library holds, by part (their sum is what
+ * it has allocated), beside the peak resident size, which adds the program,
+ * its libraries and BLAS's buffers. */
+static void print_memory(const run_state *run) {
+    const double mb = 1048576.0;
+    size_t weights = fr_model_weight_bytes(run->model);
+    size_t gradients = fr_trainer_gradient_bytes(run->trainer);
+    size_t optimizer = fr_trainer_optimizer_bytes(run->trainer);
+    size_t activations = fr_trainer_activation_bytes(run->trainer);
+    size_t dataset = fr_dataset_bytes(run->train) + fr_dataset_bytes(run->test);
+    size_t cache = fr_trainer_cache_bytes(run->trainer);
+    printf("memory: weights %.1f MB, gradients %.1f MB, optimizer state %.1f MB, activations "
+           "%.1f MB, dataset %.1f MB, feature cache %.1f MB; %.1f MB in all, peak resident %.0f MB\n",
+           weights / mb, gradients / mb, optimizer / mb, activations / mb, dataset / mb, cache / mb,
+           (weights + gradients + optimizer + activations + dataset + cache) / mb, peak_rss_mb());
+}
+
 int frost_train(const frost_options *options, fr_error *err) {
     frost_catch_stop_signals(options->stop_signal);
     frost_options resolved = *options;
@@ -1195,6 +1212,7 @@ int frost_train(const frost_options *options, fr_error *err) {
         printf("allreduce: %zu bytes per step, %zu bytes in all; peak memory %.0f MB\n",
                fr_trainer_allreduce_bytes(run.trainer), fr_trainer_bytes_sent(run.trainer),
                peak_rss_mb());
+        print_memory(&run);
         if (opts->checkpoint)
             printf("checkpoint %s\n", opts->checkpoint);
         if (opts->save)
