@@ -116,6 +116,8 @@ int fr_model_parse(const char *text, const char *source, fr_model **out,
 int fr_model_load(const char *arg, fr_model **out, fr_error *err);
 
 int fr_model_input_numel(const fr_model *model);
+/* The input's shape, channels x height x width (a vector is C x 1 x 1). */
+void fr_model_input_shape(const fr_model *model, int *channels, int *height, int *width);
 int fr_model_output_numel(const fr_model *model);
 int fr_model_layer_count(const fr_model *model);
 const char *fr_model_layer_name(const fr_model *model, int layer);
@@ -195,12 +197,32 @@ typedef struct fr_dataset fr_dataset;
 /* An IDX image file and its label file, raw or gzip'd. Pixels become [0, 1]. */
 int fr_dataset_load_idx(const char *images_path, const char *labels_path,
                         fr_dataset **out, fr_error *err);
+/* How a 4-D image array is laid out; a sample in frost is always C x H x W. */
+typedef enum fr_layout {
+    FR_LAYOUT_NCHW, /* (N, C, H, W): PyTorch's */
+    FR_LAYOUT_NHWC  /* (N, H, W, C): TensorFlow's, PIL's, OpenCV's */
+} fr_layout;
 /*
- * `dir` holds train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz] and
- * the t10k- pair; `train` picks which.
+ * NumPy .npy files (numpy.save; format 1.0, 2.0 or 3.0), raw or gzip'd.
+ * Images x: shape (N, C, H, W) or (N, H, W, C) as `layout` says, (N, H, W)
+ * (one channel) or (N, F) (F features: a sample of F x 1 x 1); dtype uint8
+ * (p becomes p / 255, as IDX pixels do), float32 or float64 (taken as they
+ * are; every value must be finite).  Labels y: shape (N,), any integer
+ * dtype, values 0..255.
+ */
+int fr_dataset_load_npy(const char *x_path, const char *y_path, fr_layout layout,
+                        fr_dataset **out, fr_error *err);
+/*
+ * `dir` holds NumPy files train_x.npy, train_y.npy, test_x.npy, test_y.npy
+ * (each may be NAME.gz instead; a directory with train_x.npy or test_x.npy
+ * is read as NumPy data), else the IDX files train-images-idx3-ubyte[.gz],
+ * train-labels-idx1-ubyte[.gz] and the t10k- pair; `train` picks which.
+ * fr_dataset_load_dir reads 4-D NumPy images as NCHW.
  */
 int fr_dataset_load_dir(const char *dir, bool train, fr_dataset **out,
                         fr_error *err);
+int fr_dataset_load_dir_as(const char *dir, bool train, fr_layout layout,
+                           fr_dataset **out, fr_error *err);
 /* A dataset over caller-owned copies of x (n x sample_numel) and labels. */
 int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n,
                            int channels, int height, int width,
@@ -208,10 +230,23 @@ int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n,
 void fr_dataset_free(fr_dataset *data);
 int fr_dataset_size(const fr_dataset *data);
 int fr_dataset_sample_numel(const fr_dataset *data);
+/* One sample's shape, channels x height x width. */
+void fr_dataset_sample_shape(const fr_dataset *data, int *channels, int *height,
+                             int *width);
 const float *fr_dataset_images(const fr_dataset *data);
 const uint8_t *fr_dataset_labels(const fr_dataset *data);
 /* Keep only samples whose label is in `spec`: "0-4", "5,6,7,8,9", "0-2,7". */
 int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err);
+/*
+ * Per-channel normalisation, torchvision's Normalize: x = (x - mean[c]) /
+ * std[c] in float32.  `count` pairs: 1 (for every channel) or one per
+ * channel; every mean finite, every std finite and > 0.
+ */
+int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std,
+                         int count, fr_error *err);
+/* Move samples [keep, n) into a new dataset *rest, in order; `data` keeps
+ * [0, keep).  Both parts must be non-empty. */
+int fr_dataset_split(fr_dataset *data, int keep, fr_dataset **rest, fr_error *err);
 /* Largest label + 1. */
 int fr_dataset_class_count(const fr_dataset *data);
 /* The files the dataset was read from ("" for fr_dataset_from_arrays). */
@@ -242,6 +277,54 @@ typedef enum fr_loss_kind {
  * DDP's bf16_compress_hook does. */
 typedef enum { FR_GRAD_F32 = 0, FR_GRAD_BF16 = 1 } fr_grad_dtype;
 
+/*
+ * A learning-rate schedule: the learning rate of step k (counted from 0) is a
+ * pure function of k and the base learning rate, fr_lr_at, so a resumed run
+ * needs only the step count.  Each matches torch.optim.lr_scheduler stepped
+ * once per optimizer step (scheduler.step() after optimizer.step()):
+ *   FR_LR_CONSTANT  no scheduler: the base learning rate
+ *   FR_LR_STEP      StepLR(step_size, gamma): base * gamma^(k / step_size)
+ *   FR_LR_COSINE    CosineAnnealingLR(T_max, eta_min):
+ *                   eta_min + (base - eta_min) * (1 + cos(pi * k / T_max)) / 2
+ *                   (past T_max it rises again, as torch's does)
+ * With warmup_steps W > 0, step k < W has base * (k + 1) / W, and the
+ * schedule above starts at step W with its own k = 0: torch's
+ *   SequentialLR(opt, [LambdaLR(opt, lambda k: (k + 1) / W), SCHEDULE], milestones=[W])
+ * (the same factors as LinearLR(opt, start_factor=1/W, total_iters=W-1)).
+ * Every parameter follows the schedule from its own base learning rate
+ * (fr_trainer_set_lr), as a torch scheduler treats each param group; eta_min
+ * is the same for all of them, as in torch.  All zero: constant, no warmup.
+ */
+typedef enum fr_lr_schedule_kind {
+    FR_LR_CONSTANT = 0,
+    FR_LR_STEP = 1,
+    FR_LR_COSINE = 2
+} fr_lr_schedule_kind;
+
+typedef struct fr_lr_schedule {
+    fr_lr_schedule_kind kind;
+    long step_size;    /* FR_LR_STEP: >= 1 */
+    double gamma;      /* FR_LR_STEP: > 0 */
+    long t_max;        /* FR_LR_COSINE: >= 1 */
+    double eta_min;    /* FR_LR_COSINE: >= 0 */
+    long warmup_steps; /* >= 0 */
+} fr_lr_schedule;
+
+/* The learning rate of step `step` (from 0) for base learning rate `base_lr`. */
+double fr_lr_at(const fr_lr_schedule *schedule, double base_lr, long step);
+/* FR_EINVAL naming the first value out of range. */
+int fr_lr_schedule_check(const fr_lr_schedule *schedule, fr_error *err);
+/*
+ * Parse "constant", "step:STEP_SIZE[:GAMMA]" (gamma 0.1 by default, as
+ * StepLR's) or "cosine[:T_MAX[:ETA_MIN]]" (eta_min 0; without T_MAX, t_max is
+ * left 0 for the caller to fill in, e.g. with the steps after the warmup).
+ * warmup_steps is left as it was.  One clear message per malformed value.
+ */
+int fr_lr_schedule_parse(const char *text, fr_lr_schedule *schedule, fr_error *err);
+/* "constant", "StepLR(step_size=10, gamma=0.5)",
+ * "warmup 5 steps, then CosineAnnealingLR(T_max=95, eta_min=0)": torch's names. */
+void fr_lr_schedule_format(const fr_lr_schedule *schedule, char *buf, size_t len);
+
 typedef struct fr_train_config {
     fr_optimizer_kind optimizer;
     fr_loss_kind loss;
@@ -262,6 +345,12 @@ typedef struct fr_train_config {
     bool sync_updates;   /* several ranks: apply each step's update before
                             fr_trainer_step returns instead of leaving it in
                             flight (slower; see fr_trainer_step) */
+    fr_lr_schedule lr_schedule; /* the learning rate per step (zero: constant) */
+    double clip_grad_norm; /* > 0: torch's clip_grad_norm_(trainable, max_norm,
+                              norm_type=2) on the gradient averaged over the
+                              global batch, before every update; 0: off.  On
+                              several ranks the update is then applied within
+                              its step (no update in flight) */
 } fr_train_config;
 
 /* PyTorch's defaults: SGD, lr 0.01, no momentum or weight decay, Adam betas
@@ -338,10 +427,30 @@ int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data,
                             long *correct, fr_error *err);
 /* Bytes the feature cache holds now (0 when off or nothing cacheable). */
 size_t fr_trainer_cache_bytes(const fr_trainer *trainer);
+/* The layer whose outputs the feature cache holds now (the frozen prefix's
+ * last), or -1 when it holds none. */
+int fr_trainer_cache_layer(const fr_trainer *trainer);
 /* Forward only: mean loss and correct count over `batch` samples. */
 int fr_trainer_evaluate(fr_trainer *trainer, const float *x,
                         const void *targets, int batch, double *loss,
                         long *correct, fr_error *err);
+/*
+ * Per-parameter learning rates, torch's param groups by name: every parameter
+ * `pattern` matches (a glob or a layer name, as fr_model_freeze matches;
+ * frozen ones too, for when they are unfrozen) gets base learning rate `lr`
+ * instead of config.lr.  Calls apply in order: where patterns overlap, the
+ * last call wins.  FR_ENOMATCH when the pattern matches nothing.  The
+ * schedule (config.lr_schedule) acts on each parameter's base rate.
+ */
+int fr_trainer_set_lr(fr_trainer *trainer, const char *pattern, double lr, fr_error *err);
+/* The learning rate step `step` (from 0) applies to parameter `param`
+ * (-1: to a parameter without its own, config.lr through the schedule). */
+double fr_trainer_lr(const fr_trainer *trainer, int param, long step);
+/* With config.clip_grad_norm: the global L2 norm of the last step's averaged
+ * gradient before clipping (what torch's clip_grad_norm_ returns); NAN before
+ * the first step or without clipping. */
+double fr_trainer_grad_norm(const fr_trainer *trainer);
+
 /* Rows [*first, *first + *count) of a global batch are read by this rank. */
 void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first,
                           int *count);
@@ -373,8 +482,9 @@ typedef struct fr_meta {
 /*
  * Write a training checkpoint: every parameter and buffer, the optimizer state of the
  * trainable ones ("<name>.momentum", "<name>.exp_avg", "<name>.exp_avg_sq"),
- * and in __metadata__ the step, the optimizer, the per-parameter step counts
- * and the frozen set, plus the caller's entries.  Atomic (temporary file,
+ * and in __metadata__ the step, the optimizer, the per-parameter step counts,
+ * the frozen set, the learning rates and their schedule, plus the caller's
+ * entries.  Atomic (temporary file,
  * fsync, rename); refused with FR_ENONFINITE if any value is NaN or Inf, so a
  * good checkpoint is never replaced by a broken one.  A checkpoint is also a
  * weights file for fr_model_load_weights.
@@ -388,14 +498,24 @@ int fr_checkpoint_open(const char *path, fr_checkpoint **out, fr_error *err);
 void fr_checkpoint_close(fr_checkpoint *checkpoint);
 /* A metadata value, or NULL. */
 const char *fr_checkpoint_get(const fr_checkpoint *checkpoint, const char *key);
+/* What fr_trainer_restore may find changed, bits of its `allow` (true is
+ * FR_RESTORE_FREEZE_CHANGE). */
+enum {
+    FR_RESTORE_FREEZE_CHANGE = 1, /* the frozen set */
+    FR_RESTORE_LR_CHANGE = 2      /* the learning rates and their schedule */
+};
 /*
  * Restore weights, optimizer state, step counts and the step counter.  The
- * checkpoint must come from the same model and optimizer, and from the same
- * frozen set unless `allow_freeze_change` (staged fine-tuning: parameters
- * unfrozen since start with fresh state).
+ * checkpoint must come from the same model and optimizer; from the same
+ * frozen set unless `allow` has FR_RESTORE_FREEZE_CHANGE (staged fine-tuning:
+ * parameters unfrozen since start with fresh state); and with the same
+ * learning rates (config.lr, the per-parameter ones, config.lr_schedule)
+ * unless it has FR_RESTORE_LR_CHANGE (the run then goes on from the
+ * checkpoint's step with this trainer's).  The schedule's position is the
+ * step counter.
  */
 int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
-                       bool allow_freeze_change, fr_error *err);
+                       unsigned allow, fr_error *err);
 
 /* FR_ENONFINITE naming the first parameter holding a NaN or Inf. */
 int fr_model_check_finite(const fr_model *model, fr_error *err);
@@ -465,6 +585,49 @@ int fr_trace_start(int threads, size_t events_per_thread, fr_error *err);
  * (Perfetto, chrome://tracing), one process per rank, from rank 0. */
 int fr_trace_write(const char *path, fr_error *err);
 void fr_trace_stop(void);
+
+/* ---------------------------------------------------------- TensorBoard */
+
+/*
+ * A TensorBoard event file: `tensorboard --logdir DIR` plots the scalars
+ * as they come.  fr_tb_open makes DIR if it is missing (not its parents) and
+ * starts a new file in it, DIR/events.out.tfevents.<unix time>.<hostname>
+ * (TensorFlow's name; never one that exists), beginning with the file-version
+ * record.  fr_tb_start marks the run's first step.  Scalars are gathered with fr_tb_scalar and written, as one event
+ * at a step, by fr_tb_write, which flushes it so that a running TensorBoard
+ * sees it.  Each run (a resumed one too) writes its own file; the files of a
+ * directory make one run in TensorBoard.  Write from one process only (rank
+ * 0 under MPI).
+ *
+ *     fr_tb_scalar(tb, "train/loss", loss);
+ *     fr_tb_scalar(tb, "train/accuracy", accuracy);
+ *     fr_tb_write(tb, step, &err);
+ *
+ * Errors stick: after the first failure (a full disk, say) nothing more is
+ * written, and fr_tb_write, fr_tb_start and fr_tb_close return that
+ * failure, naming the file.  `tb` may be NULL in every call but fr_tb_open:
+ * nothing happens, so a program writes its scalars unconditionally and only
+ * the process that opened a file writes one.
+ */
+typedef struct fr_tensorboard fr_tensorboard;
+int fr_tb_open(const char *dir, fr_tensorboard **out, fr_error *err);
+/* The event file's path (NULL for NULL). */
+const char *fr_tb_path(const fr_tensorboard *tb);
+/* Add `value` (stored as a float) under `tag` to the next event. */
+void fr_tb_scalar(fr_tensorboard *tb, const char *tag, double value);
+/* Write the scalars added since the last write as one event at `step` and
+ * flush it; nothing when there are none. */
+int fr_tb_write(fr_tensorboard *tb, long step, fr_error *err);
+/* Mark that the run starts at `step`, its first step (1 when it starts
+ * afresh, N+1 resumed from a checkpoint of step N); call it once, before the
+ * first fr_tb_write.  TensorBoard takes the first start it reads in a
+ * directory as the beginning and each later one as a restart: it drops the
+ * points it read at `step` and later (what a stopped run logged after its
+ * checkpoint, or all of an earlier run that started afresh in the same
+ * directory). */
+int fr_tb_start(fr_tensorboard *tb, long step, fr_error *err);
+/* Close the file (NULL is allowed); returns the first failure, if any. */
+int fr_tb_close(fr_tensorboard *tb, fr_error *err);
 
 /* ---------------------------------------------------------------- files */
 

@@ -102,3 +102,7 @@ size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
     const feature_cache *c = &trainer->cache;
     return c->layer >= 0 ? (size_t)c->samples * c->numel * sizeof(float) : 0;
 }
+
+int fr_trainer_cache_layer(const fr_trainer *trainer) {
+    return trainer->cache.layer >= 0 && trainer->cache.data ? trainer->cache.layer : -1;
+}

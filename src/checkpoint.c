@@ -10,7 +10,9 @@
  * resume on another number of threads or ranks.
  *
  * Metadata written here ("frost.*"): the step counter, the optimizer, the
- * frozen set and the per-parameter optimizer step counts.  The caller adds
+ * frozen set, the per-parameter optimizer step counts, and the learning
+ * rates with their schedule (lr_schedule.c; the schedule's position is the step
+ * counter).  The caller adds
  * its own entries (data position, seed, hyper-parameters).
  */
 #include "internal.h"
@@ -93,8 +95,8 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
     int capacity = model->param_count * 3 + model->buffer_count;
     fr_st_out *tensors = calloc((size_t)capacity + 1, sizeof *tensors);
     char (*names)[FR_NAME_MAX * 2] = calloc((size_t)capacity + 1, sizeof *names);
-    fr_text frozen = {0}, steps = {0};
-    fr_st_meta *meta = calloc((size_t)extra_count + 8, sizeof *meta);
+    fr_text frozen = {0}, steps = {0}, lr_texts[FR_LR_META_COUNT] = {{0}};
+    fr_st_meta *meta = calloc((size_t)extra_count + 8 + FR_LR_META_COUNT, sizeof *meta);
     if (!tensors || !names || !meta) {
         rc = fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
         goto done;
@@ -139,6 +141,11 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
     meta[n_meta++] = (fr_st_meta){(char *)META_OPTIMIZER, (char *)optimizer_name(config->optimizer)};
     meta[n_meta++] = (fr_st_meta){(char *)META_FROZEN, frozen.data};
     meta[n_meta++] = (fr_st_meta){(char *)META_PARAM_STEPS, steps.data};
+    if (!fr_trainer_lr_metadata(trainer, lr_texts, meta + n_meta)) {
+        rc = fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    n_meta += FR_LR_META_COUNT;
     for (int i = 0; i < extra_count; i++)
         meta[n_meta++] = (fr_st_meta){(char *)extra[i].key, (char *)extra[i].value};
     rc = fr_st_write(path, tensors, count, meta, n_meta, err);
@@ -148,6 +155,8 @@ done:
     free(meta);
     free(frozen.data);
     free(steps.data);
+    for (int i = 0; i < FR_LR_META_COUNT; i++)
+        free(lr_texts[i].data);
     return rc;
 }
 
@@ -221,8 +230,9 @@ static int parse_long(const char *text, long *out) {
     return 0;
 }
 
-int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
-                       bool allow_freeze_change, fr_error *err) {
+int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint, unsigned allow,
+                       fr_error *err) {
+    bool allow_freeze_change = allow & FR_RESTORE_FREEZE_CHANGE;
     fr_model *model = fr_trainer_model(trainer);
     const fr_train_config *config = fr_trainer_config(trainer);
     const fr_st_file *file = checkpoint->file;
@@ -276,6 +286,9 @@ int fr_trainer_restore(fr_trainer *trainer, const fr_checkpoint *checkpoint,
                                path, p->name, was_frozen ? "frozen" : "trainable",
                                p->requires_grad ? "trains" : "freezes");
     }
+    if (!(allow & FR_RESTORE_LR_CHANGE) &&
+        (rc = fr_trainer_check_lr_metadata(trainer, checkpoint, path, err)) != FR_OK)
+        return rc;
     /* Check every state tensor before anything is copied. */
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];

@@ -453,7 +453,10 @@ int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
     double optimizer[] = {config->optimizer, config->loss, config->lr, config->momentum,
                           config->dampening, config->nesterov, config->weight_decay,
                           config->beta1, config->beta2, config->eps, config->bucket_mb,
-                          config->grad_dtype};
+                          config->grad_dtype, config->clip_grad_norm,
+                          config->lr_schedule.kind, config->lr_schedule.step_size,
+                          config->lr_schedule.gamma, config->lr_schedule.t_max,
+                          config->lr_schedule.eta_min, config->lr_schedule.warmup_steps};
     hyper = fr_hash_bytes(hyper, optimizer, sizeof optimizer);
     hyper = fr_hash_bytes(hyper, settings, sizeof(double) * (size_t)setting_count);
     int rc = fr_comm_check_same(shapes, "the model (parameter names and shapes)", err);

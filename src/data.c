@@ -1,7 +1,9 @@
 /*
- * data.c - datasets: IDX image/label files (MNIST, Fashion-MNIST), raw or
- * gzip'd, turned into n x C x H x W floats in [0, 1] plus one uint8 label per
- * sample, and the class filter behind `--classes`.
+ * data.c - datasets: IDX image/label files (MNIST, Fashion-MNIST) and NumPy
+ * .npy arrays (npy.c parses them), raw or gzip'd, turned into n x C x H x W
+ * floats plus one uint8 label per sample; the class filter behind
+ * `--classes` and the per-channel normalisation behind `--normalize`.
+ * Byte pixels become p / 255 in [0, 1] whichever file they come from.
  *
  * Everything read from disk is treated as hostile: every size in a header is
  * checked against the bytes actually present before anything is allocated
@@ -15,7 +17,9 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,6 +29,9 @@
 #define IDX_READ_LIMIT ((size_t)1 << 30)
 #define IDX_MAX_SIDE 4096u
 #define IDX_MAX_COUNT 100000000u
+
+/* A .npy file may be far bigger: float32 images of a larger dataset. */
+#define NPY_READ_LIMIT ((size_t)1 << 36)
 
 #define IDX_IMAGES_MAGIC 0x00000803u /* u8 data, 3 dimensions */
 #define IDX_LABELS_MAGIC 0x00000801u /* u8 data, 1 dimension */
@@ -349,6 +356,13 @@ static int dataset_alloc(int n, fr_shape shape, const char *what, fr_dataset **o
     return FR_OK;
 }
 
+/* What a byte pixel p becomes, for every p: one table lookup per pixel
+ * instead of a division, the same values as p / 255.0f. */
+static void fill_pixel_values(float pixel_value[256]) {
+    for (int p = 0; p < 256; p++)
+        pixel_value[p] = (float)p / 255.0f;
+}
+
 int fr_dataset_load_idx(const char *images_path, const char *labels_path, fr_dataset **out,
                         fr_error *err) {
     if (!images_path || !labels_path || !out)
@@ -377,10 +391,8 @@ int fr_dataset_load_idx(const char *images_path, const char *labels_path, fr_dat
         status = dataset_alloc((int)images.count, shape, images_path, &data, err);
     }
     if (status == FR_OK) {
-        /* One table lookup per pixel instead of a division; same values as p / 255.0f. */
         float pixel_value[256];
-        for (int p = 0; p < 256; p++)
-            pixel_value[p] = (float)p / 255.0f;
+        fill_pixel_values(pixel_value);
         size_t pixel_count = (size_t)images.count * images.rows * images.cols;
         for (size_t i = 0; i < pixel_count; i++)
             data->x[i] = pixel_value[images.pixels[i]];
@@ -394,6 +406,231 @@ int fr_dataset_load_idx(const char *images_path, const char *labels_path, fr_dat
     return status;
 }
 
+/* ------------------------------------------------------------ NumPy files */
+
+/* Labels: a 1-D array of integers, as many as fit an int. */
+static int check_npy_labels(const char *path, const fr_npy *labels, fr_error *err) {
+    char shape[160];
+    fr_npy_shape_string(labels, shape, sizeof shape);
+    if (labels->kind == 'f')
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: labels of dtype '%s'; labels must be integers (y.astype('int64'))",
+                       path, labels->descr);
+    if (labels->ndim != 1)
+        return fr_fail(err, FR_EFORMAT, "%s: labels of shape %s; labels must be 1-D, shape (N,)",
+                       path, shape);
+    if (labels->count == 0)
+        return fr_fail(err, FR_EFORMAT, "%s: shape %s holds no labels", path, shape);
+    if (labels->count > INT_MAX)
+        return fr_fail(err, FR_EFORMAT, "%s: %zu labels, more than %d", path, labels->count,
+                       INT_MAX);
+    return FR_OK;
+}
+
+/* Element i of an integer array; uint64 values beyond int64 saturate (they
+ * are out of any label range anyway: the message reads them again). */
+static long long npy_integer_at(const fr_npy *array, size_t i) {
+    const unsigned char *at = array->data + i * (size_t)array->item_bytes;
+    bool is_signed = array->kind == 'i';
+    switch (array->item_bytes) {
+    case 1:
+        return is_signed ? (long long)(int8_t)at[0] : (long long)at[0];
+    case 2: {
+        int16_t s;
+        uint16_t u;
+        memcpy(&s, at, 2);
+        memcpy(&u, at, 2);
+        return is_signed ? (long long)s : (long long)u;
+    }
+    case 4: {
+        int32_t s;
+        uint32_t u;
+        memcpy(&s, at, 4);
+        memcpy(&u, at, 4);
+        return is_signed ? (long long)s : (long long)u;
+    }
+    default: {
+        int64_t s;
+        uint64_t u;
+        memcpy(&s, at, 8);
+        memcpy(&u, at, 8);
+        return is_signed ? (long long)s : u > INT64_MAX ? (long long)INT64_MAX : (long long)u;
+    }
+    }
+}
+
+static int decode_npy_labels(const char *path, const fr_npy *labels, uint8_t *out,
+                             fr_error *err) {
+    for (size_t i = 0; i < labels->count; i++) {
+        long long label = npy_integer_at(labels, i);
+        if (label >= 0 && label <= 255) {
+            out[i] = (uint8_t)label;
+            continue;
+        }
+        char value[32];
+        if (labels->kind == 'u' && labels->item_bytes == 8) {
+            uint64_t raw;
+            memcpy(&raw, labels->data + i * sizeof raw, sizeof raw);
+            snprintf(value, sizeof value, "%llu", (unsigned long long)raw);
+        } else {
+            snprintf(value, sizeof value, "%lld", label);
+        }
+        return fr_fail(err, FR_EFORMAT, "%s: label %s (sample %zu) is out of range 0-255", path,
+                       value, i);
+    }
+    return FR_OK;
+}
+
+/*
+ * Images: uint8, float32 or float64, of 2, 3 or 4 dimensions; *shape is one
+ * sample's C x H x W once the layout is applied.
+ */
+static int check_npy_images(const char *path, const fr_npy *images, fr_layout layout,
+                            fr_shape *shape, fr_error *err) {
+    char text[160];
+    fr_npy_shape_string(images, text, sizeof text);
+    bool bytes = images->kind == 'u' && images->item_bytes == 1;
+    if (!bytes && images->kind != 'f')
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: images of dtype '%s'; frost reads uint8 (scaled to [0, 1]), float32 "
+                       "and float64",
+                       path, images->descr);
+    if (images->ndim < 2 || images->ndim > 4)
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: images of shape %s; expected (N, C, H, W) or (N, H, W, C), "
+                       "(N, H, W) or (N, features)",
+                       path, text);
+    for (int d = 0; d < images->ndim; d++)
+        if (images->shape[d] == 0)
+            return fr_fail(err, FR_EFORMAT, "%s: images of shape %s have a zero dimension", path,
+                           text);
+    const uint64_t *dims = images->shape;
+    uint64_t chw[3] = {1, 1, 1};
+    if (images->ndim == 2)
+        chw[0] = dims[1];
+    else if (images->ndim == 3)
+        chw[1] = dims[1], chw[2] = dims[2];
+    else if (layout == FR_LAYOUT_NHWC)
+        chw[0] = dims[3], chw[1] = dims[1], chw[2] = dims[2];
+    else
+        chw[0] = dims[1], chw[1] = dims[2], chw[2] = dims[3];
+    /* The file's size bounds the product, so this cannot overflow. */
+    uint64_t numel = chw[0] * chw[1] * chw[2];
+    if (dims[0] > INT_MAX)
+        return fr_fail(err, FR_EFORMAT, "%s: %llu images, more than %d", path,
+                       (unsigned long long)dims[0], INT_MAX);
+    if (numel > INT_MAX)
+        return fr_fail(err, FR_EFORMAT, "%s: images of shape %s have more than %d values each",
+                       path, text, INT_MAX);
+    *shape = (fr_shape){(int)chw[0], (int)chw[1], (int)chw[2]};
+    return FR_OK;
+}
+
+/* Every value as a float in the file's order: bytes as p / 255, floats as
+ * they are, refusing what is not finite in float32. */
+static int convert_npy_values(const char *path, const fr_npy *images, size_t sample_numel,
+                              float *x, fr_error *err) {
+    size_t count = images->count;
+    if (images->item_bytes == 1) {
+        float pixel_value[256];
+        fill_pixel_values(pixel_value);
+        for (size_t i = 0; i < count; i++)
+            x[i] = pixel_value[images->data[i]];
+        return FR_OK;
+    }
+    size_t bad = count;
+    double bad_value = 0;
+    if (images->item_bytes == 4) {
+        memcpy(x, images->data, count * sizeof(float));
+        for (size_t i = 0; i < count && bad == count; i++)
+            if (!isfinite(x[i]))
+                bad = i, bad_value = x[i];
+    } else {
+        for (size_t i = 0; i < count; i++) {
+            double value;
+            memcpy(&value, images->data + i * sizeof value, sizeof value);
+            /* Beyond FLT_MAX the conversion itself would be undefined. */
+            if (!(fabs(value) <= FLT_MAX)) {
+                bad = i, bad_value = value;
+                break;
+            }
+            x[i] = (float)value;
+        }
+    }
+    if (bad == count)
+        return FR_OK;
+    return fr_fail(err, FR_EFORMAT, "%s: sample %zu holds %g; images must be finite float32 values",
+                   path, bad / sample_numel, bad_value);
+}
+
+/* N,H,W,C samples to C,H,W, one sample at a time through `scratch`. */
+static void nhwc_to_nchw(float *x, int n, fr_shape shape, float *scratch) {
+    size_t plane = (size_t)shape.h * shape.w, numel = plane * shape.c;
+    for (int s = 0; s < n; s++) {
+        float *sample = x + (size_t)s * numel;
+        memcpy(scratch, sample, numel * sizeof(float));
+        for (size_t pixel = 0; pixel < plane; pixel++)
+            for (int c = 0; c < shape.c; c++)
+                sample[(size_t)c * plane + pixel] = scratch[pixel * shape.c + c];
+    }
+}
+
+int fr_dataset_load_npy(const char *x_path, const char *y_path, fr_layout layout,
+                        fr_dataset **out, fr_error *err) {
+    if (!x_path || !y_path || !out)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_load_npy: NULL argument");
+    *out = NULL;
+    if (layout != FR_LAYOUT_NCHW && layout != FR_LAYOUT_NHWC)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_load_npy: unknown layout %d", (int)layout);
+
+    /* Labels first: they are small, so a mismatched pair fails before the big read. */
+    unsigned char *label_bytes = NULL, *image_bytes = NULL;
+    size_t label_size = 0, image_size = 0;
+    fr_npy labels, images;
+    fr_shape shape = {0, 0, 0};
+    int status = fr_read_file_gunzip(y_path, NPY_READ_LIMIT, &label_bytes, &label_size, err);
+    if (status == FR_OK)
+        status = fr_npy_parse(y_path, label_bytes, label_size, &labels, err);
+    if (status == FR_OK)
+        status = check_npy_labels(y_path, &labels, err);
+    if (status == FR_OK)
+        status = fr_read_file_gunzip(x_path, NPY_READ_LIMIT, &image_bytes, &image_size, err);
+    if (status == FR_OK)
+        status = fr_npy_parse(x_path, image_bytes, image_size, &images, err);
+    if (status == FR_OK)
+        status = check_npy_images(x_path, &images, layout, &shape, err);
+    if (status == FR_OK && images.shape[0] != labels.count)
+        status = fr_fail(err, FR_EFORMAT, "%s has %llu images but %s has %zu labels", x_path,
+                         (unsigned long long)images.shape[0], y_path, labels.count);
+
+    fr_dataset *data = NULL;
+    float *scratch = NULL;
+    if (status == FR_OK)
+        status = dataset_alloc((int)images.shape[0], shape, x_path, &data, err);
+    if (status == FR_OK)
+        status = decode_npy_labels(y_path, &labels, data->labels, err);
+    if (status == FR_OK)
+        status = convert_npy_values(x_path, &images, fr_shape_numel(shape), data->x, err);
+    if (status == FR_OK && images.ndim == 4 && layout == FR_LAYOUT_NHWC && shape.c > 1) {
+        scratch = fr_alloc(fr_shape_numel(shape) * sizeof(float));
+        if (scratch)
+            nhwc_to_nchw(data->x, data->n, shape, scratch);
+        else
+            status = fr_fail(err, FR_ENOMEM, "%s: out of memory for one sample", x_path);
+    }
+    if (status == FR_OK) {
+        snprintf(data->images_path, sizeof data->images_path, "%s", x_path);
+        snprintf(data->labels_path, sizeof data->labels_path, "%s", y_path);
+        *out = data;
+    } else {
+        fr_dataset_free(data);
+    }
+    fr_free(scratch);
+    fr_free(label_bytes);
+    fr_free(image_bytes);
+    return status;
+}
+
 /* ------------------------------------------------------- dataset directories */
 
 static bool path_exists(const char *path) {
@@ -401,23 +638,41 @@ static bool path_exists(const char *path) {
     return stat(path, &info) == 0;
 }
 
-/* DIR/NAME, or DIR/NAME.gz when only that exists. */
-static int find_idx_file(const char *dir, const char *name, char *path, size_t path_len,
-                         fr_error *err) {
+/* DIR/NAME, or DIR/NAME.gz when only that exists, in `path`; *found says
+ * whether either exists (if not, `path` holds DIR/NAME). */
+static int locate_file(const char *dir, const char *name, char *path, size_t path_len,
+                       bool *found, fr_error *err) {
     const char *separator = dir[strlen(dir) - 1] == '/' ? "" : "/";
     int written = snprintf(path, path_len, "%s%s%s", dir, separator, name);
     if (written < 0 || (size_t)written + 3 >= path_len)
         return fr_fail(err, FR_EINVAL, "%s: path too long", dir);
+    *found = true;
     if (path_exists(path))
         return FR_OK;
     strcat(path, ".gz");
     if (path_exists(path))
         return FR_OK;
     path[written] = '\0';
-    return fr_fail(err, FR_EIO, "%s[.gz]: no such file", path);
+    *found = false;
+    return FR_OK;
+}
+
+/* DIR/NAME or DIR/NAME.gz, or an error naming both; `hint` ends the message. */
+static int find_data_file(const char *dir, const char *name, const char *hint, char *path,
+                          size_t path_len, fr_error *err) {
+    bool found;
+    int status = locate_file(dir, name, path, path_len, &found, err);
+    if (status == FR_OK && !found)
+        status = fr_fail(err, FR_EIO, "%s[.gz]: no such file%s", path, hint);
+    return status;
 }
 
 int fr_dataset_load_dir(const char *dir, bool train, fr_dataset **out, fr_error *err) {
+    return fr_dataset_load_dir_as(dir, train, FR_LAYOUT_NCHW, out, err);
+}
+
+int fr_dataset_load_dir_as(const char *dir, bool train, fr_layout layout, fr_dataset **out,
+                           fr_error *err) {
     if (!dir || !out)
         return fr_fail(err, FR_EINVAL, "fr_dataset_load_dir: NULL argument");
     *out = NULL;
@@ -432,14 +687,35 @@ int fr_dataset_load_dir(const char *dir, bool train, fr_dataset **out, fr_error 
     if (!S_ISDIR(info.st_mode))
         return fr_fail(err, FR_EIO, "%s: not a directory", dir);
 
+    /* A directory with either NumPy image file holds NumPy data: a missing
+     * split is then named as the .npy file it lacks. */
+    const char *split = train ? "train" : "test";
+    char images_name[64], labels_name[64], images_path[4096], labels_path[4096];
+    bool train_npy = false, test_npy = false;
+    int status = locate_file(dir, "train_x.npy", images_path, sizeof images_path, &train_npy, err);
+    if (status == FR_OK)
+        status = locate_file(dir, "test_x.npy", images_path, sizeof images_path, &test_npy, err);
+    if (status != FR_OK)
+        return status;
+    if (train_npy || test_npy) {
+        snprintf(images_name, sizeof images_name, "%s_x.npy", split);
+        snprintf(labels_name, sizeof labels_name, "%s_y.npy", split);
+        status = find_data_file(dir, images_name, "", images_path, sizeof images_path, err);
+        if (status == FR_OK)
+            status = find_data_file(dir, labels_name, "", labels_path, sizeof labels_path, err);
+        if (status != FR_OK)
+            return status;
+        return fr_dataset_load_npy(images_path, labels_path, layout, out, err);
+    }
+
     const char *prefix = train ? "train" : "t10k";
-    char images_name[64], labels_name[64];
     snprintf(images_name, sizeof images_name, "%s-images-idx3-ubyte", prefix);
     snprintf(labels_name, sizeof labels_name, "%s-labels-idx1-ubyte", prefix);
-    char images_path[4096], labels_path[4096];
-    int status = find_idx_file(dir, images_name, images_path, sizeof images_path, err);
+    char hint[64];
+    snprintf(hint, sizeof hint, ", nor %s_x.npy for NumPy data", split);
+    status = find_data_file(dir, images_name, hint, images_path, sizeof images_path, err);
     if (status == FR_OK)
-        status = find_idx_file(dir, labels_name, labels_path, sizeof labels_path, err);
+        status = find_data_file(dir, labels_name, "", labels_path, sizeof labels_path, err);
     if (status != FR_OK)
         return status;
     return fr_dataset_load_idx(images_path, labels_path, out, err);
@@ -486,6 +762,13 @@ int fr_dataset_sample_numel(const fr_dataset *data) {
     return data ? (int)fr_shape_numel(data->shape) : 0;
 }
 
+void fr_dataset_sample_shape(const fr_dataset *data, int *channels, int *height, int *width) {
+    fr_shape shape = data ? data->shape : (fr_shape){0, 0, 0};
+    *channels = shape.c;
+    *height = shape.h;
+    *width = shape.w;
+}
+
 const float *fr_dataset_images(const fr_dataset *data) { return data ? data->x : NULL; }
 
 const uint8_t *fr_dataset_labels(const fr_dataset *data) { return data ? data->labels : NULL; }
@@ -498,6 +781,38 @@ int fr_dataset_class_count(const fr_dataset *data) {
         if (data->labels[i] > largest)
             largest = data->labels[i];
     return largest + 1;
+}
+
+/* ----------------------------------------------------------- normalisation */
+
+int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std, int count,
+                         fr_error *err) {
+    if (!data || !mean || !std)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_normalize: NULL argument");
+    int channels = data->shape.c;
+    if (count != 1 && count != channels)
+        return fr_fail(err, FR_EINVAL,
+                       "%d mean,std pairs for images of %d channel%s: give one pair, or one per "
+                       "channel",
+                       count, channels, channels == 1 ? "" : "s");
+    /* Every pair checked before any value changes: a refusal leaves the data as it was. */
+    for (int c = 0; c < count; c++) {
+        if (!isfinite(mean[c]))
+            return fr_fail(err, FR_EINVAL, "mean %g (pair %d) is not finite", mean[c], c + 1);
+        if (!(std[c] > 0.0f) || !isfinite(std[c]))
+            return fr_fail(err, FR_EINVAL, "std %g (pair %d) must be positive and finite",
+                           std[c], c + 1);
+    }
+    size_t plane = (size_t)data->shape.h * data->shape.w;
+    for (int s = 0; s < data->n; s++)
+        for (int c = 0; c < channels; c++) {
+            float m = mean[count == 1 ? 0 : c], sd = std[count == 1 ? 0 : c];
+            float *values = data->x + ((size_t)s * channels + c) * plane;
+            /* torchvision's order: subtract, then divide (not a multiply by 1/std). */
+            for (size_t i = 0; i < plane; i++)
+                values[i] = (values[i] - m) / sd;
+        }
+    return FR_OK;
 }
 
 /* ----------------------------------------------------------- class filter */
@@ -611,6 +926,34 @@ int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
         kept++;
     }
     data->n = kept;
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------ held-out split */
+
+/* The tail becomes a dataset of its own (a validation set held out of the
+ * training set): samples keep their order, so the split is the same on every
+ * rank and in every resumed run. */
+int fr_dataset_split(fr_dataset *data, int keep, fr_dataset **rest, fr_error *err) {
+    if (!data || !rest)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_split: NULL argument");
+    *rest = NULL;
+    if (keep <= 0 || keep >= data->n)
+        return fr_fail(err, FR_EINVAL,
+                       "%s: splitting %d samples after the first %d leaves one part empty",
+                       data->images_path, data->n, keep);
+    fr_dataset *tail;
+    int status = dataset_alloc(data->n - keep, data->shape, data->images_path, &tail, err);
+    if (status != FR_OK)
+        return status;
+    size_t sample_floats = fr_shape_numel(data->shape);
+    memcpy(tail->x, data->x + (size_t)keep * sample_floats,
+           (size_t)tail->n * sample_floats * sizeof(float));
+    memcpy(tail->labels, data->labels + keep, (size_t)tail->n);
+    memcpy(tail->images_path, data->images_path, sizeof tail->images_path);
+    memcpy(tail->labels_path, data->labels_path, sizeof tail->labels_path);
+    data->n = keep;
+    *rest = tail;
     return FR_OK;
 }
 

@@ -59,6 +59,17 @@ int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err) {
 
 static bool has_glob_chars(const char *pattern) { return strpbrk(pattern, "*?[") != NULL; }
 
+/* A pattern matched nothing (`layer`: the layer it names, -1 for a glob). */
+static int no_match(const fr_model *model, const char *pattern, int layer, fr_error *err) {
+    char shown[FR_ERROR_LEN / 2];
+    pattern = fr_printable(pattern, shown, sizeof shown);
+    if (layer >= 0)
+        return fr_fail(err, FR_ENOMATCH, "pattern '%s' names layer '%s' (%s), which has no parameters",
+                       pattern, pattern, model->layers[layer].ops->kind);
+    return fr_fail(err, FR_ENOMATCH, "pattern '%s' matches no parameter (names look like '%s')",
+                   pattern, model->param_count ? model->params[0].name : "fc1.weight");
+}
+
 static int apply_pattern(fr_model *model, const char *pattern, bool requires_grad,
                          fr_error *err) {
     if (!pattern || !*pattern)
@@ -74,16 +85,20 @@ static int apply_pattern(fr_model *model, const char *pattern, bool requires_gra
             matched++;
         }
     }
-    if (matched == 0) {
-        char shown[FR_ERROR_LEN / 2];
-        pattern = fr_printable(pattern, shown, sizeof shown);
-        if (layer >= 0)
-            return fr_fail(err, FR_ENOMATCH, "pattern '%s' names layer '%s' (%s), which has no parameters",
-                           pattern, pattern, model->layers[layer].ops->kind);
-        return fr_fail(err, FR_ENOMATCH, "pattern '%s' matches no parameter (names look like '%s')",
-                       pattern, model->param_count ? model->params[0].name : "fc1.weight");
+    return matched ? FR_OK : no_match(model, pattern, layer, err);
+}
+
+int fr_model_match(const fr_model *model, const char *pattern, bool *hits, fr_error *err) {
+    if (!pattern || !*pattern)
+        return fr_fail(err, FR_EINVAL, "empty pattern");
+    int layer = has_glob_chars(pattern) ? -1 : fr_model_find_layer(model, pattern);
+    int matched = 0;
+    for (int i = 0; i < model->param_count; i++) {
+        const fr_param *p = &model->params[i];
+        hits[i] = layer >= 0 ? param_in_layer(model, p, layer) : fnmatch(pattern, p->name, 0) == 0;
+        matched += hits[i];
     }
-    return FR_OK;
+    return matched ? FR_OK : no_match(model, pattern, layer, err);
 }
 
 int fr_model_freeze(fr_model *model, const char *pattern, fr_error *err) {

@@ -468,15 +468,50 @@ void fr_trainer_set_steps_done(fr_trainer *trainer, long steps);
 const fr_train_config *fr_trainer_config(const fr_trainer *trainer);
 fr_model *fr_trainer_model(const fr_trainer *trainer);
 
+/* lr_schedule.c, for checkpoint.c: the learning rates as a checkpoint records
+ * them, FR_LR_META_COUNT entries of `meta` whose values live in `texts`
+ * (false when out of memory); and whether a checkpoint's are this trainer's
+ * (FR_EINVAL naming the first difference; one that records none passes). */
+#define FR_LR_META_COUNT 3
+bool fr_trainer_lr_metadata(const fr_trainer *trainer, fr_text texts[FR_LR_META_COUNT],
+                            fr_st_meta *meta);
+int fr_trainer_check_lr_metadata(const fr_trainer *trainer, const fr_checkpoint *checkpoint,
+                                 const char *path, fr_error *err);
+
+/* freeze.c: hits[i] says whether parameter i matches `pattern` (a glob, or a
+ * layer or block name, as fr_model_freeze matches); FR_ENOMATCH when none does. */
+int fr_model_match(const fr_model *model, const char *pattern, bool *hits, fr_error *err);
+
 /* ------------------------------------------------------------- data */
 
 struct fr_dataset {
     char images_path[512], labels_path[512]; /* where it came from, for messages */
     int n;
     fr_shape shape;
-    float *x;         /* n x numel(shape), values in [0, 1] */
+    float *x;         /* n x numel(shape), NCHW; IDX and uint8 pixels in [0, 1] */
     uint8_t *labels;  /* n */
 };
+
+/* npy.c: a NumPy .npy file held in memory, parsed and checked: a simple
+ * little-endian dtype ('u' or 'i' of 1, 2, 4 or 8 bytes, 'f' of 4 or 8), C
+ * order, a body of exactly count * item_bytes bytes.  `data` points into
+ * the bytes given, which must outlive the array. */
+#define FR_NPY_MAX_DIMS 32
+
+typedef struct fr_npy {
+    char kind;      /* 'u' unsigned integer, 'i' signed integer, 'f' float */
+    int item_bytes; /* 1, 2, 4 or 8 */
+    char descr[48]; /* as the header gives it ("<f4"), for messages */
+    int ndim;
+    uint64_t shape[FR_NPY_MAX_DIMS];
+    size_t count;              /* elements: the product of the shape */
+    const unsigned char *data; /* count * item_bytes bytes */
+} fr_npy;
+
+int fr_npy_parse(const char *path, const unsigned char *bytes, size_t size, fr_npy *array,
+                 fr_error *err);
+/* The shape as numpy prints it: "(60000, 28, 28)", "(5,)". */
+void fr_npy_shape_string(const fr_npy *array, char *text, size_t len);
 
 /* data.c: fr_read_file, then gunzipped when it starts with the gzip magic;
  * `limit` bounds the decompressed size.  Release *out with fr_free. */
@@ -610,6 +645,12 @@ int fr_read_file(const char *path, size_t limit, size_t spare, unsigned char **o
 int fr_write_atomic(const char *path, bool (*write_contents)(FILE *stream, void *context),
                     void *context, fr_error *err);
 int fr_write_file_atomic(const char *path, const void *data, size_t length, fr_error *err);
+/* tensorboard.c's encoding, for the tests: CRC-32C (Castagnoli) of `len`
+ * bytes continuing `crc` (0 to start); TFRecord's mask of a CRC; `value` as a
+ * protobuf varint into `out` (room for 10 bytes), returning its length. */
+uint32_t fr_crc32c(uint32_t crc, const void *data, size_t len);
+uint32_t fr_crc32c_mask(uint32_t crc);
+size_t fr_varint_encode(uint64_t value, unsigned char *out);
 /* Rank 0's values to every rank. */
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err);
 /* Collective: among the ranks on this node (shared memory) whose `key` bytes

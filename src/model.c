@@ -434,6 +434,12 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
 }
 
 int fr_model_input_numel(const fr_model *model) { return (int)fr_shape_numel(model->input); }
+
+void fr_model_input_shape(const fr_model *model, int *channels, int *height, int *width) {
+    *channels = model->input.c;
+    *height = model->input.h;
+    *width = model->input.w;
+}
 int fr_model_output_numel(const fr_model *model) { return (int)fr_shape_numel(output_shape(model)); }
 int fr_model_layer_count(const fr_model *model) { return model->layer_count; }
 

@@ -51,7 +51,11 @@ int fr_optim_check(const fr_train_config *c, fr_error *err) {
         return fr_fail(err, FR_EINVAL, "Adam eps must be >= 0");
     if (c->optimizer != FR_SGD && c->optimizer != FR_ADAM && c->optimizer != FR_ADAMW)
         return fr_fail(err, FR_EINVAL, "unknown optimizer %d", (int)c->optimizer);
-    return FR_OK;
+    if (!(c->clip_grad_norm >= 0.0) || !isfinite(c->clip_grad_norm))
+        return fr_fail(err, FR_EINVAL,
+                       "gradient clipping norm %g: must be a finite number > 0 (0: no clipping)",
+                       c->clip_grad_norm);
+    return fr_lr_schedule_check(&c->lr_schedule, err);
 }
 
 static void sgd(const fr_train_config *c, long step, float *p, const float *grad, float *buf,

@@ -631,6 +631,8 @@ void fr_trainer_free(fr_trainer *trainer) {
     fr_free(trainer->cache.features);
     free(trainer->stats);
     free(trainer->stats_offset);
+    free(trainer->param_lr);
+    free(trainer->clip_partial);
     free(trainer);
 }
 

@@ -13,7 +13,9 @@
  *   ranks:   the slab in buckets, summed by the communication thread
  *            (allreduce.c) while backward goes on (trainable only)
  *   optimizer: trainable parameters only, over the same chunks; on several
- *            ranks during the next step's forward (updates in flight)
+ *            ranks during the next step's forward (updates in flight); each
+ *            parameter at its step's rate (lr_schedule.c); with gradient
+ *            clipping only once the whole sum and its norm are known
  *
  * One pipeline (step_pipeline) runs a step on one rank and on many, and
  * checks the loss at the same moment in both.  On one rank the thread
@@ -425,11 +427,14 @@ static bool segment_part(const slab_segment *seg, size_t begin, size_t end, size
 }
 
 /* Apply the optimizer to slab range [begin, end); grad[0] is the gradient at
- * slab index `begin`.  `ahead` is 1 within the step (the parameters' step
- * counts are raised after it), 0 for the last step's pieces applied later. */
-static void update_range(fr_trainer *trainer, const fr_train_config *config, const float *grad,
-                         size_t begin, size_t end, long ahead) {
+ * slab index `begin`, made by step `step` (from 0) with `config`, whose
+ * learning rates it is applied with.  `ahead` is 1 within the step (the
+ * parameters' step counts are raised after it), 0 for the last step's pieces
+ * applied later. */
+static void update_range(fr_trainer *trainer, const fr_train_config *config, long step,
+                         const float *grad, size_t begin, size_t end, long ahead) {
     fr_model *model = trainer->model;
+    fr_train_config with_lr = *config;
     for (int s = 0; s < trainer->segment_count; s++) {
         const slab_segment *seg = &trainer->segments[s];
         size_t lo, hi;
@@ -437,7 +442,8 @@ static void update_range(fr_trainer *trainer, const fr_train_config *config, con
             continue;
         fr_param *p = &model->params[seg->param];
         size_t within = lo - seg->slab_offset;
-        fr_optim_update(config, trainer->param_steps[seg->param] + ahead, p->data + within,
+        with_lr.lr = fr_param_lr(trainer, config, seg->param, step);
+        fr_optim_update(&with_lr, trainer->param_steps[seg->param] + ahead, p->data + within,
                         grad + (lo - begin), trainer->state_m ? trainer->state_m + lo : NULL,
                         trainer->state_v ? trainer->state_v + lo : NULL, hi - lo);
     }
@@ -473,7 +479,7 @@ static void reduce_and_update(fr_trainer *trainer, size_t begin, size_t end) {
     for (size_t lo = begin; lo < end; lo += FUSED_BLOCK) {
         size_t hi = lo + FUSED_BLOCK < end ? lo + FUSED_BLOCK : end;
         reduce_range(trainer, block, lo, hi);
-        update_range(trainer, &trainer->config, block, lo, hi, 1);
+        update_range(trainer, &trainer->config, trainer->steps_done, block, lo, hi, 1);
     }
 }
 
@@ -489,6 +495,65 @@ static void chunk_of(const fr_trainer *trainer, int t, size_t from, size_t to, s
         *begin = to;
     if (*end > to)
         *end = to;
+}
+
+/* ---------------------------------------------------- gradient clipping */
+
+/*
+ * torch's clip_grad_norm_(trainable, max_norm) on the summed slab, then the
+ * update (every thread calls it, in step): the global L2 norm of the gradient
+ * averaged over the global batch, and every gradient scaled by
+ * max_norm / (norm + 1e-6) where that is below 1, before anything is
+ * applied.  On one rank the threads first reduce their chunks of the slabs
+ * into replica 0's (the fused reduce+update becomes reduce, norm, update);
+ * on several the pieces were reduced into it before they were sent, and
+ * every sum must be back (the sums are the same bits on every rank, so each
+ * computes the same norm).  Each thread sums the squares of its chunk in
+ * double and the threads' sums are added in thread order, so the norm
+ * depends on the layout by rounding only.  A non-finite norm fails the step
+ * with nothing applied.
+ */
+static void clip_and_update(fr_trainer *trainer, int t, bool many_ranks, int *status,
+                            fr_error *err) {
+    float *sum = trainer->replicas[0].slab;
+    size_t begin, end;
+    chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+    if (many_ranks) {
+#pragma omp master
+        for (int k = 0; k < trainer->piece_count; k++)
+            if (fr_comm_finish_sum(trainer->pieces[k].ticket, err) != FR_OK && *status == FR_OK)
+                *status = err && err->status ? err->status : FR_ECOMM;
+        meet(trainer);
+    } else {
+        reduce_range(trainer, sum + begin, begin, end);
+    }
+    double squares = 0.0;
+    for (size_t i = begin; i < end; i++)
+        squares += (double)sum[i] * (double)sum[i];
+    trainer->clip_partial[t] = squares;
+    meet(trainer);
+#pragma omp master
+    {
+        double total = 0.0;
+        for (int k = 0; k < trainer->threads; k++)
+            total += trainer->clip_partial[k];
+        trainer->grad_norm = (float)sqrt(total);
+        if (*status == FR_OK && !isfinite(trainer->grad_norm))
+            *status = fr_fail(err, FR_ENONFINITE, "the gradient norm is %g at step %ld",
+                              trainer->grad_norm, trainer->steps_done + 1);
+    }
+    meet(trainer);
+    if (*status != FR_OK)
+        return;
+    /* torch's norm is a float32 tensor, and so is the coefficient. */
+    float norm = (float)trainer->grad_norm;
+    float coef = (float)trainer->config.clip_grad_norm / (norm + 1e-6f);
+    if (coef < 1.0f)
+        for (size_t i = begin; i < end; i++)
+            sum[i] *= coef;
+    update_range(trainer, &trainer->config, trainer->steps_done, sum + begin, begin, end, 1);
+    fr_trace_add(t, "slab", many_ranks ? "clip+update" : "reduce+clip+update", -1, t0, 0);
 }
 
 /* ---------------------------------------------------------------- step */
@@ -651,8 +716,8 @@ static void apply_pieces(fr_trainer *trainer, int layer, int block, int *status,
             /* Applied within its own step (sync_updates), the step counts
              * are not raised yet. */
             long ahead = trainer->steps_done < trainer->in_flight_step ? 1 : 0;
-            update_range(trainer, &trainer->in_flight_config, trainer->replicas[0].slab + begin,
-                         begin, end, ahead);
+            update_range(trainer, &trainer->in_flight_config, trainer->in_flight_step - 1,
+                         trainer->replicas[0].slab + begin, begin, end, ahead);
             fr_trace_add(t, "bucket", "update", k, t0, 0);
         }
     }
@@ -801,6 +866,10 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
     double *totals = trainer->loss_totals;
     long loss_ticket = -1;
+    bool clipping = trainer->config.clip_grad_norm > 0.0;
+    if (clipping && !trainer->clip_partial &&
+        !(trainer->clip_partial = calloc((size_t)trainer->threads, sizeof(double))))
+        return fr_fail(err, FR_ENOMEM, "out of memory for gradient clipping");
     bool applying = trainer->in_flight, many_ranks = fr_comm_size() > 1;
     if (trainer->model->in_flight == trainer)
         trainer->model->in_flight = NULL;
@@ -856,7 +925,9 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
                 status = check_finite_loss(trainer, *loss, err);
         }
         meet(trainer);
-        if (status == FR_OK && !many_ranks) {
+        if (status == FR_OK && clipping) {
+            clip_and_update(trainer, t, many_ranks, &status, err);
+        } else if (status == FR_OK && !many_ranks) {
             size_t begin, end;
             chunk_of(trainer, t, 0, trainer->trainable_count, &begin, &end);
             double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
@@ -868,7 +939,10 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
         drop_in_flight(trainer);
         return status;
     }
-    trainer->in_flight = trainer->piece_count > 0;
+    /* Clipped, the update was applied within the step. */
+    trainer->in_flight = trainer->piece_count > 0 && !clipping;
+    if (clipping)
+        trainer->grad_norm_step = trainer->steps_done + 1;
     trainer->in_flight_config = trainer->config;
     trainer->in_flight_step = trainer->steps_done + 1;
     if (trainer->in_flight) {
@@ -968,6 +1042,10 @@ size_t fr_trainer_allreduce_bytes(const fr_trainer *trainer) {
 }
 
 size_t fr_trainer_bytes_sent(const fr_trainer *trainer) { return trainer->bytes_sent; }
+
+double fr_trainer_grad_norm(const fr_trainer *trainer) {
+    return trainer->grad_norm_step > 0 ? trainer->grad_norm : NAN;
+}
 
 long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer) {
     if (layer < 0 || layer >= trainer->model->layer_count)

@@ -192,6 +192,17 @@ struct fr_trainer {
     long *stats_offset;
     int stats_status;
     fr_error stats_err;
+
+    /* Learning rates (lr_schedule.c): each parameter's base rate, NULL until
+     * fr_trainer_set_lr (config.lr for every one).  A step's rate is the base
+     * rate through config.lr_schedule at that step's index. */
+    double *param_lr;
+    /* Gradient clipping (train.c): each thread's sum of squares over its
+     * chunk of the summed slab, and the norm of step grad_norm_step (from 1;
+     * 0: none yet) before clipping. */
+    double *clip_partial;
+    double grad_norm;
+    long grad_norm_step;
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -235,6 +246,11 @@ bool fr_plan_changed(const fr_trainer *trainer);
  * i's output (x: the rows at the model's input). */
 void fr_step_forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to);
 const float *fr_step_output(const fr_trainer *trainer, const replica *r, const float *x, int i);
+
+/* lr_schedule.c: the learning rate of step `step` (from 0) for parameter
+ * `param` under `config` (the trainer's, or the one an update in flight was
+ * made with). */
+double fr_param_lr(const fr_trainer *trainer, const fr_train_config *config, int param, long step);
 
 /* cache.c: size and fill the cache for this dataset and the current frozen
  * prefix; whether it holds every one of the `rows` samples `ids`. */

@@ -115,6 +115,67 @@ write(f"{crafted}/images-truncated-gzip.gz", gz_images[:len(gz_images) // 2])
 PY
 ok $? "fixture: python3 crafts the broken inputs"
 
+# NumPy data: $NPY is $D as .npy files, $NPY_NHWC and $NPY_NCHW 3-channel
+# (N, H, W, C) and (N, C, H, W) copies; one python3 run crafts the broken
+# .npy members into $C.
+NPY="$WORK/npy" NPY_NHWC="$WORK/npy-nhwc" NPY_NCHW="$WORK/npy-nchw"
+RGB='input 3 28 28; conv1 = conv2d(3, 4, 3); relu; flatten; fc = linear(2704, 10)'
+"$PYTHON3" "$TOP_SRCDIR/tests/make_npy.py" "$D" "$NPY" &&
+    "$PYTHON3" "$TOP_SRCDIR/tests/make_npy.py" "$D" "$NPY_NHWC" --layout nhwc --channels 3 &&
+    "$PYTHON3" "$TOP_SRCDIR/tests/make_npy.py" "$D" "$NPY_NCHW" --layout nchw --channels 3 &&
+    "$PYTHON3" - "$NPY" "$C" <<'PY'
+import struct, sys
+good, crafted = sys.argv[1:3]
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+def npy(descr, shape, body, fortran=False, header=None):
+    if header is None:
+        dims = ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "")
+        header = "{'descr': '%s', 'fortran_order': %s, 'shape': (%s), }" % (descr, fortran, dims)
+    header += " " * (-(len(header) + 11) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + body
+
+def body(data):
+    return data[10 + struct.unpack("<H", data[8:10])[0]:]
+
+x, y = read(f"{good}/train_x.npy"), read(f"{good}/train_y.npy")
+pixels, labels = body(x), list(struct.unpack("<%dq" % (len(body(y)) // 8), body(y)))
+test_labels = list(struct.unpack("<%dq" % (len(body(read(f"{good}/test_y.npy"))) // 8),
+                                 body(read(f"{good}/test_y.npy"))))
+n = len(labels)
+
+def int64(values):
+    return struct.pack("<%dq" % len(values), *values)
+
+floats = [p / 255 for p in pixels]
+floats[3 * 784 + 100] = float("nan")
+for name, data in {
+    "x-text": b"not a .npy file",
+    "x-v4": x[:6] + b"\x04\x00" + x[8:],
+    "x-fortran": npy("|u1", (n, 28, 28), pixels, fortran=True),
+    "x-big-endian": npy(">f4", (n, 28, 28), struct.pack(">%df" % len(pixels), *pixels)),
+    "x-f2": npy("<f2", (n, 28, 28), bytes(2 * len(pixels))),
+    "x-i8": npy("<i8", (n, 28, 28), int64(pixels)),
+    "x-header": npy(None, None, pixels, header="{'descr': '|u1', 'fortran_order': False "
+                                               "'shape': (%d, 28, 28)}" % n),
+    "x-truncated": x[:-1000],
+    "x-nan": npy("<f4", (n, 28, 28), struct.pack("<%df" % len(floats), *floats)),
+    "x-14x14": npy("|u1", (n, 14, 14), bytes(n * 196)),
+    "y-float": npy("<f8", (n,), struct.pack("<%dd" % n, *labels)),
+    "y-2d": npy("<i8", (n, 1), int64(labels)),
+    "y-150": npy("<i8", (150,), int64(labels[:150])),
+    "y-trailing": y + bytes(8),
+    "y-negative": npy("<i8", (n,), int64(labels[:7] + [-1] + labels[8:])),
+    "test-y-12": npy("<i8", (len(test_labels),), int64(test_labels[:1] + [12] + test_labels[2:])),
+}.items():
+    with open(f"{crafted}/npy-{name}", "wb") as f:
+        f.write(data)
+PY
+ok $? "fixture: the data as .npy files, and broken ones crafted from them"
+
 # ---------------------------------------------------------------- setups
 # Model files.
 m_kind() { printf 'fc1 = linear(784, 10)\nfc2 = lineer(10, 10)\n' > "$WORK/kind.txt"; }
@@ -143,6 +204,28 @@ d_small_images() {
 }
 d_label_12() { bad && cp "$C/labels-12.gz" "$BAD/$TL.gz"; }
 d_test_label_200() { bad && cp "$C/t10k-labels-200.gz" "$BAD/t10k-labels-idx1-ubyte.gz"; }
+
+# NumPy data: $BAD is a fresh copy of $NPY with one member replaced.
+nbad() { rm -rf "$BAD" && cp -R "$NPY" "$BAD"; }
+n_x() { nbad && cp "$C/npy-x-$1" "$BAD/train_x.npy"; }
+n_y() { nbad && cp "$C/npy-y-$1" "$BAD/train_y.npy"; }
+n_text() { n_x text; }
+n_v4() { n_x v4; }
+n_fortran() { n_x fortran; }
+n_big_endian() { n_x big-endian; }
+n_f2() { n_x f2; }
+n_i8() { n_x i8; }
+n_header() { n_x header; }
+n_truncated() { n_x truncated; }
+n_nan() { n_x nan; }
+n_small() { n_x 14x14; }
+n_float_labels() { n_y float; }
+n_labels_2d() { n_y 2d; }
+n_count() { n_y 150; }
+n_trailing() { n_y trailing; }
+n_negative() { n_y negative; }
+n_test_label_12() { nbad && cp "$C/npy-test-y-12" "$BAD/test_y.npy"; }
+n_no_test_labels() { nbad && rm "$BAD/test_y.npy"; }
 
 # Output paths.
 o_dir() { mkdir -p "$WORK/a-directory"; }
@@ -216,6 +299,32 @@ missing label file           | train-labels-idx1-ubyte\[\.gz\]: no such file  | 
 training label beyond the model's outputs | bad/train-labels-idx1-ubyte.gz: label 12 is out of range for a model with 10 outputs | d_label_12 | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 labels beyond a smaller model's outputs | data/train-labels-idx1-ubyte.gz: label 9 is out of range for a model with 4 outputs | - | train --model 'fc1 = linear(784, 4)' --data "$D" --save "$O/w.st"
 eval: test label beyond the outputs | bad/t10k-labels-idx1-ubyte.gz: label 200 is out of range for a model with 10 outputs | d_test_label_200 | eval --model "$MLP" --data "$BAD" --init "$W"
+
+# ---- data: NumPy .npy files
+not a .npy file              | bad/train_x\.npy: not a NumPy \.npy file       | n_text  | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy format version 4.0      | train_x\.npy: \.npy format version 4\.0, expected 1\.0, 2\.0 or 3\.0 | n_v4 | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy in Fortran order        | train_x\.npy: fortran_order is True            | n_fortran | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy big-endian float32      | train_x\.npy: dtype '>f4' is big-endian        | n_big_endian | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy float16 images          | train_x\.npy: dtype '<f2' is not supported     | n_f2    | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy int64 images            | train_x\.npy: images of dtype '<i8'; frost reads uint8 | n_i8 | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy malformed header        | train_x\.npy: malformed \.npy header at byte [0-9]+: expected ',' or '}' | n_header | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy truncated images        | train_x\.npy: truncated: expected 156800 bytes of array data, found 155800 | n_truncated | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy images holding NaN      | train_x\.npy: sample 3 holds nan; images must be finite | n_nan | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy images of another size than the model input | train_x\.npy: images have 196 values, the model's input takes 784 | n_small | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+NHWC .npy read as NCHW       | npy-nhwc/train_x\.npy: images are 28x28x3 \(C x H x W\), the model's input is 3x28x28 \(N, H, W, C data\? give --data-layout nhwc\) | - | train --model "$RGB" --data "$NPY_NHWC" --save "$O/w.st"
+NCHW .npy read as NHWC       | npy-nchw/train_x\.npy: images are 28x3x28 \(C x H x W\), the model's input is 3x28x28 \(N, C, H, W data\? leave out --data-layout nhwc\) | - | train --model "$RGB" --data "$NPY_NCHW" --data-layout nhwc --save "$O/w.st"
+.npy float labels            | train_y\.npy: labels of dtype '<f8'; labels must be integers | n_float_labels | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy labels of shape (N, 1)  | train_y\.npy: labels of shape \(200, 1\); labels must be 1-D | n_labels_2d | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy image and label counts differ | bad/train_x\.npy has 200 images but .*bad/train_y\.npy has 150 labels | n_count | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy labels with trailing bytes | train_y\.npy: 8 trailing bytes after the 1600 bytes of array data | n_trailing | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy negative label          | train_y\.npy: label -1 \(sample 7\) is out of range 0-255 | n_negative | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+eval: .npy test label beyond the outputs | bad/test_y\.npy: label 12 is out of range for a model with 10 outputs | n_test_label_12 | eval --model "$MLP" --data "$BAD" --init "$W"
+.npy directory without test_y.npy | bad/test_y\.npy\[\.gz\]: no such file     | n_no_test_labels | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+unknown --data-layout        | --data-layout 'chw': expected nchw or nhwc      | -       | train --model "$MLP" --data "$NPY" --data-layout chw --save "$O/w.st"
+--normalize without a std    | --normalize '0\.5': expected MEAN,STD pairs separated by ';' | - | train --model "$MLP" --data "$NPY" --normalize 0.5 --save "$O/w.st"
+--normalize with std 0       | --normalize '0\.5,0': std 0 \(pair 1\) must be positive | - | train --model "$MLP" --data "$NPY" --normalize 0.5,0 --save "$O/w.st"
+--normalize pairs for another channel count | --normalize: .*npy/train_x\.npy: 2 mean,std pairs for images of 1 channel: give one pair, or one per channel | - | train --model "$MLP" --data "$NPY" --normalize '0.5,0.2;0.4,0.2' --save "$O/w.st"
+--normalize on IDX data      | --normalize: .*train-images-idx3-ubyte\.gz: 3 mean,std pairs for images of 1 channel | - | train --model "$MLP" --data "$D" --normalize '0.5,0.2;0.4,0.2;0.1,1' --save "$O/w.st"
 
 # ---- output paths that cannot be written: refused before the first step
 --save under a missing directory | --save .*/no/such/w\.st: directory .*/no/such does not exist | - | train --model "$MLP" --data "$D" --steps 2000 --log-every 1 --save "$O/no/such/w.st"

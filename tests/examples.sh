@@ -3,10 +3,10 @@
 # end, report requires_grad for every parameter in named_parameters() order
 # exactly as PyTorch would print it, and confirm that training left the frozen
 # parameters bit-identical and moved the trainable ones; and
-# examples/resnet_finetune.sh, with a few steps on a small dataset, runs to
-# its table.
+# examples/resnet_finetune.sh and examples/staged_finetune.sh, with a few
+# steps on a small dataset, run to their tables.
 . "$TOP_SRCDIR/tests/common.sh"
-plan 12
+plan 14
 
 # check_example NAME 'EXPECTED REQUIRES_GRAD LINES' 'EXPECTED FINAL LINE'
 check_example() {
@@ -72,5 +72,18 @@ ok $status "resnet_finetune.sh exits with status 0"
 grep -Eq '^fine-tune on 5-9, conv1 bn1 layer1\* frozen +4 +14858 +[0-9.]+ +[0-9.]+% \(5-9\)$' \
     "$WORK/resnet.out"
 ok $? "resnet_finetune.sh prints the fine-tuning row: $(grep '^fine-tune' "$WORK/resnet.out")"
+
+# staged_finetune.sh: 3 steps a stage, under mpirun -np 2 when there is one:
+# the staged row shows each phase's bytes per step (4 x 330, 14858, 19706).
+if [ -n "${MPIRUN:-}" ]; then ranks=2 bytes='1320 / 59432 / 78824'; else ranks=1 bytes=0; fi
+FROST="$FROST" DATA="$WORK/data" STAGE_STEPS=3 PRETRAIN_STEPS=4 BATCH=16 RANKS=$ranks \
+    MPIRUN="${MPIRUN:-mpirun}" sh "$TOP_SRCDIR/examples/staged_finetune.sh" \
+    > "$WORK/staged.out" 2> "$WORK/staged.err"
+status=$?
+[ $status -eq 0 ] || sed 's/^/#   /' "$WORK/staged.err"
+ok $status "staged_finetune.sh exits with status 0 ($ranks rank(s))"
+grep -Eq "^staged: fc, \+layer2.0 after 3, \+all after 6 +9 +330->19706 +[0-9.]+ +$bytes +[0-9.]+%$" \
+    "$WORK/staged.out"
+ok $? "staged_finetune.sh prints the staged row, bytes per step by phase '$bytes': $(grep '^staged' "$WORK/staged.out")"
 
 done_testing

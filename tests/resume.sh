@@ -16,6 +16,7 @@
 #     and on every MPI rank at the same step; a bad signal name is refused;
 #   - --resume-if-exists starts afresh without the --checkpoint file and
 #     resumes from it when it is there.
+#   - the test's watchdog is ended without running the test's EXIT trap.
 . "$TOP_SRCDIR/tests/common.sh"
 
 D="$WORK/data"
@@ -91,12 +92,20 @@ wait_progress() {
 }
 # finish PID: wait for it, but kill it after 60 s, so that a signal that is
 # lost fails the test instead of hanging it; the status is frost's (or 137).
+# end_watchdog PID: end the watchdog subshell with SIGKILL, never a signal
+# it can catch: when frost has already ended, the watchdog is ended just
+# after its fork, while bash in it may still hold this shell's traps, and
+# SIGTERM then runs the EXIT trap there, which removes $WORK under the test.
+end_watchdog() {
+    kill -KILL "$1" 2> /dev/null
+    wait "$1" 2> /dev/null
+}
 finish() {
     (sleep 60 && kill -KILL "$1") > /dev/null 2>&1 &
     watchdog=$!
     wait "$1"
     finish_status=$?
-    kill "$watchdog" 2> /dev/null
+    end_watchdog "$watchdog"
     return $finish_status
 }
 
@@ -269,6 +278,31 @@ solo train --model "$MLP" --data "$D" $COMMON --lr 0.05 --momentum 0.9 --threads
     cmp "$WORK/sgd-full.st" "$WORK/rie-resumed.st" > /dev/null 2>&1
 ok $? "--resume-if-exists with the file resumes from it (step 20 -> 40, bit-identical)"
 
+# ------------------------------------------------------- the watchdog
+# The moment that once removed $WORK in the middle of the SIGINT checks
+# below: a watchdog ended before bash in it has dropped this shell's traps.
+# A subshell that keeps them (it sets them again) stands for it, ended as
+# finish ends its watchdog; then finish itself on a process that has already
+# ended, the case where that moment comes, 50 times.
+(eval "$(trap)" && : > "$WORK/traps-set" && sleep 60) > /dev/null 2>&1 &
+holder=$!
+i=0
+while [ ! -e "$WORK/traps-set" ] && [ $i -lt 600 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
+end_watchdog $holder
+[ -e "$WORK/traps-set" ] && [ -d "$D" ]
+ok $? "a watchdog that still holds the test's EXIT trap is ended without running it"
+i=0
+while [ $i -lt 50 ]; do
+    true &
+    finish $!
+    i=$((i + 1))
+done
+[ -d "$D" ]
+ok $? "finish on a process that has already ended, 50 times: \$WORK stays"
+
 # ------------------------------------------------ SIGTERM, SIGINT, SIGUSR1
 # A long run started directly in the background ($! is frost itself); once
 # it prints progress, the signal makes it finish the step, checkpoint and
@@ -295,7 +329,7 @@ for sig in TERM INT USR1; do
     if [ $named -ne 0 ]; then
         # What is needed to tell a lost message from a lost file or a
         # process that has not ended (a --without-mpi run once saw 75 and an
-        # empty stderr here, which never came back).
+        # empty stderr here: the watchdog had removed $WORK, see end_watchdog).
         diag "stderr $(wc -c < "$err" 2> /dev/null) bytes; frost $(kill -0 $pid 2> /dev/null && echo still running || echo ended)"
         ls -l "$WORK" 2> /dev/null | grep "sig$sig" | sed 's/^/#   /'
         tail -n 3 "$out" 2> /dev/null | sed 's/^/#   stdout: /'

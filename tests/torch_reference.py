@@ -8,11 +8,23 @@
                            --steps S --batch-size B --lr X [--momentum X] [--nesterov]
                            [--weight-decay X] [--optimizer sgd|adam|adamw]
                            [--freeze P]... [--unfreeze P]... [--losses FILE] [--save F]
+                           [--lr-schedule S] [--warmup-steps N] [--warmup-as lambda|linear]
+                           [--lr-for P=LR]... [--clip-grad-norm X] [--lrs F] [--grad-norms F]
       The run `frost train ... --no-shuffle` does: batch k of every epoch is
       samples [k*B, (k+1)*B) in dataset order (an epoch's last batch may be
       short), mean cross-entropy, torch.optim's SGD/Adam/AdamW, parameters
       matched by --freeze with requires_grad=False (rules applied in order).
       Prints (or writes to FILE) each step's loss, one per line, full precision.
+      Learning rates as frost's flags say: --lr-for rules become param groups
+      (the last matching rule wins), --lr-schedule constant | step:SIZE[:GAMMA]
+      | cosine[:T_MAX[:ETA_MIN]] becomes StepLR / CosineAnnealingLR (T_max by
+      default the steps after the warmup), --warmup-steps N puts
+      LambdaLR(lambda k: (k + 1) / N) in front with SequentialLR (milestone N;
+      --warmup-as linear: LinearLR(start_factor=1/N, total_iters=N-1)),
+      scheduler.step() after every optimizer.step(); --clip-grad-norm X calls
+      clip_grad_norm_(trainable, X) between backward and the step.  --lrs
+      writes the learning rate of the group at --lr (when there is one) and
+      --grad-norms the norms clip_grad_norm_ returned, one step per line.
 
   torch_reference.py batch JOBS
       Runs every line of JOBS (a command line of this script, shell-quoted)
@@ -22,6 +34,10 @@
   torch_reference.py compare-losses [--tol X] FROST_METRICS.csv TORCH_LOSSES.txt STEPS
       Prints "max |diff| = D ..."; exit status 1 if either side does not have
       exactly STEPS steps or D > X (default 1e-4).
+
+  torch_reference.py compare-column [--tol X] FROST_METRICS.csv COLUMN VALUES.txt STEPS
+      The same for another column of frost's metrics (lr, grad_norm), the
+      difference relative to the reference value (default tolerance 1e-6).
 
   torch_reference.py compare-weights [--tol X] A.safetensors B.safetensors
       Prints the largest absolute difference and the largest difference
@@ -50,6 +66,7 @@ import re
 import shlex
 import struct
 import sys
+import warnings
 
 torch = None  # imported by need_torch(): the compare commands run without it
 
@@ -342,6 +359,7 @@ def cmd_train(args):
         for p in hits:
             p.requires_grad_(rule == "unfreeze")
     trainable = [p for p in net.parameters() if p.requires_grad]
+    groups = param_groups(net, args.lr, args.lr_for)
     # frost runs a BatchNorm whose parameters are all frozen in eval mode
     # (torchvision's FrozenBatchNorm2d): its running statistics never change.
     net.train()
@@ -350,12 +368,16 @@ def cmd_train(args):
                 not any(p.requires_grad for p in m.parameters()):
             m.eval()
     if args.optimizer == "sgd":
-        opt = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum,
+        opt = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum,
                               nesterov=args.nesterov, weight_decay=args.weight_decay)
     elif args.optimizer == "adam":
-        opt = torch.optim.Adam(trainable, lr=args.lr, weight_decay=args.weight_decay)
+        opt = torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay)
     else:
-        opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = make_scheduler(opt, args)
+    base_group = next((g for g in opt.param_groups if g["initial_lr" if scheduler else "lr"]
+                       == args.lr), None)
+    lrs, norms = [], []
 
     x, y = load_train(args.data)
     n, b = x.shape[0], args.batch_size
@@ -366,7 +388,13 @@ def cmd_train(args):
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(net(x[k * b:(k + 1) * b]), y[k * b:(k + 1) * b])
         loss.backward()
+        if args.clip_grad_norm:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, args.clip_grad_norm)))
+        if base_group is not None:
+            lrs.append(base_group["lr"])
         opt.step()
+        if scheduler:
+            scheduler.step()
         losses.append(loss.item())
     text = "".join(f"{v!r}\n" for v in losses)
     if args.losses:
@@ -374,8 +402,80 @@ def cmd_train(args):
             f.write(text)
     else:
         sys.stdout.write(text)
+    for path, values in ((args.lrs, lrs), (args.grad_norms, norms)):
+        if path:
+            with open(path, "w") as f:
+                f.write("".join(f"{v!r}\n" for v in values))
     if args.save:
         save_safetensors(args.save, state_tensors(net))
+
+
+def param_groups(net, base_lr, rules):
+    """torch param groups for frost's --lr-for rules (the last matching rule
+    wins), trainable parameters only, one group per learning rate."""
+    lr_of = {name: base_lr for name, _ in net.named_parameters()}
+    for rule in rules:
+        pattern, _, value = rule.rpartition("=")
+        hits = [name for name in lr_of if pattern_matches(pattern, name)]
+        if not hits:
+            raise JobError(f"--lr-for {rule}: matches no parameter")
+        for name in hits:
+            lr_of[name] = float(value)
+    groups = {}
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(lr_of[name], []).append(p)
+    return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
+
+
+def make_scheduler(opt, args):
+    """frost's --lr-schedule and --warmup-steps as torch schedulers (None:
+    constant, no warmup)."""
+    S = torch.optim.lr_scheduler
+    # SequentialLR itself calls step(0) at the milestone, which torch warns of.
+    warnings.filterwarnings("ignore", message="The epoch parameter")
+    fields = args.lr_schedule.split(":")
+    warmup = args.warmup_steps
+    if fields[0] == "step":
+        main = S.StepLR(opt, step_size=int(fields[1]),
+                        gamma=float(fields[2]) if len(fields) > 2 else 0.1)
+    elif fields[0] == "cosine":
+        t_max = int(fields[1]) if len(fields) > 1 else args.steps - warmup
+        main = S.CosineAnnealingLR(opt, T_max=t_max,
+                                   eta_min=float(fields[2]) if len(fields) > 2 else 0.0)
+    elif fields[0] == "constant":
+        main = None
+    else:
+        raise JobError(f"--lr-schedule {args.lr_schedule}: unknown")
+    if not warmup:
+        return main
+    if args.warmup_as == "linear":
+        first = S.LinearLR(opt, start_factor=1.0 / warmup, end_factor=1.0,
+                           total_iters=warmup - 1)
+    else:
+        first = S.LambdaLR(opt, lambda k: (k + 1) / warmup)
+    # Constant after the warmup: a factor of 1.
+    main = main or S.LambdaLR(opt, lambda k: 1.0)
+    return S.SequentialLR(opt, [first, main], milestones=[warmup])
+
+
+def cmd_compare_column(args):
+    with open(args.metrics) as f:
+        rows = [line.strip().split(",") for line in f if line.strip()]
+    step_col, col = rows[0].index("step"), rows[0].index(args.column)
+    frost = {int(r[step_col]): float(r[col]) for r in rows[1:]}
+    with open(args.values) as f:
+        ref = [float(line) for line in f if line.strip()]
+    if len(ref) != args.steps or sorted(frost) != list(range(1, args.steps + 1)):
+        print(f"step counts differ: frost logged {len(frost)} steps, torch {len(ref)}, "
+              f"expected {args.steps}")
+        return 1
+    diffs = [abs(frost[s + 1] - ref[s]) / max(abs(ref[s]), 1e-30) for s in range(args.steps)]
+    worst = max(range(args.steps), key=diffs.__getitem__)
+    print(f"max relative diff = {diffs[worst]:.2g} at step {worst + 1} "
+          f"(frost {frost[worst + 1]:.9g}, torch {ref[worst]:.9g}); "
+          f"{ref[0]:.4g} -> {ref[-1]:.4g}")
+    return 0 if diffs[worst] <= args.tol else 1
 
 
 def cmd_compare_losses(args):
@@ -475,6 +575,13 @@ def build_parser():
     p.add_argument("--unfreeze", action=RuleAction)
     p.add_argument("--losses")
     p.add_argument("--save")
+    p.add_argument("--lr-schedule", default="constant")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--warmup-as", choices=["lambda", "linear"], default="lambda")
+    p.add_argument("--lr-for", action="append", default=[])
+    p.add_argument("--clip-grad-norm", type=float, default=0.0)
+    p.add_argument("--lrs")
+    p.add_argument("--grad-norms")
     p.set_defaults(handler=cmd_train, rules=[])
     p = sub.add_parser("batch")
     p.add_argument("jobs")
@@ -485,6 +592,13 @@ def build_parser():
     p.add_argument("losses")
     p.add_argument("steps", type=int)
     p.set_defaults(handler=cmd_compare_losses)
+    p = sub.add_parser("compare-column")
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("metrics")
+    p.add_argument("column")
+    p.add_argument("values")
+    p.add_argument("steps", type=int)
+    p.set_defaults(handler=cmd_compare_column)
     p = sub.add_parser("compare-weights")
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("a")

@@ -8,6 +8,7 @@
 #include "options.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -16,7 +17,10 @@
 #include <string.h>
 #include <strings.h>
 
-enum value_kind { FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL };
+enum value_kind {
+    FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE, SCHEDULE,
+    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE
+};
 
 /* Which commands take a flag. */
 enum { TRAIN = 1, EVAL = 2, INSPECT = 4 };
@@ -27,7 +31,7 @@ typedef struct option_spec {
     int commands;
     size_t offset;  /* into frost_options */
     double min, max;
-    bool freeze;    /* for RULE */
+    bool freeze;    /* for RULE and SCHEDULE */
 } option_spec;
 
 #define AT(field) offsetof(frost_options, field)
@@ -36,8 +40,12 @@ static const option_spec options[] = {
     {"--model", TEXT, TRAIN | EVAL | INSPECT, AT(model), 0, 0, false},
     {"--data", TEXT, TRAIN | EVAL, AT(data), 0, 0, false},
     {"--classes", TEXT, TRAIN | EVAL, AT(classes), 0, 0, false},
+    {"--data-layout", LAYOUT, TRAIN | EVAL, AT(data_layout), 0, 0, false},
+    {"--normalize", NORMALIZE, TRAIN | EVAL, AT(normalize), 0, 0, false},
     {"--freeze", RULE, TRAIN | INSPECT, 0, 0, 0, true},
     {"--unfreeze", RULE, TRAIN | INSPECT, 0, 0, 0, false},
+    {"--unfreeze-at", SCHEDULE, TRAIN, 0, 0, 0, false},
+    {"--freeze-at", SCHEDULE, TRAIN, 0, 0, 0, true},
     {"--epochs", LONG, TRAIN, AT(epochs), 1, 1e9, false},
     {"--steps", LONG, TRAIN, AT(steps), 1, 1e12, false},
     {"--batch-size", INT, TRAIN | EVAL, AT(batch_size), 1, 1 << 20, false},
@@ -53,7 +61,11 @@ static const option_spec options[] = {
     {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false},
     {"--save", TEXT, TRAIN, AT(save), 0, 0, false},
     {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false},
+    {"--tensorboard", TEXT, TRAIN, AT(tensorboard), 0, 0, false},
     {"--log-every", LONG, TRAIN, AT(log_every), 1, 1e12, false},
+    {"--eval-every", INTERVAL, TRAIN, AT(eval_every), 0, 0, false},
+    {"--val-split", DOUBLE, TRAIN, AT(val_split), 0, 1, false},
+    {"--save-best", TEXT, TRAIN, AT(save_best), 0, 0, false},
     {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false},
     {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false},
     {"--resume", TEXT, TRAIN, AT(resume), 0, 0, false},
@@ -66,6 +78,11 @@ static const option_spec options[] = {
     {"--grad-dtype", GRAD_DTYPE, TRAIN, 0, 0, 0, false},
     {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false},
     {"--trace", TEXT, TRAIN, AT(trace), 0, 0, false},
+    {"--lr-schedule", LR_SCHEDULE, TRAIN, AT(train.lr_schedule), 0, 0, false},
+    {"--warmup-steps", LONG, TRAIN, AT(train.lr_schedule.warmup_steps), 0, 1e12, false},
+    {"--lr-for", LR_RULE, TRAIN, 0, 0, 0, false},
+    {"--clip-grad-norm", POSITIVE, TRAIN, AT(train.clip_grad_norm), 0, 1e12, false},
+    {"--allow-lr-change", FLAG, TRAIN, AT(allow_lr_change), 0, 0, false},
 };
 
 /* The signals a batch system may send as notice (Slurm's --signal, PBS's and
@@ -88,6 +105,76 @@ static int parse_signal(const char *text, int *out, fr_error *err) {
     return fr_fail(err, FR_EINVAL,
                    "--stop-signal '%s': expected TERM, INT, HUP, USR1, USR2, QUIT, ALRM or XCPU",
                    text);
+}
+
+/*
+ * --normalize MEAN,STD[;MEAN,STD...]: torchvision's Normalize(mean, std).
+ * Numbers are read as doubles and rounded to float32, as torch does with a
+ * Python list; each std must be positive.  Whether the count fits the
+ * channels is for the data to say (fr_dataset_normalize).
+ */
+static int parse_normalize(const char *text, frost_options *opts, fr_error *err) {
+    static const char usage[] = "expected MEAN,STD pairs separated by ';' (0.5,0.25 or "
+                                "0.49,0.25;0.48,0.24;0.45,0.26)";
+    const char *cursor = text;
+    int count = 0;
+    for (;;) {
+        double pair[2];
+        for (int k = 0; k < 2; k++) {
+            char *end;
+            errno = 0;
+            pair[k] = strtod(cursor, &end);
+            if (end == cursor || errno == ERANGE || !(fabs(pair[k]) <= FLT_MAX))
+                return fr_fail(err, FR_EINVAL, "--normalize '%s': %s", text, usage);
+            cursor = end;
+            while (*cursor == ' ')
+                cursor++;
+            if (k == 0 && *cursor++ != ',')
+                return fr_fail(err, FR_EINVAL, "--normalize '%s': %s", text, usage);
+        }
+        if (count == FROST_MAX_NORMALIZE)
+            return fr_fail(err, FR_EINVAL, "--normalize: more than %d pairs", FROST_MAX_NORMALIZE);
+        if (!((float)pair[1] > 0.0f))
+            return fr_fail(err, FR_EINVAL, "--normalize '%s': std %g (pair %d) must be positive",
+                           text, pair[1], count + 1);
+        opts->normalize_mean[count] = (float)pair[0];
+        opts->normalize_std[count] = (float)pair[1];
+        count++;
+        if (*cursor == '\0')
+            break;
+        if (*cursor++ != ';')
+            return fr_fail(err, FR_EINVAL, "--normalize '%s': %s", text, usage);
+    }
+    opts->normalize = text;
+    opts->normalize_count = count;
+    return FR_OK;
+}
+
+/* --lr-for PATTERN=LR: the pattern is everything before the last '='. */
+static int parse_lr_rule(const char *text, frost_options *opts, fr_error *err) {
+    if (opts->lr_rule_count == FROST_MAX_PATTERNS)
+        return fr_fail(err, FR_EINVAL, "--lr-for: more than %d rules", FROST_MAX_PATTERNS);
+    lr_rule *rule = &opts->lr_rules[opts->lr_rule_count];
+    const char *eq = strrchr(text, '=');
+    size_t len = eq ? (size_t)(eq - text) : 0;
+    if (!eq || len == 0 || !eq[1])
+        return fr_fail(err, FR_EINVAL, "--lr-for '%s': expected PATTERN=LR, e.g. 'layer4*=0.01'",
+                       text);
+    if (len >= sizeof rule->pattern)
+        return fr_fail(err, FR_EINVAL, "--lr-for '%.40s...': the pattern is too long", text);
+    char *end;
+    errno = 0;
+    double lr = strtod(eq + 1, &end);
+    if (end == eq + 1 || *end || errno == ERANGE || !isfinite(lr) || lr < 0.0 || lr > 1e6)
+        return fr_fail(err, FR_EINVAL,
+                       "--lr-for '%s': the learning rate '%s' must be a number between 0 and 1e6",
+                       text, eq + 1);
+    memcpy(rule->pattern, text, len);
+    rule->pattern[len] = '\0';
+    rule->text = text;
+    rule->lr = lr;
+    opts->lr_rule_count++;
+    return FR_OK;
 }
 
 static const option_spec *find_option(const char *name) {
@@ -143,6 +230,19 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
             return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
         opts->rules[opts->rule_count++] = (freeze_rule){value, o->freeze};
         return FR_OK;
+    case SCHEDULE:
+        if (opts->schedule_count == FROST_MAX_PATTERNS)
+            return fr_fail(err, FR_EINVAL, "%s: more than %d points", o->name, FROST_MAX_PATTERNS);
+        rc = schedule_parse_point(value, o->freeze, &opts->schedule[opts->schedule_count], err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "%s ", o->name);
+        opts->schedule_count += rc == FR_OK;
+        return rc;
+    case INTERVAL:
+        rc = schedule_parse_interval(value, (schedule_interval *)field, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "%s ", o->name);
+        return rc;
     case OPTIMIZER:
         if (strcmp(value, "sgd") == 0)
             opts->train.optimizer = FR_SGD;
@@ -163,6 +263,33 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
         return FR_OK;
     case SIGNAL:
         return parse_signal(value, (int *)field, err);
+    case LAYOUT:
+        if (strcasecmp(value, "nchw") == 0)
+            opts->data_layout = FR_LAYOUT_NCHW;
+        else if (strcasecmp(value, "nhwc") == 0)
+            opts->data_layout = FR_LAYOUT_NHWC;
+        else
+            return fr_fail(err, FR_EINVAL, "--data-layout '%s': expected nchw or nhwc", value);
+        return FR_OK;
+    case NORMALIZE:
+        return parse_normalize(value, opts, err);
+    case LR_SCHEDULE:
+        if ((rc = fr_lr_schedule_parse(value, (fr_lr_schedule *)field, err)) != FR_OK)
+            fr_error_prefix(err, "%s: ", o->name);
+        return rc;
+    case LR_RULE:
+        return parse_lr_rule(value, opts, err);
+    case POSITIVE: {
+        char *end;
+        errno = 0;
+        number = strtod(value, &end);
+        if (end == value || *end || errno == ERANGE || !isfinite(number) || !(number > 0.0) ||
+            number > o->max)
+            return fr_fail(err, FR_EINVAL, "%s '%s': must be a number > 0 and <= %g", o->name,
+                           value, o->max);
+        *(double *)field = number;
+        return FR_OK;
+    }
     case LONG:
         if ((rc = parse_number(o, value, &number, true, err)) == FR_OK)
             *(long *)field = (long)number;
@@ -235,6 +362,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
             return rc;
         if (strcmp(o->name, "--epochs") == 0)
             epochs_given = true;
+        if (strcmp(o->name, "--val-split") == 0 && !(opts->val_split > 0 && opts->val_split < 1))
+            return fr_fail(err, FR_EINVAL,
+                           "--val-split %s: expected the fraction to hold out, above 0 and below 1",
+                           value);
     }
     /* --steps alone means that many steps, however many epochs it takes. */
     if (opts->steps > 0 && !epochs_given)
@@ -251,6 +382,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return fr_fail(err, FR_EINVAL, "--resume-if-exists needs --checkpoint FILE (the file to resume from)");
     if (opts->resume_if_exists && opts->resume)
         return fr_fail(err, FR_EINVAL, "--resume-if-exists and --resume both name the checkpoint to resume; use one");
+    if (opts->save_best && !opts->eval_every.count)
+        return fr_fail(err, FR_EINVAL, "--save-best needs --eval-every N (when to evaluate)");
+    if (opts->val_split > 0 && !opts->eval_every.count)
+        return fr_fail(err, FR_EINVAL, "--val-split needs --eval-every N (when to evaluate)");
     if (opts->no_cache)
         opts->train.cache_mb = -1;
     opts->train.max_batch = opts->batch_size;
@@ -262,17 +397,38 @@ void frost_print_usage(const char *command) {
         printf("usage: frost train --model FILE|SPEC [--data DIR] [--freeze P]... [--unfreeze P]...\n"
                "         [--epochs N] [--steps N] [--batch-size B] [--lr X] [--momentum X]\n"
                "         [--nesterov] [--weight-decay X] [--optimizer sgd|adam|adamw] [--threads T]\n"
-               "         [--seed N] [--no-shuffle] [--classes 0-4] [--init W.safetensors]\n"
+               "         [--seed N] [--no-shuffle] [--classes 0-4] [--data-layout nchw|nhwc]\n"
+               "         [--normalize MEAN,STD[;MEAN,STD...]] [--init W.safetensors]\n"
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
                "         [--resume-if-exists] [--stop-signal NAME] [--allow-freeze-change]\n"
+               "         [--unfreeze-at POINT:P]... [--freeze-at POINT:P]... [--eval-every N|Ne]\n"
+               "         [--val-split FRACTION] [--save-best W.safetensors]\n"
                "         [--bucket-mb X] [--cache-mb X] [--no-cache] [--no-pin]\n"
                "         [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
-               "  Train the model on DIR (default " FROST_DEFAULT_DATA ").\n"
+               "         [--tensorboard DIR]\n"
+               "         [--lr-schedule S] [--warmup-steps N] [--lr-for P=LR]...\n"
+               "         [--clip-grad-norm X] [--allow-lr-change]\n"
+               "  Train the model on DIR (default " FROST_DEFAULT_DATA "): NumPy files\n"
+               "  train_x.npy, train_y.npy, test_x.npy, test_y.npy, else IDX files\n"
+               "  (train-images-idx3-ubyte, ..., t10k-...), each raw or .gz.  NumPy images are\n"
+               "  uint8 (scaled to [0, 1], as IDX pixels are), float32 or float64, shaped\n"
+               "  (N, C, H, W), or (N, H, W, C) with --data-layout nhwc, (N, H, W) or\n"
+               "  (N, features); labels are integers, shape (N,).\n"
+               "  --normalize subtracts MEAN and divides by STD per channel, as torchvision's\n"
+               "  Normalize (one pair for every channel, or one per channel).\n"
                "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
                "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
                "  layer name, applied in order; a pattern that matches nothing is an error.\n"
                "  --steps is the total number of steps; --epochs bounds it too when given.\n"
+               "  --unfreeze-at/--freeze-at POINT:P change the frozen set during the run, POINT\n"
+               "  an epoch (2: before epoch 2's first step) or a step (s500: after 500 steps);\n"
+               "  points at one step apply in command-line order.  Every rank re-plans there\n"
+               "  (gradients, optimizer state, feature cache); parameters that become\n"
+               "  trainable start with fresh optimizer state.\n"
+               "  --eval-every N (steps) or Ne (epochs) evaluates on the test set, or on the\n"
+               "  last FRACTION of the training set held out by --val-split, and at the last\n"
+               "  step; --save-best writes the weights of the best evaluation (by accuracy).\n"
                "  --checkpoint is written every --checkpoint-every steps, at the end, and when\n"
                "  SIGTERM, SIGINT or the --stop-signal (USR1, USR2, HUP, ...) stops the run\n"
                "  (exit status 75); --resume continues exactly; --resume-if-exists resumes from\n"
@@ -284,8 +440,24 @@ void frost_print_usage(const char *command) {
                "  --grad-dtype bf16 sends gradients between ranks as bfloat16 (half the bytes;\n"
                "  summed and applied in float32).  --comm-timeout ends the job when a rank\n"
                "  waits that long for another (a rank or link is down; 120 s).\n"
+               "  --metrics and --tensorboard get the loss, accuracy, samples/s and allreduce\n"
+               "  bytes every --log-every steps: a CSV file, and TensorBoard scalars in an event\n"
+               "  file in DIR (made if missing; with the learning rate, and the test loss and\n"
+               "  accuracy at the end); a resumed run starts a new file in the same DIR.\n"
                "  --trace writes a Chrome trace (Perfetto, chrome://tracing) of every layer's\n"
                "  forward and backward per thread and every bucket's allreduce per rank.\n"
+               "  --lr-schedule sets the learning rate per step, as torch's schedulers do:\n"
+               "  constant (default); step:STEP_SIZE[:GAMMA] (StepLR, gamma 0.1);\n"
+               "  cosine[:T_MAX[:ETA_MIN]] (CosineAnnealingLR; T_MAX defaults to the steps\n"
+               "  after the warmup, ETA_MIN to 0).  --warmup-steps N: step k < N runs at\n"
+               "  (k+1)/N of the rate, then the schedule starts (SequentialLR of\n"
+               "  LambdaLR((k+1)/N) and the schedule, milestone N).\n"
+               "  --lr-for P=LR gives the parameters glob or layer P base rate LR (torch's\n"
+               "  param groups), applied in order: the last matching rule wins; every\n"
+               "  rate follows the schedule.  --clip-grad-norm X scales the averaged\n"
+               "  gradient to global L2 norm X at most (torch's clip_grad_norm_); the\n"
+               "  metrics get its norm before clipping (grad_norm).  A resumed run must\n"
+               "  keep the rates and schedule unless --allow-lr-change.\n"
                "  --threads defaults to OMP_NUM_THREADS, else to the rank's CPUs: its affinity\n"
                "  mask, split evenly between the ranks of a node that share the same mask.\n"
                "  Threads are pinned one per CPU of the process's affinity mask when it has\n"
@@ -293,8 +465,9 @@ void frost_print_usage(const char *command) {
                "  OMP_PROC_BIND/OMP_PLACES.\n");
     if (!command || strcmp(command, "eval") == 0)
         printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
+               "         [--data-layout nchw|nhwc] [--normalize MEAN,STD[;MEAN,STD...]]\n"
                "         [--batch-size B] [--threads T] [--no-pin] [--comm-timeout S]\n"
-               "  Loss and accuracy of the weights on the test set (t10k).\n");
+               "  Loss and accuracy of the weights on the test set (test_x.npy or t10k-).\n");
     if (!command || strcmp(command, "inspect") == 0)
         printf("usage: frost inspect --model FILE|SPEC [--freeze P]... [--unfreeze P]...\n"
                "  One line per parameter: name shape count trainable|frozen; then totals and\n"

@@ -8,20 +8,33 @@
 #define FROST_CLI_OPTIONS_H
 
 #include "frost.h"
+#include "schedule.h"
 
 #define FROST_MAX_PATTERNS 64
 #define FROST_DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
+#define FROST_MAX_NORMALIZE 1024 /* --normalize pairs: channels, or features of (N, F) data */
 
 typedef struct freeze_rule {
     const char *pattern;
     bool freeze; /* false: --unfreeze */
 } freeze_rule;
 
+/* --lr-for PATTERN=LR: the parameters PATTERN matches train at base rate LR. */
+typedef struct lr_rule {
+    const char *text; /* the flag's value, for messages */
+    char pattern[256];
+    double lr;
+} lr_rule;
+
 typedef struct frost_options {
     const char *command; /* "train", "eval", "inspect" */
     const char *model;
     const char *data;
     const char *classes;
+    fr_layout data_layout; /* of 4-D NumPy images */
+    const char *normalize; /* --normalize as given; NULL: none */
+    int normalize_count;
+    float normalize_mean[FROST_MAX_NORMALIZE], normalize_std[FROST_MAX_NORMALIZE];
     freeze_rule rules[FROST_MAX_PATTERNS];
     int rule_count;
     long epochs;
@@ -33,17 +46,29 @@ typedef struct frost_options {
     const char *init;
     const char *save;
     const char *metrics;
+    const char *tensorboard; /* directory of TensorBoard event files */
     const char *checkpoint;
     long checkpoint_every; /* 0: only at the end and when stopped */
     const char *resume;
     bool resume_if_exists; /* resume from `checkpoint` if that file exists */
     int stop_signal;       /* besides SIGTERM and SIGINT: checkpoint and exit 75 */
     bool allow_freeze_change;
+    schedule_point schedule[FROST_MAX_PATTERNS]; /* --unfreeze-at, --freeze-at */
+    int schedule_count;
+    schedule_interval eval_every;
+    double val_split;      /* 0: evaluate on the test set */
+    const char *save_best; /* weights of the best evaluation */
     bool no_cache;
     bool no_pin; /* leave thread placement to the OS (or OMP_PROC_BIND) */
     double comm_timeout_s; /* 0: the library's default */
     const char *trace;     /* Chrome trace-event file */
     long log_every;
+    /* Learning rates: the schedule and --clip-grad-norm are in train;
+     * a cosine schedule without T_MAX has lr_schedule.t_max 0 (the run's
+     * steps after the warmup). */
+    lr_rule lr_rules[FROST_MAX_PATTERNS];
+    int lr_rule_count;
+    bool allow_lr_change;
     bool help;
 } frost_options;
 

@@ -6,7 +6,8 @@
  * fr_comm_agree so that a failure on any one rank ends every rank with that
  * rank's message.  Before the first step the ranks
  * compare fingerprints of everything that must match.  Only rank 0 prints and
- * writes files; files are written whole or not at all.
+ * writes files; files are written whole or not at all, but for the
+ * TensorBoard event file, a log that grows as the run goes.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "run.h"
@@ -55,6 +56,12 @@ static int load_model(const frost_options *opts, fr_model **out, fr_error *err) 
         if (rc != FR_OK)
             fr_error_prefix(err, "%s ", rule->freeze ? "--freeze" : "--unfreeze");
     }
+    /* Every schedule point must name a parameter before anything runs; those
+     * at the start belong to the starting frozen set. */
+    if (rc == FR_OK)
+        rc = schedule_check_patterns(model, opts->schedule, opts->schedule_count, err);
+    if (rc == FR_OK)
+        rc = schedule_apply(model, opts->schedule, opts->schedule_count, 0, 0, NULL, NULL, err);
     if (rc != FR_OK) {
         fr_model_free(model);
         return rc;
@@ -63,23 +70,55 @@ static int load_model(const frost_options *opts, fr_model **out, fr_error *err) 
     return FR_OK;
 }
 
+/*
+ * The samples must fit the model's input: as many values, and when both are
+ * images (not vectors, which a linear layer takes flattened) the same
+ * C x H x W, so that NHWC data read as NCHW is caught, not trained on.
+ */
+static int check_sample_shape(const fr_dataset *data, const fr_model *model, fr_error *err) {
+    const char *path = fr_dataset_images_path(data);
+    if (fr_dataset_sample_numel(data) != fr_model_input_numel(model))
+        return fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
+                       path, fr_dataset_sample_numel(data), fr_model_input_numel(model));
+    int c, h, w, model_c, model_h, model_w;
+    fr_dataset_sample_shape(data, &c, &h, &w);
+    fr_model_input_shape(model, &model_c, &model_h, &model_w);
+    bool both_images = (long)h * w > 1 && (long)model_h * model_w > 1;
+    if (!both_images || (c == model_c && h == model_h && w == model_w))
+        return FR_OK;
+    const char *hint = "";
+    if (c == model_h && h == model_w && w == model_c)
+        hint = " (N, H, W, C data? give --data-layout nhwc)";
+    else if (h == model_c && w == model_h && c == model_w)
+        hint = " (N, C, H, W data? leave out --data-layout nhwc)";
+    return fr_fail(err, FR_ESHAPE, "%s: images are %dx%dx%d (C x H x W), the model's input is "
+                                   "%dx%dx%d%s",
+                   path, c, h, w, model_c, model_h, model_w, hint);
+}
+
 static int load_data(const frost_options *opts, const fr_model *model, bool train,
                      fr_dataset **out, fr_error *err) {
     fr_dataset *data = NULL;
-    int rc = fr_dataset_load_dir(opts->data, train, &data, err);
+    int rc = fr_dataset_load_dir_as(opts->data, train, opts->data_layout, &data, err);
     if (rc == FR_OK && opts->classes) {
         rc = fr_dataset_keep_classes(data, opts->classes, err);
         if (rc != FR_OK)
             fr_error_prefix(err, "--classes: ");
     }
-    if (rc == FR_OK && fr_dataset_sample_numel(data) != fr_model_input_numel(model))
-        rc = fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
-                     fr_dataset_images_path(data), fr_dataset_sample_numel(data),
-                     fr_model_input_numel(model));
+    if (rc == FR_OK)
+        rc = check_sample_shape(data, model, err);
     if (rc == FR_OK && fr_dataset_class_count(data) > fr_model_output_numel(model))
         rc = fr_fail(err, FR_EFORMAT, "%s: label %d is out of range for a model with %d outputs",
                      fr_dataset_labels_path(data), fr_dataset_class_count(data) - 1,
                      fr_model_output_numel(model));
+    /* Once, here: every step, the evaluation and the frozen-prefix feature
+     * cache then see the normalised values. */
+    if (rc == FR_OK && opts->normalize) {
+        rc = fr_dataset_normalize(data, opts->normalize_mean, opts->normalize_std,
+                                  opts->normalize_count, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--normalize: %s: ", fr_dataset_images_path(data));
+    }
     if (rc != FR_OK) {
         fr_dataset_free(data);
         return rc;
@@ -141,10 +180,14 @@ static int check_output_path(const char *flag, const char *path, fr_error *err) 
  */
 static int compare_ranks(const frost_options *opts, const fr_model *model, bool training,
                          fr_error *err) {
+    /* The schedule and the evaluations decide when the ranks re-plan and
+     * evaluate together. */
+    uint64_t schedule = schedule_hash(opts->schedule, opts->schedule_count, &opts->eval_every);
     double settings[] = {opts->batch_size,       opts->epochs,       opts->steps,
                          (double)opts->seed,     opts->shuffle,      opts->log_every,
                          opts->checkpoint_every, opts->init != NULL, opts->resume != NULL,
-                         opts->checkpoint != NULL, opts->allow_freeze_change};
+                         opts->checkpoint != NULL, opts->allow_freeze_change,
+                         (double)(schedule >> 11), opts->val_split, opts->save_best != NULL};
     /* Evaluating, only the batch size decides the collective calls. */
     int count = training ? (int)(sizeof settings / sizeof settings[0]) : 1;
     return fr_comm_check_run(model, &opts->train, settings, count, 0, err);
@@ -273,18 +316,31 @@ typedef struct run_state {
     const frost_options *opts;
     fr_model *model;
     fr_dataset *train, *test;
+    fr_dataset *val; /* --val-split's held-out tail of the training set */
     fr_trainer *trainer;
     float *x;
     int32_t *labels;
     int *order;
     fr_atomic_file *metrics; /* rank 0's --metrics, committed at the end */
+    fr_tensorboard *tensorboard; /* rank 0's --tensorboard event file (else NULL) */
     uint64_t *frozen_before; /* per-parameter checksums of frozen parameters */
     char placement[200];     /* where the threads run, for the header */
     char thread_count[240];  /* why this many, when frost chose */
+    /* --unfreeze-at and --freeze-at, resolved to steps; the phase in
+     * progress began after step phase_first - 1. */
+    schedule_point schedule[FROST_MAX_PATTERNS];
+    schedule_interval eval_every;
+    long phase_first;
+    /* The last evaluation (logged with the step's row) and the best. */
+    bool evaluated;
+    double eval_loss, eval_accuracy, best_accuracy;
+    long best_step;
+    fr_lr_schedule lr_schedule; /* as resolved for this run (cosine's T_max) */
 } run_state;
 
 static void free_run(run_state *run) {
     fr_atomic_discard(run->metrics); /* no partial output */
+    fr_tb_close(run->tensorboard, NULL); /* a log: what it holds stays */
     free(run->x);
     free(run->labels);
     free(run->order);
@@ -292,6 +348,7 @@ static void free_run(run_state *run) {
     fr_trainer_free(run->trainer);
     fr_dataset_free(run->train);
     fr_dataset_free(run->test);
+    fr_dataset_free(run->val);
     fr_model_free(run->model);
 }
 
@@ -314,6 +371,18 @@ static int verify_frozen(run_state *run, fr_error *err) {
     return FR_OK;
 }
 
+/* The learning rate of each logged step, and with --clip-grad-norm the
+ * gradient's norm before clipping: the metrics' last columns. */
+static const char *schedule_columns(const frost_options *opts) {
+    return opts->train.clip_grad_norm > 0.0 ? ",lr,grad_norm" : ",lr";
+}
+
+static void schedule_values(const run_state *run, long step, char *buf, size_t len) {
+    int used = snprintf(buf, len, ",%.12g", fr_trainer_lr(run->trainer, -1, step - 1));
+    if (run->opts->train.clip_grad_norm > 0.0 && used > 0 && (size_t)used < len)
+        snprintf(buf + used, len - (size_t)used, ",%.9g", fr_trainer_grad_norm(run->trainer));
+}
+
 /*
  * The metrics grow row by row in the library's atomic file (PATH.tmp.PID) and
  * replace PATH once, at the end of the run or when a signal stops it: synced,
@@ -328,7 +397,9 @@ static int open_metrics(run_state *run, fr_error *err) {
         return FR_OK;
     int rc = fr_atomic_open(path, &run->metrics, err);
     if (rc == FR_OK)
-        fr_atomic_printf(run->metrics, "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes\n");
+        fr_atomic_printf(run->metrics,
+                         "step,epoch,loss,accuracy,samples_per_s,allreduce_bytes,eval_loss,eval_accuracy%s\n",
+                         schedule_columns(run->opts));
     return rc;
 }
 
@@ -336,6 +407,31 @@ static int close_metrics(run_state *run, fr_error *err) {
     fr_atomic_file *metrics = run->metrics;
     run->metrics = NULL;
     return fr_atomic_commit(metrics, err);
+}
+
+/*
+ * --tensorboard DIR: rank 0's event file, started at setup (so a directory
+ * that cannot be made stops the run before its first step) and written at the
+ * metrics' log points.  A failed write stops the file, not the run: it is
+ * reported, once, when the run ends, as a failed --metrics is.
+ */
+static int open_tensorboard(run_state *run, fr_error *err) {
+    const char *dir = run->opts->tensorboard;
+    if (!dir || !is_root())
+        return FR_OK;
+    int rc = fr_tb_open(dir, &run->tensorboard, err);
+    if (rc != FR_OK)
+        fr_error_prefix(err, "--tensorboard ");
+    return rc;
+}
+
+static int close_tensorboard(run_state *run, fr_error *err) {
+    fr_tensorboard *tensorboard = run->tensorboard;
+    run->tensorboard = NULL;
+    int rc = fr_tb_close(tensorboard, err);
+    if (rc != FR_OK)
+        fr_error_prefix(err, "--tensorboard ");
+    return rc;
 }
 
 static void format_duration(double seconds, char *buf, size_t len) {
@@ -369,8 +465,98 @@ static int check_output_paths(const frost_options *opts, fr_error *err) {
             local = check_output_path("--checkpoint", opts->checkpoint, err);
         if (local == FR_OK)
             local = check_output_path("--trace", opts->trace, err);
+        if (local == FR_OK)
+            local = check_output_path("--save-best", opts->save_best, err);
     }
     return fr_comm_agree(local, err);
+}
+
+/* --val-split: the last FRACTION of the training set (after --classes) is
+ * evaluated, not trained on; the same samples on every rank and resume. */
+static int hold_out(run_state *run, fr_error *err) {
+    int n = fr_dataset_size(run->train);
+    int held = (int)(n * run->opts->val_split + 0.5);
+    if (held < 1 || held >= n)
+        return fr_fail(err, FR_EINVAL, "--val-split %g of %d training samples holds out %d: %s",
+                       run->opts->val_split, n, held,
+                       held < 1 ? "none to evaluate" : "none to train on");
+    return fr_dataset_split(run->train, n - held, &run->val, err);
+}
+
+/* The schedule's epochs and --eval-every in steps, now that the run's
+ * length is known. */
+static int resolve_schedule(run_state *run, fr_error *err) {
+    const frost_options *opts = run->opts;
+    int n = fr_dataset_size(run->train);
+    memcpy(run->schedule, opts->schedule, sizeof run->schedule);
+    run->eval_every = opts->eval_every;
+    run->best_accuracy = -1.0;
+    return schedule_resolve(run->schedule, opts->schedule_count, &run->eval_every,
+                            batches_per_epoch(opts, n), run_steps(opts, n), err);
+}
+
+/* ------------------------------------------------------ learning rates */
+
+/*
+ * The schedule as this run needs it: a cosine schedule without T_MAX anneals
+ * over the run's steps after the warmup (the whole run's, so a resumed run
+ * with the same --steps gets the same).  A warmup may outlast a run that a
+ * later one continues.
+ */
+static int resolve_lr_schedule(const frost_options *opts, int samples,
+                               fr_lr_schedule *schedule, fr_error *err) {
+    long total = run_steps(opts, samples);
+    if (schedule->kind == FR_LR_COSINE && schedule->t_max == 0) {
+        if (total - schedule->warmup_steps < 1)
+            return fr_fail(err, FR_EINVAL,
+                           "--lr-schedule cosine: the run has no steps after the %ld warmup steps to anneal over (give cosine:T_MAX)",
+                           schedule->warmup_steps);
+        schedule->t_max = total - schedule->warmup_steps;
+    }
+    return FR_OK;
+}
+
+/* --lr-for, in order (where rules overlap the last one wins); then the ranks
+ * compare the rates, which they must all update with. */
+static int apply_lr_rules(run_state *run, fr_error *err) {
+    const frost_options *opts = run->opts;
+    int rc = FR_OK;
+    for (int i = 0; rc == FR_OK && i < opts->lr_rule_count; i++) {
+        const lr_rule *rule = &opts->lr_rules[i];
+        rc = fr_trainer_set_lr(run->trainer, rule->pattern, rule->lr, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--lr-for '%s': ", rule->text);
+    }
+    rc = fr_comm_agree(rc, err);
+    uint64_t hash = 14695981039346656037u; /* FNV-1a over the rates' bits */
+    for (size_t i = 0; rc == FR_OK && i < fr_model_param_count(run->model); i++) {
+        double lr = fr_trainer_lr(run->trainer, (int)i, 0);
+        const unsigned char *bytes = (const unsigned char *)&lr;
+        for (size_t b = 0; b < sizeof lr; b++)
+            hash = (hash ^ bytes[b]) * 1099511628211u;
+    }
+    return rc == FR_OK ? fr_comm_check_same(hash, "the learning rates (--lr-for)", err) : rc;
+}
+
+/* One header line when the learning rate is more than a constant --lr. */
+static void print_learning_rates(const run_state *run) {
+    const frost_options *opts = run->opts;
+    const fr_lr_schedule *schedule = &run->lr_schedule;
+    if (schedule->kind == FR_LR_CONSTANT && schedule->warmup_steps == 0 &&
+        opts->lr_rule_count == 0 && opts->train.clip_grad_norm == 0.0)
+        return;
+    char text[256];
+    fr_lr_schedule_format(schedule, text, sizeof text);
+    printf("learning rate %g, %s", opts->train.lr, text);
+    if (opts->lr_rule_count) {
+        size_t own = 0, count = fr_model_param_count(run->model);
+        for (size_t i = 0; i < count; i++)
+            own += fr_trainer_lr(run->trainer, (int)i, 0) != fr_trainer_lr(run->trainer, -1, 0);
+        printf("; --lr-for gives %zu of %zu parameters a rate of their own", own, count);
+    }
+    if (opts->train.clip_grad_norm > 0.0)
+        printf("; gradient norm clipped to %g", opts->train.clip_grad_norm);
+    printf("\n");
 }
 
 /*
@@ -389,6 +575,8 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
         rc = initialise_weights(opts, run->model, training, err);
     if (rc == FR_OK && training)
         rc = fr_comm_agree(load_data(opts, run->model, true, &run->train, err), err);
+    if (rc == FR_OK && training && opts->val_split > 0)
+        rc = fr_comm_agree(hold_out(run, err), err);
     if (rc == FR_OK)
         rc = fr_comm_agree(load_data(opts, run->model, false, &run->test, err), err);
     if (rc == FR_OK && training)
@@ -396,6 +584,8 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
     const fr_dataset *data = training ? run->train : run->test; /* what the steps go through */
     if (rc == FR_OK)
         rc = fr_comm_check_same((uint64_t)fr_dataset_size(data), "the dataset size", err);
+    if (rc == FR_OK && training)
+        rc = fr_comm_agree(resolve_schedule(run, err), err);
     if (rc == FR_OK) {
         /* The feature cache costs one forward pass of the prefix over the
          * data before the first step; it pays from the second epoch on.  The
@@ -406,12 +596,18 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
         if (training && run_steps(opts, fr_dataset_size(run->train)) <=
                             batches_per_epoch(opts, fr_dataset_size(run->train)))
             config.cache_mb = -1;
-        rc = choose_threads(&config, run->thread_count, sizeof run->thread_count, err);
+        if (training)
+            rc = resolve_lr_schedule(opts, fr_dataset_size(run->train), &config.lr_schedule, err);
+        run->lr_schedule = config.lr_schedule;
+        if (rc == FR_OK)
+            rc = choose_threads(&config, run->thread_count, sizeof run->thread_count, err);
         if (rc == FR_OK)
             rc = fr_comm_agree(fr_trainer_new(run->model, &config, &run->trainer, err), err);
     }
     if (rc == FR_OK)
         rc = place_threads(opts, run->trainer, run->placement, sizeof run->placement, err);
+    if (rc == FR_OK && training)
+        rc = apply_lr_rules(run, err);
     if (rc != FR_OK)
         return rc;
     run->x = malloc(sizeof(float) * (size_t)opts->batch_size * fr_model_input_numel(run->model));
@@ -427,6 +623,8 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
                                     opts->batch_size);
     if (local == FR_OK && training)
         local = open_metrics(run, err);
+    if (local == FR_OK && training)
+        local = open_tensorboard(run, err);
     return fr_comm_agree(local, err);
 }
 
@@ -441,6 +639,18 @@ static void print_header(const run_state *run) {
            total, trainable, total ? 100.0 * trainable / total : 0.0, total - trainable,
            fr_trainer_allreduce_bytes(run->trainer));
     printf("threads: %s%s\n", run->thread_count, run->placement);
+    for (int k = 0; k < opts->schedule_count; k++) {
+        const schedule_point *p = &run->schedule[k];
+        if (p->step > 0)
+            printf("schedule: %s '%s' after step %ld (%s %s)\n", p->freeze ? "freeze" : "unfreeze",
+                   p->pattern, p->step, schedule_flag(p), p->arg);
+    }
+    if (run->eval_every.count)
+        printf("evaluation: every %ld steps and at the end, on %s (%d samples)\n",
+               run->eval_every.steps,
+               run->val ? "the held-out tail of the training set" : "the test set",
+               fr_dataset_size(run->val ? run->val : run->test));
+    print_learning_rates(run);
     fflush(stdout);
 }
 
@@ -472,11 +682,30 @@ void frost_catch_stop_signals(int extra) {
         sigaction(extra, &action, NULL);
 }
 
+/* --normalize as the checkpoint records it: the float32 values ("none"
+ * without it), so that "0.5,0.25" and "0.50, 0.250" are the same setting.
+ * NULL when out of memory; free it. */
+static char *normalize_setting(const frost_options *opts) {
+    size_t len = 8 + (size_t)opts->normalize_count * 34;
+    char *text = malloc(len);
+    if (!text)
+        return NULL;
+    snprintf(text, len, "none");
+    size_t used = 0;
+    for (int i = 0; i < opts->normalize_count; i++)
+        used += (size_t)snprintf(text + used, len - used, "%s%.9g,%.9g", i ? ";" : "",
+                                 opts->normalize_mean[i], opts->normalize_std[i]);
+    return text;
+}
+
 /* What the run adds to a checkpoint: where it is in the data, and the
  * settings that must match for a resume to continue the same run. */
 static int save_checkpoint(run_state *run, long epoch, long batch_in_epoch, fr_error *err) {
     const frost_options *opts = run->opts;
-    char values[8][64];
+    char *normalize = normalize_setting(opts);
+    if (!normalize)
+        return fr_comm_agree(fr_fail(err, FR_ENOMEM, "out of memory"), err);
+    char values[10][64];
     snprintf(values[0], sizeof values[0], "%ld", epoch);
     snprintf(values[1], sizeof values[1], "%ld", batch_in_epoch);
     snprintf(values[2], sizeof values[2], "%ld", opts->seed);
@@ -485,15 +714,22 @@ static int save_checkpoint(run_state *run, long epoch, long batch_in_epoch, fr_e
     snprintf(values[5], sizeof values[5], "%d", fr_dataset_size(run->train));
     snprintf(values[6], sizeof values[6], "%.17g", opts->train.lr);
     snprintf(values[7], sizeof values[7], "%d", fr_comm_size());
+    /* The best evaluation so far, so that a resumed run keeps --save-best's
+     * file unless it does better. */
+    snprintf(values[8], sizeof values[8], "%.17g", run->best_accuracy);
+    snprintf(values[9], sizeof values[9], "%ld", run->best_step);
     fr_meta meta[] = {{"epoch", values[0]},      {"batch_in_epoch", values[1]},
                       {"seed", values[2]},       {"shuffle", values[3]},
                       {"batch_size", values[4]}, {"dataset_size", values[5]},
                       {"lr", values[6]},         {"ranks", values[7]},
-                      {"classes", opts->classes ? opts->classes : "all"}};
+                      {"classes", opts->classes ? opts->classes : "all"},
+                      {"normalize", normalize},
+                      {"eval_best_accuracy", values[8]}, {"eval_best_step", values[9]}};
+    int count = (int)(sizeof meta / sizeof meta[0]) - (run->eval_every.count ? 0 : 2);
     int rc = FR_OK;
     if (is_root())
-        rc = fr_trainer_save_checkpoint(run->trainer, opts->checkpoint, meta,
-                                        (int)(sizeof meta / sizeof meta[0]), err);
+        rc = fr_trainer_save_checkpoint(run->trainer, opts->checkpoint, meta, count, err);
+    free(normalize);
     return fr_comm_agree(rc, err);
 }
 
@@ -512,6 +748,35 @@ static int check_resume_setting(const char *path, const fr_checkpoint *checkpoin
         return fr_fail(err, FR_EINVAL, "%s: the checkpoint was written with %s %s, this run has %s",
                        path, what, have ? have : "(none)", want);
     return FR_OK;
+}
+
+/*
+ * A resumed run starts with the frozen set the schedule gives after the
+ * checkpoint's step: the points before it are applied now, the ones at it and
+ * after it when the run gets there, as in the uninterrupted run.  `*at` gets
+ * the checkpoint's step.
+ */
+static int catch_up_schedule(run_state *run, const fr_checkpoint *checkpoint, long *at,
+                             fr_error *err) {
+    const char *text = fr_checkpoint_get(checkpoint, "frost.step");
+    char *end = NULL;
+    long step = text ? strtol(text, &end, 10) : -1;
+    if (!text || *end || step < 0)
+        return fr_fail(err, FR_EFORMAT, "%s: checkpoint metadata is incomplete or malformed",
+                       run->opts->resume);
+    int count = run->opts->schedule_count;
+    *at = step;
+    return schedule_apply(run->model, run->schedule, count, 1, step - 1, NULL, NULL, err);
+}
+
+/* The best evaluation before the checkpoint (none if it has no record). */
+static void restore_best(run_state *run, const fr_checkpoint *checkpoint) {
+    const char *accuracy = fr_checkpoint_get(checkpoint, "eval_best_accuracy");
+    const char *step = fr_checkpoint_get(checkpoint, "eval_best_step");
+    if (accuracy && step) {
+        run->best_accuracy = strtod(accuracy, NULL);
+        run->best_step = strtol(step, NULL, 10);
+    }
 }
 
 static int resume(run_state *run, fr_error *err) {
@@ -533,11 +798,42 @@ static int resume(run_state *run, fr_error *err) {
     if (rc == FR_OK)
         rc = check_resume_setting(opts->resume, checkpoint, "classes",
                                   opts->classes ? opts->classes : "all", "--classes", err);
+    /* Checkpoints from before --normalize have no key: they were written without it. */
+    char *normalize = rc == FR_OK ? normalize_setting(opts) : NULL;
+    if (rc == FR_OK && !normalize)
+        rc = fr_fail(err, FR_ENOMEM, "out of memory");
+    if (rc == FR_OK && !fr_checkpoint_get(checkpoint, "normalize") &&
+        strcmp(normalize, "none") != 0)
+        rc = fr_fail(err, FR_EINVAL,
+                     "%s: the checkpoint was written with --normalize none, this run has %s",
+                     opts->resume, normalize);
+    if (rc == FR_OK && fr_checkpoint_get(checkpoint, "normalize"))
+        rc = check_resume_setting(opts->resume, checkpoint, "normalize", normalize,
+                                  "--normalize", err);
+    free(normalize);
+    long at = 0;
+    if (rc == FR_OK)
+        rc = catch_up_schedule(run, checkpoint, &at, err);
     if (rc == FR_OK) {
-        rc = fr_trainer_restore(run->trainer, checkpoint, opts->allow_freeze_change, err);
-        if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match"))
+        unsigned allow = (opts->allow_freeze_change ? FR_RESTORE_FREEZE_CHANGE : 0) |
+                         (opts->allow_lr_change ? FR_RESTORE_LR_CHANGE : 0);
+        rc = fr_trainer_restore(run->trainer, checkpoint, allow, err);
+        if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match") &&
+            opts->schedule_count) {
+            char text[256];
+            snprintf(text, sizeof text,
+                     "; this run's frozen set at step %ld is --freeze and --unfreeze, then the "
+                     "schedule's points before that step (--allow-freeze-change allows a "
+                     "difference)",
+                     at);
+            append_to_message(err, text);
+        } else if (rc == FR_EINVAL && strstr(err->msg, "the frozen set must match"))
             append_to_message(err, "; --allow-freeze-change allows it");
+        if (rc == FR_EINVAL && strstr(err->msg, "the learning rates must match"))
+            append_to_message(err, "; --allow-lr-change allows it");
     }
+    if (rc == FR_OK)
+        restore_best(run, checkpoint);
     fr_checkpoint_close(checkpoint);
     return fr_comm_agree(rc, err);
 }
@@ -562,17 +858,122 @@ static void log_progress(run_state *run, progress *p, long epoch, long step, lon
         long done_here = (long)(p->samples_trained / run->opts->batch_size);
         format_duration(done_here ? (total_steps - step) * (t - p->start) / done_here : 0, eta,
                         sizeof eta);
+        char lr_values[64];
+        schedule_values(run, step, lr_values, sizeof lr_values);
         printf("epoch %ld step %ld/%ld loss %.4f acc %.1f%% %.0f samples/s ETA %s\n", epoch + 1,
                step, total_steps, loss, 100.0 * correct / batch, rate, eta);
         fflush(stdout);
+        char evaluation[64] = ",";
+        if (run->evaluated)
+            snprintf(evaluation, sizeof evaluation, "%.6f,%.6f", run->eval_loss,
+                     run->eval_accuracy);
         if (run->metrics)
-            fr_atomic_printf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu\n", step, epoch + 1,
-                             loss, (double)correct / batch, rate, bytes_per_step);
+            fr_atomic_printf(run->metrics, "%ld,%ld,%.6f,%.4f,%.1f,%zu,%s%s\n", step, epoch + 1,
+                             loss, (double)correct / batch, rate, bytes_per_step, evaluation,
+                             lr_values);
+        /* The same row as TensorBoard scalars (a write failure sticks). */
+        fr_tb_scalar(run->tensorboard, "train/loss", loss);
+        fr_tb_scalar(run->tensorboard, "train/accuracy", (double)correct / batch);
+        fr_tb_scalar(run->tensorboard, "train/learning_rate",
+                     fr_trainer_lr(run->trainer, -1, step - 1));
+        if (run->opts->train.clip_grad_norm > 0.0)
+            fr_tb_scalar(run->tensorboard, "train/grad_norm", fr_trainer_grad_norm(run->trainer));
+        fr_tb_scalar(run->tensorboard, "system/samples_per_s", rate);
+        fr_tb_scalar(run->tensorboard, "system/allreduce_bytes_per_step", (double)bytes_per_step);
+        if (run->evaluated) {
+            fr_tb_scalar(run->tensorboard, "eval/loss", run->eval_loss);
+            fr_tb_scalar(run->tensorboard, "eval/accuracy", run->eval_accuracy);
+        }
+        fr_tb_write(run->tensorboard, step, NULL);
     }
     p->interval_start = t;
     p->interval_steps = 0;
     p->interval_samples = 0;
     p->interval_bytes = sent;
+}
+
+/* ------------------------------------------------------------- phases */
+
+/* What was frozen during the phase that ends after `last` steps is
+ * unchanged; and where the feature cache stood. */
+static void print_phase(run_state *run, long last) {
+    size_t frozen = fr_model_numel(run->model) - fr_model_trainable_numel(run->model);
+    printf("phase %d, steps %ld-%ld: ",
+           schedule_phase(run->schedule, run->opts->schedule_count, run->phase_first - 1),
+           run->phase_first, last);
+    if (frozen)
+        printf("%zu frozen parameters unchanged (checksum %016llx)", frozen,
+               (unsigned long long)fr_model_frozen_checksum(run->model));
+    else
+        printf("no frozen parameters");
+    int layer = fr_trainer_cache_layer(run->trainer);
+    if (layer >= 0)
+        printf("; feature cache %.3g MB through layer %s (%s)",
+               fr_trainer_cache_bytes(run->trainer) / 1048576.0,
+               fr_model_layer_name(run->model, layer), fr_model_layer_kind(run->model, layer));
+    printf("\n");
+}
+
+static void print_change(const schedule_point *point, size_t before, size_t after,
+                         void *context) {
+    run_state *run = context;
+    if (is_root())
+        printf("step %ld: %s %s: trainable parameters %zu -> %zu, allreduce %zu bytes per step\n",
+               point->step, schedule_flag(point), point->arg, before, after,
+               fr_trainer_allreduce_bytes(run->trainer));
+}
+
+/*
+ * The schedule's points at `step` (steps done), on every rank at once: the
+ * updates in flight are applied, the parameters frozen in the phase that
+ * ends are checked, the frozen set changes, and the next step re-plans (the
+ * trainer sees the new requires_grad flags).
+ */
+static int change_phase(run_state *run, long step, fr_error *err) {
+    int rc = fr_trainer_sync(run->trainer, err);
+    if (rc != FR_OK)
+        return rc;
+    rc = fr_comm_agree(verify_frozen(run, err), err);
+    if (rc == FR_OK && is_root() && step >= run->phase_first)
+        print_phase(run, step);
+    if (rc == FR_OK)
+        rc = fr_comm_agree(schedule_apply(run->model, run->schedule, run->opts->schedule_count,
+                                          step, step, print_change, run, err),
+                           err);
+    if (rc == FR_OK) {
+        record_frozen(run);
+        run->phase_first = step + 1;
+    }
+    fflush(stdout);
+    return rc;
+}
+
+/* --eval-every: loss and accuracy on the test set or the held-out tail
+ * (collective); --save-best writes the weights when the accuracy beats the
+ * best so far. */
+static int evaluate_now(run_state *run, long step, fr_error *err) {
+    const frost_options *opts = run->opts;
+    const fr_dataset *set = run->val ? run->val : run->test;
+    int rc = evaluate_dataset(run->trainer, set, opts->batch_size, run->x, run->labels,
+                              &run->eval_loss, &run->eval_accuracy, err);
+    if (rc != FR_OK)
+        return rc;
+    run->evaluated = true;
+    bool best = run->eval_accuracy > run->best_accuracy;
+    if (best) {
+        run->best_accuracy = run->eval_accuracy;
+        run->best_step = step;
+    }
+    if (best && opts->save_best)
+        rc = fr_comm_agree(is_root() ? fr_model_save_weights(run->model, opts->save_best, err)
+                                     : FR_OK,
+                           err);
+    if (rc == FR_OK && is_root())
+        printf("eval at step %ld: %s loss %.4f accuracy %.2f%% (%d samples)%s%s\n", step,
+               run->val ? "validation" : "test", run->eval_loss, 100.0 * run->eval_accuracy,
+               fr_dataset_size(set), best && opts->save_best ? ", the best so far: saved " : "",
+               best && opts->save_best ? opts->save_best : "");
+    return rc;
 }
 
 /* The loss became NaN or Inf: say at which step, and which parameter broke. */
@@ -644,6 +1045,7 @@ int frost_train(const frost_options *options, fr_error *err) {
         return rc;
     }
     record_frozen(&run);
+    run.phase_first = fr_trainer_steps_done(run.trainer) + 1;
     if (is_root())
         print_header(&run);
 
@@ -653,6 +1055,9 @@ int frost_train(const frost_options *options, fr_error *err) {
     /* Steps count from the start of the run, resumed or not; the position in
      * the data follows from the step. */
     long step = fr_trainer_steps_done(run.trainer);
+    /* Resumed, TensorBoard drops what the stopped run logged after its
+     * checkpoint (a failed write sticks, reported at the end). */
+    fr_tb_start(run.tensorboard, step + 1, NULL);
     if (is_root() && opts->resume)
         printf("resumed from %s at step %ld\n", opts->resume, step);
     else if (is_root() && opts->resume_if_exists)
@@ -666,7 +1071,15 @@ int frost_train(const frost_options *options, fr_error *err) {
     bool interrupted = fr_comm_any(stop_signal != 0);
     fr_trainer_watch_stop(run.trainer, &stop_signal);
     bool have_order = false; /* this epoch's order, needed again after a resume */
+    int schedule_count = opts->schedule_count;
+    /* For tests: FROST_STOP_AFTER_STEP=N stops the run after step N as a stop
+     * signal during that step would (the same on every rank it is given to). */
+    const char *stop_text = getenv("FROST_STOP_AFTER_STEP");
+    long stop_after = stop_text && *stop_text ? strtol(stop_text, NULL, 10) : -1;
     while (step < total_steps && rc == FR_OK && !interrupted) {
+        if (step > 0 && schedule_due(run.schedule, schedule_count, step) &&
+            (rc = change_phase(&run, step, err)) != FR_OK)
+            break;
         long b = step % epoch_steps;
         epoch = step / epoch_steps;
         if (b == 0 || !have_order)
@@ -687,8 +1100,17 @@ int frost_train(const frost_options *options, fr_error *err) {
         p.samples_trained += batch;
         /* Shared with the step's loss: no collective of its own, which
          * would wait for the step's gradients still on the wire. */
-        interrupted = fr_trainer_stop_requested(run.trainer);
-        if (step % opts->log_every == 0 || step == total_steps || interrupted) {
+        interrupted = fr_trainer_stop_requested(run.trainer) || step == stop_after;
+        /* Evaluated even when stopping, so that the best so far in the
+         * checkpoint is the uninterrupted run's. */
+        run.evaluated = false;
+        if (run.eval_every.count && (step % run.eval_every.steps == 0 || step == total_steps) &&
+            (rc = evaluate_now(&run, step, err)) != FR_OK)
+            break;
+        /* A row for every evaluation, and one before each schedule point, so
+         * that each row's bytes per step belong to one phase. */
+        if (step % opts->log_every == 0 || step == total_steps || interrupted || run.evaluated ||
+            schedule_due(run.schedule, schedule_count, step)) {
             /* Ranks must stay bit-identical; a check at every log: with the
              * next step's loss (no wait for this step's update, still in
              * flight), or here when no step follows. */
@@ -715,6 +1137,8 @@ int frost_train(const frost_options *options, fr_error *err) {
         /* The metrics so far are a complete record of this part of the run. */
         if (is_root())
             rc = close_metrics(&run, err);
+        if (rc == FR_OK && is_root())
+            rc = close_tensorboard(&run, err);
         rc = fr_comm_agree(rc, err);
     }
     if (rc == FR_OK && interrupted) {
@@ -732,12 +1156,19 @@ int frost_train(const frost_options *options, fr_error *err) {
     if (rc == FR_OK)
         rc = evaluate_dataset(run.trainer, run.test, batch_size, run.x, run.labels, &test_loss,
                               &test_accuracy, err);
+    if (rc == FR_OK) {
+        fr_tb_scalar(run.tensorboard, "eval/loss", test_loss);
+        fr_tb_scalar(run.tensorboard, "eval/accuracy", test_accuracy);
+        fr_tb_write(run.tensorboard, step, NULL);
+    }
     if (rc == FR_OK && is_root() && opts->save)
         rc = fr_model_save_weights(run.model, opts->save, err);
     if (rc != FR_ECOMMLOST)
         rc = fr_comm_agree(rc, err);
     if (rc == FR_OK && is_root())
         rc = close_metrics(&run, err);
+    if (rc == FR_OK && is_root())
+        rc = close_tensorboard(&run, err);
     if (rc == FR_OK && is_root()) {
         if (p.samples_trained == 0) /* resumed at or past the last step */
             printf("done: %ld steps, nothing left to train after resuming\n", step);
@@ -746,6 +1177,12 @@ int frost_train(const frost_options *options, fr_error *err) {
                    elapsed > 0 ? p.samples_trained / elapsed : 0.0, last_loss);
         printf("test: loss %.4f accuracy %.2f%% (%d samples)\n", test_loss, 100.0 * test_accuracy,
                fr_dataset_size(run.test));
+        if (schedule_count && step >= run.phase_first)
+            print_phase(&run, step);
+        if (run.eval_every.count && run.best_accuracy >= 0)
+            printf("best evaluation: step %ld, accuracy %.2f%%%s%s\n", run.best_step,
+                   100.0 * run.best_accuracy, opts->save_best ? ", weights in " : "",
+                   opts->save_best ? opts->save_best : "");
         size_t frozen = fr_model_numel(run.model) - fr_model_trainable_numel(run.model);
         if (frozen)
             printf("frozen parameters: %zu, unchanged (checksum %016llx)\n", frozen,

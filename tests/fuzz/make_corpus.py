@@ -11,6 +11,9 @@ fuzzers start deep inside the parsers instead of at their first check:
                        ("input 1 2 2; fc1 = linear(4, 3); relu; fc2 = linear(3, 2)")
   corpus/idx/          a 2-byte little-endian label-file length, the label
                        file, the image file; raw and gzip'd (fuzz_idx.c)
+  corpus/npy/          the same framing around NumPy .npy files: labels and
+                       images of each dtype, layout and format version
+                       (fuzz_npy.c)
 The output is deterministic (fixed values, gzip mtime 0), so rerunning it
 changes nothing.
 """
@@ -214,6 +217,58 @@ def idx_seeds():
     return seeds
 
 
+# ------------------------------------------------------------------- NumPy
+
+def npy(descr, shape, body, version=1, fortran=False, header=None):
+    """A .npy file as numpy.save writes it (header padded to 64 bytes)."""
+    if header is None:
+        dims = ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "")
+        header = "{'descr': '%s', 'fortran_order': %s, 'shape': (%s), }" % (descr, fortran, dims)
+    length_bytes = 2 if version == 1 else 4
+    header += " " * (-(8 + length_bytes + len(header) + 1) % 64) + "\n"
+    length = struct.pack("<H" if version == 1 else "<I", len(header))
+    return b"\x93NUMPY" + bytes([version, 0]) + length + header.encode() + body
+
+
+def npy_seeds():
+    labels_i8 = npy("<i8", (4,), struct.pack("<4q", 3, 0, 9, 255))
+    labels_u1 = npy("|u1", (4,), bytes([1, 2, 3, 4]))
+    pixels = bytes((i * 37) % 256 for i in range(4 * 3 * 2 * 2))
+    floats = struct.pack("<48f", *((i - 20) / 7 for i in range(48)))
+    seeds = {
+        "u8_nhw.npy": idx_input(labels_i8, npy("|u1", (4, 6, 2), pixels)),
+        "u8_nchw_v2.npy": idx_input(labels_u1, npy("|u1", (4, 3, 2, 2), pixels, version=2)),
+        "f4_nhwc_v3.npy": idx_input(npy("<i4", (4,), struct.pack("<4i", 1, 1, 0, 7), version=3),
+                                    npy("<f4", (4, 2, 2, 3), floats, version=3)),
+        "f8_features.npy": idx_input(npy("<u2", (4,), struct.pack("<4H", 5, 4, 3, 2)),
+                                     npy("<f8", (4, 12), struct.pack("<48d", *range(48)))),
+        "gz.npy": idx_input(gz(labels_i8), gz(npy("|u1", (4, 1, 3, 4), pixels))),
+        "dict_variants.npy": idx_input(
+            npy(None, None, struct.pack("<4Q", 0, 1, 2, 3),
+                header='{ "shape":(4L,),"descr":"<u8","fortran_order":False }'),
+            npy("|u1", (4, 12), pixels)),
+        # Near misses.
+        "fortran.npy": idx_input(labels_i8, npy("|u1", (4, 6, 2), pixels, fortran=True)),
+        "big_endian.npy": idx_input(labels_i8, npy(">f4", (4, 12), floats)),
+        "float16.npy": idx_input(labels_i8, npy("<f2", (4, 12), bytes(96))),
+        "structured.npy": idx_input(labels_i8, npy(None, None, pixels,
+                                                   header="{'descr': [('a', '|u1')], "
+                                                          "'fortran_order': False, 'shape': (48,), }")),
+        "count_mismatch.npy": idx_input(labels_u1, npy("|u1", (3, 16), pixels)),
+        "label_range.npy": idx_input(npy("<i8", (4,), struct.pack("<4q", -1, 256, 0, 1)),
+                                     npy("|u1", (4, 12), pixels)),
+        "float_labels.npy": idx_input(npy("<f4", (4,), struct.pack("<4f", 0, 1, 2, 3)),
+                                      npy("|u1", (4, 12), pixels)),
+        "truncated.npy": idx_input(labels_i8, npy("|u1", (4, 6, 2), pixels)[:-5]),
+        "trailing.npy": idx_input(labels_i8, npy("|u1", (4, 6, 2), pixels) + b"\0\0"),
+        "nan.npy": idx_input(labels_i8, npy("<f4", (4, 12), floats[:-4] + struct.pack("<f", float("nan")))),
+        "huge_shape.npy": idx_input(labels_i8, npy("|u1", (4611686018427387904, 4), b"")),
+        "version4.npy": idx_input(labels_i8, npy("|u1", (4, 12), pixels)[:6] + b"\x04\x00" +
+                                  npy("|u1", (4, 12), pixels)[8:]),
+    }
+    return seeds
+
+
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "corpus")
     for name, text in MODELS.items():
@@ -222,6 +277,8 @@ def main():
         write(os.path.join(root, "safetensors"), name, data)
     for name, data in idx_seeds().items():
         write(os.path.join(root, "idx"), name, data)
+    for name, data in npy_seeds().items():
+        write(os.path.join(root, "npy"), name, data)
 
 
 if __name__ == "__main__":
