@@ -140,7 +140,7 @@ final_trainable() {
 }
 bytes() {
     awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "allreduce_bytes") c = i; next }
-        $c != last { printf "%s%s", sep, $c; sep = " / "; last = $c }' "$tmp/$1.csv"
+        NR == 2 || $c != last { printf "%s%s", sep, $c; sep = " / "; last = $c }' "$tmp/$1.csv"
 }
 rate() { sed -n 's/^done: .*, \([0-9.]*\) samples\/s,.*/\1/p' "$tmp/$1.log"; }
 
