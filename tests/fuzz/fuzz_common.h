@@ -100,4 +100,45 @@ static inline void fuzz_write_file(const char *path, const void *data, size_t si
     close(fd);
 }
 
+/*
+ * A dataset of two files in the private directory (the IDX and NumPy
+ * targets): fuzz_name_pair names them once and removes them at exit;
+ * fuzz_write_pair splits an input as a 2-byte little-endian label length,
+ * the labels file's bytes, then the images file's, and writes both.  It
+ * returns false for an input too short to split.
+ */
+static char fuzz_images_path[128] __attribute__((unused));
+static char fuzz_labels_path[128] __attribute__((unused));
+
+static inline void fuzz_remove_pair(void) {
+    remove(fuzz_images_path);
+    remove(fuzz_labels_path);
+}
+
+static inline void fuzz_name_pair(const char *images, const char *labels) {
+    const char *dir = fuzz_temp_dir();
+    snprintf(fuzz_images_path, sizeof fuzz_images_path, "%s/%s", dir, images);
+    snprintf(fuzz_labels_path, sizeof fuzz_labels_path, "%s/%s", dir, labels);
+    atexit(fuzz_remove_pair); /* runs before fuzz_temp_dir's rmdir */
+}
+
+static inline bool fuzz_write_pair(const uint8_t *data, size_t size, const uint8_t **labels,
+                                   size_t *label_bytes, const uint8_t **images,
+                                   size_t *image_bytes) {
+    if (size < 2)
+        return false;
+    size_t count = (size_t)data[0] | (size_t)data[1] << 8;
+    data += 2;
+    size -= 2;
+    if (count > size)
+        count = size;
+    *labels = data;
+    *label_bytes = count;
+    *images = data + count;
+    *image_bytes = size - count;
+    fuzz_write_file(fuzz_labels_path, *labels, *label_bytes);
+    fuzz_write_file(fuzz_images_path, *images, *image_bytes);
+    return true;
+}
+
 #endif /* FROST_FUZZ_COMMON_H */

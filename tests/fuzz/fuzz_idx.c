@@ -13,20 +13,10 @@
 
 #include <stdint.h>
 
-static char images_path[128], labels_path[128];
-
-static void cleanup(void) {
-    remove(images_path);
-    remove(labels_path);
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    const char *dir = fuzz_temp_dir();
-    snprintf(images_path, sizeof images_path, "%s/images-idx3-ubyte", dir);
-    snprintf(labels_path, sizeof labels_path, "%s/labels-idx1-ubyte", dir);
-    atexit(cleanup);
+    fuzz_name_pair("images-idx3-ubyte", "labels-idx1-ubyte");
     return 0;
 }
 
@@ -72,19 +62,14 @@ static void check_keep_classes(fr_dataset *data, const char *spec, int low, int 
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 2)
+    const uint8_t *labels, *images;
+    size_t label_bytes, image_bytes;
+    if (!fuzz_write_pair(data, size, &labels, &label_bytes, &images, &image_bytes))
         return 0;
-    size_t label_bytes = (size_t)data[0] | (size_t)data[1] << 8;
-    data += 2;
-    size -= 2;
-    if (label_bytes > size)
-        label_bytes = size;
-    fuzz_write_file(labels_path, data, label_bytes);
-    fuzz_write_file(images_path, data + label_bytes, size - label_bytes);
 
-    fr_dataset *dataset = (fr_dataset *)labels_path; /* must be overwritten */
+    fr_dataset *dataset = (fr_dataset *)fuzz_labels_path; /* must be overwritten */
     fr_error err = {0};
-    int status = fr_dataset_load_idx(images_path, labels_path, &dataset, &err);
+    int status = fr_dataset_load_idx(fuzz_images_path, fuzz_labels_path, &dataset, &err);
     fuzz_check_status(status, &err, "fr_dataset_load_idx");
     if (status != FR_OK) {
         if (dataset != NULL)

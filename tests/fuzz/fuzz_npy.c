@@ -14,20 +14,10 @@
 #include <math.h>
 #include <stdint.h>
 
-static char images_path[128], labels_path[128];
-
-static void cleanup(void) {
-    remove(images_path);
-    remove(labels_path);
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    const char *dir = fuzz_temp_dir();
-    snprintf(images_path, sizeof images_path, "%s/x.npy", dir);
-    snprintf(labels_path, sizeof labels_path, "%s/y.npy", dir);
-    atexit(cleanup);
+    fuzz_name_pair("x.npy", "y.npy");
     return 0;
 }
 
@@ -127,26 +117,19 @@ static bool gzipped(const uint8_t *bytes, size_t size) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 2)
+    const uint8_t *labels, *images;
+    size_t label_bytes, image_bytes;
+    if (!fuzz_write_pair(data, size, &labels, &label_bytes, &images, &image_bytes))
         return 0;
-    size_t label_bytes = (size_t)data[0] | (size_t)data[1] << 8;
-    data += 2;
-    size -= 2;
-    if (label_bytes > size)
-        label_bytes = size;
-    const uint8_t *images = data + label_bytes;
-    size_t image_bytes = size - label_bytes;
-    check_parse(data, label_bytes);
+    check_parse(labels, label_bytes);
     check_parse(images, image_bytes);
-    fuzz_write_file(labels_path, data, label_bytes);
-    fuzz_write_file(images_path, images, image_bytes);
 
     fr_dataset *loaded[2] = {NULL, NULL};
     int status[2];
     for (int layout = 0; layout < 2; layout++) {
         fr_error err = {0};
-        fr_dataset *dataset = (fr_dataset *)labels_path; /* must be overwritten */
-        status[layout] = fr_dataset_load_npy(images_path, labels_path, (fr_layout)layout,
+        fr_dataset *dataset = (fr_dataset *)fuzz_labels_path; /* must be overwritten */
+        status[layout] = fr_dataset_load_npy(fuzz_images_path, fuzz_labels_path, (fr_layout)layout,
                                              &dataset, &err);
         fuzz_check_status(status[layout], &err, "fr_dataset_load_npy");
         if (status[layout] != FR_OK && dataset != NULL)
