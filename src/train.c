@@ -63,11 +63,6 @@ static const float *layer_input(const fr_trainer *trainer, const replica *r, con
     return output_of(trainer, r, x, trainer->model->layers[i].input);
 }
 
-static const float *layer_output(const fr_trainer *trainer, const replica *r, const float *x,
-                                 int i) {
-    return output_of(trainer, r, x, i);
-}
-
 const float *fr_step_output(const fr_trainer *trainer, const replica *r, const float *x, int i) {
     return output_of(trainer, r, x, i);
 }
@@ -147,7 +142,7 @@ static void forward_batch_stats(fr_trainer *trainer, replica *r, const float *x,
 #pragma omp master
     l->ops->commit(l, total);
     if (rows > 0)
-        l->ops->forward_with(l, in, (float *)layer_output(trainer, r, x, i), rows, total,
+        l->ops->forward_with(l, in, (float *)fr_step_output(trainer, r, x, i), rows, total,
                              r->scratch[i]);
 }
 
@@ -169,7 +164,7 @@ void fr_step_forward(fr_trainer *trainer, replica *r, const float *x, int rows, 
         if (rows == 0)
             continue;
         /* An in-place layer writes over its input, a buffer this replica owns. */
-        float *out = (float *)layer_output(trainer, r, x, i);
+        float *out = (float *)fr_step_output(trainer, r, x, i);
         if (l->ops->join)
             fr_add_arrays(out, layer_input(trainer, r, x, i), output_of(trainer, r, x, l->shortcut),
                           (size_t)rows * fr_shape_numel(l->out));
@@ -223,7 +218,7 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
         r->backward_calls[i]++;
     if (din || dweight || dbias || parts == GRAD_BOTH) {
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-        l->ops->backward(l, layer_input(trainer, r, x, i), layer_output(trainer, r, x, i), dout,
+        l->ops->backward(l, layer_input(trainer, r, x, i), fr_step_output(trainer, r, x, i), dout,
                          din, dweight, dbias, rows, r->scratch[i]);
         fr_trace_add(omp_get_thread_num(), l->name, parts == GRAD_INPUT ? "input-grad" : "backward",
                      -1, t0, 0);
@@ -263,7 +258,7 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     r->targets = r->gathered_labels;
     const feature_cache *c = &trainer->cache;
     if (fr_cache_has_rows(trainer, ids, rows)) {
-        float *features = (float *)layer_output(trainer, r, r->x, c->layer);
+        float *features = (float *)fr_step_output(trainer, r, r->x, c->layer);
         for (int i = 0; i < rows; i++)
             memcpy(features + (size_t)i * c->numel, c->features + (size_t)ids[i] * c->numel,
                    c->numel * sizeof(float));
@@ -301,7 +296,7 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
             memset(r->slab, 0, r->slab_floats * sizeof(float));
         return false;
     }
-    const float *logits = layer_output(trainer, r, r->x, model->layer_count - 1);
+    const float *logits = fr_step_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
     double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
@@ -826,7 +821,7 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
             if (rows > 0) {
                 double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
                 l->ops->forward_rows(l, layer_input(trainer, r, r->x, i),
-                                     (float *)layer_output(trainer, r, r->x, i), rows, lo, hi);
+                                     (float *)fr_step_output(trainer, r, r->x, i), rows, lo, hi);
                 fr_trace_add(omp_get_thread_num(), l->name, "forward", j, t0, 0);
             }
         }
