@@ -9,6 +9,9 @@
  *                 every replica's product onto them, T GEMMs of (OUT/T) x IN x rows, beta = 1
  *   weight grad, one GEMM  the same rows of dW from all B rows at once ((OUT/T) x IN x B): what
  *                 the split would cost if the replicas' rows were one contiguous matrix
+ *   forward, columns       what forward would cost split by output features instead of rows:
+ *                 the thread's OUT/T outputs for all B rows, B x (OUT/T) x IN
+ *   input grad, columns    likewise: B x (IN/T) x OUT
  * Each line: T, rows per thread, GFLOP/s of each (best of REPS), on one core
  * (openblas_set_num_threads(1)); the thread's FLOPs are 1/T of the layer's, as on T cores.
  *
@@ -38,7 +41,7 @@ static float *filled(size_t n, unsigned seed) {
     return p;
 }
 
-enum { FORWARD, INPUT_GRAD, WEIGHT_GRAD_SPLIT, WEIGHT_GRAD_ONE, KINDS };
+enum { FORWARD, INPUT_GRAD, WEIGHT_GRAD_SPLIT, WEIGHT_GRAD_ONE, FORWARD_COLS, INPUT_GRAD_COLS, KINDS };
 
 /* One thread's share of a kind, once; returns its FLOPs. */
 static double run(int kind, int in, int out, int batch, int threads, const float *x,
@@ -60,10 +63,20 @@ static double run(int kind, int in, int out, int batch, int threads, const float
                         dout + (size_t)s * rows * out, out, x + (size_t)s * rows * in, in,
                         s == 0 ? 0.0f : 1.0f, dw, in);
         return 2.0 * own * in * rows * threads;
-    default:
+    case WEIGHT_GRAD_ONE:
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, own, in, batch, 1.0f, dout, out, x,
                     in, 0.0f, dw, in);
         return 2.0 * own * in * batch;
+    case FORWARD_COLS:
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, own, in, 1.0f, x, in, w, in,
+                    0.0f, y, out);
+        return 2.0 * batch * own * in;
+    default: {
+        int cols = in / threads;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, batch, cols, out, 1.0f, dout, out,
+                    w, in, 0.0f, dx, in);
+        return 2.0 * batch * cols * out;
+    }
     }
 }
 
@@ -84,8 +97,9 @@ int main(int argc, char **argv) {
     }
     printf("linear(%d, %d), global batch %d, one core; GFLOP/s (best of %d)\n", in, out, batch,
            reps);
-    printf("threads rows/thread forward input-grad weight-grad(split) weight-grad(one GEMM)\n");
-    for (int threads = 1; threads <= batch && threads <= out; threads *= 2) {
+    printf("threads rows/thread forward input-grad weight-grad(split) weight-grad(one GEMM) "
+           "forward(columns) input-grad(columns)\n");
+    for (int threads = 1; threads <= batch && threads <= out && threads <= in; threads *= 2) {
         double best[KINDS] = {0};
         for (int kind = 0; kind < KINDS; kind++)
             for (int r = 0; r < reps + 1; r++) {
@@ -95,8 +109,8 @@ int main(int argc, char **argv) {
                 if (r > 0 && rate > best[kind]) /* the first is warm-up */
                     best[kind] = rate;
             }
-        printf("%7d %11d %7.1f %10.1f %18.1f %21.1f\n", threads, batch / threads, best[0], best[1],
-               best[2], best[3]);
+        printf("%7d %11d %7.1f %10.1f %18.1f %21.1f %16.1f %19.1f\n", threads, batch / threads,
+               best[0], best[1], best[2], best[3], best[4], best[5]);
     }
     return 0;
 }

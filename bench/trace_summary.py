@@ -5,7 +5,8 @@
                                     [--skip N] [--rank R]
 
 frost's trace (`--trace FILE.json`) records, on every worker thread, each layer's forward and
-backward (and `weight-grad`, a linear layer's weight gradient summed by rows across the threads),
+backward (and `weight-grad`, a linear layer's weight gradient summed by rows across the threads;
+`stage-sum`, a large conv2d weight gradient's copies added up after its layer),
 the rows gathered, the loss, the slab's reduction and update, and the communication thread's
 allreduces. This prints, for the worker threads of one rank, averaged over the steps after the
 first --skip (warm-up) and over the threads:

@@ -443,7 +443,8 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
                               trainer->model->params[trainer->model->layers[i].weight].shape[0]);
         else
             staged_weight_grad(trainer, i, t);
-        fr_trace_add(t, trainer->model->layers[i].name, "weight-grad", -1, t0, 0);
+        fr_trace_add(t, trainer->model->layers[i].name,
+                     trainer->split_weight[i] ? "weight-grad" : "stage-sum", -1, t0, 0);
         meet(trainer);
     }
 }
