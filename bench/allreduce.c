@@ -101,7 +101,14 @@ int main(int argc, char **argv) {
         sizes[size_count++] = 41000;
     }
     int n = fr_comm_size();
-    float *buf = malloc(sizes[0] > 8 ? 64 << 20 : 64);
+    /* One buffer for every size: the largest, at most 64 MB (larger sizes
+     * are cut to it below). */
+    size_t largest = 0;
+    for (int s = 0; s < size_count; s++)
+        largest = sizes[s] > largest ? sizes[s] : largest;
+    if (largest > (size_t)64 << 20)
+        largest = (size_t)64 << 20;
+    float *buf = malloc(largest + sizeof(float));
     double *latency = malloc((size_t)reps * sizeof *latency);
     double tiny[2];
     MPI_Allreduce(MPI_IN_PLACE, tiny, 2, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
