@@ -545,6 +545,11 @@ void fr_comm_finalize(void);
 bool fr_comm_have_mpi(void);
 int fr_comm_rank(void);
 int fr_comm_size(void);
+/* How this rank's communication thread is scheduled, as a line of text:
+ * real-time (SCHED_FIFO) where the ranks' communication threads fit the
+ * machine's CPUs and the privilege is there, else a raised nice weight,
+ * with the reason.  Empty for a single process (there is no thread). */
+void fr_comm_thread_scheduling(char *text, size_t len);
 /*
  * Collective: every rank passes its own status (and message in err).  If any
  * rank failed, every rank returns the status and message of the lowest failing

@@ -10,7 +10,7 @@
  * for with a timeout (fr_comm_wait), so a rank or link that dies ends the job
  * with a message instead of a hang.
  */
-#define _POSIX_C_SOURCE 200809L /* nanosleep */
+#define _GNU_SOURCE /* cpu_set_t, sched_getaffinity; nanosleep */
 #include "config.h"
 
 #include <limits.h>
@@ -23,6 +23,8 @@
 #define FR_HAVE_MPI_TYPES
 #include "internal.h"
 
+#include <sched.h>
+#include <stdio.h>
 #include <time.h>
 
 static int world_rank, world_size = 1;
@@ -31,6 +33,84 @@ static bool initialised_here;
  * anything else frost sends. */
 static MPI_Comm gradient_comm = MPI_COMM_NULL;
 static double timeout_s = FR_DEFAULT_COMM_TIMEOUT_S;
+/* The machine this rank runs on: the lowest world rank on the same kernel
+ * (machine_survey), and how many ranks' CPU masks overlap this one's there,
+ * over how many CPUs. */
+static int machine_leader;
+static int machine_sharing = 1, machine_cpus = 1;
+
+static int allgather(const void *mine, void *all, int count, MPI_Datatype type, MPI_Comm comm,
+                     const char *what, fr_error *err);
+
+/* What says which machine a rank runs on: the kernel's boot id, which ranks
+ * in different network namespaces or containers of one host share (and so
+ * share its CPUs) while every other machine has its own; the host name where
+ * it cannot be read. */
+typedef struct machine_id {
+    char boot[64];
+    cpu_set_t mask;
+} machine_id;
+
+static void read_machine_id(machine_id *id) {
+    memset(id, 0, sizeof *id);
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (!f || !fgets(id->boot, sizeof id->boot, f)) {
+        strcpy(id->boot, "host:");
+        gethostname(id->boot + 5, sizeof id->boot - 6);
+    }
+    if (f)
+        fclose(f);
+    id->boot[strcspn(id->boot, "\n")] = '\0';
+    if (sched_getaffinity(0, sizeof id->mask, &id->mask) != 0)
+        CPU_ZERO(&id->mask);
+}
+
+/*
+ * Which ranks share this rank's machine, and its CPUs.  MPI's idea of a node
+ * (MPI_COMM_TYPE_SHARED) follows the host names mpirun was given, so ranks
+ * that mpirun starts in network namespaces of one machine (bench/cluster.sh)
+ * would each count as a node of their own although they take turns on the
+ * same cores.  Collective, once, at init.
+ */
+static int machine_survey(fr_error *err) {
+    machine_id mine;
+    read_machine_id(&mine);
+    machine_leader = world_rank;
+    machine_sharing = 1;
+    machine_cpus = CPU_COUNT(&mine.mask) > 0 ? CPU_COUNT(&mine.mask) : 1;
+    if (world_size == 1)
+        return FR_OK;
+    machine_id *all = malloc((size_t)world_size * sizeof *all);
+    if (!all)
+        return fr_fail(err, FR_ENOMEM, "out of memory comparing the ranks' machines");
+    int rc = allgather(&mine, all, (int)sizeof mine, MPI_BYTE, MPI_COMM_WORLD,
+                       "comparing the ranks' machines", err);
+    if (rc == FR_OK) {
+        cpu_set_t shared;
+        CPU_ZERO(&shared);
+        machine_sharing = 0;
+        for (int r = world_size - 1; r >= 0; r--) {
+            if (strcmp(all[r].boot, mine.boot) != 0)
+                continue;
+            machine_leader = r;
+            cpu_set_t overlap;
+            CPU_AND(&overlap, &all[r].mask, &mine.mask);
+            if (CPU_COUNT(&overlap) > 0 || CPU_COUNT(&mine.mask) == 0) {
+                machine_sharing++;
+                CPU_OR(&shared, &shared, &all[r].mask);
+            }
+        }
+        machine_cpus = CPU_COUNT(&shared) > 0 ? CPU_COUNT(&shared) : 1;
+    }
+    free(all);
+    return rc;
+}
+
+bool fr_comm_thread_may_be_realtime(int *sharing, int *cpus) {
+    *sharing = machine_sharing;
+    *cpus = machine_cpus;
+    return machine_sharing <= machine_cpus;
+}
 
 int fr_comm_init(int *argc, char ***argv, fr_error *err) {
     int already = 0, provided = 0;
@@ -52,6 +132,9 @@ int fr_comm_init(int *argc, char ***argv, fr_error *err) {
     MPI_Comm_size(MPI_COMM_WORLD, &world_size);
     if (MPI_Comm_dup(MPI_COMM_WORLD, &gradient_comm) != MPI_SUCCESS)
         return fr_fail(err, FR_ECOMM, "MPI_Comm_dup failed");
+    int rc = machine_survey(err);
+    if (rc != FR_OK)
+        return rc;
     return fr_allreduce_start(err);
 }
 
@@ -240,10 +323,9 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
         return FR_OK;
     fr_allreduce_quiesce();
     MPI_Comm node;
-    int rc = MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL,
-                                 &node);
+    int rc = MPI_Comm_split(MPI_COMM_WORLD, machine_leader, world_rank, &node);
     if (rc != MPI_SUCCESS)
-        return mpi_failed(err, "MPI_Comm_split_type", rc);
+        return mpi_failed(err, "MPI_Comm_split", rc);
     int node_rank = 0, node_size = 1, any_failed = 0;
     MPI_Comm_rank(node, &node_rank);
     MPI_Comm_size(node, &node_size);

@@ -582,6 +582,10 @@ void fr_allreduce_quiesce(void);
  * (fr_comm_finalize). */
 int fr_allreduce_start(fr_error *err);
 void fr_allreduce_shutdown(void);
+/* Whether the ranks' communication threads fit this machine's CPUs: at most
+ * one per CPU, so real-time ones never wait for each other (comm.c; with
+ * how many ranks share this rank's CPUs and how many CPUs those are). */
+bool fr_comm_thread_may_be_realtime(int *sharing, int *cpus);
 #ifdef FR_HAVE_MPI_TYPES
 /* For allreduce.c: the communicator the gradients use, and a timed wait. */
 MPI_Comm fr_comm_gradients(void);
@@ -656,8 +660,9 @@ uint32_t fr_crc32c_mask(uint32_t crc);
 size_t fr_varint_encode(uint64_t value, unsigned char *out);
 /* Rank 0's values to every rank. */
 int fr_comm_broadcast_floats(float *buf, size_t count, fr_error *err);
-/* Collective: among the ranks on this node (shared memory) whose `key` bytes
- * equal ours, our position (*index) and how many there are (*count). */
+/* Collective: among the ranks on this machine (the same kernel: network
+ * namespaces and containers of one host count as one machine) whose `key`
+ * bytes equal ours, our position (*index) and how many there are (*count). */
 int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_error *err);
 
 #endif /* FROST_INTERNAL_H */

@@ -92,6 +92,11 @@ ok $status "2 ranks on 2 nodes train (exit $status)"
 [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/nodes.err"
 cmp -s "$WORK/host.safetensors" "$WORK/nodes.safetensors"
 ok $? "2 nodes (TCP) and one host give bit-identical final weights (cmp of the --save files)"
+# The nodes are namespaces of one machine: frost sees them share its CPUs
+# (the kernel's boot id), so it places their threads as on one host.
+[ "$(grep '^threads:\|^communication thread:' "$WORK/host.out")" = \
+    "$(grep '^threads:\|^communication thread:' "$WORK/nodes.out")" ]
+ok $? "ranks in namespaces of one machine are placed and scheduled as on one host ($(grep '^threads:' "$WORK/nodes.out" | tr '\n' ' '))"
 
 # ------------------------------------------------------ failures mid-run
 # start_job NAME FLAGS...: a long run in the background, checkpointing every

@@ -142,4 +142,19 @@ ok $? "2 ranks bound to a core each, 2 threads each, still train"
 grep -q '^frost: warning: rank 0: threads not pinned: 2 threads (1 rank x 2) for 1 CPU' "$WORK/bound.err" &&
     grep -q '^frost: warning: rank 1: threads not pinned: 2 threads (1 rank x 2) for 1 CPU' "$WORK/bound.err"
 ok $? "each rank bound to one core with 2 threads warns, naming its rank"
+# The communication thread runs real-time only where the ranks' threads fit
+# the machine's CPUs (real-time threads of one priority do not take turns).
+grep -q '^communication thread: ' "$WORK/bound.out" && ! grep -q 'not real-time' "$WORK/bound.out"
+ok $? "ranks bound to a core each: their communication threads may run real-time ($(grep '^communication' "$WORK/bound.out"))"
+timeout 120 "$MPIRUN" --allow-run-as-root --oversubscribe --bind-to none -np 4 -x OMP_NUM_THREADS=1 \
+    "$FROST" train --model "$MODEL" $FLAGS --steps 2 --threads 1 > "$WORK/four.out" 2> "$WORK/four.err"
+line=$(grep '^communication thread: ' "$WORK/four.out")
+if [ "$cpus" -lt 4 ]; then
+    echo "$line" | grep -Eq "^communication thread: (nice -10|as the workers), not real-time: 4 ranks share $cpus CPUs?\$"
+else
+    [ -n "$line" ] && ! echo "$line" | grep -q 'not real-time'
+fi
+ok $? "4 unbound ranks on $cpus CPUs: the communication thread is real-time only if 4 fit ('$line')"
+! grep -q '^communication thread' "$WORK/default1.out"
+ok $? "one process has no communication thread, and no line for it"
 done_testing

@@ -639,6 +639,10 @@ static void print_header(const run_state *run) {
            total, trainable, total ? 100.0 * trainable / total : 0.0, total - trainable,
            fr_trainer_allreduce_bytes(run->trainer));
     printf("threads: %s%s\n", run->thread_count, run->placement);
+    char comm[128];
+    fr_comm_thread_scheduling(comm, sizeof comm);
+    if (comm[0])
+        printf("communication thread: %s\n", comm);
     for (int k = 0; k < opts->schedule_count; k++) {
         const schedule_point *p = &run->schedule[k];
         if (p->step > 0)
