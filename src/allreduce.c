@@ -196,20 +196,29 @@ static void add_floats(void *context, size_t lo, size_t hi) {
 /* Add bfloat16 arrivals in float32 and round the partial sum for sending on. */
 static void add_bf16(void *context, size_t lo, size_t hi) {
     const arrival *a = context;
+    float *restrict sum = a->sum;
+    const uint16_t *restrict incoming = a->incoming16;
+    uint16_t *restrict wire = a->wire;
+#pragma omp simd
     for (size_t i = lo; i < hi; i++) {
-        a->sum[i] += fr_from_bf16(a->incoming16[i]);
-        a->wire[i] = fr_to_bf16(a->sum[i]);
+        float total = sum[i] + fr_from_bf16(incoming[i]);
+        sum[i] = total;
+        wire[i] = fr_to_bf16(total);
     }
 }
 
 /* Complete bfloat16 segments arrive in `wire`; widen them into the bucket. */
 static void widen_bf16(void *context, size_t lo, size_t hi) {
     const arrival *a = context;
+    float *restrict sum = a->sum;
+    const uint16_t *restrict wire = a->wire;
+#pragma omp simd
     for (size_t i = lo; i < hi; i++)
-        a->sum[i] = fr_from_bf16(a->wire[i]);
+        sum[i] = fr_from_bf16(wire[i]);
 }
 
-static void round_to_wire(const float *values, uint16_t *wire, size_t count) {
+static void round_to_wire(const float *restrict values, uint16_t *restrict wire, size_t count) {
+#pragma omp simd
     for (size_t i = 0; i < count; i++)
         wire[i] = fr_to_bf16(values[i]);
 }
@@ -296,7 +305,8 @@ static int recursive_doubling(float *buf, size_t count, bool bf16, fr_error *err
         if (rc != FR_OK)
             return rc;
         if (bf16) {
-            const uint16_t *mine = engine.wire, *theirs = engine.incoming;
+            const uint16_t *restrict mine = engine.wire, *restrict theirs = engine.incoming;
+#pragma omp simd
             for (size_t i = 0; i < count; i++)
                 buf[i] = fr_from_bf16(mine[i]) + fr_from_bf16(theirs[i]);
         } else {

@@ -594,14 +594,15 @@ int fr_comm_wait_spinning(MPI_Request *request, const char *what, int peer, doub
                           fr_error *err);
 #endif
 
-/* float32 -> bfloat16, rounding to nearest even (NaN stays NaN), and back. */
+/* float32 -> bfloat16, rounding to nearest even (NaN stays NaN), and back.
+ * Both results are formed and one selected, without a branch, so that the
+ * allreduce's loops over a bucket vectorize. */
 static inline uint16_t fr_to_bf16(float value) {
     uint32_t bits;
     memcpy(&bits, &value, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((bits >> 16) | 0x40u);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
+    uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    uint32_t quiet_nan = (bits >> 16) | 0x40u;
+    return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 static inline float fr_from_bf16(uint16_t half) {
     uint32_t bits = (uint32_t)half << 16;
