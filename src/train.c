@@ -4,7 +4,13 @@
  *   global batch B ──► this rank's rows ──► one contiguous slice per thread
  *   each thread (a replica): forward with the shared weights, loss on its
  *       slice, backward down to the first layer with a trainable parameter,
- *       weight gradients of trainable parameters into its own slab
+ *       weight gradients of trainable parameters into its own slab.  With
+ *       fewer than FEATURE_SPLIT_ROWS rows per thread, a linear layer's
+ *       forward and input gradient are split by features instead: the
+ *       replicas' slices of the rank-wide activations are then one matrix,
+ *       and each thread computes a block of features for all the rank's rows,
+ *       between two meetings (plan_step_rows, forward_by_features,
+ *       input_grad_by_features)
  *   threads: the slabs are summed in parallel, each thread one chunk.  A
  *       linear layer's weight gradient is instead split by rows: the threads
  *       meet after the layer's backward and each sums its rows over all
@@ -450,11 +456,11 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source 
 
 /*
  * Thread t's share of rows [row_lo, row_hi) of layer i's split weight
- * gradient: summed over the
- * replicas in replica order straight into replica 0's slab (the GEMM adds
- * each replica's product onto the rows).  The order is fixed, so the result
- * does not depend on timing; it can differ from adding whole per-replica
- * copies in the last bit of some values.
+ * gradient: summed over the replicas in replica order straight into replica
+ * 0's slab (the GEMM adds each replica's product onto the rows), or in a step
+ * split by features one GEMM over the rank's rows.  The order is fixed, so
+ * the result does not depend on timing; it can differ from adding whole
+ * per-replica copies in the last bit of some values.
  */
 static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_lo, int row_hi) {
     const fr_layer *l = &trainer->model->layers[i];
@@ -470,6 +476,18 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_l
     if (begin >= end)
         return;
     float *dweight = trainer->replicas[0].slab + trainer->slab_offsets[l->weight];
+    /* Split by features, the replicas' rows are one matrix: one GEMM over
+     * all of them (replica 0's slices start the rank's), when every replica
+     * with rows has its gradient. */
+    bool whole = trainer->feature_split && trainer->rank_rows > 0;
+    for (int s = 0; s < trainer->threads && whole; s++)
+        whole = trainer->replicas[s].step_rows == 0 || trainer->replicas[s].layer_dout;
+    if (whole) {
+        const replica *first = &trainer->replicas[0];
+        l->ops->weight_grad_rows(l, layer_input(trainer, first, first->x, i), first->layer_dout,
+                                 trainer->rank_rows, dweight, begin, end, false);
+        return;
+    }
     bool written = false;
     for (int s = 0; s < trainer->threads; s++) {
         const replica *r = &trainer->replicas[s];
