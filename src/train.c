@@ -85,8 +85,8 @@ static const float *output_of(const fr_trainer *trainer, const replica *r, const
         j = trainer->model->layers[j].input;
     if (j < 0)
         return x;
-    return trainer->output_base[j] + slice_offset(trainer, r, fr_shape_numel(trainer->model->layers[j].out),
-                                                  trainer->output_width[j]);
+    size_t width = fr_shape_numel(trainer->model->layers[j].out);
+    return trainer->output_base[j] + slice_offset(trainer, r, width, trainer->output_width[j]);
 }
 
 /* Replica r's rows of gradient slot `slot`, holding a gradient of `width`
@@ -282,9 +282,9 @@ enum { GRAD_WEIGHTS = 1, GRAD_INPUT = 2, GRAD_BOTH = 3 };
 
 /* The gradient at layer i's output, NULL where none is needed. */
 static float *output_grad(const fr_trainer *trainer, const replica *r, int i) {
-    return trainer->needs_grad[i]
-               ? slot_rows(trainer, r, trainer->grad_slot[i], fr_shape_numel(trainer->model->layers[i].out))
-               : NULL;
+    if (!trainer->needs_grad[i])
+        return NULL;
+    return slot_rows(trainer, r, trainer->grad_slot[i], fr_shape_numel(trainer->model->layers[i].out));
 }
 
 /* The slot the gradient at layer i's input goes to (din_slot; -1: none). */
@@ -297,7 +297,8 @@ static float *input_grad(const fr_trainer *trainer, const replica *r, int i) {
 /* The slot holding the gradient at layer i's input k (added into). */
 static float *input_slot(const fr_trainer *trainer, const replica *r, int i, int k) {
     int in = input_of(&trainer->model->layers[i], k);
-    return slot_rows(trainer, r, trainer->grad_slot[in], fr_shape_numel(trainer->model->layers[in].out));
+    size_t width = fr_shape_numel(trainer->model->layers[in].out);
+    return slot_rows(trainer, r, trainer->grad_slot[in], width);
 }
 
 /* The backward of layer i, from the gradient at its output (the slots are
@@ -316,7 +317,8 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
          * reader's share. */
         for (int k = 0; k < 2 && (parts & GRAD_INPUT); k++)
             if (trainer->grad_adds[i] & (1u << k))
-                fr_add_into(input_slot(trainer, r, i, k), dout, (size_t)rows * fr_shape_numel(l->out));
+                fr_add_into(input_slot(trainer, r, i, k), dout,
+                            (size_t)rows * fr_shape_numel(l->out));
         return;
     }
     float *din = NULL, *dweight = NULL, *dbias = NULL;
