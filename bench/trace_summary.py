@@ -6,7 +6,9 @@
 
 frost's trace (`--trace FILE.json`) records, on every worker thread, each layer's forward and
 backward (and `weight-grad`, a linear layer's weight gradient summed by rows across the threads;
-`stage-sum`, a large conv2d weight gradient's copies added up after its layer),
+`input-grad`, the gradient at its input when computed apart: split by features over the rank's
+batch in a step of few rows per thread, or after the weights on several ranks; `stage-sum`, a
+large conv2d weight gradient's copies added up after its layer),
 the rows gathered, the loss, the slab's reduction and update, and the communication thread's
 allreduces. This prints, for the worker threads of one rank, averaged over the steps after the
 first --skip (warm-up) and over the threads:
@@ -147,13 +149,16 @@ def main():
     if args.model and args.batch:
         per = event_flops(layers, set(args.freeze), args.batch)
         split = {layer for layer, what in busy if what == "weight-grad"}
+        # A layer with an input-grad event computes dx there, not in its backward.
+        apart = {layer for layer, what in busy if what == "input-grad"}
         for name, _, _ in layers:
             flops[(name, "forward")] = per[(name, "forward")]
+            dx = 0 if name in apart else per[(name, "dx")]
             if name in split:
                 flops[(name, "weight-grad")] = per[(name, "weight-grad")]
-                flops[(name, "backward")] = per[(name, "dx")]
+                flops[(name, "backward")] = dx
             else:
-                flops[(name, "backward")] = per[(name, "weight-grad")] + per[(name, "dx")]
+                flops[(name, "backward")] = per[(name, "weight-grad")] + dx
             flops[(name, "input-grad")] = per[(name, "dx")]
 
     print("%s: rank %d, %d worker threads, steps %d-%d (%d measured), step period %.2f ms"

@@ -31,9 +31,12 @@ static void fill_cache(fr_trainer *trainer, const fr_dataset *data) {
     int chunk = trainer->replicas[0].rows_cap < 32 ? trainer->replicas[0].rows_cap : 32;
     int chunks = (c->samples + chunk - 1) / chunk;
     size_t sample_numel = fr_shape_numel(data->shape);
+    /* Each replica in a region of its own, as in a step not split by features. */
+    trainer->feature_split = false;
 #pragma omp parallel for num_threads(trainer->threads) schedule(static)
     for (int k = 0; k < chunks; k++) {
         replica *r = &trainer->replicas[omp_get_thread_num()];
+        fr_step_place(trainer, r, 0);
         int first = k * chunk, rows = c->samples - first < chunk ? c->samples - first : chunk;
         memcpy(r->gathered_x, data->x + (size_t)first * sample_numel,
                (size_t)rows * sample_numel * sizeof(float));

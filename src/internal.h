@@ -205,6 +205,14 @@ typedef struct fr_layer_ops {
      */
     void (*forward_rows)(const fr_layer *l, const float *in, float *out, int n, int row_begin,
                          int row_end);
+    /*
+     * Optional, with forward_rows: columns [col_begin, col_end) of the
+     * gradient at the input (n x in) from dout, written over.  With both,
+     * a step whose threads have few rows each splits the layer's forward and
+     * input gradient by features over the rank's whole batch.
+     */
+    void (*input_grad_cols)(const fr_layer *l, const float *dout, float *din, int n,
+                            int col_begin, int col_end);
     /* Its buffers; a NULL suffix ends the list.  Only layers with buffers
      * take the model's FR_LAYER_BUFFERS_MAX slots in fr_layer.buffer_data. */
     fr_buffer_kind buffers[FR_LAYER_BUFFERS_MAX + 1];
@@ -470,6 +478,10 @@ long *fr_trainer_param_steps(fr_trainer *trainer);
 void fr_trainer_set_steps_done(fr_trainer *trainer, long steps);
 const fr_train_config *fr_trainer_config(const fr_trainer *trainer);
 fr_model *fr_trainer_model(const fr_trainer *trainer);
+/* How many of layer `layer`'s GEMMs (forward, or the gradient at its input)
+ * ran split by features over the rank's batch, summed over threads (train.c,
+ * FEATURE_SPLIT_ROWS). */
+long fr_trainer_feature_split_calls(const fr_trainer *trainer, int layer);
 
 /* lr_schedule.c, for checkpoint.c: the learning rates as a checkpoint records
  * them, FR_LR_META_COUNT entries of `meta` whose values live in `texts`

@@ -7,7 +7,8 @@
  * same layout, so frozen parameters cost neither), its buckets and the
  * pieces several ranks send them in, which outputs share or keep their
  * buffers and which relus fuse into the layer before, backward's gradient
- * slots, and each thread's replica: its activations, scratch and slab.
+ * slots, the rank-wide activations each thread's replica has a slice of, and
+ * each replica's scratch and slab.
  * Everything a step needs is allocated here, when the trainer is made or
  * when the frozen set changes.  The plan is the trainer's own: two trainers
  * on one model do not share it.
@@ -187,43 +188,92 @@ static size_t max_activation_numel(const fr_model *model) {
 static void free_replica(replica *r) {
     fr_free(r->owned[0]);
     fr_free(r->owned[1]);
-    free(r->outputs);
     free(r->scratch);
-    free(r->grads);
     free(r->backward_calls);
+    free(r->feature_split_calls);
     memset(r, 0, sizeof *r);
 }
 
+/*
+ * The rank-wide activations, room for rows_cap rows per thread: the kept
+ * outputs, two transient outputs and the gradient slots (rows of the widest
+ * layer), the gathered rows and labels.  Forward walks the layers; an output
+ * not kept goes to whichever transient buffer does not hold the layer's
+ * input (an output not kept is read only by the next layer, so that is the
+ * last one written).
+ */
+static int plan_activations(fr_trainer *trainer, int rows_cap, const bool *kept) {
+    const fr_model *model = trainer->model;
+    int layers = model->layer_count, slots = trainer->grad_slot_count;
+    size_t rows = (size_t)rows_cap * (size_t)trainer->threads, act = max_activation_numel(model);
+    size_t input_numel = fr_shape_numel(model->input);
+    trainer->output_base = calloc((size_t)layers + 1, sizeof *trainer->output_base);
+    trainer->output_width = calloc((size_t)layers + 1, sizeof *trainer->output_width);
+    trainer->output_transient = calloc((size_t)layers + 1, sizeof *trainer->output_transient);
+    trainer->grad_base = calloc((size_t)slots + 1, sizeof *trainer->grad_base);
+    if (!trainer->output_base || !trainer->output_width || !trainer->output_transient ||
+        !trainer->grad_base)
+        return FR_ENOMEM;
+    size_t buffer = round_up(act * rows, SLAB_CHUNK_ALIGN);
+    size_t floats = (2 + (size_t)slots) * buffer + round_up(input_numel * rows, SLAB_CHUNK_ALIGN) +
+                    round_up(rows, SLAB_CHUNK_ALIGN);
+    for (int i = 0; i < layers; i++)
+        if (!trainer->shares_input[i] && kept[i])
+            floats += round_up(layer_out_numel(model, i) * rows, SLAB_CHUNK_ALIGN);
+    trainer->activations = fr_alloc(floats * sizeof(float));
+    if (!trainer->activations)
+        return FR_ENOMEM;
+    float *next = trainer->activations, *transient[2];
+    for (int k = 0; k < 2; k++, next += buffer)
+        transient[k] = next;
+    for (int k = 0; k < slots; k++, next += buffer)
+        trainer->grad_base[k] = next;
+    trainer->grad_width = act;
+    trainer->gathered_x_base = next;
+    next += round_up(input_numel * rows, SLAB_CHUNK_ALIGN);
+    trainer->gathered_labels_base = (int32_t *)next;
+    next += round_up(rows, SLAB_CHUNK_ALIGN);
+    int input_in = -1; /* which transient buffer holds the current input */
+    for (int i = 0; i < layers; i++) {
+        if (trainer->shares_input[i]) {
+            trainer->output_base[i] = NULL;
+        } else if (kept[i]) {
+            trainer->output_base[i] = next;
+            trainer->output_width[i] = layer_out_numel(model, i);
+            next += round_up(layer_out_numel(model, i) * rows, SLAB_CHUNK_ALIGN);
+            input_in = -1;
+        } else {
+            int use = input_in == 0 ? 1 : 0;
+            trainer->output_base[i] = transient[use];
+            trainer->output_width[i] = act;
+            trainer->output_transient[i] = true;
+            input_in = use;
+        }
+    }
+    return FR_OK;
+}
 
 /*
- * Size and carve one replica's buffers: kept outputs, two transient outputs,
- * two activation-gradient buffers, per-layer scratch and the slab (the whole
- * slab for replica 0, the compact one and the stage for the others).  Called
- * by the thread that owns the replica, so its pages are first touched there.
+ * Size and carve one replica's own buffers: per-layer scratch and the slab
+ * (the whole slab for replica 0, the compact one and the stage for the
+ * others).  Called by the thread that owns the replica, so its pages are
+ * first touched there.
  */
-static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bool *kept,
+static int build_replica(fr_trainer *trainer, replica *r, int index, int rows_cap,
                          bool whole_slab) {
     const fr_model *model = trainer->model;
     int layers = model->layer_count;
-    size_t act = max_activation_numel(model) * (size_t)rows_cap;
+    r->index = index;
     r->rows_cap = rows_cap;
-    r->outputs = calloc((size_t)layers, sizeof *r->outputs);
     r->scratch = calloc((size_t)layers, sizeof *r->scratch);
     r->backward_calls = calloc((size_t)layers, sizeof *r->backward_calls);
-    int slots = trainer->grad_slot_count;
-    r->grads = calloc((size_t)slots, sizeof *r->grads);
-    if (!r->outputs || !r->scratch || !r->backward_calls || !r->grads)
+    r->feature_split_calls = calloc((size_t)layers, sizeof *r->feature_split_calls);
+    if (!r->scratch || !r->backward_calls || !r->feature_split_calls)
         return FR_ENOMEM;
 
-    /* Floats: kept outputs + 2 transient + the gradient slots + scratch. */
-    size_t input_floats = round_up(fr_shape_numel(model->input) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
-    size_t label_floats = round_up((size_t)rows_cap, SLAB_CHUNK_ALIGN);
-    size_t floats = (2 + (size_t)slots) * round_up(act, SLAB_CHUNK_ALIGN) + input_floats +
-                    label_floats;
+    size_t floats = 0;
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
-        if (!trainer->shares_input[i] && kept[i])
-            floats += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
         if (l->ops->scratch_bytes)
             floats += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
     }
@@ -240,38 +290,14 @@ static int build_replica(fr_trainer *trainer, replica *r, int rows_cap, const bo
     r->stage = whole_slab || trainer->stage_floats == 0 ? NULL : r->slab + own;
 
     float *next = r->owned[0];
-    float *transient[2];
-    for (int k = 0; k < 2; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
-        transient[k] = next;
-    for (int k = 0; k < slots; k++, next += round_up(act, SLAB_CHUNK_ALIGN))
-        r->grads[k] = next;
-    r->gathered_x = next;
-    next += input_floats;
-    r->gathered_labels = (int32_t *)next;
-    next += label_floats;
-
-    /* Forward walks the layers; an output not kept goes to whichever
-     * transient buffer does not hold the layer's input (an output not kept
-     * is read only by the next layer, so that is the last one written). */
-    int input_in = -1; /* which transient buffer holds the current input */
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
-        if (trainer->shares_input[i]) {
-            r->outputs[i] = NULL;
-        } else if (kept[i]) {
-            r->outputs[i] = next;
-            next += round_up(layer_out_numel(model, i) * (size_t)rows_cap, SLAB_CHUNK_ALIGN);
-            input_in = -1;
-        } else {
-            int use = input_in == 0 ? 1 : 0;
-            r->outputs[i] = transient[use];
-            input_in = use;
-        }
         if (l->ops->scratch_bytes) {
             r->scratch[i] = next;
             next += round_up((l->ops->scratch_bytes(l, rows_cap) + 3) / 4, SLAB_CHUNK_ALIGN);
         }
     }
+    fr_step_place(trainer, r, 0);
     return FR_OK;
 }
 
@@ -296,6 +322,16 @@ static void free_plan(fr_trainer *trainer) {
     trainer->staged_weight = NULL;
     free(trainer->segment_of);
     trainer->segment_of = NULL;
+    fr_free(trainer->activations);
+    trainer->activations = NULL;
+    free(trainer->output_base);
+    trainer->output_base = NULL;
+    free(trainer->output_width);
+    trainer->output_width = NULL;
+    free(trainer->output_transient);
+    trainer->output_transient = NULL;
+    free(trainer->grad_base);
+    trainer->grad_base = NULL;
 }
 
 /*
@@ -562,17 +598,22 @@ int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
         free(kept);
         return fr_fail(err, FR_ENOMEM, "out of memory planning activations");
     }
-    int rank_first, rank_rows;
+    int rank_first, rank_rows, first, rows_cap;
     split_rows(trainer->config.max_batch, fr_comm_size(), 0, &rank_first, &rank_rows);
-    int failed = 0;
-#pragma omp parallel num_threads(trainer->threads) reduction(+ : failed)
-    {
-        int t = omp_get_thread_num(), first, rows;
-        split_rows(rank_rows, trainer->threads, 0, &first, &rows);
-        if (build_replica(trainer, &trainer->replicas[t], rows > 0 ? rows : 1, kept, t == 0) != FR_OK)
-            failed++;
-    }
+    split_rows(rank_rows, trainer->threads, 0, &first, &rows_cap);
+    if (rows_cap < 1)
+        rows_cap = 1;
+    int failed = plan_activations(trainer, rows_cap, kept) != FR_OK;
     free(kept);
+    trainer->feature_split = false;
+    if (!failed) {
+#pragma omp parallel num_threads(trainer->threads) reduction(+ : failed)
+        {
+            int t = omp_get_thread_num();
+            if (build_replica(trainer, &trainer->replicas[t], t, rows_cap, t == 0) != FR_OK)
+                failed++;
+        }
+    }
     if (failed)
         return fr_fail(err, FR_ENOMEM, "out of memory allocating replica workspaces for batch %d",
                        trainer->config.max_batch);

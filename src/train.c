@@ -4,7 +4,13 @@
  *   global batch B ──► this rank's rows ──► one contiguous slice per thread
  *   each thread (a replica): forward with the shared weights, loss on its
  *       slice, backward down to the first layer with a trainable parameter,
- *       weight gradients of trainable parameters into its own slab
+ *       weight gradients of trainable parameters into its own slab.  With
+ *       fewer than FEATURE_SPLIT_ROWS rows per thread, a linear layer's
+ *       forward and input gradient are split by features instead: the
+ *       replicas' slices of the rank-wide activations are then one matrix,
+ *       and each thread computes a block of features for all the rank's rows,
+ *       between two meetings (plan_step_rows, forward_by_features,
+ *       input_grad_by_features)
  *   threads: the slabs are summed in parallel, each thread one chunk.  A
  *       linear layer's weight gradient is instead split by rows: the threads
  *       meet after the layer's backward and each sums its rows over all
@@ -50,12 +56,49 @@ static void meet(fr_trainer *trainer) {
     fr_barrier_wait(&trainer->barrier, omp_get_num_threads());
 }
 
+/*
+ * Where replica r's rows start in a rank-wide buffer (trainer.h, replica)
+ * holding rows of `width` floats, `buffer_width` those of its widest user.
+ * Split by features, the replicas' slices of a layer's buffer are one matrix
+ * over the rank's rows; otherwise each replica keeps to a region of its own,
+ * so that a thread ahead of the others, writing the next layer's rows of
+ * another width into a buffer that layers share, never overwrites theirs.
+ */
+static size_t slice_offset(const fr_trainer *trainer, const replica *r, size_t width,
+                           size_t buffer_width) {
+    if (trainer->feature_split)
+        return (size_t)r->local_first * width;
+    return (size_t)r->index * (size_t)r->rows_cap * buffer_width;
+}
+
+void fr_step_place(const fr_trainer *trainer, replica *r, int local_first) {
+    size_t numel = fr_shape_numel(trainer->model->input);
+    r->local_first = local_first;
+    r->gathered_x = trainer->gathered_x_base + slice_offset(trainer, r, numel, numel);
+    r->gathered_labels = trainer->gathered_labels_base + slice_offset(trainer, r, 1, 1);
+}
+
 /* The buffer holding layer j's output (-1: the input rows x): sharing
  * layers are walked back to the one that holds the data. */
 static const float *output_of(const fr_trainer *trainer, const replica *r, const float *x, int j) {
     while (j >= 0 && trainer->shares_input[j])
         j = trainer->model->layers[j].input;
-    return j >= 0 ? r->outputs[j] : x;
+    if (j < 0)
+        return x;
+    size_t width = fr_shape_numel(trainer->model->layers[j].out);
+    return trainer->output_base[j] + slice_offset(trainer, r, width, trainer->output_width[j]);
+}
+
+/* Replica r's rows of gradient slot `slot`, holding a gradient of `width`
+ * floats per row. */
+static float *slot_rows(const fr_trainer *trainer, const replica *r, int slot, size_t width) {
+    return trainer->grad_base[slot] + slice_offset(trainer, r, width, trainer->grad_width);
+}
+
+/* The rank's whole matrix that replica r's slice `rows` (of `width` floats
+ * per row) belongs to, split by features. */
+static float *rank_matrix(const replica *r, const float *rows, size_t width) {
+    return (float *)rows - (size_t)r->local_first * width;
 }
 
 static const float *layer_input(const fr_trainer *trainer, const replica *r, const float *x,
@@ -76,6 +119,48 @@ const float *fr_step_output(const fr_trainer *trainer, const replica *r, const f
  */
 enum { FORWARD_MEETING, BACKWARD_MEETING };
 enum { PARTIAL_SUMS, BATCH_SUMS };
+
+/* Thread t's block [*begin, *end) of features [lo, hi) in a split by
+ * features: whole cache lines of each row where the features allow. */
+static void feature_block(const fr_trainer *trainer, int t, int lo, int hi, int *begin, int *end) {
+    int per = (int)round_up((size_t)((hi - lo + trainer->threads - 1) / trainer->threads),
+                            SLAB_CHUNK_ALIGN);
+    *begin = lo + t * per < hi ? lo + t * per : hi;
+    *end = *begin + per < hi ? *begin + per : hi;
+}
+
+/* Whether layer i's forward, or the gradient at its input, runs split by
+ * features in this step: the layer has the operations, and enough features
+ * for a cache line per thread. */
+static bool splits_forward(const fr_trainer *trainer, int i) {
+    const fr_layer *l = &trainer->model->layers[i];
+    return trainer->feature_split && l->ops->forward_rows && l->ops->input_grad_cols &&
+           fr_shape_numel(l->out) >= (size_t)SLAB_CHUNK_ALIGN * (size_t)trainer->threads;
+}
+
+static bool splits_input_grad(const fr_trainer *trainer, int i) {
+    const fr_layer *l = &trainer->model->layers[i];
+    return trainer->feature_split && l->ops->forward_rows && l->ops->input_grad_cols &&
+           fr_shape_numel(l->in) >= (size_t)SLAB_CHUNK_ALIGN * (size_t)trainer->threads;
+}
+
+/* Thread t's block of outputs [lo, hi) of layer i, for all the rank's rows
+ * (every thread calls it between two meetings: every replica's input rows
+ * are written, and nobody reads the outputs until all are). */
+static void forward_by_features(fr_trainer *trainer, replica *r, const float *x, int i, int lo,
+                                int hi) {
+    const fr_layer *l = &trainer->model->layers[i];
+    int begin, end;
+    feature_block(trainer, omp_get_thread_num(), lo, hi, &begin, &end);
+    if (begin >= end || trainer->rank_rows == 0)
+        return;
+    const float *in = rank_matrix(r, layer_input(trainer, r, x, i), fr_shape_numel(l->in));
+    float *out = rank_matrix(r, fr_step_output(trainer, r, x, i), fr_shape_numel(l->out));
+    double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+    l->ops->forward_rows(l, in, out, trainer->rank_rows, begin, end);
+    fr_trace_add(omp_get_thread_num(), l->name, "forward", -1, t0, 0);
+    r->feature_split_calls[i]++;
+}
 
 static double *stats_at(const fr_trainer *trainer, int t, int i, int meeting, int what) {
     size_t region = (size_t)t * 4 + (size_t)what * 2 + (size_t)meeting;
@@ -146,15 +231,29 @@ static void forward_batch_stats(fr_trainer *trainer, replica *r, const float *x,
                              r->scratch[i]);
 }
 
-/* Layers [from, to) of this replica's rows.  Every thread of the team calls
- * it when a layer gathers batch statistics (those meet), with rows = 0 if it
- * has none. */
+/*
+ * Layers [from, to) of this replica's rows.  Every thread of the team calls
+ * it when a layer gathers batch statistics (those meet) or the step is split
+ * by features, with rows = 0 if it has none.  Split by features, the threads
+ * meet around each layer that runs so (each computes a block of its outputs
+ * for all the rank's rows), and before each layer that writes a transient
+ * buffer: its slices of the layer's width overlap another thread's slices
+ * of the layer two before.
+ */
 void fr_step_forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to) {
     const fr_model *model = trainer->model;
     for (int i = from; i < to; i++) {
         const fr_layer *l = &model->layers[i];
         if (l->ops->alias || relu_fused_into(model, i))
             continue;
+        if (splits_forward(trainer, i)) {
+            meet(trainer);
+            forward_by_features(trainer, r, x, i, 0, (int)fr_shape_numel(l->out));
+            meet(trainer);
+            continue;
+        }
+        if (trainer->feature_split && trainer->output_transient[i])
+            meet(trainer);
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         if (gathers_stats(trainer, i)) {
             forward_batch_stats(trainer, r, x, rows, i);
@@ -183,7 +282,23 @@ enum { GRAD_WEIGHTS = 1, GRAD_INPUT = 2, GRAD_BOTH = 3 };
 
 /* The gradient at layer i's output, NULL where none is needed. */
 static float *output_grad(const fr_trainer *trainer, const replica *r, int i) {
-    return trainer->needs_grad[i] ? r->grads[trainer->grad_slot[i]] : NULL;
+    if (!trainer->needs_grad[i])
+        return NULL;
+    return slot_rows(trainer, r, trainer->grad_slot[i], fr_shape_numel(trainer->model->layers[i].out));
+}
+
+/* The slot the gradient at layer i's input goes to (din_slot; -1: none). */
+static float *input_grad(const fr_trainer *trainer, const replica *r, int i) {
+    return trainer->din_slot[i] >= 0 ? slot_rows(trainer, r, trainer->din_slot[i],
+                                                  fr_shape_numel(trainer->model->layers[i].in))
+                                     : NULL;
+}
+
+/* The slot holding the gradient at layer i's input k (added into). */
+static float *input_slot(const fr_trainer *trainer, const replica *r, int i, int k) {
+    int in = input_of(&trainer->model->layers[i], k);
+    size_t width = fr_shape_numel(trainer->model->layers[in].out);
+    return slot_rows(trainer, r, trainer->grad_slot[in], width);
 }
 
 /* The backward of layer i, from the gradient at its output (the slots are
@@ -202,13 +317,13 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
          * reader's share. */
         for (int k = 0; k < 2 && (parts & GRAD_INPUT); k++)
             if (trainer->grad_adds[i] & (1u << k))
-                fr_add_into(r->grads[trainer->grad_slot[input_of(l, k)]], dout,
+                fr_add_into(input_slot(trainer, r, i, k), dout,
                             (size_t)rows * fr_shape_numel(l->out));
         return;
     }
     float *din = NULL, *dweight = NULL, *dbias = NULL;
-    if ((parts & GRAD_INPUT) && trainer->din_slot[i] >= 0)
-        din = r->grads[trainer->din_slot[i]];
+    if (parts & GRAD_INPUT)
+        din = input_grad(trainer, r, i);
     if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad &&
         !trainer->split_weight[i])
         dweight = replica_grad(trainer, r, l->weight);
@@ -224,8 +339,7 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
                      -1, t0, 0);
     }
     if (din && (trainer->grad_adds[i] & 1u))
-        fr_add_into(r->grads[trainer->grad_slot[l->input]], din,
-                    (size_t)rows * fr_shape_numel(l->in));
+        fr_add_into(input_slot(trainer, r, i, 0), din, (size_t)rows * fr_shape_numel(l->in));
 }
 
 static const void *target_rows(const fr_trainer *trainer, const void *targets, int first) {
@@ -237,8 +351,10 @@ static const void *target_rows(const fr_trainer *trainer, const void *targets, i
 
 /*
  * Point the replica at its rows.  From a dataset it gathers them (or, when
- * the cache has them all, copies their prefix features into the prefix's
- * output buffer) and returns the layer forward starts at.
+ * the cache has all of the rank's, copies their prefix features into the
+ * prefix's output buffer) and returns the layer forward starts at, the same
+ * for every replica (a replica without rows too: split by features, every
+ * thread meets at the same layers).
  */
 static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, int first,
                      int rows) {
@@ -257,31 +373,53 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     r->x = r->gathered_x;
     r->targets = r->gathered_labels;
     const feature_cache *c = &trainer->cache;
-    if (fr_cache_has_rows(trainer, ids, rows)) {
+    if (src->cached) {
         float *features = (float *)fr_step_output(trainer, r, r->x, c->layer);
         for (int i = 0; i < rows; i++)
             memcpy(features + (size_t)i * c->numel, c->features + (size_t)ids[i] * c->numel,
                    c->numel * sizeof(float));
-        fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
+        if (rows > 0)
+            fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
         return c->layer + 1;
     }
     for (int i = 0; i < rows; i++)
         memcpy(r->gathered_x + (size_t)i * numel, data->x + (size_t)ids[i] * numel,
                numel * sizeof(float));
-    fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
+    if (rows > 0)
+        fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
     return 0;
 }
 
-/* Start a replica's share of a step: its rows taken, the layer its forward
- * starts at returned; -1 when it has no rows. */
+/* Start a replica's share of a step, rows [first, first + rows) of the
+ * global batch, the rank's from local_first: its rows taken, the layer its
+ * forward starts at returned. */
 static int replica_begin(fr_trainer *trainer, replica *r, const batch_source *src, int first,
-                         int rows) {
+                         int local_first, int rows) {
     r->loss_sum = 0.0;
     r->correct = 0;
     r->bad_label = -1;
     r->step_rows = rows;
     r->first_row = first;
-    return rows > 0 ? take_rows(trainer, r, src, first, rows) : -1;
+    fr_step_place(trainer, r, local_first);
+    return take_rows(trainer, r, src, first, rows);
+}
+
+/*
+ * This step's (or evaluation's) rows on this rank, and whether it splits the
+ * layers that can by features: several threads with fewer than
+ * FEATURE_SPLIT_ROWS rows each.  Also whether the cache serves the rank's
+ * rows (for all its replicas alike).
+ */
+static void plan_step_rows(fr_trainer *trainer, batch_source *src, int rank_first, int rank_rows) {
+    int most = (rank_rows + trainer->threads - 1) / trainer->threads;
+    bool any = false;
+    for (int i = 0; i < trainer->model->layer_count; i++)
+        any = any || (trainer->model->layers[i].ops->forward_rows &&
+                      trainer->model->layers[i].ops->input_grad_cols);
+    trainer->rank_rows = rank_rows;
+    trainer->feature_split = trainer->threads > 1 && rank_rows > 0 &&
+                             most < FEATURE_SPLIT_ROWS && any;
+    src->cached = src->data && fr_cache_has_rows(trainer, src->ids + rank_first, rank_rows);
 }
 
 /* After its forward: the replica's loss on its rows; returns whether it must
@@ -312,19 +450,19 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
 
 /* One replica's share of a step up to the loss (replica_loss's answer). */
 static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
-                            int rows, int batch, bool train) {
-    int from = replica_begin(trainer, r, src, first, rows);
-    fr_step_forward(trainer, r, r->x, rows, from >= 0 ? from : 0, trainer->model->layer_count);
+                            int local_first, int rows, int batch, bool train) {
+    int from = replica_begin(trainer, r, src, first, local_first, rows);
+    fr_step_forward(trainer, r, r->x, rows, from, trainer->model->layer_count);
     return replica_loss(trainer, r, first, batch, train);
 }
 
 /*
  * Thread t's share of rows [row_lo, row_hi) of layer i's split weight
- * gradient: summed over the
- * replicas in replica order straight into replica 0's slab (the GEMM adds
- * each replica's product onto the rows).  The order is fixed, so the result
- * does not depend on timing; it can differ from adding whole per-replica
- * copies in the last bit of some values.
+ * gradient: summed over the replicas in replica order straight into replica
+ * 0's slab (the GEMM adds each replica's product onto the rows), or in a step
+ * split by features one GEMM over the rank's rows.  The order is fixed, so
+ * the result does not depend on timing; it can differ from adding whole
+ * per-replica copies in the last bit of some values.
  */
 static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_lo, int row_hi) {
     const fr_layer *l = &trainer->model->layers[i];
@@ -340,6 +478,18 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_l
     if (begin >= end)
         return;
     float *dweight = trainer->replicas[0].slab + trainer->slab_offsets[l->weight];
+    /* Split by features, the replicas' rows are one matrix: one GEMM over
+     * all of them (replica 0's slices start the rank's), when every replica
+     * with rows has its gradient. */
+    bool whole = trainer->feature_split && trainer->rank_rows > 0;
+    for (int s = 0; s < trainer->threads && whole; s++)
+        whole = trainer->replicas[s].step_rows == 0 || trainer->replicas[s].layer_dout;
+    if (whole) {
+        const replica *first = &trainer->replicas[0];
+        l->ops->weight_grad_rows(l, layer_input(trainer, first, first->x, i), first->layer_dout,
+                                 trainer->rank_rows, dweight, begin, end, false);
+        return;
+    }
     bool written = false;
     for (int s = 0; s < trainer->threads; s++) {
         const replica *r = &trainer->replicas[s];
@@ -408,14 +558,41 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
     if ((parts & GRAD_INPUT) && trainer->din_slot[i] >= 0) {
         const double *total = meet_sums(trainer, i, BACKWARD_MEETING);
         if (active) {
-            float *din = r->grads[trainer->din_slot[i]];
+            float *din = input_grad(trainer, r, i);
             l->ops->backward_with(l, in, dout, din, r->step_rows, total, forward_sums);
             if (trainer->grad_adds[i] & 1u)
-                fr_add_into(r->grads[trainer->grad_slot[l->input]], din,
+                fr_add_into(input_slot(trainer, r, i, 0), din,
                             (size_t)r->step_rows * fr_shape_numel(l->in));
         }
     }
     fr_trace_add(omp_get_thread_num(), l->name, "backward", -1, t0, 0);
+}
+
+/*
+ * The gradient at layer i's input split by features (every thread calls it):
+ * once every replica's gradient at the output is written, each thread
+ * computes its block of input features for all the rank's rows, and after
+ * a second meeting each replica adds its rows where another reader's share
+ * is (grad_adds).  Inactive replicas' rows are computed too; such a step
+ * fails (a bad label), or they have no rows.
+ */
+static void input_grad_by_features(fr_trainer *trainer, replica *r, bool active, int i) {
+    const fr_layer *l = &trainer->model->layers[i];
+    size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
+    float *din = input_grad(trainer, r, i);
+    int t = omp_get_thread_num(), begin, end;
+    meet(trainer);
+    feature_block(trainer, t, 0, (int)in_numel, &begin, &end);
+    if (begin < end && trainer->rank_rows > 0) {
+        double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
+        l->ops->input_grad_cols(l, rank_matrix(r, output_grad(trainer, r, i), out_numel),
+                                rank_matrix(r, din, in_numel), trainer->rank_rows, begin, end);
+        fr_trace_add(t, l->name, "input-grad", -1, t0, 0);
+        r->feature_split_calls[i]++;
+    }
+    meet(trainer);
+    if (active && (trainer->grad_adds[i] & 1u))
+        fr_add_into(input_slot(trainer, r, i, 0), din, (size_t)r->step_rows * in_numel);
 }
 
 /*
@@ -430,9 +607,17 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
 static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i, int parts) {
     if (parts & GRAD_WEIGHTS)
         r->layer_dout = active ? output_grad(trainer, r, i) : NULL;
+    bool input_part = (parts & GRAD_INPUT) && trainer->din_slot[i] >= 0 && trainer->needs_grad[i];
+    bool by_features = input_part && splits_input_grad(trainer, i);
+    /* Split by features, a gradient slot another thread may still read at
+     * another width is written only once every thread is past that layer. */
+    if (input_part && trainer->feature_split && !by_features)
+        meet(trainer);
+    if (by_features)
+        parts &= ~GRAD_INPUT;
     if (gathers_stats(trainer, i))
         backward_batch_stats(trainer, r, active, i, parts);
-    else if (active)
+    else if (active && parts)
         backward_layer(trainer, r, r->x, r->step_rows, i, parts);
     if ((trainer->split_weight[i] || trainer->staged_weight[i]) && (parts & GRAD_WEIGHTS)) {
         int t = omp_get_thread_num();
@@ -447,6 +632,8 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
                      trainer->split_weight[i] ? "weight-grad" : "stage-sum", -1, t0, 0);
         meet(trainer);
     }
+    if (by_features)
+        input_grad_by_features(trainer, r, active, i);
 }
 
 /* ---------------------------------------------------------- optimizer */
@@ -796,8 +983,9 @@ int fr_trainer_sync(fr_trainer *trainer, fr_error *err) {
 static void forward_applying(fr_trainer *trainer, replica *r, int from, bool applying,
                              int *status, fr_error *err) {
     const fr_model *model = trainer->model;
-    /* A thread without rows still meets the others at batch statistics. */
-    int at = from >= 0 ? from : 0, rows = r->step_rows;
+    /* A thread without rows still meets the others (batch statistics, splits
+     * by features). */
+    int at = from, rows = r->step_rows;
     for (int i = trainer->first_trainable; i < model->layer_count; i++) {
         int blocks = trainer->row_blocks[i];
         bool waits = false;
@@ -814,18 +1002,28 @@ static void forward_applying(fr_trainer *trainer, replica *r, int from, bool app
             continue;
         }
         const fr_layer *l = &model->layers[i];
+        /* Split by features, each block of outputs is split again between
+         * the threads, between a meeting before the first block (the input
+         * rows written) and one after the last. */
+        bool by_features = splits_forward(trainer, i);
+        if (by_features)
+            meet(trainer);
         for (int j = 0; j < blocks; j++) {
             if (applying)
                 apply_pieces(trainer, i, j, status, err);
             int lo, hi;
             block_rows(trainer, i, j, &lo, &hi);
-            if (rows > 0) {
+            if (by_features) {
+                forward_by_features(trainer, r, r->x, i, lo, hi);
+            } else if (rows > 0) {
                 double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
                 l->ops->forward_rows(l, layer_input(trainer, r, r->x, i),
                                      (float *)fr_step_output(trainer, r, r->x, i), rows, lo, hi);
                 fr_trace_add(omp_get_thread_num(), l->name, "forward", j, t0, 0);
             }
         }
+        if (by_features)
+            meet(trainer);
         at = i + 1;
     }
     if (at < model->layer_count)
@@ -895,10 +1093,13 @@ static void weights_and_pieces(fr_trainer *trainer, replica *r, bool active, int
  * forward needs them.  The workers never call MPI themselves; every thread
  * meets every barrier.
  */
-static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch, double *loss,
-                         long *correct, fr_error *err) {
+static int step_pipeline(fr_trainer *trainer, const batch_source *batch_src, int batch,
+                         double *loss, long *correct, fr_error *err) {
     int rank_first, rank_rows, status = FR_OK;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
+    batch_source step_src = *batch_src;
+    const batch_source *src = &step_src;
+    plan_step_rows(trainer, &step_src, rank_first, rank_rows);
     double *totals = trainer->loss_totals;
     long loss_ticket = -1;
     bool clipping = trainer->config.clip_grad_norm > 0.0;
@@ -911,11 +1112,11 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *src, int batch
     trainer->in_flight = false;
 #pragma omp parallel num_threads(trainer->threads)
     {
-        int t = omp_get_thread_num(), first, rows;
-        split_rows(rank_rows, trainer->threads, t, &first, &rows);
-        first += rank_first;
+        int t = omp_get_thread_num(), local_first, rows;
+        split_rows(rank_rows, trainer->threads, t, &local_first, &rows);
+        int first = rank_first + local_first;
         replica *r = &trainer->replicas[t];
-        int from = replica_begin(trainer, r, src, first, rows);
+        int from = replica_begin(trainer, r, src, first, local_first, rows);
         forward_applying(trainer, r, from, applying, &status, err);
         bool active = replica_loss(trainer, r, first, batch, true);
         meet(trainer);
@@ -1047,12 +1248,13 @@ int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets
     int rank_first, rank_rows;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
     batch_source src = {.x = x, .targets = targets};
+    plan_step_rows(trainer, &src, rank_first, rank_rows);
 #pragma omp parallel num_threads(trainer->threads)
     {
         int t = omp_get_thread_num(), first, rows;
         split_rows(rank_rows, trainer->threads, t, &first, &rows);
-        replica_forward(trainer, &trainer->replicas[t], &src, rank_first + first, rows, batch,
-                        false);
+        replica_forward(trainer, &trainer->replicas[t], &src, rank_first + first, first, rows,
+                        batch, false);
     }
     return total_loss(trainer, batch, loss, correct, err);
 }
@@ -1071,7 +1273,7 @@ size_t fr_trainer_gradient_bytes(const fr_trainer *trainer) {
 }
 
 size_t fr_trainer_activation_bytes(const fr_trainer *trainer) {
-    size_t bytes = 0;
+    size_t bytes = fr_alloc_size(trainer->activations);
     for (int t = 0; t < trainer->threads; t++)
         bytes += fr_alloc_size(trainer->replicas[t].owned[0]);
     return bytes;
@@ -1090,6 +1292,15 @@ size_t fr_trainer_bytes_sent(const fr_trainer *trainer) { return trainer->bytes_
 
 double fr_trainer_grad_norm(const fr_trainer *trainer) {
     return trainer->grad_norm_step > 0 ? trainer->grad_norm : NAN;
+}
+
+long fr_trainer_feature_split_calls(const fr_trainer *trainer, int layer) {
+    if (layer < 0 || layer >= trainer->model->layer_count)
+        return 0;
+    long total = 0;
+    for (int t = 0; t < trainer->threads; t++)
+        total += trainer->replicas[t].feature_split_calls[layer];
+    return total;
 }
 
 long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer) {

@@ -53,6 +53,15 @@ typedef struct bucket {
 /* A bucket of at least this many floats is sent as two pieces (a head
  * during backward, the tail after the last bucket); smaller ones whole. */
 #define SPLIT_BUCKET_FLOATS (128 * 1024)
+
+/* A step whose threads have fewer rows each than this splits layers with
+ * feature operations (forward_rows, input_grad_cols: linear) by features over
+ * the rank's whole batch instead of by rows: each thread computes a block of
+ * the output (input) features for every row, one GEMM of B x (OUT/T) x IN,
+ * where its own rows alone (B/T x OUT x IN) would reread the whole weight for
+ * a few rows (bench/thread_shapes.c: 66-80% of the sgemm rate at 16 rows, 95-100%
+ * split by features). */
+#define FEATURE_SPLIT_ROWS 64
 /* On several ranks a weight of at least twice this many floats that closes
  * a bucket has its gradient computed in row blocks of about this size, each
  * sent as soon as it is done (at most MAX_ROW_BLOCKS). */
@@ -81,6 +90,7 @@ typedef struct batch_source {
     const void *targets;
     const fr_dataset *data;
     const int *ids;
+    bool cached; /* the feature cache serves the rank's rows (train.c, plan_step_rows) */
 } batch_source;
 
 /*
@@ -107,16 +117,25 @@ typedef struct feature_cache {
  * 2^15 ranks. */
 enum { CHECK_PARTS = 6, CHECK_BITS = 11, CHECK_AT = 4, LOSS_TOTALS = CHECK_AT + 2 * CHECK_PARTS };
 
-/* What one thread owns: its activations, scratch and gradient slab. */
+/*
+ * What one thread owns: its slice of the rank-wide activations, its scratch
+ * and gradient slab.  The activations (outputs, gradient slots, gathered
+ * rows) are rank-wide buffers (fr_trainer.activations), each replica's rows a
+ * slice of them (train.c, slice_offset): in a step split by features the
+ * slices of a layer's buffer are one contiguous matrix over the rank's rows
+ * (replica r's at its first local row), otherwise each replica has a region
+ * of its own, rows_cap rows of the buffer's widest layer, as if it had its own
+ * buffers.
+ */
 typedef struct replica {
+    int index;           /* its thread */
     int rows_cap;
+    int local_first;     /* this step's first row among the rank's */
     const float *x;       /* this step's input rows */
     const void *targets;  /* and their targets */
-    float *gathered_x;    /* rows gathered from a dataset */
+    float *gathered_x;    /* rows gathered from a dataset (this step's slice) */
     int32_t *gathered_labels;
-    float **outputs;     /* per layer; NULL where the output shares the input's buffer */
     void **scratch;      /* per layer */
-    float **grads;       /* the gradient slots w.r.t. activations (grad_slot_count) */
     /* Its gradient slab: replica 0's is the whole slab; another's holds only
      * the segments summed at the end of backward (slab_segment.own_offset),
      * followed by its stage (room for the largest staged weight). */
@@ -127,10 +146,11 @@ typedef struct replica {
     int first_row;            /* their first row in the global batch */
     const float *layer_dout;  /* the gradient backward is at, for split weight gradients */
     long *backward_calls; /* per layer */
+    long *feature_split_calls; /* per layer: its GEMMs split by features */
     double loss_sum;
     long correct;
     int bad_label;
-    float *owned[2];     /* the two allocations the pointers above live in */
+    float *owned[2];     /* the two allocations the scratch and slab live in */
 } replica;
 
 struct fr_trainer {
@@ -160,6 +180,25 @@ struct fr_trainer {
     int grad_slot_count;
     int *grad_slot, *din_slot;
     unsigned char *grad_adds;
+
+    /* The rank-wide activations (replica's comment): one allocation holding
+     * per layer its output's buffer (output_base, NULL where it shares its
+     * input's; output_width floats per row of its widest user: the layer's
+     * own for a kept output, the widest layer's for the two transient buffers
+     * layers take in turn, output_transient), the gradient slots (grad_base,
+     * rows of the widest layer) and the rows gathered from a dataset. */
+    float *activations;
+    float **output_base;
+    size_t *output_width;
+    bool *output_transient;
+    float **grad_base;
+    size_t grad_width;
+    float *gathered_x_base;
+    int32_t *gathered_labels_base;
+    /* This step's (or evaluation's) rows on this rank, and whether it is
+     * split by features (FEATURE_SPLIT_ROWS). */
+    int rank_rows;
+    bool feature_split;
     int first_trainable;
     size_t trainable_count;
     slab_segment *segments;
@@ -279,6 +318,10 @@ bool fr_plan_changed(const fr_trainer *trainer);
  * i's output (x: the rows at the model's input). */
 void fr_step_forward(fr_trainer *trainer, replica *r, const float *x, int rows, int from, int to);
 const float *fr_step_output(const fr_trainer *trainer, const replica *r, const float *x, int i);
+/* train.c: place replica r's rows in the rank-wide activations, its first
+ * row local_first among the rank's (for the layout fr_trainer.feature_split
+ * says). */
+void fr_step_place(const fr_trainer *trainer, replica *r, int local_first);
 
 /* lr_schedule.c: the learning rate of step `step` (from 0) for parameter
  * `param` under `config` (the trainer's, or the one an update in flight was

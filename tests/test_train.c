@@ -1084,8 +1084,83 @@ static void test_dropout(void) {
            plain[0]);
 }
 
+
+/* Wide enough for a cache line of features per thread on 2 and 4 threads:
+ * fc1's and fc2's forward and fc2's and fc3's input gradients split by
+ * features when the threads have few rows each. */
+#define WIDE_MLP "input 1 1 24; fc1 = linear(24, 96); relu; fc2 = linear(96, 64); relu;" \
+                 "fc3 = linear(64, 3)"
+
+/* SGD with momentum on `threads` threads, `steps` steps at the batches
+ * `batches` (in turn, 0-terminated), then an evaluation at 5 rows: the
+ * losses, the evaluation's and the final weights into `out`; per layer, how
+ * many GEMMs of the steps ran split by features into `split` (5 layers). */
+static size_t wide_run(int threads, const int *batches, int steps, double *out, long *split) {
+    fr_model *m = NULL;
+    fr_error err = {0};
+    if (fr_model_parse(WIDE_MLP, "test", &m, &err) != FR_OK) {
+        tap_diag("%s", err.msg);
+        return 0;
+    }
+    fr_model_init(m, 5, NULL);
+    fr_train_config c = test_config(FR_SGD, 0.05, 0.9, threads, 128);
+    fr_trainer *t = trainer_for(m, &c);
+    static float x[128 * 24];
+    static int32_t labels[128];
+    size_t count = 0, kinds = 0;
+    while (batches[kinds])
+        kinds++;
+    for (int s = 0; s < steps && t; s++) {
+        int batch = batches[s % kinds];
+        random_batch(m, batch, x, labels, 300 + (uint64_t)s);
+        if (fr_trainer_step(t, x, labels, batch, &out[count++], NULL, &err) != FR_OK)
+            tap_diag("%s", err.msg);
+    }
+    for (int i = 0; i < 5; i++)
+        split[i] = t ? fr_trainer_feature_split_calls(t, i) : -1;
+    random_batch(m, 5, x, labels, 299);
+    if (t && fr_trainer_evaluate(t, x, labels, 5, &out[count++], NULL, &err) != FR_OK)
+        tap_diag("%s", err.msg);
+    fr_trainer_sync(t, NULL);
+    for (size_t i = 0; i < fr_model_param_count(m); i++) {
+        fr_param *p = fr_model_param(m, i);
+        for (size_t j = 0; j < fr_param_numel(p); j++)
+            out[count++] = fr_param_data(p)[j];
+    }
+    fr_trainer_free(t);
+    fr_model_free(m);
+    return count;
+}
+
+/* Few rows per thread: linear layers split by features over the rank's
+ * batch (FEATURE_SPLIT_ROWS) train as one thread does. */
+static void test_feature_split(void) {
+    /* 10 rows (uneven on 4 threads), 2 (threads without rows), 7. */
+    static const int few[] = {10, 2, 7, 0}, many[] = {128, 0};
+    static double one[16384], two[16384], four[16384], again[16384];
+    long split1[5], split2[5], split4[5], split_again[5];
+    size_t n1 = wide_run(1, few, 9, one, split1);
+    size_t n2 = wide_run(2, few, 9, two, split2);
+    size_t n4 = wide_run(4, few, 9, four, split4);
+    size_t n4b = wide_run(4, few, 9, again, split_again);
+    double worst = fmax(largest_difference(two, one, n1), largest_difference(four, one, n1));
+    tap_ok(n1 > 9 && n1 == n2 && n1 == n4 && worst < 1e-5,
+           "split by features, 2 and 4 threads at 10, 2 and 7 rows a step train as 1 thread: "
+           "losses, an evaluation and %zu weights within 1e-5 (worst %.2g)", n1 - 10, worst);
+    tap_ok(split1[0] == 0 && split1[2] == 0 && split2[0] > 0 && split2[2] > 0 && split2[4] > 0 &&
+               split4[0] > 0 && split4[2] > 0 && split4[4] > 0 && split2[1] == 0,
+           "the split ran: GEMMs of fc1, fc2, fc3 split by features on 2 threads %ld, %ld, %ld; "
+           "on 4 %ld, %ld, %ld; none on 1", split2[0], split2[2], split2[4], split4[0], split4[2],
+           split4[4]);
+    tap_ok(n4b == n4 && memcmp(again, four, n4 * sizeof *four) == 0,
+           "split by features, a layout gives the same bits run to run (4 threads, twice)");
+    size_t n64 = wide_run(2, many, 2, again, split_again);
+    tap_ok(n64 > 0 && split_again[0] == 0 && split_again[2] == 0 && split_again[4] == 0,
+           "at 64 rows a thread (128 on 2 threads) nothing is split by features");
+}
+
 int main(void) {
-    tap_plan(81); /* every check below, counted: fewer or more fails the test */
+    tap_plan(85); /* every check below, counted: fewer or more fails the test */
     test_loss_gradients();
     test_sgd_formulas();
     test_adam_formulas();
@@ -1103,5 +1178,6 @@ int main(void) {
     test_bad_steps();
     test_batchnorm();
     test_dropout();
+    test_feature_split();
     return tap_done();
 }

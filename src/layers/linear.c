@@ -6,6 +6,8 @@
  * flat vector (NCHW order, like torch.flatten), so a linear layer may follow a
  * convolution without an explicit flatten.  The whole batch slice is one GEMM
  * in each direction; frozen parameters (dweight/dbias NULL) cost no work.
+ * forward_rows and input_grad_cols compute a block of the output (input)
+ * features, for the trainer's splits by features.
  */
 #include "../kernels.h"
 
@@ -97,6 +99,16 @@ static void linear_weight_grad_rows(const fr_layer *l, const float *in, const fl
                 dweight + (size_t)row_begin * in_n, in_n);
 }
 
+/* din[:, a..b) = dout[n x out] · W[:, a..b) */
+static void linear_input_grad_cols(const fr_layer *l, const float *dout, float *din, int n,
+                                   int col_begin, int col_end) {
+    int in_n = in_features(l), out_n = out_features(l);
+    if (n <= 0 || col_end <= col_begin)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, col_end - col_begin, out_n, 1.0f,
+                dout, out_n, l->weight_data + col_begin, in_n, 0.0f, din + col_begin, in_n);
+}
+
 const fr_layer_ops fr_linear_ops = {
     .kind = "linear",
     .args = {{"in_features", .minimum = 1}, {"out_features", .minimum = 1}},
@@ -108,5 +120,6 @@ const fr_layer_ops fr_linear_ops = {
     .backward = linear_backward,
     .weight_grad_rows = linear_weight_grad_rows,
     .forward_rows = linear_forward_rows,
+    .input_grad_cols = linear_input_grad_cols,
     .alias = false,
 };
