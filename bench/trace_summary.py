@@ -33,6 +33,7 @@ conv2d (stride, padding), relu, maxpool2d, flatten and an input line; other laye
 import argparse
 import collections
 import json
+import fnmatch
 import re
 import statistics
 import sys
@@ -46,19 +47,35 @@ def parse_model(path):
     c, h, w = 1, 28, 28
     with open(path) as f:
         text = f.read()
+    # Residual blocks: (kind, prefix, shape at the block's entry, body's output shape).
+    blocks = []
+    text = re.sub(r"#[^\n]*", "", text).replace("{", "{;").replace("}", ";};")
     for raw in re.split(r"[;\n]", text):
-        line = raw.split("#")[0].strip()
+        line = raw.strip()
         if not line:
             continue
         m = re.match(r"input\s+(\d+)\s+(\d+)\s+(\d+)$", line)
         if m:
             c, h, w = map(int, m.groups())
             continue
+        m = re.match(r"residual\s+(\S+)\s*\{$", line)
+        if m:
+            blocks.append(["residual", m.group(1) + ".", (c, h, w), None])
+            continue
+        if re.match(r"shortcut\s*\{$", line):
+            blocks[-1][3] = (c, h, w)
+            c, h, w = blocks[-1][2]
+            blocks.append(["shortcut", "", None, None])
+            continue
+        if line == "}":
+            if blocks.pop()[0] == "shortcut":
+                c, h, w = blocks[-1][3]  # the block's output: its body's
+            continue
         m = re.match(r"(?:(\S+)\s*=\s*)?(\w+)\s*(?:\((.*)\))?$", line)
         if not m:
             raise SystemExit("trace_summary: cannot read model line %r" % line)
         name, kind, args = m.group(1), m.group(2), m.group(3) or ""
-        name = name or str(len(kinds))
+        name = "".join(b[1] for b in blocks) + name if name else str(len(kinds))
         kinds[name] = kind
         pos = [a.strip() for a in args.split(",") if a.strip() and "=" not in a]
         kw = dict(a.strip().split("=", 1) for a in args.split(",") if "=" in a)
@@ -77,7 +94,17 @@ def parse_model(path):
             k = int(pos[0])
             s = int(pos[1]) if len(pos) > 1 else k
             h, w = (h - k) // s + 1, (w - k) // s + 1
+        elif kind == "adaptive_avgpool2d":
+            h = w = int(pos[0])
+        elif kind == "flatten":
+            c, h, w = c * h * w, 1, 1
     return layers, kinds
+
+
+def fnmatchcase_param(layer, pattern):
+    """Whether --freeze PATTERN, as frost matches it against parameter names, takes the layer's
+    weight."""
+    return fnmatch.fnmatchcase(layer + ".weight", pattern)
 
 
 def event_flops(layers, frozen, batch):
@@ -86,7 +113,8 @@ def event_flops(layers, frozen, batch):
     out = {}
     behind = False
     for name, _, fwd in layers:
-        trainable = name not in frozen
+        trainable = not any(fnmatch.fnmatchcase(name, p) or fnmatchcase_param(name, p)
+                            for p in frozen)
         out[(name, "forward")] = fwd * batch
         out[(name, "weight-grad")] = fwd * batch if trainable else 0
         out[(name, "dx")] = fwd * batch if behind else 0
@@ -99,7 +127,8 @@ def main():
     ap.add_argument("trace")
     ap.add_argument("--model", help="the model file, for FLOPs")
     ap.add_argument("--batch", type=int, help="the global batch, for FLOPs")
-    ap.add_argument("--freeze", action="append", default=[], help="a frozen layer (bare name)")
+    ap.add_argument("--freeze", action="append", default=[],
+                    help="a frozen layer: its name or a pattern, as frost's --freeze takes it")
     ap.add_argument("--sgemm", type=float, help="one core's sgemm GFLOP/s (bench/sgemm)")
     ap.add_argument("--skip", type=int, default=2, help="warm-up steps left out (2)")
     ap.add_argument("--rank", type=int, default=0)
