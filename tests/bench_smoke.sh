@@ -53,4 +53,49 @@ else
         awk -F' [|] ' '{ good = $2 ~ /^[0-9]+$/ && $2 > 0 } END { exit !good }'
     ok $? "the MPI row gives frost's rate under mpirun with 2 ranks"
 fi
+
+# bench/trace_summary.py on a residual net's trace: layers inside a block are
+# named by it (layer1.0.conv1) and get their FLOPs, shapes follow the block and
+# its shortcut, and --freeze takes frost's patterns: a frozen layer's backward
+# counts the input gradient only, so its rate is half the trainable one.
+SMALL=$WORK/small
+mkdir -p "$SMALL"
+make_idx "$SMALL" 64 5
+cat > "$WORK/res.txt" << 'EOF2'
+input 1 28 28
+conv1 = conv2d(1, 4, 3, padding=1, bias=False)
+relu
+residual layer1.0 {
+    conv1 = conv2d(4, 8, 3, stride=2, padding=1)
+    relu
+    conv2 = conv2d(8, 8, 3, padding=1)
+    shortcut {
+        downsample.0 = conv2d(4, 8, 1, stride=2)
+    }
+}
+relu
+flatten
+fc = linear(1568, 10)
+EOF2
+"$FROST" train --model "$WORK/res.txt" --data "$SMALL" --batch-size 16 --steps 6 --threads 1 \
+    --log-every 100 --trace "$WORK/res.json" > "$WORK/res.out" 2>&1
+ok $? "a residual net trains with --trace"
+summary() {
+    "$PYTHON3" "$TOP_SRCDIR/bench/trace_summary.py" "$WORK/res.json" --model "$WORK/res.txt" \
+        --batch 16 --skip 1 "$@"
+}
+rate() { awk -F' [|] ' -v l="$1" -v e="$2" '$1 == "| " l && $2 == e { print $5 + 0 }' "$3"; }
+summary > "$WORK/all.txt" && summary --freeze 'layer1*' > "$WORK/frozen.txt"
+ok $? "trace_summary.py reads the residual net, with and without --freeze 'layer1*'"
+all=$(rate layer1.0.conv2 backward "$WORK/all.txt")
+frozen=$(rate layer1.0.conv2 backward "$WORK/frozen.txt")
+fc_all=$(rate fc backward "$WORK/all.txt")
+fc_frozen=$(rate fc backward "$WORK/frozen.txt")
+awk -v a="$all" -v f="$frozen" -v x="$fc_all" -v y="$fc_frozen" \
+    'BEGIN { exit !(a > 0 && f > 0 && a / f > 1.9 && a / f < 2.1 && x == y) }'
+ok $? "layer1.0.conv2's backward counts dW and dx trained, dx only frozen ($all against $frozen GFLOP/s), fc's the same ($fc_all)"
+down=$(rate layer1.0.downsample.0 forward "$WORK/all.txt")
+conv1=$(rate layer1.0.conv1 forward "$WORK/all.txt")
+[ -n "$down" ] && [ -n "$conv1" ] && grep -q '^whole step: [0-9.]* GFLOP/s per core' "$WORK/all.txt"
+ok $? "the shortcut's conv and the block's first conv have FLOPs ($down, $conv1 GFLOP/s) and the step a total"
 done_testing
