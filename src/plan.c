@@ -301,37 +301,29 @@ static int build_replica(fr_trainer *trainer, replica *r, int index, int rows_ca
     return FR_OK;
 }
 
+/* Free a plan's array and forget it. */
+#define DROP(p) (free(p), (p) = NULL)
+#define DROP_ALIGNED(p) (fr_free(p), (p) = NULL)
+
 static void free_plan(fr_trainer *trainer) {
     if (trainer->replicas)
         for (int t = 0; t < trainer->threads; t++)
             free_replica(&trainer->replicas[t]);
-    free(trainer->segments);
-    trainer->segments = NULL;
+    DROP(trainer->segments);
     trainer->segment_count = 0;
-    free(trainer->buckets);
-    trainer->buckets = NULL;
+    DROP(trainer->buckets);
     trainer->bucket_count = 0;
-    free(trainer->pieces);
-    trainer->pieces = NULL;
+    DROP(trainer->pieces);
     trainer->piece_count = 0;
-    free(trainer->row_blocks);
-    trainer->row_blocks = NULL;
-    free(trainer->split_weight);
-    trainer->split_weight = NULL;
-    free(trainer->staged_weight);
-    trainer->staged_weight = NULL;
-    free(trainer->segment_of);
-    trainer->segment_of = NULL;
-    fr_free(trainer->activations);
-    trainer->activations = NULL;
-    free(trainer->output_base);
-    trainer->output_base = NULL;
-    free(trainer->output_width);
-    trainer->output_width = NULL;
-    free(trainer->output_transient);
-    trainer->output_transient = NULL;
-    free(trainer->grad_base);
-    trainer->grad_base = NULL;
+    DROP(trainer->row_blocks);
+    DROP(trainer->split_weight);
+    DROP(trainer->staged_weight);
+    DROP(trainer->segment_of);
+    DROP_ALIGNED(trainer->activations);
+    DROP(trainer->output_base);
+    DROP(trainer->output_width);
+    DROP(trainer->output_transient);
+    DROP(trainer->grad_base);
 }
 
 /*

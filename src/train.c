@@ -1294,22 +1294,25 @@ double fr_trainer_grad_norm(const fr_trainer *trainer) {
     return trainer->grad_norm_step > 0 ? trainer->grad_norm : NAN;
 }
 
-long fr_trainer_feature_split_calls(const fr_trainer *trainer, int layer) {
+/* A per-layer count summed over the replicas: of backward calls, or of
+ * GEMMs split by features. */
+static long layer_calls(const fr_trainer *trainer, int layer, bool split) {
     if (layer < 0 || layer >= trainer->model->layer_count)
         return 0;
     long total = 0;
-    for (int t = 0; t < trainer->threads; t++)
-        total += trainer->replicas[t].feature_split_calls[layer];
+    for (int t = 0; t < trainer->threads; t++) {
+        const replica *r = &trainer->replicas[t];
+        total += split ? r->feature_split_calls[layer] : r->backward_calls[layer];
+    }
     return total;
 }
 
+long fr_trainer_feature_split_calls(const fr_trainer *trainer, int layer) {
+    return layer_calls(trainer, layer, true);
+}
+
 long fr_trainer_layer_backward_calls(const fr_trainer *trainer, int layer) {
-    if (layer < 0 || layer >= trainer->model->layer_count)
-        return 0;
-    long total = 0;
-    for (int t = 0; t < trainer->threads; t++)
-        total += trainer->replicas[t].backward_calls[layer];
-    return total;
+    return layer_calls(trainer, layer, false);
 }
 
 /* ------------------------------------------------- state for checkpoints */
