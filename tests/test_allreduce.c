@@ -123,8 +123,10 @@ int main(int argc, char **argv) {
     rank = fr_comm_rank();
     size = fr_comm_size();
     /* Below, at and above the two-rank exchange (16,384 floats), fewer
-     * values than ranks, several chunks per segment, odd lengths. */
-    const size_t counts[] = {0, 1, 3, 5, 1000, 16384, 16385, 100003, 300001};
+     * values than ranks, several chunks per segment, odd lengths; 8,193 and
+     * 10,250 floats (32,772 and 41,000 bytes) go by halving and doubling on
+     * 4 or more ranks, with halves of odd length. */
+    const size_t counts[] = {0, 1, 3, 5, 1000, 8193, 10250, 16384, 16385, 100003, 300001};
     for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
         exact_sums(counts[i], false);
         exact_sums(counts[i], true);
