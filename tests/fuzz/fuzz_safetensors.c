@@ -5,8 +5,8 @@
  * Input: a whole .safetensors file.  The reader takes a path, so each input
  * is written to a private temporary file (fuzz_common.h says where).
  * Then:
- *   - fr_st_read: on success every tensor's shape, size and data are checked
- *     and read in full, names are looked up, metadata keys too;
+ *   - fr_st_read: on success every tensor's shape, size and data (F32 or
+ *     I64) are checked and read in full, names are looked up, metadata keys too;
  *   - fr_model_load_weights into a small fixed model (the seed corpus holds
  *     its weights and a checkpoint of it): a refused file must leave the
  *     model unchanged, an accepted one must have copied every parameter;
@@ -68,10 +68,16 @@ static uint64_t check_file(const fr_st_file *file) {
         }
         if (numel != tensor->numel)
             fuzz_die("fr_st_read", "numel differs from the shape");
-        if (!tensor->data || (uintptr_t)tensor->data % sizeof(float) != 0)
-            fuzz_die("fr_st_read", "tensor data missing or misaligned");
+        /* F32 data is used in place, so it must be float-aligned; I64 data
+         * (num_batches_tracked) may lie anywhere and is read with memcpy. */
+        if (tensor->i64 ? !tensor->data_i64 || tensor->data
+                        : !tensor->data || tensor->data_i64 ||
+                              (uintptr_t)tensor->data % sizeof(float) != 0)
+            fuzz_die("fr_st_read", "tensor data missing, misplaced or misaligned");
         /* Reads every byte: ASan catches data that runs past the buffer. */
-        hash = fr_hash_bytes(hash, tensor->data, numel * sizeof(float));
+        hash = fr_hash_bytes(hash, &tensor->i64, sizeof tensor->i64);
+        hash = fr_hash_bytes(hash, tensor->i64 ? tensor->data_i64 : (const void *)tensor->data,
+                             numel * (tensor->i64 ? sizeof(int64_t) : sizeof(float)));
         /* An empty name is valid (the reference reader accepts it). */
         if (fr_st_find(file, tensor->name) != tensor)
             fuzz_die("fr_st_find", tensor->name);
@@ -115,7 +121,9 @@ static void check_round_trip(const fr_st_file *file, uint64_t hash) {
         tensors[i].name = file->tensors[i].name;
         tensors[i].ndim = file->tensors[i].ndim;
         memcpy(tensors[i].shape, file->tensors[i].shape, sizeof tensors[i].shape);
-        tensors[i].data = file->tensors[i].data;
+        tensors[i].i64 = file->tensors[i].i64;
+        tensors[i].data = file->tensors[i].i64 ? file->tensors[i].data_i64
+                                               : (const void *)file->tensors[i].data;
     }
     fr_error err = {0};
     int status = fr_st_write(output_path, tensors, file->tensor_count, file->meta,
@@ -134,7 +142,7 @@ static void check_round_trip(const fr_st_file *file, uint64_t hash) {
         fuzz_die("round trip", "tensors differ");
     for (int i = 0; i < file->tensor_count; i++) {
         const fr_st_tensor *a = &file->tensors[i], *b = &again->tensors[i];
-        if (strcmp(a->name, b->name) != 0 || a->ndim != b->ndim ||
+        if (strcmp(a->name, b->name) != 0 || a->ndim != b->ndim || a->i64 != b->i64 ||
             memcmp(a->shape, b->shape, sizeof a->shape) != 0)
             fuzz_die("round trip", a->name);
     }

@@ -171,6 +171,14 @@ def safetensors_seeds():
     seeds["big_length.safetensors"] = struct.pack("<Q", 1 << 62) + b"{}"
     seeds["trailing_comma.safetensors"] = safetensors(
         [], header_override='{"a":{"dtype":"F32","shape":[0,],"data_offsets":[0,0]},}')
+    # An I64 tensor (a BatchNorm's num_batches_tracked) at an offset that is
+    # not 8-aligned, beside F32 ones: the reader keeps it apart from the floats.
+    body = struct.pack("<f", 1.5) + struct.pack("<q", 12) + struct.pack("<2q", -1, 1 << 40)
+    header = ('{"bn.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+              '"bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[4,12]},'
+              '"pair":{"dtype":"I64","shape":[2],"data_offsets":[12,28]}}').encode()
+    header += b" " * (-len(header) % 8)
+    seeds["i64.safetensors"] = struct.pack("<Q", len(header)) + header + body
     return seeds
 
 
