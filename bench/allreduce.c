@@ -44,13 +44,11 @@ typedef enum { FROST_F32, FROST_BF16, MPI_ALLREDUCE } method;
 
 static double time_once(method m, float *buf, size_t count) {
     fr_error err = {0};
-    long ticket;
     MPI_Barrier(MPI_COMM_WORLD);
     double start = MPI_Wtime();
     if (m == MPI_ALLREDUCE) {
         MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    } else if (fr_comm_start_sum(buf, count, m == FROST_BF16, 0, &ticket, &err) != FR_OK ||
-               fr_comm_finish_sum(ticket, &err) != FR_OK) {
+    } else if (fr_comm_sum(buf, count, m == FROST_BF16, 0, &err) != FR_OK) {
         fprintf(stderr, "allreduce: %s\n", err.msg);
         MPI_Abort(MPI_COMM_WORLD, 1);
     }

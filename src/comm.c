@@ -359,9 +359,7 @@ int fr_comm_node_peers(const void *key, size_t len, int *index, int *count, fr_e
 int fr_comm_allreduce_doubles(double *buf, int count, fr_error *err) {
     if (world_size == 1)
         return FR_OK;
-    long ticket;
-    int rc = fr_comm_start_sum_doubles(buf, count, &ticket, err);
-    return rc == FR_OK ? fr_comm_finish_sum(ticket, err) : rc;
+    return fr_comm_sum_doubles(buf, count, err);
 }
 
 bool fr_comm_any(bool flag) {

@@ -582,12 +582,21 @@ int fr_comm_gather_bytes(const void *mine, size_t length, char **all, size_t *al
  * way); `label` names the sum in the trace.  The doubles variant carries a
  * step's loss totals.  fr_allreduce_quiesce waits until every sum started
  * is done: the main thread calls it before any MPI call of its own (MPI runs
- * MPI_THREAD_SERIALIZED).  Main thread only.
+ * MPI_THREAD_SERIALIZED).  A thread waiting for a sum that has not begun
+ * runs it itself, and the jobs after it up to the one it waits for; the
+ * communication thread takes the rest.  Main thread only.
  */
 int fr_comm_start_sum(float *buf, size_t count, bool bf16, int label, long *ticket,
                       fr_error *err);
 int fr_comm_start_sum_doubles(double *buf, int count, long *ticket, fr_error *err);
 int fr_comm_finish_sum(long ticket, fr_error *err);
+/* Start a sum and wait for it: where nothing is in flight the caller runs it
+ * itself, with no hand-over to the communication thread (the sums a step
+ * waits for at once: BatchNorm's statistics, "stop?"). */
+int fr_comm_sum(float *buf, size_t count, bool bf16, int label, fr_error *err);
+int fr_comm_sum_doubles(double *buf, int count, fr_error *err);
+/* How many sums a waiting thread has run itself (for tests). */
+long fr_comm_sums_run_by_waiters(void);
 void fr_allreduce_quiesce(void);
 /* Start the communication thread (fr_comm_init does, before any thread is
  * pinned, so it may run on any of the process's CPUs) and stop it

@@ -189,10 +189,8 @@ static const double *meet_sums(fr_trainer *trainer, int i, int meeting) {
     if (fr_comm_size() > 1) {
 #pragma omp master
         {
-            long ticket;
             if (trainer->stats_status == FR_OK &&
-                (fr_comm_start_sum_doubles(total, count, &ticket, &trainer->stats_err) != FR_OK ||
-                 fr_comm_finish_sum(ticket, &trainer->stats_err) != FR_OK))
+                fr_comm_sum_doubles(total, count, &trainer->stats_err) != FR_OK)
                 trainer->stats_status =
                     trainer->stats_err.status ? trainer->stats_err.status : FR_ECOMM;
         }

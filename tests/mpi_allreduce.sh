@@ -26,8 +26,8 @@ for np in 2 3 4; do
     status=$?
     lines=$(grep -c '^ok - ' "$WORK/ring$np.out")
     bad=$(grep -c '^not ok' "$WORK/ring$np.out")
-    [ $status -eq 0 ] && [ "$bad" -eq 0 ] && [ "$lines" -eq 47 ]
-    ok $? "$np ranks: the allreduce's 47 checks pass (exact sums, same bits, bf16 rounding; ring, doubling, halving)"
+    [ $status -eq 0 ] && [ "$bad" -eq 0 ] && [ "$lines" -eq 49 ]
+    ok $? "$np ranks: the allreduce's 49 checks pass (exact sums, same bits, bf16 rounding; ring, doubling, halving)"
     [ $status -eq 0 ] && [ "$bad" -eq 0 ] || sed 's/^/#   /' "$WORK/ring$np.out" "$WORK/ring$np.err" | grep -v '^#   ok' | head -20
 done
 

@@ -56,14 +56,17 @@ static void exact_sums(size_t count, bool bf16) {
     free(buf);
 }
 
-/* Random values: every rank must end with the same bits. */
+/* Random values: every rank must end with the same bits.  These go through
+ * fr_comm_sum, which the caller runs itself (exact_sums' through the
+ * communication thread). */
 static void same_bits(size_t count, bool bf16) {
     float *buf = malloc((count ? count : 1) * sizeof *buf);
     fr_rng rng;
     fr_rng_seed(&rng, 1234 + (uint64_t)rank);
     for (size_t i = 0; i < count; i++)
         buf[i] = fr_rng_uniform(&rng) - 0.5f;
-    int ok = sum(buf, count, bf16) == FR_OK;
+    fr_error err = {0};
+    int ok = fr_comm_sum(buf, count, bf16, 0, &err) == FR_OK;
     uint64_t mine = fr_hash_bytes(FR_HASH_INIT, buf, count * sizeof *buf), first = mine;
     MPI_Bcast(&first, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
     check(ok && mine == first, "random values: every rank ends with the same bits", count,
@@ -90,6 +93,69 @@ static void bf16_close(size_t count) {
     check(ok, what, count, "bf16");
     free(buf);
     free(exact);
+}
+
+/* Fill with (rank + 1) * (i % 7 - 3) + tag; the sum over ranks is exact. */
+static float *exact_values(size_t count, int tag) {
+    float *buf = malloc((count ? count : 1) * sizeof *buf);
+    for (size_t i = 0; buf && i < count; i++)
+        buf[i] = (float)((rank + 1) * ((int)(i % 7) - 3) + tag);
+    return buf;
+}
+
+static int exact_result(const float *buf, size_t count, int tag) {
+    int weight = size * (size + 1) / 2;
+    for (size_t i = 0; i < count; i++)
+        if (buf[i] != (float)(weight * ((int)(i % 7) - 3) + size * tag))
+            return 0;
+    return 1;
+}
+
+/*
+ * Who runs a sum: on an idle engine fr_comm_sum runs on the caller, with no
+ * hand-over to the communication thread; behind sums in flight it waits its
+ * turn, and the jobs still run in the order they were started (a sum the
+ * caller takes over must not pass one the thread has begun, or the ranks'
+ * messages would cross).  Started sums finished in any order all complete.
+ */
+static void who_runs(void) {
+    fr_error err = {0};
+    /* The thread may still hold a wake-up from the sums before (it lost the
+     * job to their waiter), and so take the first of these; after that
+     * nothing wakes it. */
+    long before = fr_comm_sums_run_by_waiters();
+    int ok = 1;
+    for (int k = 0; k < 20; k++) {
+        float *small = exact_values(1000, k);
+        ok = ok && fr_comm_sum(small, 1000, false, 0, &err) == FR_OK &&
+             exact_result(small, 1000, k);
+        free(small);
+    }
+    ok = ok && fr_comm_sums_run_by_waiters() - before >= 19;
+    check(ok, "fr_comm_sum on an idle engine runs on the caller", 1000, "f32");
+
+    /* A large sum and two small ones started, then a third small one summed
+     * at once, then the first three finished last to first. */
+    const size_t big = 300001;
+    float *large = exact_values(big, 2), *a = exact_values(5, 3), *b = exact_values(8193, 4);
+    float *c = exact_values(10250, 5);
+    long t_large, t_a, t_b;
+    ok = fr_comm_start_sum(large, big, false, 0, &t_large, &err) == FR_OK &&
+         fr_comm_start_sum(a, 5, true, 0, &t_a, &err) == FR_OK &&
+         fr_comm_start_sum(b, 8193, false, 0, &t_b, &err) == FR_OK &&
+         fr_comm_sum(c, 10250, false, 0, &err) == FR_OK &&
+         fr_comm_finish_sum(t_b, &err) == FR_OK && fr_comm_finish_sum(t_a, &err) == FR_OK &&
+         fr_comm_finish_sum(t_large, &err) == FR_OK;
+    if (!ok)
+        fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+    ok = ok && exact_result(large, big, 2) && exact_result(a, 5, 3) &&
+         exact_result(b, 8193, 4) && exact_result(c, 10250, 5);
+    check(ok, "sums started, one summed at once behind them, finished last to first: all exact",
+          big + 5 + 8193 + 10250, "f32/bf16");
+    free(large);
+    free(a);
+    free(b);
+    free(c);
 }
 
 static void rounding(void) {
@@ -134,6 +200,7 @@ int main(int argc, char **argv) {
         same_bits(counts[i], true);
     }
     bf16_close(70001);
+    who_runs();
     rounding();
     fr_comm_finalize();
     return failures ? 1 : 0;
