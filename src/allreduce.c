@@ -632,17 +632,23 @@ int fr_comm_sum_doubles(double *buf, int count, fr_error *err) {
                    err);
 }
 
+/* A waiter's turn, with engine.lock held: run the next job if nobody is
+ * running one, else wait for the one running to finish. */
+static void run_or_wait_locked(void) {
+    if (engine.running) {
+        pthread_cond_wait(&engine.finished, &engine.lock);
+        return;
+    }
+    run_next_locked();
+    engine.run_by_waiters++;
+}
+
 int fr_comm_finish_sum(long ticket, fr_error *err) {
     if (!engine.started)
         return FR_OK;
     pthread_mutex_lock(&engine.lock);
-    while (engine.done <= ticket && ticket < engine.posted && engine.status == FR_OK) {
-        if (!engine.running) {
-            run_next_locked(); /* this job or one before it, not yet begun */
-            engine.run_by_waiters++;
-        } else
-            pthread_cond_wait(&engine.finished, &engine.lock);
-    }
+    while (engine.done <= ticket && ticket < engine.posted && engine.status == FR_OK)
+        run_or_wait_locked(); /* this job or one before it */
     int rc = engine.status;
     if (rc != FR_OK && err)
         *err = engine.err;
@@ -661,12 +667,8 @@ void fr_allreduce_quiesce(void) {
     if (!engine.started)
         return;
     pthread_mutex_lock(&engine.lock);
-    while (engine.done < engine.posted) {
-        if (!engine.running)
-            run_next_locked();
-        else
-            pthread_cond_wait(&engine.finished, &engine.lock);
-    }
+    while (engine.done < engine.posted)
+        run_or_wait_locked();
     pthread_mutex_unlock(&engine.lock);
 }
 

@@ -43,15 +43,26 @@ static int sum(float *buf, size_t count, bool bf16) {
     return rc;
 }
 
-/* Rank r holds (r + 1) * (i % 7 - 3): the sum over ranks is exact. */
-static void exact_sums(size_t count, bool bf16) {
+/* Fill with (rank + 1) * (i % 7 - 3) + tag; the sum over ranks is exact. */
+static float *exact_values(size_t count, int tag) {
     float *buf = malloc((count ? count : 1) * sizeof *buf);
-    for (size_t i = 0; i < count; i++)
-        buf[i] = (float)((rank + 1) * ((int)(i % 7) - 3));
-    int ok = sum(buf, count, bf16) == FR_OK;
+    for (size_t i = 0; buf && i < count; i++)
+        buf[i] = (float)((rank + 1) * ((int)(i % 7) - 3) + tag);
+    return buf;
+}
+
+static int exact_result(const float *buf, size_t count, int tag) {
     int weight = size * (size + 1) / 2;
-    for (size_t i = 0; ok && i < count; i++)
-        ok = buf[i] == (float)(weight * ((int)(i % 7) - 3));
+    for (size_t i = 0; i < count; i++)
+        if (buf[i] != (float)(weight * ((int)(i % 7) - 3) + size * tag))
+            return 0;
+    return 1;
+}
+
+/* Whole numbers small enough for bfloat16 too: the sum must be exact. */
+static void exact_sums(size_t count, bool bf16) {
+    float *buf = exact_values(count, 0);
+    int ok = sum(buf, count, bf16) == FR_OK && exact_result(buf, count, 0);
     check(ok, "every value is the exact sum over the ranks", count, bf16 ? "bf16" : "f32");
     free(buf);
 }
@@ -93,22 +104,6 @@ static void bf16_close(size_t count) {
     check(ok, what, count, "bf16");
     free(buf);
     free(exact);
-}
-
-/* Fill with (rank + 1) * (i % 7 - 3) + tag; the sum over ranks is exact. */
-static float *exact_values(size_t count, int tag) {
-    float *buf = malloc((count ? count : 1) * sizeof *buf);
-    for (size_t i = 0; buf && i < count; i++)
-        buf[i] = (float)((rank + 1) * ((int)(i % 7) - 3) + tag);
-    return buf;
-}
-
-static int exact_result(const float *buf, size_t count, int tag) {
-    int weight = size * (size + 1) / 2;
-    for (size_t i = 0; i < count; i++)
-        if (buf[i] != (float)(weight * ((int)(i % 7) - 3) + size * tag))
-            return 0;
-    return 1;
 }
 
 /*
