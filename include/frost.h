@@ -121,9 +121,17 @@ int fr_model_add_flatten(fr_model *model, const char *name, fr_error *err);
  * shape (a mismatch names both) and adds the sum, a layer named as the
  * block.  Inside a block every name gets the block's name and a dot in front
  * (`layer1.0` + `conv1` -> `layer1.0.conv1.weight`, torchvision's names);
- * blocks nest.  A model with a block still open cannot be trained.
+ * blocks nest.  A model with a block still open cannot be trained.  With
+ * name NULL the block is anonymous: its layers are named as the enclosing
+ * block's are.
  */
 int fr_model_begin_residual(fr_model *model, const char *name, fr_error *err);
+/* A block that only names its layers (a Hugging Face module such as GPT-2's
+ * `h.0`): no join; a residual block inside it without a name of its own
+ * (fr_model_begin_residual with NULL) names its layers as the block does and
+ * its join by its index ("h.0.5"). */
+int fr_model_begin_block(fr_model *model, const char *name, fr_error *err);
+int fr_model_end_block(fr_model *model, fr_error *err);
 int fr_model_begin_shortcut(fr_model *model, fr_error *err);
 int fr_model_end_residual(fr_model *model, fr_error *err);
 

@@ -13,6 +13,7 @@
 
 static int apply_pattern(fr_model *model, const char *pattern, bool requires_grad,
                          fr_error *err);
+static bool has_glob_chars(const char *pattern) { return strpbrk(pattern, "*?[") != NULL; }
 
 /* Layer `layer` uses parameter p (its own or a tied one), or a layer inside
  * it does when it is a residual block (its join: the block's name, then a
@@ -33,9 +34,12 @@ static bool param_in_layer(const fr_model *model, const fr_param *p, int layer) 
 }
 
 /* Parameter p's name matches the glob, or one of the names a tied layer
- * would give it does ("lm_head.weight" for the wte.weight it uses). */
+ * would give it does ("lm_head.weight" for the wte.weight it uses); a bare
+ * block name ("h.0") matches every name inside it. */
 static bool param_matches(const fr_model *model, const fr_param *p, const char *pattern) {
-    if (fnmatch(pattern, p->name, 0) == 0)
+    size_t len = strlen(pattern);
+    if (fnmatch(pattern, p->name, 0) == 0 ||
+        (!has_glob_chars(pattern) && strncmp(p->name, pattern, len) == 0 && p->name[len] == '.'))
         return true;
     int index = (int)(p - model->params);
     for (int i = 0; i < model->layer_count; i++) {
@@ -87,8 +91,6 @@ int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err) {
                        l->ops->kind);
     return FR_OK;
 }
-
-static bool has_glob_chars(const char *pattern) { return strpbrk(pattern, "*?[") != NULL; }
 
 /* A pattern matched nothing (`layer`: the layer it names, -1 for a glob). */
 static int no_match(const fr_model *model, const char *pattern, int layer, fr_error *err) {

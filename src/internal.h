@@ -424,12 +424,17 @@ void fr_add_into(float *into, const float *from, size_t count);
 /* How deep residual blocks nest. */
 #define FR_BLOCK_DEPTH_MAX 16
 
-/* A residual block being built (fr_model_begin_residual ... fr_model_end_residual). */
+/* A block being built: a residual one (fr_model_begin_residual ...
+ * fr_model_end_residual), which names its layers unless it is anonymous, or
+ * one that only names them (fr_model_begin_block ... fr_model_end_block). */
 typedef struct fr_open_block {
-    char name[FR_NAME_MAX];  /* with the enclosing blocks' names: "layer1.0" */
+    char name[FR_NAME_MAX];  /* the prefix of its layers' names, with the enclosing
+                                blocks': "layer1.0" ("" at the top) */
     int input;               /* the layer whose output enters the block; -1 the model input */
     int body_end;            /* the body's last layer once the shortcut began */
     bool in_shortcut;
+    bool names_only;         /* fr_model_begin_block's: no join */
+    bool anonymous;          /* a residual without a name of its own */
 } fr_open_block;
 
 struct fr_model {

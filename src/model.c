@@ -185,7 +185,7 @@ void fr_model_next_layer_name(const fr_model *model, const char *name, char *buf
         snprintf(index_name, sizeof index_name, "%d", model->layer_count);
         name = index_name;
     }
-    if (model->block_depth == 0)
+    if (model->block_depth == 0 || !model->blocks[model->block_depth - 1].name[0])
         snprintf(buf, len, "%s", name);
     else
         snprintf(buf, len, "%s.%s", model->blocks[model->block_depth - 1].name, name);
@@ -373,12 +373,22 @@ int fr_param_users(const fr_model *model, int param, int *layers, int most) {
 
 /* ------------------------------------------------------- residual blocks */
 
-int fr_model_begin_residual(fr_model *model, const char *name, fr_error *err) {
-    if (!name)
-        return fr_fail(err, FR_EINVAL, "a residual block needs a name");
+/* Open a block: named (its name the prefix of its layers'), or anonymous
+ * (its layers named as the enclosing block's). */
+static int open_block(fr_model *model, const char *name, bool names_only, fr_error *err) {
     if (model->block_depth == FR_BLOCK_DEPTH_MAX)
-        return fr_fail(err, FR_EINVAL, "residual blocks nest more than %d deep",
-                       FR_BLOCK_DEPTH_MAX);
+        return fr_fail(err, FR_EINVAL, "blocks nest more than %d deep", FR_BLOCK_DEPTH_MAX);
+    if (!name) {
+        fr_open_block *block = &model->blocks[model->block_depth];
+        memset(block, 0, sizeof *block);
+        if (model->block_depth > 0)
+            memcpy(block->name, model->blocks[model->block_depth - 1].name, sizeof block->name);
+        block->input = model->tail;
+        block->body_end = -1;
+        block->anonymous = true;
+        model->block_depth++;
+        return FR_OK;
+    }
     char full[FR_NAME_MAX * 2];
     fr_model_next_layer_name(model, name, full, sizeof full);
     int rc = check_layer_name(full, err);
@@ -390,15 +400,34 @@ int fr_model_begin_residual(fr_model *model, const char *name, fr_error *err) {
         if (strcmp(model->blocks[b].name, full) == 0)
             return fr_fail(err, FR_EINVAL, "layer name '%s' is used twice", full);
     fr_open_block *block = &model->blocks[model->block_depth++];
+    memset(block, 0, sizeof *block);
     snprintf(block->name, sizeof block->name, "%.*s", FR_LAYER_NAME_MAX, full);
     block->input = model->tail;
     block->body_end = -1;
-    block->in_shortcut = false;
+    block->names_only = names_only;
+    return FR_OK;
+}
+
+int fr_model_begin_residual(fr_model *model, const char *name, fr_error *err) {
+    return open_block(model, name, false, err);
+}
+
+int fr_model_begin_block(fr_model *model, const char *name, fr_error *err) {
+    if (!name)
+        return fr_fail(err, FR_EINVAL, "a block needs a name");
+    return open_block(model, name, true, err);
+}
+
+int fr_model_end_block(fr_model *model, fr_error *err) {
+    if (model->block_depth == 0 || !model->blocks[model->block_depth - 1].names_only)
+        return fr_fail(err, FR_EINVAL, "no block to end%s",
+                       model->block_depth ? " (a residual block is open)" : "");
+    model->block_depth--;
     return FR_OK;
 }
 
 int fr_model_begin_shortcut(fr_model *model, fr_error *err) {
-    if (model->block_depth == 0)
+    if (model->block_depth == 0 || model->blocks[model->block_depth - 1].names_only)
         return fr_fail(err, FR_EINVAL, "a shortcut outside a residual block");
     fr_open_block *block = &model->blocks[model->block_depth - 1];
     if (block->in_shortcut)
@@ -414,7 +443,7 @@ int fr_model_begin_shortcut(fr_model *model, fr_error *err) {
 }
 
 int fr_model_end_residual(fr_model *model, fr_error *err) {
-    if (model->block_depth == 0)
+    if (model->block_depth == 0 || model->blocks[model->block_depth - 1].names_only)
         return fr_fail(err, FR_EINVAL, "no residual block to end");
     fr_open_block *block = &model->blocks[model->block_depth - 1];
     int body = block->in_shortcut ? block->body_end : model->tail;
@@ -438,6 +467,12 @@ int fr_model_end_residual(fr_model *model, fr_error *err) {
     int depth = model->block_depth, tail = model->tail;
     model->block_depth = 0;
     model->tail = body;
+    if (block->anonymous) {
+        /* Named by its index in the enclosing block, as an unnamed layer. */
+        model->block_depth = depth - 1;
+        fr_model_next_layer_name(model, NULL, name, sizeof name);
+        model->block_depth = 0;
+    }
     int rc = fr_model_add_layer(model, &fr_residual_ops, name, NULL, err);
     model->block_depth = depth;
     if (rc != FR_OK) {
