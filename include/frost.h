@@ -144,6 +144,15 @@ int fr_model_end_residual(fr_model *model, fr_error *err);
  */
 int fr_model_parse(const char *text, const char *source, fr_model **out,
                    fr_error *err);
+/*
+ * GPT-2 from a Hugging Face config.json (model_type "gpt2"): Hugging Face's
+ * parameter names (wte.weight, h.0.attn.c_attn.weight, ...), Conv1D weights
+ * [in, out], the head tied to wte unless tie_word_embeddings is false; the
+ * input is seq_len token ids (0: n_positions).  Its model.safetensors loads
+ * with fr_model_load_weights.  A config.json path given to fr_model_load
+ * builds it too.
+ */
+int fr_model_load_gpt2(const char *path, int seq_len, fr_model **out, fr_error *err);
 /* `arg` is a path to a model file, or an inline description. */
 int fr_model_load(const char *arg, fr_model **out, fr_error *err);
 

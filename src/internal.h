@@ -197,6 +197,7 @@ typedef enum fr_init {
     FR_INIT_ONES,           /* norms' weights */
     FR_INIT_ZEROS,          /* norms' biases */
     FR_INIT_NORMAL,         /* N(0, 1): nn.Embedding's */
+    FR_INIT_NORMAL_SMALL,   /* N(0, 0.02): Hugging Face's Conv1D and GPT-2's */
 } fr_init;
 typedef struct fr_param_kind {
     const char *suffix; /* "weight" */

@@ -578,9 +578,12 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
                 p->data[j] = l->ops->params[slot].init == FR_INIT_ONES ? 1.0f : 0.0f;
             break;
         case FR_INIT_NORMAL:
+        case FR_INIT_NORMAL_SMALL: {
+            float std = l->ops->params[slot].init == FR_INIT_NORMAL ? 1.0f : 0.02f;
             for (size_t j = 0; j < p->numel; j++)
-                p->data[j] = normal_value(&rng);
+                p->data[j] = std * normal_value(&rng);
             break;
+        }
         }
     }
     return FR_OK;

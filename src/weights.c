@@ -71,6 +71,41 @@ static int check_buffer(const fr_buffer *b, const fr_st_file *file, const char *
     return FR_OK;
 }
 
+/* The file's tensor for model name `name`: under that name, or with
+ * Hugging Face's "transformer." in front (GPT2LMHeadModel's files). */
+static const fr_st_tensor *find_tensor(const fr_st_file *file, const char *name) {
+    const fr_st_tensor *tensor = fr_st_find(file, name);
+    if (!tensor) {
+        char prefixed[FR_NAME_MAX * 2];
+        snprintf(prefixed, sizeof prefixed, "transformer.%s", name);
+        tensor = fr_st_find(file, prefixed);
+    }
+    return tensor;
+}
+
+/* A tensor of the file frost may pass over: GPT-2's attention mask buffers
+ * (h.N.attn.bias, h.N.attn.masked_bias, constants, not parameters), or the
+ * name a tied parameter has in the layer that shares it ("lm_head.weight"). */
+static bool skippable(const fr_model *model, const char *name) {
+    if (strncmp(name, "transformer.", 12) == 0)
+        name += 12;
+    size_t len = strlen(name);
+    if ((len > 10 && strcmp(name + len - 10, ".attn.bias") == 0) ||
+        (len > 17 && strcmp(name + len - 17, ".attn.masked_bias") == 0))
+        return true;
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        size_t n = strlen(l->name);
+        if (strncmp(name, l->name, n) != 0 || name[n] != '.')
+            continue;
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX && l->ops->params[k].suffix; k++)
+            if (l->params[k] >= 0 && model->params[l->params[k]].layer != i &&
+                strcmp(name + n + 1, l->ops->params[k].suffix) == 0)
+                return true;
+    }
+    return false;
+}
+
 static bool is_buffer(const fr_model *model, const char *name) {
     for (int i = 0; i < model->buffer_count; i++)
         if (strcmp(name, model->buffers[i].name) == 0)
@@ -82,7 +117,7 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
                                  const char *path, fr_error *err) {
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *param = &model->params[i];
-        const fr_st_tensor *tensor = fr_st_find(file, param->name);
+        const fr_st_tensor *tensor = find_tensor(file, param->name);
         if (!tensor)
             return fr_fail(err, FR_EFORMAT, "%s: no tensor '%s' for the model", path, param->name);
         if (tensor->i64)
@@ -103,9 +138,9 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
     }
     for (int i = 0; i < file->tensor_count; i++) {
         const char *name = file->tensors[i].name;
-        bool is_parameter = is_buffer(model, name);
+        bool is_parameter = is_buffer(model, name) || skippable(model, name);
         for (int j = 0; j < model->param_count && !is_parameter; j++)
-            is_parameter = strcmp(name, model->params[j].name) == 0;
+            is_parameter = find_tensor(file, model->params[j].name) == &file->tensors[i];
         if (!is_parameter && !names_parameter_state(model, name))
             return fr_fail(err, FR_EFORMAT,
                            "%s: unexpected tensor '%s': it is not a parameter of the model", path,
@@ -122,7 +157,7 @@ int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err
         return status;
     for (int i = 0; i < model->param_count; i++) {
         fr_param *param = &model->params[i];
-        const fr_st_tensor *tensor = fr_st_find(file, param->name);
+        const fr_st_tensor *tensor = find_tensor(file, param->name);
         if (param->numel)
             memcpy(param->data, tensor->data, param->numel * sizeof(float));
     }

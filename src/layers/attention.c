@@ -241,3 +241,54 @@ void fr_attention_backward(const float *qkv, const float *dout, float *dqkv, flo
                           probs_of(&shape, scratch, sample, head), score_grad);
         }
 }
+
+/* ------------------------------------------------ the layer kind */
+
+#include "../kernels.h"
+
+/* attention(num_heads, causal=True): packed q, k, v [T, 3C] -> [T, C]. */
+enum { NUM_HEADS, CAUSAL };
+
+static int attention_infer_shape(fr_layer *l, fr_error *err) {
+    int heads = l->args[NUM_HEADS];
+    if (l->in.ndim != 2 || l->in.d[1] % 3 != 0 || (l->in.d[1] / 3) % heads != 0) {
+        char shape[64];
+        fr_shape_format(l->in, shape, sizeof shape);
+        return fr_layer_fail(l, err, FR_ESHAPE, "attention(%d) expects packed q, k, v [T, 3C] "
+                             "with C a multiple of %d, got %s", heads, heads, shape);
+    }
+    l->out = fr_shape_2d(l->in.d[0], l->in.d[1] / 3);
+    fr_layer_no_params(l);
+    return FR_OK;
+}
+
+static size_t attention_scratch_bytes(const fr_layer *l, int n) {
+    return fr_attention_scratch_floats(n > 0 ? n : 0, l->in.d[0], l->args[NUM_HEADS],
+                                       l->out.d[1]) * sizeof(float);
+}
+
+static void attention_forward(const fr_layer *l, const float *in, float *out, int n,
+                              void *scratch) {
+    fr_attention_forward(in, out, scratch, n, l->in.d[0], l->args[NUM_HEADS], l->out.d[1],
+                         l->args[CAUSAL]);
+}
+
+static void attention_backward(const fr_layer *l, const float *in, const float *out,
+                               const float *dout, float *din, const fr_param_grads *grads, int n,
+                               void *scratch) {
+    (void)out, (void)grads;
+    if (din)
+        fr_attention_backward(in, dout, din, scratch, n, l->in.d[0], l->args[NUM_HEADS],
+                              l->out.d[1], l->args[CAUSAL]);
+}
+
+const fr_layer_ops fr_attention_ops = {
+    .kind = "attention",
+    .args = {{"num_heads", .minimum = 1},
+             {"causal", .optional = true, .default_value = 1, .keyword_only = true,
+              .boolean = true}},
+    .infer_shape = attention_infer_shape,
+    .scratch_bytes = attention_scratch_bytes,
+    .forward = attention_forward,
+    .backward = attention_backward,
+};

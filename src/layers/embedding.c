@@ -7,6 +7,8 @@
  */
 #include "transformer_kernels.h"
 
+#include <limits.h>
+
 /* dst[i] += src[i] for count floats: a row (or a sample) of gradient. */
 static void add_floats(float *dst, const float *src, size_t count) {
 #pragma omp simd
@@ -58,3 +60,108 @@ void fr_position_embedding_backward(const float *dout, float *din, float *dtable
     for (int s = 0; s < n; s++)
         add_floats(dtable, dout + (size_t)s * sample_floats, sample_floats);
 }
+
+/* ------------------------------------------------ the layer kinds */
+
+#include "../kernels.h"
+
+/* embedding(num_embeddings, embedding_dim): token ids [T] -> [T, dim]. */
+enum { NUM_EMBEDDINGS, EMBEDDING_DIM };
+
+static int embedding_infer_shape(fr_layer *l, fr_error *err) {
+    int vocab = l->args[NUM_EMBEDDINGS], dim = l->args[EMBEDDING_DIM];
+    if (l->in.ndim != 1) {
+        char shape[64];
+        fr_shape_format(l->in, shape, sizeof shape);
+        return fr_layer_fail(l, err, FR_ESHAPE, "embedding(%d, %d) reads a sequence of token "
+                             "ids [T], got %s", vocab, dim, shape);
+    }
+    if ((long long)vocab * dim > INT_MAX || (long long)l->in.d[0] * dim > INT_MAX)
+        return fr_layer_fail(l, err, FR_EINVAL, "embedding(%d, %d) is too large", vocab, dim);
+    l->out = fr_shape_2d(l->in.d[0], dim);
+    fr_layer_no_params(l);
+    fr_layer_param_shape(l, FR_WEIGHT, 2, (const int[]){vocab, dim});
+    return FR_OK;
+}
+
+static void embedding_forward(const fr_layer *l, const float *in, float *out, int n,
+                              void *scratch) {
+    (void)scratch;
+    fr_embedding_forward((const int32_t *)(const void *)in, l->param_data[FR_WEIGHT], out,
+                         (long)n * l->in.d[0], l->args[EMBEDDING_DIM]);
+}
+
+/* Token ids have no gradient: din is never asked for. */
+static void embedding_backward(const fr_layer *l, const float *in, const float *out,
+                               const float *dout, float *din, const fr_param_grads *grads, int n,
+                               void *scratch) {
+    (void)out, (void)din, (void)scratch;
+    if (grads->grad[FR_WEIGHT])
+        fr_embedding_backward((const int32_t *)(const void *)in, dout, grads->grad[FR_WEIGHT],
+                              (long)n * l->in.d[0], l->args[EMBEDDING_DIM],
+                              l->args[NUM_EMBEDDINGS], grads->accumulate & (1u << FR_WEIGHT));
+}
+
+const fr_layer_ops fr_embedding_ops = {
+    .kind = "embedding",
+    .params = {{"weight", FR_INIT_NORMAL}},
+    .input_dtype = FR_I32,
+    .accumulates = true,
+    .args = {{"num_embeddings", .minimum = 1}, {"embedding_dim", .minimum = 1}},
+    .infer_shape = embedding_infer_shape,
+    .scratch_bytes = fr_scratch_none,
+    .forward = embedding_forward,
+    .backward = embedding_backward,
+};
+
+/* position_embedding(num_positions, embedding_dim): x [T, dim] + table[t]
+ * (GPT-2's wpe, an nn.Embedding of positions 0..T-1 added to the tokens'). */
+enum { NUM_POSITIONS };
+
+static int position_embedding_infer_shape(fr_layer *l, fr_error *err) {
+    int positions = l->args[NUM_POSITIONS], dim = l->args[EMBEDDING_DIM];
+    if (l->in.ndim != 2 || l->in.d[1] != dim || l->in.d[0] > positions) {
+        char shape[64];
+        fr_shape_format(l->in, shape, sizeof shape);
+        return fr_layer_fail(l, err, FR_ESHAPE, "position_embedding(%d, %d) expects [T, %d] "
+                             "with T at most %d, got %s", positions, dim, dim, positions, shape);
+    }
+    if ((long long)positions * dim > INT_MAX)
+        return fr_layer_fail(l, err, FR_EINVAL, "position_embedding(%d, %d) is too large",
+                             positions, dim);
+    l->out = l->in;
+    fr_layer_no_params(l);
+    fr_layer_param_shape(l, FR_WEIGHT, 2, (const int[]){positions, dim});
+    return FR_OK;
+}
+
+static void position_embedding_forward(const fr_layer *l, const float *in, float *out, int n,
+                                       void *scratch) {
+    (void)scratch;
+    fr_position_embedding_forward(in, l->param_data[FR_WEIGHT], out, n, l->in.d[0], l->in.d[1]);
+}
+
+static void position_embedding_backward(const fr_layer *l, const float *in, const float *out,
+                                        const float *dout, float *din,
+                                        const fr_param_grads *grads, int n, void *scratch) {
+    (void)in, (void)out, (void)scratch;
+    int seq = l->in.d[0], dim = l->in.d[1];
+    float *dtable = grads->grad[FR_WEIGHT];
+    bool accumulate = grads->accumulate & (1u << FR_WEIGHT);
+    fr_position_embedding_backward(dout, din, dtable, n, seq, dim, accumulate);
+    /* Positions past the sequence get no gradient, but the slab is written over. */
+    if (dtable && !accumulate)
+        memset(dtable + (size_t)seq * dim, 0,
+               (size_t)(l->args[NUM_POSITIONS] - seq) * (size_t)dim * sizeof *dtable);
+}
+
+const fr_layer_ops fr_position_embedding_ops = {
+    .kind = "position_embedding",
+    .params = {{"weight", FR_INIT_NORMAL}},
+    .args = {{"num_positions", .minimum = 1}, {"embedding_dim", .minimum = 1}},
+    .infer_shape = position_embedding_infer_shape,
+    .scratch_bytes = fr_scratch_none,
+    .forward = position_embedding_forward,
+    .backward = position_embedding_backward,
+    .inplace = true,
+};

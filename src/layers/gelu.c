@@ -96,3 +96,34 @@ void fr_gelu_backward(const float *in, const float *dout, float *din, size_t cou
         din[i] = dout[i] * (normal_cdf(x) + x * density);
     }
 }
+
+/* ------------------------------------------------ the layer kind */
+
+#include "../kernels.h"
+
+/* gelu(approximate='none'): erf form, or 'tanh' (GPT-2's gelu_new). */
+enum { APPROXIMATE };
+static const char *const approximations[] = {"none", "tanh", NULL};
+
+static void gelu_forward(const fr_layer *l, const float *in, float *out, int n, void *scratch) {
+    (void)scratch;
+    fr_gelu_forward(in, out, (size_t)n * fr_shape_numel(l->in), l->args[APPROXIMATE] == 1);
+}
+
+static void gelu_backward(const fr_layer *l, const float *in, const float *out, const float *dout,
+                          float *din, const fr_param_grads *grads, int n, void *scratch) {
+    (void)out, (void)grads, (void)scratch;
+    if (din)
+        fr_gelu_backward(in, dout, din, (size_t)n * fr_shape_numel(l->in),
+                         l->args[APPROXIMATE] == 1);
+}
+
+const fr_layer_ops fr_gelu_ops = {
+    .kind = "gelu",
+    .args = {{"approximate", .optional = true, .default_value = 0, .keyword_only = true,
+              .choices = approximations}},
+    .infer_shape = fr_infer_same_shape,
+    .scratch_bytes = fr_scratch_none,
+    .forward = gelu_forward,
+    .backward = gelu_backward,
+};

@@ -108,3 +108,69 @@ void fr_layernorm_backward(const float *in, const float *dout, const float *gamm
         }
     }
 }
+
+/* ------------------------------------------------ the layer kind */
+
+#include "../kernels.h"
+
+/* layernorm(normalized_shape, eps=1e-5, elementwise_affine=True), over the
+ * last dimension: every position's row of [T, C] (or a vector [C]). */
+enum { NORMALIZED_SHAPE, EPS, AFFINE };
+
+static long rows_of(const fr_layer *l, int n) {
+    return (long)n * (long)(fr_shape_numel(l->in) / (size_t)l->args[NORMALIZED_SHAPE]);
+}
+
+static int layernorm_infer_shape(fr_layer *l, fr_error *err) {
+    int dim = l->args[NORMALIZED_SHAPE];
+    if (fr_shape_last(l->in) != dim) {
+        char shape[64];
+        fr_shape_format(l->in, shape, sizeof shape);
+        return fr_layer_fail(l, err, FR_ESHAPE, "layernorm(%d) normalises a last dimension of "
+                             "%d, got %s", dim, dim, shape);
+    }
+    l->out = l->in;
+    fr_layer_no_params(l);
+    if (l->args[AFFINE]) {
+        fr_layer_param_shape(l, FR_WEIGHT, 1, &dim);
+        fr_layer_param_shape(l, FR_BIAS, 1, &dim);
+    }
+    return FR_OK;
+}
+
+/* Each row's mean and 1/std, from forward to backward. */
+static size_t layernorm_scratch_bytes(const fr_layer *l, int n) {
+    return 2 * (size_t)rows_of(l, n > 0 ? n : 0) * sizeof(float);
+}
+
+static void layernorm_forward(const fr_layer *l, const float *in, float *out, int n,
+                              void *scratch) {
+    long rows = rows_of(l, n);
+    float *mean = scratch, *rstd = mean + rows;
+    fr_layernorm_forward(in, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], out, mean, rstd,
+                         rows, l->args[NORMALIZED_SHAPE], (float)fr_arg_real(l->args[EPS]));
+}
+
+static void layernorm_backward(const fr_layer *l, const float *in, const float *out,
+                               const float *dout, float *din, const fr_param_grads *grads, int n,
+                               void *scratch) {
+    (void)out;
+    long rows = rows_of(l, n);
+    const float *mean = scratch, *rstd = mean + rows;
+    /* Both affine parameters belong to this layer, so they are tied together or not at all. */
+    fr_layernorm_backward(in, dout, l->param_data[FR_WEIGHT], mean, rstd, rows,
+                          l->args[NORMALIZED_SHAPE], din, grads->grad[FR_WEIGHT],
+                          grads->grad[FR_BIAS], grads->accumulate != 0);
+}
+
+const fr_layer_ops fr_layernorm_ops = {
+    .kind = "layernorm",
+    .params = {{"weight", FR_INIT_ONES}, {"bias", FR_INIT_ZEROS}},
+    .args = {{"normalized_shape", .minimum = 1},
+             {"eps", .minimum = 1, .optional = true, .default_value = 10000, .real = true},
+             {"elementwise_affine", .optional = true, .default_value = 1, .boolean = true}},
+    .infer_shape = layernorm_infer_shape,
+    .scratch_bytes = layernorm_scratch_bytes,
+    .forward = layernorm_forward,
+    .backward = layernorm_backward,
+};

@@ -23,7 +23,14 @@
     KIND(avgpool2d)       \
     KIND(adaptive_avgpool2d) \
     KIND(batchnorm2d)        \
-    KIND(dropout)
+    KIND(dropout)            \
+    KIND(embedding)          \
+    KIND(position_embedding) \
+    KIND(layernorm)          \
+    KIND(gelu)               \
+    KIND(attention)          \
+    KIND(conv1d)             \
+    KIND(pool_sequence)
 
 #define DECLARE_OPS(kind) extern const fr_layer_ops fr_##kind##_ops;
 #define OPS_ADDRESS(kind) &fr_##kind##_ops,

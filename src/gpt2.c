@@ -1,0 +1,255 @@
+/*
+ * gpt2.c - GPT-2 from a Hugging Face config.json (model_type "gpt2"), built
+ * from the layer kinds with Hugging Face's parameter names, so that its
+ * model.safetensors loads as it is (weights.c accepts the "transformer."
+ * prefix and passes over the attention mask buffers):
+ *
+ *   input T tokens
+ *   wte = embedding(vocab_size, n_embd); wpe = position_embedding(n_positions, n_embd)
+ *   drop = dropout(embd_pdrop)                      (left out at 0)
+ *   block h.N {                                     for N < n_layer
+ *     residual { ln_1 = layernorm(n_embd, eps); attn.c_attn = conv1d(3 n_embd, n_embd)
+ *                attention(n_head); attn.c_proj = conv1d(n_embd, n_embd); dropout(resid_pdrop) }
+ *     residual { ln_2 = layernorm(n_embd, eps); mlp.c_fc = conv1d(n_inner, n_embd)
+ *                gelu(approximate); mlp.c_proj = conv1d(n_embd, n_inner); dropout(resid_pdrop) }
+ *   }
+ *   ln_f = layernorm(n_embd, eps)
+ *   lm_head = linear(n_embd, vocab_size, bias=False), tied to wte.weight
+ *
+ * examples/gpt2.txt is the same network as model text.
+ */
+#include "json.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct gpt2_config {
+    int n_layer, n_embd, n_head, n_positions, vocab_size, n_inner;
+    double eps, resid_pdrop, embd_pdrop, attn_pdrop;
+    bool tanh_gelu, tied, is_gpt2;
+} gpt2_config;
+
+/* A JSON number at the cursor (floats too: the reader's integers are not enough). */
+static int json_number(fr_json_reader *r, double *value) {
+    size_t start = r->pos;
+    while (r->pos < r->length && strchr("+-0123456789.eE", r->text[r->pos]))
+        r->pos++;
+    char text[64];
+    size_t len = r->pos - start;
+    if (len == 0 || len >= sizeof text)
+        return fr_json_syntax_error(r, "expected a number");
+    memcpy(text, r->text + start, len);
+    text[len] = '\0';
+    char *end;
+    *value = strtod(text, &end);
+    if (*end != '\0' || !isfinite(*value))
+        return fr_json_syntax_error(r, "expected a number");
+    return FR_OK;
+}
+
+static int json_bool(fr_json_reader *r, bool *value) {
+    *value = fr_json_peek(r) == 't';
+    return fr_json_literal(r, *value ? "true" : "false");
+}
+
+/* An integer field: positive, at most FR_ARG_LIMIT (a layer argument). */
+static int json_count(fr_json_reader *r, const char *key, int *out, fr_error *err) {
+    double value;
+    int rc = json_number(r, &value);
+    if (rc != FR_OK)
+        return rc;
+    if (value != floor(value) || value < 1 || value > FR_ARG_LIMIT)
+        return fr_fail(err, FR_EFORMAT, "%s: %s is %g; it must be a whole number from 1 to %d",
+                       r->source, key, value, FR_ARG_LIMIT);
+    *out = (int)value;
+    return FR_OK;
+}
+
+static int read_member(fr_json_reader *r, const char *key, gpt2_config *c, fr_error *err) {
+    struct {
+        const char *name;
+        int *count;
+        double *real;
+    } fields[] = {
+        {"n_layer", &c->n_layer, NULL},         {"n_embd", &c->n_embd, NULL},
+        {"n_head", &c->n_head, NULL},           {"n_positions", &c->n_positions, NULL},
+        {"vocab_size", &c->vocab_size, NULL},   {"layer_norm_epsilon", NULL, &c->eps},
+        {"resid_pdrop", NULL, &c->resid_pdrop}, {"embd_pdrop", NULL, &c->embd_pdrop},
+        {"attn_pdrop", NULL, &c->attn_pdrop},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        if (strcmp(key, fields[i].name) != 0)
+            continue;
+        if (fields[i].count)
+            return json_count(r, key, fields[i].count, err);
+        return json_number(r, fields[i].real);
+    }
+    if (strcmp(key, "n_inner") == 0) {
+        if (fr_json_peek(r) == 'n')
+            return fr_json_literal(r, "null");
+        return json_count(r, key, &c->n_inner, err);
+    }
+    if (strcmp(key, "tie_word_embeddings") == 0)
+        return json_bool(r, &c->tied);
+    if (strcmp(key, "model_type") == 0 || strcmp(key, "activation_function") == 0) {
+        char *text = NULL;
+        size_t len;
+        int rc = fr_json_string(r, &text, &len);
+        if (rc != FR_OK)
+            return rc;
+        if (key[0] == 'm')
+            c->is_gpt2 = strcmp(text, "gpt2") == 0;
+        else if (strcmp(text, "gelu_new") == 0 || strcmp(text, "gelu_pytorch_tanh") == 0)
+            c->tanh_gelu = true;
+        else if (strcmp(text, "gelu") == 0)
+            c->tanh_gelu = false;
+        else
+            rc = fr_fail(err, FR_EFORMAT, "%s: activation_function '%s' is not one frost has "
+                         "(gelu_new, gelu_pytorch_tanh, gelu)", r->source, text);
+        fr_free(text);
+        return rc;
+    }
+    return fr_json_skip_value(r, 1);
+}
+
+static int read_config(const char *path, gpt2_config *c, fr_error *err) {
+    unsigned char *bytes = NULL;
+    size_t size = 0;
+    int rc = fr_read_file(path, 1 << 20, 0, &bytes, &size, err);
+    if (rc != FR_OK)
+        return rc;
+    *c = (gpt2_config){.n_inner = 0, .eps = 1e-5, .tanh_gelu = true, .tied = true,
+                       .resid_pdrop = 0.1, .embd_pdrop = 0.1, .attn_pdrop = 0.1};
+    bool has_type = false;
+    fr_json_reader r = {.source = path, .what = "config.json", .text = bytes, .length = size,
+                        .err = err};
+    fr_json_skip_whitespace(&r);
+    if (fr_json_peek(&r) != '{')
+        rc = fr_json_syntax_error(&r, "expected an object");
+    else
+        r.pos++;
+    bool first = true, done = false;
+    while (rc == FR_OK && !done) {
+        char *key = NULL;
+        size_t len;
+        rc = fr_json_next_key(&r, &first, &key, &len, &done);
+        if (rc == FR_OK && !done) {
+            fr_json_skip_whitespace(&r);
+            has_type = has_type || strcmp(key, "model_type") == 0;
+            rc = read_member(&r, key, c, err);
+        }
+        fr_free(key);
+    }
+    fr_free(bytes);
+    if (rc != FR_OK)
+        return rc;
+    if (!has_type || !c->is_gpt2)
+        return fr_fail(err, FR_EFORMAT, "%s: not a GPT-2 config (model_type must be \"gpt2\")",
+                       path);
+    const char *missing = !c->n_layer ? "n_layer" : !c->n_embd ? "n_embd" : !c->n_head ? "n_head"
+                          : !c->n_positions ? "n_positions" : !c->vocab_size ? "vocab_size" : NULL;
+    if (missing)
+        return fr_fail(err, FR_EFORMAT, "%s: no %s", path, missing);
+    if (c->n_embd % c->n_head)
+        return fr_fail(err, FR_EFORMAT, "%s: n_embd %d is not a multiple of n_head %d", path,
+                       c->n_embd, c->n_head);
+    if (!(c->eps > 0 && c->eps <= 1))
+        return fr_fail(err, FR_EFORMAT, "%s: layer_norm_epsilon %g must be in (0, 1]", path,
+                       c->eps);
+    double pdrops[] = {c->resid_pdrop, c->embd_pdrop, c->attn_pdrop};
+    for (int i = 0; i < 3; i++)
+        if (!(pdrops[i] >= 0 && pdrops[i] < 1))
+            return fr_fail(err, FR_EFORMAT, "%s: a dropout probability of %g is not in [0, 1)",
+                           path, pdrops[i]);
+    if (c->attn_pdrop > 0)
+        return fr_fail(err, FR_EFORMAT, "%s: attn_pdrop %g: dropout of the attention weights is "
+                       "not implemented; set attn_pdrop to 0 (usual for fine-tuning)", path,
+                       c->attn_pdrop);
+    if (!c->n_inner)
+        c->n_inner = 4 * c->n_embd;
+    return FR_OK;
+}
+
+static int real_arg(double value) { return (int)lround(value / FR_REAL_UNIT); }
+
+static int add(fr_model *model, const char *kind, const char *name, const int *args,
+               fr_error *err) {
+    return fr_model_add_layer(model, fr_layer_kind_find(kind), name, args, err);
+}
+
+/* The network of the header comment, layer by layer. */
+static int build(const gpt2_config *c, int seq, fr_model *model, fr_error *err) {
+    int C = c->n_embd, eps = real_arg(c->eps), resid = real_arg(c->resid_pdrop);
+    int rc = add(model, "embedding", "wte", (const int[]){c->vocab_size, C}, err);
+    if (rc == FR_OK)
+        rc = add(model, "position_embedding", "wpe", (const int[]){c->n_positions, C}, err);
+    if (rc == FR_OK && c->embd_pdrop > 0)
+        rc = add(model, "dropout", "drop", (const int[]){real_arg(c->embd_pdrop)}, err);
+    for (int i = 0; i < c->n_layer && rc == FR_OK; i++) {
+        char block[32];
+        snprintf(block, sizeof block, "h.%d", i);
+        rc = fr_model_begin_block(model, block, err);
+        if (rc == FR_OK)
+            rc = fr_model_begin_residual(model, NULL, err);
+        if (rc == FR_OK)
+            rc = add(model, "layernorm", "ln_1", (const int[]){C, eps, 1}, err);
+        if (rc == FR_OK)
+            rc = add(model, "conv1d", "attn.c_attn", (const int[]){3 * C, C}, err);
+        if (rc == FR_OK)
+            rc = add(model, "attention", NULL, (const int[]){c->n_head, 1}, err);
+        if (rc == FR_OK)
+            rc = add(model, "conv1d", "attn.c_proj", (const int[]){C, C}, err);
+        if (rc == FR_OK && resid > 0)
+            rc = add(model, "dropout", NULL, (const int[]){resid}, err);
+        if (rc == FR_OK)
+            rc = fr_model_end_residual(model, err);
+        if (rc == FR_OK)
+            rc = fr_model_begin_residual(model, NULL, err);
+        if (rc == FR_OK)
+            rc = add(model, "layernorm", "ln_2", (const int[]){C, eps, 1}, err);
+        if (rc == FR_OK)
+            rc = add(model, "conv1d", "mlp.c_fc", (const int[]){c->n_inner, C}, err);
+        if (rc == FR_OK)
+            rc = add(model, "gelu", NULL, (const int[]){c->tanh_gelu ? 1 : 0}, err);
+        if (rc == FR_OK)
+            rc = add(model, "conv1d", "mlp.c_proj", (const int[]){C, c->n_inner}, err);
+        if (rc == FR_OK && resid > 0)
+            rc = add(model, "dropout", NULL, (const int[]){resid}, err);
+        if (rc == FR_OK)
+            rc = fr_model_end_residual(model, err);
+        if (rc == FR_OK)
+            rc = fr_model_end_block(model, err);
+    }
+    if (rc == FR_OK)
+        rc = add(model, "layernorm", "ln_f", (const int[]){C, eps, 1}, err);
+    if (rc == FR_OK)
+        rc = add(model, "linear", "lm_head", (const int[]){C, c->vocab_size, 0}, err);
+    if (rc == FR_OK && c->tied)
+        rc = fr_model_tie(model, "lm_head.weight", "wte.weight", err);
+    (void)seq;
+    return rc;
+}
+
+int fr_model_load_gpt2(const char *path, int seq_len, fr_model **out, fr_error *err) {
+    *out = NULL;
+    gpt2_config c;
+    int rc = read_config(path, &c, err);
+    if (rc != FR_OK)
+        return rc;
+    int seq = seq_len > 0 ? seq_len : c.n_positions;
+    if (seq > c.n_positions)
+        return fr_fail(err, FR_ESHAPE, "%s: sequences of %d tokens, more than n_positions %d",
+                       path, seq, c.n_positions);
+    fr_model *model = fr_model_new_shape(FR_I32, 1, &seq);
+    if (!model)
+        return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+    rc = build(&c, seq, model, err);
+    if (rc != FR_OK) {
+        fr_error_prefix(err, "%s: ", path);
+        fr_model_free(model);
+        return rc;
+    }
+    *out = model;
+    return FR_OK;
+}
