@@ -68,9 +68,33 @@ typedef struct fr_param fr_param;
 
 #define FR_MAX_DIMS 4
 
+/* What a model's input, a dataset's samples and its targets hold. */
+typedef enum fr_dtype {
+    FR_F32 = 0, /* float32: images, features, MSE targets */
+    FR_I32 = 1  /* int32: token ids, class ids (-100: ignored, as PyTorch's ignore_index) */
+} fr_dtype;
+
+typedef enum fr_loss_kind {
+    FR_CROSS_ENTROPY = 0, /* targets are int32 class indices: one per sample, or one per
+                             position for an output [T, K] (FR_IGNORE_INDEX there ignored) */
+    FR_MSE = 1            /* targets are floats, one per output */
+} fr_loss_kind;
+
+/* A per-position target that counts for nothing (PyTorch's ignore_index). */
+#define FR_IGNORE_INDEX (-100)
+
+/*
+ * The sample contract: a sample's shape is N-dimensional (at most
+ * FR_MAX_DIMS), its last dimension the features.  An image is [C, H, W]
+ * floats, a vector [F], a token sequence [T] of int32 ids whose activations
+ * are [T, C]; linear, layernorm and gelu act on every position's row.
+ */
 /* An empty model whose samples are `channels x height x width` floats; NULL
  * when a dimension is not positive or memory runs out. */
 fr_model *fr_model_new(int channels, int height, int width);
+/* An empty model whose samples have `ndim` dimensions `dims` of `dtype`
+ * (FR_I32: token ids, read by an embedding first); NULL as above. */
+fr_model *fr_model_new_shape(fr_dtype dtype, int ndim, const int *dims);
 void fr_model_free(fr_model *model);
 
 /*
@@ -116,14 +140,39 @@ int fr_model_parse(const char *text, const char *source, fr_model **out,
 int fr_model_load(const char *arg, fr_model **out, fr_error *err);
 
 int fr_model_input_numel(const fr_model *model);
-/* The input's shape, channels x height x width (a vector is C x 1 x 1). */
+/* The input's shape as channels x height x width (any other shape is its
+ * element count x 1 x 1). */
 void fr_model_input_shape(const fr_model *model, int *channels, int *height, int *width);
+/* The input's and one sample's output's dimensions (room for FR_MAX_DIMS);
+ * returns how many there are. */
+int fr_model_input_dims(const fr_model *model, int *dims);
+int fr_model_output_dims(const fr_model *model, int *dims);
+fr_dtype fr_model_input_dtype(const fr_model *model);
+/* For a model of token ids: how many ids its first layer (an embedding)
+ * takes, its vocabulary; 0 for other models. */
+int fr_model_vocab_size(const fr_model *model);
+/* What a sample's targets are for this model's output under `loss`: how many
+ * (cross-entropy: 1, or one per position of an output [T, K]) and over how
+ * many classes (K). */
+int fr_model_targets_per_sample(const fr_model *model, fr_loss_kind loss);
+int fr_model_class_count(const fr_model *model);
 int fr_model_output_numel(const fr_model *model);
 int fr_model_layer_count(const fr_model *model);
 const char *fr_model_layer_name(const fr_model *model, int layer);
 const char *fr_model_layer_kind(const fr_model *model, int layer);
 /* One line describing the layer and its output shape, e.g. "conv1 conv2d(1, 32, 3) -> 32x26x26". */
 void fr_model_layer_describe(const fr_model *model, int layer, char *buf, size_t len);
+
+/*
+ * Tie parameter `name` (a layer's, "lm_head.weight") to parameter `to`
+ * ("wte.weight"), as GPT-2 ties its head to its token embedding: the layer
+ * then uses `to` itself, `name` is no longer a parameter (named_parameters()
+ * lists a tied weight once, under its first name), their gradients add up,
+ * and freezing either freezes both.  Same shape; before the parameters get
+ * values (fr_model_init, loading); only kinds whose backward can add into a
+ * gradient (linear, embedding, conv1d) share.
+ */
+int fr_model_tie(fr_model *model, const char *name, const char *to, fr_error *err);
 
 /* PyTorch's default initialisation from a seeded generator.  Fails only
  * when the parameter arena cannot be allocated. */
@@ -207,10 +256,12 @@ typedef enum fr_layout {
 /*
  * NumPy .npy files (numpy.save; format 1.0, 2.0 or 3.0), raw or gzip'd.
  * Images x: shape (N, C, H, W) or (N, H, W, C) as `layout` says, (N, H, W)
- * (one channel) or (N, F) (F features: a sample of F x 1 x 1); dtype uint8
+ * (one channel) or (N, F) (F features: a sample [F]); dtype uint8
  * (p becomes p / 255, as IDX pixels do), float32 or float64 (taken as they
  * are; every value must be finite).  Labels y: shape (N,), any integer
- * dtype, values 0..255.
+ * dtype, values 0 or more.  Token data: x of int32, int64 or uint16 ids
+ * shaped (N, T) with labels y (classification), or (N, T+1) with y_path
+ * NULL (language modelling: inputs the first T, targets the last T).
  */
 int fr_dataset_load_npy(const char *x_path, const char *y_path, fr_layout layout,
                         fr_dataset **out, fr_error *err);
@@ -225,18 +276,35 @@ int fr_dataset_load_dir(const char *dir, bool train, fr_dataset **out,
                         fr_error *err);
 int fr_dataset_load_dir_as(const char *dir, bool train, fr_layout layout,
                            fr_dataset **out, fr_error *err);
-/* A dataset over caller-owned copies of x (n x sample_numel) and labels. */
-int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n,
+/* A dataset over copies of x (n x sample_numel floats) and class ids (0 or more). */
+int fr_dataset_from_arrays(const float *x, const int32_t *labels, int n,
                            int channels, int height, int width,
                            fr_dataset **out, fr_error *err);
+/* A dataset of n rows of `seq` token ids and their targets: one class id per
+ * row (targets_per_sample 1) or one per token (seq: the next token, say;
+ * FR_IGNORE_INDEX ignored). */
+int fr_dataset_from_tokens(const int32_t *tokens, const int32_t *targets, int n, int seq,
+                           int targets_per_sample, fr_dataset **out, fr_error *err);
 void fr_dataset_free(fr_dataset *data);
 int fr_dataset_size(const fr_dataset *data);
 int fr_dataset_sample_numel(const fr_dataset *data);
-/* One sample's shape, channels x height x width. */
+/* One sample's shape, channels x height x width (any other shape is its
+ * element count x 1 x 1); and its dimensions (room for FR_MAX_DIMS; returns
+ * how many). */
 void fr_dataset_sample_shape(const fr_dataset *data, int *channels, int *height,
                              int *width);
+int fr_dataset_sample_dims(const fr_dataset *data, int *dims);
+/* FR_F32 (images, features) or FR_I32 (token ids). */
+fr_dtype fr_dataset_dtype(const fr_dataset *data);
+/* The inputs: floats (NULL for token data) or token ids (NULL otherwise). */
 const float *fr_dataset_images(const fr_dataset *data);
-const uint8_t *fr_dataset_labels(const fr_dataset *data);
+const int32_t *fr_dataset_tokens(const fr_dataset *data);
+/* Targets: fr_dataset_targets_per_sample class ids per sample (1, or one per
+ * position for language modelling). */
+const int32_t *fr_dataset_labels(const fr_dataset *data);
+int fr_dataset_targets_per_sample(const fr_dataset *data);
+/* The largest token id (-1 for data without tokens). */
+int fr_dataset_largest_token(const fr_dataset *data);
 /* Bytes the dataset holds in memory (its images as floats and its labels). */
 size_t fr_dataset_bytes(const fr_dataset *data);
 /* Keep only samples whose label is in `spec`: "0-4", "5,6,7,8,9", "0-2,7". */
@@ -271,10 +339,7 @@ typedef enum fr_optimizer_kind {
     FR_ADAMW = 2
 } fr_optimizer_kind;
 
-typedef enum fr_loss_kind {
-    FR_CROSS_ENTROPY = 0, /* targets are class indices */
-    FR_MSE = 1            /* targets are floats, one per output */
-} fr_loss_kind;
+
 
 /* How gradients travel between ranks: float32, or bfloat16 (half the bytes;
  * summed in float32 on arrival, the optimizer stays float32), as PyTorch
@@ -395,13 +460,17 @@ bool fr_trainer_stop_requested(const fr_trainer *trainer);
 void fr_trainer_check_replicas(fr_trainer *trainer);
 
 /*
- * One optimisation step on a global batch of `batch` samples: x is
- * batch x input_numel floats; targets are `batch` class indices (int32) for
- * cross-entropy or batch x output_numel floats for MSE.  Under MPI every rank
- * passes the same global batch (it may leave the other ranks' rows unfilled;
- * fr_trainer_rank_rows says which rows this rank reads).  `loss` receives the
- * mean loss over the global batch, `correct` (may be NULL) how many argmax
- * predictions were right.  With every parameter frozen a step only runs
+ * One optimisation step on a global batch of `batch` samples: x is batch
+ * inputs (floats, or int32 token ids for a model whose input is tokens);
+ * targets are int32 class indices for cross-entropy (one per sample, or one
+ * per position for an output [T, K], FR_IGNORE_INDEX ignored) or batch x
+ * output_numel floats for MSE.  Under MPI every rank passes the same global
+ * batch (it may leave the other ranks' rows of x unfilled, fr_trainer_rank_rows
+ * says which rows this rank reads, but every row's targets must be there:
+ * the loss is the mean over the targets of the whole batch that are not
+ * ignored, which every rank counts).  `loss` receives that mean, `correct`
+ * (may be NULL) how many argmax predictions were right (fr_trainer_last_count
+ * says out of how many).  With every parameter frozen a step only runs
  * forward and reports the loss (where PyTorch's backward would raise).
  *
  * On several ranks a step returns once its loss is known, with its update
@@ -413,7 +482,7 @@ void fr_trainer_check_replicas(fr_trainer *trainer);
  * every other trainer call apply the update first; a pointer from
  * fr_param_data kept across steps needs fr_trainer_sync.
  */
-int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets,
+int fr_trainer_step(fr_trainer *trainer, const void *x, const void *targets,
                     int batch, double *loss, long *correct, fr_error *err);
 /*
  * The same step on samples ids[0..batch) of `data`, which the replicas gather
@@ -435,7 +504,7 @@ size_t fr_trainer_cache_bytes(const fr_trainer *trainer);
  * last), or -1 when it holds none. */
 int fr_trainer_cache_layer(const fr_trainer *trainer);
 /* Forward only: mean loss and correct count over `batch` samples. */
-int fr_trainer_evaluate(fr_trainer *trainer, const float *x,
+int fr_trainer_evaluate(fr_trainer *trainer, const void *x,
                         const void *targets, int batch, double *loss,
                         long *correct, fr_error *err);
 /*
@@ -460,6 +529,9 @@ void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first,
                           int *count);
 
 long fr_trainer_steps_done(const fr_trainer *trainer);
+/* How many targets the last step's or evaluation's mean loss and correct
+ * count were over: the batch, or its positions not ignored. */
+long fr_trainer_last_count(const fr_trainer *trainer);
 int fr_trainer_threads(const fr_trainer *trainer);
 /* Bytes of gradient (slab) and optimizer-state memory allocated now.  The
  * gradients: one whole slab (4 x trainable parameters, rounded up to a cache

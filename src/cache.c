@@ -30,7 +30,7 @@ static void fill_cache(fr_trainer *trainer, const fr_dataset *data) {
     feature_cache *c = &trainer->cache;
     int chunk = trainer->replicas[0].rows_cap < 32 ? trainer->replicas[0].rows_cap : 32;
     int chunks = (c->samples + chunk - 1) / chunk;
-    size_t sample_numel = fr_shape_numel(data->shape);
+    size_t sample_bytes = fr_shape_numel(data->shape) * fr_dtype_size(data->x_dtype);
     /* Each replica in a region of its own, as in a step not split by features. */
     trainer->feature_split = false;
 #pragma omp parallel for num_threads(trainer->threads) schedule(static)
@@ -38,8 +38,8 @@ static void fill_cache(fr_trainer *trainer, const fr_dataset *data) {
         replica *r = &trainer->replicas[omp_get_thread_num()];
         fr_step_place(trainer, r, 0);
         int first = k * chunk, rows = c->samples - first < chunk ? c->samples - first : chunk;
-        memcpy(r->gathered_x, data->x + (size_t)first * sample_numel,
-               (size_t)rows * sample_numel * sizeof(float));
+        memcpy(r->gathered_x, (const char *)data->x + (size_t)first * sample_bytes,
+               (size_t)rows * sample_bytes);
         fr_step_forward(trainer, r, r->gathered_x, rows, 0, c->layer + 1);
         memcpy(c->features + (size_t)first * c->numel,
                fr_step_output(trainer, r, r->gathered_x, c->layer),

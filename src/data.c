@@ -1,9 +1,12 @@
 /*
  * data.c - datasets: IDX image/label files (MNIST, Fashion-MNIST) and NumPy
- * .npy arrays (npy.c parses them), raw or gzip'd, turned into n x C x H x W
- * floats plus one uint8 label per sample; the class filter behind
- * `--classes` and the per-channel normalisation behind `--normalize`.
- * Byte pixels become p / 255 in [0, 1] whichever file they come from.
+ * .npy arrays (npy.c parses them), raw or gzip'd, turned into typed tensors
+ * (DESIGN.md, "The sample contract"): inputs of n samples of one shape,
+ * float32 images or int32 token ids, and int32 targets, one class id per
+ * sample or one per position (language modelling: the tokens shifted by
+ * one); the class filter behind `--classes` and the per-channel
+ * normalisation behind `--normalize`.  Byte pixels become p / 255 in [0, 1]
+ * whichever file they come from.
  *
  * Everything read from disk is treated as hostile: every size in a header is
  * checked against the bytes actually present before anything is allocated
@@ -331,29 +334,43 @@ static int parse_idx_labels(const char *path, const unsigned char *bytes, size_t
 }
 
 /* An empty dataset of n samples shaped c x h x w, arrays allocated (zeroed). */
-static int dataset_alloc(int n, fr_shape shape, const char *what, fr_dataset **out,
-                         fr_error *err) {
-    size_t x_floats, x_bytes;
-    if (!fr_mul_size((size_t)n, fr_shape_numel(shape), &x_floats) ||
-        !fr_mul_size(x_floats, sizeof(float), &x_bytes))
-        return fr_fail(err, FR_ENOMEM, "%s: %d samples of %dx%dx%d floats overflow memory", what,
-                       n, shape.c, shape.h, shape.w);
+static int dataset_alloc(int n, fr_shape shape, fr_dtype x_dtype, int target_numel,
+                         const char *what, fr_dataset **out, fr_error *err) {
+    size_t x_values, x_bytes, target_bytes;
+    if (!fr_mul_size((size_t)n, fr_shape_numel(shape), &x_values) ||
+        !fr_mul_size(x_values, fr_dtype_size(x_dtype), &x_bytes) ||
+        !fr_mul_size((size_t)n * sizeof(int32_t), (size_t)target_numel, &target_bytes)) {
+        char text[64];
+        fr_shape_format(shape, text, sizeof text);
+        return fr_fail(err, FR_ENOMEM, "%s: %d samples of %s values overflow memory", what, n,
+                       text);
+    }
     fr_dataset *data = fr_alloc(sizeof *data);
     if (!data)
         return fr_fail(err, FR_ENOMEM, "%s: out of memory", what);
     data->x = fr_alloc(x_bytes);
-    data->labels = fr_alloc((size_t)n);
+    data->labels = fr_alloc(target_bytes);
     if (!data->x || !data->labels) {
         fr_free(data->x);
         fr_free(data->labels);
         fr_free(data);
         return fr_fail(err, FR_ENOMEM, "%s: cannot allocate %zu bytes for %d samples", what,
-                       x_bytes, n);
+                       x_bytes + target_bytes, n);
     }
     data->n = n;
     data->shape = shape;
+    data->x_dtype = x_dtype;
+    data->target_numel = target_numel;
     *out = data;
     return FR_OK;
+}
+
+/* A sample's bytes of input, and of targets. */
+static size_t sample_bytes(const fr_dataset *data) {
+    return fr_shape_numel(data->shape) * fr_dtype_size(data->x_dtype);
+}
+static size_t target_bytes(const fr_dataset *data) {
+    return (size_t)data->target_numel * sizeof(int32_t);
 }
 
 /* What a byte pixel p becomes, for every p: one table lookup per pixel
@@ -387,16 +404,18 @@ int fr_dataset_load_idx(const char *images_path, const char *labels_path, fr_dat
 
     fr_dataset *data = NULL;
     if (status == FR_OK) {
-        fr_shape shape = {1, (int)images.rows, (int)images.cols};
-        status = dataset_alloc((int)images.count, shape, images_path, &data, err);
+        fr_shape shape = fr_shape_chw(1, (int)images.rows, (int)images.cols);
+        status = dataset_alloc((int)images.count, shape, FR_F32, 1, images_path, &data, err);
     }
     if (status == FR_OK) {
         float pixel_value[256];
         fill_pixel_values(pixel_value);
         size_t pixel_count = (size_t)images.count * images.rows * images.cols;
+        float *x = data->x;
         for (size_t i = 0; i < pixel_count; i++)
-            data->x[i] = pixel_value[images.pixels[i]];
-        memcpy(data->labels, label_bytes + IDX_LABELS_HEADER_BYTES, label_count);
+            x[i] = pixel_value[images.pixels[i]];
+        for (uint32_t i = 0; i < label_count; i++)
+            data->labels[i] = label_bytes[IDX_LABELS_HEADER_BYTES + i];
         snprintf(data->images_path, sizeof data->images_path, "%s", images_path);
         snprintf(data->labels_path, sizeof data->labels_path, "%s", labels_path);
         *out = data;
@@ -459,12 +478,14 @@ static long long npy_integer_at(const fr_npy *array, size_t i) {
     }
 }
 
-static int decode_npy_labels(const char *path, const fr_npy *labels, uint8_t *out,
+/* Class ids: any integer in [0, 2^31); the model's output count bounds them
+ * later (the CLI, with the labels file named). */
+static int decode_npy_labels(const char *path, const fr_npy *labels, int32_t *out,
                              fr_error *err) {
     for (size_t i = 0; i < labels->count; i++) {
         long long label = npy_integer_at(labels, i);
-        if (label >= 0 && label <= 255) {
-            out[i] = (uint8_t)label;
+        if (label >= 0 && label <= INT32_MAX) {
+            out[i] = (int32_t)label;
             continue;
         }
         char value[32];
@@ -475,8 +496,8 @@ static int decode_npy_labels(const char *path, const fr_npy *labels, uint8_t *ou
         } else {
             snprintf(value, sizeof value, "%lld", label);
         }
-        return fr_fail(err, FR_EFORMAT, "%s: label %s (sample %zu) is out of range 0-255", path,
-                       value, i);
+        return fr_fail(err, FR_EFORMAT, "%s: label %s (sample %zu) is out of range 0-%d", path,
+                       value, i, INT32_MAX);
     }
     return FR_OK;
 }
@@ -522,7 +543,8 @@ static int check_npy_images(const char *path, const fr_npy *images, fr_layout la
     if (numel > INT_MAX)
         return fr_fail(err, FR_EFORMAT, "%s: images of shape %s have more than %d values each",
                        path, text, INT_MAX);
-    *shape = (fr_shape){(int)chw[0], (int)chw[1], (int)chw[2]};
+    *shape = images->ndim == 2 ? fr_shape_vector((int)numel)
+                               : fr_shape_chw((int)chw[0], (int)chw[1], (int)chw[2]);
     return FR_OK;
 }
 
@@ -565,36 +587,131 @@ static int convert_npy_values(const char *path, const fr_npy *images, size_t sam
 
 /* N,H,W,C samples to C,H,W, one sample at a time through `scratch`. */
 static void nhwc_to_nchw(float *x, int n, fr_shape shape, float *scratch) {
-    size_t plane = (size_t)shape.h * shape.w, numel = plane * shape.c;
+    int channels = shape.d[0];
+    size_t plane = (size_t)shape.d[1] * shape.d[2], numel = plane * channels;
     for (int s = 0; s < n; s++) {
         float *sample = x + (size_t)s * numel;
         memcpy(scratch, sample, numel * sizeof(float));
         for (size_t pixel = 0; pixel < plane; pixel++)
-            for (int c = 0; c < shape.c; c++)
-                sample[(size_t)c * plane + pixel] = scratch[pixel * shape.c + c];
+            for (int c = 0; c < channels; c++)
+                sample[(size_t)c * plane + pixel] = scratch[pixel * channels + c];
     }
+}
+
+/* ------------------------------------------------------------ token files */
+
+/* Token ids: a 2-D array of int32, int64 or uint16, every id in [0, 2^31). */
+static bool npy_is_tokens(const fr_npy *x) {
+    return x->ndim == 2 && ((x->kind == 'i' && (x->item_bytes == 4 || x->item_bytes == 8)) ||
+                            (x->kind == 'u' && x->item_bytes == 2));
+}
+
+static int check_npy_tokens(const char *path, const fr_npy *x, int min_columns, fr_error *err) {
+    char text[160];
+    fr_npy_shape_string(x, text, sizeof text);
+    if (!npy_is_tokens(x))
+        return fr_fail(err, FR_EFORMAT,
+                       "%s: tokens of dtype '%s' and shape %s; token data is 2-D int32, int64 or "
+                       "uint16, shape (N, T)",
+                       path, x->descr, text);
+    if (x->shape[0] == 0 || x->shape[0] > INT_MAX || x->shape[1] < (uint64_t)min_columns ||
+        x->shape[1] > FR_ARG_LIMIT)
+        return fr_fail(err, FR_EFORMAT, "%s: tokens of shape %s; expected (N, T) with N >= 1 and "
+                       "%d <= T <= %d", path, text, min_columns, FR_ARG_LIMIT);
+    for (size_t i = 0; i < x->count; i++) {
+        long long id = npy_integer_at(x, i);
+        if (id < 0 || id > INT32_MAX)
+            return fr_fail(err, FR_EFORMAT, "%s: token %lld (row %zu, column %zu) is not a "
+                           "token id (0 or more)", path, id, i / x->shape[1], i % x->shape[1]);
+    }
+    return FR_OK;
+}
+
+/*
+ * Token data: with labels y, classification of (N, T) token rows; without,
+ * language modelling of (N, T+1) rows, inputs the first T tokens and targets
+ * the last T (each position predicts the next token).
+ */
+static int load_npy_tokens(const char *x_path, const unsigned char *bytes, size_t size,
+                           const char *y_path, fr_dataset **out, fr_error *err) {
+    fr_npy x, y;
+    unsigned char *label_bytes = NULL;
+    size_t label_size = 0;
+    int status = fr_npy_parse(x_path, bytes, size, &x, err);
+    if (status == FR_OK)
+        status = check_npy_tokens(x_path, &x, y_path ? 1 : 2, err);
+    if (status == FR_OK && y_path) {
+        status = fr_read_file_gunzip(y_path, NPY_READ_LIMIT, &label_bytes, &label_size, err);
+        if (status == FR_OK)
+            status = fr_npy_parse(y_path, label_bytes, label_size, &y, err);
+        if (status == FR_OK)
+            status = check_npy_labels(y_path, &y, err);
+        if (status == FR_OK && y.count != x.shape[0])
+            status = fr_fail(err, FR_EFORMAT, "%s has %llu token rows but %s has %zu labels",
+                             x_path, (unsigned long long)x.shape[0], y_path, y.count);
+    }
+    fr_dataset *data = NULL;
+    int rows = (int)x.shape[0], width = (int)x.shape[1], seq = y_path ? width : width - 1;
+    if (status == FR_OK)
+        status = dataset_alloc(rows, fr_shape_vector(seq), FR_I32, y_path ? 1 : seq, x_path,
+                               &data, err);
+    if (status == FR_OK && y_path)
+        status = decode_npy_labels(y_path, &y, data->labels, err);
+    if (status == FR_OK) {
+        int32_t *tokens = data->x;
+        for (int r = 0; r < rows; r++)
+            for (int t = 0; t < seq; t++) {
+                size_t at = (size_t)r * width + t;
+                tokens[(size_t)r * seq + t] = (int32_t)npy_integer_at(&x, at);
+                if (!y_path)
+                    data->labels[(size_t)r * seq + t] = (int32_t)npy_integer_at(&x, at + 1);
+            }
+        snprintf(data->images_path, sizeof data->images_path, "%s", x_path);
+        snprintf(data->labels_path, sizeof data->labels_path, "%s", y_path ? y_path : x_path);
+        *out = data;
+    } else {
+        fr_dataset_free(data);
+    }
+    fr_free(label_bytes);
+    return status;
 }
 
 int fr_dataset_load_npy(const char *x_path, const char *y_path, fr_layout layout,
                         fr_dataset **out, fr_error *err) {
+    if (x_path && !y_path && out) {
+        /* Language modelling: token rows alone. */
+        unsigned char *bytes = NULL;
+        size_t size = 0;
+        int status = fr_read_file_gunzip(x_path, NPY_READ_LIMIT, &bytes, &size, err);
+        if (status == FR_OK)
+            status = load_npy_tokens(x_path, bytes, size, NULL, out, err);
+        fr_free(bytes);
+        return status;
+    }
     if (!x_path || !y_path || !out)
         return fr_fail(err, FR_EINVAL, "fr_dataset_load_npy: NULL argument");
     *out = NULL;
     if (layout != FR_LAYOUT_NCHW && layout != FR_LAYOUT_NHWC)
         return fr_fail(err, FR_EINVAL, "fr_dataset_load_npy: unknown layout %d", (int)layout);
 
-    /* Labels first: they are small, so a mismatched pair fails before the big read. */
     unsigned char *label_bytes = NULL, *image_bytes = NULL;
     size_t label_size = 0, image_size = 0;
     fr_npy labels, images;
-    fr_shape shape = {0, 0, 0};
-    int status = fr_read_file_gunzip(y_path, NPY_READ_LIMIT, &label_bytes, &label_size, err);
+    fr_shape shape = {0};
+    /* Token ids (int32, int64, uint16 rows) are read as tokens with labels. */
+    int status = fr_read_file_gunzip(x_path, NPY_READ_LIMIT, &image_bytes, &image_size, err);
+    if (status == FR_OK && fr_npy_parse(x_path, image_bytes, image_size, &images, NULL) == FR_OK &&
+        npy_is_tokens(&images)) {
+        status = load_npy_tokens(x_path, image_bytes, image_size, y_path, out, err);
+        fr_free(image_bytes);
+        return status;
+    }
+    if (status == FR_OK)
+        status = fr_read_file_gunzip(y_path, NPY_READ_LIMIT, &label_bytes, &label_size, err);
     if (status == FR_OK)
         status = fr_npy_parse(y_path, label_bytes, label_size, &labels, err);
     if (status == FR_OK)
         status = check_npy_labels(y_path, &labels, err);
-    if (status == FR_OK)
-        status = fr_read_file_gunzip(x_path, NPY_READ_LIMIT, &image_bytes, &image_size, err);
     if (status == FR_OK)
         status = fr_npy_parse(x_path, image_bytes, image_size, &images, err);
     if (status == FR_OK)
@@ -606,12 +723,12 @@ int fr_dataset_load_npy(const char *x_path, const char *y_path, fr_layout layout
     fr_dataset *data = NULL;
     float *scratch = NULL;
     if (status == FR_OK)
-        status = dataset_alloc((int)images.shape[0], shape, x_path, &data, err);
+        status = dataset_alloc((int)images.shape[0], shape, FR_F32, 1, x_path, &data, err);
     if (status == FR_OK)
         status = decode_npy_labels(y_path, &labels, data->labels, err);
     if (status == FR_OK)
         status = convert_npy_values(x_path, &images, fr_shape_numel(shape), data->x, err);
-    if (status == FR_OK && images.ndim == 4 && layout == FR_LAYOUT_NHWC && shape.c > 1) {
+    if (status == FR_OK && images.ndim == 4 && layout == FR_LAYOUT_NHWC && shape.d[0] > 1) {
         scratch = fr_alloc(fr_shape_numel(shape) * sizeof(float));
         if (scratch)
             nhwc_to_nchw(data->x, data->n, shape, scratch);
@@ -632,6 +749,17 @@ int fr_dataset_load_npy(const char *x_path, const char *y_path, fr_layout layout
 }
 
 /* ------------------------------------------------------- dataset directories */
+
+/* Whether the .npy file at `path` holds token ids (its header says). */
+static bool npy_holds_tokens(const char *path) {
+    unsigned char *bytes = NULL;
+    size_t size = 0;
+    fr_npy x;
+    bool tokens = fr_read_file_gunzip(path, NPY_READ_LIMIT, &bytes, &size, NULL) == FR_OK &&
+                  fr_npy_parse(path, bytes, size, &x, NULL) == FR_OK && npy_is_tokens(&x);
+    fr_free(bytes);
+    return tokens;
+}
 
 static bool path_exists(const char *path) {
     struct stat info;
@@ -700,12 +828,17 @@ int fr_dataset_load_dir_as(const char *dir, bool train, fr_layout layout, fr_dat
     if (train_npy || test_npy) {
         snprintf(images_name, sizeof images_name, "%s_x.npy", split);
         snprintf(labels_name, sizeof labels_name, "%s_y.npy", split);
+        bool labelled;
         status = find_data_file(dir, images_name, "", images_path, sizeof images_path, err);
         if (status == FR_OK)
-            status = find_data_file(dir, labels_name, "", labels_path, sizeof labels_path, err);
+            status = locate_file(dir, labels_name, labels_path, sizeof labels_path, &labelled, err);
         if (status != FR_OK)
             return status;
-        return fr_dataset_load_npy(images_path, labels_path, layout, out, err);
+        /* Without labels the tokens are their own targets (language modelling). */
+        if (!labelled && !npy_holds_tokens(images_path))
+            return fr_fail(err, FR_EIO, "%s[.gz]: no such file (only token data, for language "
+                           "modelling, comes without labels)", labels_path);
+        return fr_dataset_load_npy(images_path, labelled ? labels_path : NULL, layout, out, err);
     }
 
     const char *prefix = train ? "train" : "t10k";
@@ -723,7 +856,7 @@ int fr_dataset_load_dir_as(const char *dir, bool train, fr_layout layout, fr_dat
 
 /* ----------------------------------------------------------- other sources */
 
-int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n, int channels,
+int fr_dataset_from_arrays(const float *x, const int32_t *labels, int n, int channels,
                            int height, int width, fr_dataset **out, fr_error *err) {
     if (!x || !labels || !out)
         return fr_fail(err, FR_EINVAL, "fr_dataset_from_arrays: NULL argument");
@@ -733,17 +866,45 @@ int fr_dataset_from_arrays(const float *x, const uint8_t *labels, int n, int cha
                        "fr_dataset_from_arrays: %d samples of %d x %d x %d: every count must "
                        "be positive",
                        n, channels, height, width);
-    fr_shape shape = {channels, height, width};
+    fr_shape shape = fr_shape_chw(channels, height, width);
     if (fr_shape_numel(shape) > INT_MAX)
         return fr_fail(err, FR_EINVAL,
                        "fr_dataset_from_arrays: samples of %d x %d x %d are too large", channels,
                        height, width);
     fr_dataset *data;
-    int status = dataset_alloc(n, shape, "fr_dataset_from_arrays", &data, err);
+    for (int i = 0; i < n; i++)
+        if (labels[i] < 0)
+            return fr_fail(err, FR_EINVAL, "fr_dataset_from_arrays: label %d of sample %d is "
+                           "negative", (int)labels[i], i);
+    int status = dataset_alloc(n, shape, FR_F32, 1, "fr_dataset_from_arrays", &data, err);
     if (status != FR_OK)
         return status;
     memcpy(data->x, x, (size_t)n * fr_shape_numel(shape) * sizeof(float));
-    memcpy(data->labels, labels, (size_t)n);
+    memcpy(data->labels, labels, (size_t)n * sizeof *labels);
+    *out = data;
+    return FR_OK;
+}
+
+int fr_dataset_from_tokens(const int32_t *tokens, const int32_t *targets, int n, int seq,
+                           int targets_per_sample, fr_dataset **out, fr_error *err) {
+    if (!tokens || !targets || !out)
+        return fr_fail(err, FR_EINVAL, "fr_dataset_from_tokens: NULL argument");
+    *out = NULL;
+    if (n <= 0 || seq <= 0 || (targets_per_sample != 1 && targets_per_sample != seq))
+        return fr_fail(err, FR_EINVAL, "fr_dataset_from_tokens: %d rows of %d tokens with %d "
+                       "targets each: counts must be positive, targets 1 or one per token",
+                       n, seq, targets_per_sample);
+    for (size_t i = 0; i < (size_t)n * seq; i++)
+        if (tokens[i] < 0)
+            return fr_fail(err, FR_EINVAL, "fr_dataset_from_tokens: token %d is negative",
+                           (int)tokens[i]);
+    fr_dataset *data;
+    int status = dataset_alloc(n, fr_shape_vector(seq), FR_I32, targets_per_sample,
+                               "fr_dataset_from_tokens", &data, err);
+    if (status != FR_OK)
+        return status;
+    memcpy(data->x, tokens, (size_t)n * seq * sizeof *tokens);
+    memcpy(data->labels, targets, (size_t)n * targets_per_sample * sizeof *targets);
     *out = data;
     return FR_OK;
 }
@@ -767,24 +928,49 @@ int fr_dataset_sample_numel(const fr_dataset *data) {
 }
 
 void fr_dataset_sample_shape(const fr_dataset *data, int *channels, int *height, int *width) {
-    fr_shape shape = data ? data->shape : (fr_shape){0, 0, 0};
-    *channels = shape.c;
-    *height = shape.h;
-    *width = shape.w;
+    fr_shape shape = data ? data->shape : (fr_shape){0};
+    *channels = shape.ndim == 3 ? shape.d[0] : (int)fr_shape_numel(shape);
+    *height = shape.ndim == 3 ? shape.d[1] : 1;
+    *width = shape.ndim == 3 ? shape.d[2] : 1;
 }
 
-const float *fr_dataset_images(const fr_dataset *data) { return data ? data->x : NULL; }
+int fr_dataset_sample_dims(const fr_dataset *data, int *dims) {
+    for (int i = 0; i < data->shape.ndim; i++)
+        dims[i] = data->shape.d[i];
+    return data->shape.ndim;
+}
 
-const uint8_t *fr_dataset_labels(const fr_dataset *data) { return data ? data->labels : NULL; }
+fr_dtype fr_dataset_dtype(const fr_dataset *data) { return data->x_dtype; }
+
+const float *fr_dataset_images(const fr_dataset *data) {
+    return data && data->x_dtype == FR_F32 ? data->x : NULL;
+}
+
+const int32_t *fr_dataset_tokens(const fr_dataset *data) {
+    return data && data->x_dtype == FR_I32 ? data->x : NULL;
+}
+
+const int32_t *fr_dataset_labels(const fr_dataset *data) { return data ? data->labels : NULL; }
+
+int fr_dataset_targets_per_sample(const fr_dataset *data) { return data->target_numel; }
 
 int fr_dataset_class_count(const fr_dataset *data) {
     if (!data || data->n == 0)
         return 0;
-    int largest = 0;
-    for (int i = 0; i < data->n; i++)
+    int largest = -1;
+    for (size_t i = 0; i < (size_t)data->n * data->target_numel; i++)
         if (data->labels[i] > largest)
             largest = data->labels[i];
     return largest + 1;
+}
+
+int fr_dataset_largest_token(const fr_dataset *data) {
+    int largest = -1;
+    const int32_t *tokens = fr_dataset_tokens(data);
+    for (size_t i = 0; tokens && i < (size_t)data->n * fr_shape_numel(data->shape); i++)
+        if (tokens[i] > largest)
+            largest = tokens[i];
+    return largest;
 }
 
 /* ----------------------------------------------------------- normalisation */
@@ -793,7 +979,10 @@ int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std, 
                          fr_error *err) {
     if (!data || !mean || !std)
         return fr_fail(err, FR_EINVAL, "fr_dataset_normalize: NULL argument");
-    int channels = data->shape.c;
+    if (data->x_dtype != FR_F32)
+        return fr_fail(err, FR_EINVAL, "%s holds token ids, not values to normalise",
+                       data->images_path);
+    int channels = data->shape.ndim == 3 ? data->shape.d[0] : 1;
     if (count != 1 && count != channels)
         return fr_fail(err, FR_EINVAL,
                        "%d mean,std pairs for images of %d channel%s: give one pair, or one per "
@@ -807,11 +996,11 @@ int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std, 
             return fr_fail(err, FR_EINVAL, "std %g (pair %d) must be positive and finite",
                            std[c], c + 1);
     }
-    size_t plane = (size_t)data->shape.h * data->shape.w;
+    size_t plane = fr_shape_numel(data->shape) / (size_t)channels;
     for (int s = 0; s < data->n; s++)
         for (int c = 0; c < channels; c++) {
             float m = mean[count == 1 ? 0 : c], sd = std[count == 1 ? 0 : c];
-            float *values = data->x + ((size_t)s * channels + c) * plane;
+            float *values = (float *)data->x + ((size_t)s * channels + c) * plane;
             /* torchvision's order: subtract, then divide (not a multiply by 1/std). */
             for (size_t i = 0; i < plane; i++)
                 values[i] = (values[i] - m) / sd;
@@ -821,14 +1010,14 @@ int fr_dataset_normalize(fr_dataset *data, const float *mean, const float *std, 
 
 /* ----------------------------------------------------------- class filter */
 
-#define CLASS_LIMIT 256
+#define CLASS_LIMIT 65536
 
 static void skip_spaces(const char **cursor) {
     while (**cursor == ' ' || **cursor == '\t')
         (*cursor)++;
 }
 
-/* One class number 0..255 at *cursor; `what` says where it was expected. */
+/* One class number 0..CLASS_LIMIT-1 at *cursor; `what` says where it was expected. */
 static int parse_class_number(const char *spec, const char **cursor, int *value,
                               const char *what, fr_error *err) {
     skip_spaces(cursor);
@@ -889,19 +1078,37 @@ static int parse_class_spec(const char *spec, bool wanted[CLASS_LIMIT], fr_error
     }
 }
 
+static int filter_classes(fr_dataset *data, const char *spec, bool *wanted, fr_error *err);
+
 int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
     if (!data || !spec)
         return fr_fail(err, FR_EINVAL, "fr_dataset_keep_classes: NULL argument");
-    bool wanted[CLASS_LIMIT] = {false};
+    if (data->target_numel != 1)
+        return fr_fail(err, FR_EINVAL, "class list '%s': %s has a target per position, not one "
+                       "class per sample", spec, data->labels_path);
+    bool *wanted = calloc(CLASS_LIMIT, sizeof *wanted);
+    if (!wanted)
+        return fr_fail(err, FR_ENOMEM, "class list '%s': out of memory", spec);
+    int status = filter_classes(data, spec, wanted, err);
+    free(wanted);
+    return status;
+}
+
+/* Whether sample i's class is wanted (classes past the list's range never are). */
+static bool class_wanted(const bool *wanted, int32_t label) {
+    return label >= 0 && label < CLASS_LIMIT && wanted[label];
+}
+
+static int filter_classes(fr_dataset *data, const char *spec, bool *wanted, fr_error *err) {
     int status = parse_class_spec(spec, wanted, err);
     if (status != FR_OK)
         return status;
 
     /* Count first, so that a filter that keeps nothing leaves the dataset untouched. */
-    int kept_count = 0, smallest_label = CLASS_LIMIT, largest_label = -1;
+    int kept_count = 0, smallest_label = INT32_MAX, largest_label = -1;
     for (int i = 0; i < data->n; i++) {
         int label = data->labels[i];
-        kept_count += wanted[label];
+        kept_count += class_wanted(wanted, label);
         if (label < smallest_label)
             smallest_label = label;
         if (label > largest_label)
@@ -917,14 +1124,14 @@ int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err) {
     }
 
     /* Stable compaction: kept samples slide down, so their order is unchanged. */
-    size_t sample_floats = fr_shape_numel(data->shape);
+    size_t bytes = sample_bytes(data);
     int kept = 0;
     for (int i = 0; i < data->n; i++) {
-        if (!wanted[data->labels[i]])
+        if (!class_wanted(wanted, data->labels[i]))
             continue;
         if (kept != i) {
-            memcpy(data->x + (size_t)kept * sample_floats, data->x + (size_t)i * sample_floats,
-                   sample_floats * sizeof(float));
+            memcpy((char *)data->x + (size_t)kept * bytes, (char *)data->x + (size_t)i * bytes,
+                   bytes);
             data->labels[kept] = data->labels[i];
         }
         kept++;
@@ -947,13 +1154,14 @@ int fr_dataset_split(fr_dataset *data, int keep, fr_dataset **rest, fr_error *er
                        "%s: splitting %d samples after the first %d leaves one part empty",
                        data->images_path, data->n, keep);
     fr_dataset *tail;
-    int status = dataset_alloc(data->n - keep, data->shape, data->images_path, &tail, err);
+    int status = dataset_alloc(data->n - keep, data->shape, data->x_dtype, data->target_numel,
+                               data->images_path, &tail, err);
     if (status != FR_OK)
         return status;
-    size_t sample_floats = fr_shape_numel(data->shape);
-    memcpy(tail->x, data->x + (size_t)keep * sample_floats,
-           (size_t)tail->n * sample_floats * sizeof(float));
-    memcpy(tail->labels, data->labels + keep, (size_t)tail->n);
+    memcpy(tail->x, (char *)data->x + (size_t)keep * sample_bytes(data),
+           (size_t)tail->n * sample_bytes(data));
+    memcpy(tail->labels, (char *)data->labels + (size_t)keep * target_bytes(data),
+           (size_t)tail->n * target_bytes(data));
     memcpy(tail->images_path, data->images_path, sizeof tail->images_path);
     memcpy(tail->labels_path, data->labels_path, sizeof tail->labels_path);
     data->n = keep;

@@ -14,14 +14,42 @@
 static int apply_pattern(fr_model *model, const char *pattern, bool requires_grad,
                          fr_error *err);
 
-/* Parameter p belongs to layer `layer`, or to a layer inside it when that is
- * a residual block (its join: the block's name, then a dot). */
+/* Layer `layer` uses parameter p (its own or a tied one), or a layer inside
+ * it does when it is a residual block (its join: the block's name, then a
+ * dot). */
 static bool param_in_layer(const fr_model *model, const fr_param *p, int layer) {
     const fr_layer *l = &model->layers[layer];
-    if (!l->ops->join)
-        return p->layer == layer;
-    size_t len = strlen(l->name);
-    return strncmp(p->name, l->name, len) == 0 && p->name[len] == '.';
+    int index = (int)(p - model->params);
+    for (int i = l->ops->join ? 0 : layer; i <= layer; i++) {
+        const fr_layer *user = &model->layers[i];
+        size_t len = strlen(l->name);
+        if (l->ops->join && (strncmp(user->name, l->name, len) != 0 || user->name[len] != '.'))
+            continue;
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+            if (user->params[k] == index)
+                return true;
+    }
+    return false;
+}
+
+/* Parameter p's name matches the glob, or one of the names a tied layer
+ * would give it does ("lm_head.weight" for the wte.weight it uses). */
+static bool param_matches(const fr_model *model, const fr_param *p, const char *pattern) {
+    if (fnmatch(pattern, p->name, 0) == 0)
+        return true;
+    int index = (int)(p - model->params);
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+            if (l->params[k] != index || p->layer == i)
+                continue;
+            char alias[FR_NAME_MAX * 2];
+            snprintf(alias, sizeof alias, "%s.%s", l->name, l->ops->params[k].suffix);
+            if (fnmatch(pattern, alias, 0) == 0)
+                return true;
+        }
+    }
+    return false;
 }
 
 bool fr_param_requires_grad(const fr_param *param) { return param->requires_grad; }
@@ -48,12 +76,15 @@ int fr_model_freeze_layer(fr_model *model, const char *layer, fr_error *err) {
     const fr_layer *l = &model->layers[index];
     if (l->ops->join)
         return apply_pattern(model, layer, false, err);
-    if (l->weight < 0)
+    bool any = false;
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+        if (l->params[k] >= 0) {
+            model->params[l->params[k]].requires_grad = false;
+            any = true;
+        }
+    if (!any)
         return fr_fail(err, FR_ENOMATCH, "layer '%s' (%s) has no parameters to freeze", layer,
                        l->ops->kind);
-    model->params[l->weight].requires_grad = false;
-    if (l->bias >= 0)
-        model->params[l->bias].requires_grad = false;
     return FR_OK;
 }
 
@@ -79,7 +110,7 @@ static int apply_pattern(fr_model *model, const char *pattern, bool requires_gra
     int matched = 0;
     for (int i = 0; i < model->param_count; i++) {
         fr_param *p = &model->params[i];
-        bool hit = layer >= 0 ? param_in_layer(model, p, layer) : fnmatch(pattern, p->name, 0) == 0;
+        bool hit = layer >= 0 ? param_in_layer(model, p, layer) : param_matches(model, p, pattern);
         if (hit) {
             p->requires_grad = requires_grad;
             matched++;
@@ -95,7 +126,7 @@ int fr_model_match(const fr_model *model, const char *pattern, bool *hits, fr_er
     int matched = 0;
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];
-        hits[i] = layer >= 0 ? param_in_layer(model, p, layer) : fnmatch(pattern, p->name, 0) == 0;
+        hits[i] = layer >= 0 ? param_in_layer(model, p, layer) : param_matches(model, p, pattern);
         matched += hits[i];
     }
     return matched ? FR_OK : no_match(model, pattern, layer, err);

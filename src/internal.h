@@ -77,13 +77,41 @@ uint64_t fr_hash_bytes(uint64_t hash, const void *data, size_t len);
 
 /* ------------------------------------------------------------ shapes */
 
-/* Shape of one sample: channels x height x width (a vector is c x 1 x 1). */
+/* The shape of one sample, N-dimensional, the last dimension the features
+ * (DESIGN.md, "The sample contract"): an image is [C, H, W], a vector [F], a
+ * token sequence [T] (of int32 ids, the model's input_dtype says) and its
+ * activations [T, C].  Dimensions past ndim are 0. */
 typedef struct fr_shape {
-    int c, h, w;
+    int ndim;
+    int d[FR_MAX_DIMS];
 } fr_shape;
 
 static inline size_t fr_shape_numel(fr_shape s) {
-    return (size_t)s.c * (size_t)s.h * (size_t)s.w;
+    size_t numel = 1;
+    for (int i = 0; i < s.ndim; i++)
+        numel *= (size_t)s.d[i];
+    return numel;
+}
+/* [c, h, w], [f] and [a, b]. */
+static inline fr_shape fr_shape_chw(int c, int h, int w) { return (fr_shape){3, {c, h, w, 0}}; }
+static inline fr_shape fr_shape_vector(int f) { return (fr_shape){1, {f, 0, 0, 0}}; }
+static inline fr_shape fr_shape_2d(int a, int b) { return (fr_shape){2, {a, b, 0, 0}}; }
+/* The last dimension (features per position); 1 for a scalar. */
+static inline int fr_shape_last(fr_shape s) { return s.ndim > 0 ? s.d[s.ndim - 1] : 1; }
+static inline bool fr_shape_equal(fr_shape a, fr_shape b) {
+    if (a.ndim != b.ndim)
+        return false;
+    for (int i = 0; i < a.ndim; i++)
+        if (a.d[i] != b.d[i])
+            return false;
+    return true;
+}
+/* "32x26x26", "784", "64x128": the one way shapes appear in messages. */
+void fr_shape_format(fr_shape shape, char *buf, size_t len);
+/* Bytes of one element of `dtype`. */
+static inline size_t fr_dtype_size(fr_dtype dtype) {
+    (void)dtype; /* float32 and int32 alike */
+    return 4;
 }
 
 /* ------------------------------------------------------------ params */
@@ -96,7 +124,8 @@ struct fr_param {
     size_t arena_offset;     /* floats from fr_model.arena */
     float *data;             /* fr_model.arena + arena_offset */
     bool requires_grad;
-    int layer;               /* index of the owning layer */
+    int layer;               /* the layer that declared it (its owner); a tied
+                                parameter is used by later layers too */
 };
 
 /* ------------------------------------------------------------ layers */
@@ -127,6 +156,9 @@ typedef struct fr_layer_arg {
     bool boolean;        /* written True or False, held as 1 or 0 */
     bool real;           /* a number in [0, 1] written as Python writes floats (eps=1e-5),
                             held in units of FR_REAL_UNIT (minimum and default too) */
+    /* A word from this NULL-ended list (approximate='tanh', written with or
+     * without quotes), held as its index. */
+    const char *const *choices;
 } fr_layer_arg;
 
 /* A real argument's unit: eps=1e-5 is held as 10000.  Reals lie in [0, 1]. */
@@ -152,6 +184,35 @@ typedef enum fr_implied_input {
 } fr_implied_input;
 
 /*
+ * A layer kind's parameters (its schema): their names and initial values, in
+ * the order named_parameters() lists them.  infer_shape gives each its shape
+ * (fr_layer_param_shape); one it leaves without a shape does not exist in
+ * that layer (bias=False).  Slot FR_WEIGHT is "the weight" the trainer may
+ * split by rows (weight_grad_rows), FR_BIAS its bias.
+ */
+#define FR_LAYER_PARAMS_MAX 4
+enum { FR_WEIGHT = 0, FR_BIAS = 1 };
+typedef enum fr_init {
+    FR_INIT_FAN_IN_UNIFORM, /* U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's and nn.Conv2d's */
+    FR_INIT_ONES,           /* norms' weights */
+    FR_INIT_ZEROS,          /* norms' biases */
+    FR_INIT_NORMAL,         /* N(0, 1): nn.Embedding's */
+} fr_init;
+typedef struct fr_param_kind {
+    const char *suffix; /* "weight" */
+    fr_init init;
+} fr_param_kind;
+
+/* The gradients a layer's backward writes: grad[k] for parameter slot k, NULL
+ * where it is not wanted (frozen, or absent); OVERWRITTEN with this batch's
+ * gradient unless bit k of `accumulate` is set (a tied parameter's second
+ * user), when it is added to what is there. */
+typedef struct fr_param_grads {
+    float *grad[FR_LAYER_PARAMS_MAX];
+    unsigned accumulate;
+} fr_param_grads;
+
+/*
  * A layer kind: everything the rest of the program knows about it.  Each kind
  * is one file in src/layers/ defining one of these, and one line of the
  * registry (src/layers/registry.c); the parser, the model and the trainer ask
@@ -164,14 +225,22 @@ typedef enum fr_implied_input {
  */
 typedef struct fr_layer_ops {
     const char *kind;   /* PyTorch's class name in lower case: "conv2d" */
+    /* Its parameters; a NULL suffix ends the list. */
+    fr_param_kind params[FR_LAYER_PARAMS_MAX + 1];
+    /* What it reads: floats, or token ids (int32; embedding), which only the
+     * model's input holds. */
+    fr_dtype input_dtype;
+    /* Its backward honours fr_param_grads.accumulate, so one of its
+     * parameters may be tied to another layer's (fr_model_tie). */
+    bool accumulates;
     /* Its arguments, in order; a NULL name ends the list.  fr_layer.args[i]
      * holds the value of args[i]. */
     fr_layer_arg args[FR_LAYER_ARGS_MAX + 1];
     fr_implied_input implies_input;
     /* A relu right after it may run in its forward (fr_layer.fused_relu). */
     bool fuses_relu;
-    /* Output shape from l->in and the arguments; fills param shapes
-     * (weight_ndim and weight_shape, bias_numel, fan_in). */
+    /* Output shape from l->in and the arguments; gives its parameters their
+     * shapes (fr_layer_param_shape) and fan_in. */
     int (*infer_shape)(fr_layer *l, fr_error *err);
     size_t (*scratch_bytes)(const fr_layer *l, int n);
     /* in: n x in-shape, out: n x out-shape. */
@@ -179,14 +248,14 @@ typedef struct fr_layer_ops {
                     void *scratch);
     /*
      * dout: gradient of the loss w.r.t. out.  din (gradient w.r.t. in) is NULL
-     * when nothing below needs it.  dweight/dbias are NULL for frozen
-     * parameters; otherwise they are OVERWRITTEN with this batch's gradient
-     * (each replica runs a layer's backward once per step, so the slab never
-     * needs zeroing).
+     * when nothing below needs it.  grads says where its parameters'
+     * gradients go (fr_param_grads: each replica runs a layer's backward once
+     * per step, so the slab never needs zeroing, and a tied parameter's
+     * second user adds to the first's).
      */
     void (*backward)(const fr_layer *l, const float *in, const float *out,
-                     const float *dout, float *din, float *dweight,
-                     float *dbias, int n, void *scratch);
+                     const float *dout, float *din, const fr_param_grads *grads, int n,
+                     void *scratch);
     /*
      * Optional: rows [row_begin, row_end) of the weight gradient (rows of the
      * weight's first dimension) for n samples, written over, or added to when
@@ -216,9 +285,6 @@ typedef struct fr_layer_ops {
     /* Its buffers; a NULL suffix ends the list.  Only layers with buffers
      * take the model's FR_LAYER_BUFFERS_MAX slots in fr_layer.buffer_data. */
     fr_buffer_kind buffers[FR_LAYER_BUFFERS_MAX + 1];
-    /* Optional: its parameters' initial values (batchnorm2d: weight 1, bias
-     * 0) instead of PyTorch's default for linear and conv2d. */
-    void (*init_params)(const fr_layer *l, float *weight, float *bias);
     /*
      * Optional: statistics over the whole batch (batchnorm2d in train mode,
      * fr_layer.training).  The trainer then runs the layer in two halves
@@ -269,13 +335,14 @@ struct fr_layer {
      * join the shortcut's last layer (or the block's input). */
     int input, shortcut;
     fr_shape in, out;
-    int weight, bias;  /* param indices, -1 if none */
-    /* Filled by infer_shape for layers with parameters. */
-    int weight_ndim, weight_shape[FR_MAX_DIMS];
-    int bias_numel;
+    /* Per slot of ops->params: the parameter's index in the model (-1: none;
+     * a tied slot holds another layer's), the shape infer_shape gave it
+     * (ndim 0: absent) and its data in the model's arena (set with it). */
+    int params[FR_LAYER_PARAMS_MAX];
+    int param_ndim[FR_LAYER_PARAMS_MAX];
+    int param_shape[FR_LAYER_PARAMS_MAX][FR_MAX_DIMS];
+    const float *param_data[FR_LAYER_PARAMS_MAX];
     int fan_in;        /* for PyTorch's default init */
-    /* Parameter data in the model's arena (set with it); NULL if none. */
-    const float *weight_data, *bias_data;
     /* Set by the trainer when an in-place relu follows: forward applies it in
      * the bias pass after the GEMM, and the relu's own forward is skipped. */
     bool fused_relu;
@@ -344,8 +411,9 @@ void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
  * the padding may be zeroed on the way. */
 void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
                    int pad, int oh, int ow, float *img);
-/* dbias[j] = sum over the rows of d[rows x cols] of column j. */
-void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias);
+/* dbias[j] = sum over the rows of d[rows x cols] of column j (added to
+ * what is there when `accumulate`). */
+void fr_bias_grad_rows(const float *d, long rows, int cols, float *dbias, bool accumulate);
 /* out = a + b, element-wise (a residual block's join). */
 void fr_add_arrays(float *out, const float *a, const float *b, size_t count);
 /* into += from, element-wise (gradients meeting where a block's input forks). */
@@ -366,6 +434,7 @@ typedef struct fr_open_block {
 
 struct fr_model {
     fr_shape input;
+    fr_dtype input_dtype;   /* FR_F32, or FR_I32 token ids (an embedding reads them) */
     fr_layer *layers;
     int layer_count, layer_cap;
     /* While building: the layer the next one reads (-1: the model input) and
@@ -399,6 +468,11 @@ int fr_model_ensure_arena(fr_model *model, fr_error *err);
  * mode in training too (batchnorm2d keeps its statistics, dropout passes
  * everything): the trainer sets fr_layer.training from this. */
 bool fr_model_layer_frozen(const fr_model *model, int i);
+/* Whether one of layer l's parameters (its own or a tied one) is trainable. */
+bool fr_layer_trains(const fr_model *model, const fr_layer *l);
+/* The layers using parameter `param` (its owner and those tied to it), in
+ * order: how many, and the first `most` of them in layers[]. */
+int fr_param_users(const fr_model *model, int param, int *layers, int most);
 /* Index of the first layer with a trainable parameter, layer_count if none. */
 int fr_model_first_trainable_layer(const fr_model *model);
 int fr_model_find_layer(const fr_model *model, const char *name);
@@ -499,12 +573,19 @@ int fr_model_match(const fr_model *model, const char *pattern, bool *hits, fr_er
 
 /* ------------------------------------------------------------- data */
 
+/* Typed tensors (DESIGN.md, "The sample contract"): n inputs of one shape,
+ * float32 (images NCHW; IDX and uint8 pixels in [0, 1]) or int32 token ids,
+ * and n x target_numel int32 targets: one class id per sample, or one per
+ * position (language modelling; FR_IGNORE_INDEX ignored).  The trainer
+ * gathers both as bytes without knowing their types. */
 struct fr_dataset {
     char images_path[512], labels_path[512]; /* where it came from, for messages */
     int n;
     fr_shape shape;
-    float *x;         /* n x numel(shape), NCHW; IDX and uint8 pixels in [0, 1] */
-    uint8_t *labels;  /* n */
+    fr_dtype x_dtype;
+    void *x;          /* n x numel(shape) of x_dtype */
+    int target_numel; /* targets per sample */
+    int32_t *labels;  /* n x target_numel */
 };
 
 /* npy.c: a NumPy .npy file held in memory, parsed and checked: a simple
@@ -537,13 +618,30 @@ int fr_read_file_gunzip(const char *path, size_t limit, unsigned char **out,
 /* ------------------------------------------------------------- loss */
 
 /*
- * Loss over rows [0, n) of `output` (n x k).  Returns the SUM of the
- * per-sample losses (the caller divides by the global batch).  When `doutput`
- * is not NULL it receives d(loss)/d(output) multiplied by `scale` (1/B, so
- * that replicas' gradients sum to the mean over the global batch).  `correct`
- * counts rows whose argmax matches.  A cross-entropy label outside [0, k) is
- * reported through `bad_label` (set to the row, else left alone).
+ * A loss (loss.c's table): the targets it takes for a model whose sample
+ * output has shape `output` (targets_per_sample values of target_dtype per
+ * sample), how many of `samples` samples' targets count toward its mean
+ * (cross-entropy ignores FR_IGNORE_INDEX per position), and compute: the SUM
+ * of the loss over rows [0, n) of `output`, with d(loss)/d(output) times
+ * `scale` (1 / the global count, so that replicas' gradients sum to the
+ * mean) into doutput when it is not NULL, the argmax hits into *correct,
+ * and a sample with a target out of range into *bad_row (else left alone).
+ * label_ok (cross-entropy) says whether a class id may be a target at all.
  */
+typedef struct fr_loss_ops {
+    const char *name;
+    fr_dtype target_dtype;
+    int (*targets_per_sample)(fr_shape output);
+    long (*count)(fr_shape output, const void *targets, long samples);
+    double (*compute)(fr_shape output, const float *out, const void *targets, int n, float scale,
+                      float *doutput, long *correct, long *bad_row);
+    bool (*label_ok)(fr_shape output, int32_t label);
+} fr_loss_ops;
+
+const fr_loss_ops *fr_loss_kind_ops(fr_loss_kind kind);
+
+/* A sample's loss over a flat output of k values (tests): fr_loss_ops's
+ * compute for an output [k]; a bad label's row into *bad_label. */
 double fr_loss(fr_loss_kind kind, const float *output, const void *targets,
                int n, int k, float scale, float *doutput, long *correct,
                int *bad_label);

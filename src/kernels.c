@@ -255,10 +255,11 @@ void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
 
 /* For linear layers: d is the batch's output gradient [n x out], and the bias
  * gradient is its column sums. */
-void fr_bias_grad_rows(const float *d, int rows, int cols, float *dbias) {
-    for (int j = 0; j < cols; j++)
-        dbias[j] = 0.0f;
-    for (int row = 0; row < rows; row++) {
+void fr_bias_grad_rows(const float *d, long rows, int cols, float *dbias, bool accumulate) {
+    if (!accumulate)
+        for (int j = 0; j < cols; j++)
+            dbias[j] = 0.0f;
+    for (long row = 0; row < rows; row++) {
         const float *values = d + (size_t)row * cols;
 #pragma omp simd
         for (int j = 0; j < cols; j++)
@@ -302,6 +303,8 @@ fr_pool_window fr_pool_window_of(const fr_layer *l) {
 int fr_pool_infer_shape(fr_layer *l, fr_error *err) {
     fr_pool_window how = fr_pool_window_of(l);
     int kernel = how.kernel, stride = how.stride, pad = how.pad;
+    if (fr_layer_need_image(l, err) != FR_OK)
+        return FR_ESHAPE;
     char self[96], shape[64];
     fr_layer_format(l, self, sizeof self);
     fr_shape_format(l->in, shape, sizeof shape);
@@ -312,8 +315,8 @@ int fr_pool_infer_shape(fr_layer *l, fr_error *err) {
         return fr_layer_fail(l, err, FR_EINVAL,
                              "%s: padding %d is more than half the kernel size %d", self, pad,
                              kernel);
-    int oh = fr_window_count(l->in.h, kernel, stride, pad);
-    int ow = fr_window_count(l->in.w, kernel, stride, pad);
+    int oh = fr_window_count(l->in.d[1], kernel, stride, pad);
+    int ow = fr_window_count(l->in.d[2], kernel, stride, pad);
     if (oh < 1 || ow < 1) {
         if (pad == 0)
             return fr_layer_fail(l, err, FR_ESHAPE, "%s: window %dx%d is larger than the input %s",
@@ -322,7 +325,7 @@ int fr_pool_infer_shape(fr_layer *l, fr_error *err) {
                              "%s: window %dx%d is larger than the input %s with padding %d", self,
                              kernel, kernel, shape, pad);
     }
-    l->out = (fr_shape){l->in.c, oh, ow};
+    l->out = fr_shape_chw(l->in.d[0], oh, ow);
     fr_layer_no_params(l);
     return FR_OK;
 }
@@ -344,9 +347,9 @@ static void window_span(fr_pool_window how, int i, int size, int cells, int *beg
 
 void fr_pool_each_window(const fr_layer *l, fr_pool_window how, int n,
                          void (*visit)(const fr_window *window, void *context), void *context) {
-    int h = l->in.h, w = l->in.w, oh = l->out.h, ow = l->out.w;
+    int h = l->in.d[1], w = l->in.d[2], oh = l->out.d[1], ow = l->out.d[2];
     size_t in_plane = (size_t)h * w, out_plane = (size_t)oh * ow;
-    size_t planes = (size_t)n * l->in.c;
+    size_t planes = (size_t)n * l->in.d[0];
     fr_window window = {.width = w, .area = how.kernel * how.kernel};
     for (size_t p = 0; p < planes; p++) {
         window.in_plane = p * in_plane;
@@ -404,7 +407,29 @@ void fr_avgpool_backward(const fr_layer *l, fr_pool_window how, const float *dou
 /* --------------------------------------------------------- helpers */
 
 void fr_shape_format(fr_shape shape, char *buf, size_t len) {
-    snprintf(buf, len, "%dx%dx%d", shape.c, shape.h, shape.w);
+    size_t used = 0;
+    if (len == 0)
+        return;
+    buf[0] = '\0';
+    for (int i = 0; i < shape.ndim && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, i ? "x%d" : "%d", shape.d[i]);
+    if (shape.ndim == 0)
+        snprintf(buf, len, "scalar");
+}
+
+int fr_layer_need_image(const fr_layer *l, fr_error *err) {
+    if (l->in.ndim == 3)
+        return FR_OK;
+    char self[96], shape[64];
+    fr_layer_format(l, self, sizeof self);
+    fr_shape_format(l->in, shape, sizeof shape);
+    return fr_layer_fail(l, err, FR_ESHAPE, "%s expects an image [C, H, W], got %s", self, shape);
+}
+
+void fr_layer_param_shape(fr_layer *l, int slot, int ndim, const int *shape) {
+    l->param_ndim[slot] = ndim;
+    for (int d = 0; d < ndim; d++)
+        l->param_shape[slot][d] = shape[d];
 }
 
 int fr_layer_fail(const fr_layer *l, fr_error *err, int status,
@@ -435,8 +460,7 @@ int fr_infer_same_shape(fr_layer *l, fr_error *err) {
 }
 
 void fr_layer_no_params(fr_layer *l) {
-    l->weight_ndim = 0;
-    l->bias_numel = 0;
+    memset(l->param_ndim, 0, sizeof l->param_ndim);
     l->fan_in = 0;
 }
 

@@ -66,9 +66,6 @@ void fr_avgpool_backward(const fr_layer *l, fr_pool_window how, const float *dou
 void fr_bias_grad_channels(const float *d, int channels, int plane,
                            float *dbias);
 
-/* "32x13x13" */
-void fr_shape_format(fr_shape shape, char *buf, size_t len);
-
 /*
  * A shape error from infer_shape, prefixed with the layer's name when it has
  * one ("fc1: linear(9216, 128) expects ...").  Returns status.
@@ -85,5 +82,10 @@ int fr_infer_same_shape(fr_layer *l, fr_error *err);
 
 /* What infer_shape sets for a layer without parameters. */
 void fr_layer_no_params(fr_layer *l);
+/* infer_shape's word on parameter slot `slot`: it exists, with this shape. */
+void fr_layer_param_shape(fr_layer *l, int slot, int ndim, const int *shape);
+/* FR_ESHAPE unless the layer's input is an image [C, H, W] (conv2d, pools,
+ * batchnorm2d): "conv1: conv2d(1, 32, 3) expects an image [C, H, W], got 784". */
+int fr_layer_need_image(const fr_layer *l, fr_error *err);
 
 #endif /* FROST_KERNELS_H */

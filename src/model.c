@@ -24,12 +24,23 @@
 #include <string.h>
 
 fr_model *fr_model_new(int channels, int height, int width) {
-    if (channels <= 0 || height <= 0 || width <= 0)
+    return fr_model_new_shape(FR_F32, 3, (const int[]){channels, height, width});
+}
+
+fr_model *fr_model_new_shape(fr_dtype dtype, int ndim, const int *dims) {
+    if (ndim < 1 || ndim > FR_MAX_DIMS || (dtype != FR_F32 && dtype != FR_I32))
         return NULL;
+    fr_shape input = {.ndim = ndim};
+    for (int i = 0; i < ndim; i++) {
+        if (dims[i] <= 0)
+            return NULL;
+        input.d[i] = dims[i];
+    }
     fr_model *model = calloc(1, sizeof *model);
     if (!model)
         return NULL;
-    model->input = (fr_shape){channels, height, width};
+    model->input = input;
+    model->input_dtype = dtype;
     model->tail = -1;
     return model;
 }
@@ -55,12 +66,7 @@ static fr_shape output_shape(const fr_model *model) {
     return shape_of(model, model->layer_count - 1);
 }
 
-static void shape_string(fr_shape s, char *buf, size_t len) {
-    if (s.h == 1 && s.w == 1)
-        snprintf(buf, len, "%d", s.c);
-    else
-        snprintf(buf, len, "%dx%dx%d", s.c, s.h, s.w);
-}
+static void shape_string(fr_shape s, char *buf, size_t len) { fr_shape_format(s, buf, len); }
 
 int fr_model_find_layer(const fr_model *model, const char *name) {
     for (int i = 0; i < model->layer_count; i++)
@@ -91,6 +97,10 @@ static int check_layer_name(const char *name, fr_error *err) {
 
 static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
                      const int *shape, fr_error *err) {
+    if (strlen(model->layers[layer].name) + 1 + strlen(suffix) >= FR_NAME_MAX)
+        return fr_fail(err, FR_EINVAL, "layer name '%s' is too long for its parameter '%s' (at "
+                       "most %d characters in all)", model->layers[layer].name, suffix,
+                       FR_NAME_MAX - 1);
     if (model->param_count == model->param_cap) {
         int cap = model->param_cap ? model->param_cap * 2 : 8;
         fr_param *grown = realloc(model->params, (size_t)cap * sizeof *grown);
@@ -101,8 +111,9 @@ static int add_param(fr_model *model, int layer, const char *suffix, int ndim,
     }
     fr_param *p = &model->params[model->param_count];
     memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%.*s.%.8s", FR_LAYER_NAME_MAX, model->layers[layer].name,
-             suffix);
+    if (snprintf(p->name, sizeof p->name, "%s.%s", model->layers[layer].name, suffix) < 0)
+        return fr_fail(err, FR_EINVAL, "cannot name a parameter of layer '%s'",
+                       model->layers[layer].name);
     p->ndim = ndim;
     p->numel = 1;
     for (int d = 0; d < ndim; d++) {
@@ -139,7 +150,7 @@ static int add_buffer(fr_model *model, int layer, const fr_buffer_kind *kind, fr
     snprintf(b->name, sizeof b->name, "%s.%s", layer_name, kind->suffix);
     b->i64 = kind->i64;
     b->ndim = kind->scalar ? 0 : 1;
-    b->shape[0] = model->layers[layer].out.c;
+    b->shape[0] = model->layers[layer].out.d[0];
     b->numel = kind->scalar ? 1 : (size_t)b->shape[0];
     b->layer = layer;
     b->data = fr_alloc(b->numel * 8);
@@ -215,7 +226,17 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *loc
     l->input = model->tail;
     l->shortcut = -1;
     l->in = shape_of(model, l->input);
-    l->weight = l->bias = -1;
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+        l->params[k] = -1;
+    fr_dtype reads = l->input < 0 ? model->input_dtype : FR_F32;
+    if (reads != ops->input_dtype) {
+        if (ops->input_dtype == FR_I32)
+            return fr_fail(err, FR_ESHAPE, "%s reads token ids, which only the model input holds "
+                           "(put it first, with an input line of token ids: input T tokens)",
+                           ops->kind);
+        return fr_fail(err, FR_ESHAPE, "%s cannot read the model input, which is token ids "
+                       "(an embedding comes first)", ops->kind);
+    }
     fr_error shape_err = {0};
     int shape_status = ops->infer_shape(l, &shape_err);
     if (shape_status != FR_OK) {
@@ -232,19 +253,20 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *loc
                        prev->name, prev->ops->kind, in);
     }
     int index = model->layer_count++;
-    if (l->weight_ndim > 0) {
-        int first = model->param_count;
-        int rc = add_param(model, index, "weight", l->weight_ndim, l->weight_shape, err);
-        if (rc == FR_OK && l->bias_numel > 0)
-            rc = add_param(model, index, "bias", 1, &l->bias_numel, err);
+    int first_param = model->param_count;
+    size_t arena_before = model->arena_floats;
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX && ops->params[k].suffix; k++) {
+        if (l->param_ndim[k] == 0)
+            continue;
+        int rc = add_param(model, index, ops->params[k].suffix, l->param_ndim[k],
+                           l->param_shape[k], err);
         if (rc != FR_OK) {
-            model->param_count = first;
+            model->param_count = first_param;
+            model->arena_floats = arena_before;
             model->layer_count--;
             return rc;
         }
-        /* add_layer may have moved the layer array: index afresh. */
-        model->layers[index].weight = first;
-        model->layers[index].bias = l->bias_numel > 0 ? first + 1 : -1;
+        l->params[k] = model->param_count - 1;
     }
     fr_layer *added = &model->layers[index];
     added->first_buffer = ops->buffers[0].suffix ? model->buffer_count : -1;
@@ -253,7 +275,8 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *loc
         if (rc != FR_OK) {
             while (model->buffer_count > added->first_buffer)
                 fr_free(model->buffers[--model->buffer_count].data);
-            model->param_count = added->weight >= 0 ? added->weight : model->param_count;
+            model->param_count = first_param;
+            model->arena_floats = arena_before;
             model->layer_count--;
             return rc;
         }
@@ -263,6 +286,89 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *loc
         reset_buffer(model, k);
     model->tail = index;
     return FR_OK;
+}
+
+/* ------------------------------------------------------- tied parameters */
+
+/* Layer and slot whose parameter would be called `name` ("lm_head.weight"). */
+static bool find_slot(const fr_model *model, const char *name, int *layer, int *slot) {
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        size_t len = strlen(l->name);
+        if (strncmp(name, l->name, len) != 0 || name[len] != '.')
+            continue;
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX && l->ops->params[k].suffix; k++)
+            if (l->params[k] >= 0 && strcmp(name + len + 1, l->ops->params[k].suffix) == 0) {
+                *layer = i;
+                *slot = k;
+                return true;
+            }
+    }
+    return false;
+}
+
+int fr_model_tie(fr_model *model, const char *name, const char *to, fr_error *err) {
+    int layer, slot;
+    if (!find_slot(model, name, &layer, &slot))
+        return fr_fail(err, FR_ENOMATCH, "tie: no layer has a parameter called '%s'", name);
+    int target = -1;
+    for (int i = 0; i < model->param_count && target < 0; i++)
+        if (strcmp(model->params[i].name, to) == 0)
+            target = i;
+    if (target < 0)
+        return fr_fail(err, FR_ENOMATCH, "tie: there is no parameter '%s'", to);
+    fr_layer *l = &model->layers[layer];
+    int old = l->params[slot];
+    fr_param *a = &model->params[old], *b = &model->params[target];
+    if (old == target)
+        return fr_fail(err, FR_EINVAL, "tie: '%s' is '%s' already", name, to);
+    if (a->layer != layer)
+        return fr_fail(err, FR_EINVAL, "tie: '%s' is tied to '%s' already", name, a->name);
+    if (model->arena)
+        return fr_fail(err, FR_EINVAL, "tie: '%s' to '%s' after the parameters have values "
+                       "(tie them before fr_model_init or loading weights)", name, to);
+    if (a->ndim != b->ndim || memcmp(a->shape, b->shape, sizeof(int) * (size_t)a->ndim) != 0) {
+        char sa[64], sb[64];
+        fr_param_shape_string(a, sa, sizeof sa);
+        fr_param_shape_string(b, sb, sizeof sb);
+        return fr_fail(err, FR_ESHAPE, "tie: '%s' is %s but '%s' is %s", name, sa, to, sb);
+    }
+    if (!l->ops->accumulates || !model->layers[b->layer].ops->accumulates)
+        return fr_fail(err, FR_EINVAL, "tie: %s layers cannot share a parameter",
+                       l->ops->accumulates ? model->layers[b->layer].ops->kind : l->ops->kind);
+    /* Drop parameter `old` from the list and the arena's plan; every index
+     * above it moves down one. */
+    memmove(&model->params[old], &model->params[old + 1],
+            (size_t)(model->param_count - old - 1) * sizeof *model->params);
+    model->param_count--;
+    model->arena_floats = 0;
+    for (int i = 0; i < model->param_count; i++) {
+        model->params[i].arena_offset = model->arena_floats;
+        model->arena_floats += (model->params[i].numel + 15) / 16 * 16;
+    }
+    if (target > old)
+        target--;
+    for (int i = 0; i < model->layer_count; i++)
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+            int *p = &model->layers[i].params[k];
+            if (i == layer && k == slot)
+                *p = target;
+            else if (*p > old)
+                (*p)--;
+        }
+    return FR_OK;
+}
+
+int fr_param_users(const fr_model *model, int param, int *layers, int most) {
+    int count = 0;
+    for (int i = 0; i < model->layer_count; i++)
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+            if (model->layers[i].params[k] == param) {
+                if (count < most)
+                    layers[count] = i;
+                count++;
+            }
+    return count;
 }
 
 /* ------------------------------------------------------- residual blocks */
@@ -316,7 +422,7 @@ int fr_model_end_residual(fr_model *model, fr_error *err) {
     if (body == block->input)
         return fr_fail(err, FR_EINVAL, "residual block '%s' has no layers", block->name);
     fr_shape body_shape = shape_of(model, body), shortcut_shape = shape_of(model, shortcut);
-    if (memcmp(&body_shape, &shortcut_shape, sizeof body_shape) != 0) {
+    if (!fr_shape_equal(body_shape, shortcut_shape)) {
         char a[48], b[48];
         shape_string(body_shape, a, sizeof a);
         shape_string(shortcut_shape, b, sizeof b);
@@ -345,8 +451,8 @@ int fr_model_end_residual(fr_model *model, fr_error *err) {
 
 int fr_model_add_linear(fr_model *model, const char *name, int in_features,
                         int out_features, fr_error *err) {
-    return fr_model_add_layer(model, &fr_linear_ops, name, (const int[]){in_features, out_features},
-                              err);
+    return fr_model_add_layer(model, &fr_linear_ops, name,
+                              (const int[]){in_features, out_features, 1}, err);
 }
 
 int fr_model_add_conv2d(fr_model *model, const char *name, int in_channels,
@@ -395,10 +501,17 @@ int fr_model_ensure_arena(fr_model *model, fr_error *err) {
         model->params[i].data = arena + model->params[i].arena_offset;
     for (int i = 0; i < model->layer_count; i++) {
         fr_layer *l = &model->layers[i];
-        l->weight_data = l->weight >= 0 ? model->params[l->weight].data : NULL;
-        l->bias_data = l->bias >= 0 ? model->params[l->bias].data : NULL;
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+            l->param_data[k] = l->params[k] >= 0 ? model->params[l->params[k]].data : NULL;
     }
     return FR_OK;
+}
+
+/* A standard normal value (Box-Muller on two uniforms of the stream). */
+static float normal_value(fr_rng *rng) {
+    double u1 = ((double)(fr_rng_next(rng) >> 11) + 1.0) / 9007199254740993.0;
+    double u2 = (double)(fr_rng_next(rng) >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
 int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
@@ -407,27 +520,32 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
         return rc;
     fr_rng rng;
     fr_rng_seed(&rng, seed);
-    /* nn.Linear / nn.Conv2d reset_parameters: kaiming_uniform_(a=sqrt(5)) for the
-     * weight reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the
-     * same bound. */
     fr_model_reset_buffers(model);
-    for (int i = 0; i < model->layer_count; i++) {
-        const fr_layer *l = &model->layers[i];
-        if (l->weight < 0)
-            continue;
-        if (l->ops->init_params) {
-            l->ops->init_params(l, model->params[l->weight].data,
-                                l->bias >= 0 ? model->params[l->bias].data : NULL);
-            continue;
-        }
-        float bound = 1.0f / sqrtf((float)l->fan_in);
-        int ids[2] = {l->weight, l->bias};
-        for (int k = 0; k < 2; k++) {
-            if (ids[k] < 0)
-                continue;
-            fr_param *p = &model->params[ids[k]];
+    /* Each parameter once, by its owner's schema, in declaration order; the
+     * random ones draw from one stream.  nn.Linear / nn.Conv2d
+     * reset_parameters: kaiming_uniform_(a=sqrt(5)) for the weight reduces to
+     * U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the same bound. */
+    for (int i = 0; i < model->param_count; i++) {
+        fr_param *p = &model->params[i];
+        const fr_layer *l = &model->layers[p->layer];
+        int slot = 0;
+        while (slot < FR_LAYER_PARAMS_MAX - 1 && l->params[slot] != i)
+            slot++;
+        float bound = l->fan_in > 0 ? 1.0f / sqrtf((float)l->fan_in) : 0.0f;
+        switch (l->ops->params[slot].init) {
+        case FR_INIT_FAN_IN_UNIFORM:
             for (size_t j = 0; j < p->numel; j++)
                 p->data[j] = (2.0f * fr_rng_uniform(&rng) - 1.0f) * bound;
+            break;
+        case FR_INIT_ONES:
+        case FR_INIT_ZEROS:
+            for (size_t j = 0; j < p->numel; j++)
+                p->data[j] = l->ops->params[slot].init == FR_INIT_ONES ? 1.0f : 0.0f;
+            break;
+        case FR_INIT_NORMAL:
+            for (size_t j = 0; j < p->numel; j++)
+                p->data[j] = normal_value(&rng);
+            break;
         }
     }
     return FR_OK;
@@ -436,9 +554,40 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
 int fr_model_input_numel(const fr_model *model) { return (int)fr_shape_numel(model->input); }
 
 void fr_model_input_shape(const fr_model *model, int *channels, int *height, int *width) {
-    *channels = model->input.c;
-    *height = model->input.h;
-    *width = model->input.w;
+    fr_shape s = model->input;
+    *channels = s.ndim == 3 ? s.d[0] : (int)fr_shape_numel(s);
+    *height = s.ndim == 3 ? s.d[1] : 1;
+    *width = s.ndim == 3 ? s.d[2] : 1;
+}
+
+int fr_model_input_dims(const fr_model *model, int *dims) {
+    for (int i = 0; i < model->input.ndim; i++)
+        dims[i] = model->input.d[i];
+    return model->input.ndim;
+}
+
+int fr_model_output_dims(const fr_model *model, int *dims) {
+    fr_shape s = output_shape(model);
+    for (int i = 0; i < s.ndim; i++)
+        dims[i] = s.d[i];
+    return s.ndim;
+}
+
+fr_dtype fr_model_input_dtype(const fr_model *model) { return model->input_dtype; }
+
+int fr_model_vocab_size(const fr_model *model) {
+    if (model->input_dtype != FR_I32 || model->layer_count == 0)
+        return 0;
+    return model->layers[0].args[0];
+}
+
+int fr_model_targets_per_sample(const fr_model *model, fr_loss_kind loss) {
+    return fr_loss_kind_ops(loss)->targets_per_sample(output_shape(model));
+}
+
+int fr_model_class_count(const fr_model *model) {
+    fr_shape out = output_shape(model);
+    return out.ndim == 2 ? out.d[1] : (int)fr_shape_numel(out);
 }
 int fr_model_output_numel(const fr_model *model) { return (int)fr_shape_numel(output_shape(model)); }
 int fr_model_layer_count(const fr_model *model) { return model->layer_count; }
@@ -502,10 +651,22 @@ size_t fr_model_trainable_numel(const fr_model *model) {
 
 bool fr_model_layer_frozen(const fr_model *model, int i) {
     const fr_layer *l = &model->layers[i];
-    if (l->weight < 0)
-        return i < fr_model_first_trainable_layer(model);
-    return !model->params[l->weight].requires_grad &&
-           (l->bias < 0 || !model->params[l->bias].requires_grad);
+    bool any = false;
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+        if (l->params[k] < 0)
+            continue;
+        if (model->params[l->params[k]].requires_grad)
+            return false;
+        any = true;
+    }
+    return any || i < fr_model_first_trainable_layer(model);
+}
+
+bool fr_layer_trains(const fr_model *model, const fr_layer *l) {
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+        if (l->params[k] >= 0 && model->params[l->params[k]].requires_grad)
+            return true;
+    return false;
 }
 
 size_t fr_model_buffer_count(const fr_model *model) { return (size_t)model->buffer_count; }
@@ -540,9 +701,9 @@ void fr_model_buffer_shape_string(const fr_model *model, size_t index, char *buf
 }
 
 int fr_model_first_trainable_layer(const fr_model *model) {
-    for (int i = 0; i < model->param_count; i++)
-        if (model->params[i].requires_grad)
-            return model->params[i].layer;
+    for (int i = 0; i < model->layer_count; i++)
+        if (fr_layer_trains(model, &model->layers[i]))
+            return i;
     return model->layer_count;
 }
 

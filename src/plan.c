@@ -121,9 +121,7 @@ static int plan_gradients(fr_trainer *trainer) {
         return FR_ENOMEM;
     for (int i = 0; i < layers; i++) {
         const fr_layer *l = &model->layers[i];
-        bool mine = (l->weight >= 0 && model->params[l->weight].requires_grad) ||
-                    (l->bias >= 0 && model->params[l->bias].requires_grad);
-        trainer->needs_grad[i] = mine;
+        trainer->needs_grad[i] = fr_layer_trains(model, l);
         for (int k = 0; k < 2; k++)
             if (input_of(l, k) >= 0 && trainer->needs_grad[input_of(l, k)])
                 trainer->needs_grad[i] = true;
@@ -215,8 +213,9 @@ static int plan_activations(fr_trainer *trainer, int rows_cap, const bool *kept)
         !trainer->grad_base)
         return FR_ENOMEM;
     size_t buffer = round_up(act * rows, SLAB_CHUNK_ALIGN);
+    size_t targets = rows * (size_t)trainer->target_width;
     size_t floats = (2 + (size_t)slots) * buffer + round_up(input_numel * rows, SLAB_CHUNK_ALIGN) +
-                    round_up(rows, SLAB_CHUNK_ALIGN);
+                    round_up(targets, SLAB_CHUNK_ALIGN);
     for (int i = 0; i < layers; i++)
         if (!trainer->shares_input[i] && kept[i])
             floats += round_up(layer_out_numel(model, i) * rows, SLAB_CHUNK_ALIGN);
@@ -231,8 +230,8 @@ static int plan_activations(fr_trainer *trainer, int rows_cap, const bool *kept)
     trainer->grad_width = act;
     trainer->gathered_x_base = next;
     next += round_up(input_numel * rows, SLAB_CHUNK_ALIGN);
-    trainer->gathered_labels_base = (int32_t *)next;
-    next += round_up(rows, SLAB_CHUNK_ALIGN);
+    trainer->gathered_labels_base = (int32_t *)(void *)next;
+    next += round_up(targets, SLAB_CHUNK_ALIGN);
     int input_in = -1; /* which transient buffer holds the current input */
     for (int i = 0; i < layers; i++) {
         if (trainer->shares_input[i]) {
@@ -318,12 +317,31 @@ static void free_plan(fr_trainer *trainer) {
     DROP(trainer->row_blocks);
     DROP(trainer->split_weight);
     DROP(trainer->staged_weight);
+    DROP(trainer->grad_accumulate);
     DROP(trainer->segment_of);
     DROP_ALIGNED(trainer->activations);
     DROP(trainer->output_base);
     DROP(trainer->output_width);
     DROP(trainer->output_transient);
     DROP(trainer->grad_base);
+}
+
+/* Layer i's weight (slot FR_WEIGHT) when it is trainable and the layer's own,
+ * used by no other layer: the one the trainer may split by rows, stage or
+ * send in row blocks.  -1 otherwise. */
+static int own_trainable_weight(const fr_model *model, int i) {
+    int w = model->layers[i].params[FR_WEIGHT];
+    if (w < 0 || !model->params[w].requires_grad || model->params[w].layer != i ||
+        fr_param_users(model, w, NULL, 0) > 1)
+        return -1;
+    return w;
+}
+
+/* Slot k of layer i holds a trainable parameter that layer i owns (a tied
+ * one sits in the slab where its owner, the first layer using it, is). */
+static bool owns_trainable(const fr_model *model, int i, int k) {
+    int p = model->layers[i].params[k];
+    return p >= 0 && model->params[p].requires_grad && model->params[p].layer == i;
 }
 
 /*
@@ -343,11 +361,10 @@ static int plan_buckets(fr_trainer *trainer) {
     size_t begin = 0, end = 0;
     for (int i = model->layer_count - 1; i >= trainer->first_trainable; i--) {
         const fr_layer *l = &model->layers[i];
-        int ids[2] = {l->weight, l->bias};
-        for (int k = 0; k < 2; k++)
-            if (ids[k] >= 0 && model->params[ids[k]].requires_grad &&
-                trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel > end)
-                end = trainer->slab_offsets[ids[k]] + model->params[ids[k]].numel;
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+            if (owns_trainable(model, i, k) &&
+                trainer->slab_offsets[l->params[k]] + model->params[l->params[k]].numel > end)
+                end = trainer->slab_offsets[l->params[k]] + model->params[l->params[k]].numel;
         bool last = i == trainer->first_trainable;
         if (end > begin && (end - begin >= target || last)) {
             trainer->buckets[trainer->bucket_count++] =
@@ -373,11 +390,11 @@ static int piece_layer(const fr_trainer *trainer, size_t begin, size_t end) {
     const fr_model *model = trainer->model;
     for (int i = trainer->first_trainable; i < model->layer_count; i++) {
         const fr_layer *l = &model->layers[i];
-        int ids[2] = {l->weight, l->bias};
-        for (int k = 0; k < 2; k++) {
-            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+            int p = l->params[k];
+            if (p < 0 || !model->params[p].requires_grad)
                 continue;
-            size_t lo = trainer->slab_offsets[ids[k]], hi = lo + model->params[ids[k]].numel;
+            size_t lo = trainer->slab_offsets[p], hi = lo + model->params[p].numel;
             if (lo < end && begin < hi)
                 return i;
         }
@@ -416,21 +433,21 @@ static int plan_pieces(fr_trainer *trainer) {
         const fr_layer *l = &model->layers[i];
         bool last = k == trainer->bucket_count - 1;
         b->first_piece = trainer->piece_count;
-        size_t numel = l->weight >= 0 ? model->params[l->weight].numel : 0;
-        if (l->ops->weight_grad_rows && l->ops->forward_rows && numel >= 2 * ROW_BLOCK_FLOATS &&
-            model->params[l->weight].requires_grad) {
+        int w = own_trainable_weight(model, i);
+        size_t numel = w >= 0 ? model->params[w].numel : 0;
+        if (l->ops->weight_grad_rows && l->ops->forward_rows && numel >= 2 * ROW_BLOCK_FLOATS) {
             int blocks = (int)(numel / ROW_BLOCK_FLOATS);
             if (blocks > MAX_ROW_BLOCKS)
                 blocks = MAX_ROW_BLOCKS;
-            if (blocks > model->params[l->weight].shape[0])
-                blocks = model->params[l->weight].shape[0];
+            if (blocks > model->params[w].shape[0])
+                blocks = model->params[w].shape[0];
             trainer->row_blocks[i] = blocks;
             trainer->split_weight[i] = true;
             for (int s = 0; s < trainer->segment_count; s++)
-                if (trainer->segments[s].param == l->weight)
+                if (trainer->segments[s].param == w)
                     trainer->segments[s].split = true;
-            size_t weight = trainer->slab_offsets[l->weight], row_len = numel / (size_t)
-                                                                  model->params[l->weight].shape[0];
+            size_t weight = trainer->slab_offsets[w],
+                   row_len = numel / (size_t)model->params[w].shape[0];
             size_t begin = b->begin;
             for (int j = 0; j < blocks; j++) {
                 int lo, hi;
@@ -466,15 +483,15 @@ static void plan_replica_slabs(fr_trainer *trainer) {
     const fr_model *model = trainer->model;
     trainer->own_floats = trainer->stage_floats = 0;
     for (int i = 0; i < model->layer_count; i++) {
-        const fr_layer *l = &model->layers[i];
+        int w = own_trainable_weight(model, i);
         trainer->staged_weight[i] = false;
-        if (trainer->threads == 1 || l->weight < 0 || !model->params[l->weight].requires_grad ||
-            trainer->split_weight[i] || model->params[l->weight].numel < STAGE_GRAD_FLOATS)
+        if (trainer->threads == 1 || w < 0 || trainer->split_weight[i] ||
+            model->params[w].numel < STAGE_GRAD_FLOATS)
             continue;
         trainer->staged_weight[i] = true;
-        trainer->segments[trainer->segment_of[l->weight]].staged = true;
-        if (model->params[l->weight].numel > trainer->stage_floats)
-            trainer->stage_floats = model->params[l->weight].numel;
+        trainer->segments[trainer->segment_of[w]].staged = true;
+        if (model->params[w].numel > trainer->stage_floats)
+            trainer->stage_floats = model->params[w].numel;
     }
     if (trainer->threads == 1)
         return;
@@ -516,34 +533,48 @@ int fr_plan_layout(fr_trainer *trainer, fr_error *err) {
     trainer->segment_of = malloc(((size_t)params + 1) * sizeof *trainer->segment_of);
     trainer->split_weight = calloc((size_t)model->layer_count + 1, sizeof *trainer->split_weight);
     trainer->staged_weight = calloc((size_t)model->layer_count + 1, sizeof *trainer->staged_weight);
+    trainer->grad_accumulate = calloc((size_t)model->layer_count + 1,
+                                      sizeof *trainer->grad_accumulate);
     if (!trainer->segments || !trainer->segment_of || !trainer->split_weight ||
-        !trainer->staged_weight)
+        !trainer->staged_weight || !trainer->grad_accumulate)
         goto oom;
     for (int i = 0; i < params; i++)
         trainer->segment_of[i] = -1;
     size_t offset = 0;
     for (int layer = model->layer_count - 1; layer >= 0; layer--) {
         const fr_layer *l = &model->layers[layer];
-        /* The bias first: a layer's first piece then carries its bias, which
-         * every block of its outputs needs. */
-        int ids[2] = {l->bias, l->weight};
-        trainer->split_weight[layer] = trainer->threads > 1 && l->weight >= 0 &&
-                                       model->params[l->weight].requires_grad &&
+        int weight = own_trainable_weight(model, layer);
+        trainer->split_weight[layer] = trainer->threads > 1 && weight >= 0 &&
                                        l->ops->weight_grad_rows;
-        for (int k = 0; k < 2; k++) {
-            if (ids[k] < 0 || !model->params[ids[k]].requires_grad)
+        /* The bias first: a layer's first piece then carries its bias, which
+         * every block of its outputs needs; then the weight, then the rest. */
+        static const int slot_order[FR_LAYER_PARAMS_MAX] = {FR_BIAS, FR_WEIGHT, 2, 3};
+        for (int j = 0; j < FR_LAYER_PARAMS_MAX; j++) {
+            int k = slot_order[j], id = l->params[k];
+            if (!owns_trainable(model, layer, k))
                 continue;
-            fr_param *p = &model->params[ids[k]];
-            trainer->slab_offsets[ids[k]] = offset;
-            trainer->segment_of[ids[k]] = trainer->segment_count;
+            fr_param *p = &model->params[id];
+            trainer->slab_offsets[id] = offset;
+            trainer->segment_of[id] = trainer->segment_count;
             trainer->segments[trainer->segment_count++] =
-                (slab_segment){.slab_offset = offset, .numel = p->numel, .param = ids[k],
-                               .split = ids[k] == l->weight && trainer->split_weight[layer]};
+                (slab_segment){.slab_offset = offset, .numel = p->numel, .param = id,
+                               .split = id == weight && trainer->split_weight[layer]};
             offset += p->numel;
         }
     }
     trainer->trainable_count = offset;
     trainer->first_trainable = fr_model_first_trainable_layer(model);
+    /* A parameter several layers use: the last of them (the first backward
+     * reaches) writes its gradient, the others add to it. */
+    for (int layer = 0; layer < model->layer_count; layer++)
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+            int id = model->layers[layer].params[k], users[8];
+            if (id < 0 || !model->params[id].requires_grad)
+                continue;
+            int count = fr_param_users(model, id, users, 8);
+            if (count > 1 && users[count < 8 ? count - 1 : 7] != layer)
+                trainer->grad_accumulate[layer] |= 1u << k;
+        }
     if (plan_buckets(trainer) != FR_OK || plan_pieces(trainer) != FR_OK)
         goto oom;
     plan_replica_slabs(trainer);
@@ -675,6 +706,9 @@ int fr_trainer_new(fr_model *model, const fr_train_config *config, fr_trainer **
         return fr_fail(err, FR_ENOMEM, "out of memory creating the trainer");
     trainer->model = model;
     trainer->config = *config;
+    trainer->loss = fr_loss_kind_ops(config->loss);
+    trainer->target_width =
+        trainer->loss->targets_per_sample(model->layers[model->layer_count - 1].out);
     trainer->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
     trainer->cache.enabled = config->cache_mb >= 0;
     trainer->cache.budget_bytes = config->cache_mb > 0 ? (size_t)(config->cache_mb * 1048576.0)

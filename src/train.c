@@ -75,7 +75,8 @@ void fr_step_place(const fr_trainer *trainer, replica *r, int local_first) {
     size_t numel = fr_shape_numel(trainer->model->input);
     r->local_first = local_first;
     r->gathered_x = trainer->gathered_x_base + slice_offset(trainer, r, numel, numel);
-    r->gathered_labels = trainer->gathered_labels_base + slice_offset(trainer, r, 1, 1);
+    size_t targets = (size_t)trainer->target_width;
+    r->gathered_labels = trainer->gathered_labels_base + slice_offset(trainer, r, targets, targets);
 }
 
 /* The buffer holding layer j's output (-1: the input rows x): sharing
@@ -135,12 +136,14 @@ static void feature_block(const fr_trainer *trainer, int t, int lo, int hi, int 
 static bool splits_forward(const fr_trainer *trainer, int i) {
     const fr_layer *l = &trainer->model->layers[i];
     return trainer->feature_split && l->ops->forward_rows && l->ops->input_grad_cols &&
+           l->out.ndim == 1 &&
            fr_shape_numel(l->out) >= (size_t)SLAB_CHUNK_ALIGN * (size_t)trainer->threads;
 }
 
 static bool splits_input_grad(const fr_trainer *trainer, int i) {
     const fr_layer *l = &trainer->model->layers[i];
     return trainer->feature_split && l->ops->forward_rows && l->ops->input_grad_cols &&
+           l->out.ndim == 1 &&
            fr_shape_numel(l->in) >= (size_t)SLAB_CHUNK_ALIGN * (size_t)trainer->threads;
 }
 
@@ -299,6 +302,27 @@ static float *input_slot(const fr_trainer *trainer, const replica *r, int i, int
     return slot_rows(trainer, r, trainer->grad_slot[in], width);
 }
 
+/* Where replica r's backward of layer i writes its trainable parameters'
+ * gradients (not a weight split by rows, which backward does not write), and
+ * which of them it adds to a tied user's; whether it writes any. */
+static bool param_grads(const fr_trainer *trainer, const replica *r, int i, int parts,
+                        fr_param_grads *grads) {
+    const fr_model *model = trainer->model;
+    const fr_layer *l = &model->layers[i];
+    bool any = false;
+    grads->accumulate = trainer->grad_accumulate[i];
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+        int p = l->params[k];
+        grads->grad[k] = NULL;
+        if (!(parts & GRAD_WEIGHTS) || p < 0 || !model->params[p].requires_grad ||
+            (k == FR_WEIGHT && trainer->split_weight[i]))
+            continue;
+        grads->grad[k] = replica_grad(trainer, r, p);
+        any = true;
+    }
+    return any;
+}
+
 /* The backward of layer i, from the gradient at its output (the slots are
  * planned by plan_gradients).  Its GRAD_INPUT part leaves the gradient at its
  * input(s) in their slots; nothing is computed where nothing trainable lies
@@ -319,20 +343,17 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
                             (size_t)rows * fr_shape_numel(l->out));
         return;
     }
-    float *din = NULL, *dweight = NULL, *dbias = NULL;
+    float *din = NULL;
     if (parts & GRAD_INPUT)
         din = input_grad(trainer, r, i);
-    if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad &&
-        !trainer->split_weight[i])
-        dweight = replica_grad(trainer, r, l->weight);
-    if ((parts & GRAD_WEIGHTS) && l->bias >= 0 && model->params[l->bias].requires_grad)
-        dbias = replica_grad(trainer, r, l->bias);
+    fr_param_grads grads;
+    bool wanted = param_grads(trainer, r, i, parts, &grads);
     if (parts & GRAD_WEIGHTS)
         r->backward_calls[i]++;
-    if (din || dweight || dbias || parts == GRAD_BOTH) {
+    if (din || wanted || parts == GRAD_BOTH) {
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         l->ops->backward(l, layer_input(trainer, r, x, i), fr_step_output(trainer, r, x, i), dout,
-                         din, dweight, dbias, rows, r->scratch[i]);
+                         din, &grads, rows, r->scratch[i]);
         fr_trace_add(omp_get_thread_num(), l->name, parts == GRAD_INPUT ? "input-grad" : "backward",
                      -1, t0, 0);
     }
@@ -340,10 +361,9 @@ static void backward_layer(const fr_trainer *trainer, replica *r, const float *x
         fr_add_into(input_slot(trainer, r, i, 0), din, (size_t)rows * fr_shape_numel(l->in));
 }
 
+/* Sample `first`'s targets (4-byte values, target_width a sample). */
 static const void *target_rows(const fr_trainer *trainer, const void *targets, int first) {
-    if (trainer->config.loss == FR_MSE)
-        return (const float *)targets + (size_t)first * fr_model_output_numel(trainer->model);
-    return (const int32_t *)targets + first;
+    return (const char *)targets + (size_t)first * (size_t)trainer->target_width * 4;
 }
 
 
@@ -357,17 +377,20 @@ static const void *target_rows(const fr_trainer *trainer, const void *targets, i
 static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, int first,
                      int rows) {
     const fr_model *model = trainer->model;
+    /* Inputs and targets move as bytes: floats or token ids alike. */
+    size_t input_bytes = fr_shape_numel(model->input) * fr_dtype_size(model->input_dtype);
     if (!src->data) {
-        r->x = src->x + (size_t)first * fr_model_input_numel(model);
+        r->x = (const float *)(const void *)((const char *)src->x + (size_t)first * input_bytes);
         r->targets = target_rows(trainer, src->targets, first);
         return 0;
     }
     const int *ids = src->ids + first;
     const fr_dataset *data = src->data;
-    size_t numel = fr_shape_numel(data->shape);
+    size_t target_bytes = (size_t)trainer->target_width * sizeof(int32_t);
     double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     for (int i = 0; i < rows; i++)
-        r->gathered_labels[i] = data->labels[ids[i]];
+        memcpy(r->gathered_labels + (size_t)i * trainer->target_width,
+               data->labels + (size_t)ids[i] * trainer->target_width, target_bytes);
     r->x = r->gathered_x;
     r->targets = r->gathered_labels;
     const feature_cache *c = &trainer->cache;
@@ -381,8 +404,8 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
         return c->layer + 1;
     }
     for (int i = 0; i < rows; i++)
-        memcpy(r->gathered_x + (size_t)i * numel, data->x + (size_t)ids[i] * numel,
-               numel * sizeof(float));
+        memcpy((char *)r->gathered_x + (size_t)i * input_bytes,
+               (const char *)data->x + (size_t)ids[i] * input_bytes, input_bytes);
     if (rows > 0)
         fr_trace_add(omp_get_thread_num(), "rows", "gather", -1, t0, 0);
     return 0;
@@ -426,7 +449,7 @@ static void plan_step_rows(fr_trainer *trainer, batch_source *src, int rank_firs
  * overwrites. */
 static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, bool train) {
     const fr_model *model = trainer->model;
-    int rows = r->step_rows, k = fr_model_output_numel(model);
+    int rows = r->step_rows;
     if (rows == 0) {
         if (train)
             memset(r->slab, 0, r->slab_floats * sizeof(float));
@@ -435,12 +458,17 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
     const float *logits = fr_step_output(trainer, r, r->x, model->layer_count - 1);
     bool run_backward = train && trainer->first_trainable < model->layer_count;
     double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
-    r->loss_sum = fr_loss(trainer->config.loss, logits, r->targets, rows, k, 1.0f / (float)batch,
-                          run_backward ? output_grad(trainer, r, model->layer_count - 1) : NULL,
-                          &r->correct, &r->bad_label);
+    long bad_row = -1;
+    (void)batch;
+    r->loss_sum = trainer->loss->compute(model->layers[model->layer_count - 1].out, logits,
+                                         r->targets, rows, 1.0f / (float)trainer->step_count,
+                                         run_backward ? output_grad(trainer, r,
+                                                                    model->layer_count - 1)
+                                                      : NULL,
+                                         &r->correct, &bad_row);
     fr_trace_add(omp_get_thread_num(), "loss", "compute", -1, t0, 0);
-    if (r->bad_label >= 0) {
-        r->bad_label += first;
+    if (bad_row >= 0) {
+        r->bad_label = (int)bad_row + first;
         return false;
     }
     return run_backward;
@@ -464,7 +492,7 @@ static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source 
  */
 static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_lo, int row_hi) {
     const fr_layer *l = &trainer->model->layers[i];
-    const fr_param *p = &trainer->model->params[l->weight];
+    const fr_param *p = &trainer->model->params[l->params[FR_WEIGHT]];
     int rows = row_hi - row_lo;
     size_t row_len = p->numel / (size_t)p->shape[0];
     /* Whole cache lines per thread where the rows allow it. */
@@ -475,7 +503,7 @@ static void split_weight_grad(const fr_trainer *trainer, int i, int t, int row_l
     int end = begin + per < row_hi ? begin + per : row_hi;
     if (begin >= end)
         return;
-    float *dweight = trainer->replicas[0].slab + trainer->slab_offsets[l->weight];
+    float *dweight = trainer->replicas[0].slab + trainer->slab_offsets[l->params[FR_WEIGHT]];
     /* Split by features, the replicas' rows are one matrix: one GEMM over
      * all of them (replica 0's slices start the rank's), when every replica
      * with rows has its gradient. */
@@ -512,7 +540,7 @@ static void chunk_of(const fr_trainer *trainer, int t, size_t from, size_t to, s
                      size_t *end);
 
 static void staged_weight_grad(const fr_trainer *trainer, int i, int t) {
-    int param = trainer->model->layers[i].weight;
+    int param = trainer->model->layers[i].params[FR_WEIGHT];
     const slab_segment *seg = &trainer->segments[trainer->segment_of[param]];
     size_t begin, end;
     chunk_of(trainer, t, 0, seg->numel, &begin, &end);
@@ -539,17 +567,15 @@ static void backward_batch_stats(fr_trainer *trainer, replica *r, bool active, i
     int count = l->ops->stats_count(l), me = omp_get_thread_num();
     double *mine = stats_at(trainer, me, i, BACKWARD_MEETING, PARTIAL_SUMS);
     const double *forward_sums = stats_at(trainer, me, i, FORWARD_MEETING, BATCH_SUMS);
-    float *dweight = NULL, *dbias = NULL;
-    if ((parts & GRAD_WEIGHTS) && l->weight >= 0 && model->params[l->weight].requires_grad)
-        dweight = replica_grad(trainer, r, l->weight);
-    if ((parts & GRAD_WEIGHTS) && l->bias >= 0 && model->params[l->bias].requires_grad)
-        dbias = replica_grad(trainer, r, l->bias);
+    fr_param_grads grads;
+    param_grads(trainer, r, i, parts, &grads);
     const float *in = layer_input(trainer, r, r->x, i);
     double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     if (active) {
         if (parts & GRAD_WEIGHTS)
             r->backward_calls[i]++;
-        l->ops->backward_sums(l, in, dout, r->step_rows, mine, dweight, dbias, forward_sums);
+        l->ops->backward_sums(l, in, dout, r->step_rows, mine, grads.grad[FR_WEIGHT],
+                              grads.grad[FR_BIAS], forward_sums);
     } else {
         memset(mine, 0, (size_t)count * sizeof *mine);
     }
@@ -623,7 +649,8 @@ static void backward_in_step(fr_trainer *trainer, replica *r, bool active, int i
         double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
         if (trainer->split_weight[i])
             split_weight_grad(trainer, i, t, 0,
-                              trainer->model->params[trainer->model->layers[i].weight].shape[0]);
+                              trainer->model->params[trainer->model->layers[i].params[FR_WEIGHT]]
+                                  .shape[0]);
         else
             staged_weight_grad(trainer, i, t);
         fr_trace_add(t, trainer->model->layers[i].name,
@@ -788,6 +815,27 @@ static int check_batch(const fr_trainer *trainer, const void *x, const void *tar
     return FR_OK;
 }
 
+/* How many of the global batch's targets the loss's mean is over (every
+ * rank counts all of them, so none needs to ask another): the batch, or the
+ * positions not ignored.  None counting is refused: the mean would be 0/0. */
+static int count_targets(fr_trainer *trainer, const batch_source *src, int batch,
+                         fr_error *err) {
+    const fr_shape out = trainer->model->layers[trainer->model->layer_count - 1].out;
+    long count = 0;
+    if (src->data) {
+        size_t width = (size_t)trainer->target_width;
+        for (int i = 0; i < batch; i++)
+            count += trainer->loss->count(out, src->data->labels + (size_t)src->ids[i] * width, 1);
+    } else {
+        count = trainer->loss->count(out, src->targets, batch);
+    }
+    if (count == 0)
+        return fr_fail(err, FR_EINVAL, "step: every target of the batch is ignored (%d)",
+                       FR_IGNORE_INDEX);
+    trainer->step_count = count;
+    return FR_OK;
+}
+
 static void local_loss_totals(const fr_trainer *trainer, double *totals) {
     for (int k = 0; k < LOSS_TOTALS; k++)
         totals[k] = 0.0;
@@ -833,8 +881,9 @@ static int check_loss_totals(fr_trainer *trainer, const double *totals, int batc
         return fr_fail(err, FR_EINVAL, "a sample of another rank's rows has a label outside [0, %d)",
                        fr_model_output_numel(trainer->model));
     }
+    (void)batch;
     if (loss)
-        *loss = totals[0] / batch;
+        *loss = totals[0] / (double)trainer->step_count;
     if (correct)
         *correct = (long)totals[1];
     return FR_OK;
@@ -1209,12 +1258,14 @@ static int run_step(fr_trainer *trainer, const batch_source *src, int batch, dou
     return FR_OK;
 }
 
-int fr_trainer_step(fr_trainer *trainer, const float *x, const void *targets, int batch,
+int fr_trainer_step(fr_trainer *trainer, const void *x, const void *targets, int batch,
                     double *loss, long *correct, fr_error *err) {
     int rc = prepare_step(trainer, x, targets, batch, true, err);
     if (rc != FR_OK)
         return rc;
     batch_source src = {.x = x, .targets = targets};
+    if ((rc = count_targets(trainer, &src, batch, err)) != FR_OK)
+        return rc;
     return run_step(trainer, &src, batch, loss, correct, err);
 }
 
@@ -1223,9 +1274,17 @@ int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const i
     int rc = prepare_step(trainer, data, ids, batch, true, err);
     if (rc != FR_OK)
         return rc;
-    if (fr_dataset_sample_numel(data) != fr_model_input_numel(trainer->model))
-        return fr_fail(err, FR_ESHAPE, "step: samples have %d values, the model takes %d",
-                       fr_dataset_sample_numel(data), fr_model_input_numel(trainer->model));
+    if (fr_dataset_sample_numel(data) != fr_model_input_numel(trainer->model) ||
+        data->x_dtype != trainer->model->input_dtype)
+        return fr_fail(err, FR_ESHAPE, "step: samples have %d %s, the model takes %d %s",
+                       fr_dataset_sample_numel(data), data->x_dtype == FR_I32 ? "tokens" : "values",
+                       fr_model_input_numel(trainer->model),
+                       trainer->model->input_dtype == FR_I32 ? "tokens" : "values");
+    if (data->target_numel != trainer->target_width || trainer->loss->target_dtype != FR_I32)
+        return fr_fail(err, FR_ESHAPE, "step: samples have %d targets each, the model's %s loss "
+                       "takes %d %s", data->target_numel, trainer->loss->name,
+                       trainer->target_width,
+                       trainer->loss->target_dtype == FR_I32 ? "class ids" : "floats");
     for (int i = 0; i < batch; i++)
         if (ids[i] < 0 || ids[i] >= data->n)
             return fr_fail(err, FR_EINVAL, "step: sample index %d outside the dataset of %d",
@@ -1233,10 +1292,12 @@ int fr_trainer_step_samples(fr_trainer *trainer, const fr_dataset *data, const i
     if (trainer->cache.enabled && (rc = fr_cache_plan(trainer, data, err)) != FR_OK)
         return rc;
     batch_source src = {.data = data, .ids = ids};
+    if ((rc = count_targets(trainer, &src, batch, err)) != FR_OK)
+        return rc;
     return run_step(trainer, &src, batch, loss, correct, err);
 }
 
-int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets, int batch,
+int fr_trainer_evaluate(fr_trainer *trainer, const void *x, const void *targets, int batch,
                         double *loss, long *correct, fr_error *err) {
     int rc = prepare_step(trainer, x, targets, batch, false, err);
     if (rc == FR_OK)
@@ -1246,6 +1307,8 @@ int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets
     int rank_first, rank_rows;
     fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
     batch_source src = {.x = x, .targets = targets};
+    if ((rc = count_targets(trainer, &src, batch, err)) != FR_OK)
+        return rc;
     plan_step_rows(trainer, &src, rank_first, rank_rows);
 #pragma omp parallel num_threads(trainer->threads)
     {
@@ -1260,6 +1323,7 @@ int fr_trainer_evaluate(fr_trainer *trainer, const float *x, const void *targets
 /* ----------------------------------------------------------- reporting */
 
 long fr_trainer_steps_done(const fr_trainer *trainer) { return trainer->steps_done; }
+long fr_trainer_last_count(const fr_trainer *trainer) { return trainer->step_count; }
 int fr_trainer_threads(const fr_trainer *trainer) { return trainer->threads; }
 
 /* What is allocated, so that the parts add up to fr_allocated_bytes. */

@@ -86,7 +86,7 @@ typedef struct piece {
  * and the indices of the batch's samples (the replicas gather their rows, and
  * the feature cache can serve them). */
 typedef struct batch_source {
-    const float *x;
+    const void *x;
     const void *targets;
     const fr_dataset *data;
     const int *ids;
@@ -215,6 +215,10 @@ struct fr_trainer {
     bool *split_weight;
     /* Per layer: its weight gradient is staged (slab_segment.staged). */
     bool *staged_weight;
+    /* Per layer: bit k set when its backward adds parameter slot k's
+     * gradient to what a later layer sharing the parameter wrote
+     * (fr_param_grads.accumulate). */
+    unsigned *grad_accumulate;
 
     /* Optimizer state, slab layout; per-parameter step counts (torch keeps
      * `step` per parameter, and a parameter unfrozen later starts at 1). */
@@ -239,6 +243,11 @@ struct fr_trainer {
     bool check_replicas; /* at the next step */
 
     long steps_done;
+    /* The loss (loss.c's table) and its targets: target_width 4-byte values
+     * a sample; how many of the current step's (or evaluation's) count. */
+    const fr_loss_ops *loss;
+    int target_width;
+    long step_count;
     fr_barrier barrier;  /* where the step's threads meet (train.c's meet) */
     size_t bytes_sent;   /* into the gradient allreduce, all steps */
     double loss_totals[LOSS_TOTALS]; /* summed by the communication thread */
@@ -290,7 +299,7 @@ static inline bool relu_fused_into(const fr_model *model, int i) {
 
 /* Rows [*begin, *end) of row block j of layer i's weight. */
 static inline void block_rows(const fr_trainer *trainer, int i, int j, int *begin, int *end) {
-    const fr_param *w = &trainer->model->params[trainer->model->layers[i].weight];
+    const fr_param *w = &trainer->model->params[trainer->model->layers[i].params[FR_WEIGHT]];
     int blocks = trainer->row_blocks[i], rows = w->shape[0];
     *begin = (int)((long long)rows * j / blocks);
     *end = (int)((long long)rows * (j + 1) / blocks);

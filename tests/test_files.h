@@ -16,6 +16,16 @@
 
 static char test_dir[64];
 
+/* Whether int32 labels equal byte labels, one by one. */
+static bool labels_equal(const int32_t *got, const unsigned char *want, size_t n)
+    __attribute__((unused));
+static bool labels_equal(const int32_t *got, const unsigned char *want, size_t n) {
+    for (size_t i = 0; got && i < n; i++)
+        if (got[i] != want[i])
+            return false;
+    return got != NULL;
+}
+
 /* /tmp/frost-NAME-XXXXXX, or a TAP "Bail out!" and false. */
 static bool make_test_dir(const char *name) __attribute__((unused));
 static bool make_test_dir(const char *name) {

@@ -33,12 +33,13 @@ static fr_layer layer_of(const fr_layer_ops *ops, const char *name, fr_shape in,
     for (int i = 0; i < fr_layer_arg_count(ops); i++)
         l.args[i] = args[i];
     l.in = in;
-    l.weight = l.bias = -1;
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
+        l.params[k] = -1;
     return l;
 }
 
 static fr_layer linear_layer(fr_shape in, int in_features, int out_features) {
-    return layer_of(&fr_linear_ops, "fc", in, (const int[]){in_features, out_features});
+    return layer_of(&fr_linear_ops, "fc", in, (const int[]){in_features, out_features, 1});
 }
 
 static fr_layer conv_layer(fr_shape in, int in_c, int out_c, int k, int stride,
@@ -107,10 +108,10 @@ static bool rig_open(rig *r, fr_layer layer, int n, uint64_t seed) {
     fr_layer *l = &r->layer;
     r->in_count = (size_t)n * fr_shape_numel(l->in);
     r->out_count = (size_t)n * fr_shape_numel(l->out);
-    r->weight_count = l->weight_ndim ? 1 : 0;
-    for (int d = 0; d < l->weight_ndim; d++)
-        r->weight_count *= (size_t)l->weight_shape[d];
-    r->bias_count = (size_t)l->bias_numel;
+    r->weight_count = l->param_ndim[FR_WEIGHT] ? 1 : 0;
+    for (int d = 0; d < l->param_ndim[FR_WEIGHT]; d++)
+        r->weight_count *= (size_t)l->param_shape[FR_WEIGHT][d];
+    r->bias_count = l->param_ndim[FR_BIAS] ? (size_t)l->param_shape[FR_BIAS][0] : 0;
     r->in = random_floats(&r->rng, r->in_count);
     r->out = filled_floats(r->out_count, NAN);
     r->upstream = random_floats(&r->rng, r->out_count);
@@ -118,8 +119,8 @@ static bool rig_open(rig *r, fr_layer layer, int n, uint64_t seed) {
         r->weight = random_floats(&r->rng, r->weight_count);
         r->bias = r->bias_count ? random_floats(&r->rng, r->bias_count) : NULL;
     }
-    l->weight_data = r->weight;
-    l->bias_data = r->bias;
+    l->param_data[FR_WEIGHT] = r->weight;
+    l->param_data[FR_BIAS] = r->bias;
     size_t scratch_bytes = l->ops->scratch_bytes(l, n);
     r->scratch = scratch_bytes ? malloc(scratch_bytes) : NULL;
     return true;
@@ -139,8 +140,8 @@ static void rig_forward(rig *r) {
 }
 
 static void rig_backward(rig *r, float *din, float *dweight, float *dbias) {
-    r->layer.ops->backward(&r->layer, r->in, r->out, r->upstream, din, dweight,
-                           dbias, r->n, r->scratch);
+    fr_param_grads grads = {{dweight, dbias}, 0};
+    r->layer.ops->backward(&r->layer, r->in, r->out, r->upstream, din, &grads, r->n, r->scratch);
 }
 
 /* L = sum(out * R), summed in double so rounding stays far below the
@@ -300,19 +301,19 @@ static double *direct_conv(const rig *r) {
     double *result = malloc(r->out_count * sizeof *result);
     double *dst = result;
     for (int s = 0; s < r->n; s++)
-        for (int o = 0; o < out.c; o++)
-            for (int y = 0; y < out.h; y++)
-                for (int x = 0; x < out.w; x++) {
+        for (int o = 0; o < out.d[0]; o++)
+            for (int y = 0; y < out.d[1]; y++)
+                for (int x = 0; x < out.d[2]; x++) {
                     double sum = r->bias ? r->bias[o] : 0.0;
-                    for (int c = 0; c < in.c; c++)
+                    for (int c = 0; c < in.d[0]; c++)
                         for (int ki = 0; ki < k; ki++)
                             for (int kj = 0; kj < k; kj++) {
                                 int iy = y * stride - pad + ki;
                                 int ix = x * stride - pad + kj;
-                                if (iy < 0 || iy >= in.h || ix < 0 || ix >= in.w)
+                                if (iy < 0 || iy >= in.d[1] || ix < 0 || ix >= in.d[2])
                                     continue;
-                                sum += (double)r->in[((s * in.c + c) * in.h + iy) * in.w + ix] *
-                                       r->weight[((o * in.c + c) * k + ki) * k + kj];
+                                sum += (double)r->in[((s * in.d[0] + c) * in.d[1] + iy) * in.d[2] + ix] *
+                                       r->weight[((o * in.d[0] + c) * k + ki) * k + kj];
                             }
                     *dst++ = sum;
                 }
@@ -328,16 +329,16 @@ static double *direct_pool(const rig *r, bool average) {
     fr_shape in = l->in, out = l->out;
     double *result = malloc(r->out_count * sizeof *result);
     double *dst = result;
-    for (int p = 0; p < r->n * in.c; p++)
-        for (int y = 0; y < out.h; y++)
-            for (int x = 0; x < out.w; x++) {
+    for (int p = 0; p < r->n * in.d[0]; p++)
+        for (int y = 0; y < out.d[1]; y++)
+            for (int x = 0; x < out.d[2]; x++) {
                 double best = -INFINITY, sum = 0.0;
                 for (int ki = 0; ki < k; ki++)
                     for (int kj = 0; kj < k; kj++) {
                         int iy = y * stride - pad + ki, ix = x * stride - pad + kj;
-                        if (iy < 0 || iy >= in.h || ix < 0 || ix >= in.w)
+                        if (iy < 0 || iy >= in.d[1] || ix < 0 || ix >= in.d[2])
                             continue;
-                        double v = r->in[((size_t)p * in.h + iy) * in.w + ix];
+                        double v = r->in[((size_t)p * in.d[1] + iy) * in.d[2] + ix];
                         sum += v;
                         if (v > best)
                             best = v;
@@ -354,17 +355,17 @@ static double *direct_adaptive_avgpool(const rig *r) {
     fr_shape in = r->layer.in, out = r->layer.out;
     double *result = malloc(r->out_count * sizeof *result);
     double *dst = result;
-    for (int p = 0; p < r->n * in.c; p++)
-        for (int y = 0; y < out.h; y++)
-            for (int x = 0; x < out.w; x++) {
-                int y0 = (int)floor((double)y * in.h / out.h);
-                int y1 = (int)ceil((double)(y + 1) * in.h / out.h);
-                int x0 = (int)floor((double)x * in.w / out.w);
-                int x1 = (int)ceil((double)(x + 1) * in.w / out.w);
+    for (int p = 0; p < r->n * in.d[0]; p++)
+        for (int y = 0; y < out.d[1]; y++)
+            for (int x = 0; x < out.d[2]; x++) {
+                int y0 = (int)floor((double)y * in.d[1] / out.d[1]);
+                int y1 = (int)ceil((double)(y + 1) * in.d[1] / out.d[1]);
+                int x0 = (int)floor((double)x * in.d[2] / out.d[2]);
+                int x1 = (int)ceil((double)(x + 1) * in.d[2] / out.d[2]);
                 double sum = 0.0;
                 for (int iy = y0; iy < y1; iy++)
                     for (int ix = x0; ix < x1; ix++)
-                        sum += r->in[((size_t)p * in.h + iy) * in.w + ix];
+                        sum += r->in[((size_t)p * in.d[1] + iy) * in.d[2] + ix];
                 *dst++ = sum / ((y1 - y0) * (x1 - x0));
             }
     return result;
@@ -383,14 +384,14 @@ static void check_forward(rig *r, double *want, const char *what) {
 static void test_linear(void) {
     rig r;
     /* A 2x2x3 input exercises the implicit flatten: 12 features. */
-    if (!tap_ok(rig_open(&r, linear_layer((fr_shape){2, 2, 3}, 12, 5), 3, 1),
+    if (!tap_ok(rig_open(&r, linear_layer(fr_shape_chw(2, 2, 3), 12, 5), 3, 1),
                 "linear(12, 5) accepts a 2x2x3 input (12 features)"))
         return;
-    tap_ok(r.layer.out.c == 5 && r.layer.out.h == 1 && r.layer.out.w == 1 &&
-               r.layer.weight_ndim == 2 && r.layer.weight_shape[0] == 5 &&
-               r.layer.weight_shape[1] == 12 && r.layer.bias_numel == 5 &&
+    tap_ok(r.layer.out.ndim == 1 && r.layer.out.d[0] == 5 &&
+               r.layer.param_ndim[FR_WEIGHT] == 2 && r.layer.param_shape[FR_WEIGHT][0] == 5 &&
+               r.layer.param_shape[FR_WEIGHT][1] == 12 && r.layer.param_shape[FR_BIAS][0] == 5 &&
                r.layer.fan_in == 12,
-           "linear(12, 5): output 5x1x1, weight [5, 12], bias [5], fan_in 12");
+           "linear(12, 5): output [5], weight [5, 12], bias [5], fan_in 12");
     check_forward(&r, direct_linear(&r), "linear batch 3");
     check_gradients(&r, "linear batch 3");
     check_frozen_and_accumulation(&r, "linear");
@@ -421,7 +422,7 @@ static void test_conv2d(void) {
                  cases[i].in_c, cases[i].out_c, cases[i].k, cases[i].stride,
                  cases[i].pad, cases[i].in_c, cases[i].h, cases[i].w);
         rig r;
-        fr_layer l = conv_layer((fr_shape){cases[i].in_c, cases[i].h, cases[i].w},
+        fr_layer l = conv_layer(fr_shape_chw(cases[i].in_c, cases[i].h, cases[i].w),
                                 cases[i].in_c, cases[i].out_c, cases[i].k,
                                 cases[i].stride, cases[i].pad);
         if (!tap_ok(rig_open(&r, l, 2, 100 + i), "%s: infer_shape accepts it", what))
@@ -437,12 +438,12 @@ static void test_conv2d(void) {
 /* conv2d(..., bias=False): no bias parameter, and none added. */
 static void test_conv2d_without_bias(void) {
     rig r;
-    fr_layer l = layer_of(&fr_conv2d_ops, "conv", (fr_shape){2, 5, 6},
+    fr_layer l = layer_of(&fr_conv2d_ops, "conv", fr_shape_chw(2, 5, 6),
                           (const int[]){2, 3, 3, 1, 1, 0});
     if (!tap_ok(rig_open(&r, l, 2, 150), "conv2d(2, 3, 3, padding=1, bias=False) on 2x5x6: "
                                          "infer_shape accepts it"))
         return;
-    tap_ok(r.layer.weight_ndim == 4 && r.layer.bias_numel == 0 && r.layer.fan_in == 18,
+    tap_ok(r.layer.param_ndim[FR_WEIGHT] == 4 && r.layer.param_shape[FR_BIAS][0] == 0 && r.layer.fan_in == 18,
            "conv2d with bias=False has a weight [3, 2, 3, 3] and no bias");
     check_forward(&r, direct_conv(&r), "conv2d bias=False");
     check_gradients(&r, "conv2d bias=False");
@@ -453,11 +454,11 @@ static void test_conv2d_without_bias(void) {
 
 static void test_relu(void) {
     rig r;
-    if (!tap_ok(rig_open(&r, relu_layer((fr_shape){2, 3, 4}), 2, 7),
+    if (!tap_ok(rig_open(&r, relu_layer(fr_shape_chw(2, 3, 4)), 2, 7),
                 "relu accepts any shape"))
         return;
-    tap_ok(r.layer.out.c == 2 && r.layer.out.h == 3 && r.layer.out.w == 4 &&
-               r.layer.weight_ndim == 0 && r.layer.bias_numel == 0,
+    tap_ok(r.layer.out.d[0] == 2 && r.layer.out.d[1] == 3 && r.layer.out.d[2] == 4 &&
+               r.layer.param_ndim[FR_WEIGHT] == 0 && r.layer.param_shape[FR_BIAS][0] == 0,
            "relu keeps the shape and has no parameters");
     /* Keep every input at least 0.1 from the kink so the differences are exact. */
     for (size_t i = 0; i < r.in_count; i++)
@@ -526,13 +527,13 @@ static void test_maxpool2d(void) {
                  cases[i].stride, cases[i].pad, cases[i].c, cases[i].h, cases[i].w);
         rig r;
         fr_layer l = layer_of(&fr_maxpool2d_ops, "pool",
-                              (fr_shape){cases[i].c, cases[i].h, cases[i].w},
+                              fr_shape_chw(cases[i].c, cases[i].h, cases[i].w),
                               (const int[]){cases[i].k, cases[i].stride, cases[i].pad});
         if (!tap_ok(rig_open(&r, l, 2, 200 + i), "%s: infer_shape accepts it", what))
             continue;
         int oh = (cases[i].h + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
         int ow = (cases[i].w + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
-        tap_ok(r.layer.out.c == cases[i].c && r.layer.out.h == oh && r.layer.out.w == ow,
+        tap_ok(r.layer.out.d[0] == cases[i].c && r.layer.out.d[1] == oh && r.layer.out.d[2] == ow,
                "%s: output %dx%dx%d (floor mode)", what, cases[i].c, oh, ow);
         tap_ok(r.layer.ops->scratch_bytes(&r.layer, 5) == 5 * fr_shape_numel(r.layer.out) * 4,
                "%s: scratch holds one int32 argmax per output element", what);
@@ -544,7 +545,7 @@ static void test_maxpool2d(void) {
 
     /* All-equal windows: PyTorch sends the gradient to the first element. */
     rig r;
-    if (!rig_open(&r, pool_layer((fr_shape){1, 4, 4}, 2, 2), 1, 300))
+    if (!rig_open(&r, pool_layer(fr_shape_chw(1, 4, 4), 2, 2), 1, 300))
         return;
     memset(r.in, 0, r.in_count * sizeof *r.in);
     float *din = filled_floats(r.in_count, 1e3f);
@@ -568,7 +569,7 @@ static void test_maxpool2d(void) {
     /* The same rules on wide rows, where the 2x2 path runs vectorized.  In
      * window x a NaN sits at position x % 4; then a tie of two maxima starts
      * at position x % 3 and the first of the two must take the gradient. */
-    if (!rig_open(&r, pool_layer((fr_shape){1, 2, 64}, 2, 2), 1, 301))
+    if (!rig_open(&r, pool_layer(fr_shape_chw(1, 2, 64), 2, 2), 1, 301))
         return;
     bool nan_wins = true, ties_first = true;
     for (int x = 0; x < 32; x++) {
@@ -616,7 +617,7 @@ static void test_avgpool2d(void) {
         snprintf(what, sizeof what, "avgpool2d(k%d, s%d, p%d) on %dx%dx%d", cases[i].k,
                  cases[i].stride, cases[i].pad, cases[i].c, cases[i].h, cases[i].w);
         rig r;
-        fr_layer l = kind_layer("avgpool2d", (fr_shape){cases[i].c, cases[i].h, cases[i].w},
+        fr_layer l = kind_layer("avgpool2d", fr_shape_chw(cases[i].c, cases[i].h, cases[i].w),
                                 (const int[]){cases[i].k, cases[i].stride, cases[i].pad});
         if (!tap_ok(rig_open(&r, l, 2, 250 + i), "%s: infer_shape accepts it", what))
             continue;
@@ -625,8 +626,8 @@ static void test_avgpool2d(void) {
         rig_close(&r);
     }
     fr_error err = {0};
-    fr_layer too_wide = kind_layer("avgpool2d", (fr_shape){1, 6, 6}, (const int[]){3, 1, 2});
-    fr_layer too_wide_max = pool_layer((fr_shape){1, 6, 6}, 3, 1);
+    fr_layer too_wide = kind_layer("avgpool2d", fr_shape_chw(1, 6, 6), (const int[]){3, 1, 2});
+    fr_layer too_wide_max = pool_layer(fr_shape_chw(1, 6, 6), 3, 1);
     too_wide_max.args[2] = 2;
     tap_ok(too_wide.ops->infer_shape(&too_wide, &err) == FR_EINVAL &&
                strstr(err.msg, "more than half the kernel") &&
@@ -649,10 +650,10 @@ static void test_adaptive_avgpool2d(void) {
                  cases[i].c, cases[i].h, cases[i].w);
         rig r;
         fr_layer l = kind_layer("adaptive_avgpool2d",
-                                (fr_shape){cases[i].c, cases[i].h, cases[i].w},
+                                fr_shape_chw(cases[i].c, cases[i].h, cases[i].w),
                                 (const int[]){cases[i].size});
-        if (!tap_ok(rig_open(&r, l, 2, 270 + i) && r.layer.out.c == cases[i].c &&
-                        r.layer.out.h == cases[i].size && r.layer.out.w == cases[i].size,
+        if (!tap_ok(rig_open(&r, l, 2, 270 + i) && r.layer.out.d[0] == cases[i].c &&
+                        r.layer.out.d[1] == cases[i].size && r.layer.out.d[2] == cases[i].size,
                     "%s: output %dx%dx%d", what, cases[i].c, cases[i].size, cases[i].size))
             continue;
         check_forward(&r, direct_adaptive_avgpool(&r), what);
@@ -670,42 +671,42 @@ static int shape_error(fr_layer l, fr_error *err) {
 
 static void test_shapes(void) {
     fr_error err;
-    fr_shape mnist = {1, 28, 28};
+    fr_shape mnist = fr_shape_chw(1, 28, 28);
 
     /* The example network of DESIGN.md, layer by layer. */
     fr_layer conv1 = conv_layer(mnist, 1, 32, 3, 1, 0);
-    tap_ok(conv1.ops->infer_shape(&conv1, &err) == FR_OK && conv1.out.c == 32 &&
-               conv1.out.h == 26 && conv1.out.w == 26 && conv1.weight_ndim == 4 &&
-               conv1.weight_shape[0] == 32 && conv1.weight_shape[1] == 1 &&
-               conv1.weight_shape[2] == 3 && conv1.weight_shape[3] == 3 &&
-               conv1.bias_numel == 32 && conv1.fan_in == 9,
+    tap_ok(conv1.ops->infer_shape(&conv1, &err) == FR_OK && conv1.out.d[0] == 32 &&
+               conv1.out.d[1] == 26 && conv1.out.d[2] == 26 && conv1.param_ndim[FR_WEIGHT] == 4 &&
+               conv1.param_shape[FR_WEIGHT][0] == 32 && conv1.param_shape[FR_WEIGHT][1] == 1 &&
+               conv1.param_shape[FR_WEIGHT][2] == 3 && conv1.param_shape[FR_WEIGHT][3] == 3 &&
+               conv1.param_shape[FR_BIAS][0] == 32 && conv1.fan_in == 9,
            "conv2d(1, 32, 3) on 1x28x28: 32x26x26, weight [32, 1, 3, 3], fan_in 9");
     fr_layer conv2 = conv_layer(conv1.out, 32, 64, 3, 1, 0);
-    tap_ok(conv2.ops->infer_shape(&conv2, &err) == FR_OK && conv2.out.c == 64 &&
-               conv2.out.h == 24 && conv2.fan_in == 288,
+    tap_ok(conv2.ops->infer_shape(&conv2, &err) == FR_OK && conv2.out.d[0] == 64 &&
+               conv2.out.d[1] == 24 && conv2.fan_in == 288,
            "conv2d(32, 64, 3) on 32x26x26: 64x24x24, fan_in 288");
     tap_ok(conv2.ops->scratch_bytes(&conv2, 1) == 288u * 24 * 24 * 4 &&
                conv2.ops->scratch_bytes(&conv2, 64) == 288u * 24 * 24 * 4,
            "conv2d scratch is one sample's columns whatever the batch");
     fr_layer pool = pool_layer(conv2.out, 2, 2);
-    tap_ok(pool.ops->infer_shape(&pool, &err) == FR_OK && pool.out.c == 64 &&
-               pool.out.h == 12 && pool.out.w == 12,
+    tap_ok(pool.ops->infer_shape(&pool, &err) == FR_OK && pool.out.d[0] == 64 &&
+               pool.out.d[1] == 12 && pool.out.d[2] == 12,
            "maxpool2d(2) on 64x24x24: 64x12x12");
     fr_layer flat = layer_of(&fr_flatten_ops, "flatten", pool.out, NULL);
-    tap_ok(flat.ops->infer_shape(&flat, &err) == FR_OK && flat.out.c == 9216 &&
-               flat.out.h == 1 && flat.out.w == 1 && flat.ops->alias &&
-               !flat.ops->forward && !flat.ops->backward && flat.weight_ndim == 0,
-           "flatten of 64x12x12: 9216x1x1, an alias with no forward or backward");
+    tap_ok(flat.ops->infer_shape(&flat, &err) == FR_OK && flat.out.ndim == 1 &&
+               flat.out.d[0] == 9216 && flat.ops->alias &&
+               !flat.ops->forward && !flat.ops->backward && flat.param_ndim[FR_WEIGHT] == 0,
+           "flatten of 64x12x12: [9216], an alias with no forward or backward");
     fr_layer fc1 = linear_layer(flat.out, 9216, 128);
-    tap_ok(fc1.ops->infer_shape(&fc1, &err) == FR_OK && fc1.out.c == 128,
+    tap_ok(fc1.ops->infer_shape(&fc1, &err) == FR_OK && fc1.out.d[0] == 128,
            "linear(9216, 128) on 9216x1x1: 128x1x1");
-    fr_layer one = conv_layer((fr_shape){3, 5, 5}, 3, 4, 1, 1, 0);
+    fr_layer one = conv_layer(fr_shape_chw(3, 5, 5), 3, 4, 1, 1, 0);
     tap_ok(one.ops->infer_shape(&one, &err) == FR_OK &&
                one.ops->scratch_bytes(&one, 8) == 0,
            "conv2d with a 1x1 kernel, stride 1, no padding needs no scratch");
 
     /* Rejections. */
-    fr_layer fc = layer_of(&fr_linear_ops, "fc1", (fr_shape){32, 13, 13}, (const int[]){9216, 128});
+    fr_layer fc = layer_of(&fr_linear_ops, "fc1", fr_shape_chw(32, 13, 13), (const int[]){9216, 128});
     tap_ok(shape_error(fc, &err) == FR_ESHAPE && err.status == FR_ESHAPE &&
                strcmp(err.msg, "fc1: linear(9216, 128) expects 9216 input features, "
                                "got 32x13x13 = 5408") == 0,
@@ -715,26 +716,26 @@ static void test_shapes(void) {
                strstr(err.msg, "expects 3 input channels") && strstr(err.msg, "1x28x28"),
            "conv2d rejects an input with other channels than its in_channels");
     tap_diag("%s", err.msg);
-    tap_ok(shape_error(conv_layer((fr_shape){1, 3, 3}, 1, 8, 4, 1, 0), &err) == FR_ESHAPE &&
+    tap_ok(shape_error(conv_layer(fr_shape_chw(1, 3, 3), 1, 8, 4, 1, 0), &err) == FR_ESHAPE &&
                strstr(err.msg, "1x3x3"),
            "conv2d rejects a kernel larger than its input");
     tap_diag("%s", err.msg);
-    tap_ok(shape_error(conv_layer((fr_shape){1, 3, 9}, 1, 8, 6, 1, 1), &err) == FR_ESHAPE,
+    tap_ok(shape_error(conv_layer(fr_shape_chw(1, 3, 9), 1, 8, 6, 1, 1), &err) == FR_ESHAPE,
            "conv2d rejects a kernel larger than its input with the padding");
-    fr_layer fits = conv_layer((fr_shape){1, 3, 3}, 1, 8, 5, 1, 1);
-    tap_ok(fits.ops->infer_shape(&fits, &err) == FR_OK && fits.out.h == 1 && fits.out.w == 1,
+    fr_layer fits = conv_layer(fr_shape_chw(1, 3, 3), 1, 8, 5, 1, 1);
+    tap_ok(fits.ops->infer_shape(&fits, &err) == FR_OK && fits.out.d[1] == 1 && fits.out.d[2] == 1,
            "conv2d accepts a kernel exactly as large as the padded input (1x1 out)");
     tap_ok(shape_error(conv_layer(mnist, 1, 8, 3, 0, 0), &err) == FR_EINVAL &&
                shape_error(conv_layer(mnist, 1, 8, 3, 1, -1), &err) == FR_EINVAL &&
                shape_error(conv_layer(mnist, 1, 0, 3, 1, 0), &err) == FR_EINVAL,
            "conv2d rejects stride 0, negative padding and zero channels");
-    tap_ok(shape_error(pool_layer((fr_shape){4, 2, 2}, 3, 3), &err) == FR_ESHAPE &&
+    tap_ok(shape_error(pool_layer(fr_shape_chw(4, 2, 2), 3, 3), &err) == FR_ESHAPE &&
                strstr(err.msg, "4x2x2"),
            "maxpool2d rejects a window larger than its input");
     tap_diag("%s", err.msg);
-    tap_ok(shape_error(pool_layer((fr_shape){4, 2, 9}, 3, 1), &err) == FR_ESHAPE,
+    tap_ok(shape_error(pool_layer(fr_shape_chw(4, 2, 9), 3, 1), &err) == FR_ESHAPE,
            "maxpool2d rejects a window taller than its input even when it is wide enough");
-    tap_ok(shape_error(linear_layer((fr_shape){0, 1, 1}, 0, 4), &err) == FR_EINVAL,
+    tap_ok(shape_error(linear_layer(fr_shape_chw(0, 1, 1), 0, 4), &err) == FR_EINVAL,
            "linear rejects zero input features");
 }
 

@@ -368,7 +368,7 @@ static void test_images(void) {
                fr_dataset_images(data)[0] == 0.0f && fr_dataset_images(data)[4] == 1.0f,
            "uint8 (N, H, W) loads as N x 1 x H x W, each pixel exactly p / 255 (%s)",
            status ? err.msg : "ok");
-    tap_ok(status == FR_OK && memcmp(fr_dataset_labels(data), labels, N) == 0 &&
+    tap_ok(status == FR_OK && labels_equal(fr_dataset_labels(data), labels, N) &&
                strcmp(fr_dataset_images_path(data), x) == 0 &&
                strcmp(fr_dataset_labels_path(data), y) == 0,
            "the labels come in order, and the dataset names its two files");
@@ -473,7 +473,7 @@ static void test_label_dtypes(void) {
         memcpy(want, labels, N);
         if (int8)
             want[2] = 127;
-        tap_ok(status == FR_OK && memcmp(fr_dataset_labels(data), want, N) == 0,
+        tap_ok(status == FR_OK && labels_equal(fr_dataset_labels(data), want, N),
                "labels of dtype %s load (%s)", descrs[i], status ? err.msg : "ok");
         fr_dataset_free(data);
     }
@@ -504,7 +504,7 @@ static void test_same_as_idx(void) {
     tap_ok(status == FR_OK && has_shape(npy, N, 1, 6, 3) && has_shape(idx, N, 1, 6, 3) &&
                memcmp(fr_dataset_images(idx), fr_dataset_images(npy),
                       sizeof(float) * N * NUMEL) == 0 &&
-               memcmp(fr_dataset_labels(idx), fr_dataset_labels(npy), N) == 0,
+               memcmp(fr_dataset_labels(idx), fr_dataset_labels(npy), N * sizeof(int32_t)) == 0,
            "uint8 (N, 1, H, W) with int64 labels is the IDX dataset of the same bytes, bit for "
            "bit (%s)",
            status ? err.msg : "ok");
@@ -522,12 +522,16 @@ static void test_dataset_rejections(void) {
     unsigned char body[4096] = {0};
     const char *bad;
 
-    bad = write_npy("x-i8.npy", 1, "<i8", "(4, 18)", body, 4 * 18 * 8);
+    /* 2-D int32/int64/uint16 arrays are token rows; as images they are refused. */
+    bad = write_npy("x-i8.npy", 1, "<i8", "(4, 3, 2, 3)", body, 4 * 18 * 8);
     expect_load_failure("images of dtype int64", bad, y_path, FR_LAYOUT_NCHW, FR_EFORMAT, bad,
                         "images of dtype '<i8'; frost reads uint8 (scaled to [0, 1]), float32");
-    bad = write_npy("x-u2.npy", 1, "<u2", "(4, 18)", body, 4 * 18 * 2);
+    bad = write_npy("x-u2.npy", 1, "<u2", "(4, 3, 6)", body, 4 * 18 * 2);
     expect_load_failure("images of dtype uint16", bad, y_path, FR_LAYOUT_NCHW, FR_EFORMAT, bad,
                         "images of dtype '<u2'");
+    bad = write_npy("x-i2.npy", 1, "<i2", "(4, 18)", body, 4 * 18 * 2);
+    expect_load_failure("token rows of dtype int16", bad, y_path, FR_LAYOUT_NCHW, FR_EFORMAT, bad,
+                        "images of dtype '<i2'");
     bad = write_npy("x-1d.npy", 1, "|u1", "(4,)", body, 4);
     expect_load_failure("1-D images", bad, y_path, FR_LAYOUT_NCHW, FR_EFORMAT, bad,
                         "images of shape (4,); expected (N, C, H, W)");
@@ -579,15 +583,25 @@ static void test_dataset_rejections(void) {
     int64_t wide[N] = {1, 2, -1, 3};
     bad = write_npy("y-neg.npy", 1, "<i8", "(4,)", wide, sizeof wide);
     expect_load_failure("a negative label", x_path, bad, FR_LAYOUT_NCHW, FR_EFORMAT, bad,
-                        "label -1 (sample 2) is out of range 0-255");
-    wide[2] = 256;
-    bad = write_npy("y-256.npy", 1, "<i8", "(4,)", wide, sizeof wide);
-    expect_load_failure("label 256", x_path, bad, FR_LAYOUT_NCHW, FR_EFORMAT, bad,
-                        "label 256 (sample 2) is out of range 0-255");
+                        "label -1 (sample 2) is out of range 0-2147483647");
+    wide[2] = 2147483648LL;
+    bad = write_npy("y-2g.npy", 1, "<i8", "(4,)", wide, sizeof wide);
+    expect_load_failure("label 2^31", x_path, bad, FR_LAYOUT_NCHW, FR_EFORMAT, bad,
+                        "label 2147483648 (sample 2) is out of range 0-2147483647");
+    wide[2] = 999;
+    const char *wide_path = write_npy("y-999.npy", 1, "<i8", "(4,)", wide, sizeof wide);
+    fr_dataset *thousand = NULL;
+    fr_error wide_err = {0};
+    int wide_status = fr_dataset_load_npy(x_path, wide_path, FR_LAYOUT_NCHW, &thousand, &wide_err);
+    tap_ok(wide_status == FR_OK && fr_dataset_labels(thousand)[2] == 999 &&
+               fr_dataset_class_count(thousand) == 1000,
+           "a class id above 255 (999: ImageNet's 1000 classes) loads as it is (%s)",
+           wide_status ? wide_err.msg : "ok");
+    fr_dataset_free(thousand);
     uint64_t huge[N] = {0, 0, 0, UINT64_MAX};
     bad = write_npy("y-u8max.npy", 1, "<u8", "(4,)", huge, sizeof huge);
     expect_load_failure("a uint64 label beyond int64", x_path, bad, FR_LAYOUT_NCHW, FR_EFORMAT,
-                        bad, "label 18446744073709551615 (sample 3) is out of range 0-255");
+                        bad, "label 18446744073709551615 (sample 3) is out of range 0-2147483647");
     int64_t wide_and_more[N + 1] = {1, 2, 3, 4, 5};
     bad = write_npy("y-trail.npy", 1, "<i8", "(4,)", wide_and_more, sizeof wide_and_more);
     expect_load_failure("labels with 8 trailing bytes", x_path, bad, FR_LAYOUT_NCHW, FR_EFORMAT,
@@ -727,7 +741,7 @@ static void test_directories(void) {
 /* -------------------------------------------------------------- normalise */
 
 static fr_dataset *from_floats(const float *x, int n, int c, int h, int w) {
-    uint8_t zero_labels[8] = {0};
+    int32_t zero_labels[8] = {0};
     fr_dataset *data = NULL;
     fr_error err;
     if (fr_dataset_from_arrays(x, zero_labels, n, c, h, w, &data, &err) != FR_OK)
@@ -802,7 +816,7 @@ static void test_normalize(void) {
 }
 
 int main(void) {
-    tap_plan(103); /* every check below, counted: fewer or more fails the test */
+    tap_plan(105); /* every check below, counted: fewer or more fails the test */
     if (!make_test_dir("npy"))
         return 2;
     make_pixels();

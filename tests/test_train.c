@@ -363,13 +363,13 @@ static size_t expected_gradient_bytes(fr_model *m, int threads, size_t staged_fl
 /* A dataset of n random samples of 1 x 8 x 8 in [0, 1], 10 classes. */
 static fr_dataset *random_images(int n, uint64_t seed) {
     float *x = malloc(sizeof(float) * 64 * (size_t)n);
-    uint8_t *labels = malloc((size_t)n);
+    int32_t *labels = malloc((size_t)n * sizeof *labels);
     fr_rng rng;
     fr_rng_seed(&rng, seed);
     for (int i = 0; i < 64 * n; i++)
         x[i] = fr_rng_uniform(&rng);
     for (int i = 0; i < n; i++)
-        labels[i] = (uint8_t)fr_rng_below(&rng, 10);
+        labels[i] = (int32_t)fr_rng_below(&rng, 10);
     fr_dataset *data = NULL;
     fr_error err = {0};
     if (fr_dataset_from_arrays(x, labels, n, 1, 8, 8, &data, &err) != FR_OK)
@@ -559,13 +559,13 @@ static void test_learning_and_threads(void) {
 /* 40 random 1x4x4 samples of 3 classes. */
 static fr_dataset *random_dataset(uint64_t seed) {
     float x[40 * 16];
-    uint8_t labels[40];
+    int32_t labels[40];
     fr_rng rng;
     fr_rng_seed(&rng, seed);
     for (int i = 0; i < 40 * 16; i++)
         x[i] = fr_rng_uniform(&rng);
     for (int i = 0; i < 40; i++)
-        labels[i] = (uint8_t)(i % 3);
+        labels[i] = i % 3;
     fr_dataset *data = NULL;
     fr_error err = {0};
     if (fr_dataset_from_arrays(x, labels, 40, 1, 4, 4, &data, &err) != FR_OK)

@@ -77,6 +77,20 @@ static int load_model(const frost_options *opts, fr_model **out, fr_error *err) 
  */
 static int check_sample_shape(const fr_dataset *data, const fr_model *model, fr_error *err) {
     const char *path = fr_dataset_images_path(data);
+    bool tokens = fr_dataset_dtype(data) == FR_I32;
+    if (tokens != (fr_model_input_dtype(model) == FR_I32))
+        return fr_fail(err, FR_ESHAPE, "%s holds %s, but the model's input is %s", path,
+                       tokens ? "token ids" : "values", tokens ? "values" : "token ids");
+    if (tokens) {
+        int largest = fr_dataset_largest_token(data), vocabulary = fr_model_vocab_size(model);
+        if (fr_dataset_sample_numel(data) != fr_model_input_numel(model))
+            return fr_fail(err, FR_ESHAPE, "%s: rows of %d tokens, the model's input takes %d",
+                           path, fr_dataset_sample_numel(data), fr_model_input_numel(model));
+        if (largest >= vocabulary)
+            return fr_fail(err, FR_EFORMAT, "%s: token id %d is out of range for the model's "
+                           "vocabulary of %d", path, largest, vocabulary);
+        return FR_OK;
+    }
     if (fr_dataset_sample_numel(data) != fr_model_input_numel(model))
         return fr_fail(err, FR_ESHAPE, "%s: images have %d values, the model's input takes %d",
                        path, fr_dataset_sample_numel(data), fr_model_input_numel(model));
@@ -107,10 +121,15 @@ static int load_data(const frost_options *opts, const fr_model *model, bool trai
     }
     if (rc == FR_OK)
         rc = check_sample_shape(data, model, err);
-    if (rc == FR_OK && fr_dataset_class_count(data) > fr_model_output_numel(model))
+    int targets = fr_model_targets_per_sample(model, FR_CROSS_ENTROPY);
+    if (rc == FR_OK && fr_dataset_targets_per_sample(data) != targets)
+        rc = fr_fail(err, FR_ESHAPE, "%s: %d targets per sample, the model's output takes %d "
+                     "(one class per sample, or one per position)", fr_dataset_labels_path(data),
+                     fr_dataset_targets_per_sample(data), targets);
+    int classes = fr_model_class_count(model);
+    if (rc == FR_OK && fr_dataset_class_count(data) > classes)
         rc = fr_fail(err, FR_EFORMAT, "%s: label %d is out of range for a model with %d outputs",
-                     fr_dataset_labels_path(data), fr_dataset_class_count(data) - 1,
-                     fr_model_output_numel(model));
+                     fr_dataset_labels_path(data), fr_dataset_class_count(data) - 1, classes);
     /* Once, here: every step, the evaluation and the frozen-prefix feature
      * cache then see the normalised values. */
     if (rc == FR_OK && opts->normalize) {
@@ -219,17 +238,22 @@ static int initialise_weights(const frost_options *opts, fr_model *model, bool t
 
 /* ------------------------------------------------------------- batches */
 
-/* Copy this rank's rows of the global batch (the rest stay untouched). */
+/* Copy this rank's rows of the global batch (the rest stay untouched) and
+ * every row's targets (the loss's mean is over the whole batch's).  Inputs
+ * move as bytes: floats or token ids alike. */
 static void gather_batch(const fr_dataset *data, const int *order, int batch, int first,
-                         int count, float *x, int32_t *labels) {
-    int numel = fr_dataset_sample_numel(data);
-    const float *images = fr_dataset_images(data);
-    const uint8_t *all_labels = fr_dataset_labels(data);
-    for (int i = first; i < first + count; i++) {
-        memcpy(x + (size_t)i * numel, images + (size_t)order[i] * numel, sizeof(float) * numel);
-        labels[i] = all_labels[order[i]];
-    }
-    (void)batch;
+                         int count, void *x, int32_t *labels) {
+    size_t bytes = (size_t)fr_dataset_sample_numel(data) * 4;
+    const char *inputs = fr_dataset_dtype(data) == FR_I32
+                             ? (const char *)fr_dataset_tokens(data)
+                             : (const char *)fr_dataset_images(data);
+    int targets = fr_dataset_targets_per_sample(data);
+    const int32_t *all_labels = fr_dataset_labels(data);
+    for (int i = first; i < first + count; i++)
+        memcpy((char *)x + (size_t)i * bytes, inputs + (size_t)order[i] * bytes, bytes);
+    for (int i = 0; i < batch; i++)
+        memcpy(labels + (size_t)i * targets, all_labels + (size_t)order[i] * targets,
+               sizeof *labels * (size_t)targets);
 }
 
 /* Loss and accuracy of the model on a whole dataset. */
@@ -243,7 +267,7 @@ static int evaluate_dataset(fr_trainer *trainer, const fr_dataset *data, int bat
     for (int i = 0; i < n; i++)
         order[i] = i;
     double loss_sum = 0.0;
-    long correct_sum = 0;
+    long correct_sum = 0, counted = 0;
     int rc = FR_OK;
     for (int start = 0; start < n && rc == FR_OK; start += batch_size) {
         int batch = n - start < batch_size ? n - start : batch_size, first, count;
@@ -252,12 +276,16 @@ static int evaluate_dataset(fr_trainer *trainer, const fr_dataset *data, int bat
         double batch_loss;
         long correct;
         rc = fr_trainer_evaluate(trainer, x, labels, batch, &batch_loss, &correct, err);
-        loss_sum += batch_loss * batch;
+        /* Each batch's mean is over its targets that count: samples, or
+         * positions not ignored. */
+        long batch_count = fr_trainer_last_count(trainer);
+        loss_sum += batch_loss * batch_count;
         correct_sum += correct;
+        counted += batch_count;
     }
     free(order);
-    *loss = loss_sum / n;
-    *accuracy = (double)correct_sum / n;
+    *loss = counted ? loss_sum / counted : 0.0;
+    *accuracy = counted ? (double)correct_sum / counted : 0.0;
     return rc;
 }
 
@@ -611,7 +639,9 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
     if (rc != FR_OK)
         return rc;
     run->x = malloc(sizeof(float) * (size_t)opts->batch_size * fr_model_input_numel(run->model));
-    run->labels = malloc(sizeof(int32_t) * (size_t)opts->batch_size);
+    int targets = run->train ? fr_dataset_targets_per_sample(run->train)
+                             : fr_dataset_targets_per_sample(run->test);
+    run->labels = malloc(sizeof(int32_t) * (size_t)opts->batch_size * (size_t)targets);
     bool allocated = run->x && run->labels;
     if (training) {
         run->order = malloc(sizeof(int) * (size_t)fr_dataset_size(run->train));
@@ -853,6 +883,8 @@ typedef struct progress {
 
 static void log_progress(run_state *run, progress *p, long epoch, long step, long total_steps,
                          double loss, long correct, int batch) {
+    /* Accuracy over what the loss counted: samples, or positions not ignored. */
+    batch = (int)fr_trainer_last_count(run->trainer);
     double t = now_seconds();
     double rate = p->interval_samples / (t - p->interval_start);
     size_t sent = fr_trainer_bytes_sent(run->trainer);

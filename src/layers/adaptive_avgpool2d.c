@@ -18,12 +18,14 @@ static const fr_pool_window ADAPTIVE = {0, 0, 0};
 
 static int adaptive_avgpool2d_infer_shape(fr_layer *l, fr_error *err) {
     int cells = l->args[OUTPUT_SIZE];
+    if (fr_layer_need_image(l, err) != FR_OK)
+        return FR_ESHAPE;
     if (cells < 1) {
         char self[64];
         fr_layer_format(l, self, sizeof self);
         return fr_layer_fail(l, err, FR_EINVAL, "%s needs an output size of at least 1", self);
     }
-    l->out = (fr_shape){l->in.c, cells, cells};
+    l->out = fr_shape_chw(l->in.d[0], cells, cells);
     fr_layer_no_params(l);
     return FR_OK;
 }
@@ -39,9 +41,8 @@ static void adaptive_avgpool2d_forward(const fr_layer *l, const float *in, float
 /* ---------------------------------------------------- backward */
 
 static void adaptive_avgpool2d_backward(const fr_layer *l, const float *in, const float *out,
-                                        const float *dout, float *din, float *dweight,
-                                        float *dbias, int n, void *scratch) {
-    (void)in, (void)out, (void)dweight, (void)dbias, (void)scratch;
+                                        const float *dout, float *din, const fr_param_grads *grads, int n, void *scratch) {
+    (void)in, (void)out, (void)grads, (void)scratch;
     if (din)
         fr_avgpool_backward(l, ADAPTIVE, dout, din, n);
 }

@@ -21,9 +21,8 @@ static void avgpool2d_forward(const fr_layer *l, const float *in, float *out, in
 /* ---------------------------------------------------- backward */
 
 static void avgpool2d_backward(const fr_layer *l, const float *in, const float *out,
-                               const float *dout, float *din, float *dweight, float *dbias,
-                               int n, void *scratch) {
-    (void)in, (void)out, (void)dweight, (void)dbias, (void)scratch;
+                               const float *dout, float *din, const fr_param_grads *grads, int n, void *scratch) {
+    (void)in, (void)out, (void)grads, (void)scratch;
     if (din)
         fr_avgpool_backward(l, fr_pool_window_of(l), dout, din, n);
 }

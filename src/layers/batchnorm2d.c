@@ -30,29 +30,25 @@ static int batchnorm2d_infer_shape(fr_layer *l, fr_error *err) {
     char self[96], shape[64];
     fr_layer_format(l, self, sizeof self);
     fr_shape_format(l->in, shape, sizeof shape);
-    if (l->in.c != l->args[FEATURES])
+    if (fr_layer_need_image(l, err) != FR_OK)
+        return FR_ESHAPE;
+    if (l->in.d[0] != l->args[FEATURES])
         return fr_layer_fail(l, err, FR_ESHAPE, "%s expects %d channels, got %s", self,
                              l->args[FEATURES], shape);
     l->out = l->in;
-    l->weight_ndim = l->args[AFFINE] ? 1 : 0;
-    l->weight_shape[0] = l->in.c;
-    l->bias_numel = l->args[AFFINE] ? l->in.c : 0;
-    l->fan_in = 0;
-    return FR_OK;
-}
-
-static void batchnorm2d_init(const fr_layer *l, float *weight, float *bias) {
-    for (int c = 0; c < l->out.c; c++) {
-        weight[c] = 1.0f;
-        if (bias)
-            bias[c] = 0.0f;
+    fr_layer_no_params(l);
+    if (l->args[AFFINE]) {
+        fr_layer_param_shape(l, FR_WEIGHT, 1, &l->in.d[0]);
+        fr_layer_param_shape(l, FR_BIAS, 1, &l->in.d[0]);
     }
+    return FR_OK;
 }
 
 /* Channel c's scale and shift: y = x * scale + shift. */
 static void affine_of(const fr_layer *l, int c, double mean, double invstd, float *scale,
                       float *shift) {
-    double w = l->weight_data ? l->weight_data[c] : 1.0, b = l->bias_data ? l->bias_data[c] : 0.0;
+    const float *weight = l->param_data[FR_WEIGHT], *bias = l->param_data[FR_BIAS];
+    double w = weight ? weight[c] : 1.0, b = bias ? bias[c] : 0.0;
     *scale = (float)(w * invstd);
     *shift = (float)(b - mean * w * invstd);
 }
@@ -60,7 +56,7 @@ static void affine_of(const fr_layer *l, int c, double mean, double invstd, floa
 /* Channel c of n samples normalized with (mean, invstd). */
 static void normalize_channel(const fr_layer *l, const float *in, float *out, int n, int c,
                               double mean, double invstd) {
-    int channels = l->out.c, plane = l->out.h * l->out.w;
+    int channels = l->out.d[0], plane = l->out.d[1] * l->out.d[2];
     float scale, shift;
     affine_of(l, c, mean, invstd, &scale, &shift);
     for (int s = 0; s < n; s++) {
@@ -76,7 +72,7 @@ static void normalize_channel(const fr_layer *l, const float *in, float *out, in
  * (sum, sum of squares, count), channel c. */
 static void batch_moments(const fr_layer *l, const double *sums, int c, double *mean,
                           double *var, double *invstd) {
-    int channels = l->out.c;
+    int channels = l->out.d[0];
     double count = sums[2 * channels];
     *mean = count > 0 ? sums[c] / count : 0.0;
     *var = count > 0 ? sums[channels + c] / count - *mean * *mean : 0.0;
@@ -98,18 +94,18 @@ static void running_moments(const fr_layer *l, int c, double *mean, double *invs
 static void batchnorm2d_forward(const fr_layer *l, const float *in, float *out, int n,
                                 void *scratch) {
     (void)scratch;
-    for (int c = 0; c < l->out.c; c++) {
+    for (int c = 0; c < l->out.d[0]; c++) {
         double mean, invstd;
         running_moments(l, c, &mean, &invstd);
         normalize_channel(l, in, out, n, c, mean, invstd);
     }
 }
 
-static int batchnorm2d_stats_count(const fr_layer *l) { return 2 * l->out.c + 1; }
+static int batchnorm2d_stats_count(const fr_layer *l) { return 2 * l->out.d[0] + 1; }
 
 /* Train mode: sum and sum of squares per channel, and the count. */
 static void batchnorm2d_forward_sums(const fr_layer *l, const float *in, int n, double *sums) {
-    int channels = l->out.c, plane = l->out.h * l->out.w;
+    int channels = l->out.d[0], plane = l->out.d[1] * l->out.d[2];
     for (int c = 0; c < channels; c++) {
         double sum = 0.0, squares = 0.0;
         for (int s = 0; s < n; s++) {
@@ -132,7 +128,7 @@ static void batchnorm2d_forward_sums(const fr_layer *l, const float *in, int n, 
 static void batchnorm2d_forward_with(const fr_layer *l, const float *in, float *out, int n,
                                      const double *sums, void *scratch) {
     (void)scratch;
-    for (int c = 0; c < l->out.c; c++) {
+    for (int c = 0; c < l->out.d[0]; c++) {
         double mean, var, invstd;
         batch_moments(l, sums, c, &mean, &var, &invstd);
         normalize_channel(l, in, out, n, c, mean, invstd);
@@ -142,7 +138,7 @@ static void batchnorm2d_forward_with(const fr_layer *l, const float *in, float *
 /* The running statistics, as PyTorch moves them: toward the batch's mean
  * and unbiased variance. */
 static void batchnorm2d_commit(const fr_layer *l, const double *sums) {
-    int channels = l->out.c;
+    int channels = l->out.d[0];
     float *running_mean = l->buffer_data[RUNNING_MEAN];
     float *running_var = l->buffer_data[RUNNING_VAR];
     int64_t *tracked = l->buffer_data[BATCHES_TRACKED];
@@ -165,7 +161,7 @@ static void batchnorm2d_commit(const fr_layer *l, const double *sums) {
 static void channel_sums(const fr_layer *l, const float *in, const float *dout, int n, int c,
                          double mean, double invstd, double *sum_dy, double *sum_dy_xhat,
                          float *dweight, float *dbias) {
-    int channels = l->out.c, plane = l->out.h * l->out.w;
+    int channels = l->out.d[0], plane = l->out.d[1] * l->out.d[2];
     double dy_total = 0.0, dy_x = 0.0;
     for (int s = 0; s < n; s++) {
         const float *dy = dout + ((size_t)s * channels + c) * plane;
@@ -187,11 +183,12 @@ static void channel_sums(const fr_layer *l, const float *in, const float *dout, 
 
 /* Eval mode: the statistics are constants. */
 static void batchnorm2d_backward(const fr_layer *l, const float *in, const float *out,
-                                 const float *dout, float *din, float *dweight, float *dbias,
+                                 const float *dout, float *din, const fr_param_grads *grads,
                                  int n, void *scratch) {
     (void)out;
     (void)scratch;
-    int channels = l->out.c, plane = l->out.h * l->out.w;
+    float *dweight = grads->grad[FR_WEIGHT], *dbias = grads->grad[FR_BIAS];
+    int channels = l->out.d[0], plane = l->out.d[1] * l->out.d[2];
     for (int c = 0; c < channels; c++) {
         double mean, invstd, sum_dy, sum_dy_xhat;
         running_moments(l, c, &mean, &invstd);
@@ -199,7 +196,8 @@ static void batchnorm2d_backward(const fr_layer *l, const float *in, const float
             channel_sums(l, in, dout, n, c, mean, invstd, &sum_dy, &sum_dy_xhat, dweight, dbias);
         if (!din)
             continue;
-        float scale = (float)((l->weight_data ? l->weight_data[c] : 1.0) * invstd);
+        const float *weight = l->param_data[FR_WEIGHT];
+        float scale = (float)((weight ? weight[c] : 1.0) * invstd);
         for (int s = 0; s < n; s++) {
             size_t at = ((size_t)s * channels + c) * plane;
 #pragma omp simd
@@ -212,7 +210,7 @@ static void batchnorm2d_backward(const fr_layer *l, const float *in, const float
 static void batchnorm2d_backward_sums(const fr_layer *l, const float *in, const float *dout,
                                       int n, double *sums, float *dweight, float *dbias,
                                       const double *forward_sums) {
-    int channels = l->out.c;
+    int channels = l->out.d[0];
     for (int c = 0; c < channels; c++) {
         double mean, var, invstd;
         batch_moments(l, forward_sums, c, &mean, &var, &invstd);
@@ -227,12 +225,12 @@ static void batchnorm2d_backward_sums(const fr_layer *l, const float *in, const 
 static void batchnorm2d_backward_with(const fr_layer *l, const float *in, const float *dout,
                                       float *din, int n, const double *sums,
                                       const double *forward_sums) {
-    int channels = l->out.c, plane = l->out.h * l->out.w;
+    int channels = l->out.d[0], plane = l->out.d[1] * l->out.d[2];
     double count = forward_sums[2 * channels];
     for (int c = 0; c < channels; c++) {
         double mean, var, invstd;
         batch_moments(l, forward_sums, c, &mean, &var, &invstd);
-        double w = l->weight_data ? l->weight_data[c] : 1.0;
+        double w = l->param_data[FR_WEIGHT] ? l->param_data[FR_WEIGHT][c] : 1.0;
         float scale = (float)(w * invstd), mean_dy = (float)(sums[c] / count);
         float xhat_scale = (float)invstd, mean_dy_xhat = (float)(sums[channels + c] / count);
         float shift = (float)mean;
@@ -249,6 +247,7 @@ static void batchnorm2d_backward_with(const fr_layer *l, const float *in, const 
 
 const fr_layer_ops fr_batchnorm2d_ops = {
     .kind = "batchnorm2d",
+    .params = {{"weight", FR_INIT_ONES}, {"bias", FR_INIT_ZEROS}},
     .args = {{"num_features", .minimum = 1},
              {"eps", .minimum = 1, .optional = true, .default_value = 10000, .real = true},
              {"momentum", .minimum = 0, .optional = true, .default_value = 100000000,
@@ -262,7 +261,6 @@ const fr_layer_ops fr_batchnorm2d_ops = {
     .buffers = {{"running_mean", .initial = 0.0f},
                 {"running_var", .initial = 1.0f},
                 {"num_batches_tracked", .i64 = true, .scalar = true, .initial = 0.0f}},
-    .init_params = batchnorm2d_init,
     .stats_count = batchnorm2d_stats_count,
     .forward_sums = batchnorm2d_forward_sums,
     .forward_with = batchnorm2d_forward_with,

@@ -35,10 +35,10 @@ static conv_dims dims_of(const fr_layer *l) {
     d.k = l->args[KERNEL_SIZE];
     d.stride = l->args[STRIDE];
     d.pad = l->args[PADDING];
-    d.h = l->in.h;
-    d.w = l->in.w;
-    d.oh = l->out.h;
-    d.ow = l->out.w;
+    d.h = l->in.d[1];
+    d.w = l->in.d[2];
+    d.oh = l->out.d[1];
+    d.ow = l->out.d[2];
     d.col_rows = d.in_c * d.k * d.k;
     d.out_plane = d.oh * d.ow;
     d.unrolled = !(d.k == 1 && d.stride == 1 && d.pad == 0);
@@ -55,16 +55,18 @@ static int conv2d_infer_shape(fr_layer *l, fr_error *err) {
     fr_layer_format(l, self, sizeof self);
     fr_shape_format(l->in, shape, sizeof shape);
 
+    if (fr_layer_need_image(l, err) != FR_OK)
+        return FR_ESHAPE;
     if (in_c < 1 || out_c < 1 || k < 1 || stride < 1 || pad < 0)
         return fr_layer_fail(l, err, FR_EINVAL,
                              "%s needs channels, kernel and stride of at least 1 "
                              "and padding of at least 0", self);
-    if (l->in.c != in_c)
+    if (l->in.d[0] != in_c)
         return fr_layer_fail(l, err, FR_ESHAPE,
                              "%s expects %d input channels, got %s", self, in_c,
                              shape);
-    int oh = fr_window_count(l->in.h, k, stride, pad);
-    int ow = fr_window_count(l->in.w, k, stride, pad);
+    int oh = fr_window_count(l->in.d[1], k, stride, pad);
+    int ow = fr_window_count(l->in.d[2], k, stride, pad);
     if (oh < 1 || ow < 1)
         return fr_layer_fail(l, err, FR_ESHAPE,
                              "%s: kernel %dx%d is larger than the input %s "
@@ -76,13 +78,10 @@ static int conv2d_infer_shape(fr_layer *l, fr_error *err) {
         return fr_layer_fail(l, err, FR_EINVAL, "%s on %s is too large", self,
                              shape);
 
-    l->out = (fr_shape){out_c, oh, ow};
-    l->weight_ndim = 4;
-    l->weight_shape[0] = out_c;
-    l->weight_shape[1] = in_c;
-    l->weight_shape[2] = k;
-    l->weight_shape[3] = k;
-    l->bias_numel = a[BIAS] ? out_c : 0;
+    l->out = fr_shape_chw(out_c, oh, ow);
+    fr_layer_param_shape(l, FR_WEIGHT, 4, (const int[]){out_c, in_c, k, k});
+    if (a[BIAS])
+        fr_layer_param_shape(l, FR_BIAS, 1, &out_c);
     l->fan_in = (int)col_rows;
     return FR_OK;
 }
@@ -112,7 +111,7 @@ static void conv2d_forward(const fr_layer *l, const float *in, float *out,
                            int n, void *scratch) {
     conv_dims d = dims_of(l);
     size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
-    const float *bias = l->bias_data;
+    const float *bias = l->param_data[FR_BIAS];
     for (int s = 0; s < n; s++) {
         const float *col = columns_of(&d, in + s * in_numel, scratch);
         float *out_s = out + s * out_numel;
@@ -122,7 +121,7 @@ static void conv2d_forward(const fr_layer *l, const float *in, float *out,
             fr_bias_set_channels(out_s, bias, d.out_c, d.out_plane);
         /* out_s[out x P] = W[out x K] · col[K x P] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.out_c,
-                    d.out_plane, d.col_rows, 1.0f, l->weight_data, d.col_rows,
+                    d.out_plane, d.col_rows, 1.0f, l->param_data[FR_WEIGHT], d.col_rows,
                     col, d.out_plane, bias ? 1.0f : 0.0f, out_s, d.out_plane);
         if (l->fused_relu)
             fr_relu_inplace(out_s, out_numel);
@@ -132,10 +131,10 @@ static void conv2d_forward(const fr_layer *l, const float *in, float *out,
 /* ---------------------------------------------------- backward */
 
 static void conv2d_backward(const fr_layer *l, const float *in,
-                            const float *out, const float *dout, float *din,
-                            float *dweight, float *dbias, int n,
+                            const float *out, const float *dout, float *din, const fr_param_grads *grads, int n,
                             void *scratch) {
     (void)out;
+    float *dweight = grads->grad[FR_WEIGHT], *dbias = grads->grad[FR_BIAS];
     conv_dims d = dims_of(l);
     size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
     for (int s = 0; s < n; s++) {
@@ -161,7 +160,7 @@ static void conv2d_backward(const fr_layer *l, const float *in,
         float *din_s = din + s * in_numel;
         float *dcol = d.unrolled ? scratch : din_s;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.col_rows,
-                    d.out_plane, d.out_c, 1.0f, l->weight_data, d.col_rows,
+                    d.out_plane, d.out_c, 1.0f, l->param_data[FR_WEIGHT], d.col_rows,
                     dout_s, d.out_plane, 0.0f, dcol, d.out_plane);
         if (d.unrolled) {
             memset(din_s, 0, in_numel * sizeof *din_s);
@@ -173,6 +172,7 @@ static void conv2d_backward(const fr_layer *l, const float *in,
 
 const fr_layer_ops fr_conv2d_ops = {
     .kind = "conv2d",
+    .params = {{"weight", FR_INIT_FAN_IN_UNIFORM}, {"bias", FR_INIT_FAN_IN_UNIFORM}},
     .args = {{"in_channels", .minimum = 1},
              {"out_channels", .minimum = 1},
              {"kernel_size", "kernel", .minimum = 1},

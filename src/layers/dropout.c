@@ -56,9 +56,9 @@ static void dropout_forward_at(const fr_layer *l, const float *in, float *out, i
 }
 
 static void dropout_backward(const fr_layer *l, const float *in, const float *out,
-                             const float *dout, float *din, float *dweight, float *dbias, int n,
+                             const float *dout, float *din, const fr_param_grads *grads, int n,
                              void *scratch) {
-    (void)in, (void)out, (void)dweight, (void)dbias;
+    (void)in, (void)out, (void)grads;
     if (!din)
         return;
     size_t count = (size_t)n * fr_shape_numel(l->in);

@@ -2,10 +2,13 @@
  * linear.c - the fully connected layer, PyTorch's nn.Linear:
  * out = in · Wᵀ + b with W [out_features, in_features] and b [out_features].
  *
- * Any input whose sample has in_features elements is accepted and read as a
- * flat vector (NCHW order, like torch.flatten), so a linear layer may follow a
- * convolution without an explicit flatten.  The whole batch slice is one GEMM
- * in each direction; frozen parameters (dweight/dbias NULL) cost no work.
+ * As PyTorch's, it acts on every position of a sequence: a sample [T, C]
+ * with C = in_features gives [T, out_features], T rows of one GEMM.  A sample
+ * whose elements number in_features altogether is read as one flat vector
+ * instead (NCHW order, like torch.flatten), so a linear layer may follow a
+ * convolution without an explicit flatten; that reading wins where both fit.
+ * The whole batch slice is one GEMM in each direction; frozen parameters (no
+ * gradient asked for) cost no work.
  * forward_rows and input_grad_cols compute a block of the output (input)
  * features, for the trainer's splits by features.
  */
@@ -14,11 +17,15 @@
 #include <cblas.h>
 #include <limits.h>
 
-/* linear(in_features, out_features) */
-enum { IN_FEATURES, OUT_FEATURES };
+/* linear(in_features, out_features, bias=True) */
+enum { IN_FEATURES, OUT_FEATURES, BIAS };
 
 static int in_features(const fr_layer *l) { return l->args[IN_FEATURES]; }
 static int out_features(const fr_layer *l) { return l->args[OUT_FEATURES]; }
+/* GEMM rows for n samples: one per position. */
+static int rows_of(const fr_layer *l, int n) {
+    return n * (int)(fr_shape_numel(l->in) / (size_t)in_features(l));
+}
 
 /* ------------------------------------------------------- shape */
 
@@ -29,7 +36,8 @@ static int linear_infer_shape(fr_layer *l, fr_error *err) {
                              "linear(%d, %d) needs at least 1 input and 1 output "
                              "feature", in, out);
     size_t got = fr_shape_numel(l->in);
-    if (got != (size_t)in) {
+    bool flat = got == (size_t)in, per_position = l->in.ndim >= 2 && fr_shape_last(l->in) == in;
+    if (!flat && !per_position) {
         char shape[64];
         fr_shape_format(l->in, shape, sizeof shape);
         return fr_layer_fail(l, err, FR_ESHAPE,
@@ -39,11 +47,17 @@ static int linear_infer_shape(fr_layer *l, fr_error *err) {
     if ((long long)in * out > INT_MAX)
         return fr_layer_fail(l, err, FR_EINVAL,
                              "linear(%d, %d) has too many weights", in, out);
-    l->out = (fr_shape){out, 1, 1};
-    l->weight_ndim = 2;
-    l->weight_shape[0] = out;
-    l->weight_shape[1] = in;
-    l->bias_numel = out;
+    if (flat) {
+        l->out = fr_shape_vector(out);
+    } else {
+        if (got / (size_t)in * (size_t)out > INT_MAX)
+            return fr_layer_fail(l, err, FR_EINVAL, "linear(%d, %d) has too many outputs", in, out);
+        l->out = l->in;
+        l->out.d[l->out.ndim - 1] = out;
+    }
+    fr_layer_param_shape(l, FR_WEIGHT, 2, (const int[]){out, in});
+    if (l->args[BIAS])
+        fr_layer_param_shape(l, FR_BIAS, 1, &out);
     l->fan_in = in;
     return FR_OK;
 }
@@ -53,38 +67,41 @@ static int linear_infer_shape(fr_layer *l, fr_error *err) {
 static void linear_forward(const fr_layer *l, const float *in, float *out,
                            int n, void *scratch) {
     (void)scratch;
-    fr_gemm_affine(in, l->weight_data, l->bias_data, out, n, in_features(l),
+    fr_gemm_affine(in, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], out, rows_of(l, n),
+                   in_features(l),
                    out_features(l), l->fused_relu);
 }
 
 /* Outputs [a, b) of the slice, from weight rows [a, b). */
 static void linear_forward_rows(const fr_layer *l, const float *in, float *out, int n,
                                 int row_begin, int row_end) {
-    fr_gemm_affine_cols(in, l->weight_data, l->bias_data, out, n, in_features(l),
+    fr_gemm_affine_cols(in, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], out, rows_of(l, n),
+                        in_features(l),
                         out_features(l), row_begin, row_end, l->fused_relu);
 }
 
 /* ---------------------------------------------------- backward */
 
 static void linear_backward(const fr_layer *l, const float *in,
-                            const float *out, const float *dout, float *din,
-                            float *dweight, float *dbias, int n,
+                            const float *out, const float *dout, float *din, const fr_param_grads *grads, int n,
                             void *scratch) {
     (void)out;
     (void)scratch;
     int in_n = in_features(l), out_n = out_features(l);
+    float *dweight = grads->grad[FR_WEIGHT], *dbias = grads->grad[FR_BIAS];
+    n = rows_of(l, n);
     if (n <= 0)
         return;
     /* dW[out x in] = doutᵀ[out x n] · in[n x in] */
     if (dweight)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_n, in_n, n,
-                    1.0f, dout, out_n, in, in_n, 0.0f, dweight, in_n);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_n, in_n, n, 1.0f, dout, out_n,
+                    in, in_n, grads->accumulate & (1u << FR_WEIGHT) ? 1.0f : 0.0f, dweight, in_n);
     if (dbias)
-        fr_bias_grad_rows(dout, n, out_n, dbias);
+        fr_bias_grad_rows(dout, n, out_n, dbias, grads->accumulate & (1u << FR_BIAS));
     /* din[n x in] = dout[n x out] · W[out x in] */
     if (din)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in_n, out_n,
-                    1.0f, dout, out_n, l->weight_data, in_n, 0.0f, din, in_n);
+                    1.0f, dout, out_n, l->param_data[FR_WEIGHT], in_n, 0.0f, din, in_n);
 }
 
 /* dW[rows a..b) = doutᵀ[a..b) x n] · in[n x in], over or onto what is there. */
@@ -92,6 +109,7 @@ static void linear_weight_grad_rows(const fr_layer *l, const float *in, const fl
                                     int n, float *dweight, int row_begin, int row_end,
                                     bool accumulate) {
     int in_n = in_features(l), out_n = out_features(l);
+    n = rows_of(l, n);
     if (n <= 0 || row_end <= row_begin)
         return;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, row_end - row_begin, in_n, n, 1.0f,
@@ -103,15 +121,20 @@ static void linear_weight_grad_rows(const fr_layer *l, const float *in, const fl
 static void linear_input_grad_cols(const fr_layer *l, const float *dout, float *din, int n,
                                    int col_begin, int col_end) {
     int in_n = in_features(l), out_n = out_features(l);
+    n = rows_of(l, n);
     if (n <= 0 || col_end <= col_begin)
         return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, col_end - col_begin, out_n, 1.0f,
-                dout, out_n, l->weight_data + col_begin, in_n, 0.0f, din + col_begin, in_n);
+                dout, out_n, l->param_data[FR_WEIGHT] + col_begin, in_n, 0.0f, din + col_begin, in_n);
 }
 
 const fr_layer_ops fr_linear_ops = {
     .kind = "linear",
-    .args = {{"in_features", .minimum = 1}, {"out_features", .minimum = 1}},
+    .params = {{"weight", FR_INIT_FAN_IN_UNIFORM}, {"bias", FR_INIT_FAN_IN_UNIFORM}},
+    .accumulates = true,
+    .args = {{"in_features", .minimum = 1},
+             {"out_features", .minimum = 1},
+             {"bias", .optional = true, .default_value = 1, .keyword_only = true, .boolean = true}},
     .implies_input = FR_IMPLIES_VECTOR,
     .fuses_relu = true,
     .infer_shape = linear_infer_shape,

@@ -25,7 +25,7 @@ static int maxpool2d_infer_shape(fr_layer *l, fr_error *err) {
     if (rc != FR_OK)
         return rc;
     /* The argmax is an int32 index into one input plane. */
-    if ((long long)l->in.h * l->in.w > INT32_MAX) {
+    if ((long long)l->in.d[1] * l->in.d[2] > INT32_MAX) {
         char self[96], shape[64];
         fr_layer_format(l, self, sizeof self);
         fr_shape_format(l->in, shape, sizeof shape);
@@ -106,9 +106,9 @@ static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
         fr_pool_each_window(l, how, n, take_max, &c);
         return;
     }
-    int w = l->in.w, oh = l->out.h, ow = l->out.w;
-    size_t in_plane = (size_t)l->in.h * w, out_plane = (size_t)oh * ow;
-    size_t planes = (size_t)n * l->in.c;
+    int w = l->in.d[2], oh = l->out.d[1], ow = l->out.d[2];
+    size_t in_plane = (size_t)l->in.d[1] * w, out_plane = (size_t)oh * ow;
+    size_t planes = (size_t)n * l->in.d[0];
     int32_t *argmax = scratch;
     for (size_t p = 0; p < planes; p++)
         max_of_2x2(in + p * in_plane, w, oh, ow, out + p * out_plane, argmax + p * out_plane);
@@ -117,18 +117,16 @@ static void maxpool2d_forward(const fr_layer *l, const float *in, float *out,
 /* ---------------------------------------------------- backward */
 
 static void maxpool2d_backward(const fr_layer *l, const float *in,
-                               const float *out, const float *dout, float *din,
-                               float *dweight, float *dbias, int n,
+                               const float *out, const float *dout, float *din, const fr_param_grads *grads, int n,
                                void *scratch) {
     (void)in;
     (void)out;
-    (void)dweight;
-    (void)dbias;
+    (void)grads;
     if (!din)
         return;
-    size_t in_plane = (size_t)l->in.h * l->in.w;
-    size_t out_plane = (size_t)l->out.h * l->out.w;
-    size_t planes = (size_t)n * l->in.c;
+    size_t in_plane = (size_t)l->in.d[1] * l->in.d[2];
+    size_t out_plane = (size_t)l->out.d[1] * l->out.d[2];
+    size_t planes = (size_t)n * l->in.d[0];
     const int32_t *argmax = scratch;
     memset(din, 0, planes * in_plane * sizeof *din);
     /* Overlapping windows (stride < kernel) can share a maximum: add. */

@@ -25,11 +25,9 @@ static void relu_forward(const fr_layer *l, const float *in, float *out, int n,
 /* ---------------------------------------------------- backward */
 
 static void relu_backward(const fr_layer *l, const float *in, const float *out,
-                          const float *dout, float *din, float *dweight,
-                          float *dbias, int n, void *scratch) {
+                          const float *dout, float *din, const fr_param_grads *grads, int n, void *scratch) {
     (void)in;
-    (void)dweight;
-    (void)dbias;
+    (void)grads;
     (void)scratch;
     if (!din)
         return;

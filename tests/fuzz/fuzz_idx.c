@@ -27,7 +27,7 @@ static void check_dataset(const fr_dataset *data) {
     if (n <= 0 || numel <= 0)
         fuzz_die("fr_dataset_load_idx", "accepted an empty dataset");
     const float *x = fr_dataset_images(data);
-    const uint8_t *labels = fr_dataset_labels(data);
+    const int32_t *labels = fr_dataset_labels(data);
     int largest = 0;
     for (size_t i = 0; i < (size_t)n * (size_t)numel; i++)
         if (!(x[i] >= 0.0f && x[i] <= 1.0f))

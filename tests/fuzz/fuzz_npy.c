@@ -70,7 +70,7 @@ static void check_dataset(const fr_dataset *data, bool byte_pixels) {
 static void check_layouts(const fr_dataset *nchw, const fr_dataset *nhwc) {
     int n = fr_dataset_size(nchw), numel = fr_dataset_sample_numel(nchw);
     if (fr_dataset_size(nhwc) != n || fr_dataset_sample_numel(nhwc) != numel ||
-        memcmp(fr_dataset_labels(nchw), fr_dataset_labels(nhwc), (size_t)n) != 0)
+        memcmp(fr_dataset_labels(nchw), fr_dataset_labels(nhwc), (size_t)n * sizeof(int32_t)) != 0)
         fuzz_die("fr_dataset_load_npy", "the layouts disagree on counts or labels");
     int c, h, w;
     fr_dataset_sample_shape(nhwc, &c, &h, &w);
