@@ -317,7 +317,7 @@ NCHW .npy read as NHWC       | npy-nchw/train_x\.npy: images are 28x3x28 \(C x H
 .npy labels of shape (N, 1)  | train_y\.npy: labels of shape \(200, 1\); labels must be 1-D | n_labels_2d | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 .npy image and label counts differ | bad/train_x\.npy has 200 images but .*bad/train_y\.npy has 150 labels | n_count | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 .npy labels with trailing bytes | train_y\.npy: 8 trailing bytes after the 1600 bytes of array data | n_trailing | train --model "$MLP" --data "$BAD" --save "$O/w.st"
-.npy negative label          | train_y\.npy: label -1 \(sample 7\) is out of range 0-255 | n_negative | train --model "$MLP" --data "$BAD" --save "$O/w.st"
+.npy negative label          | train_y\.npy: label -1 \(sample 7\) is out of range 0-2147483647 | n_negative | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 eval: .npy test label beyond the outputs | bad/test_y\.npy: label 12 is out of range for a model with 10 outputs | n_test_label_12 | eval --model "$MLP" --data "$BAD" --init "$W"
 .npy directory without test_y.npy | bad/test_y\.npy\[\.gz\]: no such file     | n_no_test_labels | train --model "$MLP" --data "$BAD" --save "$O/w.st"
 unknown --data-layout        | --data-layout 'chw': expected nchw or nhwc      | -       | train --model "$MLP" --data "$NPY" --data-layout chw --save "$O/w.st"

@@ -167,30 +167,45 @@ static void test_parse_and_check(void) {
 /* ------------------------------------------------------- rates in steps */
 
 static void test_rates_in_steps(void) {
-    static float x[BATCH * 10], a[256], b[256];
+    static float x[BATCH * 10], a[256], b[256], initial[256];
     int32_t labels[BATCH];
     fr_error err = {0};
 
     /* Each step's update uses that step's rate: SGD without momentum keeps
-     * no state, so one trainer per step at a constant rate is the same. */
+     * no state, so one trainer per step at a constant rate is the same.
+     * Every step must succeed and every parameter move: two same-seed models
+     * that never trained would compare equal too. */
     fr_model *scheduled = mlp(), *by_hand = mlp();
+    size_t n = weights_of(scheduled, initial);
     fr_train_config c = sgd(0.5, 1);
     c.lr_schedule = (fr_lr_schedule){.kind = FR_LR_COSINE, .t_max = 4, .eta_min = 0.05, .warmup_steps = 2};
     fr_trainer *t = trainer_for(scheduled, &c);
-    for (int k = 0; k < 6; k++) {
+    int rc = t ? FR_OK : FR_EINVAL;
+    for (int k = 0; k < 6 && rc == FR_OK; k++) {
         batch(k, x, labels);
-        fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err);
+        rc = fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err);
         fr_train_config one = sgd(fr_lr_at(&c.lr_schedule, 0.5, k), 1);
         fr_trainer *step = trainer_for(by_hand, &one);
-        fr_trainer_step(step, x, labels, BATCH, NULL, NULL, &err);
+        if (rc == FR_OK)
+            rc = step ? fr_trainer_step(step, x, labels, BATCH, NULL, NULL, &err) : FR_EINVAL;
+        if (rc != FR_OK)
+            tap_diag("step %d: %s", k, err.msg);
         fr_trainer_free(step);
     }
-    size_t n = weights_of(scheduled, a);
+    weights_of(scheduled, a);
     weights_of(by_hand, b);
-    tap_ok(memcmp(a, b, n * sizeof(float)) == 0 && fr_trainer_lr(t, -1, 1) == 0.5 &&
+    size_t moved = 0, at = 0;
+    for (size_t i = 0; i < fr_model_param_count(scheduled); i++) {
+        size_t numel = fr_param_numel(fr_model_param(scheduled, i));
+        moved += memcmp(a + at, initial + at, numel * sizeof(float)) != 0;
+        at += numel;
+    }
+    tap_ok(rc == FR_OK && moved == fr_model_param_count(scheduled) &&
+               memcmp(a, b, n * sizeof(float)) == 0 && t && fr_trainer_lr(t, -1, 1) == 0.5 &&
                fr_trainer_lr(t, -1, 0) == 0.25,
            "step k updates with the schedule's rate at k (warmup, then cosine): the weights of 6 "
-           "steps equal 6 one-step trainers at those rates, bit for bit");
+           "steps (every step succeeded, %zu of %zu parameters moved) equal 6 one-step trainers "
+           "at those rates, bit for bit", moved, fr_model_param_count(scheduled));
     fr_trainer_free(t);
 
     /* Per-parameter rates: patterns in order, the last match winning. */
@@ -213,11 +228,13 @@ static void test_rates_in_steps(void) {
     tap_ok(negative == FR_EINVAL && strstr(err.msg, "-0.5"), "a negative rate is refused: %s",
            err.msg);
     batch(0, x, labels);
-    fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err);
+    int stepped = fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err);
     fr_param *w1 = fr_model_find_param(m, "fc1.weight"), *w2 = fr_model_find_param(m, "fc2.weight");
-    tap_ok(fr_param_checksum(w1) == fr_param_checksum(fr_model_find_param(before, "fc1.weight")) &&
+    tap_ok(stepped == FR_OK &&
+               fr_param_checksum(w1) == fr_param_checksum(fr_model_find_param(before, "fc1.weight")) &&
                fr_param_checksum(w2) != fr_param_checksum(fr_model_find_param(before, "fc2.weight")),
-           "fc1 at rate 0 keeps its bits, fc2 at 0.5 moves");
+           "fc1 at rate 0 keeps its bits, fc2 at 0.5 moves (%s)",
+           stepped == FR_OK ? "ok" : err.msg);
     fr_trainer_free(t);
     fr_model_free(m);
     fr_model_free(before);
@@ -228,7 +245,8 @@ static void test_rates_in_steps(void) {
 /* --------------------------------------------------------------- clipping */
 
 /* One step from the same weights with `threads` and `clip`: the weights
- * after it in w, the norm it reported. */
+ * after it in w, the norm it reported.  Returns the weights' count, or 0 when
+ * the step failed. */
 static size_t clipped_step(int threads, double clip, float *w, double *norm) {
     static float x[BATCH * 10];
     int32_t labels[BATCH];
@@ -240,13 +258,14 @@ static size_t clipped_step(int threads, double clip, float *w, double *norm) {
     *norm = fr_trainer_grad_norm(t);
     bool nan_before = isnan(*norm);
     batch(3, x, labels);
-    if (fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err) != FR_OK)
-        tap_diag("%s", err.msg);
+    int rc = t ? fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err) : FR_EINVAL;
+    if (rc != FR_OK)
+        tap_diag("%d threads, clip %g: %s", threads, clip, err.msg);
     *norm = nan_before ? fr_trainer_grad_norm(t) : -1.0;
     size_t n = weights_of(m, w);
     fr_trainer_free(t);
     fr_model_free(m);
-    return n;
+    return rc == FR_OK ? n : 0;
 }
 
 static void test_clipping(void) {
@@ -255,14 +274,15 @@ static void test_clipping(void) {
     fr_model *m = mlp();
     size_t n = weights_of(m, w0);
     fr_model_free(m);
-    clipped_step(1, 0.0, plain, &norm_plain);
+    bool plain_ran = clipped_step(1, 0.0, plain, &norm_plain) == n;
     /* lr 1, no momentum: the update is the averaged gradient itself. */
     double squares = 0.0;
     for (size_t i = 0; i < n; i++)
         squares += ((double)w0[i] - plain[i]) * ((double)w0[i] - plain[i]);
     double expected = sqrt(squares), max_norm = expected / 4.0;
-    clipped_step(1, max_norm, clipped, &norm);
-    tap_ok(isnan(norm_plain) && fabs(norm - expected) < 1e-5 * expected,
+    bool clipped_ran = clipped_step(1, max_norm, clipped, &norm) == n;
+    tap_ok(plain_ran && clipped_ran && expected > 0.0 && isnan(norm_plain) &&
+               fabs(norm - expected) < 1e-5 * expected,
            "the reported norm is the averaged gradient's L2 norm (%.7g, expected %.7g); NAN "
            "without clipping", norm, expected);
     double coef = max_norm / (norm + 1e-6), worst = 0.0;
@@ -270,17 +290,23 @@ static void test_clipping(void) {
         double want = w0[i] - coef * ((double)w0[i] - plain[i]);
         worst = fmax(worst, fabs(clipped[i] - want));
     }
-    tap_ok(worst < 1e-6, "clipped to a quarter of the norm, every gradient is scaled by "
-                         "max_norm / (norm + 1e-6) (largest difference %.2g)", worst);
-    clipped_step(1, 1e6, loose, &norm_loose);
-    tap_ok(memcmp(loose, plain, n * sizeof(float)) == 0 && fabs(norm_loose - expected) < 1e-5 * expected,
+    tap_ok(plain_ran && clipped_ran && worst < 1e-6,
+           "clipped to a quarter of the norm, every gradient is scaled by "
+           "max_norm / (norm + 1e-6) (largest difference %.2g)", worst);
+    /* expected > 0: the unclipped step moved the weights, so equal bits are
+     * not two steps that did nothing. */
+    bool loose_ran = clipped_step(1, 1e6, loose, &norm_loose) == n;
+    tap_ok(plain_ran && loose_ran && expected > 0.0 &&
+               memcmp(loose, plain, n * sizeof(float)) == 0 &&
+               fabs(norm_loose - expected) < 1e-5 * expected,
            "a norm above the gradient's changes nothing, bit for bit");
-    clipped_step(2, max_norm, two, &norm2);
-    clipped_step(3, max_norm, three, &norm3);
+    bool two_ran = clipped_step(2, max_norm, two, &norm2) == n;
+    bool three_ran = clipped_step(3, max_norm, three, &norm3) == n;
     double spread = 0.0;
     for (size_t i = 0; i < n; i++)
         spread = fmax(spread, fmax(fabs(two[i] - clipped[i]), fabs(three[i] - clipped[i])));
-    tap_ok(fabs(norm2 - norm) <= 1e-6 * norm && fabs(norm3 - norm) <= 1e-6 * norm && spread < 1e-6,
+    tap_ok(clipped_ran && two_ran && three_ran && fabs(norm2 - norm) <= 1e-6 * norm &&
+               fabs(norm3 - norm) <= 1e-6 * norm && spread < 1e-6,
            "2 and 3 threads give the same norm and update within rounding (%.9g %.9g %.9g; "
            "weights %.2g)", norm, norm2, norm3, spread);
 }
@@ -298,13 +324,17 @@ static void test_checkpoint(void) {
     fr_train_config c = sgd(0.1, 1);
     c.lr_schedule = (fr_lr_schedule){.kind = FR_LR_COSINE, .t_max = 10, .warmup_steps = 2};
     fr_trainer *t = trainer_for(m, &c);
-    fr_trainer_set_lr(t, "fc1", 0.01, &err);
+    int rc = fr_trainer_set_lr(t, "fc1", 0.01, &err);
     batch(0, x, labels);
-    fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err);
-    int rc = fr_trainer_save_checkpoint(t, path, NULL, 0, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_step(t, x, labels, BATCH, NULL, NULL, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_save_checkpoint(t, path, NULL, 0, &err);
     fr_checkpoint *cp = NULL;
     if (rc == FR_OK)
         rc = fr_checkpoint_open(path, &cp, &err);
+    if (rc != FR_OK)
+        tap_diag("%s", err.msg);
     const char *schedule = cp ? fr_checkpoint_get(cp, "frost.lr_schedule") : NULL;
     const char *lrs = cp ? fr_checkpoint_get(cp, "frost.param_lrs") : NULL;
     tap_ok(rc == FR_OK && schedule && lrs &&
@@ -316,26 +346,33 @@ static void test_checkpoint(void) {
     /* The same rates resume; another schedule or rate is refused unless allowed. */
     fr_model *m2 = mlp();
     fr_trainer *same = trainer_for(m2, &c);
-    fr_trainer_set_lr(same, "fc1.*", 0.01, &err);
-    int rc_same = cp ? fr_trainer_restore(same, cp, 0, &err) : -1;
+    int rc_same = fr_trainer_set_lr(same, "fc1.*", 0.01, &err);
+    if (rc_same == FR_OK)
+        rc_same = cp ? fr_trainer_restore(same, cp, 0, &err) : -1;
     tap_ok(rc_same == FR_OK && fr_trainer_steps_done(same) == 1,
            "the same rates resume at the checkpoint's step (%s)", rc_same == FR_OK ? "ok" : err.msg);
 
     fr_train_config other = c;
     other.lr_schedule.t_max = 12;
     fr_trainer *changed = trainer_for(m2, &other);
-    fr_trainer_set_lr(changed, "fc1", 0.01, &err);
+    int rc_lr = fr_trainer_set_lr(changed, "fc1", 0.01, &err);
+    if (rc_lr != FR_OK)
+        tap_diag("fr_trainer_set_lr: %s", err.msg);
     int rc_changed = cp ? fr_trainer_restore(changed, cp, FR_RESTORE_FREEZE_CHANGE, &err) : -1;
-    tap_ok(rc_changed == FR_EINVAL && strstr(err.msg, "T_max=10") && strstr(err.msg, "T_max=12"),
+    tap_ok(rc_lr == FR_OK && rc_changed == FR_EINVAL && strstr(err.msg, "T_max=10") &&
+               strstr(err.msg, "T_max=12"),
            "another schedule is refused, naming both: %s", err.msg);
     int rc_allowed = cp ? fr_trainer_restore(changed, cp, FR_RESTORE_LR_CHANGE, &err) : -1;
-    tap_ok(rc_allowed == FR_OK, "FR_RESTORE_LR_CHANGE allows it");
+    tap_ok(rc_lr == FR_OK && rc_allowed == FR_OK, "FR_RESTORE_LR_CHANGE allows it");
 
     fr_trainer *rates = trainer_for(m2, &c);
-    fr_trainer_set_lr(rates, "fc1", 0.01, &err);
-    fr_trainer_set_lr(rates, "fc2.bias", 0.3, &err);
+    rc_lr = fr_trainer_set_lr(rates, "fc1", 0.01, &err);
+    if (rc_lr == FR_OK)
+        rc_lr = fr_trainer_set_lr(rates, "fc2.bias", 0.3, &err);
+    if (rc_lr != FR_OK)
+        tap_diag("fr_trainer_set_lr: %s", err.msg);
     int rc_rates = cp ? fr_trainer_restore(rates, cp, 0, &err) : -1;
-    tap_ok(rc_rates == FR_EINVAL && strstr(err.msg, "'fc2.bias'"),
+    tap_ok(rc_lr == FR_OK && rc_rates == FR_EINVAL && strstr(err.msg, "'fc2.bias'"),
            "another per-parameter rate is refused, naming the parameter: %s", err.msg);
     fr_checkpoint_close(cp);
     fr_trainer_free(t);

@@ -243,8 +243,11 @@ static void test_frozen_unchanged(fr_optimizer_kind kind, const char *pattern) {
     c.weight_decay = 0.1; /* must not touch frozen parameters either */
     fr_trainer *t = trainer_for(m, &c);
     double loss = 0.0;
-    for (int s = 0; s < 3; s++)
-        fr_trainer_step(t, x, labels, 8, &loss, NULL, &err);
+    int rc = t ? FR_OK : FR_EINVAL;
+    for (int s = 0; s < 3 && rc == FR_OK; s++)
+        rc = fr_trainer_step(t, x, labels, 8, &loss, NULL, &err);
+    if (rc != FR_OK)
+        tap_diag("%s", err.msg);
     int frozen_same = 0, frozen = 0, trainable_moved = 0, trainable = 0;
     for (size_t i = 0; i < count; i++) {
         fr_param *p = fr_model_param(m, i);
@@ -258,10 +261,11 @@ static void test_frozen_unchanged(fr_optimizer_kind kind, const char *pattern) {
         }
     }
     const char *name = kind == FR_SGD ? "sgd" : kind == FR_ADAM ? "adam" : "adamw";
-    tap_ok(frozen > 0 && frozen_same == frozen, "%s, freeze '%s': all %d frozen parameters bitwise unchanged",
-           name, pattern, frozen);
-    tap_ok(trainable > 0 && trainable_moved == trainable, "%s, freeze '%s': all %d trainable parameters changed",
-           name, pattern, trainable);
+    tap_ok(rc == FR_OK && frozen > 0 && frozen_same == frozen,
+           "%s, freeze '%s': 3 steps succeed, all %d frozen parameters bitwise unchanged", name,
+           pattern, frozen);
+    tap_ok(rc == FR_OK && trainable > 0 && trainable_moved == trainable,
+           "%s, freeze '%s': all %d trainable parameters changed", name, pattern, trainable);
     fr_trainer_free(t);
     fr_model_free(m);
 }
@@ -301,9 +305,11 @@ static void test_frozen_costs_nothing(void) {
     int32_t labels[8];
     random_batch(tuned, 8, x, labels, 9);
     size_t before_step = fr_allocated_bytes();
-    fr_trainer_step(tt, x, labels, 8, NULL, NULL, &err);
-    fr_trainer_step(tt, x, labels, 5, NULL, NULL, &err);
-    tap_ok(fr_allocated_bytes() == before_step, "a training step allocates nothing");
+    int rc = fr_trainer_step(tt, x, labels, 8, NULL, NULL, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_step(tt, x, labels, 5, NULL, NULL, &err);
+    tap_ok(rc == FR_OK && fr_allocated_bytes() == before_step,
+           "a training step allocates nothing (two steps: %s)", rc == FR_OK ? "ok" : err.msg);
 
     /* Backward stops at the first layer with a trainable parameter. */
     int calls_below = 0;
@@ -461,6 +467,7 @@ static void test_gradient_memory(void) {
                        "fc = linear(512, 10)";
     static float weights[3][82000];
     size_t count[3] = {0};
+    bool stepped = true; /* on both thread counts, every step succeeded */
     for (int threads = 1; threads <= 3; threads += 2) {
         fr_model *m = NULL;
         fr_error err = {0};
@@ -474,6 +481,7 @@ static void test_gradient_memory(void) {
         /* 5 rows over 3 threads, then 2 (one thread without rows). */
         for (int s = 0; s < 4 && rc == FR_OK; s++)
             rc = fr_trainer_step(t, x, labels, s % 2 ? 2 : 5, NULL, NULL, &err);
+        stepped = stepped && rc == FR_OK;
         size_t expected = expected_gradient_bytes(m, threads, threads > 1 ? 73728 : 0);
         tap_ok(rc == FR_OK && fr_trainer_gradient_bytes(t) == expected,
                "%d thread%s, a large conv2d weight: gradient memory %zu bytes, expected %zu", threads,
@@ -486,7 +494,7 @@ static void test_gradient_memory(void) {
     for (size_t i = 0; i < count[0]; i++)
         worst = fmax(worst, fabs((double)weights[2][i] - weights[0][i]) /
                                 (1e-3 + fabs((double)weights[0][i])));
-    tap_ok(count[0] > 80000 && count[0] == count[2] && worst < 1e-5,
+    tap_ok(stepped && count[0] > 80000 && count[0] == count[2] && worst < 1e-5,
            "3 threads with a staged conv2d weight train as 1 thread (worst relative difference %.2g)",
            worst);
 }
@@ -501,14 +509,15 @@ static void test_gradual_unfreezing(void) {
     float x[8 * 108];
     int32_t labels[8];
     random_batch(m, 8, x, labels, 13);
-    fr_trainer_step(t, x, labels, 8, NULL, NULL, &err);
+    int rc = fr_trainer_step(t, x, labels, 8, NULL, NULL, &err);
     size_t small = fr_trainer_allreduce_bytes(t);
     uint64_t conv1 = fr_param_checksum(fr_model_find_param(m, "conv1.weight"));
     fr_model_unfreeze(m, "fc1", &err);
-    int rc = fr_trainer_step(t, x, labels, 8, NULL, NULL, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_step(t, x, labels, 8, NULL, NULL, &err);
     tap_ok(rc == FR_OK && fr_trainer_allreduce_bytes(t) == small + 4 * (128 * 10 + 10),
            "unfreezing fc1 grows the slab by its parameters");
-    tap_ok(fr_param_checksum(fr_model_find_param(m, "conv1.weight")) == conv1,
+    tap_ok(rc == FR_OK && fr_param_checksum(fr_model_find_param(m, "conv1.weight")) == conv1,
            "still-frozen conv1 is unchanged after unfreezing fc1");
     fr_trainer_free(t);
     fr_model_free(m);
@@ -520,6 +529,7 @@ static void test_learning_and_threads(void) {
     double final[3];
     float weights[3][67]; /* the MLP's 10x5 + 5 + 5x2 + 2 parameters */
     size_t weight_count[3];
+    bool stepped = true; /* every step of every thread count succeeded */
     for (int threads = 1; threads <= 3; threads++) {
         fr_model *m = mlp();
         fr_trainer *t = make_trainer(m, FR_SGD, threads, 7);
@@ -528,19 +538,24 @@ static void test_learning_and_threads(void) {
         random_batch(m, 7, x, labels, 21);
         fr_error err = {0};
         double first = 0.0, loss = 0.0;
-        for (int s = 0; s < 30; s++) {
-            fr_trainer_step(t, x, labels, 7, &loss, NULL, &err);
+        int rc = t ? FR_OK : FR_EINVAL;
+        for (int s = 0; s < 30 && rc == FR_OK; s++) {
+            rc = fr_trainer_step(t, x, labels, 7, &loss, NULL, &err);
             if (s == 0)
                 first = loss;
         }
+        if (rc != FR_OK)
+            tap_diag("%d threads: %s", threads, err.msg);
+        stepped = stepped && rc == FR_OK;
         if (threads == 1)
-            tap_ok(loss < 0.5 * first, "the loss on a fixed batch falls (%.4f -> %.4f)", first, loss);
+            tap_ok(rc == FR_OK && loss < 0.5 * first, "the loss on a fixed batch falls (%.4f -> %.4f)",
+                   first, loss);
         final[threads - 1] = loss;
         weight_count[threads - 1] = copy_weights(m, weights[threads - 1], 67);
         fr_trainer_free(t);
         fr_model_free(m);
     }
-    tap_ok(fabs(final[1] - final[0]) < 1e-5 * fabs(final[0]) &&
+    tap_ok(stepped && fabs(final[1] - final[0]) < 1e-5 * fabs(final[0]) &&
                fabs(final[2] - final[0]) < 1e-5 * fabs(final[0]),
            "1, 2 and 3 threads (uneven slices of 7) reach the same loss (%.7f %.7f %.7f)", final[0],
            final[1], final[2]);
@@ -551,7 +566,8 @@ static void test_learning_and_threads(void) {
         for (size_t i = 0; i < weight_count[0]; i++)
             worst = fmax(worst, fabs((double)weights[threads - 1][i] - weights[0][i]) /
                                     (1e-6 + fabs((double)weights[0][i])));
-    tap_ok(weight_count[0] == 67 && weight_count[1] == 67 && weight_count[2] == 67 && worst < 1e-4,
+    tap_ok(stepped && weight_count[0] == 67 && weight_count[1] == 67 && weight_count[2] == 67 &&
+               worst < 1e-4,
            "1, 2 and 3 threads end with the same weights, all 67 (worst relative difference %.2g)",
            worst);
 }
@@ -577,27 +593,33 @@ static fr_dataset *random_dataset(uint64_t seed) {
  * batches of 10 in shuffled order, SGD (lr 0.1, momentum 0.9) on 2 threads,
  * the frozen-prefix cache bounded by cache_mb (-1: off).  The bytes the
  * cache held go to *cache_bytes and the values of parameter `name` to `out`;
- * returns their count. */
+ * returns their count, or 0 when a step failed or `name` did not move (runs
+ * compared with each other must each have trained). */
 static size_t train_cached(fr_model *m, double cache_mb, fr_dataset *data, int epochs,
                            const char *name, float *out, size_t *cache_bytes) {
     fr_error err = {0};
     fr_train_config c = test_config(FR_SGD, 0.1, 0.9, 2, 10);
     c.cache_mb = cache_mb;
     fr_trainer *t = trainer_for(m, &c);
+    fr_param *p = fr_model_find_param(m, name);
+    uint64_t initial = fr_param_checksum(p);
     int order[40];
-    for (long epoch = 0; t && epoch < epochs; epoch++) {
+    int rc = t ? FR_OK : FR_EINVAL;
+    for (long epoch = 0; rc == FR_OK && epoch < epochs; epoch++) {
         fr_epoch_order(order, 40, 5, epoch, true);
-        for (int b = 0; b < 40; b += 10)
-            if (fr_trainer_step_samples(t, data, order + b, 10, NULL, NULL, &err) != FR_OK)
+        for (int b = 0; b < 40 && rc == FR_OK; b += 10)
+            if ((rc = fr_trainer_step_samples(t, data, order + b, 10, NULL, NULL, &err)) != FR_OK)
                 tap_diag("%s", err.msg);
     }
     *cache_bytes = t ? fr_trainer_cache_bytes(t) : 0;
     fr_trainer_free(t);
-    fr_param *p = fr_model_find_param(m, name);
     size_t n = fr_param_numel(p);
     memcpy(out, fr_param_data(p), n * sizeof(float));
+    bool moved = fr_param_checksum(p) != initial;
+    if (rc == FR_OK && !moved)
+        tap_diag("%s did not move in %d epochs", name, epochs);
     fr_model_free(m);
-    return n;
+    return rc == FR_OK && moved ? n : 0;
 }
 
 /* A frozen-prefix MLP, three epochs, the prefix cached or not; returns the
@@ -618,9 +640,9 @@ static void test_feature_cache(void) {
     float plain[96], cached[96], partial[96];
     size_t bytes_off, bytes_on, bytes_partial;
     size_t n = train_epochs(-1, data, plain, &bytes_off);
-    train_epochs(0, data, cached, &bytes_on);
+    size_t n_cached = train_epochs(0, data, cached, &bytes_on);
     /* Room for 25 of the 40 samples' 32 features. */
-    train_epochs(25.0 * 32 * 4 / 1048576.0, data, partial, &bytes_partial);
+    size_t n_partial = train_epochs(25.0 * 32 * 4 / 1048576.0, data, partial, &bytes_partial);
     tap_ok(bytes_off == 0 && bytes_on == 40 * 32 * sizeof(float) &&
                bytes_partial == 25 * 32 * sizeof(float),
            "the cache holds fc2's output for every sample, or as many as the budget allows "
@@ -630,9 +652,9 @@ static void test_feature_cache(void) {
         worst = fmax(worst, fabs(plain[i] - cached[i]));
         worst_partial = fmax(worst_partial, fabs(plain[i] - partial[i]));
     }
-    tap_ok(worst <= 1e-6 && worst_partial <= 1e-6,
-           "training with the frozen-prefix cache gives the weights of training without it "
-           "(max diff %.2g, partial cache %.2g)", worst, worst_partial);
+    tap_ok(n == 96 && n_cached == n && n_partial == n && worst <= 1e-6 && worst_partial <= 1e-6,
+           "training with the frozen-prefix cache gives the weights of training without it, all "
+           "three runs trained (max diff %.2g, partial cache %.2g)", worst, worst_partial);
     fr_dataset_free(data);
 }
 
@@ -664,8 +686,9 @@ static fr_model *residual_net(void) {
  * minus its gradient; central differences of the loss (fr_trainer_evaluate)
  * give the same gradient independently.  Returns the worst difference
  * relative to 1e-2 + |gradient|, over every value of every trainable
- * parameter; `frozen_moved` counts frozen values that changed, `calls` how
- * often the backward of layer `watched` ran.
+ * parameter (INFINITY when a step or an evaluation failed); `frozen_moved`
+ * counts frozen values that changed, `calls` how often the backward of layer
+ * `watched` ran.
  */
 static double residual_gradient_error(const char *const *freeze, int threads, int *frozen_moved,
                                       const char *watched, long *calls) {
@@ -690,6 +713,7 @@ static double residual_gradient_error(const char *const *freeze, int threads, in
     float *before = malloc(total * sizeof(float));
     double *numeric = malloc(total * sizeof(double));
     size_t at = 0;
+    int rc = FR_OK;
     for (size_t i = 0; i < fr_model_param_count(m); i++) {
         fr_param *p = fr_model_param(m, i);
         float *v = fr_param_data(p);
@@ -698,19 +722,24 @@ static double residual_gradient_error(const char *const *freeze, int threads, in
             const float eps = 1e-3f;
             double up = 0.0, down = 0.0;
             v[j] = before[at] + eps;
-            fr_trainer_evaluate(t, x, labels, N, &up, NULL, &err);
+            if (rc == FR_OK)
+                rc = fr_trainer_evaluate(t, x, labels, N, &up, NULL, &err);
             double step = v[j];
             v[j] = before[at] - eps;
-            fr_trainer_evaluate(t, x, labels, N, &down, NULL, &err);
+            if (rc == FR_OK)
+                rc = fr_trainer_evaluate(t, x, labels, N, &down, NULL, &err);
             step -= v[j]; /* 2 eps as float rounds it */
             v[j] = before[at];
             numeric[at] = (up - down) / step;
         }
     }
-    if (fr_trainer_step(t, x, labels, N, NULL, NULL, &err) != FR_OK)
+    if (rc == FR_OK)
+        rc = fr_trainer_step(t, x, labels, N, NULL, NULL, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(t, &err);
+    if (rc != FR_OK)
         tap_diag("%s", err.msg);
-    fr_trainer_sync(t, &err);
-    double worst = 0.0;
+    double worst = rc == FR_OK ? 0.0 : INFINITY;
     *frozen_moved = 0;
     at = 0;
     for (size_t i = 0; i < fr_model_param_count(m); i++) {
@@ -764,8 +793,8 @@ static void test_residual_gradients(void) {
 /* A frozen prefix ending after a residual block is cached like any other;
  * one ending inside a block (the shortcut still reads the block's input) is
  * not, and both train as without the cache. */
-static void residual_cache_run(const char *const *freeze, double cache_mb, fr_dataset *data,
-                               float *out, size_t *cache_bytes) {
+static size_t residual_cache_run(const char *const *freeze, double cache_mb, fr_dataset *data,
+                                 float *out, size_t *cache_bytes) {
     fr_model *m = NULL;
     fr_error err = {0};
     if (fr_model_parse("input 1 4 4; conv0 = conv2d(1, 4, 3, padding=1); relu;"
@@ -775,8 +804,9 @@ static void residual_cache_run(const char *const *freeze, double cache_mb, fr_da
         tap_diag("%s", err.msg);
     fr_model_init(m, 3, &err);
     for (int k = 0; freeze[k]; k++)
-        fr_model_freeze(m, freeze[k], &err);
-    train_cached(m, cache_mb, data, 2, "fc.weight", out, cache_bytes);
+        if (fr_model_freeze(m, freeze[k], &err) != FR_OK)
+            tap_diag("%s", err.msg);
+    return train_cached(m, cache_mb, data, 2, "fc.weight", out, cache_bytes);
 }
 
 static void test_residual_cache(void) {
@@ -785,15 +815,17 @@ static void test_residual_cache(void) {
     static const char *const inside[] = {"conv0", "b.c1", "b.c2", NULL};
     float plain[192], cached[192];
     size_t off_bytes, on_bytes;
-    residual_cache_run(whole, -1, data, plain, &off_bytes);
-    residual_cache_run(whole, 0, data, cached, &on_bytes);
-    tap_ok(off_bytes == 0 && on_bytes == 40 * 64 * sizeof(float) &&
-               memcmp(plain, cached, sizeof plain) == 0,
+    /* 192: fc's weight; 0 when a run failed or did not train. */
+    size_t n_plain = residual_cache_run(whole, -1, data, plain, &off_bytes);
+    size_t n_cached = residual_cache_run(whole, 0, data, cached, &on_bytes);
+    tap_ok(n_plain == 192 && n_cached == 192 && off_bytes == 0 &&
+               on_bytes == 40 * 64 * sizeof(float) && memcmp(plain, cached, sizeof plain) == 0,
            "a frozen residual block is cached (%zu bytes: the relu after it) and trains to the "
            "same bits as without the cache", on_bytes);
-    residual_cache_run(inside, -1, data, plain, &off_bytes);
-    residual_cache_run(inside, 0, data, cached, &on_bytes);
-    tap_ok(on_bytes == 0 && memcmp(plain, cached, sizeof plain) == 0,
+    n_plain = residual_cache_run(inside, -1, data, plain, &off_bytes);
+    n_cached = residual_cache_run(inside, 0, data, cached, &on_bytes);
+    tap_ok(n_plain == 192 && n_cached == 192 && on_bytes == 0 &&
+               memcmp(plain, cached, sizeof plain) == 0,
            "a frozen prefix ending inside a block (its shortcut trains) caches nothing (%zu bytes) "
            "and trains as without the cache", on_bytes);
     fr_dataset_free(data);
@@ -852,7 +884,7 @@ static fr_trainer *sgd_trainer(fr_model *m, double lr, int threads, int batch) {
 
 /* Train mode: every parameter's gradient (one SGD step at lr 1) against
  * central differences of the train-mode loss (steps at lr 0, which move no
- * parameter), batch statistics and all. */
+ * parameter), batch statistics and all; INFINITY when a step failed. */
 static double bn_gradient_error(int threads) {
     enum { N = 5 };
     fr_model *m = bn_net(BN_NET), *probe = bn_net(BN_NET);
@@ -864,9 +896,11 @@ static double bn_gradient_error(int threads) {
     fr_trainer *step = sgd_trainer(m, 1.0, threads, N), *still = sgd_trainer(probe, 0.0, threads, N);
     fr_error err = {0};
     double worst = 0.0;
-    if (fr_trainer_step(step, x, labels, N, NULL, NULL, &err) != FR_OK)
-        tap_diag("%s", err.msg);
-    fr_trainer_sync(step, NULL);
+    int rc = step && still ? FR_OK : FR_EINVAL;
+    if (rc == FR_OK)
+        rc = fr_trainer_step(step, x, labels, N, NULL, NULL, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(step, &err);
     for (size_t i = 0; i < fr_model_param_count(probe); i++) {
         fr_param *p = fr_model_param(probe, i);
         const float *after = fr_param_data(fr_model_param(m, i));
@@ -876,15 +910,21 @@ static double bn_gradient_error(int threads) {
             const float eps = 1e-3f;
             double up = 0.0, down = 0.0;
             v[j] = keep + eps;
-            fr_trainer_step(still, x, labels, N, &up, NULL, &err);
+            if (rc == FR_OK)
+                rc = fr_trainer_step(still, x, labels, N, &up, NULL, &err);
             double h = v[j];
             v[j] = keep - eps;
-            fr_trainer_step(still, x, labels, N, &down, NULL, &err);
+            if (rc == FR_OK)
+                rc = fr_trainer_step(still, x, labels, N, &down, NULL, &err);
             h -= v[j];
             v[j] = keep;
             double numeric = (up - down) / h, analytic = (double)keep - after[j];
             worst = fmax(worst, fabs(analytic - numeric) / (1e-2 + fabs(numeric)));
         }
+    }
+    if (rc != FR_OK) {
+        tap_diag("%s", err.msg);
+        worst = INFINITY;
     }
     fr_trainer_free(step);
     fr_trainer_free(still);
@@ -894,7 +934,8 @@ static double bn_gradient_error(int threads) {
 }
 
 /* `steps` SGD steps on `threads` threads at batch `batch`: the losses, and
- * the final parameters and float buffers, appended to `out`. */
+ * the final parameters and float buffers, appended to `out`; returns their
+ * count, or 0 when a step failed. */
 static size_t layout_run(const char *spec, const char *freeze, int threads, int batch, int steps,
                          double *out) {
     fr_model *m = bn_net(spec);
@@ -907,14 +948,21 @@ static size_t layout_run(const char *spec, const char *freeze, int threads, int 
     float x[8 * 32];
     int32_t labels[8];
     size_t count = 0;
-    for (int s = 0; s < steps; s++) {
+    int rc = t ? FR_OK : FR_EINVAL;
+    for (int s = 0; s < steps && rc == FR_OK; s++) {
         random_batch(m, batch, x, labels, 100 + (uint64_t)s);
         double loss = 0.0;
-        if (fr_trainer_step(t, x, labels, batch, &loss, NULL, &err) != FR_OK)
-            tap_diag("%s", err.msg);
+        rc = fr_trainer_step(t, x, labels, batch, &loss, NULL, &err);
         out[count++] = loss;
     }
-    fr_trainer_sync(t, NULL);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(t, &err);
+    if (rc != FR_OK) {
+        tap_diag("%s", err.msg);
+        fr_trainer_free(t);
+        fr_model_free(m);
+        return 0;
+    }
     for (size_t i = 0; i < fr_model_param_count(m); i++) {
         fr_param *p = fr_model_param(m, i);
         for (size_t j = 0; j < fr_param_numel(p); j++)
@@ -958,9 +1006,9 @@ static void test_batchnorm(void) {
            "batchnorm2d: 3 threads at batch 2 (one without rows) give 1 thread's (largest "
            "difference %.2g)", n1 == n3 ? largest_difference(three, one, n1) : -1.0);
     size_t buffers_at = n1 - 7; /* running_mean 3, running_var 3, num_batches_tracked */
-    tap_ok(one[n1 - 1] == 3.0 && one[buffers_at] != 0.0,
+    tap_ok(n1 > 7 && one[n1 - 1] == 3.0 && one[buffers_at] != 0.0,
            "batchnorm2d: the running statistics moved and num_batches_tracked counts the steps "
-           "(%g)", one[n1 - 1]);
+           "(%g)", n1 > 0 ? one[n1 - 1] : -1.0);
 
     /* Frozen: eval mode, its buffers keep their bits; the checksum covers them. */
     fr_model *m = bn_net(BN_NET);
@@ -970,22 +1018,29 @@ static void test_batchnorm(void) {
     memcpy(mean_before, fr_model_buffer_floats(m, "bn1.running_mean"), sizeof mean_before);
     memcpy(var_before, fr_model_buffer_floats(m, "bn1.running_var"), sizeof var_before);
     uint64_t frozen_sum = fr_model_frozen_checksum(m);
+    uint64_t fc_before = fr_param_checksum(fr_model_find_param(m, "fc.weight"));
     fr_trainer *t = sgd_trainer(m, 0.1, 2, 6);
     float x[6 * 32];
     int32_t labels[6];
-    for (int s = 0; s < 3; s++) {
+    int rc = t ? FR_OK : FR_EINVAL;
+    for (int s = 0; s < 3 && rc == FR_OK; s++) {
         random_batch(m, 6, x, labels, 50 + (uint64_t)s);
-        fr_trainer_step(t, x, labels, 6, NULL, NULL, &err);
+        rc = fr_trainer_step(t, x, labels, 6, NULL, NULL, &err);
     }
-    fr_trainer_sync(t, NULL);
-    tap_ok(memcmp(mean_before, fr_model_buffer_floats(m, "bn1.running_mean"), sizeof mean_before) ==
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(t, &err);
+    if (rc != FR_OK)
+        tap_diag("%s", err.msg);
+    /* The steps ran and trained fc: unchanged buffers are not steps that did nothing. */
+    tap_ok(rc == FR_OK && fr_param_checksum(fr_model_find_param(m, "fc.weight")) != fc_before &&
+               memcmp(mean_before, fr_model_buffer_floats(m, "bn1.running_mean"), sizeof mean_before) ==
                    0 &&
                memcmp(var_before, fr_model_buffer_floats(m, "bn1.running_var"), sizeof var_before) ==
                    0 &&
                *fr_model_buffer_i64(m, "bn1.num_batches_tracked") == 0 &&
                fr_model_frozen_checksum(m) == frozen_sum,
-           "a frozen batchnorm2d runs in eval mode: its buffers keep their bits, and the "
-           "frozen checksum with them");
+           "a frozen batchnorm2d runs in eval mode: 3 steps train fc, its buffers keep their "
+           "bits, and the frozen checksum with them");
     fr_model_buffer_floats(m, "bn1.running_var")[1] += 1.0f;
     tap_ok(fr_model_frozen_checksum(m) != frozen_sum,
            "the frozen checksum sees a frozen batchnorm2d's buffer change");
@@ -997,7 +1052,7 @@ static void test_batchnorm(void) {
         tap_diag("mkdtemp failed");
     snprintf(path, sizeof path, "%s", in_test_dir("w.safetensors"));
     *fr_model_buffer_i64(m, "bn1.num_batches_tracked") = 12345;
-    int rc = fr_model_save_weights(m, path, &err);
+    rc = fr_model_save_weights(m, path, &err);
     fr_model *back = bn_net(BN_NET);
     rc = rc == FR_OK ? fr_model_load_weights(back, path, &err) : rc;
     tap_ok(rc == FR_OK && *fr_model_buffer_i64(back, "bn1.num_batches_tracked") == 12345 &&
@@ -1035,10 +1090,11 @@ static void test_batchnorm(void) {
     fr_trainer *tr = sgd_trainer(run, 0.1, 2, 6), *tr2 = sgd_trainer(resumed, 0.1, 2, 6);
     double losses[2][2] = {{0}};
     snprintf(path, sizeof path, "%s", in_test_dir("c.safetensors"));
-    for (int s = 0; s < 4; s++) {
+    rc = tr && tr2 ? FR_OK : FR_EINVAL;
+    for (int s = 0; s < 4 && rc == FR_OK; s++) {
         random_batch(run, 6, x, labels, 70 + (uint64_t)s);
-        fr_trainer_step(tr, x, labels, 6, s >= 2 ? &losses[0][s - 2] : NULL, NULL, &err);
-        if (s == 1)
+        rc = fr_trainer_step(tr, x, labels, 6, s >= 2 ? &losses[0][s - 2] : NULL, NULL, &err);
+        if (s == 1 && rc == FR_OK)
             rc = fr_trainer_save_checkpoint(tr, path, NULL, 0, &err);
     }
     fr_checkpoint *cp = NULL;
@@ -1048,10 +1104,12 @@ static void test_batchnorm(void) {
     }
     for (int s = 2; s < 4 && rc == FR_OK; s++) {
         random_batch(resumed, 6, x, labels, 70 + (uint64_t)s);
-        fr_trainer_step(tr2, x, labels, 6, &losses[1][s - 2], NULL, &err);
+        rc = fr_trainer_step(tr2, x, labels, 6, &losses[1][s - 2], NULL, &err);
     }
-    fr_trainer_sync(tr, NULL);
-    fr_trainer_sync(tr2, NULL);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(tr, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(tr2, &err);
     tap_ok(rc == FR_OK && memcmp(losses[0], losses[1], sizeof losses[0]) == 0 &&
                memcmp(fr_model_buffer_floats(run, "bn1.running_var"),
                       fr_model_buffer_floats(resumed, "bn1.running_var"), 3 * sizeof(float)) == 0 &&
@@ -1079,7 +1137,7 @@ static void test_dropout(void) {
                largest_difference(three, one, n1) < 1e-6,
            "dropout: the mask depends on the seed, step and row only: 2 and 3 threads train as "
            "1 (largest difference %.2g)", n1 == n3 ? largest_difference(three, one, n1) : -1.0);
-    tap_ok(np == n1 && fabs(plain[0] - one[0]) > 1e-6,
+    tap_ok(n1 > 0 && np == n1 && fabs(plain[0] - one[0]) > 1e-6,
            "dropout(0.5) changes the training loss from dropout(0.0)'s (%.6f vs %.6f)", one[0],
            plain[0]);
 }
@@ -1093,8 +1151,9 @@ static void test_dropout(void) {
 
 /* SGD with momentum on `threads` threads, `steps` steps at the batches
  * `batches` (in turn, 0-terminated), then an evaluation at 5 rows: the
- * losses, the evaluation's and the final weights into `out`; per layer, how
- * many GEMMs of the steps ran split by features into `split` (5 layers). */
+ * losses, the evaluation's and the final weights into `out` (returns their
+ * count, 0 when a step or the evaluation failed); per layer, how many GEMMs
+ * of the steps ran split by features into `split` (5 layers). */
 static size_t wide_run(int threads, const int *batches, int steps, double *out, long *split) {
     fr_model *m = NULL;
     fr_error err = {0};
@@ -1110,18 +1169,25 @@ static size_t wide_run(int threads, const int *batches, int steps, double *out, 
     size_t count = 0, kinds = 0;
     while (batches[kinds])
         kinds++;
-    for (int s = 0; s < steps && t; s++) {
+    int rc = t ? FR_OK : FR_EINVAL;
+    for (int s = 0; s < steps && rc == FR_OK; s++) {
         int batch = batches[s % kinds];
         random_batch(m, batch, x, labels, 300 + (uint64_t)s);
-        if (fr_trainer_step(t, x, labels, batch, &out[count++], NULL, &err) != FR_OK)
-            tap_diag("%s", err.msg);
+        rc = fr_trainer_step(t, x, labels, batch, &out[count++], NULL, &err);
     }
     for (int i = 0; i < 5; i++)
         split[i] = t ? fr_trainer_feature_split_calls(t, i) : -1;
     random_batch(m, 5, x, labels, 299);
-    if (t && fr_trainer_evaluate(t, x, labels, 5, &out[count++], NULL, &err) != FR_OK)
+    if (rc == FR_OK)
+        rc = fr_trainer_evaluate(t, x, labels, 5, &out[count++], NULL, &err);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(t, &err);
+    if (rc != FR_OK) {
         tap_diag("%s", err.msg);
-    fr_trainer_sync(t, NULL);
+        fr_trainer_free(t);
+        fr_model_free(m);
+        return 0;
+    }
     for (size_t i = 0; i < fr_model_param_count(m); i++) {
         fr_param *p = fr_model_param(m, i);
         for (size_t j = 0; j < fr_param_numel(p); j++)
@@ -1146,13 +1212,14 @@ static void test_feature_split(void) {
     double worst = fmax(largest_difference(two, one, n1), largest_difference(four, one, n1));
     tap_ok(n1 > 9 && n1 == n2 && n1 == n4 && worst < 1e-5,
            "split by features, 2 and 4 threads at 10, 2 and 7 rows a step train as 1 thread: "
-           "losses, an evaluation and %zu weights within 1e-5 (worst %.2g)", n1 - 10, worst);
+           "losses, an evaluation and %zu weights within 1e-5 (worst %.2g)", n1 > 10 ? n1 - 10 : 0,
+           worst);
     tap_ok(split1[0] == 0 && split1[2] == 0 && split2[0] > 0 && split2[2] > 0 && split2[4] > 0 &&
                split4[0] > 0 && split4[2] > 0 && split4[4] > 0 && split2[1] == 0,
            "the split ran: GEMMs of fc1, fc2, fc3 split by features on 2 threads %ld, %ld, %ld; "
            "on 4 %ld, %ld, %ld; none on 1", split2[0], split2[2], split2[4], split4[0], split4[2],
            split4[4]);
-    tap_ok(n4b == n4 && memcmp(again, four, n4 * sizeof *four) == 0,
+    tap_ok(n4 > 9 && n4b == n4 && memcmp(again, four, n4 * sizeof *four) == 0,
            "split by features, a layout gives the same bits run to run (4 threads, twice)");
     size_t n64 = wide_run(2, many, 2, again, split_again);
     tap_ok(n64 > 0 && split_again[0] == 0 && split_again[2] == 0 && split_again[4] == 0,

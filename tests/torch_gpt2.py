@@ -1,0 +1,849 @@
+"""torch_gpt2.py - a PyTorch reference GPT-2, for the tests that check frost's.
+
+A GPT-2 written in plain torch modules that computes what Hugging Face's
+GPT2LMHeadModel computes (its eager attention path), with Hugging Face's
+parameter names and layouts, its config.json and its initialisation, and
+safetensors read and written with numpy and json: torch and numpy are the only
+requirements (Debian's python3-torch and python3-numpy, under /usr/bin/python3);
+the transformers and safetensors packages are not used.
+
+  torch_gpt2.py make-model --config-json JSON --out DIR [--seed S]
+                           [--prefix P] [--mask-buffers]
+  torch_gpt2.py logits     --model DIR --tokens X.npy --out L.npy [--dtype D]
+  torch_gpt2.py train      --model DIR --data DATADIR --steps K --batch-size B
+                           --lr LR [--weight-decay WD] [--betas B1,B2] [--eps E]
+                           [--freeze PATTERN]... --losses OUT.txt
+                           [--save W.safetensors] [--dtype D] [--seed S]
+  torch_gpt2.py grads      --model DIR --data DATADIR --batch-size B --out G.safetensors
+                           [--dtype D]
+  torch_gpt2.py make-data  --out DIR --vocab V --seq T --rows N [--seed S]
+                           [--dtype int32|int64|uint16] [--test-rows M]
+  torch_gpt2.py inspect    FILE.safetensors
+  torch_gpt2.py compare    [--tol X] [--floor F] A.safetensors REF.safetensors
+  torch_gpt2.py batch      JOBS
+
+`torch_gpt2.py COMMAND --help` describes each command.
+
+The model (Hugging Face's GPT2Model, names without a prefix):
+  wte.weight [V,C], wpe.weight [P,C], then for each block i:
+  h.i.ln_1.weight/bias [C], h.i.attn.c_attn.weight [C,3C] and .bias [3C],
+  h.i.attn.c_proj.weight [C,C] and .bias [C], h.i.ln_2.weight/bias [C],
+  h.i.mlp.c_fc.weight [C,I] and .bias [I], h.i.mlp.c_proj.weight [I,C] and
+  .bias [C]; then ln_f.weight/bias [C]; and lm_head.weight [V,C] only when
+  tie_word_embeddings is false (by default the head is wte.weight: one
+  parameter used twice, its gradients added).  I = n_inner, or 4*C when null.
+  The c_attn/c_proj/c_fc weights are Hugging Face's Conv1D: stored [in, out],
+  y = x @ W + b (torch.addmm).
+    x = wte[ids] + wpe[0..T-1]
+    per block: x = x + c_proj(attn(c_attn(ln_1(x))))
+               x = x + mlp.c_proj(act(mlp.c_fc(ln_2(x))))
+    logits = ln_f(x) @ head^T (no bias)
+  attention: q, k, v = split(c_attn output, C), H heads of C/H,
+  softmax(where(causal, q k^T / sqrt(C/H), finfo.min)) v, heads merged again.
+  act: activation_function "gelu_new" (Hugging Face's tanh formula), "gelu"
+  (exact, erf), "gelu_pytorch_tanh", "relu", "silu"/"swish".  Dropout
+  (attn_pdrop, resid_pdrop, embd_pdrop) only in `train`, as nn.Dropout.
+
+A model directory holds config.json and model.safetensors.  Reading one, a
+common prefix in front of every GPT2Model name (say "transformer.", as
+GPT2LMHeadModel saves them) is dropped, the causal-mask buffers of old
+checkpoints (h.i.attn.bias, h.i.attn.masked_bias) are skipped, and a
+lm_head.weight of a tied model is accepted only if it has wte.weight's values.
+Any other name, a missing parameter or a wrong shape is an error.  Weights of
+any float dtype are read and converted to the run's dtype.
+
+Exit status: 0 on success, 1 on an error (a message on stderr), 2 on a usage
+error.
+"""
+import argparse
+import fnmatch
+import json
+import math
+import os
+import re
+import shlex
+import sys
+
+import numpy as np
+
+torch = None  # imported by need_torch(): make-data, inspect and compare run without it
+nn = None
+F = None
+
+
+class ToolError(Exception):
+    pass
+
+
+def need_torch():
+    global torch, nn, F
+    if torch is None:
+        import torch as imported
+        torch = imported
+        nn = torch.nn
+        F = torch.nn.functional
+        define_modules()
+    return torch
+
+
+# ---------------------------------------------------------- safetensors
+
+# safetensors dtype -> numpy dtype (little-endian); BF16 is read only.
+ST_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+NP_TO_ST = {np.dtype(v): k for k, v in ST_DTYPES.items()}
+
+
+def save_safetensors(path, named_arrays, metadata=None):
+    """Writes (name, numpy array) pairs in that order (the data in the order
+    of the header), atomically.  The dtype follows the array's: F64, F32,
+    F16, I64, I32, I16, I8, U64, U32, U16, U8 or BOOL.  The header is padded
+    with spaces to a multiple of 8 bytes, as the safetensors library does."""
+    header, blobs, offset = {}, [], 0
+    if metadata is not None:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, a in named_arrays:
+        a = np.asarray(a)
+        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        if dt not in NP_TO_ST:
+            raise ToolError(f"{path}: {name}: numpy dtype {a.dtype} has no safetensors dtype")
+        if name in header:
+            raise ToolError(f"{path}: {name} twice")
+        raw = np.ascontiguousarray(a, dtype=dt).tobytes()
+        header[name] = {"dtype": NP_TO_ST[dt], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for raw in blobs:
+            f.write(raw)
+    os.replace(tmp, path)
+
+
+def load_safetensors(path, with_dtypes=False):
+    """{name: numpy array} in header order (and {name: safetensors dtype}
+    with with_dtypes); the header and every tensor's extent are checked."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    if len(blob) < 8:
+        raise ToolError(f"{path}: shorter than a safetensors header")
+    n = int.from_bytes(blob[:8], "little")
+    if n > len(blob) - 8:
+        raise ToolError(f"{path}: header length {n} runs past the end of the file")
+    try:
+        header = json.loads(blob[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ToolError(f"{path}: header is not JSON: {e}")
+    if not isinstance(header, dict):
+        raise ToolError(f"{path}: header is not a JSON object")
+    data = memoryview(blob)[8 + n:]
+    out, dtypes, extents = {}, {}, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ToolError(f"{path}: {name}: needs dtype, shape and data_offsets [begin, end]")
+        if not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ToolError(f"{path}: {name}: bad shape {shape}")
+        count = math.prod(shape)
+        if dtype == "BF16":
+            size = 2 * count
+        elif dtype in ST_DTYPES:
+            size = np.dtype(ST_DTYPES[dtype]).itemsize * count
+        else:
+            raise ToolError(f"{path}: {name}: unsupported dtype {dtype}")
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(data)):
+            raise ToolError(f"{path}: {name}: data_offsets [{begin}, {end}] outside the "
+                            f"{len(data)} bytes of data")
+        if end - begin != size:
+            raise ToolError(f"{path}: {name}: {end - begin} bytes for {dtype} {shape} "
+                            f"(needs {size})")
+        extents.append((begin, end, name))
+        if dtype == "BF16":
+            bits = np.frombuffer(data[begin:end], dtype="<u2").astype(np.uint32) << 16
+            a = bits.view(np.float32)
+        else:
+            a = np.frombuffer(data[begin:end], dtype=ST_DTYPES[dtype]).copy()
+        out[name] = a.reshape(shape)
+        dtypes[name] = dtype
+    extents.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(extents, extents[1:]):
+        if b1 < e0:
+            raise ToolError(f"{path}: {n0} and {n1} overlap")
+    return (out, dtypes) if with_dtypes else out
+
+
+# --------------------------------------------------------------- config
+
+# Hugging Face's GPT2Config defaults (what a config.json without the field means).
+HF_DEFAULTS = {
+    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12,
+    "n_head": 12, "n_inner": None, "activation_function": "gelu_new",
+    "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
+    "summary_type": "cls_index", "summary_use_proj": True, "summary_activation": None,
+    "summary_proj_to_labels": True, "summary_first_dropout": 0.1,
+    "scale_attn_weights": True, "use_cache": True,
+    "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+    "tie_word_embeddings": True, "bos_token_id": 50256, "eos_token_id": 50256,
+}
+MAKE_MODEL_KEYS = set(HF_DEFAULTS) | {"model_type", "architectures", "n_ctx", "torch_dtype"}
+ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+
+def read_config(source, text):
+    """The config (a dict with every field, Hugging Face's defaults filled
+    in) of a config.json's text; source names it in messages."""
+    try:
+        given = json.loads(text)
+    except ValueError as e:
+        raise ToolError(f"{source}: not JSON: {e}")
+    if not isinstance(given, dict):
+        raise ToolError(f"{source}: not a JSON object")
+    if given.get("model_type", "gpt2") != "gpt2":
+        raise ToolError(f"{source}: model_type {given['model_type']!r}, expected \"gpt2\"")
+    cfg = dict(HF_DEFAULTS)
+    cfg.update(given)
+    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ToolError(f"{source}: {key} {cfg[key]!r}: needs a positive integer")
+    if cfg["n_inner"] is not None and (not isinstance(cfg["n_inner"], int) or cfg["n_inner"] < 1):
+        raise ToolError(f"{source}: n_inner {cfg['n_inner']!r}: needs null or a positive integer")
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise ToolError(f"{source}: n_embd {cfg['n_embd']} is not a multiple of n_head {cfg['n_head']}")
+    if cfg["activation_function"] not in ACTIVATIONS:
+        raise ToolError(f"{source}: activation_function {cfg['activation_function']!r}: "
+                        f"one of {', '.join(ACTIVATIONS)}")
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if not 0 <= float(cfg[key]) < 1:
+            raise ToolError(f"{source}: {key} {cfg[key]!r}: needs 0 <= p < 1")
+    return cfg
+
+
+def inner_size(cfg):
+    return cfg["n_inner"] if cfg["n_inner"] is not None else 4 * cfg["n_embd"]
+
+
+# ---------------------------------------------------------------- model
+
+def define_modules():
+    """The modules, defined once torch is imported."""
+    global Conv1D, Attention, MLP, Block, GPT2
+
+    class Conv1D(nn.Module):
+        """Hugging Face's Conv1D: weight [in, out], y = x @ W + b."""
+
+        def __init__(self, nf, nx):
+            super().__init__()
+            self.nf = nf
+            self.weight = nn.Parameter(torch.empty(nx, nf))
+            self.bias = nn.Parameter(torch.zeros(nf))
+
+        def forward(self, x):
+            size_out = x.size()[:-1] + (self.nf,)
+            x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+            return x.view(size_out)
+
+    class Attention(nn.Module):
+        """GPT2Attention's eager path, no cache, no cross-attention."""
+
+        def __init__(self, cfg, layer_idx):
+            super().__init__()
+            C, P = cfg["n_embd"], cfg["n_positions"]
+            self.embed_dim, self.num_heads = C, cfg["n_head"]
+            self.head_dim = C // self.num_heads
+            self.scale_attn_weights = cfg["scale_attn_weights"]
+            self.inverse_layer = cfg["scale_attn_by_inverse_layer_idx"]
+            self.layer_idx = layer_idx
+            # Not in the state dict (persistent=False): old checkpoints' copy
+            # of it is skipped when reading.
+            self.register_buffer("bias", torch.tril(torch.ones((P, P), dtype=torch.bool))
+                                 .view(1, 1, P, P), persistent=False)
+            self.c_attn = Conv1D(3 * C, C)
+            self.c_proj = Conv1D(C, C)
+            self.attn_dropout = nn.Dropout(cfg["attn_pdrop"])
+            self.resid_dropout = nn.Dropout(cfg["resid_pdrop"])
+
+        def split_heads(self, x):
+            x = x.view(x.size()[:-1] + (self.num_heads, self.head_dim))
+            return x.permute(0, 2, 1, 3)  # (batch, head, seq, head_dim)
+
+        def forward(self, hidden):
+            query, key, value = self.c_attn(hidden).split(self.embed_dim, dim=2)
+            query, key, value = map(self.split_heads, (query, key, value))
+            w = torch.matmul(query, key.transpose(-1, -2))
+            if self.scale_attn_weights:
+                w = w / torch.full([], value.size(-1) ** 0.5, dtype=w.dtype, device=w.device)
+            if self.inverse_layer:
+                w = w / float(self.layer_idx + 1)
+            q_len, k_len = query.size(-2), key.size(-2)
+            causal = self.bias[:, :, k_len - q_len:k_len, :k_len]
+            mask_value = torch.full([], torch.finfo(w.dtype).min, dtype=w.dtype, device=w.device)
+            w = torch.where(causal, w, mask_value)
+            w = F.softmax(w, dim=-1).type(value.dtype)
+            w = self.attn_dropout(w)
+            out = torch.matmul(w, value)
+            out = out.permute(0, 2, 1, 3).contiguous()
+            out = out.view(out.size()[:-2] + (self.embed_dim,))
+            return self.resid_dropout(self.c_proj(out))
+
+    class MLP(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            C, I = cfg["n_embd"], inner_size(cfg)
+            self.c_fc = Conv1D(I, C)
+            self.c_proj = Conv1D(C, I)
+            self.act = cfg["activation_function"]
+            self.dropout = nn.Dropout(cfg["resid_pdrop"])
+
+        def forward(self, x):
+            x = self.c_fc(x)
+            if self.act == "gelu_new":  # transformers' NewGELUActivation
+                x = 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi)
+                                                * (x + 0.044715 * torch.pow(x, 3.0))))
+            elif self.act == "gelu":
+                x = F.gelu(x)
+            elif self.act == "gelu_pytorch_tanh":
+                x = F.gelu(x, approximate="tanh")
+            elif self.act == "relu":
+                x = F.relu(x)
+            else:  # silu, swish
+                x = F.silu(x)
+            return self.dropout(self.c_proj(x))
+
+    class Block(nn.Module):
+        def __init__(self, cfg, layer_idx):
+            super().__init__()
+            C, eps = cfg["n_embd"], cfg["layer_norm_epsilon"]
+            self.ln_1 = nn.LayerNorm(C, eps=eps)
+            self.attn = Attention(cfg, layer_idx)
+            self.ln_2 = nn.LayerNorm(C, eps=eps)
+            self.mlp = MLP(cfg)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT2(nn.Module):
+        """GPT2Model's parameters under its names (no prefix), and the LM head:
+        wte.weight itself (tied) or lm_head.weight."""
+
+        def __init__(self, cfg):
+            super().__init__()
+            V, P, C = cfg["vocab_size"], cfg["n_positions"], cfg["n_embd"]
+            self.cfg = cfg
+            self.wte = nn.Embedding(V, C)
+            self.wpe = nn.Embedding(P, C)
+            self.drop = nn.Dropout(cfg["embd_pdrop"])
+            self.h = nn.ModuleList([Block(cfg, i) for i in range(cfg["n_layer"])])
+            self.ln_f = nn.LayerNorm(C, eps=cfg["layer_norm_epsilon"])
+            if not cfg["tie_word_embeddings"]:
+                self.lm_head = nn.Linear(C, V, bias=False)
+
+        def head_weight(self):
+            return self.wte.weight if self.cfg["tie_word_embeddings"] else self.lm_head.weight
+
+        def forward(self, ids):
+            T = ids.size(1)
+            if T > self.cfg["n_positions"]:
+                raise ToolError(f"sequences of {T} tokens, n_positions is {self.cfg['n_positions']}")
+            pos = torch.arange(T, dtype=torch.long, device=ids.device).unsqueeze(0)
+            x = self.drop(self.wte(ids) + self.wpe(pos))
+            for block in self.h:
+                x = block(x)
+            return F.linear(self.ln_f(x), self.head_weight())
+
+
+def init_weights(model, cfg):
+    """Hugging Face's GPT-2 initialisation, in parameter order from torch's
+    global generator: normal(0, initializer_range) for weights and
+    embeddings (lm_head.weight, when untied, drawn last), zeros for biases,
+    ones for LayerNorm weights, normal(0, initializer_range/sqrt(2*n_layer))
+    for attn.c_proj.weight and mlp.c_proj.weight."""
+    std = cfg["initializer_range"]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(r"(^|\.)ln_(1|2|f)\.weight$", name):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            elif name.endswith("c_proj.weight"):
+                p.normal_(0.0, std / math.sqrt(2 * cfg["n_layer"]))
+            else:
+                p.normal_(0.0, std)
+
+
+BUFFER_RE = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+def load_model(directory, dtype):
+    """The GPT2 of DIR/config.json and DIR/model.safetensors, in dtype."""
+    need_torch()
+    path = os.path.join(directory, "config.json")
+    try:
+        with open(path) as f:
+            cfg = read_config(path, f.read())
+    except OSError as e:
+        raise ToolError(f"{path}: {e.strerror}")
+    model = GPT2(cfg)
+    path = os.path.join(directory, "model.safetensors")
+    tensors = load_safetensors(path)
+    prefixes = [n[:-len("wte.weight")] for n in tensors
+                if n.endswith("wte.weight") and (n == "wte.weight" or n.endswith(".wte.weight"))]
+    if len(prefixes) != 1:
+        raise ToolError(f"{path}: {'no' if not prefixes else 'more than one'} wte.weight")
+    prefix = prefixes[0]
+    found = {}
+    for name, a in tensors.items():
+        if name.startswith(prefix):
+            short = name[len(prefix):]
+        elif name == "lm_head.weight":
+            short = name
+        else:
+            raise ToolError(f"{path}: {name}: not under the prefix {prefix!r}")
+        if BUFFER_RE.match(short):
+            continue
+        found[short] = a
+    if cfg["tie_word_embeddings"] and "lm_head.weight" in found:
+        head = found.pop("lm_head.weight")
+        if head.shape != found["wte.weight"].shape or not np.array_equal(head, found["wte.weight"]):
+            raise ToolError(f"{path}: lm_head.weight differs from wte.weight in a tied model")
+    params = dict(model.named_parameters())
+    unknown = sorted(set(found) - set(params))
+    missing = [n for n in params if n not in found]
+    if unknown or missing:
+        raise ToolError(f"{path}: " + "; ".join(
+            ([f"unexpected {', '.join(unknown)}"] if unknown else [])
+            + ([f"missing {', '.join(missing)}"] if missing else [])))
+    with torch.no_grad():
+        for name, p in params.items():
+            a = found[name]
+            if tuple(a.shape) != tuple(p.shape):
+                raise ToolError(f"{path}: {name}: shape {list(a.shape)}, expected {list(p.shape)}")
+            if a.dtype.kind != "f":
+                raise ToolError(f"{path}: {name}: dtype {a.dtype}, expected a float")
+            p.copy_(torch.from_numpy(a.astype(np.float64)))
+    return model.to(dtype)
+
+
+def weights_of(model):
+    """[(name, float32 numpy array)]: the parameters under Hugging Face's names."""
+    return [(n, p.detach().to(torch.float32).cpu().numpy()) for n, p in model.named_parameters()]
+
+
+# ----------------------------------------------------------------- data
+
+def load_rows(directory, batch_size, name="train_x.npy"):
+    if batch_size < 1:
+        raise ToolError(f"--batch-size {batch_size}: needs at least 1")
+    path = os.path.join(directory, name)
+    try:
+        x = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ToolError(f"{path}: {e}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 2 or x.dtype.kind not in "iu":
+        raise ToolError(f"{path}: {x.dtype} {list(x.shape)}: needs integer tokens (N, T+1), T >= 1")
+    return path, x
+
+
+def batch_rows(x, k, b):
+    """Batch k: rows (k*b + j) mod N for j in 0..b-1 (wrapping to the start)."""
+    return x[(k * b + np.arange(b)) % x.shape[0]]
+
+
+def lm_loss(model, rows, source):
+    V = model.cfg["vocab_size"]
+    rows = torch.from_numpy(rows.astype(np.int64))
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    if inputs.min() < 0 or inputs.max() >= V:
+        raise ToolError(f"{source}: input tokens in [{int(inputs.min())}, {int(inputs.max())}], "
+                        f"vocab_size is {V}")
+    bad = ((targets < 0) | (targets >= V)) & (targets != -100)
+    if bad.any():
+        raise ToolError(f"{source}: target token {int(targets[bad][0])} outside [0, {V}) and not -100")
+    logits = model(inputs)
+    return F.cross_entropy(logits.view(-1, V), targets.reshape(-1), ignore_index=-100)
+
+
+def torch_dtype(name):
+    need_torch()
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def matches(pattern, name):
+    """--freeze's rule, as frost's: a shell glob over the names, or a bare
+    prefix (h.0 means every name beginning h.0.)."""
+    return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+
+
+def bits(t):
+    return t.detach().view(torch.int64 if t.dtype == torch.float64 else torch.int32).clone()
+
+
+# ------------------------------------------------------------- commands
+
+def cmd_make_model(args):
+    try:
+        given = json.loads(args.config_json)
+    except ValueError as e:
+        raise ToolError(f"--config-json: not JSON: {e}")
+    if not isinstance(given, dict):
+        raise ToolError("--config-json: not a JSON object")
+    unknown = sorted(set(given) - MAKE_MODEL_KEYS)
+    if unknown:
+        raise ToolError(f"--config-json: unknown field(s) {', '.join(unknown)}")
+    given = dict(given)
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        given.setdefault(key, 0.0)
+    cfg = read_config("--config-json", json.dumps(given))
+    if "bos_token_id" not in given:
+        cfg["bos_token_id"] = cfg["eos_token_id"] = cfg["vocab_size"] - 1
+    cfg["n_ctx"] = cfg["n_positions"]
+    cfg["model_type"] = "gpt2"
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    cfg["torch_dtype"] = "float32"
+    need_torch().manual_seed(args.seed)
+    model = GPT2(cfg)
+    init_weights(model, cfg)
+    os.makedirs(args.out, exist_ok=True)
+    P = cfg["n_positions"]
+    named = []
+    for name, a in weights_of(model):
+        if name == "lm_head.weight":
+            named.append((name, a))  # GPT2LMHeadModel's head is not under "transformer."
+            continue
+        m = re.match(r"^(h\.\d+\.)attn\.c_attn\.weight$", name)
+        if m and args.mask_buffers:  # where GPT2Attention registered them
+            named.append((args.prefix + m.group(1) + "attn.bias",
+                          np.tril(np.ones((P, P), np.float32)).reshape(1, 1, P, P)))
+            named.append((args.prefix + m.group(1) + "attn.masked_bias",
+                          np.array(-1e4, dtype=np.float32)))
+        named.append((args.prefix + name, a))
+    save_safetensors(os.path.join(args.out, "model.safetensors"), named, {"format": "pt"})
+    ordered = {k: cfg[k] for k in ["architectures", "model_type"] + sorted(
+        k for k in cfg if k not in ("architectures", "model_type"))}
+    tmp = os.path.join(args.out, f"config.json.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(ordered, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, os.path.join(args.out, "config.json"))
+
+
+def cmd_logits(args):
+    model = load_model(args.model, torch_dtype(args.dtype))
+    try:
+        x = np.load(args.tokens)
+    except (OSError, ValueError) as e:
+        raise ToolError(f"{args.tokens}: {e}")
+    if x.ndim != 2 or x.dtype.kind not in "iu":
+        raise ToolError(f"{args.tokens}: {x.dtype} {list(x.shape)}: needs integer tokens (N, T)")
+    V = model.cfg["vocab_size"]
+    if x.size and (x.min() < 0 or x.max() >= V):
+        raise ToolError(f"{args.tokens}: tokens outside [0, {V})")
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x.astype(np.int64)))
+    np.save(args.out, logits.numpy().astype(np.float64 if args.dtype == "float64" else np.float32))
+
+
+def cmd_train(args):
+    dtype = torch_dtype(args.dtype)
+    model = load_model(args.model, dtype)
+    source, x = load_rows(args.data, args.batch_size)
+    if x.shape[1] - 1 > model.cfg["n_positions"]:
+        raise ToolError(f"{source}: {x.shape[1] - 1} input tokens per row, "
+                        f"n_positions is {model.cfg['n_positions']}")
+    if args.steps < 0:
+        raise ToolError(f"--steps {args.steps}: needs 0 or more")
+    named = list(model.named_parameters())
+    for pattern in args.freeze:
+        hits = [p for n, p in named if matches(pattern, n)]
+        if not hits:
+            raise ToolError(f"--freeze {pattern}: matches no parameter "
+                            f"(names look like {named[2][0]})")
+        for p in hits:
+            p.requires_grad_(False)
+    frozen = {n: bits(p) for n, p in named if not p.requires_grad}
+    trainable = [p for _, p in named if p.requires_grad]
+    if not trainable:
+        raise ToolError("--freeze: every parameter is frozen")
+    try:
+        betas = tuple(float(v) for v in args.betas.split(","))
+        assert len(betas) == 2
+    except (ValueError, AssertionError):
+        raise ToolError(f"--betas {args.betas}: needs B1,B2")
+    if any(model.cfg[k] for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")):
+        print("torch_gpt2: warning: dropout is on (a pdrop is not 0): the losses depend "
+              "on torch's random numbers", file=sys.stderr)
+    torch.manual_seed(args.seed)  # dropout's random numbers
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=betas, eps=args.eps,
+                            weight_decay=args.weight_decay)
+    model.train()
+    with open(args.losses, "w") as out:
+        for step in range(1, args.steps + 1):
+            opt.zero_grad(set_to_none=True)
+            loss = lm_loss(model, batch_rows(x, step - 1, args.batch_size), source)
+            loss.backward()
+            opt.step()
+            out.write(f"{step} {loss.item()!r}\n")
+            out.flush()
+    changed = [n for n, p in named if n in frozen and not torch.equal(bits(p), frozen[n])]
+    if changed:
+        raise ToolError(f"frozen parameters changed: {', '.join(changed)}")
+    if args.save:
+        save_safetensors(args.save, weights_of(model), {"format": "pt"})
+
+
+def cmd_grads(args):
+    model = load_model(args.model, torch_dtype(args.dtype))
+    source, x = load_rows(args.data, args.batch_size)
+    model.eval()  # no dropout: the gradient of the loaded weights alone
+    loss = lm_loss(model, batch_rows(x, 0, args.batch_size), source)
+    loss.backward()
+    save_safetensors(args.out, [
+        (n, (p.grad if p.grad is not None else torch.zeros_like(p)).to(torch.float32).numpy())
+        for n, p in model.named_parameters()], {"format": "pt"})
+    print(f"loss {loss.item()!r}")
+
+
+def cmd_make_data(args):
+    kinds = {"int32": np.int32, "int64": np.int64, "uint16": np.uint16}
+    if args.vocab < 1 or args.seq < 1 or args.rows < 1 or args.test_rows < 0:
+        raise ToolError("--vocab, --seq and --rows need positive numbers")
+    if args.dtype == "uint16" and args.vocab > 65536:
+        raise ToolError(f"--vocab {args.vocab} does not fit uint16")
+    rng = np.random.default_rng(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    np.save(os.path.join(args.out, "train_x.npy"),
+            rng.integers(0, args.vocab, size=(args.rows, args.seq + 1)).astype(kinds[args.dtype]))
+    if args.test_rows:
+        np.save(os.path.join(args.out, "test_x.npy"),
+                rng.integers(0, args.vocab, size=(args.test_rows, args.seq + 1))
+                .astype(kinds[args.dtype]))
+
+
+def cmd_inspect(args):
+    tensors, dtypes = load_safetensors(args.file, with_dtypes=True)
+    for name, a in tensors.items():
+        print(f"{name} {dtypes[name]} [{','.join(str(d) for d in a.shape)}]")
+
+
+def cmd_compare(args):
+    a, b = load_safetensors(args.a), load_safetensors(args.ref)
+    if list(a) != list(b) and sorted(a) != sorted(b):
+        raise ToolError(f"names differ: only in {args.a}: {sorted(set(a) - set(b))}; "
+                        f"only in {args.ref}: {sorted(set(b) - set(a))}")
+    largest = max((float(np.abs(v.astype(np.float64)).max()) for v in b.values() if v.size),
+                  default=0.0)
+    worst, worst_name = 0.0, None
+    for name in b:
+        if a[name].shape != b[name].shape:
+            raise ToolError(f"{name}: shape {list(a[name].shape)} against {list(b[name].shape)}")
+        x, y = a[name].astype(np.float64), b[name].astype(np.float64)
+        if not y.size:
+            continue
+        scale = max(float(np.abs(y).max()), args.floor * largest, 1e-300)
+        rel = float(np.abs(x - y).max()) / scale
+        if rel != rel:  # a NaN on either side
+            rel = math.inf
+        if worst_name is None or rel > worst:
+            worst, worst_name = rel, name
+    print(f"max relative difference {worst:.3g} ({worst_name})")
+    return 0 if worst <= args.tol else 1
+
+
+def cmd_batch(args):
+    failures = 0
+    with open(args.jobs) as f:
+        lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
+    for line in lines:
+        argv = shlex.split(line)
+        try:
+            status = run(argv)
+        except SystemExit as e:  # argparse's usage errors
+            status = e.code
+        except (ToolError, OSError, ValueError, RuntimeError) as e:
+            print(f"torch_gpt2: {shlex.join(argv)}: {e}", file=sys.stderr)
+            status = 1
+        failures += status != 0
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------- parser
+
+def build_parser():
+    R = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="torch_gpt2.py", formatter_class=R,
+        description=__doc__.split("\n\n", 1)[1])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-model", formatter_class=R, help="a seeded, freshly initialised model",
+                       description="""\
+Writes DIR/config.json, a complete Hugging Face GPT-2 config ("architectures":
+["GPT2LMHeadModel"], "model_type": "gpt2" and every GPT2Config field: the
+given ones, Hugging Face's defaults for the rest, except that the dropout
+probabilities default to 0 and bos/eos_token_id to vocab_size-1; n_ctx =
+n_positions as old configs have it), and DIR/model.safetensors (F32, metadata
+{"format": "pt"}) holding Hugging Face's initialisation after
+torch.manual_seed(SEED): normal(0, initializer_range) for weights and
+embeddings, zeros for biases, ones for LayerNorm weights, and
+normal(0, initializer_range/sqrt(2*n_layer)) for attn.c_proj.weight and
+mlp.c_proj.weight, drawn in parameter order (lm_head.weight, when
+tie_word_embeddings is false, last: the other parameters are then the
+tied model's).""")
+    p.add_argument("--config-json", required=True, metavar="JSON",
+                   help='GPT2Config fields, e.g. \'{"n_layer": 2, "n_embd": 64, "n_head": 4, '
+                        '"n_positions": 32, "vocab_size": 256}\'')
+    p.add_argument("--out", required=True, metavar="DIR", help="created if missing")
+    p.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default 0)")
+    p.add_argument("--prefix", default="", metavar="P",
+                   help='put P in front of every GPT2Model name, e.g. "transformer." as '
+                        "GPT2LMHeadModel saves them (lm_head.weight, when untied, keeps its name)")
+    p.add_argument("--mask-buffers", action="store_true",
+                   help="also write old checkpoints' buffers: h.i.attn.bias, the causal mask "
+                        "as F32 [1,1,P,P] of 0/1, and h.i.attn.masked_bias, F32 scalar -1e4, "
+                        "before each block's attn.c_attn.weight (a reader must skip them)")
+    p.set_defaults(handler=cmd_make_model)
+
+    p = sub.add_parser("logits", formatter_class=R, help="the logits of token sequences",
+                       description="""\
+Reads X.npy, integer tokens (N, T) with T <= n_positions, and writes the
+logits (N, T, V) with numpy.save: float32, or float64 with --dtype float64
+(the whole computation then in double).  No dropout (eval mode).""")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--tokens", required=True, metavar="X.npy")
+    p.add_argument("--out", required=True, metavar="L.npy")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.set_defaults(handler=cmd_logits)
+
+    p = sub.add_parser("train", formatter_class=R, help="language-model training with AdamW",
+                       description="""\
+Trains as frost trains a language model: DATADIR/train_x.npy holds N rows of
+T+1 integer tokens (int32, int64 or uint16); batches are taken in dataset
+order, never shuffled: batch k (k = 0, 1, ...; step k+1) is the rows
+(k*B + j) mod N for j = 0..B-1, so the data wrap around to row 0 when they
+run out, in the middle of a batch if N is not a multiple of B, and every
+batch has B rows.  Inputs are a batch's columns [0, T), targets its columns
+[1, T+1); the loss is
+  torch.nn.functional.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100)
+(the mean over the positions whose target is not -100).  Each step:
+zero_grad, loss.backward(), then torch.optim.AdamW(every trainable parameter,
+lr, betas, eps, weight_decay; one param group, amsgrad off) steps.  A tied
+head is wte.weight itself, so its gradient is the sum of the embedding's and
+the head's.  Dropout, when a pdrop of the config is not 0, is applied as
+Hugging Face does in training mode (a warning says so: frost's random numbers
+are not torch's).
+
+Writes "STEP LOSS" per step to OUT.txt (steps from 1, the loss as Python's
+repr of the float).  Frozen parameters (--freeze) get requires_grad=False,
+are left out of the optimizer, and must have their bits unchanged at the end
+(exit status 1 and a message otherwise).  --save writes the final weights as
+F32 safetensors under Hugging Face's names, no prefix, no mask buffers.""")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--data", required=True, metavar="DATADIR")
+    p.add_argument("--steps", type=int, required=True, metavar="K")
+    p.add_argument("--batch-size", type=int, required=True, metavar="B")
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--weight-decay", type=float, default=0.01, metavar="WD",
+                   help="AdamW's decoupled weight decay (default 0.01, torch's)")
+    p.add_argument("--betas", default="0.9,0.999", metavar="B1,B2", help="default 0.9,0.999")
+    p.add_argument("--eps", type=float, default=1e-8, help="default 1e-8")
+    p.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
+                   help="freeze the parameters whose name matches PATTERN, a shell glob "
+                        "(fnmatch.fnmatchcase: '*.bias', 'h.[01].attn.*') or a bare prefix "
+                        "('h.0' = every name that begins 'h.0.'); repeatable; a pattern that "
+                        "matches nothing is an error")
+    p.add_argument("--losses", required=True, metavar="OUT.txt")
+    p.add_argument("--save", metavar="W.safetensors")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="float64 runs everything (weights, activations, AdamW's state) in double")
+    p.add_argument("--seed", type=int, default=0,
+                   help="torch.manual_seed before training (only dropout uses it)")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("grads", formatter_class=R, help="the gradient of the first batch's loss",
+                       description="""\
+The gradient of the first batch's loss (rows [0, B) of DATADIR/train_x.npy,
+mod N; the loss as in `train`, without dropout) with respect to every
+parameter at the loaded weights, written as F32 safetensors under the
+parameters' names (a tied head's gradient in wte.weight; cast from float64
+with --dtype float64).  Prints "loss LOSS".""")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--data", required=True, metavar="DATADIR")
+    p.add_argument("--batch-size", type=int, required=True, metavar="B")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--out", required=True, metavar="G.safetensors")
+    p.set_defaults(handler=cmd_grads)
+
+    p = sub.add_parser("make-data", formatter_class=R, help="random token data",
+                       description="""\
+Writes DIR/train_x.npy, N rows of T+1 tokens drawn uniformly from [0, V)
+(numpy.random.default_rng(SEED).integers), and with --test-rows M also
+DIR/test_x.npy, M more rows from the same generator.""")
+    p.add_argument("--out", required=True, metavar="DIR", help="created if missing")
+    p.add_argument("--vocab", type=int, required=True, metavar="V")
+    p.add_argument("--seq", type=int, required=True, metavar="T")
+    p.add_argument("--rows", type=int, required=True, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["int32", "int64", "uint16"], default="int32")
+    p.add_argument("--test-rows", type=int, default=0, metavar="M")
+    p.set_defaults(handler=cmd_make_data)
+
+    p = sub.add_parser("inspect", formatter_class=R, help="a safetensors file's tensors",
+                       description="""\
+Prints "NAME DTYPE [D0,D1,...]" for every tensor of FILE, in header order,
+after checking the header and every tensor's extent.""")
+    p.add_argument("file", metavar="FILE.safetensors")
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("compare", formatter_class=R, help="compare two weight or gradient files",
+                       description="""\
+Compares A against the reference REF (same names and shapes): for each
+tensor, max|a - r| / max(max|r| of that tensor, FLOOR * max|r| over all
+tensors); prints "max relative difference D (NAME)" for the worst tensor
+and exits 1 when D > TOL.  FLOOR keeps a tensor that is mathematically zero
+(the gradient of the key bias of c_attn, say) from dividing rounding noise
+by rounding noise.""")
+    p.add_argument("--tol", type=float, default=1e-3, help="default 1e-3")
+    p.add_argument("--floor", type=float, default=1e-3, help="default 1e-3")
+    p.add_argument("a", metavar="A.safetensors")
+    p.add_argument("ref", metavar="REF.safetensors")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("batch", formatter_class=R, help="run many commands in one process",
+                       description="""\
+Runs every line of JOBS (a command line of this script, shell-quoted; blank
+lines and lines starting # skipped) in this one process, so that torch is
+imported once; the exit status is 1 if any failed (each failure reported on
+stderr, the others still run).""")
+    p.add_argument("jobs", metavar="JOBS")
+    p.set_defaults(handler=cmd_batch)
+    return parser
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)
+    return args.handler(args) or 0
+
+
+def main():
+    try:
+        status = run(sys.argv[1:])
+    except (ToolError, OSError) as e:
+        print(f"torch_gpt2: {e}", file=sys.stderr)
+        status = 1
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
