@@ -1,0 +1,93 @@
+#!/bin/sh
+# torch_gpt2_parity.sh - frost's GPT-2 against PyTorch's (tests/torch_gpt2.py,
+# Hugging Face's GPT2LMHeadModel in plain torch): a model written in Hugging
+# Face's layout (the "transformer." prefix and the attention mask buffers
+# included) loads from its config.json and model.safetensors, and 20 AdamW
+# steps with weight decay on every parameter give per-step losses within 1e-4
+# of PyTorch's, on 1 and 2 threads, on 2 ranks, and with wte, wpe and h.0
+# frozen, which then stay bitwise unchanged.  Skipped without torch.
+. "$TOP_SRCDIR/tests/common.sh"
+CHECKS=6
+plan $CHECKS
+TOOL="$TOP_SRCDIR/tests/torch_gpt2.py"
+DRIVER="$(dirname "$FROST")/../tests/gpt2_train"
+PY=
+for candidate in /usr/bin/python3 "$PYTHON3"; do
+    if [ -n "$candidate" ] && "$candidate" -c 'import torch, numpy' >/dev/null 2>&1; then
+        PY=$candidate
+        break
+    fi
+done
+if [ -z "$PY" ]; then
+    i=0
+    while [ $i -lt $CHECKS ]; do skip "torch or numpy not installed"; i=$((i + 1)); done
+    done_testing
+fi
+MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
+WORK=$(mktemp -d /tmp/frost-gpt2.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+CONFIG='{"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 32, "vocab_size": 256, "resid_pdrop": 0, "embd_pdrop": 0, "attn_pdrop": 0}'
+"$PY" "$TOOL" make-model --config-json "$CONFIG" --out "$WORK/m" --seed 1 --mask-buffers \
+    --prefix transformer. >"$WORK/log" 2>&1 &&
+"$PY" "$TOOL" make-data --out "$WORK/d" --vocab 256 --seq 16 --rows 38 --seed 2 >>"$WORK/log" 2>&1 &&
+"$PY" "$TOOL" train --model "$WORK/m" --data "$WORK/d" --steps 20 --batch-size 4 --lr 1e-3 \
+    --weight-decay 0.01 --losses "$WORK/torch.txt" >>"$WORK/log" 2>&1 &&
+"$PY" "$TOOL" train --model "$WORK/m" --data "$WORK/d" --steps 20 --batch-size 4 --lr 1e-3 \
+    --weight-decay 0.01 --freeze wte.weight --freeze wpe.weight --freeze h.0 \
+    --losses "$WORK/torch_frozen.txt" >>"$WORK/log" 2>&1
+status=$?
+[ $status -eq 0 ] || cat "$WORK/log" >&2
+
+# Largest |frost - torch| over the steps, or "missing" when a run gave less.
+worst() {
+    awk 'NR == FNR { want[$1] = $2; next } { d = $2 - want[$1]; if (d < 0) d = -d;
+         if (d > m) m = d; n++ } END { if (n != 20) print "missing"; else printf "%.3g\n", m }' \
+        "$1" "$2"
+}
+within() { [ "$1" != missing ] && awk -v d="$1" 'BEGIN { exit !(d < 1e-4) }'; }
+
+run() { # run OUT THREADS [FREEZE...]
+    out=$1 threads=$2
+    shift 2
+    "$DRIVER" "$WORK/m" "$WORK/d" 20 4 1e-3 0.01 "$threads" "$@" >"$out" 2>>"$WORK/log"
+}
+
+run "$WORK/one.txt" 1
+d=$(worst "$WORK/torch.txt" "$WORK/one.txt")
+within "$d"
+ok $? "GPT-2 (Hugging Face layout) on 1 thread: 20 AdamW losses within 1e-4 of PyTorch (worst $d)"
+run "$WORK/two.txt" 2
+d=$(worst "$WORK/torch.txt" "$WORK/two.txt")
+within "$d"
+ok $? "GPT-2 on 2 threads: within 1e-4 of PyTorch (worst $d)"
+GPT2_SAVE="$WORK/frozen.safetensors" run "$WORK/frozen.txt" 1 wte wpe h.0
+d=$(worst "$WORK/torch_frozen.txt" "$WORK/frozen.txt")
+within "$d"
+ok $? "GPT-2 with wte (and so the tied head), wpe and h.0 frozen: within 1e-4 of PyTorch (worst $d)"
+"$PY" - "$TOOL" "$WORK/m/model.safetensors" "$WORK/frozen.safetensors" >"$WORK/bits" 2>&1 <<'PY'
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
+tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+before, after = tool.load_safetensors(sys.argv[2]), tool.load_safetensors(sys.argv[3])
+before = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in before.items()}
+frozen = [k for k in after if k.startswith(("wte.", "wpe.", "h.0."))]
+moved = [k for k in after if not k.startswith(("wte.", "wpe.", "h.0."))
+         and (after[k] != before[k]).any()]
+same = all((after[k].view("uint32") == before[k].view("uint32")).all() for k in frozen)
+print(len(frozen), "frozen", "bitwise unchanged" if same else "CHANGED", len(moved), "trained moved")
+sys.exit(0 if same and len(frozen) == 14 and moved else 1)
+PY
+ok $? "the frozen tensors are bitwise unchanged and the others trained ($(cat "$WORK/bits"))"
+if [ -n "$MPIRUN" ]; then
+    timeout -k 10 120 "$MPIRUN" $MPI_FLAGS -np 2 "$DRIVER" "$WORK/m" "$WORK/d" 20 4 1e-3 0.01 1 >"$WORK/ranks.txt" 2>>"$WORK/log"
+    d=$(worst "$WORK/torch.txt" "$WORK/ranks.txt")
+    within "$d"
+    ok $? "GPT-2 on 2 ranks: within 1e-4 of PyTorch (worst $d)"
+else
+    skip "no mpirun (built --without-mpi)"
+fi
+"$DRIVER" "$WORK/m" "$WORK/d" 20 4 1e-3 0.01 1 'h.9*' >/dev/null 2>"$WORK/nomatch"
+[ $? -ne 0 ] && grep -q "matches no parameter" "$WORK/nomatch"
+ok $? "a freeze pattern matching no GPT-2 parameter is an error ($(head -c 150 "$WORK/nomatch"))"
+done_testing
