@@ -483,7 +483,8 @@ void fr_trainer_check_replicas(fr_trainer *trainer);
  * per position for an output [T, K], FR_IGNORE_INDEX ignored) or batch x
  * output_numel floats for MSE.  Under MPI every rank passes the same global
  * batch (it may leave the other ranks' rows of x unfilled, fr_trainer_rank_rows
- * says which rows this rank reads, but every row's targets must be there:
+ * says which rows this rank reads, except for token ids, which are checked
+ * against the vocabulary on every row; every row's targets must be there:
  * the loss is the mean over the targets of the whole batch that are not
  * ignored, which every rank counts).  `loss` receives that mean, `correct`
  * (may be NULL) how many argmax predictions were right (fr_trainer_last_count

@@ -815,11 +815,37 @@ static int check_batch(const fr_trainer *trainer, const void *x, const void *tar
     return FR_OK;
 }
 
+/* A model of token ids: every id of the batch (all of its rows, on every
+ * rank alike, so that they agree) below the vocabulary its embedding has. */
+static int check_tokens(const fr_trainer *trainer, const batch_source *src, int batch,
+                        fr_error *err) {
+    const fr_model *model = trainer->model;
+    if (model->input_dtype != FR_I32)
+        return FR_OK;
+    int vocabulary = fr_model_vocab_size(model);
+    size_t seq = fr_shape_numel(model->input);
+    for (int i = 0; i < batch; i++) {
+        const int32_t *row = src->data ? (const int32_t *)src->data->x + (size_t)src->ids[i] * seq
+                                       : (const int32_t *)src->x + (size_t)i * seq;
+        for (size_t t = 0; t < seq; t++)
+            if (row[t] < 0 || row[t] >= vocabulary)
+                return fr_fail(err, FR_EINVAL, "step: token %d (sample %d, position %zu) is "
+                               "outside the vocabulary of %d", (int)row[t], i, t, vocabulary);
+    }
+    return FR_OK;
+}
+
 /* How many of the global batch's targets the loss's mean is over (every
  * rank counts all of them, so none needs to ask another): the batch, or the
  * positions not ignored.  None counting is refused: the mean would be 0/0. */
+static int check_tokens(const fr_trainer *trainer, const batch_source *src, int batch,
+                        fr_error *err);
+
 static int count_targets(fr_trainer *trainer, const batch_source *src, int batch,
                          fr_error *err) {
+    int rc = check_tokens(trainer, src, batch, err);
+    if (rc != FR_OK)
+        return rc;
     const fr_shape out = trainer->model->layers[trainer->model->layer_count - 1].out;
     long count = 0;
     if (src->data) {
