@@ -280,8 +280,8 @@ static void test_errors(void) {
                 WANT("model.txt:2: 'input' must come before the first layer"));
     check_error("a second input line", "input 1 28 28\n# again\ninput 1 28 28\nrelu",
                 FR_EFORMAT, WANT("model.txt:3:", "'input' given twice"));
-    check_error("an input line with two sizes", "input 28 28; relu", FR_EFORMAT,
-                WANT("model.txt:1:", "'input' takes 3 sizes"));
+    check_error("an input line with four sizes", "input 1 28 28 2; relu", FR_EFORMAT,
+                WANT("model.txt:1:", "'input' takes 1 to 3 sizes"));
     check_error("an input line with a zero size", "input 1 0 28; relu", FR_EFORMAT,
                 WANT("model.txt:1:", "input H must be positive"));
     check_error("junk after ')'", "input 1 28 28\nconv1 = conv2d(1, 32, 3) relu", FR_EFORMAT,
@@ -623,8 +623,9 @@ static void test_residual_blocks(void) {
                 WANT("model.txt:3: unexpected '}' (no block is open)"));
     check_error("a residual without '{'", "input 4 3 3\nresidual b\n{ relu }", FR_EFORMAT,
                 WANT("model.txt:2: expected '{' after 'residual NAME'"));
-    check_error("a block with no name", "input 4 3 3\nresidual { relu }", FR_EFORMAT,
-                WANT("model.txt:2: expected 'residual NAME' or 'shortcut' before '{'"));
+    check_error("a '{' with no block word", "input 4 3 3\n{ relu }", FR_EFORMAT,
+                WANT("model.txt:2: expected 'residual [NAME]', 'block NAME' or 'shortcut' "
+                     "before '{'"));
     check_error("an empty block", "input 4 3 3\nresidual b {\n}", FR_EFORMAT,
                 WANT("model.txt:3: residual block 'b' has no layers"));
     check_error("a shortcut outside a block", "input 4 3 3\nshortcut { relu }", FR_EFORMAT,
