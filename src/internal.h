@@ -490,6 +490,12 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *nam
 /* The name a layer called `name` (NULL: unnamed) added now would get: the open
  * blocks' names in front, an unnamed layer its index. */
 void fr_model_next_layer_name(const fr_model *model, const char *name, char *buf, size_t len);
+/* fr_model_parse with the layer kinds `kinds[0 .. kind_count)` in place of
+ * the registry's (spec.c; fr_model_parse passes fr_layer_kinds): a test's own
+ * kinds are parsed and bound exactly as the registry's. */
+int fr_model_parse_with_kinds(const char *text, const char *source,
+                              const fr_layer_ops *const *kinds, int kind_count, fr_model **out,
+                              fr_error *err);
 
 /* ----------------------------------------------------------- safetensors */
 

@@ -1,7 +1,9 @@
 /*
  * spec.c - the text form of a model (DESIGN.md, "Model files").
  *
- *   input 1 28 28                  optional; before the first layer, at most once
+ *   input 1 28 28                  optional; before the first layer, at most once:
+ *                                  input C H W (an image), input T C ([T, C] floats),
+ *                                  input F (a vector), input T tokens (T int32 token ids)
  *   conv1 = conv2d(1, 32, 3)       NAME = KIND(ARGS)
  *   relu                           unnamed: named by its index ("1"), as nn.Sequential does
  *   maxpool2d(2)
@@ -11,6 +13,13 @@
  *           downsample.0 = conv2d(32, 32, 1)
  *       }
  *   }
+ *   block h.0 {                    a block that only names its layers (no sum, no
+ *       residual {                 shortcut directly in it); a residual block without
+ *           ln_1 = layernorm(768)  a name is anonymous: h.0.ln_1, its sum "h.0.<index>"
+ *       }
+ *   }
+ *   tie lm_head.weight wte.weight  fr_model_tie, by full parameter names, at the top
+ *                                  level, once the layers before it are added
  *
  * Braces may stand anywhere between layers (`residual b { relu }` on one
  * line, or `;` between every piece of it); blocks nest, and the names inside
@@ -23,7 +32,9 @@
  * defaults, as in
  *   conv2d(in_channels, out_channels, kernel_size[, stride=1[, padding=0]])
  *   relu, flatten                  with or without "()" when there are none
- * Arguments are integers (at most 1,000,000) or True/False, and are bound as
+ * Arguments are integers (at most 1,000,000), True/False (any case), reals in
+ * [0, 1] (eps=1e-5, p=0.0), or a word of the kind's choices, quoted as Python
+ * writes a string or bare (approximate='tanh', approximate=tanh), and are bound as
  * Python binds a call: by position, or by keyword (`stride=2`; a kind may
  * accept an alias, `kernel=` for `kernel_size=`), the schema saying which are
  * required, their defaults and their minimums.  Kind names are
@@ -66,7 +77,18 @@
 /* What an entry of the parsed list is: a layer, or a block's bounds as
  * fr_model_begin_residual, fr_model_begin_shortcut and fr_model_end_residual
  * take them. */
-typedef enum spec_op { SPEC_LAYER, SPEC_RESIDUAL, SPEC_SHORTCUT, SPEC_END } spec_op;
+typedef enum spec_op {
+    SPEC_LAYER,
+    SPEC_RESIDUAL,  /* fr_model_begin_residual; unnamed: anonymous (NULL) */
+    SPEC_SHORTCUT,  /* fr_model_begin_shortcut */
+    SPEC_END,       /* fr_model_end_residual */
+    SPEC_BLOCK,     /* fr_model_begin_block: a block that only names its layers */
+    SPEC_BLOCK_END, /* fr_model_end_block */
+    SPEC_TIE,       /* fr_model_tie(name, to) */
+} spec_op;
+
+/* The kinds of open block. */
+typedef enum block_kind { BLOCK_RESIDUAL, BLOCK_SHORTCUT, BLOCK_NAMES } block_kind;
 
 typedef struct spec_layer {
     spec_op op;
@@ -74,21 +96,30 @@ typedef struct spec_layer {
     const fr_layer_ops *kind;
     bool named;                /* otherwise model.c names it by its index */
     char name[FR_NAME_MAX];
+    char to[FR_NAME_MAX];      /* SPEC_TIE: the parameter `name` is tied to */
     int args[MAX_ARGS];
 } spec_layer;
 
 typedef struct spec {
     const char *source;
+    /* The kinds a layer may be (the registry's, or a test's). */
+    const fr_layer_ops *const *kinds;
+    int kind_count;
     bool has_input;
     long input_line;
-    int input[3]; /* C, H, W */
-    spec_layer *layers;
+    fr_dtype input_dtype;   /* FR_I32 for "input T tokens" */
+    int input_ndim;         /* 1 to 3 */
+    int input[3];           /* [F], [T], [T, C] or [C, H, W] */
+    spec_layer *layers;     /* layers, block bounds and ties, in order */
     int layer_count, layer_cap;
     /* The blocks open while parsing, innermost last. */
     struct open_block {
-        bool shortcut;      /* a shortcut block (else a residual one) */
+        block_kind kind;
         long line;
-        char name[FR_NAME_MAX];
+        char name[FR_NAME_MAX];  /* its own name; a shortcut's is its residual's */
+        /* How messages call it: "residual block 'b'", "block 'h.0'", "the
+         * unnamed residual block of line 3" (a shortcut: its residual's). */
+        char title[FR_NAME_MAX + 48];
         bool has_layers;    /* its body (a residual) has a layer or block */
         bool has_shortcut;  /* a residual's shortcut began */
     } open[FR_BLOCK_DEPTH_MAX];
@@ -245,14 +276,20 @@ static int check_size(const spec *s, long line, const char *what, const char *te
 
 /* ------------------------------------------------------------ input line */
 
-/* "input C H W" (commas between the sizes are tolerated). */
+/* "input F" (a vector of floats), "input T C" ([T, C] floats), "input C H W"
+ * (an image) or "input T tokens" (T int32 token ids); commas between the
+ * sizes are tolerated. */
 static int parse_input(spec *s, long line, cursor *c, fr_error *err) {
-    static const char *const size_names[3] = {"C", "H", "W"};
+    static const char *const size_names[4][3] = {
+        {"T"}, {"F"}, {"T", "C"}, {"C", "H", "W"}};
+    static const char forms[] = "input F, input T C, input C H W or input T tokens";
     if (s->layer_count > 0)
         return syntax_error(s, line, err, "'input' must come before the first layer");
     if (s->has_input)
         return syntax_error(s, line, err, "'input' given twice (first on line %ld)",
                             s->input_line);
+    const char *words[4];
+    size_t lengths[4];
     int count = 0;
     for (;;) {
         while (!at_end(c) && (is_blank(*c->pos) || *c->pos == ','))
@@ -262,24 +299,41 @@ static int parse_input(spec *s, long line, cursor *c, fr_error *err) {
         size_t len = 0;
         while (c->pos + len < c->end && !is_blank(c->pos[len]) && c->pos[len] != ',')
             len++;
-        if (count == 3)
-            return syntax_error(s, line, err, "'input' takes 3 sizes (input C H W), got more");
-        char what[32];
-        snprintf(what, sizeof what, "input %s", size_names[count]);
-        int rc = check_size(s, line, what, c->pos, len, 1, &s->input[count], err);
-        if (rc != FR_OK)
-            return rc;
-        count++;
+        if (count == 4)
+            return syntax_error(s, line, err, "'input' takes 1 to 3 sizes (%s), got more", forms);
+        words[count] = c->pos;
+        lengths[count++] = len;
         c->pos += len;
     }
-    if (count != 3)
-        return syntax_error(s, line, err, "'input' takes 3 sizes (input C H W), got %d", count);
-    size_t numel = (size_t)s->input[0] * (size_t)s->input[1] * (size_t)s->input[2];
-    if (numel > (size_t)MAX_SIZE * 100)
-        return syntax_error(s, line, err, "input %d x %d x %d is too large (at most %d values)",
-                            s->input[0], s->input[1], s->input[2], MAX_SIZE * 100);
+    bool tokens = count > 0 && word_is(words[count - 1], lengths[count - 1], "tokens");
+    int sizes = count - (tokens ? 1 : 0);
+    if (tokens && sizes != 1)
+        return syntax_error(s, line, err, "'input T tokens' takes one size (the sequence "
+                            "length), got %d", sizes);
+    if (sizes < 1 || sizes > 3)
+        return syntax_error(s, line, err, "'input' takes 1 to 3 sizes (%s), got %d", forms,
+                            sizes);
+    size_t numel = 1;
+    for (int i = 0; i < sizes; i++) {
+        char what[32];
+        snprintf(what, sizeof what, "input %s", size_names[tokens ? 0 : sizes][i]);
+        int rc = check_size(s, line, what, words[i], lengths[i], 1, &s->input[i], err);
+        if (rc != FR_OK)
+            return rc;
+        numel *= (size_t)s->input[i];
+    }
+    if (numel > (size_t)MAX_SIZE * 100) {
+        char shape[64] = "";
+        for (int i = 0; i < sizes; i++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%d",
+                     i ? " x " : "", s->input[i]);
+        return syntax_error(s, line, err, "input %s is too large (at most %d values)", shape,
+                            MAX_SIZE * 100);
+    }
     s->has_input = true;
     s->input_line = line;
+    s->input_ndim = sizes;
+    s->input_dtype = tokens ? FR_I32 : FR_F32;
     return FR_OK;
 }
 
@@ -287,12 +341,12 @@ static int parse_input(spec *s, long line, cursor *c, fr_error *err) {
 
 /* The registry's kinds, or only those that imply the model input, joined by
  * ", " and `last` before the final one. */
-static void kind_names(char *buf, size_t len, bool implying, const char *last) {
+static void kind_names(const spec *s, char *buf, size_t len, bool implying, const char *last) {
     const fr_layer_ops *listed[64];
     int count = 0;
-    for (int i = 0; i < fr_layer_kind_count && count < 64; i++)
-        if (!implying || fr_layer_kinds[i]->implies_input != FR_IMPLIES_NOTHING)
-            listed[count++] = fr_layer_kinds[i];
+    for (int i = 0; i < s->kind_count && count < 64; i++)
+        if (!implying || s->kinds[i]->implies_input != FR_IMPLIES_NOTHING)
+            listed[count++] = s->kinds[i];
     buf[0] = '\0';
     for (int i = 0; i < count; i++) {
         strncat(buf, i == 0 ? "" : i + 1 < count ? ", " : last, len - strlen(buf) - 1);
@@ -389,12 +443,36 @@ static int check_real(const spec *s, long line, const char *what, const char *te
     return FR_OK;
 }
 
-/* One argument's value, as its schema says: True or False, or a size. */
+/* A word of the schema's choices, written as Python writes a string
+ * ('tanh', "tanh") or bare (tanh), exactly; held as its index. */
+static int check_choice(const spec *s, long line, const char *what, const fr_layer_arg *schema,
+                        const char *text, size_t len, int *value, fr_error *err) {
+    if (len >= 2 && (text[0] == '\'' || text[0] == '"') && text[len - 1] == text[0]) {
+        text++;
+        len -= 2;
+    }
+    for (int i = 0; schema->choices[i]; i++)
+        if (strlen(schema->choices[i]) == len && memcmp(schema->choices[i], text, len) == 0) {
+            *value = i;
+            return FR_OK;
+        }
+    char got[48], names[160] = "";
+    shown(text, len, got, sizeof got);
+    for (int i = 0; schema->choices[i]; i++)
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s'%s'", i ? ", " : "",
+                 schema->choices[i]);
+    return syntax_error(s, line, err, "%s must be one of %s, got '%s'", what, names, got);
+}
+
+/* One argument's value, as its schema says: True or False, a real, a
+ * choice, or a size. */
 static int bind_value(const spec *s, long line, const fr_layer_ops *kind, int slot,
                       const raw_arg *arg, int *value, fr_error *err) {
     const fr_layer_arg *schema = &kind->args[slot];
     char what[64];
     snprintf(what, sizeof what, "%s: %s", kind->kind, schema->name);
+    if (schema->choices)
+        return check_choice(s, line, what, schema, arg->value, arg->value_len, value, err);
     if (schema->real)
         return check_real(s, line, what, arg->value, arg->value_len, schema->minimum, value, err);
     if (!schema->boolean)
@@ -529,13 +607,13 @@ static int parse_layer(spec *s, long line, cursor *c, fr_error *err) {
     size_t kind_len = name_run(c->pos, c->end);
     if (kind_len == 0)
         return unexpected(s, line, c, equals ? "a layer kind after '='" : "a layer", err);
-    for (int i = 0; i < fr_layer_kind_count && !layer.kind; i++)
-        if (word_is(c->pos, kind_len, fr_layer_kinds[i]->kind))
-            layer.kind = fr_layer_kinds[i];
+    for (int i = 0; i < s->kind_count && !layer.kind; i++)
+        if (word_is(c->pos, kind_len, s->kinds[i]->kind))
+            layer.kind = s->kinds[i];
     if (!layer.kind) {
         char got[48], expected[256];
         shown(c->pos, kind_len, got, sizeof got);
-        kind_names(expected, sizeof expected, false, ", ");
+        kind_names(s, expected, sizeof expected, false, ", ");
         return syntax_error(s, line, err, "unknown layer kind '%s' (expected %s)", got, expected);
     }
     c->pos += kind_len;
@@ -571,15 +649,61 @@ static int enter_body(spec *s, long line, fr_error *err) {
     struct open_block *block = innermost(s);
     if (!block)
         return FR_OK;
-    if (!block->shortcut && block->has_shortcut)
+    if (block->kind == BLOCK_RESIDUAL && block->has_shortcut)
         return syntax_error(s, line, err,
-                            "a layer after the shortcut of residual block '%s' "
-                            "(the shortcut comes last)", block->name);
+                            "a layer after the shortcut of %s (the shortcut comes last)",
+                            block->title);
     block->has_layers = true;
     return FR_OK;
 }
 
-/* Text between separators and braces: blank, the input line, or a layer. */
+/* A parameter name of "tie NAME TO": a run of name characters. */
+static int tie_name(const spec *s, long line, cursor *c, const char *which, char *name,
+                    fr_error *err) {
+    skip_blanks(c);
+    size_t len = name_run(c->pos, c->end);
+    if (len == 0) {
+        if (at_end(c))
+            return syntax_error(s, line, err, "'tie' takes two parameter names (tie NAME TO), "
+                                "%s is missing", which);
+        char expected[64];
+        snprintf(expected, sizeof expected, "a parameter name (%s) after 'tie'", which);
+        return unexpected(s, line, c, expected, err);
+    }
+    char got[48];
+    shown(c->pos, len, got, sizeof got);
+    if (len >= FR_NAME_MAX)
+        return syntax_error(s, line, err, "parameter name '%s' is too long (at most %d "
+                            "characters)", got, FR_NAME_MAX - 1);
+    memcpy(name, c->pos, len);
+    name[len] = '\0';
+    c->pos += len;
+    return FR_OK;
+}
+
+/* "tie NAME TO": parameter NAME becomes parameter TO (fr_model_tie), both by
+ * their full names, once the layers before it are added. */
+static int parse_tie(spec *s, long line, cursor *c, fr_error *err) {
+    if (s->depth > 0)
+        return syntax_error(s, line, err, "'tie' inside %s (tie parameters at the top level, "
+                            "by their full names)", innermost(s)->title);
+    spec_layer entry = {.op = SPEC_TIE, .line = line};
+    int rc = tie_name(s, line, c, "NAME", entry.name, err);
+    if (rc == FR_OK)
+        rc = tie_name(s, line, c, "TO", entry.to, err);
+    if (rc != FR_OK)
+        return rc;
+    skip_blanks(c);
+    if (!at_end(c)) {
+        char junk[48];
+        shown(c->pos, token_length(c->pos, c->end), junk, sizeof junk);
+        return syntax_error(s, line, err, "unexpected '%s' after 'tie %s %s' (tie takes two "
+                            "parameter names)", junk, entry.name, entry.to);
+    }
+    return append_layer(s, &entry, err);
+}
+
+/* Text between separators and braces: blank, the input line, a tie, or a layer. */
 static int parse_simple(spec *s, long line, const char *start, const char *end, fr_error *err) {
     cursor c = {start, end};
     skip_blanks(&c);
@@ -591,92 +715,131 @@ static int parse_simple(spec *s, long line, const char *start, const char *end, 
     cursor after_word = {c.pos + word, c.end};
     skip_blanks(&after_word);
     bool assigned = !at_end(&after_word) && *after_word.pos == '=';
-    /* "input = linear(...)" is a layer called input. */
+    /* "input = linear(...)" is a layer called input, "tie = ..." one called tie. */
     if (word == 5 && memcmp(c.pos, "input", 5) == 0 && !assigned)
         return parse_input(s, line, &after_word, err);
-    if (!assigned && (word_is(c.pos, word, "residual") || word_is(c.pos, word, "shortcut")))
-        return syntax_error(s, line, err, "expected '{' after '%s'",
-                            word_is(c.pos, word, "residual") ? "residual NAME" : "shortcut");
+    if (word == 3 && memcmp(c.pos, "tie", 3) == 0 && !assigned)
+        return parse_tie(s, line, &after_word, err);
+    if (!assigned && (word_is(c.pos, word, "residual") || word_is(c.pos, word, "shortcut") ||
+                      word_is(c.pos, word, "block")))
+        return syntax_error(s, line, err, "expected '{' after '%s%s'",
+                            word_is(c.pos, word, "residual") ? "residual"
+                            : word_is(c.pos, word, "block")  ? "block"
+                                                             : "shortcut",
+                            at_end(&after_word) || word_is(c.pos, word, "shortcut") ? ""
+                                                                                    : " NAME");
     int rc = enter_body(s, line, err);
     return rc == FR_OK ? parse_layer(s, line, &c, err) : rc;
 }
 
-/* "residual NAME" or "shortcut" before a '{'. */
+/* The NAME of "residual NAME {" or "block NAME {" into entry. */
+static int block_name(const spec *s, long line, cursor *name, spec_layer *entry, fr_error *err) {
+    skip_blanks(name);
+    size_t len = name_run(name->pos, name->end);
+    char shown_name[48];
+    shown(name->pos, (size_t)(name->end - name->pos), shown_name, sizeof shown_name);
+    if (len == 0 || name->pos + len != name->end)
+        return syntax_error(s, line, err, "invalid block name '%s' (letters, digits, '_', '-' "
+                            "and '.' only)", shown_name);
+    if (len > FR_LAYER_NAME_MAX)
+        return syntax_error(s, line, err, "block name '%s' is too long (at most %d characters)",
+                            shown_name, FR_LAYER_NAME_MAX);
+    entry->named = true;
+    memcpy(entry->name, name->pos, len);
+    entry->name[len] = '\0';
+    return FR_OK;
+}
+
+/* "residual [NAME]", "block NAME" or "shortcut" before a '{'. */
 static int open_block(spec *s, long line, const char *start, const char *end, fr_error *err) {
     cursor c = {start, end};
     skip_blanks(&c);
     while (c.end > c.pos && is_blank(c.end[-1]))
         c.end--;
     size_t word = name_run(c.pos, c.end);
+    cursor rest = {c.pos + word, c.end};
     spec_layer entry = {.line = line};
     struct open_block *outer = innermost(s);
-    if (word_is(c.pos, word, "shortcut") && c.pos + word == c.end) {
-        if (!outer || outer->shortcut)
+    block_kind kind;
+    if (word_is(c.pos, word, "shortcut") && at_end(&rest)) {
+        if (outer && outer->kind == BLOCK_NAMES)
+            return syntax_error(s, line, err, "'shortcut {' directly inside %s (a shortcut "
+                                "belongs to a residual block)", outer->title);
+        if (!outer || outer->kind != BLOCK_RESIDUAL)
             return syntax_error(s, line, err, "'shortcut {' outside a residual block");
         if (outer->has_shortcut)
-            return syntax_error(s, line, err, "residual block '%s' has a second shortcut",
-                                outer->name);
+            return syntax_error(s, line, err, "%s has a second shortcut", outer->title);
         if (!outer->has_layers)
-            return syntax_error(s, line, err, "residual block '%s' has no layers before its shortcut",
-                                outer->name);
+            return syntax_error(s, line, err, "%s has no layers before its shortcut",
+                                outer->title);
         outer->has_shortcut = true;
         entry.op = SPEC_SHORTCUT;
-    } else if (word_is(c.pos, word, "residual") && c.pos + word < c.end) {
-        cursor name = {c.pos + word, c.end};
-        skip_blanks(&name);
-        size_t len = name_run(name.pos, name.end);
-        char shown_name[48];
-        shown(name.pos, (size_t)(name.end - name.pos), shown_name, sizeof shown_name);
-        if (len == 0 || name.pos + len != name.end)
-            return syntax_error(s, line, err, "invalid block name '%s' (letters, digits, '_', '-' "
-                                "and '.' only)", shown_name);
-        if (len > FR_LAYER_NAME_MAX)
-            return syntax_error(s, line, err, "block name '%s' is too long (at most %d characters)",
-                                shown_name, FR_LAYER_NAME_MAX);
+        kind = BLOCK_SHORTCUT;
+    } else if (word_is(c.pos, word, "residual") || word_is(c.pos, word, "block")) {
+        bool names_only = word_is(c.pos, word, "block");
+        if (names_only && at_end(&rest))
+            return syntax_error(s, line, err, "'block' needs a name (block NAME { ... })");
+        if (!at_end(&rest)) {
+            int rc = block_name(s, line, &rest, &entry, err);
+            if (rc != FR_OK)
+                return rc;
+        }
         if (s->depth == FR_BLOCK_DEPTH_MAX)
             return syntax_error(s, line, err, "blocks nest more than %d deep", FR_BLOCK_DEPTH_MAX);
         int rc = enter_body(s, line, err);
         if (rc != FR_OK)
             return rc;
-        entry.op = SPEC_RESIDUAL;
-        entry.named = true;
-        memcpy(entry.name, name.pos, len);
-        entry.name[len] = '\0';
+        entry.op = names_only ? SPEC_BLOCK : SPEC_RESIDUAL;
+        kind = names_only ? BLOCK_NAMES : BLOCK_RESIDUAL;
     } else {
         char got[48];
         shown(c.pos, (size_t)(c.end - c.pos), got, sizeof got);
         if (at_end(&c))
-            return syntax_error(s, line, err, "expected 'residual NAME' or 'shortcut' before '{'");
-        return syntax_error(s, line, err, "expected 'residual NAME' or 'shortcut' before '{', "
-                            "got '%s'", got);
+            return syntax_error(s, line, err, "expected 'residual [NAME]', 'block NAME' or "
+                                "'shortcut' before '{'");
+        return syntax_error(s, line, err, "expected 'residual [NAME]', 'block NAME' or "
+                            "'shortcut' before '{', got '%s'", got);
     }
     struct open_block *block = &s->open[s->depth++];
     memset(block, 0, sizeof *block);
-    block->shortcut = entry.op == SPEC_SHORTCUT;
+    block->kind = kind;
     block->line = line;
-    snprintf(block->name, sizeof block->name, "%s", entry.op == SPEC_SHORTCUT ? outer->name
-                                                                              : entry.name);
+    if (kind == BLOCK_SHORTCUT) {
+        memcpy(block->name, outer->name, sizeof block->name);
+        memcpy(block->title, outer->title, sizeof block->title);
+    } else {
+        memcpy(block->name, entry.name, sizeof block->name);
+        if (kind == BLOCK_NAMES)
+            snprintf(block->title, sizeof block->title, "block '%s'", entry.name);
+        else if (entry.named)
+            snprintf(block->title, sizeof block->title, "residual block '%s'", entry.name);
+        else
+            snprintf(block->title, sizeof block->title, "the unnamed residual block of line %ld",
+                     line);
+    }
     return append_layer(s, &entry, err);
 }
 
-/* '}': the innermost block ends (a residual's end adds its join). */
+/* '}': the innermost block ends, whatever its kind (a residual's end adds its
+ * join). */
 static int close_block(spec *s, long line, fr_error *err) {
     struct open_block *block = innermost(s);
     if (!block)
         return syntax_error(s, line, err, "unexpected '}' (no block is open)");
-    if (block->shortcut) {
+    if (block->kind == BLOCK_SHORTCUT) {
         s->depth--;
         return FR_OK;
     }
     if (!block->has_layers)
-        return syntax_error(s, line, err, "residual block '%s' has no layers", block->name);
-    spec_layer entry = {.op = SPEC_END, .line = block->line};
+        return syntax_error(s, line, err, "%s has no layers", block->title);
+    spec_layer entry = {.op = block->kind == BLOCK_NAMES ? SPEC_BLOCK_END : SPEC_END,
+                        .line = block->line};
     s->depth--;
     return append_layer(s, &entry, err);
 }
 
-/* One piece of text between separators: blank, the input line, a layer, or
- * any of those around the braces of blocks. */
+/* One piece of text between separators: blank, the input line, a tie, a
+ * layer, or any of those around the braces of blocks. */
 static int parse_piece(spec *s, long line, const char *start, const char *end, fr_error *err) {
     for (;;) {
         const char *brace = start;
@@ -715,29 +878,34 @@ static int parse_text(spec *s, const char *text, fr_error *err) {
     }
     if (s->depth > 0) {
         const struct open_block *block = innermost(s);
-        if (block->shortcut)
+        if (block->kind == BLOCK_SHORTCUT)
             return syntax_error(s, block->line, err,
-                                "the shortcut of residual block '%s' is not closed (missing '}')",
-                                block->name);
-        return syntax_error(s, block->line, err,
-                            "residual block '%s' is not closed (missing '}')", block->name);
+                                "the shortcut of %s is not closed (missing '}')", block->title);
+        return syntax_error(s, block->line, err, "%s is not closed (missing '}')", block->title);
     }
     return FR_OK;
 }
 
 /* --------------------------------------------------------------- building */
 
-/* Without an input line, the first layer says what it expects: a convolution
- * gets Fashion-MNIST-sized images with its channel count, a linear layer a
- * vector of its in_features (fr_layer_ops.implies_input). */
-static int input_shape(const spec *s, int shape[3], fr_error *err) {
+/* The input line's shape, or without one what the first layer expects: a
+ * convolution gets Fashion-MNIST-sized images with its channel count, a
+ * linear layer a vector of its in_features (fr_layer_ops.implies_input); a
+ * layer reading token ids (an embedding) needs the line, which says how many. */
+static int input_shape(const spec *s, const spec_layer *first, fr_dtype *dtype, int *ndim,
+                       int shape[3], fr_error *err) {
+    *dtype = FR_F32;
+    *ndim = 3;
     if (s->has_input) {
+        *dtype = s->input_dtype;
+        *ndim = s->input_ndim;
         memcpy(shape, s->input, sizeof s->input);
         return FR_OK;
     }
-    const spec_layer *first = &s->layers[0];
-    while (first->op != SPEC_LAYER)
-        first++;
+    if (first->kind->input_dtype == FR_I32)
+        return syntax_error(s, first->line, err,
+                            "a model starting with %s needs an 'input T tokens' line "
+                            "(it reads a sequence of T token ids)", first->kind->kind);
     switch (first->kind->implies_input) {
     case FR_IMPLIES_IMAGE:
         shape[0] = first->args[0];
@@ -751,7 +919,7 @@ static int input_shape(const spec *s, int shape[3], fr_error *err) {
         break;
     }
     char implying[128];
-    kind_names(implying, sizeof implying, true, " and ");
+    kind_names(s, implying, sizeof implying, true, " and ");
     return syntax_error(s, first->line, err,
                         "a model starting with %s needs an 'input C H W' line "
                         "(only %s imply the input size)",
@@ -769,13 +937,18 @@ static bool mentions_layer(const char *msg, const char *name) {
 }
 
 static int build_model(const spec *s, fr_model **out, fr_error *err) {
-    if (s->layer_count == 0)
+    const spec_layer *first = NULL;
+    for (int i = 0; i < s->layer_count && !first; i++)
+        if (s->layers[i].op == SPEC_LAYER)
+            first = &s->layers[i];
+    if (!first)
         return fr_fail(err, FR_EFORMAT, "%s: no layers", s->source);
-    int shape[3] = {0, 0, 0};
-    int rc = input_shape(s, shape, err);
+    int shape[3] = {0, 0, 0}, ndim = 3;
+    fr_dtype dtype = FR_F32;
+    int rc = input_shape(s, first, &dtype, &ndim, shape, err);
     if (rc != FR_OK)
         return rc;
-    fr_model *model = fr_model_new(shape[0], shape[1], shape[2]);
+    fr_model *model = fr_model_new_shape(dtype, ndim, shape);
     if (!model)
         return fr_fail(err, FR_ENOMEM, "%s: out of memory creating the model", s->source);
     for (int i = 0; i < s->layer_count; i++) {
@@ -790,7 +963,16 @@ static int build_model(const spec *s, fr_model **out, fr_error *err) {
                                     layer->args, &add_err);
             break;
         case SPEC_RESIDUAL:
-            rc = fr_model_begin_residual(model, layer->name, &add_err);
+            rc = fr_model_begin_residual(model, layer->named ? layer->name : NULL, &add_err);
+            break;
+        case SPEC_BLOCK:
+            rc = fr_model_begin_block(model, layer->name, &add_err);
+            break;
+        case SPEC_BLOCK_END:
+            rc = fr_model_end_block(model, &add_err);
+            break;
+        case SPEC_TIE:
+            rc = fr_model_tie(model, layer->name, layer->to, &add_err);
             break;
         case SPEC_SHORTCUT:
             rc = fr_model_begin_shortcut(model, &add_err);
@@ -815,19 +997,27 @@ static int build_model(const spec *s, fr_model **out, fr_error *err) {
 
 /* ------------------------------------------------------------ public API */
 
-int fr_model_parse(const char *text, const char *source, fr_model **out, fr_error *err) {
+int fr_model_parse_with_kinds(const char *text, const char *source,
+                              const fr_layer_ops *const *kinds, int kind_count, fr_model **out,
+                              fr_error *err) {
     if (out)
         *out = NULL;
     if (!source)
         source = "model";
     if (!text || !out)
         return fr_fail(err, FR_EINVAL, "%s: no model text given", source);
-    spec s = {.source = source};
+    if (!kinds || kind_count < 0)
+        return fr_fail(err, FR_EINVAL, "%s: no layer kinds given", source);
+    spec s = {.source = source, .kinds = kinds, .kind_count = kind_count};
     int rc = parse_text(&s, text, err);
     if (rc == FR_OK)
         rc = build_model(&s, out, err);
     free(s.layers);
     return rc;
+}
+
+int fr_model_parse(const char *text, const char *source, fr_model **out, fr_error *err) {
+    return fr_model_parse_with_kinds(text, source, fr_layer_kinds, fr_layer_kind_count, out, err);
 }
 
 /* A model file: a regular file of at most 1 MiB of text, read by the

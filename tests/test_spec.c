@@ -5,9 +5,13 @@
  * crash, and fr_model_load on files, missing paths and inline text.  The
  * fr_model_add_* functions check arguments and names as the parser does (one
  * schema per kind, one name limit), and describe layers as a file writes them.
+ * The transformer's syntax (input T tokens / T C / F, block NAME { }, anonymous
+ * residual { }, tie NAME TO, choice arguments) is checked with kinds of this
+ * test's own through fr_model_parse_with_kinds, the registry having none yet.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "frost.h"
+#include "internal.h"
 #include "tap.h"
 
 #include <stdint.h>
@@ -280,8 +284,8 @@ static void test_errors(void) {
                 WANT("model.txt:2: 'input' must come before the first layer"));
     check_error("a second input line", "input 1 28 28\n# again\ninput 1 28 28\nrelu",
                 FR_EFORMAT, WANT("model.txt:3:", "'input' given twice"));
-    check_error("an input line with two sizes", "input 28 28; relu", FR_EFORMAT,
-                WANT("model.txt:1:", "'input' takes 3 sizes"));
+    check_error("an input line with four sizes", "input 1 28 28 2; relu", FR_EFORMAT,
+                WANT("model.txt:1:", "'input' takes 1 to 3 sizes"));
     check_error("an input line with a zero size", "input 1 0 28; relu", FR_EFORMAT,
                 WANT("model.txt:1:", "input H must be positive"));
     check_error("junk after ')'", "input 1 28 28\nconv1 = conv2d(1, 32, 3) relu", FR_EFORMAT,
@@ -623,8 +627,9 @@ static void test_residual_blocks(void) {
                 WANT("model.txt:3: unexpected '}' (no block is open)"));
     check_error("a residual without '{'", "input 4 3 3\nresidual b\n{ relu }", FR_EFORMAT,
                 WANT("model.txt:2: expected '{' after 'residual NAME'"));
-    check_error("a block with no name", "input 4 3 3\nresidual { relu }", FR_EFORMAT,
-                WANT("model.txt:2: expected 'residual NAME' or 'shortcut' before '{'"));
+    check_error("a '{' with no block word", "input 4 3 3\n{ relu }", FR_EFORMAT,
+                WANT("model.txt:2: expected 'residual [NAME]', 'block NAME' or 'shortcut' "
+                     "before '{'"));
     check_error("an empty block", "input 4 3 3\nresidual b {\n}", FR_EFORMAT,
                 WANT("model.txt:3: residual block 'b' has no layers"));
     check_error("a shortcut outside a block", "input 4 3 3\nshortcut { relu }", FR_EFORMAT,
@@ -656,8 +661,312 @@ static void test_residual_blocks(void) {
                 WANT("model.txt:2:", "too long"));
 }
 
+/* ------------------------------------- the transformer's syntax, with fake kinds */
+
+/* Kinds of this test's own, parsed through fr_model_parse_with_kinds beside
+ * the registry's linear and relu: fakeact has a choice argument (as gelu's
+ * approximate=), fakenorm a size, two reals, a boolean and a positional
+ * choice, fakeembed reads token ids (as embedding does). */
+static const char *const approximations[] = {"none", "tanh", NULL};
+static const char *const reductions[] = {"mean", "sum", NULL};
+
+static int fake_same_shape(fr_layer *l, fr_error *err) {
+    (void)err;
+    l->out = l->in;
+    return FR_OK;
+}
+
+static int fake_norm_shape(fr_layer *l, fr_error *err) {
+    if (fr_shape_last(l->in) != l->args[0])
+        return fr_fail(err, FR_ESHAPE, "fakenorm(%d) expects %d features", l->args[0],
+                       l->args[0]);
+    l->out = l->in;
+    l->param_ndim[FR_WEIGHT] = 1;
+    l->param_shape[FR_WEIGHT][0] = l->args[0];
+    return FR_OK;
+}
+
+static int fake_embed_shape(fr_layer *l, fr_error *err) {
+    if (l->in.ndim != 1)
+        return fr_fail(err, FR_ESHAPE, "fakeembed reads a sequence of token ids");
+    l->out = fr_shape_2d(l->in.d[0], l->args[1]);
+    l->param_ndim[FR_WEIGHT] = 2;
+    l->param_shape[FR_WEIGHT][0] = l->args[0];
+    l->param_shape[FR_WEIGHT][1] = l->args[1];
+    l->fan_in = l->args[0];
+    return FR_OK;
+}
+
+static const fr_layer_ops fake_act_ops = {
+    .kind = "fakeact",
+    .input_dtype = FR_F32,
+    .args = {{"approximate", .optional = true, .default_value = 0, .keyword_only = true,
+              .choices = approximations}},
+    .infer_shape = fake_same_shape,
+};
+
+static const fr_layer_ops fake_norm_ops = {
+    .kind = "fakenorm",
+    .params = {{"weight", FR_INIT_ONES}},
+    .input_dtype = FR_F32,
+    .args = {{"normalized_shape", .minimum = 1},
+             {"eps", .minimum = 1, .optional = true, .default_value = 10000, .real = true},
+             {"p", .minimum = 0, .optional = true, .default_value = 500000000, .real = true},
+             {"affine", .optional = true, .default_value = 1, .boolean = true},
+             {"reduction", .optional = true, .default_value = 0, .choices = reductions}},
+    .infer_shape = fake_norm_shape,
+};
+
+static const fr_layer_ops fake_embed_ops = {
+    .kind = "fakeembed",
+    .params = {{"weight", FR_INIT_NORMAL}},
+    .input_dtype = FR_I32,
+    .accumulates = true,
+    .args = {{"num_embeddings", .minimum = 1}, {"embedding_dim", .minimum = 1}},
+    .infer_shape = fake_embed_shape,
+};
+
+static const fr_layer_ops *const fake_kinds[] = {&fr_linear_ops, &fr_relu_ops, &fake_act_ops,
+                                                 &fake_norm_ops, &fake_embed_ops};
+#define FAKE_KIND_COUNT ((int)(sizeof fake_kinds / sizeof fake_kinds[0]))
+
+static fr_model *parse_fake(const char *text) {
+    fr_model *model = NULL;
+    fr_error err = {0};
+    if (fr_model_parse_with_kinds(text, "model.txt", fake_kinds, FAKE_KIND_COUNT, &model,
+                                  &err) != FR_OK) {
+        tap_diag("unexpected error: %s", err.msg);
+        return NULL;
+    }
+    return model;
+}
+
+/* As check_error, with the fake kinds. */
+static void check_fake_error(const char *what, const char *text, int status,
+                             const char *const *wants) {
+    fr_model *model = (fr_model *)&model;
+    fr_error err = {0};
+    int rc = fr_model_parse_with_kinds(text, "model.txt", fake_kinds, FAKE_KIND_COUNT, &model,
+                                       &err);
+    bool ok = rc == status && err.status == status && model == NULL && !strchr(err.msg, '\n');
+    for (int i = 0; wants[i]; i++)
+        ok = ok && strstr(err.msg, wants[i]) != NULL;
+    if (!tap_ok(ok, "%s is refused", what))
+        tap_diag("status %d, message: %s", rc, err.msg);
+    if (rc == FR_OK && model)
+        fr_model_free(model);
+}
+
+static bool dims_are(int ndim, const int *dims, int want_ndim, const int *want) {
+    if (ndim != want_ndim)
+        return false;
+    for (int i = 0; i < ndim; i++)
+        if (dims[i] != want[i])
+            return false;
+    return true;
+}
+
+static int layer_index(const fr_model *model, const char *name) {
+    for (int i = 0; i < fr_model_layer_count(model); i++)
+        if (strcmp(fr_model_layer_name(model, i), name) == 0)
+            return i;
+    return -1;
+}
+
+/* GPT-2's shape in miniature: token ids, an embedding, a named block of
+ * anonymous residual blocks, a head tied to the embedding. */
+static const char *const gpt_file =
+    "input 8 tokens\n"
+    "wte = fakeembed(16, 4)\n"
+    "block h.0 {\n"
+    "    residual {\n"
+    "        ln_1 = fakenorm(4, eps=1e-5)\n"
+    "        act = fakeact(approximate='tanh')\n"
+    "    }\n"
+    "    residual {\n"
+    "        ln_2 = fakenorm(4, p=0.0, affine=false)\n"
+    "        fc = linear(4, 4)\n"
+    "        shortcut { proj = linear(4, 4, bias=False) }\n"
+    "    }\n"
+    "}\n"
+    "ln_f = fakenorm(4)\n"
+    "lm_head = linear(4, 16, bias=False)\n"
+    "tie lm_head.weight wte.weight\n";
+
+static const char *const gpt_inline =
+    "input 8 tokens; wte = fakeembed(16, 4); block h.0 { residual { ln_1 = fakenorm(4, "
+    "eps=1e-5); act = fakeact(approximate=\"tanh\") }; residual { ln_2 = fakenorm(4, p=0.0, "
+    "affine=false); fc = linear(4, 4); shortcut { proj = linear(4, 4, bias=False) } } }; "
+    "ln_f = fakenorm(4); lm_head = linear(4, 16, bias=False); tie lm_head.weight wte.weight";
+
+static void check_gpt_model(fr_model *model, const char *how) {
+    if (!tap_ok(model != NULL, "%s: token ids, blocks, anonymous residuals and a tie parse", how))
+        return;
+    int dims[FR_MAX_DIMS];
+    int ndim = fr_model_input_dims(model, dims);
+    tap_ok(fr_model_input_dtype(model) == FR_I32 && dims_are(ndim, dims, 1, (int[]){8}),
+           "%s: 'input 8 tokens' is a sequence of 8 int32 token ids", how);
+    ndim = fr_model_output_dims(model, dims);
+    tap_ok(dims_are(ndim, dims, 2, (int[]){8, 16}), "%s: the output is [8, 16]", how);
+    int ln_1 = layer_index(model, "h.0.ln_1"), join1 = layer_index(model, "h.0.3");
+    tap_ok(ln_1 == 1 && join1 == 3 && strcmp(fr_model_layer_kind(model, join1), "residual") == 0,
+           "%s: the block names its layers (h.0.ln_1) and an anonymous residual's sum by its "
+           "index (h.0.3)", how);
+    int proj = layer_index(model, "h.0.proj"), join2 = layer_index(model, "h.0.7");
+    tap_ok(proj == 6 && join2 == 7 && strcmp(fr_model_layer_kind(model, join2), "residual") == 0 &&
+               fr_model_find_param(model, "h.0.proj.weight") != NULL,
+           "%s: a shortcut in an anonymous residual block (h.0.proj, sum h.0.7)", how);
+    tap_ok(layer_index(model, "ln_f") == 8 && layer_index(model, "lm_head") == 9,
+           "%s: after the block names are plain again", how);
+    /* wte, ln_1, ln_2, fc (2), proj, ln_f; lm_head.weight is wte.weight. */
+    tap_ok(fr_model_param_count(model) == 7 && !fr_model_find_param(model, "lm_head.weight") &&
+               model->layers[9].params[FR_WEIGHT] == model->layers[0].params[FR_WEIGHT],
+           "%s: the tie leaves 7 parameters, lm_head using wte.weight", how);
+    const fr_layer *l1 = &model->layers[1], *act = &model->layers[2], *l2 = &model->layers[4];
+    tap_ok(l1->args[1] == 10000 && l1->args[2] == 500000000 && l1->args[3] == 1 &&
+               l1->args[4] == 0,
+           "%s: eps=1e-5 is held as 10000 units of 1e-9, the rest at their defaults", how);
+    tap_ok(l2->args[1] == 10000 && l2->args[2] == 0 && l2->args[3] == 0,
+           "%s: p=0.0 is 0 and affine=false is False", how);
+    tap_ok(act->args[0] == 1, "%s: approximate='tanh' is choice 1", how);
+}
+
+static void test_transformer_syntax(void) {
+    fr_model *model = parse_fake(gpt_file);
+    check_gpt_model(model, "file text");
+    fr_model_free(model);
+    model = parse_fake(gpt_inline);
+    check_gpt_model(model, "inline with ';'");
+    fr_model_free(model);
+
+    int dims[FR_MAX_DIMS];
+    model = parse("input 12; linear(12, 3)");
+    tap_ok(model && fr_model_input_dtype(model) == FR_F32 &&
+               dims_are(fr_model_input_dims(model, dims), dims, 1, (int[]){12}) &&
+               fr_model_output_numel(model) == 3,
+           "'input 12' is a vector of 12 floats");
+    fr_model_free(model);
+    model = parse("input 3, 4; fc = linear(4, 5)");
+    tap_ok(model && fr_model_input_dtype(model) == FR_F32 &&
+               dims_are(fr_model_input_dims(model, dims), dims, 2, (int[]){3, 4}) &&
+               dims_are(fr_model_output_dims(model, dims), dims, 2, (int[]){3, 5}),
+           "'input 3 4' is a [3, 4] float input, and linear acts on each row");
+    fr_model_free(model);
+
+    model = parse("input 4; block h.0 { residual { ln_1 = relu } }");
+    tap_ok(model && fr_model_layer_count(model) == 2 &&
+               strcmp(fr_model_layer_name(model, 0), "h.0.ln_1") == 0 &&
+               strcmp(fr_model_layer_name(model, 1), "h.0.1") == 0 &&
+               strcmp(fr_model_layer_kind(model, 1), "residual") == 0,
+           "block h.0 { residual { ln_1 = relu } }: h.0.ln_1 and the sum h.0.1");
+    fr_model_free(model);
+    model = parse("input 4\nresidual r {\n  block b {\n    x = relu\n  }\n}\n");
+    tap_ok(model && fr_model_layer_count(model) == 2 &&
+               strcmp(fr_model_layer_name(model, 0), "r.b.x") == 0 &&
+               strcmp(fr_model_layer_name(model, 1), "r") == 0,
+           "a block inside a residual block: r.b.x, the sum r");
+    fr_model_free(model);
+    model = parse("input 4; residual { a = linear(4, 4); shortcut { s = linear(4, 4) } }; relu");
+    tap_ok(model && fr_model_layer_count(model) == 4 && fr_model_find_param(model, "a.weight") &&
+               fr_model_find_param(model, "s.bias") &&
+               strcmp(fr_model_layer_name(model, 2), "2") == 0 &&
+               strcmp(fr_model_layer_kind(model, 2), "residual") == 0,
+           "an anonymous residual block at the top: plain names, its sum named by its index");
+    fr_model_free(model);
+
+    model = parse("a = linear(4, 4, bias=False); b = linear(4, 4, bias=False)");
+    size_t untied = model ? fr_model_param_count(model) : 0;
+    fr_model_free(model);
+    model = parse("a = linear(4, 4, bias=False)\nb = linear(4, 4, bias=False)\n"
+                  "tie b.weight a.weight\n");
+    tap_ok(untied == 2 && model && fr_model_param_count(model) == 1 &&
+               fr_model_find_param(model, "a.weight") && !fr_model_find_param(model, "b.weight"),
+           "tie b.weight a.weight: one parameter fewer, a.weight shared");
+    fr_model_free(model);
+    model = parse("a = linear(4, 4, bias=False); b = linear(4, 4, bias=False); tie b.weight "
+                  "a.weight; relu");
+    tap_ok(model && fr_model_param_count(model) == 1 && fr_model_layer_count(model) == 3,
+           "tie between ';' with layers after it");
+    fr_model_free(model);
+
+    model = parse_fake("input 4; a = fakeact(approximate=tanh); b = fakeact(approximate=\"none\"); "
+                       "c = fakeact(); d = fakenorm(4, 1e-5, 0.5, True, 'sum'); e = fakenorm(4)");
+    char lines[5][96] = {{0}};
+    for (int i = 0; model && i < 5; i++)
+        fr_model_layer_describe(model, i, lines[i], sizeof lines[i]);
+    tap_ok(model && model->layers[0].args[0] == 1 && model->layers[1].args[0] == 0 &&
+               model->layers[3].args[4] == 1,
+           "choices bare, in double and in single quotes, by keyword and by position");
+    tap_ok(strstr(lines[0], "fakeact(approximate='tanh')") && strstr(lines[1], "fakeact()") &&
+               strstr(lines[2], "fakeact()") && strstr(lines[3], "fakenorm(4, 1e-05, 0.5, True, 'sum')") &&
+               strstr(lines[4], "fakenorm(4)"),
+           "a choice is written back quoted, as Python writes it, and left out at its default "
+           "(%s | %s | %s)", lines[0], lines[1], lines[3]);
+    fr_model_free(model);
+    model = parse_fake("input 4; fakenorm(4, affine=true); fakenorm(4, affine=False); "
+                       "fakenorm(4, affine=TRUE)");
+    tap_ok(model && model->layers[0].args[3] == 1 && model->layers[1].args[3] == 0 &&
+               model->layers[2].args[3] == 1,
+           "booleans: True, true, False and TRUE");
+    fr_model_free(model);
+
+    model = fr_model_new_shape(FR_F32, 1, (int[]){4});
+    fr_error err = {0};
+    int rc = model ? fr_model_add_layer(model, &fake_act_ops, "x", (int[]){2}, &err) : -1;
+    tap_ok(rc == FR_EINVAL && strstr(err.msg, "fakeact: approximate must be one of 'none', 'tanh'"),
+           "fr_layer_check_arg refuses a choice index out of range: %s", err.msg);
+    fr_model_free(model);
+
+    check_fake_error("an unknown choice", "input 4\nfakeact(approximate='fast')", FR_EFORMAT,
+                     WANT("model.txt:2: fakeact: approximate must be one of 'none', 'tanh', "
+                          "got 'fast'"));
+    check_fake_error("a choice in the wrong case", "input 4; fakeact(approximate=Tanh)",
+                     FR_EFORMAT, WANT("model.txt:2:", "got 'Tanh'"));
+    check_error("a tie of a missing parameter",
+                "a = linear(4, 4)\nb = linear(4, 4)\ntie c.weight a.weight\n", FR_ENOMATCH,
+                WANT("model.txt:3: tie: no layer has a parameter called 'c.weight'"));
+    check_error("a tie to a missing parameter", "a = linear(4, 4); tie a.weight z.weight",
+                FR_ENOMATCH, WANT("model.txt:2: tie: there is no parameter 'z.weight'"));
+    check_error("a tie of parameters of different shapes",
+                "a = linear(4, 4, bias=False)\nb = linear(4, 3, bias=False)\n"
+                "tie b.weight a.weight\n",
+                FR_ESHAPE, WANT("model.txt:3: tie: 'b.weight' is", "but 'a.weight' is"));
+    check_error("a tie with one name", "a = linear(4, 4)\ntie a.weight", FR_EFORMAT,
+                WANT("model.txt:2: 'tie' takes two parameter names (tie NAME TO)"));
+    check_error("a tie inside a block", "input 4; block b { a = linear(4, 4); tie a.weight "
+                "a.bias }", FR_EFORMAT, WANT("model.txt:3: 'tie' inside block 'b'"));
+    check_error("a block without a name", "input 4\nblock { relu }", FR_EFORMAT,
+                WANT("model.txt:2: 'block' needs a name"));
+    check_error("a block without '{'", "input 4\nblock b\n{ relu }", FR_EFORMAT,
+                WANT("model.txt:2: expected '{' after 'block NAME'"));
+    check_error("an empty block", "input 4; block b { }", FR_EFORMAT,
+                WANT("model.txt:2: block 'b' has no layers"));
+    check_error("a '}' that closed the residual block, leaving its shortcut in a plain block",
+                "input 4\nblock b {\n  residual { relu }\n  shortcut { relu }\n}", FR_EFORMAT,
+                WANT("model.txt:4: 'shortcut {' directly inside block 'b'"));
+    check_error("a '}' too many after nested blocks",
+                "input 4; block b { residual { relu } } }", FR_EFORMAT,
+                WANT("model.txt:2: unexpected '}' (no block is open)"));
+    check_error("an unclosed anonymous residual block", "input 4\nblock b {\n  residual {\n relu",
+                FR_EFORMAT, WANT("model.txt:3: the unnamed residual block of line 3 is not closed"));
+    check_error("an empty anonymous residual block", "input 4\nresidual {\n}", FR_EFORMAT,
+                WANT("model.txt:3: the unnamed residual block of line 2 has no layers"));
+    check_error("input 0 tokens", "input 0 tokens; relu", FR_EFORMAT,
+                WANT("model.txt:1: input T must be positive, got 0"));
+    check_error("tokens after two sizes", "input 8 4 tokens; relu", FR_EFORMAT,
+                WANT("model.txt:1: 'input T tokens' takes one size"));
+    check_error("a linear reading token ids", "input 8 tokens\nfc = linear(8, 4)", FR_ESHAPE,
+                WANT("model.txt:2:", "linear cannot read the model input, which is token ids"));
+    check_fake_error("an embedding without an input line", "wte = fakeembed(16, 4)", FR_EFORMAT,
+                     WANT("model.txt:1:", "needs an 'input T tokens' line"));
+    check_fake_error("an embedding reading floats", "input 8\nwte = fakeembed(16, 4)", FR_ESHAPE,
+                     WANT("model.txt:2:", "fakeembed reads token ids"));
+    check_error("a model of only a tie", "tie a.weight b.weight", FR_EFORMAT,
+                WANT("model.txt: no layers"));
+}
+
 int main(void) {
-    tap_plan(181); /* every check below, counted: fewer or more fails the test */
+    tap_plan(232); /* every check below, counted: fewer or more fails the test */
     size_t bytes_before = fr_allocated_bytes();
     test_design_example();
     test_index_names();
@@ -669,6 +978,7 @@ int main(void) {
     test_load();
     test_add_functions();
     test_residual_blocks();
+    test_transformer_syntax();
     tap_ok(fr_allocated_bytes() == bytes_before, "every model was freed");
     return tap_done();
 }

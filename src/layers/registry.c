@@ -58,6 +58,20 @@ int fr_layer_check_arg(const fr_layer_ops *ops, int index, int value, fr_error *
     const fr_layer_arg *arg = &ops->args[index];
     if (value == FR_ARG_NONE && arg->optional && arg->default_value == FR_ARG_NONE)
         return FR_OK;
+    if (arg->choices) {
+        int count = 0;
+        while (arg->choices[count])
+            count++;
+        if (value < 0 || value >= count) {
+            char names[160] = "";
+            for (int i = 0; i < count; i++)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s'%s'",
+                         i ? ", " : "", arg->choices[i]);
+            return fr_fail(err, FR_EINVAL, "%s: %s must be one of %s (an index below %d), got %d",
+                           ops->kind, arg->name, names, count, value);
+        }
+        return FR_OK;
+    }
     if (arg->boolean) {
         if (value != 0 && value != 1)
             return fr_fail(err, FR_EINVAL, "%s: %s must be True or False, got %d", ops->kind,
@@ -103,6 +117,8 @@ static size_t append_value(char *buf, size_t len, size_t used, const fr_layer_ar
         return append(buf, len, used, "%s", value ? "True" : "False");
     if (arg->real)
         return append(buf, len, used, "%g", fr_arg_real(value));
+    if (arg->choices)  /* a string, quoted as Python's repr quotes it */
+        return append(buf, len, used, "'%s'", arg->choices[value]);
     return append(buf, len, used, "%d", value);
 }
 
