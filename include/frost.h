@@ -190,6 +190,9 @@ void fr_model_layer_describe(const fr_model *model, int layer, char *buf, size_t
  * gradient (linear, embedding, conv1d) share.
  */
 int fr_model_tie(fr_model *model, const char *name, const char *to, fr_error *err);
+/* The names parameter `index` also has in layers tied to it ("lm_head.weight"),
+ * comma-separated into buf; how many there are. */
+int fr_model_tied_names(const fr_model *model, size_t index, char *buf, size_t len);
 
 /* PyTorch's default initialisation from a seeded generator.  Fails only
  * when the parameter arena cannot be allocated. */

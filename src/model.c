@@ -359,6 +359,25 @@ int fr_model_tie(fr_model *model, const char *name, const char *to, fr_error *er
     return FR_OK;
 }
 
+int fr_model_tied_names(const fr_model *model, size_t param, char *buf, size_t len) {
+    int count = 0;
+    size_t used = 0;
+    if (len)
+        buf[0] = '\0';
+    for (int i = 0; i < model->layer_count; i++) {
+        const fr_layer *l = &model->layers[i];
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+            if (l->params[k] != (int)param || model->params[param].layer == i)
+                continue;
+            if (used < len)
+                used += (size_t)snprintf(buf + used, len - used, "%s%s.%s", count ? ", " : "",
+                                         l->name, l->ops->params[k].suffix);
+            count++;
+        }
+    }
+    return count;
+}
+
 int fr_param_users(const fr_model *model, int param, int *layers, int most) {
     int count = 0;
     for (int i = 0; i < model->layer_count; i++)

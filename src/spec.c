@@ -1044,6 +1044,9 @@ int fr_model_load(const char *arg, fr_model **out, fr_error *err) {
         return fr_fail(err, FR_EINVAL, "no model given");
     struct stat st;
     bool exists = stat(arg, &st) == 0;
+    size_t len = strlen(arg);
+    if (exists && S_ISREG(st.st_mode) && len > 5 && strcmp(arg + len - 5, ".json") == 0)
+        return fr_model_load_gpt2(arg, 0, out, err);
     if (exists && S_ISREG(st.st_mode))
         return load_file(arg, out, err);
     /* Inline specs need one of these; a plain word is a mistyped file name. */

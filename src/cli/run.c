@@ -44,9 +44,24 @@ static bool is_root(void) { return fr_comm_rank() == 0; }
 
 /* ---------------------------------------------------------------- setup */
 
+/* A Hugging Face config.json builds GPT-2 for the data's sequence length
+ * (its n_positions is only the longest it takes). */
+static int load_config_model(const frost_options *opts, fr_model **out, fr_error *err) {
+    fr_dataset *data = NULL;
+    int dims[FR_MAX_DIMS] = {0}, seq = 0;
+    if (opts->data && fr_dataset_load_dir(opts->data, true, &data, NULL) == FR_OK &&
+        fr_dataset_dtype(data) == FR_I32 && fr_dataset_sample_dims(data, dims) == 1)
+        seq = dims[0];
+    fr_dataset_free(data);
+    return fr_model_load_gpt2(opts->model, seq, out, err);
+}
+
 static int load_model(const frost_options *opts, fr_model **out, fr_error *err) {
     fr_model *model = NULL;
-    int rc = fr_model_load(opts->model, &model, err);
+    size_t len = strlen(opts->model);
+    int rc = len > 5 && strcmp(opts->model + len - 5, ".json") == 0
+                 ? load_config_model(opts, &model, err)
+                 : fr_model_load(opts->model, &model, err);
     if (rc != FR_OK)
         fr_error_prefix(err, "--model: ");
     for (int i = 0; rc == FR_OK && i < opts->rule_count; i++) {
@@ -1288,6 +1303,14 @@ int frost_inspect(const frost_options *opts, fr_error *err) {
             fr_param_shape_string(p, shape, sizeof shape);
             printf("%s %s %zu %s\n", fr_param_name(p), shape, fr_param_numel(p),
                    fr_param_requires_grad(p) ? "trainable" : "frozen");
+        }
+        /* Tied parameters once, as named_parameters() lists them; then the
+         * other names they have. */
+        for (size_t i = 0; i < fr_model_param_count(model); i++) {
+            char names[512];
+            if (fr_model_tied_names(model, i, names, sizeof names) > 0)
+                printf("# %s is %s (tied: one parameter, frozen or trained together, its "
+                       "gradients added)\n", names, fr_param_name(fr_model_param(model, i)));
         }
         /* Buffers after the parameters, the state word `buffer`. */
         for (size_t i = 0; i < fr_model_buffer_count(model); i++) {
