@@ -524,6 +524,11 @@ size_t fr_trainer_cache_bytes(const fr_trainer *trainer);
 /* The layer whose outputs the feature cache holds now (the frozen prefix's
  * last), or -1 when it holds none. */
 int fr_trainer_cache_layer(const fr_trainer *trainer);
+/* Forward only: the model's output for `batch` samples x into out (batch x
+ * output numel floats: logits), in evaluation mode; on several ranks each
+ * fills the rows fr_trainer_rank_rows gives it. */
+int fr_trainer_predict(fr_trainer *trainer, const void *x, int batch, float *out,
+                       fr_error *err);
 /* Forward only: mean loss and correct count over `batch` samples. */
 int fr_trainer_evaluate(fr_trainer *trainer, const void *x,
                         const void *targets, int batch, double *loss,

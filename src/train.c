@@ -381,7 +381,7 @@ static int take_rows(fr_trainer *trainer, replica *r, const batch_source *src, i
     size_t input_bytes = fr_shape_numel(model->input) * fr_dtype_size(model->input_dtype);
     if (!src->data) {
         r->x = (const float *)(const void *)((const char *)src->x + (size_t)first * input_bytes);
-        r->targets = target_rows(trainer, src->targets, first);
+        r->targets = src->targets ? target_rows(trainer, src->targets, first) : NULL;
         return 0;
     }
     const int *ids = src->ids + first;
@@ -1344,6 +1344,38 @@ int fr_trainer_evaluate(fr_trainer *trainer, const void *x, const void *targets,
                         batch, false);
     }
     return total_loss(trainer, batch, loss, correct, err);
+}
+
+int fr_trainer_predict(fr_trainer *trainer, const void *x, int batch, float *out,
+                       fr_error *err) {
+    if (!out)
+        return fr_fail(err, FR_EINVAL, "predict: no output buffer");
+    int rc = prepare_step(trainer, x, x, batch, false, err);
+    if (rc == FR_OK)
+        rc = fr_trainer_sync(trainer, err);
+    batch_source src = {.x = x};
+    if (rc == FR_OK)
+        rc = check_tokens(trainer, &src, batch, err);
+    if (rc != FR_OK)
+        return rc;
+    const fr_model *model = trainer->model;
+    size_t width = fr_shape_numel(model->layers[model->layer_count - 1].out);
+    int rank_first, rank_rows;
+    fr_trainer_rank_rows(trainer, batch, &rank_first, &rank_rows);
+    plan_step_rows(trainer, &src, rank_first, rank_rows);
+#pragma omp parallel num_threads(trainer->threads)
+    {
+        int t = omp_get_thread_num(), first, rows;
+        split_rows(rank_rows, trainer->threads, t, &first, &rows);
+        replica *r = &trainer->replicas[t];
+        int from = replica_begin(trainer, r, &src, rank_first + first, first, rows);
+        fr_step_forward(trainer, r, r->x, rows, from, model->layer_count);
+        if (rows > 0)
+            memcpy(out + (size_t)(rank_first + first) * width,
+                   fr_step_output(trainer, r, r->x, model->layer_count - 1),
+                   (size_t)rows * width * sizeof *out);
+    }
+    return FR_OK;
 }
 
 /* ----------------------------------------------------------- reporting */

@@ -36,6 +36,8 @@ int main(int argc, char **argv) {
             rc = frost_train(&opts, &err);
         else if (strcmp(opts.command, "eval") == 0)
             rc = frost_eval(&opts, &err);
+        else if (strcmp(opts.command, "generate") == 0)
+            rc = frost_generate(&opts, &err);
         else
             rc = frost_inspect(&opts, &err);
     }

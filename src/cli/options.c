@@ -23,7 +23,7 @@ enum value_kind {
 };
 
 /* Which commands take a flag. */
-enum { TRAIN = 1, EVAL = 2, INSPECT = 4 };
+enum { TRAIN = 1, EVAL = 2, INSPECT = 4, GENERATE = 8 };
 
 typedef struct option_spec {
     const char *name;
@@ -37,7 +37,12 @@ typedef struct option_spec {
 #define AT(field) offsetof(frost_options, field)
 
 static const option_spec options[] = {
-    {"--model", TEXT, TRAIN | EVAL | INSPECT, AT(model), 0, 0, false},
+    {"--model", TEXT, TRAIN | EVAL | INSPECT | GENERATE, AT(model), 0, 0, false},
+    {"--weights", TEXT, GENERATE, AT(init), 0, 0, false},
+    {"--prompt", TEXT, GENERATE, AT(prompt), 0, 0, false},
+    {"--tokens", LONG, GENERATE, AT(tokens), 1, 1e6, false},
+    {"--temperature", DOUBLE, GENERATE, AT(temperature), 0, 1e6, false},
+    {"--top-k", INT, GENERATE, AT(top_k), 0, 1 << 30, false},
     {"--data", TEXT, TRAIN | EVAL, AT(data), 0, 0, false},
     {"--classes", TEXT, TRAIN | EVAL, AT(classes), 0, 0, false},
     {"--data-layout", LAYOUT, TRAIN | EVAL, AT(data_layout), 0, 0, false},
@@ -54,9 +59,9 @@ static const option_spec options[] = {
     {"--weight-decay", DOUBLE, TRAIN, AT(train.weight_decay), 0, 1e6, false},
     {"--nesterov", FLAG, TRAIN, AT(train.nesterov), 0, 0, false},
     {"--optimizer", OPTIMIZER, TRAIN, AT(train.optimizer), 0, 0, false},
-    {"--threads", INT, TRAIN | EVAL, AT(train.threads), 1, 1024, false},
+    {"--threads", INT, TRAIN | EVAL | GENERATE, AT(train.threads), 1, 1024, false},
     {"--no-pin", FLAG, TRAIN | EVAL, AT(no_pin), 0, 0, false},
-    {"--seed", LONG, TRAIN, AT(seed), 0, 9e15, false},
+    {"--seed", LONG, TRAIN | GENERATE, AT(seed), 0, 9e15, false},
     {"--no-shuffle", FLAG, TRAIN, AT(shuffle), 0, 0, false},
     {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false},
     {"--save", TEXT, TRAIN, AT(save), 0, 0, false},
@@ -191,6 +196,8 @@ static int command_bit(const char *command) {
         return EVAL;
     if (strcmp(command, "inspect") == 0)
         return INSPECT;
+    if (strcmp(command, "generate") == 0)
+        return GENERATE;
     return 0;
 }
 
@@ -315,6 +322,8 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     opts->shuffle = true;
     opts->log_every = 100;
     opts->stop_signal = SIGTERM;
+    opts->tokens = 64;
+    opts->temperature = 1.0;
     if (argc < 2)
         return fr_fail(err, FR_EINVAL, "no command given (expected train, eval or inspect; see frost --help)");
     opts->command = argv[1];
@@ -325,7 +334,7 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     }
     int bit = command_bit(argv[1]);
     if (!bit)
-        return fr_fail(err, FR_EINVAL, "unknown command '%s' (expected train, eval or inspect)", argv[1]);
+        return fr_fail(err, FR_EINVAL, "unknown command '%s' (expected train, eval, inspect or generate)", argv[1]);
     bool epochs_given = false;
     for (int i = 2; i < argc; i++) {
         const char *arg = argv[i];
@@ -374,6 +383,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return fr_fail(err, FR_EINVAL, "'frost %s' needs --model FILE|SPEC", opts->command);
     if (bit == EVAL && !opts->init)
         return fr_fail(err, FR_EINVAL, "'frost eval' needs --init WEIGHTS.safetensors");
+    if (bit == GENERATE && !opts->init)
+        return fr_fail(err, FR_EINVAL, "'frost generate' needs --weights WEIGHTS.safetensors");
+    if (bit == GENERATE && !opts->prompt)
+        return fr_fail(err, FR_EINVAL, "'frost generate' needs --prompt TEXT");
     if (opts->checkpoint_every && !opts->checkpoint)
         return fr_fail(err, FR_EINVAL, "--checkpoint-every needs --checkpoint FILE");
     if (opts->resume && opts->init)
@@ -393,6 +406,14 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
 }
 
 void frost_print_usage(const char *command) {
+    if (!command || strcmp(command, "generate") == 0)
+        printf("usage: frost generate --model FILE|SPEC|config.json --weights W.safetensors\n"
+               "         --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+               "         [--threads T]\n"
+               "  Continue TEXT with N tokens (64) sampled from a language model whose input is\n"
+               "  token ids (bytes: vocabulary 256): softmax(logits / T) over the K most likely\n"
+               "  (all when 0), seeded; --temperature 0 takes the most likely token.  The\n"
+               "  context is the model's sequence length; a longer one keeps its last tokens.\n");
     if (!command || strcmp(command, "train") == 0)
         printf("usage: frost train --model FILE|SPEC [--data DIR] [--freeze P]... [--unfreeze P]...\n"
                "         [--epochs N] [--steps N] [--batch-size B] [--lr X] [--momentum X]\n"

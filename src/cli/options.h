@@ -27,7 +27,7 @@ typedef struct lr_rule {
 } lr_rule;
 
 typedef struct frost_options {
-    const char *command; /* "train", "eval", "inspect" */
+    const char *command; /* "train", "eval", "inspect", "generate" */
     const char *model;
     const char *data;
     const char *classes;
@@ -69,6 +69,11 @@ typedef struct frost_options {
     lr_rule lr_rules[FROST_MAX_PATTERNS];
     int lr_rule_count;
     bool allow_lr_change;
+    /* frost generate */
+    const char *prompt;
+    long tokens;
+    double temperature;
+    int top_k;
     bool help;
 } frost_options;
 

@@ -10,6 +10,7 @@
 int frost_train(const frost_options *opts, fr_error *err);
 int frost_eval(const frost_options *opts, fr_error *err);
 int frost_inspect(const frost_options *opts, fr_error *err);
+int frost_generate(const frost_options *opts, fr_error *err);
 /* From now on SIGTERM, SIGINT and `extra` (0: none) stop a training run at
  * the end of a step (frost train calls it; main calls it earlier too). */
 void frost_catch_stop_signals(int extra);
