@@ -16,7 +16,10 @@
  *   ln_f = layernorm(n_embd, eps)
  *   lm_head = linear(n_embd, vocab_size, bias=False), tied to wte.weight
  *
- * examples/gpt2.txt is the same network as model text.
+ * Initialised as Hugging Face initialises GPT-2 (N(0, 0.02), c_proj weights
+ * N(0, 0.02 / sqrt(2 n_layer)), biases 0, layer norms 1 and 0).
+ * examples/gpt2.txt is the same network as model text (with PyTorch's
+ * default initialisation of each module instead).
  */
 #include "json.h"
 
@@ -173,17 +176,30 @@ static int read_config(const char *path, gpt2_config *c, fr_error *err) {
 
 static int real_arg(double value) { return (int)lround(value / FR_REAL_UNIT); }
 
+/* Add a layer; `init_std` > 0 draws its normal parameters with that deviation. */
+static int add_drawn(fr_model *model, const char *kind, const char *name, const int *args,
+                     float init_std, fr_error *err) {
+    int rc = fr_model_add_layer(model, fr_layer_kind_find(kind), name, args, err);
+    if (rc == FR_OK)
+        model->layers[model->layer_count - 1].init_std = init_std;
+    return rc;
+}
+
 static int add(fr_model *model, const char *kind, const char *name, const int *args,
                fr_error *err) {
-    return fr_model_add_layer(model, fr_layer_kind_find(kind), name, args, err);
+    return add_drawn(model, kind, name, args, 0.0f, err);
 }
 
 /* The network of the header comment, layer by layer. */
 static int build(const gpt2_config *c, int seq, fr_model *model, fr_error *err) {
     int C = c->n_embd, eps = real_arg(c->eps), resid = real_arg(c->resid_pdrop);
-    int rc = add(model, "embedding", "wte", (const int[]){c->vocab_size, C}, err);
+    /* Hugging Face's initialisation: N(0, 0.02), the projections into the
+     * residual stream scaled down by sqrt(2 n_layer). */
+    float proj_std = 0.02f / sqrtf(2.0f * (float)c->n_layer);
+    int rc = add_drawn(model, "embedding", "wte", (const int[]){c->vocab_size, C}, 0.02f, err);
     if (rc == FR_OK)
-        rc = add(model, "position_embedding", "wpe", (const int[]){c->n_positions, C}, err);
+        rc = add_drawn(model, "position_embedding", "wpe", (const int[]){c->n_positions, C},
+                       0.02f, err);
     if (rc == FR_OK && c->embd_pdrop > 0)
         rc = add(model, "dropout", "drop", (const int[]){real_arg(c->embd_pdrop)}, err);
     for (int i = 0; i < c->n_layer && rc == FR_OK; i++) {
@@ -199,7 +215,7 @@ static int build(const gpt2_config *c, int seq, fr_model *model, fr_error *err) 
         if (rc == FR_OK)
             rc = add(model, "attention", NULL, (const int[]){c->n_head, 1}, err);
         if (rc == FR_OK)
-            rc = add(model, "conv1d", "attn.c_proj", (const int[]){C, C}, err);
+            rc = add_drawn(model, "conv1d", "attn.c_proj", (const int[]){C, C}, proj_std, err);
         if (rc == FR_OK && resid > 0)
             rc = add(model, "dropout", NULL, (const int[]){resid}, err);
         if (rc == FR_OK)
@@ -213,7 +229,8 @@ static int build(const gpt2_config *c, int seq, fr_model *model, fr_error *err) 
         if (rc == FR_OK)
             rc = add(model, "gelu", NULL, (const int[]){c->tanh_gelu ? 1 : 0}, err);
         if (rc == FR_OK)
-            rc = add(model, "conv1d", "mlp.c_proj", (const int[]){C, c->n_inner}, err);
+            rc = add_drawn(model, "conv1d", "mlp.c_proj", (const int[]){C, c->n_inner}, proj_std,
+                           err);
         if (rc == FR_OK && resid > 0)
             rc = add(model, "dropout", NULL, (const int[]){resid}, err);
         if (rc == FR_OK)

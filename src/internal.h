@@ -344,6 +344,8 @@ struct fr_layer {
     int param_shape[FR_LAYER_PARAMS_MAX][FR_MAX_DIMS];
     const float *param_data[FR_LAYER_PARAMS_MAX];
     int fan_in;        /* for PyTorch's default init */
+    float init_std;    /* > 0: its normally drawn parameters' standard deviation instead of
+                          the kind's (GPT-2's 0.02, and its c_proj's 0.02 / sqrt(2 n_layer)) */
     /* Set by the trainer when an in-place relu follows: forward applies it in
      * the bias pass after the GEMM, and the relu's own forward is skipped. */
     bool fused_relu;

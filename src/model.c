@@ -598,7 +598,9 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
             break;
         case FR_INIT_NORMAL:
         case FR_INIT_NORMAL_SMALL: {
-            float std = l->ops->params[slot].init == FR_INIT_NORMAL ? 1.0f : 0.02f;
+            float std = l->init_std > 0.0f                                 ? l->init_std
+                        : l->ops->params[slot].init == FR_INIT_NORMAL ? 1.0f
+                                                                      : 0.02f;
             for (size_t j = 0; j < p->numel; j++)
                 p->data[j] = std * normal_value(&rng);
             break;

@@ -264,6 +264,12 @@ static void gather_batch(const fr_dataset *data, const int *order, int batch, in
                              : (const char *)fr_dataset_images(data);
     int targets = fr_dataset_targets_per_sample(data);
     const int32_t *all_labels = fr_dataset_labels(data);
+    /* Token ids are checked on every row of the batch (the ranks must agree
+     * on a bad one before any runs it), so those rows are all copied. */
+    if (fr_dataset_dtype(data) == FR_I32) {
+        first = 0;
+        count = batch;
+    }
     for (int i = first; i < first + count; i++)
         memcpy((char *)x + (size_t)i * bytes, inputs + (size_t)order[i] * bytes, bytes);
     for (int i = 0; i < batch; i++)
