@@ -63,7 +63,6 @@ void fr_token_list_release(fr_token_list *list) {
  * bytes stand for themselves; the other 68 (0x00-0x20, 0x7F-0xA0 and 0xAD)
  * take U+0100 onwards in order.
  */
-
 static bool byte_is_printable(uint32_t b) {
     return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
@@ -98,53 +97,10 @@ static int byte_of_character(uint32_t c) {
 
 static uint32_t decode_character(const unsigned char *text, size_t length, size_t pos,
                                  size_t *next) {
-    unsigned char lead = text[pos];
-    *next = pos + 1;
-    if (lead < 0x80)
-        return lead;
-    size_t count;
     uint32_t c;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-        count = 2;
-        c = lead & 0x1Fu;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-        count = 3;
-        c = lead & 0x0Fu;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-        count = 4;
-        c = lead & 0x07u;
-    } else {
-        return INVALID_CHARACTER;
-    }
-    if (length - pos < count)
-        return INVALID_CHARACTER;
-    for (size_t i = 1; i < count; i++) {
-        if ((text[pos + i] & 0xC0) != 0x80)
-            return INVALID_CHARACTER;
-        c = c << 6 | (text[pos + i] & 0x3Fu);
-    }
-    /* Overlong forms, surrogates and values past U+10FFFF are not UTF-8. */
-    if ((count == 3 && (c < 0x800 || (c >= 0xD800 && c <= 0xDFFF))) ||
-        (count == 4 && (c < 0x10000 || c > 0x10FFFF)))
-        return INVALID_CHARACTER;
-    *next = pos + count;
-    return c;
-}
-
-static size_t encode_character(uint32_t c, unsigned char *out) {
-    if (c < 0x80) {
-        out[0] = (unsigned char)c;
-        return 1;
-    }
-    if (c < 0x800) {
-        out[0] = (unsigned char)(0xC0 | c >> 6);
-        out[1] = (unsigned char)(0x80 | (c & 0x3F));
-        return 2;
-    }
-    out[0] = (unsigned char)(0xE0 | c >> 12); /* byte characters stay below U+0800 */
-    out[1] = (unsigned char)(0x80 | (c >> 6 & 0x3F));
-    out[2] = (unsigned char)(0x80 | (c & 0x3F));
-    return 3;
+    size_t count = fr_utf8_decode(text + pos, length - pos, &c);
+    *next = pos + (count ? count : 1);
+    return count ? c : INVALID_CHARACTER;
 }
 
 /* ------------------------------------------------- pre-tokenization */
@@ -322,10 +278,10 @@ static const char *shown_token(const unsigned char *bytes, size_t length, bool a
                                char *shown, size_t shown_size) {
     size_t used = 0;
     for (size_t i = 0; i < length; i++) {
-        unsigned char character[4];
+        char character[4];
         size_t width, next;
         if (as_file) {
-            width = encode_character(character_of_byte(bytes[i]), character);
+            width = fr_utf8_encode(character_of_byte(bytes[i]), character);
         } else {
             uint32_t c = decode_character(bytes, length, i, &next);
             width = next - i;
