@@ -622,6 +622,13 @@ int fr_npy_parse(const char *path, const unsigned char *bytes, size_t size, fr_n
                  fr_error *err);
 /* The shape as numpy prints it: "(60000, 28, 28)", "(5,)". */
 void fr_npy_shape_string(const fr_npy *array, char *text, size_t len);
+/* Writes PATH atomically (fr_write_atomic) as numpy.save does: format 1.0,
+ * the dict {'descr': DESCR, 'fortran_order': False, 'shape': (...), }
+ * padded with spaces to a multiple of 64 bytes and ended by '\n', then the
+ * data, the product of the shape's items of DESCR's size ("<i4": 4) in C
+ * order, as they are in memory (little-endian). */
+int fr_npy_write(const char *path, const char *descr, int ndim, const uint64_t *shape,
+                 const void *data, fr_error *err);
 
 /* data.c: fr_read_file, then gunzipped when it starts with the gzip magic;
  * `limit` bounds the decompressed size.  Release *out with fr_free. */

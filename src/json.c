@@ -13,14 +13,14 @@
 
 /* ------------------------------------------------------------- UTF-8 */
 
-/* Length of the valid UTF-8 sequence starting at `s` (at most `available`
- * bytes long), or 0 if it is not valid UTF-8. */
-static size_t utf8_sequence_length(const unsigned char *s, size_t available) {
+size_t fr_utf8_decode(const unsigned char *s, size_t available, uint32_t *code_point_out) {
     unsigned char lead = s[0];
     size_t length;
     uint32_t code_point;
-    if (lead < 0x80)
+    if (lead < 0x80) {
+        *code_point_out = lead;
         return 1;
+    }
     if (lead >= 0xc2 && lead <= 0xdf) {
         length = 2;
         code_point = lead & 0x1f;
@@ -45,6 +45,7 @@ static size_t utf8_sequence_length(const unsigned char *s, size_t available) {
         return 0;
     if (length == 4 && (code_point < 0x10000 || code_point > 0x10ffff))
         return 0;
+    *code_point_out = code_point;
     return length;
 }
 
@@ -52,7 +53,8 @@ bool fr_json_is_utf8(const char *text) {
     size_t remaining = strlen(text);
     const unsigned char *s = (const unsigned char *)text;
     while (remaining) {
-        size_t length = utf8_sequence_length(s, remaining);
+        uint32_t code_point;
+        size_t length = fr_utf8_decode(s, remaining, &code_point);
         if (!length)
             return false;
         s += length;
@@ -61,7 +63,7 @@ bool fr_json_is_utf8(const char *text) {
     return true;
 }
 
-static size_t utf8_encode(uint32_t code_point, char *out) {
+size_t fr_utf8_encode(uint32_t code_point, char *out) {
     if (code_point < 0x80) {
         out[0] = (char)code_point;
         return 1;
@@ -165,7 +167,7 @@ static int decode_escape(fr_json_reader *r, size_t end, char *out, size_t *out_l
     /* Names and values are C strings here. */
     if (code_point == 0)
         return fr_json_syntax_error(r, "NUL character in a string");
-    *out_length += utf8_encode(code_point, out + *out_length);
+    *out_length += fr_utf8_encode(code_point, out + *out_length);
     return FR_OK;
 }
 
@@ -195,7 +197,8 @@ int fr_json_string(fr_json_reader *r, char **out, size_t *out_length) {
             r->pos++;
             status = decode_escape(r, end, decoded, &length);
         } else {
-            size_t sequence = utf8_sequence_length(r->text + r->pos, end - r->pos);
+            uint32_t code_point;
+            size_t sequence = fr_utf8_decode(r->text + r->pos, end - r->pos, &code_point);
             if (!sequence) {
                 status = fr_json_syntax_error(r, "invalid UTF-8 in a string");
             } else {

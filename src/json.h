@@ -65,6 +65,14 @@ int fr_json_skip_value(fr_json_reader *r, int depth);
 /* Whether a NUL-terminated string is valid UTF-8 (no overlong forms, no
  * surrogates, nothing past U+10FFFF). */
 bool fr_json_is_utf8(const char *text);
+/* The valid UTF-8 sequence at `s` (at most `available` bytes, at least 1):
+ * its length, and its code point in *code_point; 0 when it is not valid
+ * UTF-8 (*code_point is then left alone).  The tokenizer reads text with it
+ * too. */
+size_t fr_utf8_decode(const unsigned char *s, size_t available, uint32_t *code_point);
+/* `code_point` (at most U+10FFFF) as UTF-8 into `out` (room for 4 bytes);
+ * returns the length. */
+size_t fr_utf8_encode(uint32_t code_point, char *out);
 
 /* Appends `text` as a JSON string (quoted; '"', '\\' and control characters
  * escaped, everything else as it is). */

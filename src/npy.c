@@ -329,3 +329,62 @@ void fr_npy_shape_string(const fr_npy *array, char *text, size_t len) {
     if (used < len)
         snprintf(text + used, len - used, array->ndim == 1 ? ",)" : ")");
 }
+
+/* ------------------------------------------------------------ writing */
+
+typedef struct npy_to_write {
+    const unsigned char *header;
+    size_t header_bytes;
+    const void *data;
+    size_t data_bytes;
+} npy_to_write;
+
+static bool write_npy_contents(FILE *stream, void *context) {
+    const npy_to_write *npy = context;
+    return fwrite(npy->header, 1, npy->header_bytes, stream) == npy->header_bytes &&
+           (npy->data_bytes == 0 || fwrite(npy->data, 1, npy->data_bytes, stream) == npy->data_bytes);
+}
+
+int fr_npy_write(const char *path, const char *descr, int ndim, const uint64_t *shape,
+                 const void *data, fr_error *err) {
+    /* The item size is the descr's number ("<i4": 4). */
+    int item_bytes = 0;
+    for (const char *c = descr; *c; c++)
+        if (*c >= '0' && *c <= '9')
+            item_bytes = item_bytes * 10 + (*c - '0');
+    size_t count = 1, data_bytes;
+    for (int d = 0; d < ndim; d++)
+        if (!fr_mul_size(count, (size_t)shape[d], &count))
+            return fr_fail(err, FR_EINVAL, "%s: the shape's element count overflows", path);
+    if (ndim < 0 || ndim > FR_NPY_MAX_DIMS || item_bytes <= 0 ||
+        !fr_mul_size(count, (size_t)item_bytes, &data_bytes))
+        return fr_fail(err, FR_EINVAL, "%s: cannot write a %d-D array of dtype '%s'", path, ndim,
+                       descr);
+
+    /* numpy.save's dict, then spaces and a newline to a multiple of 64 bytes
+     * counting the 10 bytes before it (so the data is aligned). */
+    char dict[64 + 24 * FR_NPY_MAX_DIMS];
+    size_t used = (size_t)snprintf(dict, sizeof dict,
+                                   "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
+    for (int d = 0; d < ndim && used < sizeof dict; d++)
+        used += (size_t)snprintf(dict + used, sizeof dict - used, "%s%llu", d ? ", " : "",
+                                 (unsigned long long)shape[d]);
+    if (used < sizeof dict)
+        used += (size_t)snprintf(dict + used, sizeof dict - used, "%s), }",
+                                 ndim == 1 ? "," : "");
+    if (used >= sizeof dict)
+        return fr_fail(err, FR_EINVAL, "%s: the .npy header is too long", path);
+    unsigned char header[sizeof dict + 64 + 10];
+    size_t header_bytes = (10 + used + 1 + 63) / 64 * 64;
+    size_t text_bytes = header_bytes - 10;
+    memcpy(header, npy_magic, sizeof npy_magic);
+    header[6] = 1;
+    header[7] = 0;
+    header[8] = (unsigned char)(text_bytes & 0xff);
+    header[9] = (unsigned char)(text_bytes >> 8);
+    memcpy(header + 10, dict, used);
+    memset(header + 10 + used, ' ', text_bytes - used - 1);
+    header[header_bytes - 1] = '\n';
+    npy_to_write npy = {header, header_bytes, data, data_bytes};
+    return fr_write_atomic(path, write_npy_contents, &npy, err);
+}

@@ -54,3 +54,10 @@ layout_fixture() {
     [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/init.out"
     ok $status "the test model trains; a run with --lr 0 writes the seeded initial weights"
 }
+# Format-1.0 .npy files (what frost tokenize writes) read with od alone:
+# npy_header_bytes FILE: the bytes before the data; npy_dict FILE: the header's
+# dict, padding left out; npy_ids FILE OD_TYPE (d4, u2, d8): the data, one
+# value a line.
+npy_header_bytes() { echo $((10 + $(od -An -t u2 -j 8 -N 2 "$1" | tr -d ' '))); }
+npy_dict() { head -c "$(npy_header_bytes "$1")" "$1" | tail -c +11 | tr -d '\n' | sed 's/ *$//'; }
+npy_ids() { od -An -v -t "$2" -j "$(npy_header_bytes "$1")" "$1" | tr -s ' ' '\n' | sed '/^$/d'; }

@@ -1,9 +1,11 @@
 /*
  * main.c - the frost command: parse the flags, start the communicator, run
  * one of train / eval / inspect, and turn a failure into one `frost: ...`
- * line (from rank 0 only) and a non-zero exit status.
+ * line (from rank 0 only) and a non-zero exit status.  `frost tokenize`
+ * only reads and writes files: it runs before any communicator starts.
  */
 #include "run.h"
+#include "tokenize.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +15,14 @@
 int main(int argc, char **argv) {
     fr_error err = {0};
     frost_options opts;
+    if (argc > 1 && strcmp(argv[1], "tokenize") == 0) {
+        int status = frost_tokenize(argc, argv, &err);
+        if (status != FR_OK) {
+            fflush(stdout);
+            fprintf(stderr, "frost: %s\n", err.msg);
+        }
+        return status == FR_OK ? 0 : 1;
+    }
     /* A training run's stop signals are caught from the start: starting MPI
      * takes seconds, and a SIGTERM then must not kill the run (the
      * --stop-signal follows once the flags are parsed). */

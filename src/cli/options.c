@@ -6,6 +6,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "options.h"
+#include "tokenize.h"
 
 #include <errno.h>
 #include <float.h>
@@ -325,7 +326,7 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     opts->tokens = 64;
     opts->temperature = 1.0;
     if (argc < 2)
-        return fr_fail(err, FR_EINVAL, "no command given (expected train, eval or inspect; see frost --help)");
+        return fr_fail(err, FR_EINVAL, "no command given (expected train, eval, inspect, generate or tokenize; see frost --help)");
     opts->command = argv[1];
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         opts->help = true;
@@ -334,7 +335,7 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     }
     int bit = command_bit(argv[1]);
     if (!bit)
-        return fr_fail(err, FR_EINVAL, "unknown command '%s' (expected train, eval, inspect or generate)", argv[1]);
+        return fr_fail(err, FR_EINVAL, "unknown command '%s' (expected train, eval, inspect, generate or tokenize)", argv[1]);
     bool epochs_given = false;
     for (int i = 2; i < argc; i++) {
         const char *arg = argv[i];
@@ -493,4 +494,6 @@ void frost_print_usage(const char *command) {
         printf("usage: frost inspect --model FILE|SPEC [--freeze P]... [--unfreeze P]...\n"
                "  One line per parameter: name shape count trainable|frozen; then totals and\n"
                "  the bytes one gradient allreduce will carry.\n");
+    if (!command)
+        frost_tokenize_usage();
 }
