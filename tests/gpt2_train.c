@@ -5,6 +5,11 @@
  * tests/torch_gpt2.py's `train` takes them; prints "step loss" per step.
  *
  *   gpt2_train MODEL_DIR DATADIR STEPS BATCH LR WEIGHT_DECAY THREADS [FREEZE...]
+ *
+ * With GPT2_GRADS=FILE it writes instead the gradient of the first batch's
+ * loss for every parameter (as a weights file, under the parameters' names):
+ * one SGD step at learning rate 1024 (a power of two, so lr * g is exact and
+ * only the subtraction rounds), then (before - after) / 1024.
  */
 #include "frost.h"
 
@@ -37,14 +42,26 @@ int main(int argc, char **argv) {
         rc = fr_model_freeze(model, argv[i], &err);
     fr_train_config tc;
     fr_train_config_default(&tc);
-    tc.optimizer = FR_ADAMW;
-    tc.lr = atof(argv[5]);
-    tc.weight_decay = atof(argv[6]);
+    const char *grads_path = getenv("GPT2_GRADS");
+    tc.optimizer = grads_path ? FR_SGD : FR_ADAMW;
+    tc.lr = grads_path ? 1024.0 : atof(argv[5]);
+    tc.weight_decay = grads_path ? 0.0 : atof(argv[6]);
+    if (grads_path)
+        steps = 1;
     tc.threads = atoi(argv[7]);
     tc.max_batch = batch;
     tc.cache_mb = -1;
     if (rc == FR_OK)
         rc = fr_trainer_new(model, &tc, &trainer, &err);
+    size_t params = rc == FR_OK ? fr_model_param_count(model) : 0, total = 0;
+    for (size_t i = 0; i < params; i++)
+        total += fr_param_numel(fr_model_param(model, i));
+    float *before = grads_path ? malloc(sizeof(float) * (total ? total : 1)) : NULL;
+    for (size_t i = 0, at = 0; before && i < params; i++) {
+        fr_param *p = fr_model_param(model, i);
+        memcpy(before + at, fr_param_data(p), sizeof(float) * fr_param_numel(p));
+        at += fr_param_numel(p);
+    }
     int n = fr_dataset_size(data);
     int *ids = malloc(sizeof(int) * (size_t)batch);
     for (int k = 0; k < steps && rc == FR_OK; k++) {
@@ -55,6 +72,17 @@ int main(int argc, char **argv) {
         if (rc == FR_OK && fr_comm_rank() == 0)
             printf("%d %.9g\n", k + 1, loss);
     }
+    if (rc == FR_OK && grads_path && (rc = fr_trainer_sync(trainer, &err)) == FR_OK) {
+        for (size_t i = 0, at = 0; i < params; i++) {
+            fr_param *p = fr_model_param(model, i);
+            float *values = fr_param_data(p);
+            for (size_t j = 0; j < fr_param_numel(p); j++)
+                values[j] = (before[at + j] - values[j]) / 1024.0f;
+            at += fr_param_numel(p);
+        }
+        rc = fr_model_save_weights(model, grads_path, &err);
+    }
+    free(before);
     if (rc == FR_OK && argc > 8 && getenv("GPT2_SAVE"))
         rc = fr_model_save_weights(model, getenv("GPT2_SAVE"), &err);
     if (rc != FR_OK)

@@ -5,9 +5,11 @@
 # included) loads from its config.json and model.safetensors, and 20 AdamW
 # steps with weight decay on every parameter give per-step losses within 1e-4
 # of PyTorch's, on 1 and 2 threads, on 2 ranks, and with wte, wpe and h.0
-# frozen, which then stay bitwise unchanged.  Skipped without torch.
+# frozen, which then stay bitwise unchanged; and every parameter's gradient is
+# no further from a float64 reference than twice PyTorch float32's distance.
+# Skipped without torch.
 . "$TOP_SRCDIR/tests/common.sh"
-CHECKS=6
+CHECKS=7
 plan $CHECKS
 TOOL="$TOP_SRCDIR/tests/torch_gpt2.py"
 DRIVER="$(dirname "$FROST")/../tests/gpt2_train"
@@ -90,4 +92,32 @@ fi
 "$DRIVER" "$WORK/m" "$WORK/d" 20 4 1e-3 0.01 1 'h.9*' >/dev/null 2>"$WORK/nomatch"
 [ $? -ne 0 ] && grep -q "matches no parameter" "$WORK/nomatch"
 ok $? "a freeze pattern matching no GPT-2 parameter is an error ($(head -c 150 "$WORK/nomatch"))"
+GPT2_GRADS="$WORK/frost_grads.st" "$DRIVER" "$WORK/m" "$WORK/d" 1 4 0 0 2 >/dev/null 2>>"$WORK/log" &&
+    "$PY" "$TOOL" grads --model "$WORK/m" --data "$WORK/d" --batch-size 4 --dtype float32 \
+        --out "$WORK/g32.st" >>"$WORK/log" 2>&1 &&
+    "$PY" "$TOOL" grads --model "$WORK/m" --data "$WORK/d" --batch-size 4 --dtype float64 \
+        --out "$WORK/g64.st" >>"$WORK/log" 2>&1 &&
+    "$PY" - "$TOOL" "$WORK/frost_grads.st" "$WORK/g32.st" "$WORK/g64.st" >"$WORK/grads" 2>&1 <<'PY'
+import importlib.util, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
+tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+frost, t32, t64 = (tool.load_safetensors(p) for p in sys.argv[2:5])
+# Distances relative to each tensor's largest reference value (or a 1e-3 share
+# of the largest of all, for gradients that are mathematically zero).
+scale = max(float(np.abs(r).max()) for r in t64.values())
+worst, bad = 0.0, []
+for name, ref in t64.items():
+    ref = ref.astype(np.float64)
+    denom = max(float(np.abs(ref).max()), 1e-3 * scale)
+    df = float(np.abs(frost[name] - ref).max()) / denom
+    dt = float(np.abs(t32[name] - ref).max()) / denom
+    worst = max(worst, df / max(dt, 1e-7))
+    if df > 2 * dt + 1e-7:
+        bad.append("%s frost %.2e torch %.2e" % (name, df, dt))
+print("%d gradients, frost's distance at most %.2fx torch float32's%s" %
+      (len(t64), worst, "; over 2x: " + ", ".join(bad) if bad else ""))
+sys.exit(1 if bad or set(frost) != set(t64) else 0)
+PY
+ok $? "every parameter's gradient (2 threads) within 2x PyTorch float32's distance to float64 ($(cat "$WORK/grads"))"
 done_testing
