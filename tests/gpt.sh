@@ -6,7 +6,7 @@
 # bitwise resume, 2 ranks, sequence classification, frost generate, and
 # bad input (each one line naming the file, no output file written).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 26
+plan 27
 WORK=$(mktemp -d /tmp/frost-gpt.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
@@ -129,6 +129,30 @@ ok $? "frost generate continues the prompt with 20 bytes, the same for the same 
         --temperature 0 --seed 6 >"$WORK/g5.txt" 2>&1
 ! cmp -s "$WORK/g1.txt" "$WORK/g3.txt" && cmp -s "$WORK/g4.txt" "$WORK/g5.txt"
 ok $? "another seed samples other text; temperature 0 takes the most likely token whatever the seed"
+
+# GPT-2's BPE through --tokenizer: a vocabulary of the 256 bytes (bytes_to_unicode) and two merges
+"$PYTHON3" - "$WORK/bpe" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+cs, n = bs[:], 0
+for b in range(256):
+    if b not in bs:
+        bs.append(b); cs.append(256 + n); n += 1
+chars = {b: chr(c) for b, c in zip(bs, cs)}
+vocab = {chars[b]: i for i, b in enumerate(range(256))}
+vocab["fr"], vocab["fro"], vocab["<|endoftext|>"] = 256, 257, 258
+json.dump(vocab, open(os.path.join(out, "encoder.json"), "w"))
+open(os.path.join(out, "vocab.bpe"), "w").write("#version: 0.2\nf r\nfr o\n")
+PY
+config "$WORK/bpe" ', "vocab_size": 259'
+"$FROST" train --model "$WORK/bpe/config.json" --data "$WORK/lm" --steps 2 --batch-size 8 \
+    --save "$WORK/bpe.st" >/dev/null 2>&1 &&
+    "$FROST" generate --model "$WORK/bpe/config.json" --weights "$WORK/bpe.st" --tokenizer "$WORK/bpe" \
+        --prompt "frost" --tokens 5 --seed 1 >"$WORK/bpe.txt" 2>&1 &&
+    [ "$(head -c 5 "$WORK/bpe.txt")" = frost ]
+ok $? "frost generate --tokenizer DIR encodes the prompt and decodes the samples with GPT-2's BPE ($(head -c 40 "$WORK/bpe.txt" | od -An -c | head -1))"
 
 # -- bad input: one line naming the file, a non-zero exit, no output file
 bad() { # bad MESSAGE-REGEX DESCRIPTION ARGS...

@@ -9,7 +9,9 @@
  * With GPT2_GRADS=FILE it writes instead the gradient of the first batch's
  * loss for every parameter (as a weights file, under the parameters' names):
  * one SGD step at learning rate 1024 (a power of two, so lr * g is exact and
- * only the subtraction rounds), then (before - after) / 1024.
+ * only the subtraction rounds), then (before - after) / 1024.  With
+ * GPT2_LOGITS=FILE it writes the logits of the first BATCH rows (raw float32,
+ * BATCH x T x V) and trains nothing.
  */
 #include "frost.h"
 
@@ -61,6 +63,21 @@ int main(int argc, char **argv) {
         fr_param *p = fr_model_param(model, i);
         memcpy(before + at, fr_param_data(p), sizeof(float) * fr_param_numel(p));
         at += fr_param_numel(p);
+    }
+    const char *logits_path = getenv("GPT2_LOGITS");
+    if (rc == FR_OK && logits_path) {
+        int out_dims[FR_MAX_DIMS];
+        fr_model_output_dims(model, out_dims);
+        size_t count = (size_t)batch * (size_t)out_dims[0] * (size_t)out_dims[1];
+        float *logits = malloc(sizeof(float) * count);
+        FILE *file = logits ? fopen(logits_path, "wb") : NULL;
+        rc = fr_trainer_predict(trainer, fr_dataset_tokens(data), batch, logits, &err);
+        if (rc == FR_OK && (!file || fwrite(logits, sizeof(float), count, file) != count))
+            rc = fr_fail(&err, FR_EIO, "%s: cannot write the logits", logits_path);
+        if (file)
+            fclose(file);
+        free(logits);
+        steps = 0;
     }
     int n = fr_dataset_size(data);
     int *ids = malloc(sizeof(int) * (size_t)batch);

@@ -9,7 +9,7 @@
 # no further from a float64 reference than twice PyTorch float32's distance.
 # Skipped without torch.
 . "$TOP_SRCDIR/tests/common.sh"
-CHECKS=7
+CHECKS=9
 plan $CHECKS
 TOOL="$TOP_SRCDIR/tests/torch_gpt2.py"
 DRIVER="$(dirname "$FROST")/../tests/gpt2_train"
@@ -120,4 +120,28 @@ print("%d gradients, frost's distance at most %.2fx torch float32's%s" %
 sys.exit(1 if bad or set(frost) != set(t64) else 0)
 PY
 ok $? "every parameter's gradient (2 threads) within 2x PyTorch float32's distance to float64 ($(cat "$WORK/grads"))"
+# Logits, at the weights as made and as frost saved them after training: the
+# saved file, beside the config, loads into PyTorch under the same names.
+logits_match() { # logits_match MODEL_DIR
+    GPT2_LOGITS="$WORK/frost.logits" "$DRIVER" "$1" "$WORK/d" 1 4 0 0 1 >/dev/null 2>>"$WORK/log" &&
+        "$PY" - "$TOOL" "$1" "$WORK/d" "$WORK/frost.logits" "$WORK" <<'PY' 2>>"$WORK/log"
+import subprocess, sys
+import numpy as np
+tool, model, data, frost_path, work = sys.argv[1:6]
+rows = np.load(data + "/train_x.npy")[:4, :-1].astype(np.int64)
+np.save(work + "/rows.npy", rows)
+subprocess.run([sys.executable, tool, "logits", "--model", model, "--tokens", work + "/rows.npy",
+                "--out", work + "/torch_logits.npy"], check=True)
+torch_logits = np.load(work + "/torch_logits.npy")
+frost_logits = np.fromfile(frost_path, dtype=np.float32).reshape(torch_logits.shape)
+worst = float(np.abs(frost_logits - torch_logits).max())
+print("%.2g" % worst)
+sys.exit(0 if worst < 1e-4 else 1)
+PY
+}
+d=$(logits_match "$WORK/m")
+ok $? "the logits of 4 rows within 1e-4 of PyTorch's (max |diff| $d)"
+mkdir -p "$WORK/saved" && cp "$WORK/m/config.json" "$WORK/saved/" &&
+    cp "$WORK/frozen.safetensors" "$WORK/saved/model.safetensors" && d=$(logits_match "$WORK/saved")
+ok $? "frost's saved weights load into PyTorch under their names, the same logits within 1e-4 (max |diff| $d)"
 done_testing

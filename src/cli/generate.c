@@ -1,8 +1,9 @@
 /*
  * generate.c - `frost generate`: continue a prompt with tokens sampled from a
  * language model (a model whose input is token ids and whose output is
- * logits per position, [T, V]).  Byte-level: the prompt's bytes are its token
- * ids and the ids sampled are written out as bytes.
+ * logits per position, [T, V]).  The prompt becomes token ids and the ids
+ * sampled become text through --tokenizer: bytes (each byte its id, the
+ * default) or GPT-2's BPE (a directory with encoder.json and vocab.bpe).
  *
  * Each new token runs the model over its whole context (no cache of keys and
  * values): the context is the model's sequence length T, left-aligned, so the
@@ -10,6 +11,7 @@
  * attention); once T tokens are there, the oldest are dropped.
  */
 #include "run.h"
+#include "tokenize.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -87,10 +89,14 @@ int frost_generate(const frost_options *opts, fr_error *err) {
     else {
         seq = dims[0];
         vocabulary = out_dims[1];
-        if (fr_model_vocab_size(model) > 256 || vocabulary > 256)
-            rc = fr_fail(err, FR_EINVAL, "--model: a vocabulary of %d; frost generate speaks "
-                         "bytes (256)", vocabulary);
     }
+    fr_tokenizer *tokenizer = NULL;
+    if (rc == FR_OK)
+        rc = frost_load_tokenizer(opts->tokenizer ? opts->tokenizer : "byte", &tokenizer, err);
+    if (rc == FR_OK && fr_tokenizer_vocab_size(tokenizer) > vocabulary)
+        rc = fr_fail(err, FR_EINVAL, "--tokenizer %s: %d tokens, more than the model's "
+                     "vocabulary of %d", fr_tokenizer_name(tokenizer),
+                     (int)fr_tokenizer_vocab_size(tokenizer), vocabulary);
     if (rc == FR_OK && (rc = fr_model_load_weights(model, opts->init, err)) != FR_OK)
         fr_error_prefix(err, "--weights: ");
     fr_train_config config;
@@ -101,18 +107,21 @@ int frost_generate(const frost_options *opts, fr_error *err) {
     if (rc == FR_OK)
         rc = fr_trainer_new(model, &config, &trainer, err);
     size_t prompt_len = strlen(opts->prompt);
-    if (rc == FR_OK && prompt_len == 0)
+    fr_token_list prompt = {0};
+    if (rc == FR_OK)
+        rc = fr_tokenizer_encode(tokenizer, opts->prompt, prompt_len, &prompt, "--prompt", err);
+    if (rc == FR_OK && prompt.count == 0)
         rc = fr_fail(err, FR_EINVAL, "--prompt: empty");
     int32_t *context = calloc((size_t)seq, sizeof *context);
     float *logits = malloc(sizeof(float) * (size_t)seq * (size_t)(vocabulary > 0 ? vocabulary : 1));
     double *weights = malloc(sizeof(double) * (size_t)(vocabulary > 0 ? vocabulary : 1));
     if (rc == FR_OK && (!context || !logits || !weights))
         rc = fr_fail(err, FR_ENOMEM, "out of memory");
-    /* The prompt's last `seq` bytes start the context. */
-    const unsigned char *prompt = (const unsigned char *)opts->prompt;
+    /* The prompt's last `seq` tokens start the context. */
     int used = 0;
-    for (size_t i = prompt_len > (size_t)seq ? prompt_len - (size_t)seq : 0; i < prompt_len; i++)
-        context[used++] = prompt[i];
+    for (size_t i = prompt.count > (size_t)seq ? prompt.count - (size_t)seq : 0;
+         context && i < prompt.count; i++)
+        context[used++] = prompt.ids[i];
     uint64_t state = (uint64_t)opts->seed;
     if (rc == FR_OK && fr_comm_rank() == 0)
         fwrite(opts->prompt, 1, prompt_len, stdout);
@@ -127,13 +136,21 @@ int frost_generate(const frost_options *opts, fr_error *err) {
             used--;
         }
         context[used++] = token;
-        if (fr_comm_rank() == 0) {
-            putchar(token);
+        unsigned char *text = NULL;
+        size_t length = 0;
+        /* A sampled id the tokenizer has no text for (the model's vocabulary
+         * may be larger) fails here, naming it. */
+        rc = fr_tokenizer_decode(tokenizer, &context[used - 1], 1, &text, &length, err);
+        if (rc == FR_OK && fr_comm_rank() == 0) {
+            fwrite(text, 1, length, stdout);
             fflush(stdout);
         }
+        free(text);
     }
     if (rc == FR_OK && fr_comm_rank() == 0)
         putchar('\n');
+    fr_token_list_release(&prompt);
+    fr_tokenizer_free(tokenizer);
     free(context);
     free(logits);
     free(weights);

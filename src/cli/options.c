@@ -44,6 +44,7 @@ static const option_spec options[] = {
     {"--tokens", LONG, GENERATE, AT(tokens), 1, 1e6, false},
     {"--temperature", DOUBLE, GENERATE, AT(temperature), 0, 1e6, false},
     {"--top-k", INT, GENERATE, AT(top_k), 0, 1 << 30, false},
+    {"--tokenizer", TEXT, GENERATE, AT(tokenizer), 0, 0, false},
     {"--data", TEXT, TRAIN | EVAL, AT(data), 0, 0, false},
     {"--classes", TEXT, TRAIN | EVAL, AT(classes), 0, 0, false},
     {"--data-layout", LAYOUT, TRAIN | EVAL, AT(data_layout), 0, 0, false},
@@ -410,11 +411,13 @@ void frost_print_usage(const char *command) {
     if (!command || strcmp(command, "generate") == 0)
         printf("usage: frost generate --model FILE|SPEC|config.json --weights W.safetensors\n"
                "         --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-               "         [--threads T]\n"
+               "         [--tokenizer byte|DIR] [--threads T]\n"
                "  Continue TEXT with N tokens (64) sampled from a language model whose input is\n"
-               "  token ids (bytes: vocabulary 256): softmax(logits / T) over the K most likely\n"
+               "  token ids: softmax(logits / T) over the K most likely\n"
                "  (all when 0), seeded; --temperature 0 takes the most likely token.  The\n"
-               "  context is the model's sequence length; a longer one keeps its last tokens.\n");
+               "  context is the model's sequence length; a longer one keeps its last tokens.\n"
+               "  --tokenizer byte (default): each byte a token; DIR: GPT-2's BPE from\n"
+               "  DIR/encoder.json and DIR/vocab.bpe (frost tokenize's).\n");
     if (!command || strcmp(command, "train") == 0)
         printf("usage: frost train --model FILE|SPEC [--data DIR] [--freeze P]... [--unfreeze P]...\n"
                "         [--epochs N] [--steps N] [--batch-size B] [--lr X] [--momentum X]\n"

@@ -74,6 +74,7 @@ typedef struct frost_options {
     long tokens;
     double temperature;
     int top_k;
+    const char *tokenizer; /* "byte" or GPT-2's BPE directory */
     bool help;
 } frost_options;
 

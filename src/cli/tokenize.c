@@ -217,7 +217,7 @@ static bool join_path(char *out, size_t size, const char *dir, const char *name)
     return written >= 0 && (size_t)written < size;
 }
 
-static int load_tokenizer(const char *name, fr_tokenizer **tokenizer, fr_error *err) {
+int frost_load_tokenizer(const char *name, fr_tokenizer **tokenizer, fr_error *err) {
     if (strcmp(name, "byte") == 0)
         return fr_tokenizer_bytes(tokenizer, err);
     if (!is_directory(name))
@@ -609,7 +609,7 @@ int frost_tokenize(int argc, char **argv, fr_error *err) {
     if (stat(opts.out, &info) == 0 && !S_ISDIR(info.st_mode))
         return fr_fail(err, FR_EINVAL, "--out %s: exists and is not a directory", opts.out);
     fr_tokenizer *tokenizer;
-    if ((status = load_tokenizer(opts.tokenizer, &tokenizer, err)) != FR_OK)
+    if ((status = frost_load_tokenizer(opts.tokenizer, &tokenizer, err)) != FR_OK)
         return status;
     token_rows rows = {0};
     status = opts.label_per_file ? make_records(&opts, tokenizer, &rows, err)
