@@ -3,7 +3,7 @@
  * ranks it is started as (mpirun -np N bench/allreduce [options]).
  *
  * For each size it times frost's ring (the communication thread of
- * src/allreduce.c, float32 and bfloat16) and MPI_Allreduce on the same
+ * src/comm/allreduce.c, float32 and bfloat16) and MPI_Allreduce on the same
  * buffer, REPS times after a warm-up, and prints the median with the ideal
  * ring time 2(n-1)/n x bytes / link rate when --link-mbps gives the rate (in
  * megabits per second, as tc writes it), and the latency floor: the median

@@ -2,7 +2,7 @@
  * split over T threads, timed on one core, so the cost of small per-thread batches shows without
  * a many-core machine.
  *
- * For linear(IN, OUT) and rows = B/T per thread (src/layers/linear.c, src/train.c):
+ * For linear(IN, OUT) and rows = B/T per thread (src/layers/linear.c, src/trainer/train.c):
  *   forward       out[rows x OUT] = in[rows x IN] . W^T            (one GEMM per thread)
  *   input grad    din[rows x IN] = dout[rows x OUT] . W             (one GEMM per thread)
  *   weight grad   split by rows (split_weight_grad): a thread owns OUT/T rows of dW and adds

@@ -1,5 +1,5 @@
 #!/bin/sh
-# mpi_allreduce.sh - frost's gradient allreduce (the ring of src/allreduce.c):
+# mpi_allreduce.sh - frost's gradient allreduce (the ring of src/comm/allreduce.c):
 # exact sums and identical bits on 2, 3 and 4 ranks; the bytes it puts on the
 # wire, counted by an independent MPI profiling layer, are exactly what the
 # ring must send (4 x trainable per rank on 2 ranks, 2 x with bf16); bf16

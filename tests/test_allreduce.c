@@ -1,5 +1,5 @@
 /*
- * test_allreduce.c - frost's gradient allreduce (src/allreduce.c) on the
+ * test_allreduce.c - frost's gradient allreduce (src/comm/allreduce.c) on the
  * ranks it is started as: tests/mpi_allreduce.sh runs it with 2, 3 and 4.
  *
  * Sums of small whole numbers are exact in float32 (and in bfloat16 when they

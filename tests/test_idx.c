@@ -1,5 +1,5 @@
 /*
- * test_idx.c - the dataset loader (src/data.c) as a specification: IDX files
+ * test_idx.c - the dataset loader (src/formats/data.c) as a specification: IDX files
  * raw and gzip'd, the dataset directory layout, the --classes filter, and the
  * refusal, with a message naming the file, of every kind of broken input.
  *

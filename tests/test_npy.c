@@ -1,5 +1,5 @@
 /*
- * test_npy.c - NumPy datasets (src/npy.c, src/data.c) as a specification:
+ * test_npy.c - NumPy datasets (src/formats/npy.c, src/formats/data.c) as a specification:
  * the .npy header as numpy.save writes it (versions 1.0, 2.0, 3.0) and the
  * variants a Python dict literal allows, images of every accepted dtype and
  * layout, labels of every integer dtype, the same data as IDX giving the same

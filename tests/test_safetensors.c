@@ -1,5 +1,5 @@
 /*
- * test_safetensors.c - the safetensors reader and writer (src/safetensors.c).
+ * test_safetensors.c - the safetensors reader and writer (src/formats/safetensors.c).
  *
  * Weights and checkpoints are safetensors files that users bring from
  * elsewhere, so besides the round trip this test feeds the reader one corrupt

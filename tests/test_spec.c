@@ -1,5 +1,5 @@
 /*
- * test_spec.c - model descriptions (src/spec.c): the DESIGN.md example, inline
+ * test_spec.c - model descriptions (src/model/spec.c): the DESIGN.md example, inline
  * specs with ';', index names, the implied input, keyword arguments, every
  * kind of mistake reported on the right line, hostile input that must not
  * crash, and fr_model_load on files, missing paths and inline text.  The

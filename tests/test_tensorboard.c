@@ -1,5 +1,5 @@
 /*
- * test_tensorboard.c - TensorBoard event files (src/tensorboard.c).
+ * test_tensorboard.c - TensorBoard event files (src/formats/tensorboard.c).
  *
  * The encoding piece by piece against known values: CRC-32C's published
  * check value and RFC 3720's vectors, TFRecord's mask, protobuf varints;

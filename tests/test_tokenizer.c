@@ -1,6 +1,6 @@
 /*
- * test_tokenizer.c - the tokenizers (src/tokenizer.c) and the .npy writer
- * (src/npy.c) as a specification:
+ * test_tokenizer.c - the tokenizers (src/formats/tokenizer.c) and the .npy writer
+ * (src/formats/npy.c) as a specification:
  *   - bytes: each byte is its id, and back;
  *   - GPT-2's pre-tokenization cuts text where GPT-2's regex does (the
  *     expected pieces are what node's regex engine gives for the same
@@ -16,8 +16,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "tokenizer.h"
-#include "json.h"
+#include "formats/tokenizer.h"
+#include "core/json.h"
 #include "tap.h"
 #include "test_files.h"
 

@@ -2,7 +2,7 @@
 
 Standard library only (there is no TensorFlow or TensorBoard here): CRC-32C
 and the protobuf wire format are implemented below from their specifications,
-not from frost's code (src/tensorboard.c).
+not from frost's code (src/formats/tensorboard.c).
 
     tfevents.py check EVENTS CSV LR START [--eval LOSS ACCURACY_PERCENT]
 

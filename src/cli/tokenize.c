@@ -28,7 +28,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tokenize.h"
 
-#include "tokenizer.h"
+#include "formats/tokenizer.h"
 
 #include <errno.h>
 #include <math.h>

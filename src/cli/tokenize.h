@@ -7,7 +7,7 @@
 #define FROST_CLI_TOKENIZE_H
 
 #include "frost.h"
-#include "tokenizer.h"
+#include "formats/tokenizer.h"
 
 /* argv[1] is "tokenize".  Prints the usage or one summary line; returns
  * FR_OK or fills err (the caller prints it as `frost: ...`). */

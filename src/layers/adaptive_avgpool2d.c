@@ -7,7 +7,7 @@
  * No scratch: backward spreads each output gradient evenly over its window.
  * The windows (kernel 0 in fr_pool_window) and the averaging are kernels.c's.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 /* adaptive_avgpool2d(output_size) */
 enum { OUTPUT_SIZE };

@@ -244,7 +244,7 @@ void fr_attention_backward(const float *qkv, const float *dout, float *dqkv, flo
 
 /* ------------------------------------------------ the layer kind */
 
-#include "../kernels.h"
+#include "kernels.h"
 
 /* attention(num_heads, causal=True): packed q, k, v [T, 3C] -> [T, C]. */
 enum { NUM_HEADS, CAUSAL };

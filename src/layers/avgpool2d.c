@@ -8,7 +8,7 @@
  * the averaging are kernels.c's, shared with maxpool2d and
  * adaptive_avgpool2d.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 /* ----------------------------------------------------- forward */
 

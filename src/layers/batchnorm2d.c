@@ -14,7 +14,7 @@
  * the slab like any other.  In eval mode (evaluation, or a frozen layer) the
  * running statistics normalize and nothing changes.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <string.h>

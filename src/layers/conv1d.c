@@ -6,7 +6,7 @@
  * elements read flat.  Initialised as Hugging Face does: W ~ N(0, 0.02), b = 0.
  * Its weight may be tied (its backward adds into a gradient when asked).
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <limits.h>

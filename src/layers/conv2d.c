@@ -10,7 +10,7 @@
  * gradient's columns, which col2im folds back into the image.  A 1x1 kernel
  * with stride 1 and no padding needs no unrolling: the image already is col.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <limits.h>

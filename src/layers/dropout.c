@@ -8,7 +8,7 @@
  * it, so every layout of ranks and threads drops the same elements.  It is
  * kept in the scratch (one byte per element) for backward.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 #include <string.h>
 

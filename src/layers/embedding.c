@@ -63,7 +63,7 @@ void fr_position_embedding_backward(const float *dout, float *din, float *dtable
 
 /* ------------------------------------------------ the layer kinds */
 
-#include "../kernels.h"
+#include "kernels.h"
 
 /* embedding(num_embeddings, embedding_dim): token ids [T] -> [T, dim]. */
 enum { NUM_EMBEDDINGS, EMBEDDING_DIM };

@@ -4,7 +4,7 @@
  * moves no data: its output aliases its input (ops.alias) and the trainer
  * never calls forward or backward.  Only the shape changes.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 #include <limits.h>
 

@@ -99,7 +99,7 @@ void fr_gelu_backward(const float *in, const float *dout, float *din, size_t cou
 
 /* ------------------------------------------------ the layer kind */
 
-#include "../kernels.h"
+#include "kernels.h"
 
 /* gelu(approximate='none'): erf form, or 'tanh' (GPT-2's gelu_new). */
 enum { APPROXIMATE };

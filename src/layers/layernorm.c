@@ -111,7 +111,7 @@ void fr_layernorm_backward(const float *in, const float *dout, const float *gamm
 
 /* ------------------------------------------------ the layer kind */
 
-#include "../kernels.h"
+#include "kernels.h"
 
 /* layernorm(normalized_shape, eps=1e-5, elementwise_affine=True), over the
  * last dimension: every position's row of [T, C] (or a vector [C]). */

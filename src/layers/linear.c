@@ -12,7 +12,7 @@
  * forward_rows and input_grad_cols compute a block of the output (input)
  * features, for the trainer's splits by features.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <limits.h>

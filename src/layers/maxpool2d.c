@@ -12,7 +12,7 @@
  * The arguments, shape rule and window loop are kernels.c's, shared with the
  * average pools; the common 2x2 window has its own loop.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <stdint.h>

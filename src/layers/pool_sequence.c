@@ -3,7 +3,7 @@
  * [C], the last position's row (mode='last', what GPT2ForSequenceClassification
  * reads for an unpadded row) or the mean over positions (mode='mean').
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 /* pool_sequence(mode='last') */
 enum { MODE };

@@ -3,7 +3,7 @@
  * any shape.  It has no parameters and no scratch: backward reads the mask
  * from its own output, as PyTorch does, so the gradient at exactly 0 is 0.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 /* ----------------------------------------------------- forward */
 

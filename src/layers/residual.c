@@ -8,7 +8,7 @@
  * checked when the block closed.  The trainer forms the sum (ops.join) and in
  * backward hands the join's gradient to both branches unchanged.
  */
-#include "../kernels.h"
+#include "kernels.h"
 
 const fr_layer_ops fr_residual_ops = {
     .kind = "residual",

@@ -406,17 +406,6 @@ void fr_avgpool_backward(const fr_layer *l, fr_pool_window how, const float *dou
 
 /* --------------------------------------------------------- helpers */
 
-void fr_shape_format(fr_shape shape, char *buf, size_t len) {
-    size_t used = 0;
-    if (len == 0)
-        return;
-    buf[0] = '\0';
-    for (int i = 0; i < shape.ndim && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, i ? "x%d" : "%d", shape.d[i]);
-    if (shape.ndim == 0)
-        snprintf(buf, len, "scalar");
-}
-
 int fr_layer_need_image(const fr_layer *l, fr_error *err) {
     if (l->in.ndim == 3)
         return FR_OK;

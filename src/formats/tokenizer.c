@@ -25,7 +25,7 @@
  * is one character that is neither a letter, a number nor a space.
  */
 #include "tokenizer.h"
-#include "json.h"
+#include "core/json.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -961,7 +961,8 @@ int fr_dataset_class_count(const fr_dataset *data) {
     for (size_t i = 0; i < (size_t)data->n * data->target_numel; i++)
         if (data->labels[i] > largest)
             largest = data->labels[i];
-    return largest + 1;
+    /* Label 2^31 - 1 would make 2^31 classes: INT_MAX says "more than any model has". */
+    return largest < INT_MAX ? largest + 1 : INT_MAX;
 }
 
 int fr_dataset_largest_token(const fr_dataset *data) {

@@ -21,7 +21,7 @@
  * examples/gpt2.txt is the same network as model text (with PyTorch's
  * default initialisation of each module instead).
  */
-#include "json.h"
+#include "core/json.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -230,3 +230,16 @@ void fr_text_printf(fr_text *t, const char *format, ...) {
         t->capacity = capacity;
     }
 }
+
+/* ------------------------------------------------------------ shapes */
+
+void fr_shape_format(fr_shape shape, char *buf, size_t len) {
+    size_t used = 0;
+    if (len == 0)
+        return;
+    buf[0] = '\0';
+    for (int i = 0; i < shape.ndim && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, i ? "x%d" : "%d", shape.d[i]);
+    if (shape.ndim == 0)
+        snprintf(buf, len, "scalar");
+}

@@ -37,7 +37,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "json.h"
+#include "core/json.h"
 
 #include <inttypes.h>
 #include <limits.h>
