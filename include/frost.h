@@ -327,8 +327,6 @@ int fr_dataset_targets_per_sample(const fr_dataset *data);
 int fr_dataset_largest_token(const fr_dataset *data);
 /* Bytes the dataset holds in memory (its images as floats and its labels). */
 size_t fr_dataset_bytes(const fr_dataset *data);
-/* Keep only samples whose label is in `spec`: "0-4", "5,6,7,8,9", "0-2,7". */
-int fr_dataset_keep_classes(fr_dataset *data, const char *spec, fr_error *err);
 /*
  * Per-channel normalisation, torchvision's Normalize: x = (x - mean[c]) /
  * std[c] in float32.  `count` pairs: 1 (for every channel) or one per
@@ -403,16 +401,6 @@ typedef struct fr_lr_schedule {
 double fr_lr_at(const fr_lr_schedule *schedule, double base_lr, long step);
 /* FR_EINVAL naming the first value out of range. */
 int fr_lr_schedule_check(const fr_lr_schedule *schedule, fr_error *err);
-/*
- * Parse "constant", "step:STEP_SIZE[:GAMMA]" (gamma 0.1 by default, as
- * StepLR's) or "cosine[:T_MAX[:ETA_MIN]]" (eta_min 0; without T_MAX, t_max is
- * left 0 for the caller to fill in, e.g. with the steps after the warmup).
- * warmup_steps is left as it was.  One clear message per malformed value.
- */
-int fr_lr_schedule_parse(const char *text, fr_lr_schedule *schedule, fr_error *err);
-/* "constant", "StepLR(step_size=10, gamma=0.5)",
- * "warmup 5 steps, then CosineAnnealingLR(T_max=95, eta_min=0)": torch's names. */
-void fr_lr_schedule_format(const fr_lr_schedule *schedule, char *buf, size_t len);
 
 typedef struct fr_train_config {
     fr_optimizer_kind optimizer;
@@ -643,11 +631,6 @@ void fr_comm_finalize(void);
 bool fr_comm_have_mpi(void);
 int fr_comm_rank(void);
 int fr_comm_size(void);
-/* How this rank's communication thread is scheduled, as a line of text:
- * real-time (SCHED_FIFO) where the ranks' communication threads fit the
- * machine's CPUs and the privilege is there, else a raised nice weight,
- * with the reason.  Empty for a single process (there is no thread). */
-void fr_comm_thread_scheduling(char *text, size_t len);
 /*
  * Collective: every rank passes its own status (and message in err).  If any
  * rank failed, every rank returns the status and message of the lowest failing
@@ -660,14 +643,6 @@ int fr_comm_check_same(uint64_t value, const char *what, fr_error *err);
 /* Collective: true on every rank if `flag` is true on any. */
 bool fr_comm_any(bool flag);
 
-/*
- * Collective: ranks compare the model's parameter names and shapes, the frozen
- * set, the optimizer settings, `settings` (the caller's own run settings) and
- * the dataset size; the first that differs is named in the error.
- */
-int fr_comm_check_run(const fr_model *model, const fr_train_config *config,
-                      const double *settings, int setting_count, long dataset_size,
-                      fr_error *err);
 
 /* Collective: every rank takes rank 0's parameter values. */
 int fr_comm_broadcast_model(fr_model *model, fr_error *err);
@@ -762,15 +737,6 @@ void fr_atomic_discard(fr_atomic_file *file);
 
 /* ------------------------------------------------------ thread placement */
 
-/*
- * How many threads this rank should run when nobody said (no --threads, no
- * OMP_NUM_THREADS): the CPUs of its affinity mask (what srun, mpirun or
- * taskset gave it), split evenly between the ranks of its node that have the
- * same mask (mpirun --bind-to none, srun without CPU binding), at least 1.
- * `description` gets where the number comes from, e.g. "the rank's share of
- * CPUs 0-1".  Collective under MPI: every rank calls it.
- */
-int fr_cpu_share(int *cpus, char *description, size_t len, fr_error *err);
 
 /*
  * Pin the trainer's threads, one CPU each, to CPUs this process may run on

@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "internal.h"
+#include "command.h"
 #include "tap.h"
 #include "test_files.h"
 

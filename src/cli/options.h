@@ -8,6 +8,7 @@
 #define FROST_CLI_OPTIONS_H
 
 #include "frost.h"
+#include "command.h"
 #include "schedule.h"
 
 #define FROST_MAX_PATTERNS 64

@@ -6,6 +6,7 @@
 #define FROST_CLI_RUN_H
 
 #include "options.h"
+#include "command.h"
 
 int frost_train(const frost_options *opts, fr_error *err);
 int frost_eval(const frost_options *opts, fr_error *err);

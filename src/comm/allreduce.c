@@ -38,6 +38,7 @@
 #include <mpi.h>
 #define FR_HAVE_MPI_TYPES
 #include "internal.h"
+#include "command.h"
 
 #include <pthread.h>
 #include <sched.h>

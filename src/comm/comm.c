@@ -22,6 +22,7 @@
 #include <mpi.h>
 #define FR_HAVE_MPI_TYPES
 #include "internal.h"
+#include "command.h"
 
 #include <sched.h>
 #include <stdio.h>

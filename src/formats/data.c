@@ -18,6 +18,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "internal.h"
+#include "command.h"
 
 #include <errno.h>
 #include <float.h>

@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE /* sched_getaffinity, sched_setaffinity, CPU_* */
 #include "internal.h"
+#include "command.h"
 
 #include <omp.h>
 #include <sched.h>

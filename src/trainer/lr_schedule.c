@@ -14,6 +14,7 @@
  * the trainer (its plan), not to the model, like the slab offsets.
  */
 #include "trainer.h"
+#include "command.h"
 
 #include <errno.h>
 #include <math.h>

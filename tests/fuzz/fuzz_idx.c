@@ -10,6 +10,7 @@
  *   make fuzz && tests/fuzz/fuzz_idx CORPUS_DIR $(srcdir)/tests/fuzz/corpus/idx
  */
 #include "fuzz_common.h"
+#include "command.h"
 
 #include <stdint.h>
 
