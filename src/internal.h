@@ -630,7 +630,18 @@ void fr_npy_shape_string(const fr_npy *array, char *text, size_t len);
 int fr_npy_write(const char *path, const char *descr, int ndim, const uint64_t *shape,
                  const void *data, fr_error *err);
 
-/* data.c: fr_read_file, then gunzipped when it starts with the gzip magic;
+/* data.c: a dataset of n samples of `shape` (x_dtype) with target_numel
+ * int32 targets each, allocated (`what` names it in messages); a sample's
+ * bytes of input and of targets; what byte pixels p become (p / 255, as a
+ * table); npy_data.c: whether the .npy file at `path` holds token ids. */
+int fr_dataset_alloc(int n, fr_shape shape, fr_dtype x_dtype, int target_numel, const char *what,
+                     fr_dataset **out, fr_error *err);
+size_t fr_dataset_sample_bytes(const fr_dataset *data);
+size_t fr_dataset_target_bytes(const fr_dataset *data);
+void fr_byte_pixel_values(float pixel_value[256]);
+bool fr_npy_holds_tokens(const char *path);
+
+/* gzip.c: fr_read_file, then gunzipped when it starts with the gzip magic;
  * `limit` bounds the decompressed size.  Release *out with fr_free. */
 int fr_read_file_gunzip(const char *path, size_t limit, unsigned char **out,
                         size_t *size, fr_error *err);
