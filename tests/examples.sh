@@ -4,9 +4,10 @@
 # exactly as PyTorch would print it, and confirm that training left the frozen
 # parameters bit-identical and moved the trainable ones; and
 # examples/resnet_finetune.sh and examples/staged_finetune.sh, with a few
-# steps on a small dataset, run to their tables.
+# steps on a small dataset, and examples/text_finetune.sh in its QUICK mode on
+# Debian's fortunes, run to their tables.
 . "$TOP_SRCDIR/tests/common.sh"
-plan 14
+plan 16
 
 # check_example NAME 'EXPECTED REQUIRES_GRAD LINES' 'EXPECTED FINAL LINE'
 check_example() {
@@ -85,5 +86,33 @@ ok $status "staged_finetune.sh exits with status 0 ($ranks rank(s))"
 grep -Eq "^staged: fc, \+layer2.0 after 3, \+all after 6 +9 +330->19706 +[0-9.]+ +$bytes +[0-9.]+%$" \
     "$WORK/staged.out"
 ok $? "staged_finetune.sh prints the staged row, bytes per step by phase '$bytes': $(grep '^staged' "$WORK/staged.out")"
+
+# text_finetune.sh QUICK=1: a GPT of 2 blocks of 32 pretrained on fortunes for
+# 4 steps, the topic classifier three ways and the language model on one topic
+# for 3 steps each: the table's rows (trainable parameters, 4 bytes each per
+# step: the head 32 x 4 + 4; + h.1 and ln_f; everything) and 2b's losses.
+FORTUNES=/usr/share/games/fortunes
+if [ ! -f "$FORTUNES/definitions" ] || [ ! -f "$FORTUNES/startrek" ]; then
+    skip "no fortune files in $FORTUNES (apt-get install fortunes)"
+    skip "no fortune files in $FORTUNES (apt-get install fortunes)"
+elif [ -z "$PYTHON3" ]; then
+    skip "no python3 (text_finetune.sh merges the classifier's initial weights with it)"
+    skip "no python3 (text_finetune.sh merges the classifier's initial weights with it)"
+else
+    FROST="$FROST" FORTUNES="$FORTUNES" PYTHON="$PYTHON3" THREADS=2 QUICK=1 \
+        sh "$TOP_SRCDIR/examples/text_finetune.sh" > "$WORK/text.out" 2> "$WORK/text.err"
+    status=$?
+    [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/text.err"
+    ok $status "text_finetune.sh QUICK=1 exits with status 0 ($(tail -n 1 "$WORK/text.out"))"
+    found=0
+    for row in '^head only +132 +528 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
+        '^h\.1 \+ ln_f \+ head +12900 +51600 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
+        '^everything +34820 +139280 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
+        '^test loss before [0-9.]+, after [0-9.]+ '; do
+        grep -Eq "$row" "$WORK/text.out" && found=$((found + 1))
+    done
+    [ $found -eq 4 ]
+    ok $? "text_finetune.sh prints the three classification rows and the losses before and after: $(grep -E '^(head only|h\.1|everything|test loss before)' "$WORK/text.out" | tr -s ' ' | tr '\n' ';')"
+fi
 
 done_testing
