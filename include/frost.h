@@ -512,6 +512,11 @@ size_t fr_trainer_cache_bytes(const fr_trainer *trainer);
 /* The layer whose outputs the feature cache holds now (the frozen prefix's
  * last), or -1 when it holds none. */
 int fr_trainer_cache_layer(const fr_trainer *trainer);
+/* How many of the dataset's samples the cache holds (the first ones), and in
+ * *wanted / *wanted_bytes (either may be NULL) how many samples and bytes
+ * caching the whole dataset would take (0 when its prefix cannot be cached:
+ * no frozen prefix, a cut inside a residual block, the cache off). */
+int fr_trainer_cache_samples(const fr_trainer *trainer, int *wanted, size_t *wanted_bytes);
 /* Forward only: the model's output for `batch` samples x into out (batch x
  * output numel floats: logits), in evaluation mode; on several ranks each
  * fills the rows fr_trainer_rank_rows gives it. */

@@ -6,7 +6,7 @@
 # bitwise resume, 2 ranks, sequence classification, frost generate, and
 # bad input (each one line naming the file, no output file written).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 27
+plan 28
 WORK=$(mktemp -d /tmp/frost-gpt.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
@@ -75,6 +75,11 @@ for c in cache no-cache; do
 done
 grep -q '^feature cache' "$WORK/cache.txt" && cmp -s "$WORK/cache.st" "$WORK/no-cache.st"
 ok $? "a cached frozen prefix (wte, wpe, h.0) trains to the bits of --no-cache ($(grep '^feature cache' "$WORK/cache.txt" | head -c 90))"
+
+"$FROST" train --model "$CFG" $TRAIN --epochs 2 --freeze wte --freeze wpe --freeze h.0 \
+    --cache-mb 0.2 >"$WORK/small-cache.txt" 2>&1 &&
+    grep -q '^feature cache: 0.2 MB of frozen-prefix outputs for [0-9]* of [0-9]* samples (all would take [0-9.]* MB; --cache-mb raises' "$WORK/small-cache.txt"
+ok $? "a cache budget that holds part of the data says how much and what all would take ($(grep '^feature cache' "$WORK/small-cache.txt" | head -c 120))"
 
 # -- checkpoints: stopped after step 7 and resumed, the same bits
 "$FROST" train --model "$CFG" $TRAIN --steps 15 --save "$WORK/whole.st" >/dev/null 2>&1

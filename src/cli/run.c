@@ -1257,15 +1257,24 @@ int frost_train(const frost_options *options, fr_error *err) {
             printf("best evaluation: step %ld, accuracy %.2f%%%s%s\n", run.best_step,
                    100.0 * run.best_accuracy, opts->save_best ? ", weights in " : "",
                    opts->save_best ? opts->save_best : "");
-        size_t frozen = fr_model_numel(run.model) - fr_model_trainable_numel(run.model);
+        size_t frozen = fr_model_numel(run.model) - fr_model_trainable_numel(run.model),
+               wanted_bytes = 0;
         if (frozen)
             printf("frozen parameters: %zu, unchanged (checksum %016llx)\n", frozen,
                    (unsigned long long)fr_model_frozen_checksum(run.model));
         else
             printf("frozen parameters: 0\n");
-        if (fr_trainer_cache_bytes(run.trainer))
+        int wanted = 0, held = fr_trainer_cache_samples(run.trainer, &wanted, &wanted_bytes);
+        if (held > 0 && held == wanted)
             printf("feature cache: %.1f MB of frozen-prefix outputs\n",
                    fr_trainer_cache_bytes(run.trainer) / 1048576.0);
+        else if (wanted > 0)
+            /* The budget held part of it or none: say so, and what all would take. */
+            printf("feature cache: %.1f MB of frozen-prefix outputs for %d of %d samples (all "
+                   "would take %.1f MB; --cache-mb raises the budget), the rest run the prefix "
+                   "each step\n",
+                   fr_trainer_cache_bytes(run.trainer) / 1048576.0, held, wanted,
+                   wanted_bytes / 1048576.0);
         printf("allreduce: %zu bytes per step, %zu bytes in all; peak memory %.0f MB\n",
                fr_trainer_allreduce_bytes(run.trainer), fr_trainer_bytes_sent(run.trainer),
                peak_rss_mb());

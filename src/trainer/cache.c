@@ -85,6 +85,10 @@ int fr_cache_plan(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
     size_t samples = numel ? c->budget_bytes / (numel * sizeof(float)) : 0;
     if (samples > (size_t)data->n)
         samples = (size_t)data->n;
+    /* What the whole dataset would take, for the caller to say when the
+     * budget holds less. */
+    c->wanted_bytes = moves_data && clean_cut ? (size_t)data->n * numel * sizeof(float) : 0;
+    c->wanted_samples = moves_data && clean_cut ? data->n : 0;
     if (!moves_data || !clean_cut || samples == 0) {
         drop_cache(c);
         return FR_OK;
@@ -108,6 +112,15 @@ int fr_cache_plan(fr_trainer *trainer, const fr_dataset *data, fr_error *err) {
 
 size_t fr_trainer_cache_bytes(const fr_trainer *trainer) {
     return fr_alloc_size(trainer->cache.features);
+}
+
+int fr_trainer_cache_samples(const fr_trainer *trainer, int *wanted, size_t *wanted_bytes) {
+    const feature_cache *c = &trainer->cache;
+    if (wanted)
+        *wanted = c->wanted_samples;
+    if (wanted_bytes)
+        *wanted_bytes = c->wanted_bytes;
+    return c->features && c->data ? c->samples : 0;
 }
 
 int fr_trainer_cache_layer(const fr_trainer *trainer) {

@@ -106,6 +106,10 @@ typedef struct feature_cache {
     size_t numel;         /* floats per sample */
     float *features;
     const fr_dataset *data; /* the dataset the entries belong to; NULL: empty */
+    /* What caching all of the last planned dataset would take (0: its
+     * prefix cannot be cached at all). */
+    int wanted_samples;
+    size_t wanted_bytes;
 } feature_cache;
 
 /* The step's loss totals: summed loss, correct predictions, whether a label
