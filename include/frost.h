@@ -258,6 +258,13 @@ uint64_t fr_param_checksum(const fr_param *param);
 /* Read every parameter from a safetensors file; the first tensor that is
  * missing or has another shape or dtype is named in the error. */
 int fr_model_load_weights(fr_model *model, const char *path, fr_error *err);
+/* The same, but the parameters the `fresh_count` patterns match (globs or
+ * layer names, as fr_model_freeze takes them; each must match) keep the
+ * values they have (a new head's seeded initialisation) and may be missing
+ * from the file, as may their layers' buffers: PyTorch's
+ * load_state_dict(strict=False) for the layers a fine-tune adds. */
+int fr_model_load_weights_except(fr_model *model, const char *path, const char *const *fresh,
+                                 int fresh_count, fr_error *err);
 /* Write all parameters (atomically: temporary file, fsync, rename). */
 int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err);
 

@@ -6,7 +6,7 @@
 # bitwise resume, 2 ranks, sequence classification, frost generate, and
 # bad input (each one line naming the file, no output file written).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 28
+plan 30
 WORK=$(mktemp -d /tmp/frost-gpt.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
@@ -117,6 +117,18 @@ $TOKENS "$WORK/cls" "$WORK/text" 16 --labels 3 --test-rows 24 --dtype u2
     --data "$WORK/cls" --optimizer adam --lr 1e-3 --batch-size 16 --steps 10 >"$WORK/cls.txt" 2>&1 &&
     grep -q '^test: loss [0-9.]* accuracy' "$WORK/cls.txt"
 ok $? "sequence classification (uint16 token rows, a class each, mean over positions) trains and evaluates"
+
+# -- a pretrained trunk with a new head: --init-new leaves the head to the seeded init
+CLSMODEL="$(sed -e '/^lm_head/d' -e '/^tie/d' "$WORK/gpt.txt"); pool_sequence(mode='last'); head = linear(32, 3)"
+"$FROST" train --model "$CLSMODEL" --data "$WORK/cls" --init "$WORK/w.st" --steps 3 \
+    --save "$WORK/out.st" >"$WORK/strict.txt" 2>&1
+[ $? -ne 0 ] && [ ! -e "$WORK/out.st" ] && grep -q "no tensor 'head.weight' for the model" "$WORK/strict.txt"
+ok $? "--init refuses a file without the model's new head ($(grep frost: "$WORK/strict.txt"))"
+"$FROST" train --model "$CLSMODEL" --data "$WORK/cls" --init "$WORK/w.st" --init-new head \
+    --freeze wte --freeze wpe --freeze 'h.*' --freeze ln_f --steps 5 --save "$WORK/cls.st" \
+    >"$WORK/init-new.txt" 2>&1 &&
+    grep -q '^frozen parameters: [0-9]*, unchanged' "$WORK/init-new.txt"
+ok $? "--init-new head loads the pretrained trunk and trains a fresh head on it"
 
 # -- frost generate
 "$FROST" generate --model "$CFG" --weights "$WORK/w.st" --prompt "frost is " --tokens 20 \

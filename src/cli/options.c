@@ -20,7 +20,7 @@
 
 enum value_kind {
     FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE, SCHEDULE,
-    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE
+    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE, FRESH
 };
 
 /* Which commands take a flag. */
@@ -66,6 +66,7 @@ static const option_spec options[] = {
     {"--seed", LONG, TRAIN | GENERATE, AT(seed), 0, 9e15, false},
     {"--no-shuffle", FLAG, TRAIN, AT(shuffle), 0, 0, false},
     {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false},
+    {"--init-new", FRESH, TRAIN, 0, 0, 0, false},
     {"--save", TEXT, TRAIN, AT(save), 0, 0, false},
     {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false},
     {"--tensorboard", TEXT, TRAIN, AT(tensorboard), 0, 0, false},
@@ -239,6 +240,11 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
             return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
         opts->rules[opts->rule_count++] = (freeze_rule){value, o->freeze};
         return FR_OK;
+    case FRESH:
+        if (opts->init_new_count == FROST_MAX_PATTERNS)
+            return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
+        opts->init_new[opts->init_new_count++] = value;
+        return FR_OK;
     case SCHEDULE:
         if (opts->schedule_count == FROST_MAX_PATTERNS)
             return fr_fail(err, FR_EINVAL, "%s: more than %d points", o->name, FROST_MAX_PATTERNS);
@@ -391,6 +397,9 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return fr_fail(err, FR_EINVAL, "'frost generate' needs --prompt TEXT");
     if (opts->checkpoint_every && !opts->checkpoint)
         return fr_fail(err, FR_EINVAL, "--checkpoint-every needs --checkpoint FILE");
+    if (opts->init_new_count && !opts->init)
+        return fr_fail(err, FR_EINVAL, "--init-new needs --init WEIGHTS.safetensors (the file the "
+                       "other parameters come from)");
     if (opts->resume && opts->init)
         return fr_fail(err, FR_EINVAL, "--resume and --init both give starting weights; use one");
     if (opts->resume_if_exists && !opts->checkpoint)
@@ -423,7 +432,7 @@ void frost_print_usage(const char *command) {
                "         [--epochs N] [--steps N] [--batch-size B] [--lr X] [--momentum X]\n"
                "         [--nesterov] [--weight-decay X] [--optimizer sgd|adam|adamw] [--threads T]\n"
                "         [--seed N] [--no-shuffle] [--classes 0-4] [--data-layout nchw|nhwc]\n"
-               "         [--normalize MEAN,STD[;MEAN,STD...]] [--init W.safetensors]\n"
+               "         [--normalize MEAN,STD[;MEAN,STD...]] [--init W.safetensors] [--init-new P]...\n"
                "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
                "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
                "         [--resume-if-exists] [--stop-signal NAME] [--allow-freeze-change]\n"

@@ -45,6 +45,8 @@ typedef struct frost_options {
     long seed;
     bool shuffle;
     const char *init;
+    const char *init_new[FROST_MAX_PATTERNS]; /* --init-new: parameters --init leaves fresh */
+    int init_new_count;
     const char *save;
     const char *metrics;
     const char *tensorboard; /* directory of TensorBoard event files */

@@ -233,7 +233,15 @@ static int initialise_weights(const frost_options *opts, fr_model *model, bool t
                               fr_error *err) {
     int rc;
     if (opts->init) {
-        rc = fr_comm_agree(fr_model_load_weights(model, opts->init, err), err);
+        /* Layers the file lacks (--init-new) start from the seeded
+         * initialisation, the same on every rank. */
+        rc = opts->init_new_count ? fr_model_init(model, (uint64_t)opts->seed, err) : FR_OK;
+        if (rc == FR_OK)
+            rc = fr_model_load_weights_except(model, opts->init, opts->init_new,
+                                              opts->init_new_count, err);
+        if (rc == FR_ENOMATCH)
+            fr_error_prefix(err, "--init-new ");
+        rc = fr_comm_agree(rc, err);
         if (rc == FR_OK)
             rc = fr_comm_check_same(fr_model_checksum(model), "the --init weights", err);
         /* Evaluating, NaN or Inf weights would only give a NaN loss: say

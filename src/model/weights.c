@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define SHAPE_TEXT_LEN 128
@@ -113,11 +114,29 @@ static bool is_buffer(const fr_model *model, const char *name) {
     return false;
 }
 
+/* Whether buffer b belongs to a layer whose parameters all start fresh. */
+static bool fresh_buffer(const fr_model *model, const fr_buffer *b, const bool *fresh) {
+    const fr_layer *l = &model->layers[b->layer];
+    bool any = false;
+    for (int k = 0; fresh && k < FR_LAYER_PARAMS_MAX; k++) {
+        if (l->params[k] < 0)
+            continue;
+        if (!fresh[l->params[k]])
+            return false;
+        any = true;
+    }
+    return any;
+}
+
+/* The file must hold every parameter and buffer of the model but the fresh
+ * ones (`fresh`, per parameter; NULL: none), and nothing else. */
 static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
-                                 const char *path, fr_error *err) {
+                                 const char *path, const bool *fresh, fr_error *err) {
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *param = &model->params[i];
         const fr_st_tensor *tensor = find_tensor(file, param->name);
+        if (fresh && fresh[i])
+            continue;
         if (!tensor)
             return fr_fail(err, FR_EFORMAT, "%s: no tensor '%s' for the model", path, param->name);
         if (tensor->i64)
@@ -132,6 +151,8 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
         }
     }
     for (int i = 0; i < model->buffer_count; i++) {
+        if (fresh_buffer(model, &model->buffers[i], fresh))
+            continue;
         int rc = check_buffer(&model->buffers[i], file, path, err);
         if (rc != FR_OK)
             return rc;
@@ -149,25 +170,34 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
     return FR_OK;
 }
 
-int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err) {
+/* Copy what the file holds for the model, but the fresh parameters and their
+ * layers' buffers, once everything has been checked. */
+static int copy_weights(fr_model *model, const fr_st_file *file, const bool *fresh,
+                        fr_error *err) {
     int status = fr_model_ensure_arena(model, err);
     if (status == FR_OK)
-        status = check_file_fits_model(model, file, file->path, err);
+        status = check_file_fits_model(model, file, file->path, fresh, err);
     if (status != FR_OK)
         return status;
     for (int i = 0; i < model->param_count; i++) {
         fr_param *param = &model->params[i];
         const fr_st_tensor *tensor = find_tensor(file, param->name);
-        if (param->numel)
+        if (param->numel && !(fresh && fresh[i]))
             memcpy(param->data, tensor->data, param->numel * sizeof(float));
     }
     for (int i = 0; i < model->buffer_count; i++) {
         fr_buffer *b = &model->buffers[i];
+        if (fresh_buffer(model, b, fresh))
+            continue;
         const fr_st_tensor *tensor = fr_st_find(file, b->name);
         memcpy(b->data, b->i64 ? tensor->data_i64 : (const void *)tensor->data,
                b->numel * (b->i64 ? sizeof(int64_t) : sizeof(float)));
     }
     return FR_OK;
+}
+
+int fr_model_copy_weights(fr_model *model, const fr_st_file *file, fr_error *err) {
+    return copy_weights(model, file, NULL, err);
 }
 
 int fr_model_buffer_tensors(const fr_model *model, fr_st_out *tensors, int count) {
@@ -180,12 +210,33 @@ int fr_model_buffer_tensors(const fr_model *model, fr_st_out *tensors, int count
 }
 
 int fr_model_load_weights(fr_model *model, const char *path, fr_error *err) {
-    fr_st_file *file;
-    int status = fr_st_read(path, &file, err);
-    if (status != FR_OK)
-        return status;
-    status = fr_model_copy_weights(model, file, err);
+    return fr_model_load_weights_except(model, path, NULL, 0, err);
+}
+
+int fr_model_load_weights_except(fr_model *model, const char *path, const char *const *fresh,
+                                 int fresh_count, fr_error *err) {
+    bool *keep_fresh = NULL, *hits = NULL;
+    int status = FR_OK;
+    if (fresh_count > 0) {
+        keep_fresh = calloc((size_t)model->param_count + 1, sizeof *keep_fresh);
+        hits = calloc((size_t)model->param_count + 1, sizeof *hits);
+        if (!keep_fresh || !hits)
+            status = fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+    }
+    /* Every pattern must name a parameter, as --freeze's must. */
+    for (int k = 0; status == FR_OK && k < fresh_count; k++) {
+        status = fr_model_match(model, fresh[k], hits, err);
+        for (int i = 0; status == FR_OK && i < model->param_count; i++)
+            keep_fresh[i] = keep_fresh[i] || hits[i];
+    }
+    fr_st_file *file = NULL;
+    if (status == FR_OK)
+        status = fr_st_read(path, &file, err);
+    if (status == FR_OK)
+        status = copy_weights(model, file, keep_fresh, err);
     fr_st_free(file);
+    free(keep_fresh);
+    free(hits);
     return status;
 }
 
