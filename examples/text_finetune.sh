@@ -31,12 +31,9 @@
 # instead of ln 256 = 5.5.  The classifier is a model text: the same trunk
 # under the same names, then pool_sequence and the head.
 #
-# frost train --init needs every parameter of the model in the file, and the
-# pretrained file has no head.  So the classifier's starting weights are made
-# by hand: a run with --lr 0 saves the classifier's seeded initial weights,
-# and a few lines of Python (standard library only) take every tensor the
-# pretrained file has from it and the rest (head.weight, head.bias) from those.
-# In PyTorch that is model.load_state_dict(pretrained, strict=False).
+# The pretrained file has no head: `--init pre.safetensors --init-new head`
+# takes every other parameter from it and leaves the head at its seeded
+# initialisation (PyTorch's model.load_state_dict(pretrained, strict=False)).
 #
 # Usage: sh examples/text_finetune.sh [NAME=VALUE]...  (or set them in the environment)
 #   FROST           the frost binary (default: src/frost of this tree, else frost on PATH)
@@ -57,7 +54,6 @@
 #   PROMPT          the start of 2b's samples (default 'The ')
 #   TOKENS          bytes each sample adds (default 200)
 #   THREADS         threads of each run (default OMP_NUM_THREADS, else 2)
-#   PYTHON          a Python 3 for the weights merge (default python3)
 #   QUICK           1: a tiny model and a few steps each, to check the script (well under a minute)
 #   OUT             directory for data, weights and logs (default: a temporary one, removed)
 set -eu
@@ -67,7 +63,7 @@ for arg in "$@"; do
     FROST=* | FORTUNES=* | PRETRAIN_TOPICS=* | CLASS_TOPICS=* | LM_TOPIC=* | LAYERS=* | \
         WIDTH=* | HEADS=* | SEQ=* | CLASS_SEQ=* | PRETRAIN_STEPS=* | CLASS_STEPS=* | \
         LM_STEPS=* | BATCH=* | LR=* | CLASS_LR=* | LM_LR=* | PROMPT=* | TOKENS=* | \
-        THREADS=* | PYTHON=* | QUICK=* | OUT=*)
+        THREADS=* | QUICK=* | OUT=*)
         export "${arg%%=*}=${arg#*=}"
         ;;
     *)
@@ -112,7 +108,6 @@ LM_LR=${LM_LR:-3e-3}
 PROMPT=${PROMPT:-The }
 TOKENS=${TOKENS:-200}
 THREADS=${THREADS:-${OMP_NUM_THREADS:-2}}
-PYTHON=${PYTHON:-python3}
 
 # Every topic named must be a fortune file.
 topic_files() { # topic_files TOPIC...: the files, or a message and exit 2
@@ -211,63 +206,16 @@ run pretrain train --model "$GPT" --data "$tmp/lm" $adamw --lr "$LR" --steps "$P
 } > "$tmp/classifier.txt"
 CLASSIFIER="$tmp/classifier.txt"
 
-# Its starting weights: the seeded initial ones (a run with --lr 0), with
-# every tensor the pretrained file has taken from there.
-echo "== classifier init: frost train --model classifier.txt --steps 1 --lr 0, merged with pre.safetensors"
-run classifier-fresh train --model "$CLASSIFIER" --data "$tmp/classes" --steps 1 --lr 0 \
-    --batch-size "$BATCH" --threads "$THREADS" --seed 1 --save "$tmp/classifier-fresh.safetensors"
-if ! "$PYTHON" - "$tmp/classifier-fresh.safetensors" "$tmp/pre.safetensors" \
-    "$tmp/classifier-init.safetensors" << 'PY'; then
-# merge FRESH PRETRAINED OUT: FRESH's tensors, each taken from PRETRAINED where
-# it has one of that name (same dtype and shape), into OUT (safetensors).
-import json, struct, sys
-
-def read(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (size,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + size])
-    header.pop("__metadata__", None)
-    data = blob[8 + size:]
-    return {name: (t["dtype"], t["shape"], data[t["data_offsets"][0]:t["data_offsets"][1]])
-            for name, t in header.items()}
-
-fresh, pretrained = read(sys.argv[1]), read(sys.argv[2])
-header, chunks, offset, kept = {"__metadata__": {"format": "pt"}}, [], 0, []
-for name, (dtype, shape, data) in fresh.items():
-    if name in pretrained:
-        if pretrained[name][:2] != (dtype, shape):
-            sys.exit("%s: %s is %s %s there, %s %s in the classifier"
-                     % (sys.argv[2], name, *pretrained[name][:2], dtype, shape))
-        data = pretrained[name][2]
-    else:
-        kept.append(name)
-    header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
-    chunks.append(data)
-    offset += len(data)
-unused = sorted(set(pretrained) - set(fresh))
-text = json.dumps(header, separators=(",", ":")).encode()
-text += b" " * (-len(text) % 8)
-with open(sys.argv[3], "wb") as f:
-    f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
-print("   %d tensors from %s; fresh: %s; not used: %s"
-      % (len(fresh) - len(kept), sys.argv[2].rsplit("/", 1)[-1], ", ".join(kept) or "none",
-         ", ".join(unused) or "none"))
-PY
-    echo "text_finetune.sh: merging the classifier's initial weights failed" >&2
-    exit 1
-fi
-
 last=h.$((LAYERS - 1))
 classify() {
     name=$1
     shift
-    echo "== $name: frost train --model classifier.txt --init classifier-init.safetensors --steps $CLASS_STEPS --lr $CLASS_LR $*"
+    echo "== $name: frost train --model classifier.txt --init pre.safetensors --init-new head --steps $CLASS_STEPS --lr $CLASS_LR $*"
     t0=$(date +%s)
     # shellcheck disable=SC2046,SC2086
     run "$name" train --model "$CLASSIFIER" --data "$tmp/classes" $adamw --lr "$CLASS_LR" \
         --steps "$CLASS_STEPS" $(schedule "$CLASS_STEPS") --log-every "$CLASS_STEPS" \
-        --init "$tmp/classifier-init.safetensors" "$@"
+        --init "$tmp/pre.safetensors" --init-new head --seed 1 "$@"
     echo $(($(date +%s) - t0)) > "$tmp/$name.wall"
 }
 classify head --freeze '*' --unfreeze head

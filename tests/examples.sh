@@ -95,11 +95,8 @@ FORTUNES=/usr/share/games/fortunes
 if [ ! -f "$FORTUNES/definitions" ] || [ ! -f "$FORTUNES/startrek" ]; then
     skip "no fortune files in $FORTUNES (apt-get install fortunes)"
     skip "no fortune files in $FORTUNES (apt-get install fortunes)"
-elif [ -z "$PYTHON3" ]; then
-    skip "no python3 (text_finetune.sh merges the classifier's initial weights with it)"
-    skip "no python3 (text_finetune.sh merges the classifier's initial weights with it)"
 else
-    FROST="$FROST" FORTUNES="$FORTUNES" PYTHON="$PYTHON3" THREADS=2 QUICK=1 \
+    FROST="$FROST" FORTUNES="$FORTUNES" THREADS=2 QUICK=1 \
         sh "$TOP_SRCDIR/examples/text_finetune.sh" > "$WORK/text.out" 2> "$WORK/text.err"
     status=$?
     [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/text.err"
