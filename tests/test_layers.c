@@ -706,7 +706,7 @@ static void test_shapes(void) {
            "conv2d with a 1x1 kernel, stride 1, no padding needs no scratch");
 
     /* Rejections. */
-    fr_layer fc = layer_of(&fr_linear_ops, "fc1", fr_shape_chw(32, 13, 13), (const int[]){9216, 128});
+    fr_layer fc = layer_of(&fr_linear_ops, "fc1", fr_shape_chw(32, 13, 13), (const int[]){9216, 128, 1});
     tap_ok(shape_error(fc, &err) == FR_ESHAPE && err.status == FR_ESHAPE &&
                strcmp(err.msg, "fc1: linear(9216, 128) expects 9216 input features, "
                                "got 32x13x13 = 5408") == 0,
