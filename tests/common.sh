@@ -61,3 +61,19 @@ layout_fixture() {
 npy_header_bytes() { echo $((10 + $(od -An -t u2 -j 8 -N 2 "$1" | tr -d ' '))); }
 npy_dict() { head -c "$(npy_header_bytes "$1")" "$1" | tail -c +11 | tr -d '\n' | sed 's/ *$//'; }
 npy_ids() { od -An -v -t "$2" -j "$(npy_header_bytes "$1")" "$1" | tr -s ' ' '\n' | sed '/^$/d'; }
+
+# PY: a Python with torch and numpy (Debian's python3-torch is /usr/bin/python3's,
+# tried first, then $PYTHON3); without one every one of the $CHECKS checks is
+# skipped and the test ends.
+torch_python_or_skip_all() {
+    PY=
+    for candidate in /usr/bin/python3 "$PYTHON3"; do
+        if [ -n "$candidate" ] && "$candidate" -c 'import torch, numpy' >/dev/null 2>&1; then
+            PY=$candidate
+            return 0
+        fi
+    done
+    i=0
+    while [ $i -lt "$CHECKS" ]; do skip "torch or numpy not installed"; i=$((i + 1)); done
+    done_testing
+}

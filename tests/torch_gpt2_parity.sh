@@ -13,18 +13,7 @@ CHECKS=9
 plan $CHECKS
 TOOL="$TOP_SRCDIR/tests/torch_gpt2.py"
 DRIVER="$(dirname "$FROST")/../tests/gpt2_train"
-PY=
-for candidate in /usr/bin/python3 "$PYTHON3"; do
-    if [ -n "$candidate" ] && "$candidate" -c 'import torch, numpy' >/dev/null 2>&1; then
-        PY=$candidate
-        break
-    fi
-done
-if [ -z "$PY" ]; then
-    i=0
-    while [ $i -lt $CHECKS ]; do skip "torch or numpy not installed"; i=$((i + 1)); done
-    done_testing
-fi
+torch_python_or_skip_all
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
 WORK=$(mktemp -d /tmp/frost-gpt2.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

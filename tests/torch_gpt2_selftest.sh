@@ -21,18 +21,7 @@ CHECKS=17
 plan $CHECKS
 TOOL="$TOP_SRCDIR/tests/torch_gpt2.py"
 
-PY=
-for candidate in /usr/bin/python3 "$PYTHON3"; do
-    if [ -n "$candidate" ] && "$candidate" -c 'import torch, numpy' >/dev/null 2>&1; then
-        PY=$candidate
-        break
-    fi
-done
-if [ -z "$PY" ]; then
-    i=0
-    while [ $i -lt $CHECKS ]; do skip "torch or numpy not installed"; i=$((i + 1)); done
-    done_testing
-fi
+torch_python_or_skip_all
 diag "PyTorch $("$PY" -c 'import torch; print(torch.__version__)' 2>&1) under $PY"
 
 L=2 C=64 H=4 P=32 V=256 T=16 B=4 ROWS=38 STEPS=20
