@@ -1,5 +1,5 @@
 /*
- * freeze_api.c - README.md's "In C", whole: a model from its text, weights
+ * freeze_api.c - README.md's "The same in C", whole: a model from its text, weights
  * from a safetensors file, the three ways of freezing, a few training steps
  * and the weights written back.  It is built against the installed library,
  * as any program outside frost's tree would be:
