@@ -9,7 +9,7 @@
 # (short, nothing dated but its results stamp, links that resolve, its C
 # calls made by examples/freeze_api.c, the two commands of its quick start).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 39
+plan 40
 
 MAN="$TOP_SRCDIR/man"
 COMMANDS="train eval inspect generate tokenize"
@@ -227,6 +227,12 @@ for file in README.md bench/README.md doc/*.md; do
 done
 [ -z "$broken" ]
 ok $? "every relative link of README.md, bench/README.md and doc/ resolves${broken:+; broken:$broken}"
+# What README.md shows frost inspect printing is what it prints.
+awk '/^\$ frost inspect/ { keep = 1; sub(/^\$ frost /, ""); print > (dir "/readme-command"); next }
+     keep && /^```/ { exit } keep { print > (dir "/readme-inspect") }' dir="$WORK" "$README"
+(cd "$TOP_SRCDIR" && eval "quick $(cat "$WORK/readme-command")") > "$WORK/inspect-now" 2>&1
+[ -s "$WORK/readme-inspect" ] && cmp -s "$WORK/readme-inspect" "$WORK/inspect-now"
+ok $? "README.md's frost inspect output is what '$(cat "$WORK/readme-command")' prints"
 # The C of the README: every fr_ call it shows is made, so checked by the
 # compiler, in the example tests/install.sh builds against the installed library.
 awk '/^```c/ { keep = 1; next } /^```/ { keep = 0 } keep' "$README" |
