@@ -1,7 +1,7 @@
 #!/bin/sh
 # errors.sh - every kind of bad input, as a table: one row per kind.
 #
-# Each row runs frost once and checks what README.md's "Exit status" promises:
+# Each row runs frost once and checks what frost(1)'s EXIT STATUS promises:
 #   - exit status 1 (not 0, not a crash: >= 128, not a hang: `timeout` kills it),
 #   - exactly one line on stderr, `frost: ...`, matching the row's pattern
 #     (which names the file, where there is one, and the problem),

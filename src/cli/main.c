@@ -1,20 +1,89 @@
 /*
  * main.c - the frost command: parse the flags, start the communicator, run
- * one of train / eval / inspect, and turn a failure into one `frost: ...`
- * line (from rank 0 only) and a non-zero exit status.  `frost tokenize`
- * only reads and writes files: it runs before any communicator starts.
+ * one of train / eval / inspect / generate, and turn a failure into one
+ * `frost: ...` line (from rank 0 only) and a non-zero exit status.
+ * `frost tokenize`, `frost help` and `frost --version` only read and write
+ * files or print: they run before any communicator starts.
  */
+#define _POSIX_C_SOURCE 200809L
+#include "config.h"
 #include "run.h"
 #include "tokenize.h"
 
+#include <cblas.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+#ifdef HAVE_MPI
+#include <mpi.h> /* the version macros only: src/comm.c is frost's MPI */
+#endif
 
 #define FROST_EXIT_INTERRUPTED 75
+
+/* GNU's --version: the name and version first, then what this build has. */
+static void print_version(void) {
+    printf("frost %s\n", PACKAGE_VERSION);
+#if defined(HAVE_MPI) && defined(OMPI_MAJOR_VERSION)
+    printf("MPI: Open MPI %d.%d.%d (MPI %d.%d)\n", OMPI_MAJOR_VERSION, OMPI_MINOR_VERSION,
+           OMPI_RELEASE_VERSION, MPI_VERSION, MPI_SUBVERSION);
+#elif defined(HAVE_MPI)
+    printf("MPI: MPI %d.%d\n", MPI_VERSION, MPI_SUBVERSION);
+#else
+    printf("MPI: none (configured --without-mpi: one process)\n");
+#endif
+#ifdef _OPENMP
+    const char *openmp = _OPENMP >= 202011 ? "5.1" : _OPENMP >= 201811 ? "5.0"
+                       : _OPENMP >= 201511 ? "4.5" : _OPENMP >= 201307 ? "4.0" : "3.x";
+    printf("OpenMP: %s (_OPENMP %d)\n", openmp, _OPENMP);
+#endif
+    printf("BLAS: %s\n", openblas_get_config());
+    printf("zlib: %s\n", zlibVersion());
+}
+
+/* `frost help --man TOPIC` and `frost help model`: the manual's page. */
+static int show_man(const char *topic) {
+    char page[64];
+    snprintf(page, sizeof page, "frost%s%s", topic ? "-" : "", topic ? topic : "");
+    fflush(stdout);
+    if (topic && strcmp(topic, "model") == 0)
+        execlp("man", "man", "5", page, (char *)NULL);
+    else
+        execlp("man", "man", page, (char *)NULL);
+    fprintf(stderr, "frost: cannot run man (%s); the page is man/%s.%s in frost's source\n",
+            strerror(errno), page, topic && strcmp(topic, "model") == 0 ? "5" : "1");
+    return 1;
+}
+
+/* frost help [--man] [COMMAND|model]: argv[1] is "help", "--help" or "-h". */
+static int help(int argc, char **argv) {
+    int i = 2;
+    bool man = i < argc && (strcmp(argv[i], "--man") == 0 || strcmp(argv[i], "-m") == 0);
+    i += man;
+    const char *topic = i < argc && strcmp(argv[i], "help") != 0 ? argv[i] : NULL;
+    if (topic && strcmp(topic, "model") != 0 && !frost_is_command(topic)) {
+        char suggestion[96];
+        fprintf(stderr, "frost: no help on '%s'%s (frost help lists the commands)\n", topic,
+                frost_command_suggestion(topic, suggestion, sizeof suggestion));
+        return 1;
+    }
+    if (man || (topic && strcmp(topic, "model") == 0))
+        return show_man(topic);
+    frost_print_usage(topic);
+    return 0;
+}
 
 int main(int argc, char **argv) {
     fr_error err = {0};
     frost_options opts;
+    if (argc > 1 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
+        print_version();
+        return 0;
+    }
+    if (argc > 1 && (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+                     strcmp(argv[1], "-h") == 0))
+        return help(argc, argv);
     if (argc > 1 && strcmp(argv[1], "tokenize") == 0) {
         int status = frost_tokenize(argc, argv, &err);
         if (status != FR_OK) {

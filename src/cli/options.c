@@ -33,64 +33,124 @@ typedef struct option_spec {
     size_t offset;  /* into frost_options */
     double min, max;
     bool freeze;    /* for RULE and SCHEDULE */
+    /* For `frost COMMAND --help` (and so `frost help COMMAND`): what the value
+     * looks like (NULL for a flag without one) and one line saying what the
+     * flag does, with its default.  man/frost-COMMAND.1 holds the full text;
+     * tests/docs.sh checks that the two list the same flags. */
+    const char *value;
+    const char *help;
 } option_spec;
 
 #define AT(field) offsetof(frost_options, field)
 
 static const option_spec options[] = {
-    {"--model", TEXT, TRAIN | EVAL | INSPECT | GENERATE, AT(model), 0, 0, false},
-    {"--weights", TEXT, GENERATE, AT(init), 0, 0, false},
-    {"--prompt", TEXT, GENERATE, AT(prompt), 0, 0, false},
-    {"--tokens", LONG, GENERATE, AT(tokens), 1, 1e6, false},
-    {"--temperature", DOUBLE, GENERATE, AT(temperature), 0, 1e6, false},
-    {"--top-k", INT, GENERATE, AT(top_k), 0, 1 << 30, false},
-    {"--tokenizer", TEXT, GENERATE, AT(tokenizer), 0, 0, false},
-    {"--data", TEXT, TRAIN | EVAL, AT(data), 0, 0, false},
-    {"--classes", TEXT, TRAIN | EVAL, AT(classes), 0, 0, false},
-    {"--data-layout", LAYOUT, TRAIN | EVAL, AT(data_layout), 0, 0, false},
-    {"--normalize", NORMALIZE, TRAIN | EVAL, AT(normalize), 0, 0, false},
-    {"--freeze", RULE, TRAIN | INSPECT, 0, 0, 0, true},
-    {"--unfreeze", RULE, TRAIN | INSPECT, 0, 0, 0, false},
-    {"--unfreeze-at", SCHEDULE, TRAIN, 0, 0, 0, false},
-    {"--freeze-at", SCHEDULE, TRAIN, 0, 0, 0, true},
-    {"--epochs", LONG, TRAIN, AT(epochs), 1, 1e9, false},
-    {"--steps", LONG, TRAIN, AT(steps), 1, 1e12, false},
-    {"--batch-size", INT, TRAIN | EVAL, AT(batch_size), 1, 1 << 20, false},
-    {"--lr", DOUBLE, TRAIN, AT(train.lr), 0, 1e6, false},
-    {"--momentum", DOUBLE, TRAIN, AT(train.momentum), 0, 1e3, false},
-    {"--weight-decay", DOUBLE, TRAIN, AT(train.weight_decay), 0, 1e6, false},
-    {"--nesterov", FLAG, TRAIN, AT(train.nesterov), 0, 0, false},
-    {"--optimizer", OPTIMIZER, TRAIN, AT(train.optimizer), 0, 0, false},
-    {"--threads", INT, TRAIN | EVAL | GENERATE, AT(train.threads), 1, 1024, false},
-    {"--no-pin", FLAG, TRAIN | EVAL, AT(no_pin), 0, 0, false},
-    {"--seed", LONG, TRAIN | GENERATE, AT(seed), 0, 9e15, false},
-    {"--no-shuffle", FLAG, TRAIN, AT(shuffle), 0, 0, false},
-    {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false},
-    {"--init-new", FRESH, TRAIN, 0, 0, 0, false},
-    {"--save", TEXT, TRAIN, AT(save), 0, 0, false},
-    {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false},
-    {"--tensorboard", TEXT, TRAIN, AT(tensorboard), 0, 0, false},
-    {"--log-every", LONG, TRAIN, AT(log_every), 1, 1e12, false},
-    {"--eval-every", INTERVAL, TRAIN, AT(eval_every), 0, 0, false},
-    {"--val-split", DOUBLE, TRAIN, AT(val_split), 0, 1, false},
-    {"--save-best", TEXT, TRAIN, AT(save_best), 0, 0, false},
-    {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false},
-    {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false},
-    {"--resume", TEXT, TRAIN, AT(resume), 0, 0, false},
-    {"--resume-if-exists", FLAG, TRAIN, AT(resume_if_exists), 0, 0, false},
-    {"--stop-signal", SIGNAL, TRAIN, AT(stop_signal), 0, 0, false},
-    {"--allow-freeze-change", FLAG, TRAIN, AT(allow_freeze_change), 0, 0, false},
-    {"--bucket-mb", DOUBLE, TRAIN, AT(train.bucket_mb), 0.001, 1e6, false},
-    {"--cache-mb", DOUBLE, TRAIN, AT(train.cache_mb), 0, 1e9, false},
-    {"--no-cache", FLAG, TRAIN, AT(no_cache), 0, 0, false},
-    {"--grad-dtype", GRAD_DTYPE, TRAIN, 0, 0, 0, false},
-    {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false},
-    {"--trace", TEXT, TRAIN, AT(trace), 0, 0, false},
-    {"--lr-schedule", LR_SCHEDULE, TRAIN, AT(train.lr_schedule), 0, 0, false},
-    {"--warmup-steps", LONG, TRAIN, AT(train.lr_schedule.warmup_steps), 0, 1e12, false},
-    {"--lr-for", LR_RULE, TRAIN, 0, 0, 0, false},
-    {"--clip-grad-norm", POSITIVE, TRAIN, AT(train.clip_grad_norm), 0, 1e12, false},
-    {"--allow-lr-change", FLAG, TRAIN, AT(allow_lr_change), 0, 0, false},
+    {"--model", TEXT, TRAIN | EVAL | INSPECT | GENERATE, AT(model), 0, 0, false, "FILE|SPEC",
+     "model file, the same text inline with ';' between layers, or a GPT-2 config.json "
+     "(man 5 frost-model); required"},
+    {"--weights", TEXT, GENERATE, AT(init), 0, 0, false, "W.safetensors",
+     "the weights to sample from; required"},
+    {"--prompt", TEXT, GENERATE, AT(prompt), 0, 0, false, "TEXT",
+     "the text to continue (its tokens come first); required"},
+    {"--tokens", LONG, GENERATE, AT(tokens), 1, 1e6, false, "N", "tokens to add (default 64)"},
+    {"--temperature", DOUBLE, GENERATE, AT(temperature), 0, 1e6, false, "T",
+     "sample softmax(logits / T); 0 takes the most likely token (default 1)"},
+    {"--top-k", INT, GENERATE, AT(top_k), 0, 1 << 30, false, "K",
+     "sample among the K most likely tokens only (default 0: all)"},
+    {"--tokenizer", TEXT, GENERATE, AT(tokenizer), 0, 0, false, "byte|DIR",
+     "bytes, or GPT-2's BPE from DIR/encoder.json and DIR/vocab.bpe (default byte)"},
+    {"--data", TEXT, TRAIN | EVAL, AT(data), 0, 0, false, "DIR",
+     "NumPy train_x.npy, train_y.npy, test_x.npy, test_y.npy or IDX files, raw or .gz "
+     "(default " FROST_DEFAULT_DATA ")"},
+    {"--classes", TEXT, TRAIN | EVAL, AT(classes), 0, 0, false, "LIST",
+     "keep only samples with these labels: 0-4, 5,6,7 or 0-2,7 (default all)"},
+    {"--data-layout", LAYOUT, TRAIN | EVAL, AT(data_layout), 0, 0, false, "nchw|nhwc",
+     "how 4-D NumPy images are laid out (default nchw)"},
+    {"--normalize", NORMALIZE, TRAIN | EVAL, AT(normalize), 0, 0, false, "MEAN,STD[;MEAN,STD...]",
+     "(x - mean) / std per channel, torchvision's Normalize (default none)"},
+    {"--freeze", RULE, TRAIN | INSPECT, 0, 0, 0, true, "P",
+     "freeze the parameters glob or layer name P matches; repeatable, in order with --unfreeze"},
+    {"--unfreeze", RULE, TRAIN | INSPECT, 0, 0, 0, false, "P",
+     "make the parameters P matches trainable again; repeatable"},
+    {"--unfreeze-at", SCHEDULE, TRAIN, 0, 0, 0, false, "POINT:P",
+     "unfreeze P during the run: POINT an epoch (2) or a step (s500); repeatable"},
+    {"--freeze-at", SCHEDULE, TRAIN, 0, 0, 0, true, "POINT:P",
+     "freeze P during the run, POINT as for --unfreeze-at; repeatable"},
+    {"--epochs", LONG, TRAIN, AT(epochs), 1, 1e9, false, "N",
+     "passes over the training data (default 1; with --steps the smaller wins)"},
+    {"--steps", LONG, TRAIN, AT(steps), 1, 1e12, false, "N",
+     "total optimizer steps; alone it overrides --epochs (default: the epochs' steps)"},
+    {"--batch-size", INT, TRAIN | EVAL, AT(batch_size), 1, 1 << 20, false, "B",
+     "the global batch, split over ranks then threads (default 64)"},
+    {"--lr", DOUBLE, TRAIN, AT(train.lr), 0, 1e6, false, "X", "learning rate (default 0.01)"},
+    {"--momentum", DOUBLE, TRAIN, AT(train.momentum), 0, 1e3, false, "X",
+     "SGD momentum, PyTorch's (default 0)"},
+    {"--weight-decay", DOUBLE, TRAIN, AT(train.weight_decay), 0, 1e6, false, "X",
+     "weight decay; AdamW's is decoupled (default 0)"},
+    {"--nesterov", FLAG, TRAIN, AT(train.nesterov), 0, 0, false, NULL,
+     "Nesterov momentum for SGD (default off)"},
+    {"--optimizer", OPTIMIZER, TRAIN, AT(train.optimizer), 0, 0, false, "sgd|adam|adamw",
+     "PyTorch's update rules (default sgd)"},
+    {"--lr-schedule", LR_SCHEDULE, TRAIN, AT(train.lr_schedule), 0, 0, false, "S",
+     "constant, step:STEP_SIZE[:GAMMA] or cosine[:T_MAX[:ETA_MIN]] (default constant)"},
+    {"--warmup-steps", LONG, TRAIN, AT(train.lr_schedule.warmup_steps), 0, 1e12, false, "N",
+     "step k < N runs at (k+1)/N of the rate, then the schedule (default 0)"},
+    {"--lr-for", LR_RULE, TRAIN, 0, 0, 0, false, "P=LR",
+     "base rate LR for the parameters P matches; repeatable, the last match wins"},
+    {"--clip-grad-norm", POSITIVE, TRAIN, AT(train.clip_grad_norm), 0, 1e12, false, "X",
+     "scale the gradient to global L2 norm X at most (default off)"},
+    {"--threads", INT, TRAIN | EVAL | GENERATE, AT(train.threads), 1, 1024, false, "T",
+     "threads of this process (default OMP_NUM_THREADS, else one per CPU the rank was given)"},
+    {"--no-pin", FLAG, TRAIN | EVAL, AT(no_pin), 0, 0, false, NULL,
+     "leave thread placement to the OS (default: each thread pinned to its own CPU)"},
+    {"--seed", LONG, TRAIN | GENERATE, AT(seed), 0, 9e15, false, "N",
+     "seed of the initialisation, shuffling and dropout, or of the sampling (default 0)"},
+    {"--no-shuffle", FLAG, TRAIN, AT(shuffle), 0, 0, false, NULL,
+     "take batches in dataset order (default: shuffled every epoch)"},
+    {"--init", TEXT, TRAIN | EVAL, AT(init), 0, 0, false, "W.safetensors",
+     "start from these weights (default: seeded initialisation; eval: required)"},
+    {"--init-new", FRESH, TRAIN, 0, 0, 0, false, "P",
+     "the parameters P matches keep their seeded initialisation and may be missing from "
+     "--init (a new head); repeatable"},
+    {"--save", TEXT, TRAIN, AT(save), 0, 0, false, "W.safetensors",
+     "write the final weights, atomically (default none)"},
+    {"--metrics", TEXT, TRAIN, AT(metrics), 0, 0, false, "FILE.csv",
+     "one CSV row of loss, accuracy, samples/s, allreduce bytes, lr per logged step (default none)"},
+    {"--tensorboard", TEXT, TRAIN, AT(tensorboard), 0, 0, false, "DIR",
+     "TensorBoard scalars in a new event file in DIR (default none)"},
+    {"--log-every", LONG, TRAIN, AT(log_every), 1, 1e12, false, "N",
+     "progress line and metrics row every N steps (default 100)"},
+    {"--eval-every", INTERVAL, TRAIN, AT(eval_every), 0, 0, false, "N|Ne",
+     "evaluate every N steps or N epochs and at the end (default: at the end only)"},
+    {"--val-split", DOUBLE, TRAIN, AT(val_split), 0, 1, false, "FRACTION",
+     "evaluate on the training set's last FRACTION, held out (default: the test set)"},
+    {"--save-best", TEXT, TRAIN, AT(save_best), 0, 0, false, "W.safetensors",
+     "keep the weights of the best evaluation by accuracy (needs --eval-every)"},
+    {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false, "C.safetensors",
+     "training checkpoint, written at the end and when a signal stops the run (default none)"},
+    {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false, "N",
+     "also write the checkpoint every N steps (default: only at the end and when stopped)"},
+    {"--resume", TEXT, TRAIN, AT(resume), 0, 0, false, "C.safetensors",
+     "continue a checkpointed run exactly where it stopped"},
+    {"--resume-if-exists", FLAG, TRAIN, AT(resume_if_exists), 0, 0, false, NULL,
+     "resume from the --checkpoint file if it exists, else start afresh"},
+    {"--stop-signal", SIGNAL, TRAIN, AT(stop_signal), 0, 0, false, "NAME",
+     "also checkpoint and exit 75 on this signal: USR1, USR2, HUP, ... (default TERM)"},
+    {"--allow-freeze-change", FLAG, TRAIN, AT(allow_freeze_change), 0, 0, false, NULL,
+     "let --resume use another frozen set (default: refused)"},
+    {"--allow-lr-change", FLAG, TRAIN, AT(allow_lr_change), 0, 0, false, NULL,
+     "let --resume use other rates or schedule (default: refused)"},
+    {"--bucket-mb", DOUBLE, TRAIN, AT(train.bucket_mb), 0.001, 1e6, false, "X",
+     "size of the allreduce buckets sent while backward runs (default 4)"},
+    {"--cache-mb", DOUBLE, TRAIN, AT(train.cache_mb), 0, 1e9, false, "X",
+     "budget of the frozen-prefix feature cache (default a quarter of RAM)"},
+    {"--no-cache", FLAG, TRAIN, AT(no_cache), 0, 0, false, NULL,
+     "no frozen-prefix feature cache (default: on)"},
+    {"--grad-dtype", GRAD_DTYPE, TRAIN, 0, 0, 0, false, "f32|bf16",
+     "how gradients travel between ranks; bf16 halves the bytes (default f32)"},
+    {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false, "S",
+     "end the job when a rank waits S seconds for another (default 120)"},
+    {"--trace", TEXT, TRAIN, AT(trace), 0, 0, false, "T.json",
+     "write a Chrome trace of every layer, thread and allreduce (default none)"},
 };
 
 /* The signals a batch system may send as notice (Slurm's --signal, PBS's and
@@ -321,6 +381,8 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
     return rc;
 }
 
+static const char *option_suggestion(const char *word, int bit, char *buf, size_t len);
+
 int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *err) {
     memset(opts, 0, sizeof *opts);
     fr_train_config_default(&opts->train);
@@ -333,7 +395,7 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     opts->tokens = 64;
     opts->temperature = 1.0;
     if (argc < 2)
-        return fr_fail(err, FR_EINVAL, "no command given (expected train, eval, inspect, generate or tokenize; see frost --help)");
+        return fr_fail(err, FR_EINVAL, "no command given (expected train, eval, inspect, generate or tokenize; see frost help)");
     opts->command = argv[1];
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         opts->help = true;
@@ -341,8 +403,12 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         return FR_OK;
     }
     int bit = command_bit(argv[1]);
+    char suggestion[96];
     if (!bit)
-        return fr_fail(err, FR_EINVAL, "unknown command '%s' (expected train, eval, inspect, generate or tokenize)", argv[1]);
+        return fr_fail(err, FR_EINVAL,
+                       "unknown command '%s'%s (expected train, eval, inspect, generate or "
+                       "tokenize; see frost help)",
+                       argv[1], frost_command_suggestion(argv[1], suggestion, sizeof suggestion));
     bool epochs_given = false;
     for (int i = 2; i < argc; i++) {
         const char *arg = argv[i];
@@ -360,8 +426,10 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
         name[name_len] = '\0';
         const option_spec *o = find_option(name);
         if (!o)
-            return fr_fail(err, FR_EINVAL, "unknown option '%s' for 'frost %s' (see frost %s --help)",
-                           arg, opts->command, opts->command);
+            return fr_fail(err, FR_EINVAL, "unknown option '%s' for 'frost %s'%s (see frost help %s)",
+                           arg, opts->command,
+                           option_suggestion(name, bit, suggestion, sizeof suggestion),
+                           opts->command);
         if (!(o->commands & bit))
             return fr_fail(err, FR_EINVAL, "'frost %s' does not take %s", opts->command, o->name);
         if (o->kind == FLAG) {
@@ -416,96 +484,176 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     return FR_OK;
 }
 
+/* ------------------------------------------------------------- help */
+
+/* The commands, for `frost help`, for "did you mean" and for the manual's
+ * pages (frost-COMMAND(1)). */
+static const struct {
+    const char *name, *synopsis, *summary;
+} commands[] = {
+    {"train", "--model FILE|SPEC [--data DIR] [--freeze P]... [options]",
+     "Train a model on a dataset, part of it frozen as PyTorch's requires_grad = False."},
+    {"eval", "--model FILE|SPEC --init W.safetensors [--data DIR] [options]",
+     "Loss and accuracy of the weights on the test set (test_x.npy or t10k-)."},
+    {"inspect", "--model FILE|SPEC [--freeze P]... [--unfreeze P]...",
+     "One line per parameter (name shape count trainable|frozen), the totals, allreduce bytes."},
+    {"generate", "--model FILE|SPEC --weights W.safetensors --prompt TEXT [options]",
+     "Continue TEXT with tokens sampled from a language model."},
+    {"tokenize", "--out DIR [options] FILE...",
+     "Text files to token .npy files for frost train --data."},
+};
+#define COMMAND_COUNT (sizeof commands / sizeof commands[0])
+
+/* Optimal string alignment distance: the one-character insertions,
+ * deletions, substitutions and swaps of neighbours that turn a into b.
+ * Names are short; longer ones are compared on their first 63 characters. */
+int frost_edit_distance(const char *a, const char *b) {
+    enum { MAX = 64 };
+    size_t n = strlen(a), m = strlen(b);
+    n = n < MAX - 1 ? n : MAX - 1;
+    m = m < MAX - 1 ? m : MAX - 1;
+    int d[MAX][MAX];
+    for (size_t i = 0; i <= n; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int cost = a[i - 1] != b[j - 1];
+            int best = d[i - 1][j - 1] + cost;
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[n][m];
+}
+
+const char *frost_closest(const char *word, const char *const *candidates, size_t count) {
+    /* "-lr" and "lr" are "--lr" typed short. */
+    const char *bare = word + strspn(word, "-");
+    size_t length = strlen(bare);
+    int allowed = length <= 3 ? 1 : length <= 6 ? 2 : 3, best_distance = allowed + 1;
+    const char *best = NULL, *prefix_of = NULL;
+    int prefixes = 0;
+    for (size_t i = 0; i < count; i++) {
+        const char *candidate = candidates[i] + strspn(candidates[i], "-");
+        int distance = frost_edit_distance(bare, candidate);
+        /* Two edits away and another first letter is another word. */
+        if (distance >= 2 && candidate[0] != bare[0])
+            continue;
+        if (distance < best_distance) {
+            best_distance = distance;
+            best = candidates[i];
+        }
+        if (length >= 3 && strncmp(candidate, bare, length) == 0) {
+            prefix_of = candidates[i];
+            prefixes++;
+        }
+    }
+    if (best)
+        return best;
+    return prefixes == 1 ? prefix_of : NULL;
+}
+
+/* " (did you mean X?)" for an unknown WORD, or "" when nothing is close. */
+static const char *did_you_mean(const char *word, const char *const *candidates, size_t count,
+                                char *buf, size_t len) {
+    const char *closest = frost_closest(word, candidates, count);
+    if (!closest)
+        return "";
+    snprintf(buf, len, " (did you mean %s?)", closest);
+    return buf;
+}
+
+const char *frost_command_suggestion(const char *word, char *buf, size_t len) {
+    const char *names[COMMAND_COUNT + 1];
+    for (size_t i = 0; i < COMMAND_COUNT; i++)
+        names[i] = commands[i].name;
+    names[COMMAND_COUNT] = "help";
+    return did_you_mean(word, names, COMMAND_COUNT + 1, buf, len);
+}
+
+static const char *option_suggestion(const char *word, int bit, char *buf, size_t len) {
+    const char *names[sizeof options / sizeof options[0]];
+    size_t count = 0;
+    for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
+        if (options[i].commands & bit)
+            names[count++] = options[i].name;
+    return did_you_mean(word, names, count, buf, len);
+}
+
+bool frost_is_command(const char *word) {
+    for (size_t i = 0; i < COMMAND_COUNT; i++)
+        if (strcmp(word, commands[i].name) == 0)
+            return true;
+    return false;
+}
+
+/* "  --flag VALUE              what it does (default)": the help in a column
+ * of its own, wrapped at 80 columns, below the flag when the flag is long. */
+void frost_print_flag(const char *name, const char *value, const char *help) {
+    enum { INDENT = 28, WIDTH = 80 };
+    char flag[96];
+    snprintf(flag, sizeof flag, "%s%s%s", name, value ? " " : "", value ? value : "");
+    int column = printf("  %s", flag);
+    if (column > INDENT - 2) {
+        putchar('\n');
+        column = 0;
+    }
+    const char *word = help;
+    while (*word) {
+        size_t length = strcspn(word, " ");
+        if (column > INDENT && column + 1 + (int)length > WIDTH) {
+            putchar('\n');
+            column = 0;
+        }
+        if (column < INDENT)
+            column += printf("%*s", INDENT - column, "");
+        else
+            column += printf(" ");
+        column += printf("%.*s", (int)length, word);
+        word += length;
+        word += strspn(word, " ");
+    }
+    putchar('\n');
+}
+
+static void print_overview(void) {
+    printf("usage: frost COMMAND [options]\n"
+           "       frost help [--man] [COMMAND|model]\n"
+           "       frost --version\n\n");
+    for (size_t i = 0; i < COMMAND_COUNT; i++)
+        printf("usage: frost %s %s\n  %s\n", commands[i].name, commands[i].synopsis,
+               commands[i].summary);
+    printf("\nFreezing, as PyTorch's requires_grad = False: --freeze '*' (everything),\n"
+           "--freeze fc1 (one layer), --freeze 'conv*' (a glob over parameter names);\n"
+           "frost inspect --model M --freeze P shows what trains.\n"
+           "frost help COMMAND lists its flags with their defaults; the manual is\n"
+           "man frost, man frost-COMMAND and man 5 frost-model (the model files).\n");
+}
+
 void frost_print_usage(const char *command) {
-    if (!command || strcmp(command, "generate") == 0)
-        printf("usage: frost generate --model FILE|SPEC|config.json --weights W.safetensors\n"
-               "         --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-               "         [--tokenizer byte|DIR] [--threads T]\n"
-               "  Continue TEXT with N tokens (64) sampled from a language model whose input is\n"
-               "  token ids: softmax(logits / T) over the K most likely\n"
-               "  (all when 0), seeded; --temperature 0 takes the most likely token.  The\n"
-               "  context is the model's sequence length; a longer one keeps its last tokens.\n"
-               "  --tokenizer byte (default): each byte a token; DIR: GPT-2's BPE from\n"
-               "  DIR/encoder.json and DIR/vocab.bpe (frost tokenize's).\n");
-    if (!command || strcmp(command, "train") == 0)
-        printf("usage: frost train --model FILE|SPEC [--data DIR] [--freeze P]... [--unfreeze P]...\n"
-               "         [--epochs N] [--steps N] [--batch-size B] [--lr X] [--momentum X]\n"
-               "         [--nesterov] [--weight-decay X] [--optimizer sgd|adam|adamw] [--threads T]\n"
-               "         [--seed N] [--no-shuffle] [--classes 0-4] [--data-layout nchw|nhwc]\n"
-               "         [--normalize MEAN,STD[;MEAN,STD...]] [--init W.safetensors] [--init-new P]...\n"
-               "         [--save W.safetensors] [--log-every N] [--metrics FILE.csv]\n"
-               "         [--checkpoint C.safetensors] [--checkpoint-every N] [--resume C.safetensors]\n"
-               "         [--resume-if-exists] [--stop-signal NAME] [--allow-freeze-change]\n"
-               "         [--unfreeze-at POINT:P]... [--freeze-at POINT:P]... [--eval-every N|Ne]\n"
-               "         [--val-split FRACTION] [--save-best W.safetensors]\n"
-               "         [--bucket-mb X] [--cache-mb X] [--no-cache] [--no-pin]\n"
-               "         [--grad-dtype f32|bf16] [--comm-timeout S] [--trace T.json]\n"
-               "         [--tensorboard DIR]\n"
-               "         [--lr-schedule S] [--warmup-steps N] [--lr-for P=LR]...\n"
-               "         [--clip-grad-norm X] [--allow-lr-change]\n"
-               "  Train the model on DIR (default " FROST_DEFAULT_DATA "): NumPy files\n"
-               "  train_x.npy, train_y.npy, test_x.npy, test_y.npy, else IDX files\n"
-               "  (train-images-idx3-ubyte, ..., t10k-...), each raw or .gz.  NumPy images are\n"
-               "  uint8 (scaled to [0, 1], as IDX pixels are), float32 or float64, shaped\n"
-               "  (N, C, H, W), or (N, H, W, C) with --data-layout nhwc, (N, H, W) or\n"
-               "  (N, features); labels are integers, shape (N,).\n"
-               "  --normalize subtracts MEAN and divides by STD per channel, as torchvision's\n"
-               "  Normalize (one pair for every channel, or one per channel).\n"
-               "  --batch-size is the global batch, split over MPI ranks and then threads.\n"
-               "  --freeze/--unfreeze take a glob over parameter names (conv*, *.bias, *) or a\n"
-               "  layer name, applied in order; a pattern that matches nothing is an error.\n"
-               "  --steps is the total number of steps; --epochs bounds it too when given.\n"
-               "  --unfreeze-at/--freeze-at POINT:P change the frozen set during the run, POINT\n"
-               "  an epoch (2: before epoch 2's first step) or a step (s500: after 500 steps);\n"
-               "  points at one step apply in command-line order.  Every rank re-plans there\n"
-               "  (gradients, optimizer state, feature cache); parameters that become\n"
-               "  trainable start with fresh optimizer state.\n"
-               "  --eval-every N (steps) or Ne (epochs) evaluates on the test set, or on the\n"
-               "  last FRACTION of the training set held out by --val-split, and at the last\n"
-               "  step; --save-best writes the weights of the best evaluation (by accuracy).\n"
-               "  --checkpoint is written every --checkpoint-every steps, at the end, and when\n"
-               "  SIGTERM, SIGINT or the --stop-signal (USR1, USR2, HUP, ...) stops the run\n"
-               "  (exit status 75); --resume continues exactly; --resume-if-exists resumes from\n"
-               "  the --checkpoint file when there is one (else starts afresh, from --init if\n"
-               "  given), so a requeued batch script needs no test of its own.\n"
-               "  --bucket-mb sizes the allreduce buckets sent while backward runs (4).\n"
-               "  --cache-mb bounds the frozen-prefix feature cache (a quarter of RAM);\n"
-               "  --no-cache turns it off.\n"
-               "  --grad-dtype bf16 sends gradients between ranks as bfloat16 (half the bytes;\n"
-               "  summed and applied in float32).  --comm-timeout ends the job when a rank\n"
-               "  waits that long for another (a rank or link is down; 120 s).\n"
-               "  --metrics and --tensorboard get the loss, accuracy, samples/s and allreduce\n"
-               "  bytes every --log-every steps: a CSV file, and TensorBoard scalars in an event\n"
-               "  file in DIR (made if missing; with the learning rate, and the test loss and\n"
-               "  accuracy at the end); a resumed run starts a new file in the same DIR.\n"
-               "  --trace writes a Chrome trace (Perfetto, chrome://tracing) of every layer's\n"
-               "  forward and backward per thread and every bucket's allreduce per rank.\n"
-               "  --lr-schedule sets the learning rate per step, as torch's schedulers do:\n"
-               "  constant (default); step:STEP_SIZE[:GAMMA] (StepLR, gamma 0.1);\n"
-               "  cosine[:T_MAX[:ETA_MIN]] (CosineAnnealingLR; T_MAX defaults to the steps\n"
-               "  after the warmup, ETA_MIN to 0).  --warmup-steps N: step k < N runs at\n"
-               "  (k+1)/N of the rate, then the schedule starts (SequentialLR of\n"
-               "  LambdaLR((k+1)/N) and the schedule, milestone N).\n"
-               "  --lr-for P=LR gives the parameters glob or layer P base rate LR (torch's\n"
-               "  param groups), applied in order: the last matching rule wins; every\n"
-               "  rate follows the schedule.  --clip-grad-norm X scales the averaged\n"
-               "  gradient to global L2 norm X at most (torch's clip_grad_norm_); the\n"
-               "  metrics get its norm before clipping (grad_norm).  A resumed run must\n"
-               "  keep the rates and schedule unless --allow-lr-change.\n"
-               "  --threads defaults to OMP_NUM_THREADS, else to the rank's CPUs: its affinity\n"
-               "  mask, split evenly between the ranks of a node that share the same mask.\n"
-               "  Threads are pinned one per CPU of the process's affinity mask when it has\n"
-               "  no spare CPUs (ranks of a node sharing a mask split it) unless --no-pin or\n"
-               "  OMP_PROC_BIND/OMP_PLACES.\n");
-    if (!command || strcmp(command, "eval") == 0)
-        printf("usage: frost eval --model FILE|SPEC --init W.safetensors [--data DIR] [--classes C]\n"
-               "         [--data-layout nchw|nhwc] [--normalize MEAN,STD[;MEAN,STD...]]\n"
-               "         [--batch-size B] [--threads T] [--no-pin] [--comm-timeout S]\n"
-               "  Loss and accuracy of the weights on the test set (test_x.npy or t10k-).\n");
-    if (!command || strcmp(command, "inspect") == 0)
-        printf("usage: frost inspect --model FILE|SPEC [--freeze P]... [--unfreeze P]...\n"
-               "  One line per parameter: name shape count trainable|frozen; then totals and\n"
-               "  the bytes one gradient allreduce will carry.\n");
-    if (!command)
+    if (!command) {
+        print_overview();
+        return;
+    }
+    if (strcmp(command, "tokenize") == 0) {
         frost_tokenize_usage();
+        return;
+    }
+    int bit = command_bit(command);
+    for (size_t i = 0; i < COMMAND_COUNT; i++)
+        if (strcmp(command, commands[i].name) == 0)
+            printf("usage: frost %s %s\n%s\n\noptions (default in parentheses):\n",
+                   commands[i].name, commands[i].synopsis, commands[i].summary);
+    for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
+        if (options[i].commands & bit)
+            frost_print_flag(options[i].name, options[i].value, options[i].help);
+    frost_print_flag("--help", NULL, "this list");
+    printf("\nThe full reference: man frost-%s.\n", command);
 }

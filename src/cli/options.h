@@ -81,8 +81,22 @@ typedef struct frost_options {
     bool help;
 } frost_options;
 
-/* Parse argv (argv[1] is the command).  Returns FR_OK or fills err. */
+/* Parse argv (argv[1] is the command).  Returns FR_OK or fills err; an
+ * unknown command or option names the closest one. */
 int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *err);
+/* `frost help` (command NULL) or `frost help COMMAND`: every flag of the
+ * command with what it does and its default. */
 void frost_print_usage(const char *command);
+/* One flag of a help list, "  --flag VALUE   what it does (default)". */
+void frost_print_flag(const char *name, const char *value, const char *help);
+bool frost_is_command(const char *word);
+
+/* "Did you mean": the edit distance of two names (one-character insertions,
+ * deletions, substitutions and swaps of neighbours); the candidate closest
+ * to `word`, or NULL when none is close enough to be a typo of it; and
+ * " (did you mean COMMAND?)" for an unknown command ("" when none is close). */
+int frost_edit_distance(const char *a, const char *b);
+const char *frost_closest(const char *word, const char *const *candidates, size_t count);
+const char *frost_command_suggestion(const char *word, char *buf, size_t len);
 
 #endif

@@ -56,6 +56,79 @@ static int load_config_model(const frost_options *opts, fr_model **out, fr_error
     return fr_model_load_gpt2(opts->model, seq, out, err);
 }
 
+/* Whether some parameter's name starts with "PREFIX.": a layer or block
+ * name that a bare freeze pattern can use. */
+static bool names_parameters(fr_model *model, const char *prefix) {
+    size_t length = strlen(prefix);
+    for (size_t i = 0; i < fr_model_param_count(model); i++) {
+        const char *name = fr_param_name(fr_model_param(model, i));
+        if (strncmp(name, prefix, length) == 0 && name[length] == '.')
+            return true;
+    }
+    return false;
+}
+
+/*
+ * A pattern matched nothing, most often a typo: add the closest layer and
+ * parameter names to the message.  A glob's literal characters are compared
+ * with the names and with their beginnings, so `layr1*` finds `layer1.0`.
+ */
+static void add_closest_names(fr_model *model, const char *pattern, fr_error *err) {
+    enum { SHOWN = 3 };
+    char literal[128];
+    size_t length = 0;
+    bool glob = false;
+    for (const char *c = pattern; *c && length < sizeof literal - 1; c++) {
+        if (strchr("*?[]", *c))
+            glob = true;
+        else
+            literal[length++] = *c;
+    }
+    literal[length] = '\0';
+    const char *best[SHOWN] = {0};
+    int best_distance[SHOWN];
+    size_t params = fr_model_param_count(model);
+    int layers = fr_model_layer_count(model);
+    for (size_t k = 0; k < (size_t)layers + params; k++) {
+        const char *name = k < (size_t)layers ? fr_model_layer_name(model, (int)k)
+                                              : fr_param_name(fr_model_param(model, k - layers));
+        if (!name || (k < (size_t)layers && !names_parameters(model, name)))
+            continue;
+        int distance = frost_edit_distance(literal, name);
+        if (glob) {
+            char start[128];
+            snprintf(start, sizeof start, "%.*s", (int)length, name);
+            int to_start = frost_edit_distance(literal, start);
+            distance = to_start < distance ? to_start : distance;
+        }
+        /* Keep the SHOWN closest, the first of equals; a name once. */
+        bool seen = false;
+        for (int i = 0; i < SHOWN && best[i]; i++)
+            seen |= strcmp(best[i], name) == 0;
+        /* The closest first; of equals the shorter (a layer before its
+         * parameters), then the first. */
+        for (int i = 0; i < SHOWN && !seen; i++)
+            if (!best[i] || distance < best_distance[i] ||
+                (distance == best_distance[i] && strlen(name) < strlen(best[i]))) {
+                for (int j = SHOWN - 1; j > i; j--) {
+                    best[j] = best[j - 1];
+                    best_distance[j] = best_distance[j - 1];
+                }
+                best[i] = name;
+                best_distance[i] = distance;
+                break;
+            }
+    }
+    if (!best[0])
+        return;
+    char list[FR_ERROR_LEN / 2] = "";
+    for (int i = 0; i < SHOWN && best[i]; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s'%s'", i ? ", " : "",
+                 best[i]);
+    size_t used = strlen(err->msg);
+    snprintf(err->msg + used, sizeof err->msg - used, "; closest names: %s", list);
+}
+
 static int load_model(const frost_options *opts, fr_model **out, fr_error *err) {
     fr_model *model = NULL;
     size_t len = strlen(opts->model);
@@ -68,6 +141,8 @@ static int load_model(const frost_options *opts, fr_model **out, fr_error *err) 
         const freeze_rule *rule = &opts->rules[i];
         rc = rule->freeze ? fr_model_freeze(model, rule->pattern, err)
                           : fr_model_unfreeze(model, rule->pattern, err);
+        if (rc == FR_ENOMATCH)
+            add_closest_names(model, rule->pattern, err);
         if (rc != FR_OK)
             fr_error_prefix(err, "%s ", rule->freeze ? "--freeze" : "--unfreeze");
     }
@@ -327,16 +402,56 @@ static int evaluate_dataset(fr_trainer *trainer, const fr_dataset *data, int bat
  * threads on 2 CPUs under `srun -n 2`.  `note` says where the number came
  * from, for the header; it stays empty when the user chose.  Collective.
  */
+/*
+ * No silent slow placement: a rank that chose its thread count from what the
+ * launcher gave it, where the job's ranks on this node then use at most half
+ * of its CPUs.  Open MPI binds each rank to one core when it starts 2 ranks
+ * or fewer, and srun gives a task one CPU unless --cpus-per-task says more,
+ * so `mpirun -np 2 --host a,b` on two 64-core nodes would train on one core
+ * of each, its communication thread on that core too.  Rank 0 says so once,
+ * with the flags that fix it.  OMPI_COMM_WORLD_LOCAL_SIZE counts the ranks on
+ * this node; without it every rank is taken to be here, which only ever
+ * warns less.  Collective.
+ */
+static void warn_small_share(bool chose, int share) {
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    long here = local && atol(local) > 0 ? atol(local) : fr_comm_size();
+    bool launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("SLURM_STEP_ID") ||
+                    getenv("PMIX_RANK");
+    bool small = chose && launched && online > 1 && 2 * here * share <= online;
+    if (!fr_comm_any(small) || !is_root())
+        return;
+    long each = online / (here > 0 ? here : 1);
+    if (small)
+        fprintf(stderr, "frost: warning: rank 0 runs %d thread%s on %d of this node's %ld CPUs%s: "
+                "no --threads or OMP_NUM_THREADS was given and the launcher gave the rank %d "
+                "(mpirun binds each rank to one core when it starts 2 ranks or fewer; srun "
+                "gives a task 1 CPU without --cpus-per-task). To use the node: mpirun "
+                "--bind-to none (or --map-by slot:PE=%ld), srun --cpus-per-task=%ld; "
+                "--threads %d keeps this placement quietly\n",
+                share, share == 1 ? "" : "s", share, online,
+                fr_comm_size() > 1 ? ", its communication thread there too" : "", share, each,
+                each, share);
+    else
+        fprintf(stderr, "frost: warning: some ranks run on a small share of their node's CPUs "
+                "(no --threads or OMP_NUM_THREADS was given and the launcher bound them): "
+                "mpirun --bind-to none or srun --cpus-per-task=N gives them more\n");
+}
+
 static int choose_threads(fr_train_config *config, char *note, size_t len, fr_error *err) {
     int share = 0;
     char where[200];
     note[0] = '\0';
     int rc = fr_comm_agree(fr_cpu_share(&share, where, sizeof where, err), err);
     const char *omp = getenv("OMP_NUM_THREADS");
-    if (rc == FR_OK && config->threads == 0 && !(omp && *omp)) {
+    bool chose = rc == FR_OK && config->threads == 0 && !(omp && *omp);
+    if (chose) {
         config->threads = share;
         snprintf(note, len, "%d (%s), ", share, where);
     }
+    if (rc == FR_OK)
+        warn_small_share(chose, share);
     return rc;
 }
 
@@ -581,6 +696,8 @@ static int apply_lr_rules(run_state *run, fr_error *err) {
     for (int i = 0; rc == FR_OK && i < opts->lr_rule_count; i++) {
         const lr_rule *rule = &opts->lr_rules[i];
         rc = fr_trainer_set_lr(run->trainer, rule->pattern, rule->lr, err);
+        if (rc == FR_ENOMATCH)
+            add_closest_names(run->model, rule->pattern, err);
         if (rc != FR_OK)
             fr_error_prefix(err, "--lr-for '%s': ", rule->text);
     }

