@@ -156,6 +156,7 @@ int fr_model_load_gpt2(const char *path, int seq_len, fr_model **out, fr_error *
 /* `arg` is a path to a model file, or an inline description. */
 int fr_model_load(const char *arg, fr_model **out, fr_error *err);
 
+/* Values in one input sample (token ids for a model of tokens). */
 int fr_model_input_numel(const fr_model *model);
 /* The input's shape as channels x height x width (any other shape is its
  * element count x 1 x 1). */
@@ -207,6 +208,9 @@ size_t fr_model_trainable_numel(const fr_model *model); /* requires_grad ones */
 /* Bytes holding the parameters' values and the buffers (batchnorm2d's). */
 size_t fr_model_weight_bytes(const fr_model *model);
 
+/* A parameter's name ("fc1.weight"), rank, size of dimension `axis` (0 past
+ * the rank), element count, float32 values (in the model's arena; see
+ * fr_trainer_step about updates in flight) and requires_grad flag. */
 const char *fr_param_name(const fr_param *param);
 int fr_param_ndim(const fr_param *param);
 int fr_param_dim(const fr_param *param, int axis);
@@ -232,6 +236,7 @@ void fr_model_buffer_shape_string(const fr_model *model, size_t index, char *buf
 
 /* ------------------------------------------------------------- freezing */
 
+/* requires_grad = False (True) on every parameter. */
 void fr_model_freeze_all(fr_model *model);
 void fr_model_unfreeze_all(fr_model *model);
 /* All parameters of the layer with that name; FR_ENOMATCH if there is none. */
@@ -554,6 +559,7 @@ double fr_trainer_grad_norm(const fr_trainer *trainer);
 void fr_trainer_rank_rows(const fr_trainer *trainer, int batch, int *first,
                           int *count);
 
+/* Optimizer steps taken (restored with a checkpoint). */
 long fr_trainer_steps_done(const fr_trainer *trainer);
 /* How many targets the last step's or evaluation's mean loss and correct
  * count were over: the batch, or its positions not ignored. */
@@ -602,6 +608,9 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path,
                                const fr_meta *extra, int extra_count,
                                fr_error *err);
 
+/* A checkpoint read into memory (refused when it is not one, naming the
+ * file); closed with fr_checkpoint_close; fr_checkpoint_get reads its
+ * metadata, fr_trainer_restore applies it. */
 typedef struct fr_checkpoint fr_checkpoint;
 int fr_checkpoint_open(const char *path, fr_checkpoint **out, fr_error *err);
 void fr_checkpoint_close(fr_checkpoint *checkpoint);
@@ -741,6 +750,7 @@ int fr_tb_close(fr_tensorboard *tb, fr_error *err);
  * A failed write is reported by commit, which releases the file either way.
  */
 typedef struct fr_atomic_file fr_atomic_file;
+/* Open PATH.tmp.PID beside PATH, print to it, then commit or discard it. */
 int fr_atomic_open(const char *path, fr_atomic_file **out, fr_error *err);
 void fr_atomic_printf(fr_atomic_file *file, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
