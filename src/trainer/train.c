@@ -447,7 +447,7 @@ static void plan_step_rows(fr_trainer *trainer, batch_source *src, int rank_firs
  * run backward (it has rows, a trainable parameter and valid labels).  A
  * replica without rows adds nothing to the slab (and stage) backward
  * overwrites. */
-static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, bool train) {
+static bool replica_loss(fr_trainer *trainer, replica *r, int first, bool train) {
     const fr_model *model = trainer->model;
     int rows = r->step_rows;
     if (rows == 0) {
@@ -459,7 +459,6 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
     bool run_backward = train && trainer->first_trainable < model->layer_count;
     double t0 = fr_trace_on() ? fr_trace_now() : 0.0;
     long bad_row = -1;
-    (void)batch;
     r->loss_sum = trainer->loss->compute(model->layers[model->layer_count - 1].out, logits,
                                          r->targets, rows, 1.0f / (float)trainer->step_count,
                                          run_backward ? output_grad(trainer, r,
@@ -476,10 +475,10 @@ static bool replica_loss(fr_trainer *trainer, replica *r, int first, int batch, 
 
 /* One replica's share of a step up to the loss (replica_loss's answer). */
 static bool replica_forward(fr_trainer *trainer, replica *r, const batch_source *src, int first,
-                            int local_first, int rows, int batch, bool train) {
+                            int local_first, int rows, bool train) {
     int from = replica_begin(trainer, r, src, first, local_first, rows);
     fr_step_forward(trainer, r, r->x, rows, from, trainer->model->layer_count);
-    return replica_loss(trainer, r, first, batch, train);
+    return replica_loss(trainer, r, first, train);
 }
 
 /*
@@ -884,7 +883,7 @@ static void local_loss_totals(const fr_trainer *trainer, double *totals) {
 
 /* The totals over every rank: the mean loss and correct count, or which
  * sample had a bad label. */
-static int check_loss_totals(fr_trainer *trainer, const double *totals, int batch,
+static int check_loss_totals(fr_trainer *trainer, const double *totals,
                              double *loss, long *correct, fr_error *err) {
     trainer->stop_agreed = trainer->stop_agreed || totals[3] > 0;
     if (trainer->check_replicas) {
@@ -907,7 +906,6 @@ static int check_loss_totals(fr_trainer *trainer, const double *totals, int batc
         return fr_fail(err, FR_EINVAL, "a sample of another rank's rows has a label outside [0, %d)",
                        fr_model_output_numel(trainer->model));
     }
-    (void)batch;
     if (loss)
         *loss = totals[0] / (double)trainer->step_count;
     if (correct)
@@ -922,14 +920,13 @@ static int check_finite_loss(const fr_trainer *trainer, double loss, fr_error *e
 }
 
 /* Sum the replicas' loss and correct counts, then over ranks. */
-static int total_loss(fr_trainer *trainer, int batch, double *loss, long *correct,
-                      fr_error *err) {
+static int total_loss(fr_trainer *trainer, double *loss, long *correct, fr_error *err) {
     double totals[LOSS_TOTALS];
     local_loss_totals(trainer, totals);
     int rc = fr_comm_allreduce_doubles(totals, LOSS_TOTALS, err);
     if (rc != FR_OK)
         return rc;
-    return check_loss_totals(trainer, totals, batch, loss, correct, err);
+    return check_loss_totals(trainer, totals, loss, correct, err);
 }
 
 /* Train mode (batch statistics, dropout masks) for the layers that have one
@@ -1191,7 +1188,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *batch_src, int
         replica *r = &trainer->replicas[t];
         int from = replica_begin(trainer, r, src, first, local_first, rows);
         forward_applying(trainer, r, from, applying, &status, err);
-        bool active = replica_loss(trainer, r, first, batch, true);
+        bool active = replica_loss(trainer, r, first, true);
         meet(trainer);
 #pragma omp master
         {
@@ -1229,7 +1226,7 @@ static int step_pipeline(fr_trainer *trainer, const batch_source *batch_src, int
                 status = err ? err->status : FR_ECOMM;
             fr_trace_add(0, "loss", "wait", -1, t0, 0);
             if (status == FR_OK)
-                status = check_loss_totals(trainer, totals, batch, loss, correct, err);
+                status = check_loss_totals(trainer, totals, loss, correct, err);
             if (status == FR_OK)
                 status = check_finite_loss(trainer, *loss, err);
         }
@@ -1341,9 +1338,9 @@ int fr_trainer_evaluate(fr_trainer *trainer, const void *x, const void *targets,
         int t = omp_get_thread_num(), first, rows;
         split_rows(rank_rows, trainer->threads, t, &first, &rows);
         replica_forward(trainer, &trainer->replicas[t], &src, rank_first + first, first, rows,
-                        batch, false);
+                        false);
     }
-    return total_loss(trainer, batch, loss, correct, err);
+    return total_loss(trainer, loss, correct, err);
 }
 
 int fr_trainer_predict(fr_trainer *trainer, const void *x, int batch, float *out,
