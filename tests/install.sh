@@ -56,8 +56,11 @@ if command -v pkg-config > /dev/null 2>&1; then
     command -v cc > /dev/null 2>&1 || cc=${CC:-gcc}
     flags=$(PKG_CONFIG_PATH="$(dirname "$PC")" PKG_CONFIG_SYSROOT_DIR="$ROOT" \
         pkg-config --cflags --libs frost)
-    $cc -std=c11 -Wall -Wextra -Werror "$TOP_SRCDIR/examples/freeze_api.c" $flags \
-        -o "$WORK/freeze_api" > "$WORK/cc.log" 2>&1
+    # With the build's own CFLAGS and LDFLAGS: a library built with the
+    # sanitizers needs a program built with them.
+    # shellcheck disable=SC2086
+    $cc -std=c11 -Wall -Wextra -Werror ${BUILD_CFLAGS:-} "$TOP_SRCDIR/examples/freeze_api.c" \
+        $flags ${BUILD_LDFLAGS:-} -o "$WORK/freeze_api" > "$WORK/cc.log" 2>&1
     status=$?
     [ $status -eq 0 ] || sed 's/^/#   /' "$WORK/cc.log"
     ok $status "examples/freeze_api.c builds with $cc \$(pkg-config --cflags --libs frost): $flags"
