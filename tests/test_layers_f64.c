@@ -30,6 +30,7 @@
  */
 #include "internal.h"
 #include "tap.h"
+#include "reference.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -53,39 +54,11 @@ static float *random_floats(fr_rng *rng, size_t count, float scale, float offset
     return values;
 }
 
-static float *filled_floats(size_t count, float value) {
-    float *values = malloc((count ? count : 1) * sizeof *values);
-    for (size_t i = 0; i < count; i++)
-        values[i] = value;
-    return values;
-}
-
-static float *copy_floats(const float *from, size_t count) {
-    float *values = malloc((count ? count : 1) * sizeof *values);
-    memcpy(values, from, count * sizeof *values);
-    return values;
-}
-
-static double *zeroed_doubles(size_t count) { return calloc(count ? count : 1, sizeof(double)); }
-
 static double *doubles_of(const float *from, size_t count) {
     double *values = zeroed_doubles(count);
     for (size_t i = 0; i < count; i++)
         values[i] = from[i];
     return values;
-}
-
-/* max |got - want| / (max |want| + TINY); a NaN in got gives inf. */
-static double relative_error(const float *got, const double *want, size_t count) {
-    double worst_difference = 0.0, largest = 0.0;
-    for (size_t i = 0; i < count; i++) {
-        if (isnan(got[i]))
-            return INFINITY;
-        double difference = fabs((double)got[i] - want[i]);
-        worst_difference = difference > worst_difference ? difference : worst_difference;
-        largest = fabs(want[i]) > largest ? fabs(want[i]) : largest;
-    }
-    return worst_difference / (largest + TINY);
 }
 
 /* ------------------------------------------------ a layer under test */

@@ -17,6 +17,7 @@
 #include "internal.h"
 #include "layers/transformer_kernels.h"
 #include "tap.h"
+#include "reference.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -42,36 +43,6 @@ static float *random_floats(fr_rng *rng, size_t count, float scale) {
     for (size_t i = 0; i < count; i++)
         values[i] = scale * (2.0f * fr_rng_uniform(rng) - 1.0f);
     return values;
-}
-
-static float *filled_floats(size_t count, float value) {
-    float *values = malloc((count ? count : 1) * sizeof *values);
-    for (size_t i = 0; i < count; i++)
-        values[i] = value;
-    return values;
-}
-
-static float *copy_floats(const float *from, size_t count) {
-    float *values = malloc((count ? count : 1) * sizeof *values);
-    memcpy(values, from, count * sizeof *values);
-    return values;
-}
-
-static double *zeroed_doubles(size_t count) {
-    return calloc(count ? count : 1, sizeof(double));
-}
-
-/* max |got - want| / (max |want| + 1e-6); NaN anywhere in got gives inf. */
-static double relative_error(const float *got, const double *want, size_t count) {
-    double worst_difference = 0.0, largest = 0.0;
-    for (size_t i = 0; i < count; i++) {
-        if (isnan(got[i]))
-            return INFINITY;
-        double difference = fabs((double)got[i] - want[i]);
-        worst_difference = difference > worst_difference ? difference : worst_difference;
-        largest = fabs(want[i]) > largest ? fabs(want[i]) : largest;
-    }
-    return worst_difference / (largest + 1e-6);
 }
 
 /* The worst error of one behaviour over all its shapes, and where it was. */
