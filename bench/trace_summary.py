@@ -28,7 +28,8 @@ region, and the command's work between steps (the batch order, metrics, progress
 The FLOPs are counted as bench/bench.py counts them: forward 2*in*out per sample for linear
 (2*Cin*k*k*Cout*OH*OW for conv2d), the same for a trainable layer's weight gradient, the same again
 for the input gradient when a layer before it is trainable. The model file may hold linear,
-conv2d (stride, padding), relu, maxpool2d, flatten and an input line; other layers give no FLOPs.
+conv2d (stride, padding), relu, maxpool2d and avgpool2d (stride, padding), flatten and an
+input line; other layers give no FLOPs.
 """
 import argparse
 import collections
@@ -90,10 +91,11 @@ def parse_model(path):
             oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
             layers.append((name, "conv2d", 2 * cin * k * k * cout * oh * ow))
             c, h, w = cout, oh, ow
-        elif kind == "maxpool2d":
+        elif kind in ("maxpool2d", "avgpool2d"):
             k = int(pos[0])
-            s = int(pos[1]) if len(pos) > 1 else k
-            h, w = (h - k) // s + 1, (w - k) // s + 1
+            s = int(pos[1]) if len(pos) > 1 else int(kw.get("stride", k))
+            pad = int(pos[2]) if len(pos) > 2 else int(kw.get("padding", 0))
+            h, w = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
         elif kind == "adaptive_avgpool2d":
             h = w = int(pos[0])
         elif kind == "flatten":

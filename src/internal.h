@@ -407,13 +407,14 @@ void fr_gemm_affine(const float *in, const float *weight, const float *bias,
 void fr_relu_inplace(float *values, size_t count);
 /* out[c x plane]: every element of channel c set to bias[c] (conv's bias). */
 void fr_bias_set_channels(float *out, const float *bias, int channels, int plane);
-/* col[(c*kh*kw) x (oh*ow)] from one image [c x h x w]. */
+/* col[(c*kh*kw) x (oh*ow)] from one image [c x h x w], each row ld floats
+ * after the one before (ld >= oh*ow: other samples' columns may sit beside). */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
-               int pad, int oh, int ow, float *col);
-/* img[c x h x w] += col2im(col).  col is scratch: the entries that fall in
- * the padding may be zeroed on the way. */
+               int pad, int oh, int ow, float *col, size_t ld);
+/* img[c x h x w] += col2im(col), col's rows ld floats apart.  col is scratch:
+ * the entries that fall in the padding may be zeroed on the way. */
 void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
-                   int pad, int oh, int ow, float *img);
+                   int pad, int oh, int ow, float *img, size_t ld);
 /* dbias[j] = sum over the rows of d[rows x cols] of column j (added to
  * what is there when `accumulate`). */
 void fr_bias_grad_rows(const float *d, long rows, int cols, float *dbias, bool accumulate);

@@ -687,7 +687,16 @@ static void test_shapes(void) {
            "conv2d(32, 64, 3) on 32x26x26: 64x24x24, fan_in 288");
     tap_ok(conv2.ops->scratch_bytes(&conv2, 1) == 288u * 24 * 24 * 4 &&
                conv2.ops->scratch_bytes(&conv2, 64) == 288u * 24 * 24 * 4,
-           "conv2d scratch is one sample's columns whatever the batch");
+           "conv2d scratch is one sample's columns whatever the batch (a 576-column plane)");
+    /* resnet18's layer4 on 112x112 images has 4x4 planes: samples go through
+     * in groups of 16 (256 columns), the outputs staged beside the columns. */
+    fr_layer small = conv_layer(fr_shape_chw(4, 4, 4), 4, 8, 3, 1, 1);
+    tap_ok(small.ops->infer_shape(&small, &err) == FR_OK &&
+               small.ops->scratch_bytes(&small, 1) == 36u * 16 * 4 &&
+               small.ops->scratch_bytes(&small, 8) == (36u + 8) * 8 * 16 * 4 &&
+               small.ops->scratch_bytes(&small, 64) == (36u + 8) * 16 * 16 * 4,
+           "conv2d with 16-value planes unrolls up to 16 samples side by side "
+           "and stages their outputs beside them");
     fr_layer pool = pool_layer(conv2.out, 2, 2);
     tap_ok(pool.ops->infer_shape(&pool, &err) == FR_OK && pool.out.d[0] == 64 &&
                pool.out.d[1] == 12 && pool.out.d[2] == 12,
@@ -796,7 +805,7 @@ static void test_registry(void) {
 }
 
 int main(void) {
-    tap_plan(137); /* every check below, counted: fewer or more fails the test */
+    tap_plan(138); /* every check below, counted: fewer or more fails the test */
     test_linear();
     test_conv2d();
     test_conv2d_without_bias();

@@ -1000,6 +1000,14 @@ static const layer_config conv2d_configs[] = {
     {.args = {2, 3, 1, 2, 0, 1}, .in = CHW(2, 5, 5), .n = 2, .note = "1x1 with stride 2"},
     {.args = {2, 3, 4, 3, 2, 1}, .in = CHW(2, 9, 8), .n = 1,
      .note = "an even kernel, stride 3, padding 2"},
+    /* 8x8 planes: 4 samples per GEMM, so 6 samples go as a group of 4 and
+     * one of 2 (conv2d.c's GROUP_COLUMNS); 3x3 planes: all 6 in one group */
+    {.args = {3, 4, 3, 1, 1, 1}, .in = CHW(3, 8, 8), .n = 6,
+     .note = "samples in GEMM groups of 4 and 2"},
+    {.args = {3, 5, 3, 2, 1, 0}, .in = CHW(3, 5, 6), .n = 6,
+     .note = "one GEMM group of 6, stride 2, no bias"},
+    {.args = {2, 3, 3, 1, 1, 1}, .in = CHW(2, 12, 12), .n = 3,
+     .note = "a 144-column plane: groups of 2 and 1"},
 };
 /* maxpool2d and avgpool2d(kernel_size, stride, padding); the inputs have 24
  * random bits, so a window ties with a chance of 1e-5 (fixed seeds: none does) */

@@ -5,10 +5,21 @@
  *
  * Each sample is unrolled by im2col into a [in*k*k x oh*ow] matrix so the
  * convolution becomes one GEMM, W[out x in*k*k] · col.  Backward recomputes
- * that matrix rather than keeping it from forward, so the scratch is one
- * sample's columns whatever the batch; the same buffer then receives the input
- * gradient's columns, which col2im folds back into the image.  A 1x1 kernel
- * with stride 1 and no padding needs no unrolling: the image already is col.
+ * that matrix rather than keeping it from forward, so the scratch is a few
+ * samples' columns whatever the batch; the same buffer then receives the
+ * input gradient's columns, which col2im folds back into the image.  A 1x1
+ * kernel with stride 1 and no padding needs no unrolling: the image already
+ * is col.
+ *
+ * A small output plane makes a thin GEMM: resnet18's layer4 on 112x112
+ * images has 4x4 planes, so one sample's forward is W[512 x 4608] times 16
+ * columns, and its weight gradient a product over 16 values that reads and
+ * writes all of dW per sample.  So samples go through in groups: the
+ * group's columns side by side in one matrix [in*k*k x group*oh*ow], one GEMM
+ * for the group, and the output (or output gradient) staged as
+ * [out x group*oh*ow] beside it, copied from or to the samples' NCHW planes.
+ * A group holds enough samples for GROUP_COLUMNS columns; a plane that wide
+ * goes alone, as before.
  */
 #include "kernels.h"
 
@@ -26,7 +37,13 @@ typedef struct conv_dims {
     int col_rows;   /* in_c * k * k: the GEMM's inner dimension */
     int out_plane;  /* oh * ow */
     bool unrolled;  /* false for the 1x1 / stride 1 / no padding case */
+    int group;      /* samples per GEMM, before capping by the rows at hand */
 } conv_dims;
+
+/* Columns a group of samples fills, at least: a GEMM this wide runs at
+ * OpenBLAS's full rate on resnet18's shapes, where 16 or 49 columns ran at
+ * 55-80% (bench/README.md, *resnet18*). */
+enum { GROUP_COLUMNS = 256 };
 
 static conv_dims dims_of(const fr_layer *l) {
     conv_dims d;
@@ -42,6 +59,7 @@ static conv_dims dims_of(const fr_layer *l) {
     d.col_rows = d.in_c * d.k * d.k;
     d.out_plane = d.oh * d.ow;
     d.unrolled = !(d.k == 1 && d.stride == 1 && d.pad == 0);
+    d.group = d.unrolled ? (GROUP_COLUMNS + d.out_plane - 1) / d.out_plane : 1;
     return d;
 }
 
@@ -86,49 +104,111 @@ static int conv2d_infer_shape(fr_layer *l, fr_error *err) {
     return FR_OK;
 }
 
-/* One sample's columns, independent of the batch size. */
+/* Samples per GEMM for n rows: the dims' group, at most n. */
+static int group_for(const conv_dims *d, int n) {
+    return n < d->group ? (n > 0 ? n : 1) : d->group;
+}
+
+/* A group's columns [col_rows x g*plane], and for a group of more than one
+ * sample its staged outputs [out_c x g*plane] after them.  n is the most rows
+ * a call gets, so the scratch is one sample's columns for a wide plane
+ * whatever the batch. */
 static size_t conv2d_scratch_bytes(const fr_layer *l, int n) {
-    (void)n;
     conv_dims d = dims_of(l);
     if (!d.unrolled)
         return 0;
-    return (size_t)d.col_rows * (size_t)d.out_plane * sizeof(float);
+    size_t g = (size_t)group_for(&d, n);
+    size_t rows = (size_t)d.col_rows + (g > 1 ? (size_t)d.out_c : 0);
+    return rows * g * (size_t)d.out_plane * sizeof(float);
 }
 
-/* The GEMM operand for one sample: the image itself for 1x1 kernels. */
-static const float *columns_of(const conv_dims *d, const float *image,
-                               float *scratch) {
-    if (!d->unrolled)
-        return image;
-    fr_im2col(image, d->in_c, d->h, d->w, d->k, d->stride, d->pad, d->oh, d->ow,
-              scratch);
-    return scratch;
+/* Samples [s0, s0 + g) of `in` unrolled side by side into col [K x g*P]. */
+static void group_columns(const conv_dims *d, const float *in, size_t in_numel, int s0, int g,
+                          float *col) {
+    size_t ld = (size_t)g * d->out_plane;
+    for (int j = 0; j < g; j++)
+        fr_im2col(in + (size_t)(s0 + j) * in_numel, d->in_c, d->h, d->w, d->k, d->stride,
+                  d->pad, d->oh, d->ow, col + (size_t)j * d->out_plane, ld);
 }
 
 /* ----------------------------------------------------- forward */
 
-static void conv2d_forward(const fr_layer *l, const float *in, float *out,
-                           int n, void *scratch) {
-    conv_dims d = dims_of(l);
-    size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
+/* One sample at a time: its columns (or the image itself for 1x1) times W,
+ * straight into its output plane. */
+static void forward_one(const fr_layer *l, const conv_dims *d, const float *in_s, float *out_s,
+                        float *col) {
     const float *bias = l->param_data[FR_BIAS];
-    for (int s = 0; s < n; s++) {
-        const float *col = columns_of(&d, in + s * in_numel, scratch);
-        float *out_s = out + s * out_numel;
-        /* The bias goes in first so the GEMM adds onto it (beta = 1), in
-         * PyTorch's order; a fused relu follows while out_s is in cache. */
-        if (bias)
-            fr_bias_set_channels(out_s, bias, d.out_c, d.out_plane);
-        /* out_s[out x P] = W[out x K] · col[K x P] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.out_c,
-                    d.out_plane, d.col_rows, 1.0f, l->param_data[FR_WEIGHT], d.col_rows,
-                    col, d.out_plane, bias ? 1.0f : 0.0f, out_s, d.out_plane);
+    if (d->unrolled) {
+        fr_im2col(in_s, d->in_c, d->h, d->w, d->k, d->stride, d->pad, d->oh, d->ow, col,
+                  (size_t)d->out_plane);
+        in_s = col;
+    }
+    /* The bias goes in first so the GEMM adds onto it (beta = 1), in
+     * PyTorch's order; a fused relu follows while out_s is in cache. */
+    if (bias)
+        fr_bias_set_channels(out_s, bias, d->out_c, d->out_plane);
+    /* out_s[out x P] = W[out x K] · col[K x P] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->out_c, d->out_plane, d->col_rows,
+                1.0f, l->param_data[FR_WEIGHT], d->col_rows, in_s, d->out_plane,
+                bias ? 1.0f : 0.0f, out_s, d->out_plane);
+    if (l->fused_relu)
+        fr_relu_inplace(out_s, (size_t)d->out_c * d->out_plane);
+}
+
+/* Samples [s0, s0 + g) in one GEMM: staged[out x g*P] = W · col[K x g*P],
+ * then each sample's part of every channel's row copied to its plane.  Each
+ * output is the same sum as forward_one's, in the same order. */
+static void forward_group(const fr_layer *l, const conv_dims *d, const float *in, float *out,
+                          int s0, int g, float *col) {
+    const float *bias = l->param_data[FR_BIAS];
+    size_t in_numel = (size_t)d->in_c * d->h * d->w, plane = (size_t)d->out_plane;
+    size_t ld = (size_t)g * plane, out_numel = (size_t)d->out_c * plane;
+    float *staged = col + (size_t)d->col_rows * ld;
+    group_columns(d, in, in_numel, s0, g, col);
+    if (bias)
+        fr_bias_set_channels(staged, bias, d->out_c, (int)ld);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->out_c, (int)ld, d->col_rows, 1.0f,
+                l->param_data[FR_WEIGHT], d->col_rows, col, (int)ld, bias ? 1.0f : 0.0f,
+                staged, (int)ld);
+    for (int j = 0; j < g; j++) {
+        float *out_s = out + (size_t)(s0 + j) * out_numel;
+        for (int ch = 0; ch < d->out_c; ch++)
+            memcpy(out_s + ch * plane, staged + ch * ld + j * plane, plane * sizeof *out_s);
         if (l->fused_relu)
             fr_relu_inplace(out_s, out_numel);
     }
 }
 
+static void conv2d_forward(const fr_layer *l, const float *in, float *out,
+                           int n, void *scratch) {
+    conv_dims d = dims_of(l);
+    size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
+    int g = group_for(&d, n);
+    for (int s = 0; s < n; s += g) {
+        int count = n - s < g ? n - s : g;
+        if (count == 1)
+            forward_one(l, &d, in + s * in_numel, out + s * out_numel, scratch);
+        else
+            forward_group(l, &d, in, out, s, count, scratch);
+    }
+}
+
 /* ---------------------------------------------------- backward */
+
+/* dW (+)= dout[out x cols] · colᵀ and din's columns dcol[K x cols] = Wᵀ ·
+ * dout, for one sample (cols = P, ld = P) or a group side by side (cols =
+ * ld = g*P); dcol reuses col's buffer (the columns are no longer needed)
+ * unless it is the input gradient itself (1x1 kernels). */
+static void backward_products(const fr_layer *l, const conv_dims *d, const float *dout,
+                              const float *col, float *dweight, bool accumulate, float *dcol,
+                              int cols) {
+    if (dweight)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->out_c, d->col_rows, cols, 1.0f,
+                    dout, cols, col, cols, accumulate ? 1.0f : 0.0f, dweight, d->col_rows);
+    if (dcol)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d->col_rows, cols, d->out_c, 1.0f,
+                    l->param_data[FR_WEIGHT], d->col_rows, dout, cols, 0.0f, dcol, cols);
+}
 
 static void conv2d_backward(const fr_layer *l, const float *in,
                             const float *out, const float *dout, float *din, const fr_param_grads *grads, int n,
@@ -137,35 +217,51 @@ static void conv2d_backward(const fr_layer *l, const float *in,
     float *dweight = grads->grad[FR_WEIGHT], *dbias = grads->grad[FR_BIAS];
     conv_dims d = dims_of(l);
     size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
-    for (int s = 0; s < n; s++) {
-        const float *dout_s = dout + s * out_numel;
-        /* dW[out x K] (+)= dout_s[out x P] · colᵀ[P x K]: the first sample
-         * overwrites, the rest accumulate. */
-        if (dweight) {
-            const float *col = columns_of(&d, in + s * in_numel, scratch);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d.out_c,
-                        d.col_rows, d.out_plane, 1.0f, dout_s, d.out_plane, col,
-                        d.out_plane, s == 0 ? 0.0f : 1.0f, dweight, d.col_rows);
-        }
+    size_t plane = (size_t)d.out_plane;
+    float *col = scratch;
+    int g = group_for(&d, n);
+    for (int s = 0; s < n; s += g) {
+        int count = n - s < g ? n - s : g;
+        size_t ld = (size_t)count * plane;
+        /* The first group overwrites dW, the rest accumulate. */
+        bool accumulate = s > 0;
         if (dbias) {
             if (s == 0)
                 memset(dbias, 0, (size_t)d.out_c * sizeof *dbias);
-            fr_bias_grad_channels(dout_s, d.out_c, d.out_plane, dbias);
+            for (int j = 0; j < count; j++)
+                fr_bias_grad_channels(dout + (s + j) * out_numel, d.out_c, d.out_plane, dbias);
         }
+        if (count == 1) {
+            const float *in_s = in + s * in_numel;
+            float *din_s = din ? din + s * in_numel : NULL;
+            if (d.unrolled && dweight)
+                fr_im2col(in_s, d.in_c, d.h, d.w, d.k, d.stride, d.pad, d.oh, d.ow, col, plane);
+            backward_products(l, &d, dout + s * out_numel, d.unrolled ? col : in_s, dweight,
+                              accumulate, din && d.unrolled ? col : din_s, d.out_plane);
+            if (din && d.unrolled) {
+                memset(din_s, 0, in_numel * sizeof *din_s);
+                fr_col2im_add(col, d.in_c, d.h, d.w, d.k, d.stride, d.pad, d.oh, d.ow, din_s,
+                              plane);
+            }
+            continue;
+        }
+        /* A group: dout's planes staged side by side [out x count*P]. */
+        float *staged = col + (size_t)d.col_rows * ld;
+        for (int j = 0; j < count; j++) {
+            const float *dout_s = dout + (s + j) * out_numel;
+            for (int ch = 0; ch < d.out_c; ch++)
+                memcpy(staged + ch * ld + j * plane, dout_s + ch * plane, plane * sizeof *staged);
+        }
+        if (dweight)
+            group_columns(&d, in, in_numel, s, count, col);
+        backward_products(l, &d, staged, col, dweight, accumulate, din ? col : NULL, (int)ld);
         if (!din)
             continue;
-        /* dcol[K x P] = Wᵀ[K x out] · dout_s[out x P].  For 1x1 kernels dcol
-         * is the input gradient itself; otherwise it reuses the scratch the
-         * columns were in (they are no longer needed) and is folded back. */
-        float *din_s = din + s * in_numel;
-        float *dcol = d.unrolled ? scratch : din_s;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.col_rows,
-                    d.out_plane, d.out_c, 1.0f, l->param_data[FR_WEIGHT], d.col_rows,
-                    dout_s, d.out_plane, 0.0f, dcol, d.out_plane);
-        if (d.unrolled) {
+        for (int j = 0; j < count; j++) {
+            float *din_s = din + (s + j) * in_numel;
             memset(din_s, 0, in_numel * sizeof *din_s);
-            fr_col2im_add(dcol, d.in_c, d.h, d.w, d.k, d.stride, d.pad, d.oh,
-                          d.ow, din_s);
+            fr_col2im_add(col + j * plane, d.in_c, d.h, d.w, d.k, d.stride, d.pad, d.oh, d.ow,
+                          din_s, ld);
         }
     }
 }

@@ -140,13 +140,13 @@ static void zero_columns(float *plane, int h, int w, int x0, int x1) {
  * with `img`, its columns into col (im2col); with `add_to`, col folded back
  * and added to it (col2im), each row's padding columns zeroed in col (the
  * scratch it is) so the row adds back in one long loop. */
-static void same_size_taps(const float *img, float *add_to, float *col, int c, int h, int w,
-                           int k, int pad) {
+static void same_size_taps(const float *img, float *add_to, float *col, size_t ld, int c,
+                           int h, int w, int k, int pad) {
     size_t plane = (size_t)h * w;
     for (int ci = 0; ci < c; ci++)
         for (int ki = 0; ki < k; ki++)
             for (int kj = 0; kj < k; kj++) {
-                float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                float *row = col + ((size_t)(ci * k + ki) * k + kj) * ld;
                 long shift;
                 size_t first, last;
                 int x0, x1;
@@ -176,22 +176,23 @@ static void same_size_taps(const float *img, float *add_to, float *col, int c, i
 /*
  * Row (ci, ki, kj) of col holds, for every output position (oy, ox), the input
  * pixel that kernel tap meets there: img[ci][oy*s - p + ki][ox*s - p + kj], or
- * 0 in the padding.  col2im walks the same map backwards, adding.
+ * 0 in the padding.  col2im walks the same map backwards, adding.  A row
+ * starts ld floats after the one before: oh * ow for one sample's matrix,
+ * more when several samples' columns sit side by side in one matrix.
  */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
-               int pad, int oh, int ow, float *col) {
+               int pad, int oh, int ow, float *col, size_t ld) {
     if (same_size(h, w, k, stride, pad, oh, ow)) {
-        same_size_taps(img, NULL, col, c, h, w, k, pad);
+        same_size_taps(img, NULL, col, ld, c, h, w, k, pad);
         return;
     }
-    size_t plane = (size_t)oh * ow;
     for (int ci = 0; ci < c; ci++) {
         const float *channel = img + (size_t)ci * h * w;
         for (int ki = 0; ki < k; ki++) {
             int y0, y1;
             inside_range(h, ki - pad, stride, oh, &y0, &y1);
             for (int kj = 0; kj < k; kj++) {
-                float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                float *row = col + ((size_t)(ci * k + ki) * k + kj) * ld;
                 int x0, x1;
                 inside_range(w, kj - pad, stride, ow, &x0, &x1);
                 for (int oy = 0; oy < oh; oy++) {
@@ -218,19 +219,18 @@ void fr_im2col(const float *img, int c, int h, int w, int k, int stride,
 }
 
 void fr_col2im_add(float *col, int c, int h, int w, int k, int stride,
-                   int pad, int oh, int ow, float *img) {
+                   int pad, int oh, int ow, float *img, size_t ld) {
     if (same_size(h, w, k, stride, pad, oh, ow)) {
-        same_size_taps(NULL, img, col, c, h, w, k, pad);
+        same_size_taps(NULL, img, col, ld, c, h, w, k, pad);
         return;
     }
-    size_t plane = (size_t)oh * ow;
     for (int ci = 0; ci < c; ci++) {
         float *channel = img + (size_t)ci * h * w;
         for (int ki = 0; ki < k; ki++) {
             int y0, y1;
             inside_range(h, ki - pad, stride, oh, &y0, &y1);
             for (int kj = 0; kj < k; kj++) {
-                const float *row = col + ((size_t)(ci * k + ki) * k + kj) * plane;
+                const float *row = col + ((size_t)(ci * k + ki) * k + kj) * ld;
                 int x0, x1;
                 inside_range(w, kj - pad, stride, ow, &x0, &x1);
                 for (int oy = y0; oy < y1; oy++) {
