@@ -435,6 +435,28 @@ static void test_conv2d(void) {
     }
 }
 
+/* Backward takes small planes in groups of samples (one GEMM each for dW and
+ * the input gradient), but a sample's forward must not depend on the samples
+ * beside it: the feature cache computes the frozen trunk in dataset order and
+ * a step in batch order, and the two must agree bit for bit. */
+static void test_conv2d_forward_alone(void) {
+    rig r;
+    fr_layer l = conv_layer(fr_shape_chw(8, 4, 4), 8, 16, 3, 1, 1);
+    if (!tap_ok(rig_open(&r, l, 6, 77), "conv2d(8, 16, 3, padding=1) on 6 x 8x4x4: accepted"))
+        return;
+    rig_forward(&r);
+    size_t in_numel = fr_shape_numel(r.layer.in), out_numel = fr_shape_numel(r.layer.out);
+    float *alone = malloc(out_numel * sizeof *alone);
+    bool same = true;
+    for (int s = 0; s < r.n; s++) {
+        r.layer.ops->forward(&r.layer, r.in + s * in_numel, alone, 1, r.scratch);
+        same = same && memcmp(alone, r.out + s * out_numel, out_numel * sizeof *alone) == 0;
+    }
+    tap_ok(same, "conv2d's forward gives each of 6 samples with 4x4 planes the bits it gets alone");
+    free(alone);
+    rig_close(&r);
+}
+
 /* conv2d(..., bias=False): no bias parameter, and none added. */
 static void test_conv2d_without_bias(void) {
     rig r;
@@ -688,15 +710,16 @@ static void test_shapes(void) {
     tap_ok(conv2.ops->scratch_bytes(&conv2, 1) == 288u * 24 * 24 * 4 &&
                conv2.ops->scratch_bytes(&conv2, 64) == 288u * 24 * 24 * 4,
            "conv2d scratch is one sample's columns whatever the batch (a 576-column plane)");
-    /* resnet18's layer4 on 112x112 images has 4x4 planes: samples go through
-     * in groups of 16 (256 columns), the outputs staged beside the columns. */
+    /* resnet18's layer4 on 112x112 images has 4x4 planes: backward takes the
+     * samples in groups of 16 (256 columns), the output gradients staged
+     * beside the columns. */
     fr_layer small = conv_layer(fr_shape_chw(4, 4, 4), 4, 8, 3, 1, 1);
     tap_ok(small.ops->infer_shape(&small, &err) == FR_OK &&
                small.ops->scratch_bytes(&small, 1) == 36u * 16 * 4 &&
                small.ops->scratch_bytes(&small, 8) == (36u + 8) * 8 * 16 * 4 &&
                small.ops->scratch_bytes(&small, 64) == (36u + 8) * 16 * 16 * 4,
            "conv2d with 16-value planes unrolls up to 16 samples side by side "
-           "and stages their outputs beside them");
+           "and stages their output gradients beside them");
     fr_layer pool = pool_layer(conv2.out, 2, 2);
     tap_ok(pool.ops->infer_shape(&pool, &err) == FR_OK && pool.out.d[0] == 64 &&
                pool.out.d[1] == 12 && pool.out.d[2] == 12,
@@ -805,10 +828,11 @@ static void test_registry(void) {
 }
 
 int main(void) {
-    tap_plan(138); /* every check below, counted: fewer or more fails the test */
+    tap_plan(140); /* every check below, counted: fewer or more fails the test */
     test_linear();
     test_conv2d();
     test_conv2d_without_bias();
+    test_conv2d_forward_alone();
     test_relu();
     test_maxpool2d();
     test_avgpool2d();

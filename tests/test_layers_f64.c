@@ -1000,8 +1000,9 @@ static const layer_config conv2d_configs[] = {
     {.args = {2, 3, 1, 2, 0, 1}, .in = CHW(2, 5, 5), .n = 2, .note = "1x1 with stride 2"},
     {.args = {2, 3, 4, 3, 2, 1}, .in = CHW(2, 9, 8), .n = 1,
      .note = "an even kernel, stride 3, padding 2"},
-    /* 8x8 planes: 4 samples per GEMM, so 6 samples go as a group of 4 and
-     * one of 2 (conv2d.c's GROUP_COLUMNS); 3x3 planes: all 6 in one group */
+    /* backward's groups of samples (conv2d.c's GROUP_COLUMNS): 8x8 planes
+     * go 4 samples per GEMM, so 6 samples as a group of 4 and one of 2; 3x3
+     * planes all 6 in one group */
     {.args = {3, 4, 3, 1, 1, 1}, .in = CHW(3, 8, 8), .n = 6,
      .note = "samples in GEMM groups of 4 and 2"},
     {.args = {3, 5, 3, 2, 1, 0}, .in = CHW(3, 5, 6), .n = 6,

@@ -11,15 +11,22 @@
  * kernel with stride 1 and no padding needs no unrolling: the image already
  * is col.
  *
- * A small output plane makes a thin GEMM: resnet18's layer4 on 112x112
- * images has 4x4 planes, so one sample's forward is W[512 x 4608] times 16
- * columns, and its weight gradient a product over 16 values that reads and
- * writes all of dW per sample.  So samples go through in groups: the
- * group's columns side by side in one matrix [in*k*k x group*oh*ow], one GEMM
- * for the group, and the output (or output gradient) staged as
- * [out x group*oh*ow] beside it, copied from or to the samples' NCHW planes.
- * A group holds enough samples for GROUP_COLUMNS columns; a plane that wide
- * goes alone, as before.
+ * A small output plane makes thin GEMMs: resnet18's layer4 on 112x112 images
+ * has 4x4 planes, so one sample's weight gradient is a product over 16 values
+ * that reads and writes all of dW [512 x 4608], and its input gradient a
+ * product with 16 columns.  So backward takes the samples in groups: the
+ * group's columns side by side in one matrix [in*k*k x group*oh*ow], the
+ * output gradient staged beside it as [out x group*oh*ow], and one GEMM each
+ * for dW and the input gradient's columns.  A group holds enough samples for
+ * GROUP_COLUMNS columns; a plane that wide goes alone, as before.
+ *
+ * Forward stays one sample at a time.  OpenBLAS's value for one column of a
+ * product depends on how wide the matrix is, so a grouped forward would give
+ * a sample other bits in other company: the frozen trunk's outputs in the
+ * feature cache (computed in dataset order) would no longer be the bits an
+ * uncached step computes, and a ReLU or max-pool tie can turn on such a bit
+ * (bench/README.md, *resnet18*).  Backward's sums change their rounding too,
+ * but each thread's rows are the same with and without the cache.
  */
 #include "kernels.h"
 
@@ -110,7 +117,7 @@ static int group_for(const conv_dims *d, int n) {
 }
 
 /* A group's columns [col_rows x g*plane], and for a group of more than one
- * sample its staged outputs [out_c x g*plane] after them.  n is the most rows
+ * sample its staged output gradient [out_c x g*plane] after them.  n is the most rows
  * a call gets, so the scratch is one sample's columns for a wide plane
  * whatever the batch. */
 static size_t conv2d_scratch_bytes(const fr_layer *l, int n) {
@@ -133,8 +140,8 @@ static void group_columns(const conv_dims *d, const float *in, size_t in_numel, 
 
 /* ----------------------------------------------------- forward */
 
-/* One sample at a time: its columns (or the image itself for 1x1) times W,
- * straight into its output plane. */
+/* One sample: its columns (or the image itself for 1x1) times W, straight
+ * into its output plane. */
 static void forward_one(const fr_layer *l, const conv_dims *d, const float *in_s, float *out_s,
                         float *col) {
     const float *bias = l->param_data[FR_BIAS];
@@ -155,42 +162,12 @@ static void forward_one(const fr_layer *l, const conv_dims *d, const float *in_s
         fr_relu_inplace(out_s, (size_t)d->out_c * d->out_plane);
 }
 
-/* Samples [s0, s0 + g) in one GEMM: staged[out x g*P] = W · col[K x g*P],
- * then each sample's part of every channel's row copied to its plane.  Each
- * output is the same sum as forward_one's, in the same order. */
-static void forward_group(const fr_layer *l, const conv_dims *d, const float *in, float *out,
-                          int s0, int g, float *col) {
-    const float *bias = l->param_data[FR_BIAS];
-    size_t in_numel = (size_t)d->in_c * d->h * d->w, plane = (size_t)d->out_plane;
-    size_t ld = (size_t)g * plane, out_numel = (size_t)d->out_c * plane;
-    float *staged = col + (size_t)d->col_rows * ld;
-    group_columns(d, in, in_numel, s0, g, col);
-    if (bias)
-        fr_bias_set_channels(staged, bias, d->out_c, (int)ld);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->out_c, (int)ld, d->col_rows, 1.0f,
-                l->param_data[FR_WEIGHT], d->col_rows, col, (int)ld, bias ? 1.0f : 0.0f,
-                staged, (int)ld);
-    for (int j = 0; j < g; j++) {
-        float *out_s = out + (size_t)(s0 + j) * out_numel;
-        for (int ch = 0; ch < d->out_c; ch++)
-            memcpy(out_s + ch * plane, staged + ch * ld + j * plane, plane * sizeof *out_s);
-        if (l->fused_relu)
-            fr_relu_inplace(out_s, out_numel);
-    }
-}
-
 static void conv2d_forward(const fr_layer *l, const float *in, float *out,
                            int n, void *scratch) {
     conv_dims d = dims_of(l);
     size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
-    int g = group_for(&d, n);
-    for (int s = 0; s < n; s += g) {
-        int count = n - s < g ? n - s : g;
-        if (count == 1)
-            forward_one(l, &d, in + s * in_numel, out + s * out_numel, scratch);
-        else
-            forward_group(l, &d, in, out, s, count, scratch);
-    }
+    for (int s = 0; s < n; s++)
+        forward_one(l, &d, in + s * in_numel, out + s * out_numel, scratch);
 }
 
 /* ---------------------------------------------------- backward */
