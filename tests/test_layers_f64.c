@@ -1015,6 +1015,8 @@ static const layer_config conv2d_configs[] = {
 static const layer_config maxpool2d_configs[] = {
     {.args = {2, FR_ARG_NONE, 0}, .in = CHW(2, 6, 10), .n = 2, .note = "the vectorized 2x2 path"},
     {.args = {3, 2, 1}, .in = CHW(2, 7, 6), .n = 2, .note = "padding 1, overlapping windows"},
+    {.args = {3, 2, 1}, .in = CHW(2, 5, 23), .n = 2,
+     .note = "11 inner columns a row, taken tap by tap"},
     {.args = {2, 2, 1}, .in = CHW(1, 5, 4), .n = 2, .note = "padding with an even kernel"},
     {.args = {3, FR_ARG_NONE, 0}, .in = CHW(2, 8, 7), .n = 1,
      .note = "stride None, odd sizes floor"},
