@@ -407,6 +407,9 @@ void fr_gemm_affine(const float *in, const float *weight, const float *bias,
 void fr_relu_inplace(float *values, size_t count);
 /* out[c x plane]: every element of channel c set to bias[c] (conv's bias). */
 void fr_bias_set_channels(float *out, const float *bias, int channels, int plane);
+/* "oneDNN X.Y.Z" when conv2d runs through oneDNN (configure --with-dnnl),
+ * else NULL (src/layers/conv2d_dnnl.c). */
+const char *fr_conv_dnnl_version(void);
 /* col[(c*kh*kw) x (oh*ow)] from one image [c x h x w], each row ld floats
  * after the one before (ld >= oh*ow: other samples' columns may sit beside). */
 void fr_im2col(const float *img, int c, int h, int w, int k, int stride,

@@ -9,7 +9,7 @@
 # (short, nothing dated but its results stamp, links that resolve, its C
 # calls made by examples/freeze_api.c, the two commands of its quick start).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 40
+plan 41
 
 MAN="$TOP_SRCDIR/man"
 COMMANDS="train eval inspect generate tokenize"
@@ -112,6 +112,13 @@ ok $? "frost --version and frost -V exit 0 and print the same"
 [ "$(head -n 1 "$WORK/version")" = "frost $version" ] && grep -q '^MPI: ' "$WORK/version" &&
     grep -q '^OpenMP: ' "$WORK/version" && grep -q '^BLAS: ' "$WORK/version"
 ok $? "--version: 'frost $version', then the build's MPI, OpenMP and BLAS ($(sed -n 2p "$WORK/version"))"
+# conv2d runs through oneDNN exactly when configure found it (HAVE_DNNL).
+if grep -q '^#define HAVE_DNNL 1' "$TOP_BUILDDIR/config.h"; then
+    grep -qE '^convolutions: oneDNN [0-9]+\.[0-9]+\.[0-9]+$' "$WORK/version"
+else
+    grep -qx 'convolutions: OpenBLAS (configured without oneDNN)' "$WORK/version"
+fi
+ok $? "--version names what runs the convolutions: $(grep '^convolutions: ' "$WORK/version")"
 "$FROST" help > "$WORK/help" 2>&1
 status=$?
 for c in $COMMANDS; do grep -q "^usage: frost $c " "$WORK/help" || status=1; done
@@ -214,7 +221,7 @@ ok $? "nothing in README.md is dated but the results table's stamp ($dated line(
 first=$(grep -n -- '--freeze fc1' "$README" | head -n 1 | cut -d: -f1)
 [ -n "$first" ] && [ "$first" -le 60 ]
 ok $? "how to freeze one layer is on README.md's first screen (line ${first:-none})"
-grep -qxF 'apt-get update && apt-get install -y build-essential autoconf automake libtool pkg-config libopenblas-dev libopenmpi-dev openmpi-bin zlib1g-dev dataset-fashion-mnist fortunes python3 python3-torch python3-torchvision procps iproute2 && autoreconf -fi && ./configure && make -j"$(nproc)" && examples/finetune.sh' "$README" &&
+grep -qxF 'apt-get update && apt-get install -y build-essential autoconf automake libtool pkg-config libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin zlib1g-dev dataset-fashion-mnist fortunes python3 python3-torch python3-torchvision procps iproute2 && autoreconf -fi && ./configure && make -j"$(nproc)" && examples/finetune.sh' "$README" &&
     grep -qxF 'autoreconf -fi && ./configure && make -j2 check' "$README"
 ok $? "README.md's two commands are there as .ci/run and a newcomer run them"
 broken=

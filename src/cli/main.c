@@ -40,6 +40,8 @@ static void print_version(void) {
 #endif
     printf("BLAS: %s\n", openblas_get_config());
     printf("zlib: %s\n", zlibVersion());
+    const char *dnnl = fr_conv_dnnl_version();
+    printf("convolutions: %s\n", dnnl ? dnnl : "OpenBLAS (configured without oneDNN)");
 }
 
 /* `frost help --man TOPIC` and `frost help model`: the manual's page. */

@@ -52,6 +52,11 @@ typedef struct conv_dims {
  * 55-80% (bench/README.md, *resnet18*). */
 enum { GROUP_COLUMNS = 256 };
 
+/* The shape as conv2d_dnnl.c takes it. */
+static fr_conv_shape shape_of(const conv_dims *d) {
+    return (fr_conv_shape){d->in_c, d->out_c, d->k, d->stride, d->pad, d->h, d->w, d->oh, d->ow};
+}
+
 static conv_dims dims_of(const fr_layer *l) {
     conv_dims d;
     d.in_c = l->args[IN_CHANNELS];
@@ -166,6 +171,13 @@ static void conv2d_forward(const fr_layer *l, const float *in, float *out,
                            int n, void *scratch) {
     conv_dims d = dims_of(l);
     size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
+    fr_conv_shape shape = shape_of(&d);
+    if (fr_conv_dnnl_forward(&shape, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], in, out,
+                             n)) {
+        if (l->fused_relu)
+            fr_relu_inplace(out, (size_t)n * out_numel);
+        return;
+    }
     for (int s = 0; s < n; s++)
         forward_one(l, &d, in + s * in_numel, out + s * out_numel, scratch);
 }
@@ -196,18 +208,20 @@ static void conv2d_backward(const fr_layer *l, const float *in,
     size_t in_numel = fr_shape_numel(l->in), out_numel = fr_shape_numel(l->out);
     size_t plane = (size_t)d.out_plane;
     float *col = scratch;
+    if (dbias) {
+        memset(dbias, 0, (size_t)d.out_c * sizeof *dbias);
+        for (int s = 0; s < n; s++)
+            fr_bias_grad_channels(dout + s * out_numel, d.out_c, d.out_plane, dbias);
+    }
+    fr_conv_shape shape = shape_of(&d);
+    if (fr_conv_dnnl_backward(&shape, l->param_data[FR_WEIGHT], in, dout, din, dweight, n))
+        return;
     int g = group_for(&d, n);
     for (int s = 0; s < n; s += g) {
         int count = n - s < g ? n - s : g;
         size_t ld = (size_t)count * plane;
         /* The first group overwrites dW, the rest accumulate. */
         bool accumulate = s > 0;
-        if (dbias) {
-            if (s == 0)
-                memset(dbias, 0, (size_t)d.out_c * sizeof *dbias);
-            for (int j = 0; j < count; j++)
-                fr_bias_grad_channels(dout + (s + j) * out_numel, d.out_c, d.out_plane, dbias);
-        }
         if (count == 1) {
             const float *in_s = in + s * in_numel;
             float *din_s = din ? din + s * in_numel : NULL;

@@ -88,4 +88,18 @@ void fr_layer_param_shape(fr_layer *l, int slot, int ndim, const int *shape);
  * batchnorm2d): "conv1: conv2d(1, 32, 3) expects an image [C, H, W], got 784". */
 int fr_layer_need_image(const fr_layer *l, fr_error *err);
 
+/* A convolution's sizes, for conv2d_dnnl.c (every field set: contexts are
+ * matched by their bytes). */
+typedef struct fr_conv_shape {
+    int in_c, out_c, k, stride, pad, h, w, oh, ow;
+} fr_conv_shape;
+/* conv2d through oneDNN (conv2d_dnnl.c): forward of n NCHW samples, one per
+ * call, plus the bias; backward over all n, din and dweight written over
+ * where not NULL.  false: not built with oneDNN, or it cannot run the shape
+ * (the caller then runs its own products). */
+bool fr_conv_dnnl_forward(const fr_conv_shape *s, const float *weight, const float *bias,
+                          const float *in, float *out, int n);
+bool fr_conv_dnnl_backward(const fr_conv_shape *s, const float *weight, const float *in,
+                           const float *dout, float *din, float *dweight, int n);
+
 #endif /* FROST_KERNELS_H */
