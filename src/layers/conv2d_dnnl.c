@@ -20,6 +20,12 @@
  * primitive, the reorders, buffers in oneDNN's layouts and its scratchpad, and a stream.
  * Contexts are made on first use under a lock and kept for the life of the process (the
  * primitives are JIT code worth keeping; a shape seen once costs its buffers until exit).
+ *
+ * oneDNN is built on OpenMP and sizes a primitive for omp_get_max_threads() threads; frost's
+ * threads are already the parallelism, so each makes and runs its primitives with its own
+ * OpenMP thread count set to 1 (an ICV of its implicit task, restored after).  A primitive
+ * made for 2 threads and run inside frost's parallel region, where oneDNN gets one, spun
+ * forever in its backward-weights barrier.
  */
 #include "config.h"
 
@@ -167,7 +173,8 @@ static context *context_make(const fr_conv_shape *s, int kind, int n, bool has_b
     return c;
 }
 
-/* This thread's context for the shape, kind and n; NULL when oneDNN cannot run it. */
+/* This thread's context for the shape, kind and n; NULL when oneDNN cannot run it.  The
+ * caller has set its OpenMP thread count to 1. */
 static context *context_for(const fr_conv_shape *s, int kind, int n, bool has_bias) {
     int thread = omp_get_thread_num();
     pthread_mutex_lock(&lock);
@@ -213,9 +220,13 @@ static void run(context *c) {
 
 bool fr_conv_dnnl_forward(const fr_conv_shape *s, const float *weight, const float *bias,
                           const float *in, float *out, int n) {
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
     context *c = context_for(s, FORWARD, 1, bias != NULL);
-    if (!c)
+    if (!c) {
+        omp_set_num_threads(threads);
         return false;
+    }
     size_t in_numel = (size_t)s->in_c * s->h * s->w, out_numel = (size_t)s->out_c * s->oh * s->ow;
     operand_reorder(c->stream, &c->weights, (void *)weight, true);
     if (bias)
@@ -227,15 +238,20 @@ bool fr_conv_dnnl_forward(const fr_conv_shape *s, const float *weight, const flo
         operand_reorder(c->stream, &c->dst, out + i * out_numel, false);
     }
     dnnl_stream_wait(c->stream);
+    omp_set_num_threads(threads);
     return true;
 }
 
 bool fr_conv_dnnl_backward(const fr_conv_shape *s, const float *weight, const float *in,
                            const float *dout, float *din, float *dweight, int n) {
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
     context *data = din ? context_for(s, BACKWARD_DATA, n, false) : NULL;
     context *weights = dweight ? context_for(s, BACKWARD_WEIGHTS, n, false) : NULL;
-    if ((din && !data) || (dweight && !weights))
+    if ((din && !data) || (dweight && !weights)) {
+        omp_set_num_threads(threads);
         return false;
+    }
     if (weights) {
         operand_reorder(weights->stream, &weights->src, (void *)in, true);
         operand_reorder(weights->stream, &weights->dst, (void *)dout, true);
@@ -252,6 +268,7 @@ bool fr_conv_dnnl_backward(const fr_conv_shape *s, const float *weight, const fl
         operand_reorder(data->stream, &data->src, din, false);
         dnnl_stream_wait(data->stream);
     }
+    omp_set_num_threads(threads);
     return true;
 }
 
