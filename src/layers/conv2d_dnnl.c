@@ -17,7 +17,9 @@
  * values, 1x1 planes, amplifies it), where on frost's layouts they stay within 1e-4.
  *
  * A context holds what one thread needs for one shape, one kind of product and one n: the
- * primitive, the reorders, buffers in oneDNN's layouts and its scratchpad, and a stream.
+ * primitive, the reorders and a stream.  Its operands in oneDNN's layouts and its scratchpad
+ * live in its thread's workspace, one buffer per thread as large as the largest context needs
+ * (a thread runs one product at a time): a buffer per context held 4.2 GB at 224x224, batch 64.
  * Contexts are made on first use under a lock and kept for the life of the process (the
  * primitives are JIT code worth keeping; a shape seen once costs its buffers until exit).
  *
@@ -45,6 +47,7 @@ enum { FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS };
 typedef struct operand {
     dnnl_memory_t plain, chosen;
     dnnl_primitive_t reorder;
+    size_t offset; /* of chosen in the thread's workspace, when it is not plain */
 } operand;
 
 typedef struct context {
@@ -55,6 +58,7 @@ typedef struct context {
     dnnl_memory_t scratchpad;
     operand src, weights, dst, bias; /* dst is diff_dst backward; src diff_src for data */
     bool has_bias;
+    size_t workspace_bytes, scratchpad_offset;
     struct context *next;
 } context;
 
@@ -62,11 +66,21 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static dnnl_engine_t engine;
 static bool engine_failed;
 static context *contexts;
+/* Each thread's workspace (by omp_get_thread_num()); a thread beyond the table runs OpenBLAS. */
+enum { WORKSPACE_THREADS = 1024 };
+static struct workspace {
+    char *base;
+    size_t bytes;
+} workspaces[WORKSPACE_THREADS];
+
+static size_t aligned_bytes(size_t bytes) {
+    return (bytes + 63) & ~(size_t)63;
+}
 
 /* An operand of md (plain) as the primitive wants it (chosen); to_chosen says which way the
  * reorder runs. */
 static bool operand_make(operand *o, const dnnl_memory_desc_t *plain,
-                         const dnnl_memory_desc_t *chosen, bool to_chosen) {
+                         const dnnl_memory_desc_t *chosen, bool to_chosen, size_t *workspace) {
     if (dnnl_memory_create(&o->plain, plain, engine, DNNL_MEMORY_NONE) != dnnl_success)
         return false;
     if (dnnl_memory_desc_equal(plain, chosen)) {
@@ -74,7 +88,9 @@ static bool operand_make(operand *o, const dnnl_memory_desc_t *plain,
         return true;
     }
     dnnl_primitive_desc_t pd;
-    if (dnnl_memory_create(&o->chosen, chosen, engine, DNNL_MEMORY_ALLOCATE) != dnnl_success ||
+    o->offset = *workspace;
+    *workspace += aligned_bytes(dnnl_memory_desc_get_size(chosen));
+    if (dnnl_memory_create(&o->chosen, chosen, engine, DNNL_MEMORY_NONE) != dnnl_success ||
         dnnl_reorder_primitive_desc_create(&pd, to_chosen ? plain : chosen, engine,
                                            to_chosen ? chosen : plain, engine, NULL) != dnnl_success)
         return false;
@@ -146,18 +162,20 @@ static context *context_make(const fr_conv_shape *s, int kind, int n, bool has_b
         dnnl_query_t wei_q = kind == BACKWARD_WEIGHTS ? dnnl_query_diff_weights_md
                                                       : dnnl_query_weights_md;
         dnnl_query_t dst_q = kind == FORWARD ? dnnl_query_dst_md : dnnl_query_diff_dst_md;
+        size_t *ws = &c->workspace_bytes;
+        const dnnl_memory_desc_t *pad = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
         ok = operand_make(&c->src, &src, dnnl_primitive_desc_query_md(pd, src_q, 0),
-                          kind != BACKWARD_DATA) &&
+                          kind != BACKWARD_DATA, ws) &&
              operand_make(&c->weights, &wei, dnnl_primitive_desc_query_md(pd, wei_q, 0),
-                          kind != BACKWARD_WEIGHTS) &&
+                          kind != BACKWARD_WEIGHTS, ws) &&
              operand_make(&c->dst, &dst, dnnl_primitive_desc_query_md(pd, dst_q, 0),
-                          kind != FORWARD) &&
-             (!c->has_bias || operand_make(&c->bias, &bias, &bias, true)) &&
-             dnnl_memory_create(&c->scratchpad,
-                                dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0),
-                                engine, DNNL_MEMORY_ALLOCATE) == dnnl_success &&
+                          kind != FORWARD, ws) &&
+             (!c->has_bias || operand_make(&c->bias, &bias, &bias, true, ws)) &&
+             dnnl_memory_create(&c->scratchpad, pad, engine, DNNL_MEMORY_NONE) == dnnl_success &&
              dnnl_primitive_create(&c->primitive, pd) == dnnl_success &&
              dnnl_stream_create(&c->stream, engine, dnnl_stream_default_flags) == dnnl_success;
+        c->scratchpad_offset = *ws;
+        *ws += aligned_bytes(dnnl_memory_desc_get_size(pad));
     }
     if (pd)
         dnnl_primitive_desc_destroy(pd);
@@ -177,6 +195,8 @@ static context *context_make(const fr_conv_shape *s, int kind, int n, bool has_b
  * caller has set its OpenMP thread count to 1. */
 static context *context_for(const fr_conv_shape *s, int kind, int n, bool has_bias) {
     int thread = omp_get_thread_num();
+    if (thread >= WORKSPACE_THREADS)
+        return NULL;
     pthread_mutex_lock(&lock);
     context *c = NULL;
     if (!engine && !engine_failed)
@@ -191,9 +211,31 @@ static context *context_for(const fr_conv_shape *s, int kind, int n, bool has_bi
             c->next = contexts;
             contexts = c;
         }
+        struct workspace *w = &workspaces[thread];
+        if (c && w->bytes < c->workspace_bytes) {
+            char *grown = aligned_alloc(64, aligned_bytes(c->workspace_bytes));
+            if (grown) {
+                free(w->base);
+                w->base = grown;
+                w->bytes = c->workspace_bytes;
+            } else {
+                c = NULL;
+            }
+        }
     }
     pthread_mutex_unlock(&lock);
     return c;
+}
+
+/* Points c's buffers in oneDNN's layouts and its scratchpad into its thread's workspace: before
+ * each use, since another context of the thread may have grown it. */
+static void bind(context *c) {
+    char *base = workspaces[c->thread].base;
+    operand *operands[] = {&c->src, &c->weights, &c->dst};
+    for (int i = 0; i < 3; i++)
+        if (operands[i]->chosen != operands[i]->plain)
+            dnnl_memory_set_data_handle(operands[i]->chosen, base + operands[i]->offset);
+    dnnl_memory_set_data_handle(c->scratchpad, base + c->scratchpad_offset);
 }
 
 static void run(context *c) {
@@ -228,6 +270,7 @@ bool fr_conv_dnnl_forward(const fr_conv_shape *s, const float *weight, const flo
         return false;
     }
     size_t in_numel = (size_t)s->in_c * s->h * s->w, out_numel = (size_t)s->out_c * s->oh * s->ow;
+    bind(c);
     operand_reorder(c->stream, &c->weights, (void *)weight, true);
     if (bias)
         operand_reorder(c->stream, &c->bias, (void *)bias, true);
@@ -253,6 +296,7 @@ bool fr_conv_dnnl_backward(const fr_conv_shape *s, const float *weight, const fl
         return false;
     }
     if (weights) {
+        bind(weights);
         operand_reorder(weights->stream, &weights->src, (void *)in, true);
         operand_reorder(weights->stream, &weights->dst, (void *)dout, true);
         dnnl_memory_set_data_handle(weights->weights.plain, dweight);
@@ -261,6 +305,7 @@ bool fr_conv_dnnl_backward(const fr_conv_shape *s, const float *weight, const fl
         dnnl_stream_wait(weights->stream);
     }
     if (data) {
+        bind(data);
         operand_reorder(data->stream, &data->weights, (void *)weight, true);
         operand_reorder(data->stream, &data->dst, (void *)dout, true);
         dnnl_memory_set_data_handle(data->src.plain, din);
