@@ -483,7 +483,9 @@ def main():
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for r in rows:
         lines.append("| " + " | ".join([
-            r["case"], fmt(r["frost"], ".0f"), fmt(r["torch"], ".0f"), fmt(r["passive"], ".0f"),
+            r["case"], fmt(r["frost"], ".0f"),
+            fmt(r["torch"], ".0f") if torch_version else "-",
+            fmt(r["passive"], ".0f") if torch_version and "passive" in policies else "-",
             fmt(r["frost"] / r["best"], ".2f") if r["frost"] and r["best"] else "-",
             "%.2f" % (r["flops"] / 1e6), fmt(r["limit"], ".0f"),
             fmt(r["pct"], ".1f") + "%" if r["pct"] is not None else "n/a",
