@@ -126,6 +126,8 @@ struct fr_param {
     bool requires_grad;
     int layer;               /* the layer that declared it (its owner); a tied
                                 parameter is used by later layers too */
+    bool adapter;            /* a LoRA adapter's (lora_A, lora_B): not a base weight, so
+                                weights files leave it out and adapter files hold it */
 };
 
 /* ------------------------------------------------------------ layers */
@@ -191,7 +193,10 @@ typedef enum fr_implied_input {
  * split by rows (weight_grad_rows), FR_BIAS its bias.
  */
 #define FR_LAYER_PARAMS_MAX 4
-enum { FR_WEIGHT = 0, FR_BIAS = 1 };
+/* A kind that takes LoRA adapters (linear, conv1d) lists lora_A and lora_B in
+ * slots FR_LORA_A and FR_LORA_B; its infer_shape gives them shapes only when
+ * the layer has an adapter (fr_layer.lora.rank > 0). */
+enum { FR_WEIGHT = 0, FR_BIAS = 1, FR_LORA_A = 2, FR_LORA_B = 3 };
 typedef enum fr_init {
     FR_INIT_FAN_IN_UNIFORM, /* U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's and nn.Conv2d's */
     FR_INIT_ONES,           /* norms' weights */
@@ -203,6 +208,19 @@ typedef struct fr_param_kind {
     const char *suffix; /* "weight" */
     fr_init init;
 } fr_param_kind;
+
+/*
+ * A LoRA adapter beside a layer's weight (PEFT's semantics, src/layers/lora.c):
+ * out += scale · dropout(in) · Aᵀ · Bᵀ with A [rank, in] and B [out, rank],
+ * scale = alpha / rank, or alpha / sqrt(rank) with rslora.  rank 0: none.
+ */
+typedef struct fr_lora {
+    int rank;
+    float alpha;
+    float dropout;   /* PEFT's lora_dropout, on the adapter's input only */
+    bool rslora;
+    float scale;
+} fr_lora;
 
 /* The gradients a layer's backward writes: grad[k] for parameter slot k, NULL
  * where it is not wanted (frozen, or absent); OVERWRITTEN with this batch's
@@ -240,6 +258,9 @@ typedef struct fr_layer_ops {
     fr_implied_input implies_input;
     /* A relu right after it may run in its forward (fr_layer.fused_relu). */
     bool fuses_relu;
+    /* It takes a LoRA adapter (fr_layer.lora): lora_A and lora_B are in its
+     * schema's slots FR_LORA_A and FR_LORA_B. */
+    bool takes_lora;
     /* Output shape from l->in and the arguments; gives its parameters their
      * shapes (fr_layer_param_shape) and fan_in. */
     int (*infer_shape)(fr_layer *l, fr_error *err);
@@ -343,6 +364,7 @@ struct fr_layer {
     int param_ndim[FR_LAYER_PARAMS_MAX];
     int param_shape[FR_LAYER_PARAMS_MAX][FR_MAX_DIMS];
     const float *param_data[FR_LAYER_PARAMS_MAX];
+    fr_lora lora;      /* its adapter (kinds that take one; rank 0: none) */
     int fan_in;        /* for PyTorch's default init */
     float init_std;    /* > 0: its normally drawn parameters' standard deviation instead of
                           the kind's (GPT-2's 0.02, and its c_proj's 0.02 / sqrt(2 n_layer)) */
@@ -367,6 +389,13 @@ typedef struct fr_buffer {
     void *data;              /* fr_layer.buffer_data's */
     int layer;
 } fr_buffer;
+
+/* Whether the trainer may run layer l by blocks of its outputs
+ * (forward_rows: the splits by features and the in-flight pipeline), which
+ * computes the base weight's part alone: not with an adapter. */
+static inline bool fr_layer_runs_by_rows(const fr_layer *l) {
+    return l->ops->forward_rows && l->lora.rank == 0;
+}
 
 /* The registry (src/layers/registry.c): every kind, in the order messages
  * list them. */
@@ -463,6 +492,10 @@ struct fr_model {
      * parameters calls fr_model_settle first. */
     struct fr_trainer *in_flight;
     int (*sync_in_flight)(struct fr_trainer *trainer, fr_error *err);
+    /* What Hugging Face puts in front of the names of modules other than
+     * lm_head in the model these came from ("transformer." for a GPT-2 from
+     * a config.json): adapter files name modules with it, as PEFT does. */
+    char module_prefix[16];
 };
 
 /* Apply the updates in flight, if any; const because reading a model is
@@ -489,6 +522,11 @@ int fr_model_find_layer(const fr_model *model, const char *name);
  * parser add through it.  `name` NULL: the layer's index. */
 int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
                        const int *args, fr_error *err);
+/* Parameters layer `layer` gained: its infer_shape run again (a LoRA
+ * adapter set in fr_layer.lora gives lora_A and lora_B shapes), a parameter
+ * added for each slot with a shape and none yet, the arena grown (values
+ * already there stay; the new ones are zeros). */
+int fr_model_add_layer_params(fr_model *model, int layer, fr_error *err);
 /* The name a layer called `name` (NULL: unnamed) added now would get: the open
  * blocks' names in front, an unnamed layer its index. */
 void fr_model_next_layer_name(const fr_model *model, const char *name, char *buf, size_t len);

@@ -129,6 +129,38 @@ static void add_closest_names(fr_model *model, const char *pattern, fr_error *er
     snprintf(err->msg + used, sizeof err->msg - used, "; closest names: %s", list);
 }
 
+int frost_add_adapters(const frost_options *opts, fr_model *model, fr_error *err) {
+    int rc = FR_OK;
+    fr_lora_config config = opts->lora_config;
+    config.alpha = (float)opts->lora_alpha;
+    config.dropout = (float)opts->lora_dropout;
+    for (int i = 0; rc == FR_OK && i < opts->lora_count; i++) {
+        /* Each --lora may list several patterns: 'c_attn,c_fc'. */
+        char patterns[1024];
+        snprintf(patterns, sizeof patterns, "%s", opts->lora[i]);
+        char *save = NULL;
+        bool any = false;
+        for (char *p = strtok_r(patterns, ",", &save); p && rc == FR_OK;
+             p = strtok_r(NULL, ",", &save)) {
+            any = true;
+            rc = fr_model_add_lora(model, p, &config, (uint64_t)opts->seed, err);
+            if (rc == FR_ENOMATCH)
+                add_closest_names(model, p, err);
+        }
+        if (rc == FR_OK && !any)
+            rc = fr_fail(err, FR_EINVAL, "--lora '%s': no pattern", opts->lora[i]);
+    }
+    if (rc == FR_OK && opts->adapter) {
+        rc = fr_model_load_adapter(model, opts->adapter, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--adapter: ");
+    }
+    /* PEFT's start: only the adapters train (--unfreeze trains more). */
+    if (rc == FR_OK && fr_model_adapter_count(model) > 0)
+        fr_model_freeze_base(model);
+    return rc;
+}
+
 static int load_model(const frost_options *opts, fr_model **out, fr_error *err) {
     fr_model *model = NULL;
     size_t len = strlen(opts->model);
@@ -137,6 +169,8 @@ static int load_model(const frost_options *opts, fr_model **out, fr_error *err) 
                  : fr_model_load(opts->model, &model, err);
     if (rc != FR_OK)
         fr_error_prefix(err, "--model: ");
+    if (rc == FR_OK)
+        rc = frost_add_adapters(opts, model, err);
     for (int i = 0; rc == FR_OK && i < opts->rule_count; i++) {
         const freeze_rule *rule = &opts->rules[i];
         rc = rule->freeze ? fr_model_freeze(model, rule->pattern, err)
@@ -626,6 +660,21 @@ static long run_steps(const frost_options *opts, int samples) {
     return total;
 }
 
+/* --save-adapter DIR: a directory whose files can be written, or one that
+ * can be made. */
+static int check_adapter_dir(const char *dir, fr_error *err) {
+    if (!dir)
+        return FR_OK;
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return check_output_path("--save-adapter", dir, err);
+    if (!S_ISDIR(st.st_mode))
+        return fr_fail(err, FR_EIO, "--save-adapter %s: not a directory", dir);
+    char file[4096];
+    snprintf(file, sizeof file, "%s/adapter_model.safetensors", dir);
+    return check_output_path("--save-adapter", file, err);
+}
+
 /* --save, --metrics, --checkpoint and --trace, on rank 0 (collective). */
 static int check_output_paths(const frost_options *opts, fr_error *err) {
     int local = FR_OK;
@@ -639,6 +688,8 @@ static int check_output_paths(const frost_options *opts, fr_error *err) {
             local = check_output_path("--trace", opts->trace, err);
         if (local == FR_OK)
             local = check_output_path("--save-best", opts->save_best, err);
+        if (local == FR_OK)
+            local = check_adapter_dir(opts->save_adapter, err);
     }
     return fr_comm_agree(local, err);
 }
@@ -1362,6 +1413,11 @@ int frost_train(const frost_options *options, fr_error *err) {
     }
     if (rc == FR_OK && is_root() && opts->save)
         rc = fr_model_save_weights(run.model, opts->save, err);
+    if (rc == FR_OK && is_root() && opts->save_adapter) {
+        rc = fr_model_save_adapter(run.model, opts->save_adapter, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--save-adapter: ");
+    }
     if (rc != FR_ECOMMLOST)
         rc = fr_comm_agree(rc, err);
     if (rc == FR_OK && is_root())
@@ -1408,6 +1464,8 @@ int frost_train(const frost_options *options, fr_error *err) {
             printf("checkpoint %s\n", opts->checkpoint);
         if (opts->save)
             printf("saved %s\n", opts->save);
+        if (opts->save_adapter)
+            printf("saved adapter %s\n", opts->save_adapter);
     }
     free_run(&run);
     return rc;

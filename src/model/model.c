@@ -288,6 +288,32 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *loc
     return FR_OK;
 }
 
+int fr_model_add_layer_params(fr_model *model, int layer, fr_error *err) {
+    fr_layer *l = &model->layers[layer];
+    fr_error shape_err = {0};
+    int rc = l->ops->infer_shape(l, &shape_err);
+    if (rc != FR_OK)
+        return fr_fail(err, rc, "%s", shape_err.msg);
+    int first_param = model->param_count;
+    size_t arena_before = model->arena_floats;
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX && l->ops->params[k].suffix; k++) {
+        if (l->param_ndim[k] == 0 || l->params[k] >= 0)
+            continue;
+        rc = add_param(model, layer, l->ops->params[k].suffix, l->param_ndim[k],
+                       l->param_shape[k], err);
+        if (rc != FR_OK) {
+            for (int j = 0; j < FR_LAYER_PARAMS_MAX; j++)
+                if (l->params[j] >= first_param)
+                    l->params[j] = -1;
+            model->param_count = first_param;
+            model->arena_floats = arena_before;
+            return rc;
+        }
+        l->params[k] = model->param_count - 1;
+    }
+    return fr_model_ensure_arena(model, err);
+}
+
 /* ------------------------------------------------------- tied parameters */
 
 /* Layer and slot whose parameter would be called `name` ("lm_head.weight"). */
@@ -582,6 +608,10 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
     for (int i = 0; i < model->param_count; i++) {
         fr_param *p = &model->params[i];
         const fr_layer *l = &model->layers[p->layer];
+        /* Adapters were initialised when added (fr_model_add_lora) or read
+         * from their file; the base's draws are the same with them or not. */
+        if (p->adapter)
+            continue;
         int slot = 0;
         while (slot < FR_LAYER_PARAMS_MAX - 1 && l->params[slot] != i)
             slot++;
