@@ -22,8 +22,10 @@
 #include <math.h>
 #include <string.h>
 
-/* The scratch: a header, then t [rows x rank], then (dropout in train mode)
- * the dropped input [rows x in] and its mask [rows x in] bytes. */
+/* The scratch: a header, then t [rows x rank] and dt [rows x rank], then
+ * (dropout in train mode) the dropped input [rows x in], the gradient through
+ * it [rows x in] and its mask [rows x in] bytes.  Backward leaves what
+ * forward kept as it was, so it may run twice (the layer checks do). */
 typedef struct lora_header {
     int masked; /* forward dropped elements: backward applies the mask */
 } lora_header;
@@ -35,20 +37,28 @@ static size_t round_up(size_t bytes) { return (bytes + FR_ALIGN - 1) / FR_ALIGN 
 size_t fr_lora_scratch_bytes(const fr_layer *l, int rows, int in_n) {
     if (l->lora.rank <= 0 || rows <= 0)
         return 0;
-    size_t bytes = HEADER_BYTES + round_up((size_t)rows * (size_t)l->lora.rank * sizeof(float));
+    size_t bytes = HEADER_BYTES + 2 * round_up((size_t)rows * (size_t)l->lora.rank * sizeof(float));
     if (l->lora.dropout > 0.0f)
-        bytes += round_up((size_t)rows * (size_t)in_n * sizeof(float)) +
+        bytes += 2 * round_up((size_t)rows * (size_t)in_n * sizeof(float)) +
                  round_up((size_t)rows * (size_t)in_n);
     return bytes;
 }
 
 static float *t_of(void *scratch) { return (float *)((char *)scratch + HEADER_BYTES); }
-static float *dropped_of(const fr_layer *l, void *scratch, int rows) {
+static float *dt_of(const fr_layer *l, void *scratch, int rows) {
     return (float *)((char *)t_of(scratch) +
                      round_up((size_t)rows * (size_t)l->lora.rank * sizeof(float)));
 }
+static float *dropped_of(const fr_layer *l, void *scratch, int rows) {
+    return (float *)((char *)dt_of(l, scratch, rows) +
+                     round_up((size_t)rows * (size_t)l->lora.rank * sizeof(float)));
+}
+static float *through_of(const fr_layer *l, void *scratch, int rows, int in_n) {
+    return (float *)((char *)dropped_of(l, scratch, rows) +
+                     round_up((size_t)rows * (size_t)in_n * sizeof(float)));
+}
 static unsigned char *mask_of(const fr_layer *l, void *scratch, int rows, int in_n) {
-    return (unsigned char *)dropped_of(l, scratch, rows) +
+    return (unsigned char *)through_of(l, scratch, rows, in_n) +
            round_up((size_t)rows * (size_t)in_n * sizeof(float));
 }
 
@@ -103,7 +113,8 @@ void fr_lora_backward(const fr_layer *l, const float *in, const float *dout, flo
         return;
     int rank = l->lora.rank;
     const lora_header *header = scratch;
-    float *t = t_of(scratch), *dA = grads->grad[FR_LORA_A], *dB = grads->grad[FR_LORA_B];
+    float *t = t_of(scratch), *dt = dt_of(l, scratch, rows);
+    float *dA = grads->grad[FR_LORA_A], *dB = grads->grad[FR_LORA_B];
     const float *x = header->masked ? dropped_of(l, scratch, rows) : in;
     /* dB[out x rank] = scale · doutᵀ · t */
     if (dB)
@@ -112,24 +123,24 @@ void fr_lora_backward(const fr_layer *l, const float *in, const float *dout, flo
                     dB, rank);
     if (!dA && !din)
         return;
-    /* dt[rows x rank] = scale · dout · B, over t (which dB no longer needs) */
+    /* dt[rows x rank] = scale · dout · B */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, rank, out_n, l->lora.scale, dout,
-                out_n, l->param_data[FR_LORA_B], rank, 0.0f, t, rank);
+                out_n, l->param_data[FR_LORA_B], rank, 0.0f, dt, rank);
     /* dA[rank x in] = dtᵀ · x */
     if (dA)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rank, in_n, rows, 1.0f, t, rank, x,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rank, in_n, rows, 1.0f, dt, rank, x,
                     in_n, grads->accumulate & (1u << FR_LORA_A) ? 1.0f : 0.0f, dA, in_n);
     if (!din)
         return;
     /* din += dropout'(dt · A) */
     if (!header->masked) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, in_n, rank, 1.0f, t, rank,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, in_n, rank, 1.0f, dt, rank,
                     l->param_data[FR_LORA_A], in_n, 1.0f, din, in_n);
         return;
     }
-    float *through = dropped_of(l, scratch, rows); /* dA has read the dropped input */
+    float *through = through_of(l, scratch, rows, in_n);
     const unsigned char *keep = mask_of(l, scratch, rows, in_n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, in_n, rank, 1.0f, t, rank,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, in_n, rank, 1.0f, dt, rank,
                 l->param_data[FR_LORA_A], in_n, 0.0f, through, in_n);
     double p = l->lora.dropout;
     float scale = p < 1.0 ? (float)(1.0 / (1.0 - p)) : 0.0f;
