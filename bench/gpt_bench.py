@@ -13,6 +13,10 @@ GPT2 module (plain PyTorch, Hugging Face's eager GPT-2), AdamW on both sides. Th
   cache    the same frozen set, frost with its feature cache, timed over epochs 2+ only;
            compared with the PyTorch runs of `frozen` (PyTorch has no cache), which run
            between the two frost runs of each repetition
+  lora     LoRA r 8, alpha 16 on every c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj (PEFT's
+           semantics: every base parameter frozen); PyTorch with tests/torch_gpt2.py's
+           hand-written PEFT LoRA (PEFT is not in Debian)
+  lora-bf16  the same with frost's --frozen-dtype bf16, compared with the PyTorch runs of lora
 
 Each repetition runs frost, PyTorch (OMP_WAIT_POLICY as in the environment), PyTorch with
 OMP_WAIT_POLICY=PASSIVE, one after the other, so the machine's load hits all of them alike;
@@ -45,12 +49,19 @@ import bench  # noqa: E402  (bench.py's helpers: sgemm, frost lookup, load avera
 CONFIG = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_positions": 128, "vocab_size": 256,
           "activation_function": "gelu_new"}
 FROZEN = ["wte", "wpe", "h.[0-4].*"]
+LORA = {"targets": "c_attn,c_proj,c_fc", "r": 8, "alpha": 16}
+LORA_FLAGS = ["--lora", LORA["targets"], "--lora-rank", str(LORA["r"]), "--lora-alpha",
+              str(LORA["alpha"])]
 CASES = {
     "full": {"title": "fully trainable", "freeze": [], "frost_flags": []},
     "frozen": {"title": "all but the last block frozen (no cache)", "freeze": FROZEN,
                "frost_flags": ["--no-cache"]},
     "cache": {"title": "all but the last block frozen, epochs 2+ with the feature cache",
               "freeze": FROZEN, "frost_flags": []},
+    "lora": {"title": "LoRA r 8 on c_attn, c_proj, c_fc (fp32 base)", "freeze": [],
+             "lora": True, "frost_flags": LORA_FLAGS},
+    "lora-bf16": {"title": "LoRA r 8, frost's base in bf16 (--frozen-dtype bf16)", "freeze": [],
+                  "lora": True, "frost_flags": LORA_FLAGS + ["--frozen-dtype", "bf16"]},
 }
 
 
@@ -67,46 +78,60 @@ def load_tool():
 
 # ------------------------------------------------------------------ FLOPs
 
-def layer_list(cfg, frozen_patterns, matches):
-    """The network in frost's layer order as (name, forward FLOPs per token, trainable), the
-    FLOPs those of matrix products only: 2*in*out for conv1d and the head, and for attention
-    QK^T and PV over the causal half of the scores, 2*2*C*(T+1)/2 per token (each query meets
-    (T+1)/2 keys on average).  Layer norms, GELU, embeddings, bias and loss are < 1% and count
-    0.  A layer is trainable when one of its parameters is; the tied head follows wte."""
+def layer_list(cfg, frozen_patterns, matches, lora=None):
+    """The network in frost's layer order as (name, forward FLOPs per token, weight-gradient
+    FLOPs per token, trainable), the FLOPs those of matrix products only: 2*in*out for conv1d
+    and the head, and for attention QK^T and PV over the causal half of the scores,
+    2*2*C*(T+1)/2 per token (each query meets (T+1)/2 keys on average).  Layer norms, GELU,
+    embeddings, bias and loss are < 1% and count 0.  A layer is trainable when one of its
+    parameters is; the tied head follows wte.  With lora ({"r": R}: every conv1d adapted,
+    the base frozen) a layer's adapter adds 2*R*(in+out) to its forward and is its weight
+    gradient (dA and dB), the frozen base's weight gradient none."""
     C, V, T = cfg["n_embd"], cfg["vocab_size"], cfg["n_positions"]
     inner = cfg.get("n_inner") or 4 * C
 
     def trainable(*names):
+        if lora:
+            return False
         return any(not any(matches(p, n) for p in frozen_patterns) for n in names)
 
-    layers = [("wte", 0, trainable("wte.weight")), ("wpe", 0, trainable("wpe.weight"))]
+    def row(name, flops, base_trains):
+        return (name, flops, flops if base_trains else 0, base_trains)
+
+    layers = [row("wte", 0, trainable("wte.weight")), row("wpe", 0, trainable("wpe.weight"))]
     for i in range(cfg["n_layer"]):
         h = "h.%d." % i
-        for name, flops in (("ln_1", 0), ("attn.c_attn", 2 * C * 3 * C), ("attn", 2 * C * (T + 1)),
-                            ("attn.c_proj", 2 * C * C), ("ln_2", 0), ("mlp.c_fc", 2 * C * inner),
-                            ("mlp.gelu", 0), ("mlp.c_proj", 2 * inner * C)):
+        for name, n_in, n_out in (("ln_1", 0, 0), ("attn.c_attn", C, 3 * C), ("attn", 0, 0),
+                                  ("attn.c_proj", C, C), ("ln_2", 0, 0), ("mlp.c_fc", C, inner),
+                                  ("mlp.gelu", 0, 0), ("mlp.c_proj", inner, C)):
+            flops = 2 * n_in * n_out if name != "attn" else 2 * C * (T + 1)
             params = [] if name in ("attn", "mlp.gelu") else [h + name + ".weight", h + name + ".bias"]
-            layers.append((h + name, flops, bool(params) and trainable(*params)))
-    layers.append(("ln_f", 0, trainable("ln_f.weight", "ln_f.bias")))
-    layers.append(("lm_head", 2 * C * V, trainable("wte.weight")))
+            if lora and n_in:
+                adapter = 2 * lora["r"] * (n_in + n_out)
+                layers.append((h + name, flops + adapter, adapter, True))
+            else:
+                layers.append(row(h + name, flops, bool(params) and trainable(*params)))
+    layers.append(row("ln_f", 0, trainable("ln_f.weight", "ln_f.bias")))
+    layers.append(row("lm_head", 2 * C * V, trainable("wte.weight")))
     return layers
 
 
 def step_flops(layers, skip_prefix=False):
     """FLOPs per token of one training step, as bench.py counts them: every layer's forward
     (none for the frozen prefix when skip_prefix: the feature cache serves its output), the
-    weight gradient of a trainable layer (the same FLOPs again), the input gradient (again) of a
-    layer with a trainable layer before it; attention has no weights, its backward is an input
-    gradient of twice its forward (dP, dQ, dK, dV)."""
-    first = next((i for i, l in enumerate(layers) if l[2]), len(layers))
+    weight gradient of a trainable layer (its own count: the forward's FLOPs again, or only an
+    adapter's), the input gradient (the forward's again) of a layer with a trainable layer
+    before it; attention has no weights, its backward is an input gradient of twice its
+    forward (dP, dQ, dK, dV)."""
+    first = next((i for i, l in enumerate(layers) if l[3]), len(layers))
     total, behind = 0, False
-    for i, (name, flops, trainable) in enumerate(layers):
+    for i, (name, flops, wgrad, trainable) in enumerate(layers):
         if not (skip_prefix and i < first):
             total += flops
         if name.endswith(".attn"):
             total += 2 * flops if behind else 0
         else:
-            total += flops * (int(trainable) + int(behind))
+            total += (wgrad if trainable else 0) + (flops if behind else 0)
         behind = behind or trainable
     return total
 
@@ -185,6 +210,9 @@ def run_torch(args, case, model_dir, data_dir, steps, log_every, work, tag, poli
            "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     for p in case["freeze"]:
         cmd += ["--freeze", p]
+    if case.get("lora"):
+        cmd += ["--lora", LORA["targets"], "--lora-rank", str(LORA["r"]), "--lora-alpha",
+                str(LORA["alpha"])]
     t = str(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
     if policy == "passive":
@@ -218,6 +246,9 @@ def worker(argv):
     ap.add_argument("--batch-size", type=int, required=True)
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--freeze", action="append", default=[])
+    ap.add_argument("--lora")
+    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--lora-alpha", type=float, default=16)
     a = ap.parse_args(argv)
     tool = load_tool()
     torch = tool.need_torch()
@@ -226,6 +257,13 @@ def worker(argv):
     F = torch.nn.functional
     model = tool.load_model(a.model_dir, torch.float32)
     V = model.cfg["vocab_size"]
+    if a.lora:
+        # PEFT's LoRA as tests/torch_gpt2.py writes it; the whole base frozen.
+        torch.manual_seed(1)
+        tool.attach_lora(model, tool.select_targets(model, a.lora), a.lora_rank, a.lora_alpha,
+                         0.0, False, torch.float32)
+        for n, p in model.named_parameters():
+            p.requires_grad_(tool.is_lora_name(n))
     named = list(model.named_parameters())
     for pattern in a.freeze:
         hits = [p for n, p in named if tool.matches(pattern, n)]
@@ -298,7 +336,8 @@ def main():
                     help="epochs of the cache run, the first untimed (%(default)s)")
     ap.add_argument("--log-every", type=int, default=4,
                     help="steps per timed interval; the first of a run is warm-up (%(default)s)")
-    ap.add_argument("--cases", default="full,frozen,cache", help="which cases (%(default)s)")
+    ap.add_argument("--cases", default="full,frozen,cache,lora,lora-bf16",
+                    help="which cases (%(default)s)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 repetition, 6 steps in intervals of 2, 64 rows")
     ap.add_argument("--no-torch", action="store_true", help="frost only")
@@ -367,8 +406,11 @@ def main():
             groups.append(["full"])
         if "frozen" in cases or "cache" in cases:
             groups.append([c for c in ("frozen", "cache") if c in cases])
+        if "lora" in cases or "lora-bf16" in cases:
+            groups.append([c for c in ("lora", "lora-bf16") if c in cases])
         for group in groups:
-            torch_case = CASES["frozen"] if group[0] != "full" else CASES["full"]
+            torch_case = (CASES["full"] if group[0] == "full" else
+                          CASES["lora"] if group[0].startswith("lora") else CASES["frozen"])
             fr = {c: [] for c in group}
             th = {p: [] for p in policies}
             for r in range(args.repeat):
@@ -405,7 +447,8 @@ def main():
             f_sps = pooled(fr)
             t_sps = {p: pooled(xs) for p, xs in th.items() if xs}
             best = max([v for v in t_sps.values() if v], default=None)
-            layers = layer_list(CONFIG, CASES[c]["freeze"], tool.matches)
+            layers = layer_list(CONFIG, CASES[c]["freeze"], tool.matches,
+                                LORA if CASES[c].get("lora") else None)
             flops = step_flops(layers, skip_prefix=(c == "cache"))
             f_tok = f_sps * T if f_sps else None
             pct = (100.0 * f_tok * flops / (args.threads * sgemm_best * 1e9)
@@ -492,7 +535,7 @@ def main():
             fmt(r["frost_mb"], ".0f"), fmt(r["torch_mb"], ".0f")]) + " |")
     lines.append("")
     lines.append("tokens/s: median over every timed interval of the repetitions (sequences/s x %d). "
-                 "The cache row's PyTorch columns are the frozen row's runs (PyTorch has no cache). "
+                 "The cache row's PyTorch columns are the frozen row's runs (PyTorch has no cache), the lora-bf16 row's the lora row's. "
                  "MFLOP/token: matrix products of one step (forward; weight gradient of trainable "
                  "layers; input gradient of layers with a trainable layer before them; the cache "
                  "row without the cached prefix's forward). sgemm-limit tokens/s: threads x sgemm "
