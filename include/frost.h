@@ -335,6 +335,21 @@ int fr_model_load_adapter(fr_model *model, const char *dir, fr_error *err);
 int fr_adapter_merge(const char *weights, const char *adapter_dir, const char *out,
                      fr_error *err);
 
+/*
+ * --frozen-dtype bf16: every frozen weight that a linear, conv1d or embedding
+ * layer reads (in the FR_WEIGHT slot; biases and norms stay float32) is kept
+ * in bfloat16, rounded to nearest even once, here, and its float32 copy is
+ * given back: half its memory.  Those layers then multiply with it in bf16
+ * with float32 accumulation (AVX512_BF16 where the CPU has it, else widened
+ * to float32 block by block).  Trainable parameters, gradients and optimizer
+ * state stay float32; a parameter unfrozen later gets float32 storage again
+ * (from its bf16 values).  Weights files and checkpoints hold its values as
+ * float32.  *converted: how many parameters (may be NULL).
+ */
+int fr_model_store_frozen_bf16(fr_model *model, int *converted, fr_error *err);
+/* Whether the CPU runs bf16 products natively (AVX512_BF16). */
+bool fr_bf16_supported(void);
+
 /* ---------------------------------------------------------------- data */
 
 typedef struct fr_dataset fr_dataset;

@@ -116,6 +116,9 @@ static inline size_t fr_dtype_size(fr_dtype dtype) {
 
 /* ------------------------------------------------------------ params */
 
+/* bfloat16 bits (layers/bf16.h converts and multiplies them). */
+typedef uint16_t fr_bf16;
+
 struct fr_param {
     char name[FR_NAME_MAX];  /* "fc1.weight" */
     int ndim;
@@ -128,7 +131,23 @@ struct fr_param {
                                 parameter is used by later layers too */
     bool adapter;            /* a LoRA adapter's (lora_A, lora_B): not a base weight, so
                                 weights files leave it out and adapter files hold it */
+    /* Kept in bf16 (fr_model_store_frozen_bf16): its values are bf16[], its
+     * data NULL and its arena space given back.  Unfrozen, the next
+     * fr_model_ensure_arena gives it float32 storage of its own again
+     * (own_data: data is an allocation of its own, not in the arena). */
+    fr_bf16 *bf16;
+    bool own_data;
 };
+
+/* A parameter's values as float32 into dst (numel of them), whatever it is
+ * stored as; and set from float32 (rounded once when it is kept in bf16). */
+void fr_param_get_f32(const fr_param *p, float *dst);
+void fr_param_set_f32(fr_param *p, const float *src);
+/* The values of every parameter kept in bf16, as float32, one after another
+ * in parameter order (fr_alloc'd; NULL when there are none or no memory:
+ * fr_model_bf16_numel tells which), for writing files. */
+size_t fr_model_bf16_numel(const fr_model *model);
+float *fr_model_widened_bf16(const fr_model *model);
 
 /* ------------------------------------------------------------ layers */
 
@@ -261,6 +280,9 @@ typedef struct fr_layer_ops {
     /* It takes a LoRA adapter (fr_layer.lora): lora_A and lora_B are in its
      * schema's slots FR_LORA_A and FR_LORA_B. */
     bool takes_lora;
+    /* Forward and the gradient at its input read a frozen FR_WEIGHT kept in
+     * bf16 (fr_layer.param_bf16) when it is: --frozen-dtype bf16. */
+    bool bf16_weight;
     /* Output shape from l->in and the arguments; gives its parameters their
      * shapes (fr_layer_param_shape) and fan_in. */
     int (*infer_shape)(fr_layer *l, fr_error *err);
@@ -364,6 +386,8 @@ struct fr_layer {
     int param_ndim[FR_LAYER_PARAMS_MAX];
     int param_shape[FR_LAYER_PARAMS_MAX][FR_MAX_DIMS];
     const float *param_data[FR_LAYER_PARAMS_MAX];
+    /* A slot's parameter kept in bf16 (its param_data is then NULL). */
+    const fr_bf16 *param_bf16[FR_LAYER_PARAMS_MAX];
     fr_lora lora;      /* its adapter (kinds that take one; rank 0: none) */
     int fan_in;        /* for PyTorch's default init */
     float init_std;    /* > 0: its normally drawn parameters' standard deviation instead of
@@ -392,9 +416,10 @@ typedef struct fr_buffer {
 
 /* Whether the trainer may run layer l by blocks of its outputs
  * (forward_rows: the splits by features and the in-flight pipeline), which
- * computes the base weight's part alone: not with an adapter. */
+ * computes the float32 base weight's part alone: not with an adapter or a
+ * bf16 weight. */
 static inline bool fr_layer_runs_by_rows(const fr_layer *l) {
-    return l->ops->forward_rows && l->lora.rank == 0;
+    return l->ops->forward_rows && l->lora.rank == 0 && !l->param_bf16[FR_WEIGHT];
 }
 
 /* The registry (src/layers/registry.c): every kind, in the order messages

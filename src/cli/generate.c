@@ -103,6 +103,8 @@ int frost_generate(const frost_options *opts, fr_error *err) {
                      (int)fr_tokenizer_vocab_size(tokenizer), vocabulary);
     if (rc == FR_OK && (rc = fr_model_load_weights(model, opts->init, err)) != FR_OK)
         fr_error_prefix(err, "--weights: ");
+    if (rc == FR_OK)
+        rc = frost_frozen_bf16(opts, model, false, err);
     fr_train_config config;
     fr_train_config_default(&config);
     config.threads = opts->train.threads;

@@ -20,7 +20,7 @@
 
 enum value_kind {
     FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE, SCHEDULE,
-    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE, FRESH, LORA
+    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE, FRESH, LORA, FROZEN_DTYPE
 };
 
 /* Which commands take a flag. */
@@ -164,6 +164,10 @@ static const option_spec options[] = {
      "budget of the frozen-prefix feature cache (default a quarter of RAM)"},
     {"--no-cache", FLAG, TRAIN, AT(no_cache), 0, 0, false, NULL,
      "no frozen-prefix feature cache (default: on)"},
+    {"--frozen-dtype", FROZEN_DTYPE, TRAIN | EVAL | GENERATE, AT(frozen_bf16), 0, 0, false,
+     "f32|bf16",
+     "keep frozen linear/conv1d/embedding weights in bf16: half their memory, bf16 products "
+     "(default f32)"},
     {"--grad-dtype", GRAD_DTYPE, TRAIN, 0, 0, 0, false, "f32|bf16",
      "how gradients travel between ranks; bf16 halves the bytes (default f32)"},
     {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false, "S",
@@ -361,6 +365,14 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
             opts->train.grad_dtype = FR_GRAD_BF16;
         else
             return fr_fail(err, FR_EINVAL, "--grad-dtype '%s': expected f32 or bf16", value);
+        return FR_OK;
+    case FROZEN_DTYPE:
+        if (strcmp(value, "f32") == 0 || strcmp(value, "fp32") == 0 || strcmp(value, "float32") == 0)
+            *(bool *)field = false;
+        else if (strcmp(value, "bf16") == 0 || strcmp(value, "bfloat16") == 0)
+            *(bool *)field = true;
+        else
+            return fr_fail(err, FR_EINVAL, "--frozen-dtype '%s': expected f32 or bf16", value);
         return FR_OK;
     case SIGNAL:
         return parse_signal(value, (int *)field, err);

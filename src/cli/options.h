@@ -89,6 +89,7 @@ typedef struct frost_options {
     const char *adapter;
     const char *save_adapter;
     const char *out; /* frost merge -o */
+    bool frozen_bf16; /* --frozen-dtype bf16 */
     bool help;
 } frost_options;
 

@@ -161,6 +161,26 @@ int frost_add_adapters(const frost_options *opts, fr_model *model, fr_error *err
     return rc;
 }
 
+int frost_frozen_bf16(const frost_options *opts, fr_model *model, bool training, fr_error *err) {
+    if (!opts->frozen_bf16)
+        return FR_OK;
+    /* Evaluating and sampling, nothing trains: every weight is frozen. */
+    if (!training)
+        fr_model_freeze_all(model);
+    size_t before = fr_model_weight_bytes(model);
+    int converted = 0;
+    int rc = fr_model_store_frozen_bf16(model, &converted, err);
+    if (rc != FR_OK)
+        fr_error_prefix(err, "--frozen-dtype bf16: ");
+    else if (fr_comm_rank() == 0 && strcmp(opts->command, "generate") != 0) /* stdout is its text */
+        printf("frozen weights in bf16: %d tensors, weights %.1f MB -> %.1f MB; %s\n", converted,
+               before / 1048576.0, fr_model_weight_bytes(model) / 1048576.0,
+               fr_bf16_supported() ? "bf16 products on AVX512_BF16"
+                                   : "this CPU has no AVX512_BF16: bf16 weights widened to float32 "
+                                     "block by block (slower, the same numbers)");
+    return rc;
+}
+
 static int load_model(const frost_options *opts, fr_model **out, fr_error *err) {
     fr_model *model = NULL;
     size_t len = strlen(opts->model);
@@ -798,6 +818,8 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
         rc = compare_ranks(opts, run->model, training, err);
     if (rc == FR_OK)
         rc = initialise_weights(opts, run->model, training, err);
+    if (rc == FR_OK)
+        rc = fr_comm_agree(frost_frozen_bf16(opts, run->model, training, err), err);
     if (rc == FR_OK && training)
         rc = fr_comm_agree(load_data(opts, run->model, true, &run->train, err), err);
     if (rc == FR_OK && training && opts->val_split > 0)

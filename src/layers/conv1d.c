@@ -7,8 +7,10 @@
  * Its weight may be tied (its backward adds into a gradient when asked).
  * It takes a LoRA adapter (lora.c) as PEFT puts one beside a Conv1D
  * (fan_in_fan_out): A [r, nx], B [nf, r], out += scale · dropout(in) · Aᵀ · Bᵀ.
+ * A frozen weight kept in bf16 is multiplied in bf16 (bf16.c).
  */
 #include "kernels.h"
+#include "bf16.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -57,8 +59,11 @@ static void forward_with(const fr_layer *l, const float *in, float *out, int n, 
     /* The bias first and the GEMM onto it, as addmm does. */
     for (int r = 0; r < rows; r++)
         memcpy(out + (size_t)r * nf, l->param_data[FR_BIAS], (size_t)nf * sizeof *out);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, nf, nx, 1.0f, in, nx,
-                l->param_data[FR_WEIGHT], nf, 1.0f, out, nf);
+    if (l->param_bf16[FR_WEIGHT])
+        fr_sbgemm(false, rows, nf, nx, 1.0f, in, nx, l->param_bf16[FR_WEIGHT], nf, 1.0f, out, nf);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, nf, nx, 1.0f, in, nx,
+                    l->param_data[FR_WEIGHT], nf, 1.0f, out, nf);
     fr_lora_forward(l, in, out, rows, nx, nf, scratch, at);
 }
 
@@ -89,7 +94,9 @@ static void conv1d_backward(const fr_layer *l, const float *in, const float *out
         fr_bias_grad_rows(dout, rows, nf, grads->grad[FR_BIAS],
                           grads->accumulate & (1u << FR_BIAS));
     /* din[rows x nx] = dout[rows x nf] · Wᵀ[nf x nx] */
-    if (din)
+    if (din && l->param_bf16[FR_WEIGHT])
+        fr_sbgemm(true, rows, nx, nf, 1.0f, dout, nf, l->param_bf16[FR_WEIGHT], nf, 0.0f, din, nx);
+    else if (din)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nx, nf, 1.0f, dout, nf,
                     l->param_data[FR_WEIGHT], nf, 0.0f, din, nx);
     fr_lora_backward(l, in, dout, din, grads, rows, nx, nf, scratch);
@@ -104,6 +111,7 @@ const fr_layer_ops fr_conv1d_ops = {
     .accumulates = true,
     .args = {{"nf", .minimum = 1}, {"nx", .minimum = 1}},
     .takes_lora = true,
+    .bf16_weight = true,
     .infer_shape = conv1d_infer_shape,
     .scratch_bytes = conv1d_scratch_bytes,
     .forward = conv1d_forward,

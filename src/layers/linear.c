@@ -12,8 +12,11 @@
  * forward_rows and input_grad_cols compute a block of the output (input)
  * features, for the trainer's splits by features.
  * It takes a LoRA adapter (lora.c): out += scale · dropout(in) · Aᵀ · Bᵀ.
+ * A frozen weight kept in bf16 (--frozen-dtype bf16) is multiplied in bf16
+ * with float32 accumulation (bf16.c); it never has a weight gradient.
  */
 #include "kernels.h"
+#include "bf16.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -73,10 +76,22 @@ static size_t linear_scratch_bytes(const fr_layer *l, int n) {
 /* The base, then the adapter (dropout where `at` says), then a fused relu. */
 static void forward_with(const fr_layer *l, const float *in, float *out, int n, void *scratch,
                          const fr_lora_at *at) {
-    int rows = rows_of(l, n);
+    int rows = rows_of(l, n), in_n = in_features(l), out_n = out_features(l);
     bool adapter = l->lora.rank > 0;
-    fr_gemm_affine(in, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], out, rows,
-                   in_features(l), out_features(l), l->fused_relu && !adapter);
+    const fr_bf16 *w16 = l->param_bf16[FR_WEIGHT];
+    if (w16 && rows > 0) {
+        /* The bias first and the product onto it, as fr_gemm_affine. */
+        const float *bias = l->param_data[FR_BIAS];
+        for (int r = 0; bias && r < rows; r++)
+            memcpy(out + (size_t)r * out_n, bias, (size_t)out_n * sizeof *out);
+        fr_sbgemm(true, rows, out_n, in_n, 1.0f, in, in_n, w16, in_n, bias ? 1.0f : 0.0f, out,
+                  out_n);
+        if (l->fused_relu && !adapter)
+            fr_relu_inplace(out, (size_t)rows * (size_t)out_n);
+    } else if (!w16) {
+        fr_gemm_affine(in, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], out, rows, in_n,
+                       out_n, l->fused_relu && !adapter);
+    }
     if (!adapter || rows <= 0)
         return;
     fr_lora_forward(l, in, out, rows, in_features(l), out_features(l), scratch, at);
@@ -122,7 +137,10 @@ static void linear_backward(const fr_layer *l, const float *in,
     if (dbias)
         fr_bias_grad_rows(dout, n, out_n, dbias, grads->accumulate & (1u << FR_BIAS));
     /* din[n x in] = dout[n x out] · W[out x in] */
-    if (din)
+    if (din && l->param_bf16[FR_WEIGHT])
+        fr_sbgemm(false, n, in_n, out_n, 1.0f, dout, out_n, l->param_bf16[FR_WEIGHT], in_n, 0.0f,
+                  din, in_n);
+    else if (din)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in_n, out_n,
                     1.0f, dout, out_n, l->param_data[FR_WEIGHT], in_n, 0.0f, din, in_n);
     fr_lora_backward(l, in, dout, din, grads, n, in_n, out_n, scratch);
@@ -165,6 +183,7 @@ const fr_layer_ops fr_linear_ops = {
     .implies_input = FR_IMPLIES_VECTOR,
     .fuses_relu = true,
     .takes_lora = true,
+    .bf16_weight = true,
     .infer_shape = linear_infer_shape,
     .scratch_bytes = linear_scratch_bytes,
     .forward = linear_forward,

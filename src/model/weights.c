@@ -187,7 +187,7 @@ static int copy_weights(fr_model *model, const fr_st_file *file, const bool *fre
         fr_param *param = &model->params[i];
         const fr_st_tensor *tensor = find_tensor(file, param->name);
         if (param->numel && !(fresh && fresh[i]) && tensor)
-            memcpy(param->data, tensor->data, param->numel * sizeof(float));
+            fr_param_set_f32(param, tensor->data);
     }
     for (int i = 0; i < model->buffer_count; i++) {
         fr_buffer *b = &model->buffers[i];
@@ -256,8 +256,15 @@ int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err
         if (!tensors)
             return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
     }
-    /* The base weights only: adapters go to adapter files (--save-adapter). */
+    /* The base weights only: adapters go to adapter files (--save-adapter).
+     * Those kept in bf16 are written as float32 (exactly their values). */
+    float *widened = fr_model_widened_bf16(model);
+    if (!widened && fr_model_bf16_numel(model)) {
+        fr_free(tensors);
+        return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+    }
     int base = 0;
+    size_t at = 0;
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *param = &model->params[i];
         if (param->adapter)
@@ -266,7 +273,8 @@ int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err
         tensors[base].ndim = param->ndim;
         for (int d = 0; d < param->ndim; d++)
             tensors[base].shape[d] = param->shape[d];
-        tensors[base++].data = param->data;
+        tensors[base++].data = param->bf16 ? widened + at : param->data;
+        at += param->bf16 ? param->numel : 0;
     }
     /* PyTorch's safetensors save_file marks its files this way. */
     char format_key[] = "format", format_value[] = "pt";
@@ -274,5 +282,6 @@ int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err
     int count = fr_model_buffer_tensors(model, tensors, base);
     status = fr_st_write(path, tensors, count, &format, 1, err);
     fr_free(tensors);
+    fr_free(widened);
     return status;
 }
