@@ -28,6 +28,7 @@
 
 #include <cblas.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -80,7 +81,10 @@ static bool cpu_supports_bf16(void) {
     int known = atomic_load_explicit(&cpu_has_bf16, memory_order_relaxed);
     if (!known) {
         __builtin_cpu_init();
-        bool supported = __builtin_cpu_supports("avx512f") &&
+        /* FROST_BF16_FALLBACK=1 acts out a CPU without it (tests, benchmarks). */
+        const char *off = getenv("FROST_BF16_FALLBACK");
+        bool supported = !(off && *off && strcmp(off, "0") != 0) &&
+                         __builtin_cpu_supports("avx512f") &&
                          __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl") &&
                          __builtin_cpu_supports("avx512bf16");
