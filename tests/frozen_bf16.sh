@@ -127,8 +127,12 @@ FROST_BF16_FALLBACK=1 "$FROST" train --model "$CFG" $TRAIN --init "$WORK/base.st
 ok $? "with FROST_BF16_FALLBACK=1 a bf16 base still trains ($(grep '^frozen weights' "$WORK/fallback.txt" | head -c 120))"
 grep -q 'no AVX512_BF16' "$WORK/fallback.txt"
 ok $? "and the run says once, at the start, that this CPU has no AVX512_BF16"
+# The same products summed in another order: the first step's loss agrees
+# closely; over 100 AdamW steps the difference grows as any rounding's does.
+first=$(paste -d, "$WORK/bf16.csv" "$WORK/fallback.csv" |
+    awk -F, 'NR == 2 { d = $3 - $12; if (d < 0) d = -d; printf "%.2g", d }')
 worst=$(paste -d, "$WORK/bf16.csv" "$WORK/fallback.csv" |
     awk -F, 'NR > 1 { d = $3 - $12; if (d < 0) d = -d; if (d > m) m = d; n++ } END { if (n == 100) printf "%.2g", m; else print "missing" }')
-close "$worst" 0 5e-3
-ok $? "its 100 losses are the native kernel's within 5e-3 (worst $worst)"
+close "$first" 0 1e-5 && close "$worst" 0 0.05
+ok $? "its first loss is the native kernel's within 1e-5 ($first) and its 100 within 0.05 (worst $worst)"
 done_testing
