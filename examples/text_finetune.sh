@@ -14,11 +14,13 @@
 #        LoRA + head      rank-8 LoRA adapters on every block's c_attn, c_proj
 #                         and c_fc (PEFT's semantics: the base frozen), the
 #                         new head trained fully beside them;
+#        ... bf16 base    the same with the frozen base kept in bf16
+#                         (--frozen-dtype bf16);
 #   2b. fine-tune the language model on one more topic (LM_TOPIC) with wte (so
 #      the tied lm_head), wpe and every block but the last frozen; the test
 #      loss on that topic before (frost eval) and after, and a sample of each
 #      (frost generate);
-#   3. print a table of the four classification runs (test accuracy, time,
+#   3. print a table of the five classification runs (test accuracy, time,
 #      trainable parameters, allreduce bytes per step) and 2b's losses.
 #
 # The topics of the three steps are disjoint by default, so neither the
@@ -225,6 +227,8 @@ classify head --freeze '*' --unfreeze head
 classify last --freeze '*' --unfreeze "$last" --unfreeze ln_f --unfreeze head
 classify everything
 classify lora --lora c_attn,c_proj,c_fc --lora-rank 8 --lora-alpha 16 --unfreeze head
+classify lora-bf16 --lora c_attn,c_proj,c_fc --lora-rank 8 --lora-alpha 16 --unfreeze head \
+    --frozen-dtype bf16
 
 # -- 2b. the language model on one topic, all but the last block frozen
 frozen="--freeze wte --freeze wpe" frozen_names="wte wpe"
@@ -278,6 +282,7 @@ row 'head only' head
 row "$last + ln_f + head" last
 row everything everything
 row 'LoRA r 8 + head' lora
+row '... bf16 base' lora-bf16
 echo
 echo "language model on $LM_TOPIC, $frozen_names frozen ($(trainable topic) of" \
     "$(total topic) trainable, $(bytes topic) allreduce B/step), $LM_STEPS steps in $(seconds topic) s:"

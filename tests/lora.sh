@@ -8,7 +8,7 @@
 # (4 bytes per adapter parameter on the wire), and bad adapters and flags (one
 # line naming the file or flag, nothing written).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 38
+plan 39
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
 TOKENS="$PYTHON3 $TOP_SRCDIR/tests/make_tokens.py"
 head -c 12000 "$TOP_SRCDIR/README.md" >"$WORK/text"
@@ -156,9 +156,18 @@ ok $? "evaluation drops nothing: the same test loss in training, on 2 threads an
 
 # -- 2 ranks: the same losses, and 4 bytes per adapter parameter on the wire
 if [ -n "${MPIRUN:-}" ]; then
-    timeout -k 10 120 "$MPIRUN" $MPI_FLAGS -np 2 "$FROST" train --model "$CFG" $TRAIN --steps 20 \
+    # An MPI profiling layer counts the bytes each rank sends (tests/pmpi_count.c);
+    # a sanitizer build lists it before its runtime, which ASan allows when told.
+    PRELOAD=$(dirname "$FROST")/../tests/.libs/libpmpicount.so
+    ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+    export ASAN_OPTIONS
+    timeout -k 10 120 "$MPIRUN" $MPI_FLAGS -x LD_PRELOAD="$PRELOAD" -x PMPI_COUNT_FILE="$WORK/count" \
+        -np 2 "$FROST" train --model "$CFG" $TRAIN --steps 20 \
         --init "$WORK/base.st" $LORA --metrics "$WORK/m2.csv" >"$WORK/two.txt" 2>&1
     ok $? "2 ranks train the adapters"
+    [ "$(cut -d' ' -f2 "$WORK/count.0")" = $((20 * 4 * 2304)) ] &&
+        [ "$(cut -d' ' -f2 "$WORK/count.1")" = $((20 * 4 * 2304)) ]
+    ok $? "each rank put exactly 20 steps x 4 x 2304 bytes on the wire, counted by PMPI ($(cut -d' ' -f2 "$WORK/count.0" "$WORK/count.1" | tr '\n' ' '))"
     "$FROST" train --model "$CFG" $TRAIN --steps 20 --init "$WORK/base.st" $LORA \
         --metrics "$WORK/m1.csv" >/dev/null 2>&1
     paste -d, "$WORK/m1.csv" "$WORK/m2.csv" | awk -F, -v n=9 'NR > 1 { d = $3 - $(3 + n); if (d < 0) d = -d; if (d > m) m = d; rows++ } END { exit !(rows == 4 && m < 1e-4) }'
@@ -167,6 +176,7 @@ if [ -n "${MPIRUN:-}" ]; then
     ok $? "2 ranks: each step sends exactly 4 x 2304 bytes, the adapters' gradients only"
 else
     skip "built without MPI"; skip "built without MPI"; skip "built without MPI"
+    skip "built without MPI"
 fi
 
 # -- bad adapters and flags: one line naming the file or flag, nothing written
