@@ -8,7 +8,7 @@
 # (4 bytes per adapter parameter on the wire), and bad adapters and flags (one
 # line naming the file or flag, nothing written).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 39
+plan 40
 MPI_FLAGS="--allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE"
 TOKENS="$PYTHON3 $TOP_SRCDIR/tests/make_tokens.py"
 head -c 12000 "$TOP_SRCDIR/README.md" >"$WORK/text"
@@ -141,6 +141,15 @@ sys.exit(not (moved and all(k.startswith("h.1.") for k in moved)
               and "h.1.attn.c_attn.weight" in moved))
 PY
 ok $? "after the switch h.1's base weights train, everything else stays bitwise"
+
+# -- the best evaluation's adapters
+"$FROST" train --model "$CFG" $TRAIN --steps 10 --init "$WORK/base.st" $LORA --eval-every 5 \
+    --save-best "$WORK/best" >"$WORK/best.txt" 2>&1 &&
+    "$FROST" eval --model "$CFG" --data "$WORK/lm" --init "$WORK/base.st" --adapter "$WORK/best" \
+        >"$WORK/best-eval.txt" 2>&1
+best=$(sed -n 's/^eval at step [0-9]*: test loss \([0-9.]*\) .*the best so far.*/\1/p' "$WORK/best.txt" | tail -n 1)
+[ -n "$best" ] && [ "$(awk '/^test/ { print $3 }' "$WORK/best-eval.txt")" = "$best" ]
+ok $? "--save-best with adapters keeps the best evaluation's adapter directory (test loss $best)"
 
 # -- dropout on the adapters' input
 "$FROST" train --model "$CFG" $TRAIN --steps 10 --init "$WORK/base.st" $LORA --lora-dropout 0.1 \

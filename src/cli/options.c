@@ -143,7 +143,8 @@ static const option_spec options[] = {
     {"--val-split", DOUBLE, TRAIN, AT(val_split), 0, 1, false, "FRACTION",
      "evaluate on the training set's last FRACTION, held out (default: the test set)"},
     {"--save-best", TEXT, TRAIN, AT(save_best), 0, 0, false, "W.safetensors",
-     "keep the weights of the best evaluation by accuracy (needs --eval-every)"},
+     "keep the weights of the best evaluation by accuracy (needs --eval-every); with "
+     "adapters, their PEFT directory"},
     {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false, "C.safetensors",
      "training checkpoint, written at the end and when a signal stops the run (default none)"},
     {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false, "N",

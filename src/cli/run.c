@@ -680,19 +680,20 @@ static long run_steps(const frost_options *opts, int samples) {
     return total;
 }
 
-/* --save-adapter DIR: a directory whose files can be written, or one that
- * can be made. */
-static int check_adapter_dir(const char *dir, fr_error *err) {
+/* --save-adapter DIR (and --save-best with adapters): a directory whose
+ * files can be written, or one that can be made. */
+static int check_adapter_dir(const char *flag, const char *dir, fr_error *err) {
     if (!dir)
         return FR_OK;
     struct stat st;
     if (stat(dir, &st) != 0)
-        return check_output_path("--save-adapter", dir, err);
+        return check_output_path(flag, dir, err);
     if (!S_ISDIR(st.st_mode))
-        return fr_fail(err, FR_EIO, "--save-adapter %s: not a directory", dir);
+        return fr_fail(err, FR_EIO, "%s %s: not a directory (adapters are saved as a PEFT "
+                       "adapter directory)", flag, dir);
     char file[4096];
     snprintf(file, sizeof file, "%s/adapter_model.safetensors", dir);
-    return check_output_path("--save-adapter", file, err);
+    return check_output_path(flag, file, err);
 }
 
 /* --save, --metrics, --checkpoint and --trace, on rank 0 (collective). */
@@ -706,10 +707,12 @@ static int check_output_paths(const frost_options *opts, fr_error *err) {
             local = check_output_path("--checkpoint", opts->checkpoint, err);
         if (local == FR_OK)
             local = check_output_path("--trace", opts->trace, err);
-        if (local == FR_OK)
+        if (local == FR_OK && (opts->lora_count || opts->adapter))
+            local = check_adapter_dir("--save-best", opts->save_best, err);
+        else if (local == FR_OK)
             local = check_output_path("--save-best", opts->save_best, err);
         if (local == FR_OK)
-            local = check_adapter_dir(opts->save_adapter, err);
+            local = check_adapter_dir("--save-adapter", opts->save_adapter, err);
     }
     return fr_comm_agree(local, err);
 }
@@ -1219,9 +1222,13 @@ static int evaluate_now(run_state *run, long step, fr_error *err) {
         run->best_accuracy = run->eval_accuracy;
         run->best_step = step;
     }
+    /* With adapters the best is theirs: a PEFT adapter directory (the base
+     * does not change). */
+    bool adapters = fr_model_adapter_count(run->model) > 0;
     if (best && opts->save_best)
-        rc = fr_comm_agree(is_root() ? fr_model_save_weights(run->model, opts->save_best, err)
-                                     : FR_OK,
+        rc = fr_comm_agree(!is_root() ? FR_OK
+                           : adapters ? fr_model_save_adapter(run->model, opts->save_best, err)
+                                      : fr_model_save_weights(run->model, opts->save_best, err),
                            err);
     if (rc == FR_OK && is_root())
         printf("eval at step %ld: %s loss %.4f accuracy %.2f%% (%d samples)%s%s\n", step,
