@@ -136,6 +136,33 @@ def step_flops(layers, skip_prefix=False):
     return total
 
 
+# ------------------------------------------------------------------ the job
+
+def write_model_and_data(python, work, rows, test_rows):
+    """The benchmark's model directory (CONFIG, tests/torch_gpt2.py make-model, seed 1) and
+    token rows of T+1 bytes (make-data, seed 2) under work: (model_dir, data_dir). Also used by
+    bench/cluster.py, so that its GPT workloads train this same job."""
+    model_dir, data_dir = os.path.join(work, "model"), os.path.join(work, "data")
+    for cmd in ([python, TOOL, "make-model", "--config-json", json.dumps(CONFIG),
+                 "--out", model_dir, "--seed", "1"],
+                [python, TOOL, "make-data", "--out", data_dir, "--vocab",
+                 str(CONFIG["vocab_size"]), "--seq", str(CONFIG["n_positions"]), "--rows",
+                 str(rows), "--test-rows", str(test_rows), "--seed", "2"]):
+        rc, out, err = bench.run_cmd(cmd, timeout=600)
+        if rc != 0:
+            raise SystemExit("bench: %s failed: %s" % (" ".join(cmd), bench.last_line(err or out)))
+    return model_dir, data_dir
+
+
+def frost_job_flags(model_dir, data_dir):
+    """frost train's flags for the model, its initial weights, the data and the optimizer
+    (AdamW lr 1e-4, weight decay 0.01, batches in the rows' order): everything of the job but
+    the batch size, threads, steps, logging and the case's own flags."""
+    return ["--model", os.path.join(model_dir, "config.json"),
+            "--init", os.path.join(model_dir, "model.safetensors"), "--data", data_dir,
+            "--optimizer", "adamw", "--lr", "1e-4", "--weight-decay", "0.01", "--no-shuffle"]
+
+
 # ------------------------------------------------------------------ runs
 
 def run_measured(cmd, env, log_path, timeout):
@@ -177,12 +204,9 @@ def timed_rates(rows, log_every, from_step):
 
 def run_frost(args, frost, case, model_dir, data_dir, steps, log_every, timed_from, work, tag):
     metrics = os.path.join(work, "frost-%s.csv" % tag)
-    cmd = [frost, "train", "--model", os.path.join(model_dir, "config.json"),
-           "--init", os.path.join(model_dir, "model.safetensors"), "--data", data_dir,
-           "--optimizer", "adamw", "--lr", "1e-4", "--weight-decay", "0.01",
+    cmd = [frost, "train"] + frost_job_flags(model_dir, data_dir) + [
            "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-           "--steps", str(steps), "--log-every", str(log_every), "--no-shuffle",
-           "--metrics", metrics]
+           "--steps", str(steps), "--log-every", str(log_every), "--metrics", metrics]
     for p in case["freeze"]:
         cmd += ["--freeze", p]
     cmd += case["frost_flags"]
@@ -371,16 +395,8 @@ def main():
     notes, details, rows = [], [], []
     tool = load_tool()
     try:
-        model_dir, data_dir = os.path.join(work, "model"), os.path.join(work, "data")
+        model_dir, data_dir = write_model_and_data(args.python, work, args.rows, args.batch_size)
         T = CONFIG["n_positions"]
-        for cmd in ([args.python, TOOL, "make-model", "--config-json", json.dumps(CONFIG),
-                     "--out", model_dir, "--seed", "1"],
-                    [args.python, TOOL, "make-data", "--out", data_dir, "--vocab",
-                     str(CONFIG["vocab_size"]), "--seq", str(T), "--rows", str(args.rows),
-                     "--test-rows", str(args.batch_size), "--seed", "2"]):
-            rc, out, err = bench.run_cmd(cmd, timeout=600)
-            if rc != 0:
-                raise SystemExit("bench: %s failed: %s" % (" ".join(cmd), bench.last_line(err or out)))
 
         sgemm_best = None
         exe, why = bench.build_sgemm(work, args.cc)
