@@ -6,8 +6,10 @@ it up, and runs this driver with NETNS_PREFIX, NETNS_SUBNET, NETNS_NODES and NET
 environment and --work DIR. The driver shapes every node's link to each rate in turn and measures
 raw TCP between nodes 1 and 2; then, for each node count, workload and side (frost under mpirun,
 one rank per node namespace, TCP only; PyTorch DDP, gloo, one process per node namespace), it runs
-the case on unshaped links (the compute time) and right after on each shaped link. It prints one
-markdown table. See bench/README.md.
+the case on unshaped links (the compute time) and right after on each shaped link. The GPT
+workloads (frost only) run a third time as "one host": the same ranks in one node's namespace,
+over shared memory, what a shaped link's rate is compared with. It prints one markdown table.
+See bench/README.md.
 """
 import argparse
 import csv
@@ -25,12 +27,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree (read-only under distcheck)
 import bench  # noqa: E402  (the workloads, frost's model spec, the data preparation)
+import gpt_bench  # noqa: E402  (the GPT: its config, model and data files, frost's flags)
 
 NETNS_IF = "eth0"                # each node's interface (bench/netns-lib.sh)
 TCP_PAYLOAD_SHARE = 1448 / 1514  # TCP payload of a full MTU-1500 frame with timestamps
 # The workloads of issue 9, by bench.py's ids: the MLP full, with fc1 and fc2 frozen, only fc4
 # trained; the CNN full and with the convolutions frozen.
 DEFAULT_WORKLOADS = "1,2,3,4,5"
+# The byte-level GPT of bench/gpt_bench.py (L6 C384 H6 T128), AdamW, batches in the rows' order:
+# fully trainable (the whole gradient in the allreduce) and LoRA r 8 on c_attn, c_proj and c_fc
+# (only the adapters' gradients). frost only: PyTorch DDP with LoRA adapters is not set up here.
+GPT_WORKLOADS = [
+    {"id": "g", "name": "GPT L6 C384 H6 T128, full", "gpt": True, "batch": 16, "frost_flags": []},
+    {"id": "gl", "name": "GPT, LoRA r 8 on c_attn,c_proj,c_fc", "gpt": True, "batch": 16,
+     "frost_flags": gpt_bench.LORA_FLAGS},
+]
+ONE_HOST = "one host"            # the GPT runs' third "link": all ranks in node 1, shared memory
+# Each rank of a one-host run in a session of its own, as the cluster's ranks are: Open MPI's
+# orted calls setsid on every node but mpirun's, and with the kernel's autogroup scheduling
+# (kernel.sched_autogroup_enabled) a session is one scheduling group, weighed against the
+# machine's other work as one task would be. Two ranks in one session got a third less CPU than
+# two in two sessions on this busy 2-core machine (LoRA 7 against 11.5 samples/s): that, not the
+# network, would be measured. The ranks end with the namespace's other processes (Cluster.reap).
+ONE_HOST_RANK = ["setsid", "-w"]
 DEFAULT_STEPS, DEFAULT_LOG_EVERY = 40, 5
 
 
@@ -51,7 +70,10 @@ def parse_args(argv):
                     help="one-way latency added to every node's outgoing traffic (netem), e.g. 1ms (none)")
     ap.add_argument("--workloads", default=DEFAULT_WORKLOADS,
                     help="bench.py's workload ids: 1 MLP full, 2 MLP --freeze fc1 --freeze fc2, "
-                         "3 MLP only fc4 trained, 4 CNN full, 5 CNN --freeze 'conv*' (%s)" % DEFAULT_WORKLOADS)
+                         "3 MLP only fc4 trained, 4 CNN full, 5 CNN --freeze 'conv*'; and g the "
+                         "byte-level GPT of bench/gpt.sh fully trainable, gl the same with LoRA r 8 "
+                         "on c_attn,c_proj,c_fc (frost only, also run with all ranks on one host) "
+                         "(%s)" % DEFAULT_WORKLOADS)
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per run (%d)" % DEFAULT_STEPS)
     ap.add_argument("--log-every", type=int, default=DEFAULT_LOG_EVERY,
                     help="steps per timed interval; the first interval is warm-up (%d)" % DEFAULT_LOG_EVERY)
@@ -67,7 +89,8 @@ def parse_args(argv):
     ap.add_argument("--frost", help="the frost command (default: $FROST, <repo>/src/frost, ./src/frost, PATH)")
     ap.add_argument("--data", default=os.environ.get("DATA", bench.DEFAULT_DATA),
                     help="Fashion-MNIST directory (%(default)s)")
-    ap.add_argument("--python", default="/usr/bin/python3", help="interpreter for PyTorch (%(default)s)")
+    ap.add_argument("--python", default="/usr/bin/python3",
+                    help="interpreter for PyTorch, and to write the GPT's model and data (%(default)s)")
     ap.add_argument("--mpirun", default="mpirun", help="Open MPI's mpirun (%(default)s)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per run (%(default)s)")
     ap.add_argument("--tcp-seconds", type=float, default=2.0,
@@ -94,10 +117,11 @@ def parse_args(argv):
     if args.delay != "none" and not re.fullmatch(r"[0-9.]+(us|ms|s)", args.delay):
         ap.error("--delay '%s': expected a time like 1ms or 500us, or none" % args.delay)
     known = {w["id"]: w for w in bench.WORKLOADS if w["id"] in DEFAULT_WORKLOADS.split(",")}
+    known.update({w["id"]: w for w in GPT_WORKLOADS})
     args.workload_list = []
     for wid in args.workloads.split(","):
         if wid not in known:
-            ap.error("--workloads: unknown workload '%s' (known: %s)" % (wid, ", ".join(sorted(known))))
+            ap.error("--workloads: unknown workload '%s' (known: %s)" % (wid, ", ".join(known)))
         args.workload_list.append(known[wid])
     if args.steps < 2 * args.log_every or args.log_every < 1:
         ap.error("--steps must hold at least two intervals of --log-every steps (one is warm-up)")
@@ -244,24 +268,38 @@ def median_after_warmup(rates):
     return statistics.median(rates[1:]) if len(rates) > 1 else None
 
 
-def run_frost(args, cluster, frost, wl, data, nodes, extra, tag):
+def run_frost(args, cluster, frost, wl, data, nodes, extra, tag, one_host=False):
+    """One frost job of nodes ranks: one per node namespace, TCP only between them; or, with
+    one_host, all of them in node 1's namespace, shared memory between them (Open MPI's vader),
+    each rank in a session of its own (see ONE_HOST_RANK)."""
     metrics = os.path.join(args.work, "frost-%s.csv" % tag)
-    spec = bench.frost_spec(wl["model"])
-    hosts = ",".join(cluster.addr(i) for i in range(1, nodes + 1))
-    # One rank per node, TCP only between them (bench/netns-lib.sh's NETNS_MPI_FLAGS).
-    flags = list(cluster.mpi_flags)
-    if args.mpi_busy_wait:
+    yield_flag = ["--mca", "mpi_yield_when_idle", "0" if args.mpi_busy_wait else "1"]
+    launch = []
+    if one_host:
+        mpi = [args.mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"] + \
+            yield_flag + ["--mca", "pml", "ob1", "--mca", "btl", "self,vader", "-np", str(nodes)]
+        launch = ONE_HOST_RANK
+    else:
+        # bench/netns-lib.sh's NETNS_MPI_FLAGS, mpi_yield_when_idle as asked.
+        flags = list(cluster.mpi_flags)
         k = flags.index("mpi_yield_when_idle")
-        flags[k + 1] = "0"
-    mpi = [args.mpirun, "--allow-run-as-root", "--oversubscribe",
-           "--mca", "plm_rsh_agent", os.path.join(HERE, "netns-rsh.sh")] + \
-        flags + ["--host", hosts, "-np", str(nodes), "-x", "OMP_NUM_THREADS=1"]
+        flags[k + 1] = yield_flag[2]
+        hosts = ",".join(cluster.addr(i) for i in range(1, nodes + 1))
+        mpi = [args.mpirun, "--allow-run-as-root", "--oversubscribe",
+               "--mca", "plm_rsh_agent", os.path.join(HERE, "netns-rsh.sh")] + \
+            flags + ["--host", hosts, "-np", str(nodes)]
+    mpi += ["-x", "OMP_NUM_THREADS=1"]
     if "OMP_WAIT_POLICY" in os.environ:
         mpi += ["-x", "OMP_WAIT_POLICY"]
-    cmd = cluster.in_node(1, mpi + [
-        frost, "train", "--model", spec, "--data", data, "--batch-size", str(wl["batch"]),
-        "--steps", str(args.steps), "--log-every", str(args.log_every), "--threads", "1",
-        "--lr", "0.01", "--momentum", "0.9", "--metrics", metrics] + wl["frost_flags"] + extra)
+    if wl.get("gpt"):
+        job = gpt_bench.frost_job_flags(*data["gpt"])
+    else:
+        job = ["--model", bench.frost_spec(wl["model"]), "--data", data["idx"],
+               "--lr", "0.01", "--momentum", "0.9"]
+    cmd = cluster.in_node(1, mpi + launch + [frost, "train"] + job + [
+        "--batch-size", str(wl["batch"]), "--steps", str(args.steps),
+        "--log-every", str(args.log_every), "--threads", "1", "--metrics", metrics] +
+        wl["frost_flags"] + extra)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     (rc, out, err), = run_procs([cmd], env, args.timeout, cluster)
     with open(os.path.join(args.work, "frost-%s.log" % tag), "w") as f:
@@ -281,7 +319,7 @@ def run_frost(args, cluster, frost, wl, data, nodes, extra, tag):
 
 def run_ddp(args, cluster, wl, data, nodes, tag, port):
     base = [args.python, os.path.join(HERE, "torch_worker.py"), "--model", json.dumps(wl["model"]),
-            "--frozen", ",".join(wl["frozen"]), "--data", data, "--batch-size", str(wl["batch"]),
+            "--frozen", ",".join(wl["frozen"]), "--data", data["idx"], "--batch-size", str(wl["batch"]),
             "--steps", str(args.steps), "--log-every", str(args.log_every), "--threads", "1",
             "--ranks", str(nodes), "--lr", "0.01", "--momentum", "0.9",
             "--master-addr", cluster.addr(1), "--master-port", str(port)]
@@ -311,6 +349,11 @@ def fmt(x, spec, none="-"):
     return none if x is None else format(x, spec)
 
 
+def fmt_rate(x, none="-"):
+    """Samples per second: a decimal below 100 (the GPT's 5-15 a second), whole numbers above."""
+    return fmt(x, ".1f" if x is not None and x < 100 else ".0f", none)
+
+
 def main():
     args = parse_args(sys.argv[1:])
     if args.check:
@@ -322,10 +365,20 @@ def main():
     frost = bench.find_frost(args.frost)
     if not frost:
         sys.exit("cluster: frost not found (build it, or give --frost PATH)")
-    data = bench.prepare_data(args.data, args.work)
+    gpt_workloads = [w for w in args.workload_list if w.get("gpt")]
+    data = {}
+    if len(gpt_workloads) < len(args.workload_list):
+        data["idx"] = bench.prepare_data(args.data, args.work)
+    if gpt_workloads:
+        # Rows for every step in one epoch, so that no run reaches a second (where frost's
+        # feature cache of a frozen prefix would start) and every one sees the same batches.
+        rows = max(320, args.steps * max(w["batch"] for w in gpt_workloads))
+        os.makedirs(os.path.join(args.work, "gpt"))
+        data["gpt"] = gpt_bench.write_model_and_data(args.python, os.path.join(args.work, "gpt"),
+                                                     rows, gpt_workloads[0]["batch"])
     sides = [("frost", [])] + [("frost " + extra, extra.split()) for extra in args.frost_args]
-    use_ddp = not args.no_ddp
-    torch_version = None
+    use_ddp = not args.no_ddp and len(gpt_workloads) < len(args.workload_list)
+    torch_version = torch_note = None
     if use_ddp:
         torch_version, gloo, why = bench.probe_torch(args.python)
         if not torch_version or not gloo:
@@ -359,12 +412,17 @@ def main():
     for nodes in args.node_counts:
         for wl in args.workload_list:
             for name, extra in sides:
-                for link in links:
-                    why = cluster.shape(link, args.delay if link != "none" else "none")
+                if name == "DDP" and wl.get("gpt"):
+                    continue
+                # A GPT run on one host last, right after the shaped runs it is compared with.
+                for link in links + ([ONE_HOST] if wl.get("gpt") else []):
+                    why = cluster.shape(link if link != ONE_HOST else "none",
+                                        args.delay if link not in ("none", ONE_HOST) else "none")
                     if why:
                         sys.exit("cluster: %s" % why)
                     run_started = time.time()
-                    tag = "%s-%dn-w%s-%s" % (link, nodes, wl["id"], re.sub(r"[^A-Za-z0-9]+", "_", name))
+                    tag = "%s-%dn-w%s-%s" % (link.replace(" ", "_"), nodes, wl["id"],
+                                             re.sub(r"[^A-Za-z0-9]+", "_", name))
                     if name == "DDP":
                         port += 1
                         res = run_ddp(args, cluster, wl, data, nodes, tag, port)
@@ -372,7 +430,8 @@ def main():
                         if "trainable" in res and {n.split(".")[0] for n in res["trainable"]} != expect:
                             res = {"error": "DDP trained %s, expected %s" % (res["trainable"], sorted(expect))}
                     else:
-                        res = run_frost(args, cluster, frost, wl, data, nodes, extra, tag)
+                        res = run_frost(args, cluster, frost, wl, data, nodes, extra, tag,
+                                        one_host=(link == ONE_HOST))
                         frost_version = res.get("version", frost_version)
                     results[(link, nodes, wl["id"], name)] = res
                     log("  %s, %d nodes, workload %s, %s: %s (%.0f s)" % (
@@ -389,12 +448,19 @@ def main():
         datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), bench.cpu_model(), bench.usable_cores(),
         load_start, bench.loadavg(), time.time() - started))
     lines.append("")
+    optimizers = []
+    if "idx" in data:
+        optimizers.append("MLP and CNN: SGD lr 0.01 momentum 0.9")
+    if gpt_workloads:
+        optimizers.append("GPT (bench/gpt_bench.py's model and rows, %d of them): AdamW lr 1e-4 "
+                          "weight decay 0.01, --no-shuffle" % rows)
     lines.append("frost %s (%s) under %s, one rank x 1 thread per node, TCP only, ranks %s while they "
-                 "wait; %s; SGD lr 0.01 momentum 0.9; %d steps, intervals of %d" % (
+                 "wait; %s; %s; %d steps, intervals of %d" % (
                      frost_version, frost, mpirun_version(args.mpirun),
                      "polling" if args.mpi_busy_wait else "yielding the CPU",
                      "PyTorch %s DDP (gloo), one process x 1 thread per node" % torch_version
-                     if use_ddp else "no PyTorch DDP", args.steps, args.log_every))
+                     if use_ddp else "no PyTorch DDP", "; ".join(optimizers),
+                     args.steps, args.log_every))
     lines.append("")
     lines.append("Links (tc on both ends of every node's veth; raw TCP between nodes 1 and 2, "
                  "MB/s = 1e6 bytes/s):")
@@ -411,36 +477,44 @@ def main():
             one, both, ideal, qdiscs[link]))
     lines.append("")
     header = ["workload", "link", "nodes", "run", "samples/s", "grad MB/step", "ideal ring ms",
-              "compute ms/step", "link-bound limit samples/s", "% of limit", "frost/DDP"]
+              "compute ms/step", "link-bound limit samples/s", "% of limit", "frost/DDP",
+              "of one host"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|")
     details = []
     for wl in args.workload_list:
-        for link in links[1:]:
+        for link in links[1:] + ([ONE_HOST] if wl.get("gpt") else []):
             for nodes in args.node_counts:
                 ddp = results.get((link, nodes, wl["id"], "DDP"), {})
                 for name, _ in sides:
+                    if (link, nodes, wl["id"], name) not in results:
+                        continue         # DDP of a GPT workload
                     res = results[(link, nodes, wl["id"], name)]
                     base = results[("none", nodes, wl["id"], name)]
                     sps = res.get("samples_per_s")
                     grad = res.get("grad_bytes") or base.get("grad_bytes")
-                    ring = 2.0 * (nodes - 1) / nodes * grad / (rate_bytes(link) * TCP_PAYLOAD_SHARE) \
-                        if grad else None
-                    compute = wl["batch"] / base["samples_per_s"] if base.get("samples_per_s") else None
-                    limit = wl["batch"] / max(compute, ring) if (compute and ring is not None) else None
+                    ring = compute = limit = None
+                    if link != ONE_HOST:
+                        ring = 2.0 * (nodes - 1) / nodes * grad / (rate_bytes(link) * TCP_PAYLOAD_SHARE) \
+                            if grad else None
+                        compute = wl["batch"] / base["samples_per_s"] if base.get("samples_per_s") else None
+                        limit = wl["batch"] / max(compute, ring) if (compute and ring is not None) else None
                     ratio = "-"
                     if name != "DDP" and sps and ddp.get("samples_per_s"):
                         ratio = "%.2f" % (sps / ddp["samples_per_s"])
+                    one = results.get((ONE_HOST, nodes, wl["id"], name), {}).get("samples_per_s")
+                    of_one = "%.0f%%" % (100.0 * sps / one) if (link != ONE_HOST and sps and one) else "-"
                     lines.append("| " + " | ".join([
                         "%s %s" % (wl["id"], wl["name"]), link, str(nodes), name,
-                        fmt(sps, ".0f", "failed"), fmt(grad / 1e6 if grad else None, ".2f"),
+                        fmt_rate(sps, "failed"), fmt(grad / 1e6 if grad else None, ".2f"),
                         fmt(ring * 1e3 if ring is not None else None, ".1f"),
                         fmt(compute * 1e3 if compute else None, ".1f"),
-                        fmt(limit, ".0f"), fmt(100.0 * sps / limit if (sps and limit) else None, ".0f") +
-                        ("%" if (sps and limit) else ""), ratio]) + " |")
-                    details.append("- %s, %s, %d nodes, %s: intervals %s; unshaped intervals %s" % (
+                        fmt_rate(limit), fmt(100.0 * sps / limit if (sps and limit) else None, ".0f") +
+                        ("%" if (sps and limit) else ""), ratio, of_one]) + " |")
+                    details.append("- %s, %s, %d nodes, %s: intervals %s%s" % (
                         wl["id"], link, nodes, name, res.get("interval_rates", "-"),
-                        base.get("interval_rates", "-")))
+                        "" if link == ONE_HOST else
+                        "; unshaped intervals %s" % (base.get("interval_rates", "-"),)))
     lines.append("")
     lines.append(
         "samples/s: global samples per second, median over the logged intervals after the first "
@@ -452,8 +526,14 @@ def main():
         "links, seconds per step; it includes the unshaped veth transfer and, with more nodes than "
         "cores, the ranks sharing cores. link-bound limit: batch / max(compute, ideal ring), the "
         "rate a perfectly overlapped step would reach; % of limit: samples/s over it. frost/DDP: "
-        "this frost row over the DDP row of the same workload, link and nodes.")
-    if not use_ddp and not args.no_ddp:
+        "this frost row over the DDP row of the same workload, link and nodes." +
+        (" one host (GPT workloads): the same job with all its ranks in node 1's namespace, "
+         "shared memory between them (Open MPI's vader), no link; of one host: a shaped row's "
+         "samples/s over it." if gpt_workloads else ""))
+    if gpt_workloads and not args.no_ddp:
+        notes.append("GPT workloads (%s): frost rows only, no DDP; PyTorch DDP with LoRA adapters "
+                     "is out of scope here." % ", ".join(w["id"] for w in gpt_workloads))
+    if torch_note:
         notes.append(torch_note)
     if notes:
         lines += ["", "Notes:"] + ["- " + n for n in notes]

@@ -2,7 +2,7 @@
 # bench/cluster.sh - frost against PyTorch DDP on a cluster emulated on this machine: one network
 # namespace per node on a bridge in a "switch" namespace, each node's link shaped (tc), one rank
 # per node. Prints a markdown table. See bench/README.md.
-#   bench/cluster.sh [--nodes 2,4] [--link 1gbit] [--delay 1ms] [--workloads 1,2,3,4,5]
+#   bench/cluster.sh [--nodes 2,4] [--link 1gbit] [--delay 1ms] [--workloads 1,2,3,4,5,g,gl]
 #                    [--steps N] [--log-every K] [--frost-args '--grad-dtype bf16'] ...
 #   bench/cluster.sh --help
 # Needs root and iproute2 (ip netns, tc), Open MPI, python3; PyTorch for the DDP rows.

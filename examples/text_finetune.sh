@@ -11,11 +11,16 @@
 #        head only        everything frozen but the head;
 #        last block+head  the last block, ln_f and the head train;
 #        everything       nothing frozen;
+#        LoRA + head      rank-8 LoRA adapters on every block's c_attn, c_proj
+#                         and c_fc (PEFT's semantics: the base frozen), the
+#                         new head trained fully beside them;
+#        ... bf16 base    the same with the frozen base kept in bf16
+#                         (--frozen-dtype bf16);
 #   2b. fine-tune the language model on one more topic (LM_TOPIC) with wte (so
 #      the tied lm_head), wpe and every block but the last frozen; the test
 #      loss on that topic before (frost eval) and after, and a sample of each
 #      (frost generate);
-#   3. print a table of the three classification runs (test accuracy, time,
+#   3. print a table of the five classification runs (test accuracy, time,
 #      trainable parameters, allreduce bytes per step) and 2b's losses.
 #
 # The topics of the three steps are disjoint by default, so neither the
@@ -221,6 +226,9 @@ classify() {
 classify head --freeze '*' --unfreeze head
 classify last --freeze '*' --unfreeze "$last" --unfreeze ln_f --unfreeze head
 classify everything
+classify lora --lora c_attn,c_proj,c_fc --lora-rank 8 --lora-alpha 16 --unfreeze head
+classify lora-bf16 --lora c_attn,c_proj,c_fc --lora-rank 8 --lora-alpha 16 --unfreeze head \
+    --frozen-dtype bf16
 
 # -- 2b. the language model on one topic, all but the last block frozen
 frozen="--freeze wte --freeze wpe" frozen_names="wte wpe"
@@ -273,6 +281,8 @@ printf '%-28s %10s %14s %8s %8s %9s\n' run trainable 'allreduce B/st' 'train s' 
 row 'head only' head
 row "$last + ln_f + head" last
 row everything everything
+row 'LoRA r 8 + head' lora
+row '... bf16 base' lora-bf16
 echo
 echo "language model on $LM_TOPIC, $frozen_names frozen ($(trainable topic) of" \
     "$(total topic) trainable, $(bytes topic) allreduce B/step), $LM_STEPS steps in $(seconds topic) s:"

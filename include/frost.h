@@ -273,6 +273,83 @@ int fr_model_load_weights_except(fr_model *model, const char *path, const char *
 /* Write all parameters (atomically: temporary file, fsync, rename). */
 int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err);
 
+/* ------------------------------------------------------- LoRA adapters */
+
+/*
+ * A LoRA adapter beside a linear or conv1d layer's weight, with PEFT's
+ * semantics: out = in · Wᵀ + b + scale · dropout(in) · Aᵀ · Bᵀ, A [rank, in]
+ * initialised as kaiming_uniform_(a=√5), B [out, rank] zeros (so a fresh
+ * adapter changes nothing), scale = alpha / rank, or alpha / √rank (rslora).
+ * Its parameters are "<layer>.lora_A.weight" and "<layer>.lora_B.weight";
+ * weights files leave them out, adapter files and checkpoints hold them.
+ */
+typedef struct fr_lora_config {
+    int rank;       /* r, at least 1 */
+    float alpha;    /* lora_alpha, positive */
+    float dropout;  /* lora_dropout, in [0, 1) */
+    bool rslora;    /* use_rslora */
+} fr_lora_config;
+
+/*
+ * Adapters on every linear and conv1d layer `pattern` names: a glob over
+ * layer names matching the whole name or, as PEFT's target_modules do, its
+ * last dot-separated parts (`c_attn` names `h.0.attn.c_attn`), or a block's
+ * name.  A pattern naming no such layer is an error (FR_ENOMATCH); a layer
+ * with an adapter already keeps it (another rank or alpha is an error).  A
+ * fresh adapter's A is drawn from `seed` (layer by layer in model order);
+ * adapters start trainable.
+ */
+int fr_model_add_lora(fr_model *model, const char *pattern, const fr_lora_config *config,
+                      uint64_t seed, fr_error *err);
+/* Every parameter but the adapters' frozen: PEFT's start (only adapters
+ * train); fr_model_unfreeze then trains chosen base parameters fully. */
+void fr_model_freeze_base(fr_model *model);
+/* Whether the parameter is an adapter's (lora_A or lora_B). */
+bool fr_param_is_adapter(const fr_param *param);
+/* How many layers have an adapter. */
+int fr_model_adapter_count(const fr_model *model);
+/*
+ * A PEFT adapter directory (created if missing): adapter_model.safetensors
+ * with "base_model.model.<module>.lora_A.weight" / ".lora_B.weight" (module
+ * names as Hugging Face's model has them: "transformer.h.0.attn.c_attn" for a
+ * GPT-2 from a config.json) and adapter_config.json.  Every adapter must
+ * share rank, alpha, dropout and rslora, and the adapted layers must all be
+ * conv1d or all linear (PEFT's one fan_in_fan_out).  Both files are written
+ * atomically.
+ */
+int fr_model_save_adapter(const fr_model *model, const char *dir, fr_error *err);
+/*
+ * Reads a PEFT adapter directory into the model: adds the adapters its
+ * config names (or checks those already there) and copies their values.
+ * Everything is checked before the model changes: peft_type LORA, bias
+ * "none", a module the model lacks, a rank or shape other than the config's,
+ * a tensor missing or left over: one line naming the file and the tensor.
+ */
+int fr_model_load_adapter(fr_model *model, const char *dir, fr_error *err);
+/*
+ * Merged weights: the weights file `weights` with each adapted weight W
+ * replaced by W + scale · B · A (W [out, in], nn.Linear) or its transpose
+ * (W [in, out], Conv1D: fan_in_fan_out), computed in double precision, every
+ * other tensor as it is; written to `out` atomically.
+ */
+int fr_adapter_merge(const char *weights, const char *adapter_dir, const char *out,
+                     fr_error *err);
+
+/*
+ * --frozen-dtype bf16: every frozen weight that a linear, conv1d or embedding
+ * layer reads (in the FR_WEIGHT slot; biases and norms stay float32) is kept
+ * in bfloat16, rounded to nearest even once, here, and its float32 copy is
+ * given back: half its memory.  Those layers then multiply with it in bf16
+ * with float32 accumulation (AVX512_BF16 where the CPU has it, else widened
+ * to float32 block by block).  Trainable parameters, gradients and optimizer
+ * state stay float32; a parameter unfrozen later gets float32 storage again
+ * (from its bf16 values).  Weights files and checkpoints hold its values as
+ * float32.  *converted: how many parameters (may be NULL).
+ */
+int fr_model_store_frozen_bf16(fr_model *model, int *converted, fr_error *err);
+/* Whether the CPU runs bf16 products natively (AVX512_BF16). */
+bool fr_bf16_supported(void);
+
 /* ---------------------------------------------------------------- data */
 
 typedef struct fr_dataset fr_dataset;

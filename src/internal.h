@@ -116,6 +116,9 @@ static inline size_t fr_dtype_size(fr_dtype dtype) {
 
 /* ------------------------------------------------------------ params */
 
+/* bfloat16 bits (layers/bf16.h converts and multiplies them). */
+typedef uint16_t fr_bf16;
+
 struct fr_param {
     char name[FR_NAME_MAX];  /* "fc1.weight" */
     int ndim;
@@ -126,7 +129,25 @@ struct fr_param {
     bool requires_grad;
     int layer;               /* the layer that declared it (its owner); a tied
                                 parameter is used by later layers too */
+    bool adapter;            /* a LoRA adapter's (lora_A, lora_B): not a base weight, so
+                                weights files leave it out and adapter files hold it */
+    /* Kept in bf16 (fr_model_store_frozen_bf16): its values are bf16[], its
+     * data NULL and its arena space given back.  Unfrozen, the next
+     * fr_model_ensure_arena gives it float32 storage of its own again
+     * (own_data: data is an allocation of its own, not in the arena). */
+    fr_bf16 *bf16;
+    bool own_data;
 };
+
+/* A parameter's values as float32 into dst (numel of them), whatever it is
+ * stored as; and set from float32 (rounded once when it is kept in bf16). */
+void fr_param_get_f32(const fr_param *p, float *dst);
+void fr_param_set_f32(fr_param *p, const float *src);
+/* The values of every parameter kept in bf16, as float32, one after another
+ * in parameter order (fr_alloc'd; NULL when there are none or no memory:
+ * fr_model_bf16_numel tells which), for writing files. */
+size_t fr_model_bf16_numel(const fr_model *model);
+float *fr_model_widened_bf16(const fr_model *model);
 
 /* ------------------------------------------------------------ layers */
 
@@ -191,7 +212,10 @@ typedef enum fr_implied_input {
  * split by rows (weight_grad_rows), FR_BIAS its bias.
  */
 #define FR_LAYER_PARAMS_MAX 4
-enum { FR_WEIGHT = 0, FR_BIAS = 1 };
+/* A kind that takes LoRA adapters (linear, conv1d) lists lora_A and lora_B in
+ * slots FR_LORA_A and FR_LORA_B; its infer_shape gives them shapes only when
+ * the layer has an adapter (fr_layer.lora.rank > 0). */
+enum { FR_WEIGHT = 0, FR_BIAS = 1, FR_LORA_A = 2, FR_LORA_B = 3 };
 typedef enum fr_init {
     FR_INIT_FAN_IN_UNIFORM, /* U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's and nn.Conv2d's */
     FR_INIT_ONES,           /* norms' weights */
@@ -203,6 +227,19 @@ typedef struct fr_param_kind {
     const char *suffix; /* "weight" */
     fr_init init;
 } fr_param_kind;
+
+/*
+ * A LoRA adapter beside a layer's weight (PEFT's semantics, src/layers/lora.c):
+ * out += scale · dropout(in) · Aᵀ · Bᵀ with A [rank, in] and B [out, rank],
+ * scale = alpha / rank, or alpha / sqrt(rank) with rslora.  rank 0: none.
+ */
+typedef struct fr_lora {
+    int rank;
+    float alpha;
+    float dropout;   /* PEFT's lora_dropout, on the adapter's input only */
+    bool rslora;
+    float scale;
+} fr_lora;
 
 /* The gradients a layer's backward writes: grad[k] for parameter slot k, NULL
  * where it is not wanted (frozen, or absent); OVERWRITTEN with this batch's
@@ -240,6 +277,12 @@ typedef struct fr_layer_ops {
     fr_implied_input implies_input;
     /* A relu right after it may run in its forward (fr_layer.fused_relu). */
     bool fuses_relu;
+    /* It takes a LoRA adapter (fr_layer.lora): lora_A and lora_B are in its
+     * schema's slots FR_LORA_A and FR_LORA_B. */
+    bool takes_lora;
+    /* Forward and the gradient at its input read a frozen FR_WEIGHT kept in
+     * bf16 (fr_layer.param_bf16) when it is: --frozen-dtype bf16. */
+    bool bf16_weight;
     /* Output shape from l->in and the arguments; gives its parameters their
      * shapes (fr_layer_param_shape) and fan_in. */
     int (*infer_shape)(fr_layer *l, fr_error *err);
@@ -343,6 +386,9 @@ struct fr_layer {
     int param_ndim[FR_LAYER_PARAMS_MAX];
     int param_shape[FR_LAYER_PARAMS_MAX][FR_MAX_DIMS];
     const float *param_data[FR_LAYER_PARAMS_MAX];
+    /* A slot's parameter kept in bf16 (its param_data is then NULL). */
+    const fr_bf16 *param_bf16[FR_LAYER_PARAMS_MAX];
+    fr_lora lora;      /* its adapter (kinds that take one; rank 0: none) */
     int fan_in;        /* for PyTorch's default init */
     float init_std;    /* > 0: its normally drawn parameters' standard deviation instead of
                           the kind's (GPT-2's 0.02, and its c_proj's 0.02 / sqrt(2 n_layer)) */
@@ -367,6 +413,14 @@ typedef struct fr_buffer {
     void *data;              /* fr_layer.buffer_data's */
     int layer;
 } fr_buffer;
+
+/* Whether the trainer may run layer l by blocks of its outputs
+ * (forward_rows: the splits by features and the in-flight pipeline), which
+ * computes the float32 base weight's part alone: not with an adapter or a
+ * bf16 weight. */
+static inline bool fr_layer_runs_by_rows(const fr_layer *l) {
+    return l->ops->forward_rows && l->lora.rank == 0 && !l->param_bf16[FR_WEIGHT];
+}
 
 /* The registry (src/layers/registry.c): every kind, in the order messages
  * list them. */
@@ -467,6 +521,10 @@ struct fr_model {
      * parameters calls fr_model_settle first. */
     struct fr_trainer *in_flight;
     int (*sync_in_flight)(struct fr_trainer *trainer, fr_error *err);
+    /* What Hugging Face puts in front of the names of modules other than
+     * lm_head in the model these came from ("transformer." for a GPT-2 from
+     * a config.json): adapter files name modules with it, as PEFT does. */
+    char module_prefix[16];
 };
 
 /* Apply the updates in flight, if any; const because reading a model is
@@ -493,6 +551,11 @@ int fr_model_find_layer(const fr_model *model, const char *name);
  * parser add through it.  `name` NULL: the layer's index. */
 int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *name,
                        const int *args, fr_error *err);
+/* Parameters layer `layer` gained: its infer_shape run again (a LoRA
+ * adapter set in fr_layer.lora gives lora_A and lora_B shapes), a parameter
+ * added for each slot with a shape and none yet, the arena grown (values
+ * already there stay; the new ones are zeros). */
+int fr_model_add_layer_params(fr_model *model, int layer, fr_error *err);
 /* The name a layer called `name` (NULL: unnamed) added now would get: the open
  * blocks' names in front, an unnamed layer its index. */
 void fr_model_next_layer_name(const fr_model *model, const char *name, char *buf, size_t len);

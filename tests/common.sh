@@ -36,6 +36,12 @@ done_testing() {
 }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/frost-test.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+# Open MPI's session directories (a singleton's too) under this test's own
+# directory: tests running side by side (make -j2 check) then never meet in
+# /tmp/ompi.HOST.UID, where one job's cleanup could remove the directory
+# another was creating a job's subdirectory in.
+OMPI_MCA_orte_tmpdir_base=$WORK
+export OMPI_MCA_orte_tmpdir_base
 # make_idx DIR N [SEED] [CLASSES]: a small Fashion-MNIST-shaped dataset (28x28,
 # labels 0..CLASSES-1) whose classes are learnable, train and t10k pairs, gzip'd.
 make_idx() { "$PYTHON3" "$TOP_SRCDIR/tests/make_idx.py" "$@"; }

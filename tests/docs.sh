@@ -9,10 +9,10 @@
 # (short, nothing dated but its results stamp, links that resolve, its C
 # calls made by examples/freeze_api.c, the two commands of its quick start).
 . "$TOP_SRCDIR/tests/common.sh"
-plan 41
+plan 43
 
 MAN="$TOP_SRCDIR/man"
-COMMANDS="train eval inspect generate tokenize"
+COMMANDS="train eval inspect generate merge tokenize"
 CNN="$TOP_SRCDIR/examples/cnn.txt"
 # One process, no mpirun: tell Open MPI (ignored elsewhere) to start no
 # runtime daemon, as tests/errors.sh does, so the many short runs are quick.

@@ -105,11 +105,13 @@ else
     for row in '^head only +132 +528 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
         '^h\.1 \+ ln_f \+ head +12900 +51600 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
         '^everything +34820 +139280 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
+        '^LoRA r 8 \+ head +8324 +33296 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
+        '^\.\.\. bf16 base +8324 +33296 +[0-9.]+ +[0-9]+ +[0-9.]+%$' \
         '^test loss before [0-9.]+, after [0-9.]+ '; do
         grep -Eq "$row" "$WORK/text.out" && found=$((found + 1))
     done
-    [ $found -eq 4 ]
-    ok $? "text_finetune.sh prints the three classification rows and the losses before and after: $(grep -E '^(head only|h\.1|everything|test loss before)' "$WORK/text.out" | tr -s ' ' | tr '\n' ';')"
+    [ $found -eq 6 ]
+    ok $? "text_finetune.sh prints the five classification rows (LoRA's adapters and head alone on the wire) and the losses before and after: $(grep -E '^(head only|h\.1|everything|LoRA|\.\.\.|test loss before)' "$WORK/text.out" | tr -s ' ' | tr '\n' ';')"
 fi
 
 done_testing

@@ -50,8 +50,10 @@ TRAIN="--data $WORK/lm --optimizer adamw --lr 3e-3 --batch-size 8 --no-shuffle -
 "$FROST" train --model "$CFG" $TRAIN --steps 60 --threads 2 --save "$WORK/w.st" \
     --metrics "$WORK/m.csv" >"$WORK/train.txt" 2>&1
 ok $? "frost train on config.json and token data exits 0"
-awk -F, 'NR == 2 { first = $3 } END { exit !($3 < first - 0.5) }' "$WORK/m.csv"
-ok $? "the loss falls on real text ($(awk -F, 'NR == 2 || END { printf "%s ", $3 }' "$WORK/m.csv"))"
+# A batch's loss is noisy: the first logged loss against the mean of the last half's.
+awk -F, 'NR > 1 { loss[++n] = $3 } END { for (i = int(n / 2) + 1; i <= n; i++) { s += loss[i]; k++ }
+         exit !(n >= 4 && s / k < loss[1] - 0.5) }' "$WORK/m.csv"
+ok $? "the loss falls on real text ($(awk -F, 'NR > 1 { printf "%s ", $3 }' "$WORK/m.csv"))"
 grep -q '^test: loss [0-9.]* accuracy [0-9.]*% (32 samples)' "$WORK/train.txt"
 ok $? "the test split is evaluated per position ($(grep '^test' "$WORK/train.txt"))"
 "$FROST" eval --model "$WORK/gpt.txt" --init "$WORK/w.st" --data "$WORK/lm" >"$WORK/eval.txt" 2>&1

@@ -11,7 +11,10 @@
  * one SGD step at learning rate 1024 (a power of two, so lr * g is exact and
  * only the subtraction rounds), then (before - after) / 1024.  With
  * GPT2_LOGITS=FILE it writes the logits of the first BATCH rows (raw float32,
- * BATCH x T x V) and trains nothing.
+ * BATCH x T x V) and trains nothing.  GPT2_ADAPTER=DIR puts a PEFT adapter
+ * directory on the model, and only the adapters train (GPT2_GRADS is then an
+ * adapter directory of their gradients); GPT2_SAVE=FILE and
+ * GPT2_SAVE_ADAPTER=DIR write the weights and the adapters after training.
  */
 #include "frost.h"
 
@@ -40,6 +43,10 @@ int main(int argc, char **argv) {
         rc = fr_model_load_gpt2(config, dims[0], &model, &err);
     if (rc == FR_OK)
         rc = fr_model_load_weights(model, weights, &err);
+    /* GPT2_ADAPTER=DIR: a PEFT adapter on the model, which alone trains. */
+    const char *adapter = getenv("GPT2_ADAPTER");
+    if (rc == FR_OK && adapter && (rc = fr_model_load_adapter(model, adapter, &err)) == FR_OK)
+        fr_model_freeze_base(model);
     for (int i = 8; i < argc && rc == FR_OK; i++)
         rc = fr_model_freeze(model, argv[i], &err);
     fr_train_config tc;
@@ -97,11 +104,15 @@ int main(int argc, char **argv) {
                 values[j] = (before[at + j] - values[j]) / 1024.0f;
             at += fr_param_numel(p);
         }
-        rc = fr_model_save_weights(model, grads_path, &err);
+        /* With an adapter its gradients go to an adapter directory. */
+        rc = adapter ? fr_model_save_adapter(model, grads_path, &err)
+                     : fr_model_save_weights(model, grads_path, &err);
     }
     free(before);
-    if (rc == FR_OK && argc > 8 && getenv("GPT2_SAVE"))
+    if (rc == FR_OK && getenv("GPT2_SAVE"))
         rc = fr_model_save_weights(model, getenv("GPT2_SAVE"), &err);
+    if (rc == FR_OK && getenv("GPT2_SAVE_ADAPTER"))
+        rc = fr_model_save_adapter(model, getenv("GPT2_SAVE_ADAPTER"), &err);
     if (rc != FR_OK)
         fprintf(stderr, "gpt2_train: %s\n", err.msg);
     free(ids);

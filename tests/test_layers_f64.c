@@ -29,6 +29,7 @@
  * sees any write past a layer's output, scratch or gradients.
  */
 #include "internal.h"
+#include "layers/kernels.h"
 #include "tap.h"
 #include "reference.h"
 
@@ -80,6 +81,7 @@ typedef struct layer_config {
     float scale, offset; /* inputs uniform in offset + [-scale, scale]; scale 0 means 1 */
     int replicas;        /* TRAIN_STATS: the batch split between this many (0: one) */
     bool in_place;       /* EVAL of an ops->inplace kind: out == in, as the trainer runs it */
+    fr_lora lora;        /* a LoRA adapter (kinds that take one; rank 0: none; scale set here) */
     const char *note;    /* what the configuration exercises, for the messages */
 } layer_config;
 
@@ -155,6 +157,9 @@ static bool build_layer(const fr_layer_ops *ops, const layer_config *config, fr_
     l->in = config->in;
     l->input = -1;
     l->first_buffer = -1;
+    l->lora = config->lora;
+    if (l->lora.rank > 0)
+        l->lora.scale = fr_lora_scale(l->lora.rank, l->lora.alpha, l->lora.rslora);
     for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
         l->params[k] = -1;
     if (ops->infer_shape(l, &err) != FR_OK) {
@@ -396,6 +401,75 @@ static long rows_of(const layer_case *c, int features) {
     return (long)(c->in_count / (size_t)features);
 }
 
+/*
+ * A LoRA adapter's part, added onto the base's: y += s · drop(x) Aᵀ Bᵀ, with
+ * drop the adapter's dropout mask in train mode (its hash, as lora.c's, at the
+ * run's place: RUN_SEED, RUN_STEP, FIRST_ROW) and the gradients through it.
+ */
+static void lora_reference(layer_case *c, int in_f, int out_f) {
+    const fr_layer *l = &c->layer;
+    if (!c->param_count[FR_LORA_A])
+        return;
+    int rank = l->lora.rank;
+    double s = l->lora.scale, p = l->training ? l->lora.dropout : 0.0;
+    const double *A = c->p[FR_LORA_A], *B = c->p[FR_LORA_B];
+    long rows = rows_of(c, in_f), per = rows / c->n;
+    uint64_t key = fr_dropout_key(RUN_SEED, RUN_STEP, l->name, "lora_dropout");
+    uint64_t threshold = (uint64_t)(p * (1 << 24) + 0.5);
+    double *xd = zeroed_doubles((size_t)in_f), *keep = zeroed_doubles((size_t)in_f);
+    double *t = zeroed_doubles((size_t)rank), *dt = zeroed_doubles((size_t)rank);
+    for (long r = 0; r < rows; r++) {
+        const double *x = c->x + r * in_f, *dy = c->r + r * out_f;
+        uint64_t row_key = fr_mix64(key ^ (uint64_t)(FIRST_ROW + r / per));
+        for (int i = 0; i < in_f; i++) {
+            bool kept = p == 0.0 ||
+                        (fr_mix64(row_key + (uint64_t)((r % per) * in_f + i)) >> 40) >= threshold;
+            keep[i] = kept ? 1.0 / (1.0 - p) : 0.0;
+            xd[i] = x[i] * keep[i];
+        }
+        for (int j = 0; j < rank; j++) {
+            t[j] = 0.0;
+            for (int i = 0; i < in_f; i++)
+                t[j] += xd[i] * A[j * in_f + i];
+        }
+        for (int j = 0; j < rank; j++)
+            dt[j] = 0.0;
+        for (int o = 0; o < out_f; o++)
+            for (int j = 0; j < rank; j++) {
+                c->y[r * out_f + o] += s * B[o * rank + j] * t[j];
+                c->dp[FR_LORA_B][o * rank + j] += s * dy[o] * t[j];
+                dt[j] += s * dy[o] * B[o * rank + j];
+            }
+        for (int j = 0; j < rank; j++)
+            for (int i = 0; i < in_f; i++) {
+                c->dp[FR_LORA_A][j * in_f + i] += dt[j] * xd[i];
+                c->dx[r * in_f + i] += keep[i] * dt[j] * A[j * in_f + i];
+            }
+    }
+    free(xd);
+    free(keep);
+    free(t);
+    free(dt);
+}
+
+/* The adapter's dropout mask, as dropout's: a function of each row's place
+ * in the global batch, not of the call (rows 2.. computed alone at their
+ * place give the same bits). */
+static void lora_train_checks(const kind_check *check, layer_case *c, const char *what) {
+    (void)check;
+    size_t in_sample = fr_shape_numel(c->layer.in), out_sample = fr_shape_numel(c->layer.out);
+    float *rest = filled_floats((size_t)(c->n - 2) * out_sample, NAN);
+    void *scratch = malloc(c->layer.ops->scratch_bytes(&c->layer, c->n - 2));
+    c->layer.ops->forward_at(&c->layer, c->in + 2 * in_sample, rest, c->n - 2, scratch, RUN_SEED,
+                             RUN_STEP, FIRST_ROW + 2);
+    tap_ok(memcmp(rest, c->out + 2 * out_sample, (size_t)(c->n - 2) * out_sample * sizeof *rest) ==
+               0,
+           "%s: rows 2.. computed in a call of their own at their place in the batch get the "
+           "same adapter dropout", what);
+    free(rest);
+    free(scratch);
+}
+
 /* linear: y = x W^T + b, W [out, in], per row of in_features. */
 static void linear_reference(layer_case *c) {
     int in_f = arg_of(c, "in_features"), out_f = arg_of(c, "out_features");
@@ -415,6 +489,7 @@ static void linear_reference(layer_case *c) {
                 c->dp[FR_BIAS][o] += dy[o];
         }
     }
+    lora_reference(c, in_f, out_f);
 }
 
 /* Hugging Face's Conv1D: y = x W + b, W [nx, nf]. */
@@ -435,6 +510,7 @@ static void conv1d_reference(layer_case *c) {
             c->dp[FR_BIAS][f] += dy[f];
         }
     }
+    lora_reference(c, nx, nf);
 }
 
 /* conv2d: every output position's window over the zero-padded input. */
@@ -989,6 +1065,13 @@ static const layer_config linear_configs[] = {
     {.args = {12, 7, 0}, .in = VEC(12), .n = 3, .note = "a flat vector"},
     {.args = {8, 5, 1}, .in = SEQ(6, 8), .n = 2, .note = "per position of [T, C]"},
     {.args = {60, 4, 1}, .in = CHW(3, 4, 5), .n = 2, .note = "an image read flat"},
+    {.args = {12, 7, 1}, .in = VEC(12), .n = 3, .lora = {.rank = 3, .alpha = 6.0f},
+     .note = "a LoRA adapter, r 3, alpha 6"},
+    {.args = {8, 5, 0}, .in = SEQ(6, 8), .n = 2, .lora = {.rank = 4, .alpha = 8.0f, .rslora = true},
+     .note = "per position, a LoRA adapter, rslora"},
+    {.args = {8, 5, 1}, .in = SEQ(6, 8), .n = 4, .mode = TRAIN_AT,
+     .lora = {.rank = 2, .alpha = 4.0f, .dropout = 0.25f},
+     .note = "per position, a LoRA adapter with dropout 0.25"},
 };
 /* conv2d(in_channels, out_channels, kernel_size, stride, padding, bias) */
 static const layer_config conv2d_configs[] = {
@@ -1093,6 +1176,11 @@ static const layer_config attention_configs[] = {
 static const layer_config conv1d_configs[] = {
     {.args = {6, 10}, .in = VEC(10), .n = 3, .note = "a flat vector"},
     {.args = {9, 8}, .in = SEQ(5, 8), .n = 2, .note = "per position of [T, C]"},
+    {.args = {9, 8}, .in = SEQ(5, 8), .n = 2, .lora = {.rank = 4, .alpha = 16.0f},
+     .note = "per position, a LoRA adapter, r 4, alpha 16"},
+    {.args = {6, 10}, .in = SEQ(3, 10), .n = 5, .mode = TRAIN_AT,
+     .lora = {.rank = 3, .alpha = 3.0f, .dropout = 0.5f},
+     .note = "per position, a LoRA adapter with dropout 0.5"},
 };
 /* pool_sequence(mode): 'last' or 'mean' */
 static const layer_config pool_sequence_configs[] = {
@@ -1111,7 +1199,8 @@ static const layer_config pool_sequence_configs[] = {
  * x - mean loses in float32.
  */
 static const kind_check kind_checks[] = {
-    {"linear", 1e-6, linear_reference, CONFIGS(linear_configs), NULL, 0, NULL, 0}, /* [1.4e-7] */
+    {"linear", 1e-6, linear_reference, CONFIGS(linear_configs), lora_train_checks, 1, NULL,
+     0}, /* [1.4e-7] */
     {"conv2d", 1e-6, conv2d_reference, CONFIGS(conv2d_configs), NULL, 0, NULL, 0}, /* [1.3e-7] */
     {"relu", 0.0, relu_reference, CONFIGS(relu_configs), NULL, 0, NULL, 0},       /* [0] */
     {"maxpool2d", 0.0, maxpool2d_reference, CONFIGS(maxpool2d_configs), NULL, 0, NULL, 0}, /* [0] */
@@ -1134,7 +1223,8 @@ static const kind_check kind_checks[] = {
     {"gelu", 1e-6, gelu_reference, CONFIGS(gelu_configs), NULL, 0, NULL, 0}, /* [1.4e-7] */
     {"attention", 2e-6, attention_reference, CONFIGS(attention_configs), NULL, 0, NULL,
      0}, /* [5.5e-7, T 40] */
-    {"conv1d", 1e-6, conv1d_reference, CONFIGS(conv1d_configs), NULL, 0, NULL, 0}, /* [2.1e-7] */
+    {"conv1d", 1e-6, conv1d_reference, CONFIGS(conv1d_configs), lora_train_checks, 1, NULL,
+     0}, /* [2.1e-7] */
     {"pool_sequence", 1e-6, pool_sequence_reference, CONFIGS(pool_sequence_configs), NULL, 0,
      NULL, 0}, /* [7.1e-8] */
     /* a + b: one rounding */

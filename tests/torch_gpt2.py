@@ -10,12 +10,20 @@ the transformers and safetensors packages are not used.
   torch_gpt2.py make-model --config-json JSON --out DIR [--seed S]
                            [--prefix P] [--mask-buffers]
   torch_gpt2.py logits     --model DIR --tokens X.npy --out L.npy [--dtype D]
+                           [--adapter ADIR]
   torch_gpt2.py train      --model DIR --data DATADIR --steps K --batch-size B
                            --lr LR [--weight-decay WD] [--betas B1,B2] [--eps E]
                            [--freeze PATTERN]... --losses OUT.txt
                            [--save W.safetensors] [--dtype D] [--seed S]
+                           [--adapter ADIR | --lora PATTERNS --lora-rank R
+                            --lora-alpha A [--lora-dropout P] [--rslora]]
+                           [--unfreeze PATTERN]... [--save-adapter ADIR]
   torch_gpt2.py grads      --model DIR --data DATADIR --batch-size B --out G.safetensors
-                           [--dtype D]
+                           [--dtype D] [--adapter ADIR [--unfreeze PATTERN]...]
+  torch_gpt2.py make-adapter --model DIR --lora PATTERNS --lora-rank R --lora-alpha A
+                           [--lora-dropout P] [--rslora] [--prefix P] --out ADIR
+                           [--seed S] [--b-std X]
+  torch_gpt2.py merge      --model DIR --adapter ADIR --out W.safetensors [--dtype D]
   torch_gpt2.py make-data  --out DIR --vocab V --seq T --rows N [--seed S]
                            [--dtype int32|int64|uint16] [--test-rows M]
   torch_gpt2.py inspect    FILE.safetensors
@@ -51,6 +59,18 @@ checkpoints (h.i.attn.bias, h.i.attn.masked_bias) are skipped, and a
 lm_head.weight of a tied model is accepted only if it has wte.weight's values.
 Any other name, a missing parameter or a wrong shape is an error.  Weights of
 any float dtype are read and converted to the run's dtype.
+
+LoRA as PEFT (0.7+) does it, written here (peft is not used): a target module
+(a Conv1D, or lm_head when the head is untied) with base weight W gets
+lora_A = nn.Linear(in, r, bias=False) and lora_B = nn.Linear(r, out,
+bias=False), named <module>.lora_A.weight [r, in] and <module>.lora_B.weight
+[out, r] (h.0.attn.c_attn.lora_A.weight), and computes
+    y = base(x) + lora_B(lora_A(dropout(x))) * scaling,
+scaling = alpha/r, or alpha/sqrt(r) with rslora.  PEFT's init: lora_A
+kaiming_uniform_(a=sqrt(5)), lora_B zeros.  The base is frozen but for
+--unfreeze.  An adapter directory is PEFT's: adapter_config.json and
+adapter_model.safetensors with keys base_model.model.[transformer.]MODULE
+.lora_A.weight and .lora_B.weight (make-adapter --help has the details).
 
 Exit status: 0 on success, 1 on an error (a message on stderr), 2 on a usage
 error.
@@ -240,7 +260,8 @@ def define_modules():
     global Conv1D, Attention, MLP, Block, GPT2
 
     class Conv1D(nn.Module):
-        """Hugging Face's Conv1D: weight [in, out], y = x @ W + b."""
+        """Hugging Face's Conv1D: weight [in, out], y = x @ W + b (plus a LoRA
+        adapter's term once attach_lora has given it one)."""
 
         def __init__(self, nf, nx):
             super().__init__()
@@ -250,8 +271,8 @@ def define_modules():
 
         def forward(self, x):
             size_out = x.size()[:-1] + (self.nf,)
-            x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
-            return x.view(size_out)
+            y = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+            return with_lora(self, x, y.view(size_out))
 
     class Attention(nn.Module):
         """GPT2Attention's eager path, no cache, no cross-attention."""
@@ -360,7 +381,9 @@ def define_modules():
             x = self.drop(self.wte(ids) + self.wpe(pos))
             for block in self.h:
                 x = block(x)
-            return F.linear(self.ln_f(x), self.head_weight())
+            x = self.ln_f(x)
+            logits = F.linear(x, self.head_weight())
+            return logits if self.cfg["tie_word_embeddings"] else with_lora(self.lm_head, x, logits)
 
 
 def init_weights(model, cfg):
@@ -394,7 +417,7 @@ def load_model(directory, dtype):
             cfg = read_config(path, f.read())
     except OSError as e:
         raise ToolError(f"{path}: {e.strerror}")
-    model = GPT2(cfg)
+    model = GPT2(cfg).to(dtype)  # before the copy: F64 weights then stay exact
     path = os.path.join(directory, "model.safetensors")
     tensors = load_safetensors(path)
     prefixes = [n[:-len("wte.weight")] for n in tensors
@@ -432,12 +455,334 @@ def load_model(directory, dtype):
             if a.dtype.kind != "f":
                 raise ToolError(f"{path}: {name}: dtype {a.dtype}, expected a float")
             p.copy_(torch.from_numpy(a.astype(np.float64)))
-    return model.to(dtype)
+    return model
 
 
 def weights_of(model):
-    """[(name, float32 numpy array)]: the parameters under Hugging Face's names."""
-    return [(n, p.detach().to(torch.float32).cpu().numpy()) for n, p in model.named_parameters()]
+    """[(name, float32 numpy array)]: the base parameters under Hugging Face's
+    names (a LoRA adapter's parameters left out)."""
+    return [(n, p.detach().to(torch.float32).cpu().numpy()) for n, p in model.named_parameters()
+            if not is_lora_name(n)]
+
+
+# ----------------------------------------------------------------- LoRA
+
+# PEFT's LoRA for GPT-2, written here (peft is not used).  A target module (a
+# Conv1D, or the untied head's nn.Linear) gets three submodules and a number:
+#   lora_dropout  nn.Dropout(p), nn.Identity() when p = 0
+#   lora_A        nn.Linear(in, r, bias=False), weight [r, in]
+#   lora_B        nn.Linear(r, out, bias=False), weight [out, r]
+#   scaling       alpha / r, or alpha / sqrt(r) with rslora
+# and computes y = base(x) + lora_B(lora_A(lora_dropout(x))) * scaling, as
+# peft.tuners.lora.Linear.forward does; the parameters are named
+# <module>.lora_A.weight and <module>.lora_B.weight (PEFT's names inside the
+# module, its adapter name "default" left out, as its saved files do).
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_MODEL = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+BODY_PREFIX = "transformer."  # GPT2LMHeadModel's GPT2Model; its lm_head is not under it
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+# PEFT's default target modules for model_type gpt2 (target_modules null).
+PEFT_GPT2_TARGETS = ["c_attn"]
+
+
+def is_lora_name(name):
+    return name.endswith(LORA_SUFFIXES)
+
+
+def with_lora(module, x, y):
+    """y, plus module's LoRA term when it has an adapter."""
+    lora_A = module._modules.get("lora_A")
+    if lora_A is None:
+        return y
+    return y + module.lora_B(lora_A(module.lora_dropout(x))) * module.scaling
+
+
+def lora_scaling(alpha, r, rslora):
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+def linear_modules(model):
+    """{name: module} of the modules LoRA can target, in model order: every
+    Conv1D, and lm_head (nn.Linear) when the head is untied."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (Conv1D, nn.Linear))
+            and not is_lora_name(n + ".weight")}
+
+
+def peft_name(name):
+    """The module's name in GPT2LMHeadModel, which PEFT matches against."""
+    return name if name == "lm_head" else BODY_PREFIX + name
+
+
+def pattern_hits(pattern, name):
+    """PEFT's list semantics (the full name or a dot-suffix of it equals the
+    pattern), with the pattern a shell glob (fnmatch.fnmatchcase)."""
+    parts = peft_name(name).split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[i:]), pattern) for i in range(len(parts)))
+
+
+def select_targets(model, patterns, option="--lora"):
+    """The names (model order) of the modules that the comma-separated
+    patterns name; a pattern that names none is an error, and so is one that
+    names lm_head when the head is tied (wte.weight: there is no module)."""
+    modules = linear_modules(model)
+    chosen = set()
+    for pattern in patterns.split(","):
+        pattern = pattern.strip()
+        if not pattern:
+            raise ToolError(f"{option} {patterns}: an empty pattern")
+        if model.cfg["tie_word_embeddings"] and pattern_hits(pattern, "lm_head"):
+            raise ToolError(f"{option} {pattern}: names lm_head, but the head is tied "
+                            f"(tie_word_embeddings): it is wte.weight, there is no lm_head "
+                            f"module to adapt")
+        hits = [n for n in modules if pattern_hits(pattern, n)]
+        if not hits:
+            kinds = dict.fromkeys(re.sub(r"^h\.\d+\.", "h.N.", n) for n in modules)
+            raise ToolError(f"{option} {pattern}: matches no Conv1D or Linear module (they are "
+                            f"{', '.join(kinds)})")
+        chosen.update(hits)
+    return [n for n in modules if n in chosen]
+
+
+def attach_lora(model, targets, r, alpha, dropout, rslora, dtype):
+    """Gives every target module an adapter initialised as PEFT's
+    LoraLayer.update_layer does, from torch's global generator: nn.Linear(in,
+    r) then nn.Linear(r, out) are constructed (drawing their default init, as
+    PEFT's do), then reset_lora_parameters: lora_A kaiming_uniform_(a=sqrt(5))
+    (U(-1/sqrt(in), 1/sqrt(in))), lora_B zeros.  Drawn in float32, then
+    converted to dtype."""
+    modules = linear_modules(model)
+    for name in targets:
+        m = modules[name]
+        fan_in, fan_out = m.weight.shape if isinstance(m, Conv1D) else m.weight.shape[::-1]
+        m.lora_dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        m.lora_A = nn.Linear(fan_in, r, bias=False, dtype=torch.float32)
+        m.lora_B = nn.Linear(r, fan_out, bias=False, dtype=torch.float32)
+        m.scaling = lora_scaling(alpha, r, rslora)
+        nn.init.kaiming_uniform_(m.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(m.lora_B.weight)
+        m.lora_A.to(dtype)
+        m.lora_B.to(dtype)
+
+
+def adapted(model):
+    """[(name, module)] of the modules with an adapter, in model order."""
+    return [(n, m) for n, m in linear_modules(model).items() if "lora_A" in m._modules]
+
+
+def adapter_key(name, prefix, which):
+    return PEFT_PREFIX + (name if name == "lm_head" else prefix + name) + f".lora_{which}.weight"
+
+
+def format_alpha(alpha):
+    return int(alpha) if float(alpha).is_integer() else float(alpha)
+
+
+def adapter_config_text(spec, prefix):
+    """adapter_config.json as PEFT (0.7 and later) writes it for GPT-2:
+    json.dumps(indent=2, sort_keys=True), no newline at the end.  target_modules
+    lists the adapted modules' full names; fan_in_fan_out is true when one of
+    them is a Conv1D (PEFT sets it so for Conv1D)."""
+    cfg = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec["r"],
+        "lora_alpha": format_alpha(spec["alpha"]), "lora_dropout": float(spec["dropout"]),
+        "target_modules": [n if n == "lm_head" else prefix + n for n in spec["targets"]],
+        "bias": "none", "fan_in_fan_out": any(n != "lm_head" for n in spec["targets"]),
+        "use_rslora": bool(spec["rslora"]), "modules_to_save": None,
+        "init_lora_weights": True, "inference_mode": False,
+        "base_model_name_or_path": None, "layers_to_transform": None,
+        "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
+    }
+    return json.dumps(cfg, indent=2, sort_keys=True)
+
+
+def write_adapter(directory, model, spec, prefix):
+    """DIR/adapter_model.safetensors (F32, keys base_model.model.<prefix><module>
+    .lora_A.weight and .lora_B.weight, metadata {"format": "pt"} as PEFT's) and
+    DIR/adapter_config.json."""
+    os.makedirs(directory, exist_ok=True)
+    named = []
+    for name, m in adapted(model):
+        for which in "AB":
+            w = getattr(m, f"lora_{which}").weight
+            named.append((adapter_key(name, prefix, which),
+                          w.detach().to(torch.float32).cpu().numpy()))
+    save_safetensors(os.path.join(directory, ADAPTER_MODEL), named, {"format": "pt"})
+    path = os.path.join(directory, ADAPTER_CONFIG)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(adapter_config_text(spec, prefix))
+    os.replace(tmp, path)
+
+
+def read_adapter(directory, model):
+    """(spec, {module: (A, B) float64 numpy arrays}) of a PEFT adapter
+    directory, checked against the model; spec = {r, alpha, dropout, rslora,
+    targets (model order), prefix ("transformer." when the keys had it)}."""
+    path = os.path.join(directory, ADAPTER_CONFIG)
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise ToolError(f"{path}: {e.strerror}")
+    except ValueError as e:
+        raise ToolError(f"{path}: not JSON: {e}")
+    if not isinstance(cfg, dict):
+        raise ToolError(f"{path}: not a JSON object")
+    if cfg.get("peft_type") != "LORA":
+        raise ToolError(f"{path}: peft_type {cfg.get('peft_type')!r}, expected \"LORA\"")
+    # PEFT's LoraConfig defaults for what is missing.
+    r, alpha = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+    dropout, rslora = cfg.get("lora_dropout", 0.0), cfg.get("use_rslora", False)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ToolError(f"{path}: r {r!r}: needs a positive integer")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise ToolError(f"{path}: lora_alpha {alpha!r}: needs a number")
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise ToolError(f"{path}: lora_dropout {dropout!r}: needs 0 <= p < 1")
+    if not isinstance(rslora, bool):
+        raise ToolError(f"{path}: use_rslora {rslora!r}: needs true or false")
+    if cfg.get("bias", "none") != "none":
+        raise ToolError(f"{path}: bias {cfg.get('bias')!r}: only \"none\" is supported "
+                        f"(the adapter trains no biases)")
+    for key, empty in (("modules_to_save", None), ("layers_to_transform", None),
+                       ("rank_pattern", {}), ("alpha_pattern", {}), ("use_dora", False)):
+        if cfg.get(key, empty) not in (empty, [], {}, None, False):
+            raise ToolError(f"{path}: {key} {cfg[key]!r}: not supported here")
+    modules = linear_modules(model)
+    targets = cfg.get("target_modules")
+    if targets is None:
+        targets = PEFT_GPT2_TARGETS
+    if isinstance(targets, str):  # PEFT: re.fullmatch against the module's full name
+        wanted = {n for n in modules if re.fullmatch(targets, peft_name(n)) or re.fullmatch(targets, n)}
+    elif isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+        wanted = {n for n in modules if any(pattern_hits(t, n) for t in targets)}
+    else:
+        raise ToolError(f"{path}: target_modules {targets!r}: needs a list of names or a string")
+
+    path = os.path.join(directory, ADAPTER_MODEL)
+    tensors = load_safetensors(path)
+    found, prefixes = {}, set()
+    for key, a in tensors.items():
+        which = key[-len("A.weight")] if key.endswith(LORA_SUFFIXES) else None
+        if not key.startswith(PEFT_PREFIX) or which is None:
+            raise ToolError(f"{path}: {key}: unknown tensor (expected {PEFT_PREFIX}[{BODY_PREFIX}]"
+                            f"MODULE.lora_A.weight or .lora_B.weight)")
+        name = key[len(PEFT_PREFIX):-len(".lora_A.weight")]
+        if name.startswith(BODY_PREFIX):
+            name = name[len(BODY_PREFIX):]
+            prefixes.add(BODY_PREFIX)
+            if name == "lm_head":
+                name = BODY_PREFIX + name  # the head is not under the prefix
+        elif name != "lm_head":
+            prefixes.add("")
+        if name not in modules:
+            if name == "lm_head" and model.cfg["tie_word_embeddings"]:
+                why = "the model's head is tied (wte.weight): there is no lm_head module"
+            elif name in dict(model.named_modules()):
+                why = f"{name} is not a Conv1D or Linear module"
+            else:
+                why = f"the model has no module {name}"
+            raise ToolError(f"{path}: {key}: {why}")
+        if a.dtype.kind != "f":
+            raise ToolError(f"{path}: {key}: dtype {a.dtype}, expected a float")
+        m = modules[name]
+        fan_in, fan_out = m.weight.shape if isinstance(m, Conv1D) else m.weight.shape[::-1]
+        want = [r, fan_in] if which == "A" else [fan_out, r]
+        if list(a.shape) != want:
+            raise ToolError(f"{path}: {key}: shape {list(a.shape)}, expected {want} "
+                            f"(r {r} of {ADAPTER_CONFIG})")
+        found.setdefault(name, {})[which] = a.astype(np.float64)
+    prefix = BODY_PREFIX if BODY_PREFIX in prefixes or not prefixes else ""
+    for name in modules:
+        if name in wanted or name in found:
+            if name not in wanted:
+                raise ToolError(f"{path}: {adapter_key(name, prefix, 'A')}: module {name} is not "
+                                f"in target_modules of {ADAPTER_CONFIG}")
+            for which in "AB":
+                if which not in found.get(name, {}):
+                    raise ToolError(f"{path}: no {adapter_key(name, prefix, which)} "
+                                    f"(target_modules of {ADAPTER_CONFIG} names {peft_name(name)})")
+    if not found:
+        raise ToolError(f"{path}: no adapter tensors")
+    spec = {"r": r, "alpha": alpha, "dropout": float(dropout), "rslora": rslora,
+            "targets": [n for n in modules if n in found], "prefix": prefix}
+    return spec, {n: (found[n]["A"], found[n]["B"]) for n in spec["targets"]}
+
+
+def load_adapter(model, directory, dtype):
+    """Attaches the adapter of DIR to the model (its weights, not an init)."""
+    spec, weights = read_adapter(directory, model)
+    attach_lora(model, spec["targets"], spec["r"], spec["alpha"], spec["dropout"],
+                spec["rslora"], dtype)
+    modules = linear_modules(model)
+    with torch.no_grad():
+        for name, (A, B) in weights.items():
+            modules[name].lora_A.weight.copy_(torch.from_numpy(A))
+            modules[name].lora_B.weight.copy_(torch.from_numpy(B))
+    return spec
+
+
+def lora_options(args):
+    """The --lora options given, as [option]."""
+    given = [o for o, v in (("--lora", args.lora), ("--lora-rank", args.lora_rank),
+                            ("--lora-alpha", args.lora_alpha),
+                            ("--lora-dropout", args.lora_dropout)) if v is not None]
+    return given + (["--rslora"] if args.rslora else [])
+
+
+def fresh_spec(args):
+    """The spec of --lora, --lora-rank, --lora-alpha, --lora-dropout, --rslora."""
+    missing = [o for o, v in (("--lora", args.lora), ("--lora-rank", args.lora_rank),
+                              ("--lora-alpha", args.lora_alpha)) if v is None]
+    if missing:
+        raise ToolError(f"{', '.join(lora_options(args))} needs {' and '.join(missing)} as well")
+    if args.lora_rank < 1:
+        raise ToolError(f"--lora-rank {args.lora_rank}: needs a positive integer")
+    dropout = args.lora_dropout if args.lora_dropout is not None else 0.0
+    if not 0 <= dropout < 1:
+        raise ToolError(f"--lora-dropout {dropout}: needs 0 <= p < 1")
+    return {"r": args.lora_rank, "alpha": format_alpha(args.lora_alpha), "dropout": dropout,
+            "rslora": args.rslora, "prefix": BODY_PREFIX}
+
+
+def setup_lora(model, args, dtype):
+    """The spec of the adapter that train or grads runs with (--adapter DIR, or
+    a fresh one of --lora ..., drawn after torch.manual_seed(--seed)), attached
+    to the model, the base frozen but for --unfreeze; None without LoRA."""
+    adapter = getattr(args, "adapter", None)
+    given = lora_options(args) if hasattr(args, "lora") else []
+    if adapter is not None and given:
+        raise ToolError(f"--adapter {adapter}: its {ADAPTER_CONFIG} gives the adapter; "
+                        f"{', '.join(given)} cannot be given with it")
+    if adapter is not None:
+        spec = load_adapter(model, adapter, dtype)
+    elif given:
+        spec = fresh_spec(args)
+        spec["targets"] = select_targets(model, args.lora)
+        torch.manual_seed(args.seed)
+        attach_lora(model, spec["targets"], spec["r"], spec["alpha"], spec["dropout"],
+                    spec["rslora"], dtype)
+    else:
+        for option in ("unfreeze", "save_adapter"):
+            if getattr(args, option, None):
+                raise ToolError(f"--{option.replace('_', '-')} needs --lora or --adapter")
+        return None
+    if getattr(args, "freeze", None):
+        raise ToolError("--freeze: with LoRA the whole base is frozen (PEFT's way); "
+                        "--unfreeze PATTERN trains base parameters as well")
+    named = [(n, p) for n, p in model.named_parameters() if not is_lora_name(n)]
+    unfrozen = set()
+    for pattern in args.unfreeze:
+        hits = [n for n, _ in named if matches(pattern, n)]
+        if not hits:
+            raise ToolError(f"--unfreeze {pattern}: matches no base parameter "
+                            f"(names look like {named[2][0]})")
+        unfrozen.update(hits)
+    for n, p in named:
+        p.requires_grad_(n in unfrozen)
+    return spec
 
 
 # ----------------------------------------------------------------- data
@@ -539,7 +884,10 @@ def cmd_make_model(args):
 
 
 def cmd_logits(args):
-    model = load_model(args.model, torch_dtype(args.dtype))
+    dtype = torch_dtype(args.dtype)
+    model = load_model(args.model, dtype)
+    if args.adapter is not None:
+        load_adapter(model, args.adapter, dtype)
     try:
         x = np.load(args.tokens)
     except (OSError, ValueError) as e:
@@ -564,6 +912,7 @@ def cmd_train(args):
                         f"n_positions is {model.cfg['n_positions']}")
     if args.steps < 0:
         raise ToolError(f"--steps {args.steps}: needs 0 or more")
+    spec = setup_lora(model, args, dtype)
     named = list(model.named_parameters())
     for pattern in args.freeze:
         hits = [p for n, p in named if matches(pattern, n)]
@@ -584,6 +933,9 @@ def cmd_train(args):
     if any(model.cfg[k] for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")):
         print("torch_gpt2: warning: dropout is on (a pdrop is not 0): the losses depend "
               "on torch's random numbers", file=sys.stderr)
+    if spec and spec["dropout"]:
+        print("torch_gpt2: warning: LoRA dropout is on (lora_dropout is not 0): the losses "
+              "depend on torch's random numbers", file=sys.stderr)
     torch.manual_seed(args.seed)  # dropout's random numbers
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=betas, eps=args.eps,
                             weight_decay=args.weight_decay)
@@ -601,18 +953,54 @@ def cmd_train(args):
         raise ToolError(f"frozen parameters changed: {', '.join(changed)}")
     if args.save:
         save_safetensors(args.save, weights_of(model), {"format": "pt"})
+    if args.save_adapter:
+        write_adapter(args.save_adapter, model, spec, spec["prefix"])
 
 
 def cmd_grads(args):
-    model = load_model(args.model, torch_dtype(args.dtype))
+    dtype = torch_dtype(args.dtype)
+    model = load_model(args.model, dtype)
     source, x = load_rows(args.data, args.batch_size)
+    spec = setup_lora(model, args, dtype)
     model.eval()  # no dropout: the gradient of the loaded weights alone
     loss = lm_loss(model, batch_rows(x, 0, args.batch_size), source)
     loss.backward()
     save_safetensors(args.out, [
         (n, (p.grad if p.grad is not None else torch.zeros_like(p)).to(torch.float32).numpy())
-        for n, p in model.named_parameters()], {"format": "pt"})
+        for n, p in model.named_parameters() if spec is None or p.requires_grad],
+        {"format": "pt"})
     print(f"loss {loss.item()!r}")
+
+
+def cmd_make_adapter(args):
+    model = load_model(args.model, torch_dtype("float32"))
+    spec = fresh_spec(args)
+    spec["targets"] = select_targets(model, args.lora)
+    if args.b_std < 0:
+        raise ToolError(f"--b-std {args.b_std}: needs 0 or more")
+    torch.manual_seed(args.seed)
+    attach_lora(model, spec["targets"], spec["r"], spec["alpha"], spec["dropout"],
+                spec["rslora"], torch.float32)
+    if args.b_std:
+        with torch.no_grad():
+            for _, m in adapted(model):
+                m.lora_B.weight.normal_(0.0, args.b_std)
+    write_adapter(args.out, model, spec, args.prefix)
+
+
+def cmd_merge(args):
+    model = load_model(args.model, torch_dtype("float64"))
+    spec, weights = read_adapter(args.adapter, model)
+    scaling = lora_scaling(spec["alpha"], spec["r"], spec["rslora"])
+    modules = linear_modules(model)
+    delta = {}
+    for name, (A, B) in weights.items():
+        d = scaling * (B @ A)  # [out, in], PEFT's get_delta_weight before its transpose
+        delta[name + ".weight"] = d.T if isinstance(modules[name], Conv1D) else d
+    out = np.float64 if args.dtype == "float64" else np.float32
+    save_safetensors(args.out, [
+        (n, (p.detach().numpy() + delta[n] if n in delta else p.detach().numpy()).astype(out))
+        for n, p in model.named_parameters()], {"format": "pt"})
 
 
 def cmd_make_data(args):
@@ -680,6 +1068,30 @@ def cmd_batch(args):
 
 # --------------------------------------------------------------- parser
 
+def add_lora_options(p, fresh_only=False):
+    """--lora, --lora-rank, --lora-alpha, --lora-dropout, --rslora (a fresh
+    adapter's), and unless fresh_only --unfreeze."""
+    p.add_argument("--lora", metavar="PATTERNS",
+                   help="comma-separated target modules: a Conv1D (or the untied head, "
+                        "lm_head) is a target when a pattern, a shell glob, matches its full "
+                        "name in GPT2LMHeadModel (transformer.h.0.attn.c_attn, lm_head) or a "
+                        "dot-suffix of it: 'c_attn', 'attn.c_proj', 'h.*.mlp.c_fc'; a pattern "
+                        "that matches none is an error, and so is lm_head with a tied head")
+    p.add_argument("--lora-rank", type=int, metavar="R", help="r, the adapters' rank")
+    p.add_argument("--lora-alpha", type=float, metavar="A",
+                   help="lora_alpha: the scaling is A/R (A/sqrt(R) with --rslora)")
+    p.add_argument("--lora-dropout", type=float, metavar="P",
+                   help="nn.Dropout(P) on the adapters' input (default 0: none)")
+    p.add_argument("--rslora", action="store_true",
+                   help="rank-stabilised scaling A/sqrt(R) (PEFT's use_rslora)")
+    if not fresh_only:
+        p.add_argument("--unfreeze", action="append", default=[], metavar="PATTERN",
+                       help="with LoRA every base parameter is frozen (PEFT's way) but those "
+                            "whose name matches PATTERN (a glob or a bare prefix, as --freeze "
+                            "takes); repeatable; a pattern that matches no base parameter is an "
+                            "error")
+
+
 def build_parser():
     R = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -719,11 +1131,14 @@ tied model's).""")
                        description="""\
 Reads X.npy, integer tokens (N, T) with T <= n_positions, and writes the
 logits (N, T, V) with numpy.save: float32, or float64 with --dtype float64
-(the whole computation then in double).  No dropout (eval mode).""")
+(the whole computation then in double).  No dropout (eval mode).  With
+--adapter ADIR, the LoRA adapter directory's modules add their terms (see
+make-adapter).""")
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--tokens", required=True, metavar="X.npy")
     p.add_argument("--out", required=True, metavar="L.npy")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--adapter", metavar="ADIR", help="a PEFT LoRA adapter directory to apply")
     p.set_defaults(handler=cmd_logits)
 
     p = sub.add_parser("train", formatter_class=R, help="language-model training with AdamW",
@@ -748,7 +1163,20 @@ Writes "STEP LOSS" per step to OUT.txt (steps from 1, the loss as Python's
 repr of the float).  Frozen parameters (--freeze) get requires_grad=False,
 are left out of the optimizer, and must have their bits unchanged at the end
 (exit status 1 and a message otherwise).  --save writes the final weights as
-F32 safetensors under Hugging Face's names, no prefix, no mask buffers.""")
+F32 safetensors under Hugging Face's names, no prefix, no mask buffers.
+
+LoRA (PEFT's, see make-adapter): --adapter ADIR starts from an adapter
+directory (its adapter_config.json gives the rank, alpha, dropout, rslora and
+targets: --lora and its options are not given then); --lora PATTERNS
+--lora-rank R --lora-alpha A starts from a fresh adapter, drawn as PEFT
+initialises one (lora_B zeros) after torch.manual_seed(SEED), the same numbers
+as `make-adapter --seed SEED`.  Every base parameter is then frozen (and
+checked bitwise at the end) but those --unfreeze names; --freeze is an error.
+AdamW gets the adapters' parameters and the unfrozen ones (in model order,
+one param group, weight decay on all of them).  --save still writes the base
+weights only; --save-adapter DIR writes the trained adapter as make-adapter
+does (keys with the prefix that --adapter's file had, "transformer." for a
+fresh one).""")
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--data", required=True, metavar="DATADIR")
     p.add_argument("--steps", type=int, required=True, metavar="K")
@@ -768,7 +1196,11 @@ F32 safetensors under Hugging Face's names, no prefix, no mask buffers.""")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="float64 runs everything (weights, activations, AdamW's state) in double")
     p.add_argument("--seed", type=int, default=0,
-                   help="torch.manual_seed before training (only dropout uses it)")
+                   help="torch.manual_seed before training (only dropout uses it), and "
+                        "before a fresh adapter's init")
+    p.add_argument("--adapter", metavar="ADIR", help="start from this LoRA adapter directory")
+    add_lora_options(p)
+    p.add_argument("--save-adapter", metavar="ADIR", help="write the trained adapter there")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("grads", formatter_class=R, help="the gradient of the first batch's loss",
@@ -777,13 +1209,74 @@ The gradient of the first batch's loss (rows [0, B) of DATADIR/train_x.npy,
 mod N; the loss as in `train`, without dropout) with respect to every
 parameter at the loaded weights, written as F32 safetensors under the
 parameters' names (a tied head's gradient in wte.weight; cast from float64
-with --dtype float64).  Prints "loss LOSS".""")
+with --dtype float64).  Prints "loss LOSS".  With --adapter ADIR, the gradient
+of the adapter's parameters only, under PEFT's names inside the model
+(h.0.attn.c_attn.lora_A.weight: no base_model.model. or transformer.), and of
+the base parameters that --unfreeze names, in model order.""")
     p.add_argument("--model", required=True, metavar="DIR")
     p.add_argument("--data", required=True, metavar="DATADIR")
     p.add_argument("--batch-size", type=int, required=True, metavar="B")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--out", required=True, metavar="G.safetensors")
+    p.add_argument("--adapter", metavar="ADIR", help="a PEFT LoRA adapter directory to apply")
+    p.add_argument("--unfreeze", action="append", default=[], metavar="PATTERN",
+                   help="with --adapter, also the gradient of the base parameters whose name "
+                        "matches PATTERN (as train's --unfreeze)")
     p.set_defaults(handler=cmd_grads)
+
+    p = sub.add_parser("make-adapter", formatter_class=R, help="a PEFT LoRA adapter directory",
+                       description="""\
+Writes a PEFT LoRA adapter directory for the model of DIR: ADIR/adapter_model.
+safetensors, F32, metadata {"format": "pt"}, for each target module in model
+order base_model.model.<PREFIX><module>.lora_A.weight [r, in] and .lora_B
+.weight [out, r] (lm_head never prefixed); and ADIR/adapter_config.json as PEFT
+0.7+ writes it (indent 2, sorted keys, no newline at the end): peft_type
+"LORA", task_type "CAUSAL_LM", r, lora_alpha (an integer when whole),
+lora_dropout, target_modules (the full names of the modules matched, with the
+prefix), bias "none", fan_in_fan_out (true when a target is a Conv1D),
+use_rslora, modules_to_save null, init_lora_weights true, inference_mode
+false, base_model_name_or_path, layers_to_transform, layers_pattern and
+revision null, rank_pattern and alpha_pattern {}.  The numbers: after
+torch.manual_seed(SEED), per target in model order, nn.Linear(in, r) and
+nn.Linear(r, out) are built (their default init drawn, as PEFT's are), then
+lora_A gets kaiming_uniform_(a=sqrt(5)), U(-1/sqrt(in), 1/sqrt(in)), and
+lora_B zeros: PEFT's init.  With --b-std X > 0 every lora_B is then drawn
+normal(0, X), in model order, so that the adapter changes the output.
+
+A target module computes base(x) + lora_B(lora_A(dropout(x))) * scaling,
+scaling = alpha/r (alpha/sqrt(r) with rslora).  Reading an adapter directory
+(logits, train, grads, merge --adapter): keys base_model.model.[transformer.]
+MODULE.lora_A.weight / .lora_B.weight; peft_type must be "LORA" and bias
+"none"; every key's module must exist and be a Conv1D or the untied lm_head,
+its shapes [r, in] and [out, r] with the config's r, and the modules those of
+target_modules (a list of names or globs matched as --lora's patterns, a
+string as PEFT's re.fullmatch, null as PEFT's default for GPT-2, c_attn);
+any other key is an error, and so are modules_to_save, layers_to_transform,
+rank_pattern or alpha_pattern.""")
+    p.add_argument("--model", required=True, metavar="DIR")
+    add_lora_options(p, fresh_only=True)
+    p.add_argument("--prefix", default=BODY_PREFIX, metavar="P",
+                   help='in front of the GPT2Model modules\' names (default "transformer.", '
+                        'as GPT2LMHeadModel has them; "" for none)')
+    p.add_argument("--out", required=True, metavar="ADIR", help="created if missing")
+    p.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default 0)")
+    p.add_argument("--b-std", type=float, default=0.0, metavar="X",
+                   help="draw lora_B normal(0, X) (default 0: zeros, PEFT's init)")
+    p.set_defaults(handler=cmd_make_adapter)
+
+    p = sub.add_parser("merge", formatter_class=R, help="base weights with an adapter merged in",
+                       description="""\
+Writes the model's weights with the adapter merged in, as PEFT's merge does:
+W += scaling * (B @ A)^T for a Conv1D (stored [in, out]: W += scaling *
+A^T @ B^T), W += scaling * B @ A for lm_head, computed in float64 and stored
+F32 (F64 with --dtype float64) under the base names, no prefix, metadata
+{"format": "pt"}; the other parameters as they are.""")
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--adapter", required=True, metavar="ADIR")
+    p.add_argument("--out", required=True, metavar="W.safetensors")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="the stored dtype (the sum is float64 either way)")
+    p.set_defaults(handler=cmd_merge)
 
     p = sub.add_parser("make-data", formatter_class=R, help="random token data",
                        description="""\

@@ -81,6 +81,10 @@ int frost_generate(const frost_options *opts, fr_error *err) {
         fr_error_prefix(err, "--model: ");
         return rc;
     }
+    if ((rc = frost_add_adapters(opts, model, err)) != FR_OK) {
+        fr_model_free(model);
+        return rc;
+    }
     int seq = 0, vocabulary = 0;
     if (fr_model_input_dtype(model) != FR_I32 || fr_model_input_dims(model, dims) != 1 ||
         fr_model_output_dims(model, out_dims) != 2 || out_dims[0] != dims[0])
@@ -99,6 +103,8 @@ int frost_generate(const frost_options *opts, fr_error *err) {
                      (int)fr_tokenizer_vocab_size(tokenizer), vocabulary);
     if (rc == FR_OK && (rc = fr_model_load_weights(model, opts->init, err)) != FR_OK)
         fr_error_prefix(err, "--weights: ");
+    if (rc == FR_OK)
+        rc = frost_frozen_bf16(opts, model, false, err);
     fr_train_config config;
     fr_train_config_default(&config);
     config.threads = opts->train.threads;

@@ -119,6 +119,8 @@ int main(int argc, char **argv) {
             rc = frost_eval(&opts, &err);
         else if (strcmp(opts.command, "generate") == 0)
             rc = frost_generate(&opts, &err);
+        else if (strcmp(opts.command, "merge") == 0)
+            rc = frost_merge(&opts, &err);
         else
             rc = frost_inspect(&opts, &err);
     }

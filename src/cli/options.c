@@ -20,11 +20,11 @@
 
 enum value_kind {
     FLAG, TEXT, LONG, INT, DOUBLE, OPTIMIZER, GRAD_DTYPE, RULE, SIGNAL, LAYOUT, NORMALIZE, SCHEDULE,
-    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE, FRESH
+    INTERVAL, POSITIVE, LR_SCHEDULE, LR_RULE, FRESH, LORA, FROZEN_DTYPE
 };
 
 /* Which commands take a flag. */
-enum { TRAIN = 1, EVAL = 2, INSPECT = 4, GENERATE = 8 };
+enum { TRAIN = 1, EVAL = 2, INSPECT = 4, GENERATE = 8, MERGE = 16 };
 
 typedef struct option_spec {
     const char *name;
@@ -47,8 +47,11 @@ static const option_spec options[] = {
     {"--model", TEXT, TRAIN | EVAL | INSPECT | GENERATE, AT(model), 0, 0, false, "FILE|SPEC",
      "model file, the same text inline with ';' between layers, or a GPT-2 config.json "
      "(man 5 frost-model); required"},
-    {"--weights", TEXT, GENERATE, AT(init), 0, 0, false, "W.safetensors",
-     "the weights to sample from; required"},
+    {"--weights", TEXT, GENERATE | MERGE, AT(init), 0, 0, false, "W.safetensors",
+     "the weights to sample from, or to merge the adapter into; required"},
+    {"--out", TEXT, MERGE, AT(out), 0, 0, false, "F.safetensors",
+     "where merge writes the merged weights; required (-o F too)"},
+    {"-o", TEXT, MERGE, AT(out), 0, 0, false, "F.safetensors", "the same as --out"},
     {"--prompt", TEXT, GENERATE, AT(prompt), 0, 0, false, "TEXT",
      "the text to continue (its tokens come first); required"},
     {"--tokens", LONG, GENERATE, AT(tokens), 1, 1e6, false, "N", "tokens to add (default 64)"},
@@ -71,6 +74,22 @@ static const option_spec options[] = {
      "freeze the parameters glob or layer name P matches; repeatable, in order with --unfreeze"},
     {"--unfreeze", RULE, TRAIN | INSPECT, 0, 0, 0, false, "P",
      "make the parameters P matches trainable again; repeatable"},
+    {"--lora", LORA, TRAIN | INSPECT, 0, 0, 0, false, "P[,P...]",
+     "LoRA adapters on the linear/conv1d layers P names (PEFT's target_modules: c_attn "
+     "names h.0.attn.c_attn); every base parameter frozen; repeatable"},
+    {"--lora-rank", INT, TRAIN | INSPECT, AT(lora_config.rank), 1, 65536, false, "R",
+     "the adapters' rank r (default 8)"},
+    {"--lora-alpha", DOUBLE, TRAIN | INSPECT, AT(lora_alpha), 1e-6, 1e6, false, "A",
+     "the adapters' lora_alpha: they are scaled by A/R (default 8)"},
+    {"--lora-dropout", DOUBLE, TRAIN | INSPECT, AT(lora_dropout), 0, 0.999999, false, "P",
+     "dropout on the adapters' input in training (default 0)"},
+    {"--rslora", FLAG, TRAIN | INSPECT, AT(lora_config.rslora), 0, 0, false, NULL,
+     "scale the adapters by A/sqrt(R), rank-stabilized LoRA (default A/R)"},
+    {"--adapter", TEXT, TRAIN | EVAL | INSPECT | GENERATE | MERGE, AT(adapter), 0, 0, false, "DIR",
+     "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors): train "
+     "continues it, eval and generate apply it, merge merges it"},
+    {"--save-adapter", TEXT, TRAIN, AT(save_adapter), 0, 0, false, "DIR",
+     "write the trained adapters as a PEFT adapter directory (default none)"},
     {"--unfreeze-at", SCHEDULE, TRAIN, 0, 0, 0, false, "POINT:P",
      "unfreeze P during the run: POINT an epoch (2) or a step (s500); repeatable"},
     {"--freeze-at", SCHEDULE, TRAIN, 0, 0, 0, true, "POINT:P",
@@ -124,7 +143,8 @@ static const option_spec options[] = {
     {"--val-split", DOUBLE, TRAIN, AT(val_split), 0, 1, false, "FRACTION",
      "evaluate on the training set's last FRACTION, held out (default: the test set)"},
     {"--save-best", TEXT, TRAIN, AT(save_best), 0, 0, false, "W.safetensors",
-     "keep the weights of the best evaluation by accuracy (needs --eval-every)"},
+     "keep the weights of the best evaluation by accuracy (needs --eval-every); with "
+     "adapters, their PEFT directory"},
     {"--checkpoint", TEXT, TRAIN, AT(checkpoint), 0, 0, false, "C.safetensors",
      "training checkpoint, written at the end and when a signal stops the run (default none)"},
     {"--checkpoint-every", LONG, TRAIN, AT(checkpoint_every), 1, 1e12, false, "N",
@@ -145,6 +165,10 @@ static const option_spec options[] = {
      "budget of the frozen-prefix feature cache (default a quarter of RAM)"},
     {"--no-cache", FLAG, TRAIN, AT(no_cache), 0, 0, false, NULL,
      "no frozen-prefix feature cache (default: on)"},
+    {"--frozen-dtype", FROZEN_DTYPE, TRAIN | EVAL | GENERATE, AT(frozen_bf16), 0, 0, false,
+     "f32|bf16",
+     "keep frozen linear/conv1d/embedding weights in bf16: half their memory, bf16 products "
+     "(default f32)"},
     {"--grad-dtype", GRAD_DTYPE, TRAIN, 0, 0, 0, false, "f32|bf16",
      "how gradients travel between ranks; bf16 halves the bytes (default f32)"},
     {"--comm-timeout", DOUBLE, TRAIN | EVAL, AT(comm_timeout_s), 0.1, 1e7, false, "S",
@@ -261,6 +285,8 @@ static int command_bit(const char *command) {
         return INSPECT;
     if (strcmp(command, "generate") == 0)
         return GENERATE;
+    if (strcmp(command, "merge") == 0)
+        return MERGE;
     return 0;
 }
 
@@ -300,6 +326,11 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
             return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
         opts->rules[opts->rule_count++] = (freeze_rule){value, o->freeze};
         return FR_OK;
+    case LORA:
+        if (opts->lora_count == FROST_MAX_PATTERNS)
+            return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
+        opts->lora[opts->lora_count++] = value;
+        return FR_OK;
     case FRESH:
         if (opts->init_new_count == FROST_MAX_PATTERNS)
             return fr_fail(err, FR_EINVAL, "%s: more than %d patterns", o->name, FROST_MAX_PATTERNS);
@@ -335,6 +366,14 @@ static int set_value(const option_spec *o, const char *value, frost_options *opt
             opts->train.grad_dtype = FR_GRAD_BF16;
         else
             return fr_fail(err, FR_EINVAL, "--grad-dtype '%s': expected f32 or bf16", value);
+        return FR_OK;
+    case FROZEN_DTYPE:
+        if (strcmp(value, "f32") == 0 || strcmp(value, "fp32") == 0 || strcmp(value, "float32") == 0)
+            *(bool *)field = false;
+        else if (strcmp(value, "bf16") == 0 || strcmp(value, "bfloat16") == 0)
+            *(bool *)field = true;
+        else
+            return fr_fail(err, FR_EINVAL, "--frozen-dtype '%s': expected f32 or bf16", value);
         return FR_OK;
     case SIGNAL:
         return parse_signal(value, (int *)field, err);
@@ -394,8 +433,11 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     opts->stop_signal = SIGTERM;
     opts->tokens = 64;
     opts->temperature = 1.0;
+    /* PEFT's LoraConfig defaults. */
+    opts->lora_config = (fr_lora_config){.rank = 8};
+    opts->lora_alpha = 8.0;
     if (argc < 2)
-        return fr_fail(err, FR_EINVAL, "no command given (expected train, eval, inspect, generate or tokenize; see frost help)");
+        return fr_fail(err, FR_EINVAL, "no command given (expected train, eval, inspect, generate, merge or tokenize; see frost help)");
     opts->command = argv[1];
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         opts->help = true;
@@ -406,8 +448,8 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     char suggestion[96];
     if (!bit)
         return fr_fail(err, FR_EINVAL,
-                       "unknown command '%s'%s (expected train, eval, inspect, generate or "
-                       "tokenize; see frost help)",
+                       "unknown command '%s'%s (expected train, eval, inspect, generate, "
+                       "merge or tokenize; see frost help)",
                        argv[1], frost_command_suggestion(argv[1], suggestion, sizeof suggestion));
     bool epochs_given = false;
     for (int i = 2; i < argc; i++) {
@@ -447,6 +489,8 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
             return rc;
         if (strcmp(o->name, "--epochs") == 0)
             epochs_given = true;
+        if (strncmp(o->name, "--lora-", 7) == 0 || strcmp(o->name, "--rslora") == 0)
+            opts->lora_setting_given = true;
         if (strcmp(o->name, "--val-split") == 0 && !(opts->val_split > 0 && opts->val_split < 1))
             return fr_fail(err, FR_EINVAL,
                            "--val-split %s: expected the fraction to hold out, above 0 and below 1",
@@ -455,8 +499,24 @@ int frost_parse_options(int argc, char **argv, frost_options *opts, fr_error *er
     /* --steps alone means that many steps, however many epochs it takes. */
     if (opts->steps > 0 && !epochs_given)
         opts->epochs = 0;
+    if (bit == MERGE) {
+        if (!opts->init || !opts->adapter || !opts->out)
+            return fr_fail(err, FR_EINVAL, "'frost merge' needs --weights W.safetensors, "
+                           "--adapter DIR and -o F.safetensors");
+        return FR_OK;
+    }
     if (!opts->model)
         return fr_fail(err, FR_EINVAL, "'frost %s' needs --model FILE|SPEC", opts->command);
+    if (opts->lora_setting_given && !opts->lora_count)
+        return fr_fail(err, FR_EINVAL, "--lora-rank, --lora-alpha, --lora-dropout and --rslora "
+                       "need --lora PATTERN (the layers that get adapters)");
+    if (opts->adapter && opts->lora_count)
+        return fr_fail(err, FR_EINVAL, "--adapter %s and --lora both give adapters: the "
+                       "directory's adapter_config.json says which layers and what rank; use one",
+                       opts->adapter);
+    if (opts->save_adapter && !opts->adapter && !opts->lora_count)
+        return fr_fail(err, FR_EINVAL, "--save-adapter needs adapters: --lora PATTERN, or "
+                       "--adapter DIR to continue");
     if (bit == EVAL && !opts->init)
         return fr_fail(err, FR_EINVAL, "'frost eval' needs --init WEIGHTS.safetensors");
     if (bit == GENERATE && !opts->init)
@@ -499,6 +559,8 @@ static const struct {
      "One line per parameter (name shape count trainable|frozen), the totals, allreduce bytes."},
     {"generate", "--model FILE|SPEC --weights W.safetensors --prompt TEXT [options]",
      "Continue TEXT with tokens sampled from a language model."},
+    {"merge", "--weights W.safetensors --adapter DIR -o F.safetensors",
+     "Base weights with a PEFT LoRA adapter merged in, as one weights file."},
     {"tokenize", "--out DIR [options] FILE...",
      "Text files to token .npy files for frost train --data."},
 };

@@ -28,7 +28,7 @@ typedef struct lr_rule {
 } lr_rule;
 
 typedef struct frost_options {
-    const char *command; /* "train", "eval", "inspect", "generate" */
+    const char *command; /* "train", "eval", "inspect", "generate", "merge" */
     const char *model;
     const char *data;
     const char *classes;
@@ -78,6 +78,18 @@ typedef struct frost_options {
     double temperature;
     int top_k;
     const char *tokenizer; /* "byte" or GPT-2's BPE directory */
+    /* LoRA: --lora patterns (each may hold several, comma-separated), the
+     * adapters' settings, and whether any setting was given (--adapter's
+     * config gives them instead); adapter directories to read and write. */
+    const char *lora[FROST_MAX_PATTERNS];
+    int lora_count;
+    fr_lora_config lora_config;  /* rank and rslora; alpha and dropout below */
+    double lora_alpha, lora_dropout;
+    bool lora_setting_given;
+    const char *adapter;
+    const char *save_adapter;
+    const char *out; /* frost merge -o */
+    bool frozen_bf16; /* --frozen-dtype bf16 */
     bool help;
 } frost_options;
 

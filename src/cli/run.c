@@ -129,6 +129,58 @@ static void add_closest_names(fr_model *model, const char *pattern, fr_error *er
     snprintf(err->msg + used, sizeof err->msg - used, "; closest names: %s", list);
 }
 
+int frost_add_adapters(const frost_options *opts, fr_model *model, fr_error *err) {
+    int rc = FR_OK;
+    fr_lora_config config = opts->lora_config;
+    config.alpha = (float)opts->lora_alpha;
+    config.dropout = (float)opts->lora_dropout;
+    for (int i = 0; rc == FR_OK && i < opts->lora_count; i++) {
+        /* Each --lora may list several patterns: 'c_attn,c_fc'. */
+        char patterns[1024];
+        snprintf(patterns, sizeof patterns, "%s", opts->lora[i]);
+        char *save = NULL;
+        bool any = false;
+        for (char *p = strtok_r(patterns, ",", &save); p && rc == FR_OK;
+             p = strtok_r(NULL, ",", &save)) {
+            any = true;
+            rc = fr_model_add_lora(model, p, &config, (uint64_t)opts->seed, err);
+            if (rc == FR_ENOMATCH)
+                add_closest_names(model, p, err);
+        }
+        if (rc == FR_OK && !any)
+            rc = fr_fail(err, FR_EINVAL, "--lora '%s': no pattern", opts->lora[i]);
+    }
+    if (rc == FR_OK && opts->adapter) {
+        rc = fr_model_load_adapter(model, opts->adapter, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--adapter: ");
+    }
+    /* PEFT's start: only the adapters train (--unfreeze trains more). */
+    if (rc == FR_OK && fr_model_adapter_count(model) > 0)
+        fr_model_freeze_base(model);
+    return rc;
+}
+
+int frost_frozen_bf16(const frost_options *opts, fr_model *model, bool training, fr_error *err) {
+    if (!opts->frozen_bf16)
+        return FR_OK;
+    /* Evaluating and sampling, nothing trains: every weight is frozen. */
+    if (!training)
+        fr_model_freeze_all(model);
+    size_t before = fr_model_weight_bytes(model);
+    int converted = 0;
+    int rc = fr_model_store_frozen_bf16(model, &converted, err);
+    if (rc != FR_OK)
+        fr_error_prefix(err, "--frozen-dtype bf16: ");
+    else if (fr_comm_rank() == 0 && strcmp(opts->command, "generate") != 0) /* stdout is its text */
+        printf("frozen weights in bf16: %d tensors, weights %.1f MB -> %.1f MB; %s\n", converted,
+               before / 1048576.0, fr_model_weight_bytes(model) / 1048576.0,
+               fr_bf16_supported() ? "bf16 products on AVX512_BF16"
+                                   : "this CPU has no AVX512_BF16: bf16 weights widened to float32 "
+                                     "block by block (slower, the same numbers)");
+    return rc;
+}
+
 static int load_model(const frost_options *opts, fr_model **out, fr_error *err) {
     fr_model *model = NULL;
     size_t len = strlen(opts->model);
@@ -137,6 +189,8 @@ static int load_model(const frost_options *opts, fr_model **out, fr_error *err) 
                  : fr_model_load(opts->model, &model, err);
     if (rc != FR_OK)
         fr_error_prefix(err, "--model: ");
+    if (rc == FR_OK)
+        rc = frost_add_adapters(opts, model, err);
     for (int i = 0; rc == FR_OK && i < opts->rule_count; i++) {
         const freeze_rule *rule = &opts->rules[i];
         rc = rule->freeze ? fr_model_freeze(model, rule->pattern, err)
@@ -626,6 +680,22 @@ static long run_steps(const frost_options *opts, int samples) {
     return total;
 }
 
+/* --save-adapter DIR (and --save-best with adapters): a directory whose
+ * files can be written, or one that can be made. */
+static int check_adapter_dir(const char *flag, const char *dir, fr_error *err) {
+    if (!dir)
+        return FR_OK;
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return check_output_path(flag, dir, err);
+    if (!S_ISDIR(st.st_mode))
+        return fr_fail(err, FR_EIO, "%s %s: not a directory (adapters are saved as a PEFT "
+                       "adapter directory)", flag, dir);
+    char file[4096];
+    snprintf(file, sizeof file, "%s/adapter_model.safetensors", dir);
+    return check_output_path(flag, file, err);
+}
+
 /* --save, --metrics, --checkpoint and --trace, on rank 0 (collective). */
 static int check_output_paths(const frost_options *opts, fr_error *err) {
     int local = FR_OK;
@@ -637,8 +707,12 @@ static int check_output_paths(const frost_options *opts, fr_error *err) {
             local = check_output_path("--checkpoint", opts->checkpoint, err);
         if (local == FR_OK)
             local = check_output_path("--trace", opts->trace, err);
-        if (local == FR_OK)
+        if (local == FR_OK && (opts->lora_count || opts->adapter))
+            local = check_adapter_dir("--save-best", opts->save_best, err);
+        else if (local == FR_OK)
             local = check_output_path("--save-best", opts->save_best, err);
+        if (local == FR_OK)
+            local = check_adapter_dir("--save-adapter", opts->save_adapter, err);
     }
     return fr_comm_agree(local, err);
 }
@@ -747,6 +821,8 @@ static int set_up_run(run_state *run, bool training, fr_error *err) {
         rc = compare_ranks(opts, run->model, training, err);
     if (rc == FR_OK)
         rc = initialise_weights(opts, run->model, training, err);
+    if (rc == FR_OK)
+        rc = fr_comm_agree(frost_frozen_bf16(opts, run->model, training, err), err);
     if (rc == FR_OK && training)
         rc = fr_comm_agree(load_data(opts, run->model, true, &run->train, err), err);
     if (rc == FR_OK && training && opts->val_split > 0)
@@ -1146,9 +1222,13 @@ static int evaluate_now(run_state *run, long step, fr_error *err) {
         run->best_accuracy = run->eval_accuracy;
         run->best_step = step;
     }
+    /* With adapters the best is theirs: a PEFT adapter directory (the base
+     * does not change). */
+    bool adapters = fr_model_adapter_count(run->model) > 0;
     if (best && opts->save_best)
-        rc = fr_comm_agree(is_root() ? fr_model_save_weights(run->model, opts->save_best, err)
-                                     : FR_OK,
+        rc = fr_comm_agree(!is_root() ? FR_OK
+                           : adapters ? fr_model_save_adapter(run->model, opts->save_best, err)
+                                      : fr_model_save_weights(run->model, opts->save_best, err),
                            err);
     if (rc == FR_OK && is_root())
         printf("eval at step %ld: %s loss %.4f accuracy %.2f%% (%d samples)%s%s\n", step,
@@ -1362,6 +1442,11 @@ int frost_train(const frost_options *options, fr_error *err) {
     }
     if (rc == FR_OK && is_root() && opts->save)
         rc = fr_model_save_weights(run.model, opts->save, err);
+    if (rc == FR_OK && is_root() && opts->save_adapter) {
+        rc = fr_model_save_adapter(run.model, opts->save_adapter, err);
+        if (rc != FR_OK)
+            fr_error_prefix(err, "--save-adapter: ");
+    }
     if (rc != FR_ECOMMLOST)
         rc = fr_comm_agree(rc, err);
     if (rc == FR_OK && is_root())
@@ -1408,6 +1493,8 @@ int frost_train(const frost_options *options, fr_error *err) {
             printf("checkpoint %s\n", opts->checkpoint);
         if (opts->save)
             printf("saved %s\n", opts->save);
+        if (opts->save_adapter)
+            printf("saved adapter %s\n", opts->save_adapter);
     }
     free_run(&run);
     return rc;

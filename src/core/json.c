@@ -8,7 +8,9 @@
  */
 #include "json.h"
 
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------- UTF-8 */
@@ -430,4 +432,26 @@ void fr_json_append_string(fr_text *out, const char *text) {
         }
     }
     fr_text_printf(out, "\"");
+}
+
+int fr_json_number(fr_json_reader *r, double *value) {
+    size_t start = r->pos;
+    while (r->pos < r->length && strchr("+-0123456789.eE", r->text[r->pos]))
+        r->pos++;
+    char text[64];
+    size_t len = r->pos - start;
+    if (len == 0 || len >= sizeof text)
+        return fr_json_syntax_error(r, "expected a number");
+    memcpy(text, r->text + start, len);
+    text[len] = '\0';
+    char *end;
+    *value = strtod(text, &end);
+    if (*end != '\0' || !isfinite(*value))
+        return fr_json_syntax_error(r, "expected a number");
+    return FR_OK;
+}
+
+int fr_json_bool(fr_json_reader *r, bool *value) {
+    *value = fr_json_peek(r) == 't';
+    return fr_json_literal(r, *value ? "true" : "false");
 }

@@ -1,6 +1,7 @@
 /*
  * json.h - the library's JSON reader and writer (json.c), for the one JSON
- * document frost reads and writes: a safetensors header (safetensors.c).
+ * documents frost reads and writes: a safetensors header (safetensors.c),
+ * Hugging Face's config.json (gpt2.c) and PEFT's adapter_config.json (adapter.c).
  *
  * The reader is a cursor over text that is not NUL-terminated; the caller
  * walks the document it expects (objects key by key, arrays element by
@@ -54,6 +55,11 @@ int fr_json_next_key(fr_json_reader *r, bool *first, char **key, size_t *key_len
 
 /* The same for an array whose '[' is consumed: stops before the next element. */
 int fr_json_next_element(fr_json_reader *r, bool *first, bool *done);
+
+/* A number of any form JSON allows (a config's floats), finite. */
+int fr_json_number(fr_json_reader *r, double *value);
+/* true or false. */
+int fr_json_bool(fr_json_reader *r, bool *value);
 
 /* Consumes `word` (true, false or null) or fails. */
 int fr_json_literal(fr_json_reader *r, const char *word);

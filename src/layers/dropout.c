@@ -19,13 +19,6 @@ static size_t dropout_scratch_bytes(const fr_layer *l, int n) {
     return (size_t)n * fr_shape_numel(l->in);
 }
 
-/* splitmix64's finalizer: every input bit moves every output bit. */
-static uint64_t mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 /* Eval mode: the identity. */
 static void dropout_forward(const fr_layer *l, const float *in, float *out, int n,
                             void *scratch) {
@@ -42,14 +35,12 @@ static void dropout_forward_at(const fr_layer *l, const float *in, float *out, i
     /* Kept when 24 random bits, as a fraction, reach p. */
     uint64_t threshold = (uint64_t)(p * (1 << 24) + 0.5);
     unsigned char *keep = scratch;
-    uint64_t layer_key = mix(seed ^ mix((uint64_t)step * 0x9e3779b97f4a7c15ULL));
-    for (size_t c = 0; l->name[c]; c++)
-        layer_key = mix(layer_key ^ (unsigned char)l->name[c]);
+    uint64_t layer_key = fr_dropout_key(seed, step, l->name, NULL);
     for (int s = 0; s < n; s++) {
-        uint64_t row_key = mix(layer_key ^ (uint64_t)(first_row + s));
+        uint64_t row_key = fr_mix64(layer_key ^ (uint64_t)(first_row + s));
         for (size_t j = 0; j < numel; j++) {
             size_t at = (size_t)s * numel + j;
-            keep[at] = (mix(row_key + j) >> 40) >= threshold;
+            keep[at] = (fr_mix64(row_key + j) >> 40) >= threshold;
             out[at] = keep[at] ? in[at] * scale : 0.0f;
         }
     }

@@ -6,6 +6,7 @@
  * of the table's gradient.
  */
 #include "transformer_kernels.h"
+#include "bf16.h"
 
 #include <limits.h>
 
@@ -87,8 +88,18 @@ static int embedding_infer_shape(fr_layer *l, fr_error *err) {
 static void embedding_forward(const fr_layer *l, const float *in, float *out, int n,
                               void *scratch) {
     (void)scratch;
-    fr_embedding_forward((const int32_t *)(const void *)in, l->param_data[FR_WEIGHT], out,
-                         (long)n * l->in.d[0], l->args[EMBEDDING_DIM]);
+    const int32_t *ids = (const int32_t *)(const void *)in;
+    long rows = (long)n * l->in.d[0];
+    int dim = l->args[EMBEDDING_DIM];
+    const fr_bf16 *table16 = l->param_bf16[FR_WEIGHT];
+    if (!table16) {
+        fr_embedding_forward(ids, l->param_data[FR_WEIGHT], out, rows, dim);
+        return;
+    }
+    /* A frozen table kept in bf16: each row widened (exactly). */
+    for (long r = 0; r < rows; r++)
+        fr_bf16_to_f32(out + (size_t)r * (size_t)dim, table16 + (size_t)ids[r] * (size_t)dim,
+                       (size_t)dim);
 }
 
 /* Token ids have no gradient: din is never asked for. */
@@ -105,6 +116,7 @@ static void embedding_backward(const fr_layer *l, const float *in, const float *
 const fr_layer_ops fr_embedding_ops = {
     .kind = "embedding",
     .params = {{"weight", FR_INIT_NORMAL}},
+    .bf16_weight = true,
     .input_dtype = FR_I32,
     .accumulates = true,
     .args = {{"num_embeddings", .minimum = 1}, {"embedding_dim", .minimum = 1}},
@@ -138,7 +150,25 @@ static int position_embedding_infer_shape(fr_layer *l, fr_error *err) {
 static void position_embedding_forward(const fr_layer *l, const float *in, float *out, int n,
                                        void *scratch) {
     (void)scratch;
-    fr_position_embedding_forward(in, l->param_data[FR_WEIGHT], out, n, l->in.d[0], l->in.d[1]);
+    const fr_bf16 *table16 = l->param_bf16[FR_WEIGHT];
+    if (!table16) {
+        fr_position_embedding_forward(in, l->param_data[FR_WEIGHT], out, n, l->in.d[0],
+                                      l->in.d[1]);
+        return;
+    }
+    /* A frozen table kept in bf16: widened a row at a time (exactly), then added. */
+    int seq = l->in.d[0], dim = l->in.d[1];
+    float row[256];
+    for (int s = 0; s < n; s++)
+        for (int t = 0; t < seq; t++) {
+            size_t at = ((size_t)s * (size_t)seq + (size_t)t) * (size_t)dim;
+            for (int c = 0; c < dim; c += 256) {
+                int w = dim - c < 256 ? dim - c : 256;
+                fr_bf16_to_f32(row, table16 + (size_t)t * (size_t)dim + (size_t)c, (size_t)w);
+                for (int j = 0; j < w; j++)
+                    out[at + (size_t)c + (size_t)j] = in[at + (size_t)c + (size_t)j] + row[j];
+            }
+        }
 }
 
 static void position_embedding_backward(const fr_layer *l, const float *in, const float *out,
@@ -158,6 +188,7 @@ static void position_embedding_backward(const fr_layer *l, const float *in, cons
 const fr_layer_ops fr_position_embedding_ops = {
     .kind = "position_embedding",
     .params = {{"weight", FR_INIT_NORMAL}},
+    .bf16_weight = true,
     .args = {{"num_positions", .minimum = 1}, {"embedding_dim", .minimum = 1}},
     .infer_shape = position_embedding_infer_shape,
     .scratch_bytes = fr_scratch_none,

@@ -468,3 +468,24 @@ void fr_add_into(float *into, const float *from, size_t count) {
     for (size_t i = 0; i < count; i++)
         into[i] += from[i];
 }
+
+/* ------------------------------------------------------- dropout masks */
+
+uint64_t fr_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+uint64_t fr_dropout_key(uint64_t seed, long step, const char *name, const char *what) {
+    uint64_t key = fr_mix64(seed ^ fr_mix64((uint64_t)step * 0x9e3779b97f4a7c15ULL));
+    for (size_t c = 0; name[c]; c++)
+        key = fr_mix64(key ^ (unsigned char)name[c]);
+    /* A separator no layer name holds, then the part's name. */
+    if (what) {
+        key = fr_mix64(key ^ 0x100u);
+        for (size_t c = 0; what[c]; c++)
+            key = fr_mix64(key ^ (unsigned char)what[c]);
+    }
+    return key;
+}

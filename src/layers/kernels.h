@@ -102,4 +102,41 @@ bool fr_conv_dnnl_forward(const fr_conv_shape *s, const float *weight, const flo
 bool fr_conv_dnnl_backward(const fr_conv_shape *s, const float *weight, const float *in,
                            const float *dout, float *din, float *dweight, int n);
 
+/* ----------------------------------------------------- dropout masks */
+
+/* splitmix64's finalizer: every input bit moves every output bit. */
+uint64_t fr_mix64(uint64_t z);
+/* The key of a dropout mask at `step` of a run seeded with `seed`, for the
+ * layer called `name` (and `what` in it, NULL for the layer's own output):
+ * element j of global batch row `row` is kept when
+ * fr_mix64(fr_mix64(key ^ row) + j) >> 40 reaches p·2²⁴ (dropout.c, lora.c). */
+uint64_t fr_dropout_key(uint64_t seed, long step, const char *name, const char *what);
+
+/* ------------------------------------------------------------- LoRA */
+
+/* Where a train-mode forward's rows sit, for the adapter's dropout mask:
+ * GEMM row r is a position of global batch row first_row + r / rows_per_sample. */
+typedef struct fr_lora_at {
+    uint64_t seed;
+    long step;
+    int first_row;
+    int rows_per_sample;
+} fr_lora_at;
+
+/* PEFT's scaling: alpha / rank, or alpha / sqrt(rank) (rslora). */
+float fr_lora_scale(int rank, float alpha, bool rslora);
+/* infer_shape's part for an adapter: lora_A [rank, in], lora_B [out, rank]
+ * when l->lora.rank > 0. */
+void fr_lora_param_shapes(fr_layer *l, int in_n, int out_n);
+/* Scratch the adapter needs for `rows` GEMM rows (0 without an adapter). */
+size_t fr_lora_scratch_bytes(const fr_layer *l, int rows, int in_n);
+/* out[rows x out_n] += the adapter's part, from in[rows x in_n]; `at` NULL:
+ * no dropout (eval mode).  Keeps what backward needs in scratch. */
+void fr_lora_forward(const fr_layer *l, const float *in, float *out, int rows, int in_n,
+                     int out_n, void *scratch, const fr_lora_at *at);
+/* The adapter's gradients (where grads asks) and its part of din, added to
+ * what the base wrote there (din NULL: none wanted). */
+void fr_lora_backward(const fr_layer *l, const float *in, const float *dout, float *din,
+                      const fr_param_grads *grads, int rows, int in_n, int out_n, void *scratch);
+
 #endif /* FROST_KERNELS_H */

@@ -11,8 +11,12 @@
  * gradient asked for) cost no work.
  * forward_rows and input_grad_cols compute a block of the output (input)
  * features, for the trainer's splits by features.
+ * It takes a LoRA adapter (lora.c): out += scale · dropout(in) · Aᵀ · Bᵀ.
+ * A frozen weight kept in bf16 (--frozen-dtype bf16) is multiplied in bf16
+ * with float32 accumulation (bf16.c); it never has a weight gradient.
  */
 #include "kernels.h"
+#include "bf16.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -58,18 +62,53 @@ static int linear_infer_shape(fr_layer *l, fr_error *err) {
     fr_layer_param_shape(l, FR_WEIGHT, 2, (const int[]){out, in});
     if (l->args[BIAS])
         fr_layer_param_shape(l, FR_BIAS, 1, &out);
+    fr_lora_param_shapes(l, in, out);
     l->fan_in = in;
     return FR_OK;
 }
 
 /* ----------------------------------------------------- forward */
 
+static size_t linear_scratch_bytes(const fr_layer *l, int n) {
+    return fr_lora_scratch_bytes(l, rows_of(l, n), in_features(l));
+}
+
+/* The base, then the adapter (dropout where `at` says), then a fused relu. */
+static void forward_with(const fr_layer *l, const float *in, float *out, int n, void *scratch,
+                         const fr_lora_at *at) {
+    int rows = rows_of(l, n), in_n = in_features(l), out_n = out_features(l);
+    bool adapter = l->lora.rank > 0;
+    const fr_bf16 *w16 = l->param_bf16[FR_WEIGHT];
+    if (w16 && rows > 0) {
+        /* The bias first and the product onto it, as fr_gemm_affine. */
+        const float *bias = l->param_data[FR_BIAS];
+        for (int r = 0; bias && r < rows; r++)
+            memcpy(out + (size_t)r * out_n, bias, (size_t)out_n * sizeof *out);
+        fr_sbgemm(true, rows, out_n, in_n, 1.0f, in, in_n, w16, in_n, bias ? 1.0f : 0.0f, out,
+                  out_n);
+        if (l->fused_relu && !adapter)
+            fr_relu_inplace(out, (size_t)rows * (size_t)out_n);
+    } else if (!w16) {
+        fr_gemm_affine(in, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], out, rows, in_n,
+                       out_n, l->fused_relu && !adapter);
+    }
+    if (!adapter || rows <= 0)
+        return;
+    fr_lora_forward(l, in, out, rows, in_features(l), out_features(l), scratch, at);
+    if (l->fused_relu)
+        fr_relu_inplace(out, (size_t)rows * (size_t)out_features(l));
+}
+
 static void linear_forward(const fr_layer *l, const float *in, float *out,
                            int n, void *scratch) {
-    (void)scratch;
-    fr_gemm_affine(in, l->param_data[FR_WEIGHT], l->param_data[FR_BIAS], out, rows_of(l, n),
-                   in_features(l),
-                   out_features(l), l->fused_relu);
+    forward_with(l, in, out, n, scratch, NULL);
+}
+
+/* Train mode: the adapter's dropout mask depends on where the rows sit. */
+static void linear_forward_at(const fr_layer *l, const float *in, float *out, int n,
+                              void *scratch, uint64_t seed, long step, int first_row) {
+    fr_lora_at at = {seed, step, first_row, n > 0 ? rows_of(l, n) / n : 1};
+    forward_with(l, in, out, n, scratch, &at);
 }
 
 /* Outputs [a, b) of the slice, from weight rows [a, b). */
@@ -86,7 +125,6 @@ static void linear_backward(const fr_layer *l, const float *in,
                             const float *out, const float *dout, float *din, const fr_param_grads *grads, int n,
                             void *scratch) {
     (void)out;
-    (void)scratch;
     int in_n = in_features(l), out_n = out_features(l);
     float *dweight = grads->grad[FR_WEIGHT], *dbias = grads->grad[FR_BIAS];
     n = rows_of(l, n);
@@ -99,9 +137,13 @@ static void linear_backward(const fr_layer *l, const float *in,
     if (dbias)
         fr_bias_grad_rows(dout, n, out_n, dbias, grads->accumulate & (1u << FR_BIAS));
     /* din[n x in] = dout[n x out] · W[out x in] */
-    if (din)
+    if (din && l->param_bf16[FR_WEIGHT])
+        fr_sbgemm(false, n, in_n, out_n, 1.0f, dout, out_n, l->param_bf16[FR_WEIGHT], in_n, 0.0f,
+                  din, in_n);
+    else if (din)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in_n, out_n,
                     1.0f, dout, out_n, l->param_data[FR_WEIGHT], in_n, 0.0f, din, in_n);
+    fr_lora_backward(l, in, dout, din, grads, n, in_n, out_n, scratch);
 }
 
 /* dW[rows a..b) = doutᵀ[a..b) x n] · in[n x in], over or onto what is there. */
@@ -130,16 +172,22 @@ static void linear_input_grad_cols(const fr_layer *l, const float *dout, float *
 
 const fr_layer_ops fr_linear_ops = {
     .kind = "linear",
-    .params = {{"weight", FR_INIT_FAN_IN_UNIFORM}, {"bias", FR_INIT_FAN_IN_UNIFORM}},
+    .params = {{"weight", FR_INIT_FAN_IN_UNIFORM},
+               {"bias", FR_INIT_FAN_IN_UNIFORM},
+               {"lora_A.weight", FR_INIT_FAN_IN_UNIFORM},
+               {"lora_B.weight", FR_INIT_ZEROS}},
     .accumulates = true,
     .args = {{"in_features", .minimum = 1},
              {"out_features", .minimum = 1},
              {"bias", .optional = true, .default_value = 1, .keyword_only = true, .boolean = true}},
     .implies_input = FR_IMPLIES_VECTOR,
     .fuses_relu = true,
+    .takes_lora = true,
+    .bf16_weight = true,
     .infer_shape = linear_infer_shape,
-    .scratch_bytes = fr_scratch_none,
+    .scratch_bytes = linear_scratch_bytes,
     .forward = linear_forward,
+    .forward_at = linear_forward_at,
     .backward = linear_backward,
     .weight_grad_rows = linear_weight_grad_rows,
     .forward_rows = linear_forward_rows,

@@ -125,6 +125,24 @@ void fr_attention_forward(const float *qkv, float *out, float *scratch, int n, i
 void fr_attention_backward(const float *qkv, const float *dout, float *dqkv, float *scratch,
                            int n, int seq, int heads, int dim, bool causal);
 
+/* ---------------------------------- shared: wider vectors where there are */
+
+/*
+ * FR_ELEMENTWISE_CLONES before an element-wise kernel's definition compiles
+ * it twice on x86-64 with GCC (glibc picks one at load time): for AVX2, 8
+ * floats a vector, and for the baseline's SSE2, 4.  Only for loops whose
+ * every element is computed alone (no reduction, whose order would follow
+ * the vector's width, and no FMA: AVX2 does not imply it, and ISO C mode
+ * contracts nothing), so both give the same bits and a run's results do not
+ * depend on the machine.  Not with clang: clang 14 names the function's
+ * entry point NAME.ifunc, and other files calling NAME do not link.
+ */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define FR_ELEMENTWISE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FR_ELEMENTWISE_CLONES
+#endif
+
 /* ----------------------------------------------- shared: a vector exp */
 
 /*

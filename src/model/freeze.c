@@ -151,7 +151,9 @@ static uint64_t checksum(const fr_model *model, bool frozen_only) {
         if (frozen_only && p->requires_grad)
             continue;
         hash = fr_hash_bytes(hash, p->name, strlen(p->name));
-        if (p->data)
+        if (p->bf16)
+            hash = fr_hash_bytes(hash, p->bf16, p->numel * sizeof *p->bf16);
+        else if (p->data)
             hash = fr_hash_bytes(hash, p->data, p->numel * sizeof(float));
     }
     for (int i = 0; i < model->buffer_count; i++) {
@@ -168,6 +170,8 @@ uint64_t fr_model_frozen_checksum(const fr_model *model) { return checksum(model
 uint64_t fr_model_checksum(const fr_model *model) { return checksum(model, false); }
 
 uint64_t fr_param_checksum(const fr_param *param) {
+    if (param->bf16)
+        return fr_hash_bytes(FR_HASH_INIT, param->bf16, param->numel * sizeof *param->bf16);
     return param->data ? fr_hash_bytes(FR_HASH_INIT, param->data, param->numel * sizeof(float))
                        : FR_HASH_INIT;
 }

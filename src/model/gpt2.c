@@ -33,33 +33,10 @@ typedef struct gpt2_config {
     bool tanh_gelu, tied, is_gpt2;
 } gpt2_config;
 
-/* A JSON number at the cursor (floats too: the reader's integers are not enough). */
-static int json_number(fr_json_reader *r, double *value) {
-    size_t start = r->pos;
-    while (r->pos < r->length && strchr("+-0123456789.eE", r->text[r->pos]))
-        r->pos++;
-    char text[64];
-    size_t len = r->pos - start;
-    if (len == 0 || len >= sizeof text)
-        return fr_json_syntax_error(r, "expected a number");
-    memcpy(text, r->text + start, len);
-    text[len] = '\0';
-    char *end;
-    *value = strtod(text, &end);
-    if (*end != '\0' || !isfinite(*value))
-        return fr_json_syntax_error(r, "expected a number");
-    return FR_OK;
-}
-
-static int json_bool(fr_json_reader *r, bool *value) {
-    *value = fr_json_peek(r) == 't';
-    return fr_json_literal(r, *value ? "true" : "false");
-}
-
 /* An integer field: positive, at most FR_ARG_LIMIT (a layer argument). */
 static int json_count(fr_json_reader *r, const char *key, int *out, fr_error *err) {
     double value;
-    int rc = json_number(r, &value);
+    int rc = fr_json_number(r, &value);
     if (rc != FR_OK)
         return rc;
     if (value != floor(value) || value < 1 || value > FR_ARG_LIMIT)
@@ -86,7 +63,7 @@ static int read_member(fr_json_reader *r, const char *key, gpt2_config *c, fr_er
             continue;
         if (fields[i].count)
             return json_count(r, key, fields[i].count, err);
-        return json_number(r, fields[i].real);
+        return fr_json_number(r, fields[i].real);
     }
     if (strcmp(key, "n_inner") == 0) {
         if (fr_json_peek(r) == 'n')
@@ -94,7 +71,7 @@ static int read_member(fr_json_reader *r, const char *key, gpt2_config *c, fr_er
         return json_count(r, key, &c->n_inner, err);
     }
     if (strcmp(key, "tie_word_embeddings") == 0)
-        return json_bool(r, &c->tied);
+        return fr_json_bool(r, &c->tied);
     if (strcmp(key, "model_type") == 0 || strcmp(key, "activation_function") == 0) {
         char *text = NULL;
         size_t len;
@@ -267,6 +244,9 @@ int fr_model_load_gpt2(const char *path, int seq_len, fr_model **out, fr_error *
         fr_model_free(model);
         return rc;
     }
+    /* GPT2LMHeadModel keeps these modules under "transformer." (its head
+     * is not): adapter files name them so, as PEFT does. */
+    snprintf(model->module_prefix, sizeof model->module_prefix, "transformer.");
     *out = model;
     return FR_OK;
 }

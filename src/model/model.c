@@ -18,6 +18,7 @@
  * arguments in the kind's order.
  */
 #include "internal.h"
+#include "layers/bf16.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -49,6 +50,11 @@ void fr_model_free(fr_model *model) {
     if (!model)
         return;
     fr_free(model->arena);
+    for (int i = 0; i < model->param_count; i++) {
+        fr_free(model->params[i].bf16);
+        if (model->params[i].own_data)
+            fr_free(model->params[i].data);
+    }
     for (int i = 0; i < model->buffer_count; i++)
         fr_free(model->buffers[i].data);
     free(model->buffers);
@@ -286,6 +292,32 @@ int fr_model_add_layer(fr_model *model, const fr_layer_ops *ops, const char *loc
         reset_buffer(model, k);
     model->tail = index;
     return FR_OK;
+}
+
+int fr_model_add_layer_params(fr_model *model, int layer, fr_error *err) {
+    fr_layer *l = &model->layers[layer];
+    fr_error shape_err = {0};
+    int rc = l->ops->infer_shape(l, &shape_err);
+    if (rc != FR_OK)
+        return fr_fail(err, rc, "%s", shape_err.msg);
+    int first_param = model->param_count;
+    size_t arena_before = model->arena_floats;
+    for (int k = 0; k < FR_LAYER_PARAMS_MAX && l->ops->params[k].suffix; k++) {
+        if (l->param_ndim[k] == 0 || l->params[k] >= 0)
+            continue;
+        rc = add_param(model, layer, l->ops->params[k].suffix, l->param_ndim[k],
+                       l->param_shape[k], err);
+        if (rc != FR_OK) {
+            for (int j = 0; j < FR_LAYER_PARAMS_MAX; j++)
+                if (l->params[j] >= first_param)
+                    l->params[j] = -1;
+            model->param_count = first_param;
+            model->arena_floats = arena_before;
+            return rc;
+        }
+        l->params[k] = model->param_count - 1;
+    }
+    return fr_model_ensure_arena(model, err);
 }
 
 /* ------------------------------------------------------- tied parameters */
@@ -537,28 +569,156 @@ void fr_model_settle(const fr_model *model) {
         model->sync_in_flight(model->in_flight, NULL); /* a failure stays with the engine */
 }
 
+/* Whether the arena holds parameter p (not one kept in bf16 or with storage
+ * of its own). */
+static bool in_arena(const fr_param *p) { return !p->bf16 && !p->own_data; }
+
+/* A parameter kept in bf16 that trains again: float32 storage of its own. */
+static int thaw(fr_param *p, fr_error *err) {
+    float *data = fr_alloc(p->numel * sizeof(float) + 1);
+    if (!data)
+        return fr_fail(err, FR_ENOMEM, "%s: out of memory unfreezing it", p->name);
+    fr_bf16_to_f32(data, p->bf16, p->numel);
+    fr_free(p->bf16);
+    p->bf16 = NULL;
+    p->data = data;
+    p->own_data = true;
+    return FR_OK;
+}
+
 int fr_model_ensure_arena(fr_model *model, fr_error *err) {
     fr_model_settle(model);
-    if (model->arena && model->arena_capacity == model->arena_floats)
-        return FR_OK;
-    /* Layers added after the arena existed grow it; values already there stay. */
-    size_t floats = model->arena_floats ? model->arena_floats : 16;
-    float *arena = fr_alloc(floats * sizeof(float));
-    if (!arena)
-        return fr_fail(err, FR_ENOMEM, "out of memory allocating %zu parameters", floats);
-    if (model->arena)
-        memcpy(arena, model->arena, model->arena_capacity * sizeof(float));
-    fr_free(model->arena);
-    model->arena = arena;
-    model->arena_capacity = model->arena_floats;
-    for (int i = 0; i < model->param_count; i++)
-        model->params[i].data = arena + model->params[i].arena_offset;
+    if (!model->arena || model->arena_capacity != model->arena_floats) {
+        /* Layers added after the arena existed grow it; values already there stay. */
+        size_t floats = model->arena_floats ? model->arena_floats : 16;
+        float *arena = fr_alloc(floats * sizeof(float));
+        if (!arena)
+            return fr_fail(err, FR_ENOMEM, "out of memory allocating %zu parameters", floats);
+        if (model->arena)
+            memcpy(arena, model->arena, model->arena_capacity * sizeof(float));
+        fr_free(model->arena);
+        model->arena = arena;
+        model->arena_capacity = model->arena_floats;
+        for (int i = 0; i < model->param_count; i++)
+            if (in_arena(&model->params[i]))
+                model->params[i].data = arena + model->params[i].arena_offset;
+    }
+    for (int i = 0; i < model->param_count; i++) {
+        fr_param *p = &model->params[i];
+        int rc = p->bf16 && p->requires_grad ? thaw(p, err) : FR_OK;
+        if (rc != FR_OK)
+            return rc;
+    }
     for (int i = 0; i < model->layer_count; i++) {
         fr_layer *l = &model->layers[i];
-        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++)
-            l->param_data[k] = l->params[k] >= 0 ? model->params[l->params[k]].data : NULL;
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+            const fr_param *p = l->params[k] >= 0 ? &model->params[l->params[k]] : NULL;
+            l->param_data[k] = p ? p->data : NULL;
+            l->param_bf16[k] = p ? p->bf16 : NULL;
+        }
     }
     return FR_OK;
+}
+
+void fr_param_get_f32(const fr_param *p, float *dst) {
+    if (p->bf16)
+        fr_bf16_to_f32(dst, p->bf16, p->numel);
+    else if (p->numel)
+        memcpy(dst, p->data, p->numel * sizeof(float));
+}
+
+void fr_param_set_f32(fr_param *p, const float *src) {
+    if (p->bf16)
+        fr_bf16_from_f32(p->bf16, src, p->numel);
+    else if (p->numel)
+        memcpy(p->data, src, p->numel * sizeof(float));
+}
+
+bool fr_bf16_supported(void) { return fr_bf16_native(); }
+
+size_t fr_model_bf16_numel(const fr_model *model) {
+    size_t total = 0;
+    for (int i = 0; i < model->param_count; i++)
+        total += model->params[i].bf16 ? model->params[i].numel : 0;
+    return total;
+}
+
+float *fr_model_widened_bf16(const fr_model *model) {
+    size_t total = fr_model_bf16_numel(model), at = 0;
+    float *values = total ? fr_alloc(total * sizeof *values) : NULL;
+    for (int i = 0; values && i < model->param_count; i++) {
+        const fr_param *p = &model->params[i];
+        if (!p->bf16)
+            continue;
+        fr_param_get_f32(p, values + at);
+        at += p->numel;
+    }
+    return values;
+}
+
+/* Whether every layer using parameter i reads it as its FR_WEIGHT from bf16. */
+static bool bf16_readers_only(const fr_model *model, int i) {
+    bool any = false;
+    for (int j = 0; j < model->layer_count; j++) {
+        const fr_layer *l = &model->layers[j];
+        for (int k = 0; k < FR_LAYER_PARAMS_MAX; k++) {
+            if (l->params[k] != i)
+                continue;
+            if (k != FR_WEIGHT || !l->ops->bf16_weight)
+                return false;
+            any = true;
+        }
+    }
+    return any;
+}
+
+int fr_model_store_frozen_bf16(fr_model *model, int *converted, fr_error *err) {
+    int rc = fr_model_ensure_arena(model, err);
+    if (rc != FR_OK)
+        return rc;
+    int count = 0;
+    for (int i = 0; i < model->param_count; i++) {
+        fr_param *p = &model->params[i];
+        if (p->requires_grad || p->bf16 || p->adapter || !bf16_readers_only(model, i))
+            continue;
+        fr_bf16 *bits = fr_alloc(p->numel * sizeof *bits + 1);
+        if (!bits)
+            return fr_fail(err, FR_ENOMEM, "%s: out of memory keeping it in bf16", p->name);
+        fr_bf16_from_f32(bits, p->data, p->numel);
+        if (p->own_data)
+            fr_free(p->data);
+        p->bf16 = bits;
+        p->data = NULL;
+        p->own_data = false;
+        count++;
+    }
+    if (converted)
+        *converted = count;
+    if (count == 0)
+        return FR_OK;
+    /* The arena again, without them: their float32 copies given back. */
+    size_t floats = 0;
+    for (int i = 0; i < model->param_count; i++) {
+        fr_param *p = &model->params[i];
+        if (!in_arena(p))
+            continue;
+        p->arena_offset = floats;
+        floats += (p->numel + 15) / 16 * 16;
+    }
+    float *arena = fr_alloc((floats ? floats : 16) * sizeof(float));
+    if (!arena)
+        return fr_fail(err, FR_ENOMEM, "out of memory allocating %zu parameters", floats);
+    for (int i = 0; i < model->param_count; i++) {
+        fr_param *p = &model->params[i];
+        if (!in_arena(p))
+            continue;
+        memcpy(arena + p->arena_offset, p->data, p->numel * sizeof(float));
+        p->data = arena + p->arena_offset;
+    }
+    fr_free(model->arena);
+    model->arena = arena;
+    model->arena_floats = model->arena_capacity = floats;
+    return fr_model_ensure_arena(model, err);
 }
 
 /* A standard normal value (Box-Muller on two uniforms of the stream). */
@@ -582,6 +742,13 @@ int fr_model_init(fr_model *model, uint64_t seed, fr_error *err) {
     for (int i = 0; i < model->param_count; i++) {
         fr_param *p = &model->params[i];
         const fr_layer *l = &model->layers[p->layer];
+        /* Adapters were initialised when added (fr_model_add_lora) or read
+         * from their file; the base's draws are the same with them or not. */
+        if (p->adapter)
+            continue;
+        if (!p->data) /* kept in bf16: draws go to float32, then rounded */
+            return fr_fail(err, FR_EINVAL, "%s: initialise a model before keeping its frozen "
+                           "weights in bf16", p->name);
         int slot = 0;
         while (slot < FR_LAYER_PARAMS_MAX - 1 && l->params[slot] != i)
             slot++;
@@ -688,6 +855,9 @@ fr_param *fr_model_find_param(fr_model *model, const char *name) {
 
 size_t fr_model_weight_bytes(const fr_model *model) {
     size_t bytes = fr_alloc_size(model->arena);
+    for (int i = 0; i < model->param_count; i++)
+        bytes += fr_alloc_size(model->params[i].bf16) +
+                 (model->params[i].own_data ? fr_alloc_size(model->params[i].data) : 0);
     for (int i = 0; i < model->buffer_count; i++)
         bytes += fr_alloc_size(model->buffers[i].data);
     return bytes;

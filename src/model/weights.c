@@ -11,6 +11,10 @@
  * Buffers (batchnorm2d's running statistics) are saved and loaded beside the
  * parameters under their PyTorch names, num_batches_tracked as I64.
  *
+ * LoRA adapters' parameters (fr_param.adapter) are not base weights: saving
+ * leaves them out, and loading takes them only from a file that has them
+ * (a checkpoint); adapter files are adapter.c's.
+ *
  * Loading checks every tensor before it copies any, so a refused file leaves
  * the model as it was.
  */
@@ -135,7 +139,7 @@ static int check_file_fits_model(const fr_model *model, const fr_st_file *file,
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *param = &model->params[i];
         const fr_st_tensor *tensor = find_tensor(file, param->name);
-        if (fresh && fresh[i])
+        if ((fresh && fresh[i]) || (param->adapter && !tensor))
             continue;
         if (!tensor)
             return fr_fail(err, FR_EFORMAT, "%s: no tensor '%s' for the model", path, param->name);
@@ -182,8 +186,8 @@ static int copy_weights(fr_model *model, const fr_st_file *file, const bool *fre
     for (int i = 0; i < model->param_count; i++) {
         fr_param *param = &model->params[i];
         const fr_st_tensor *tensor = find_tensor(file, param->name);
-        if (param->numel && !(fresh && fresh[i]))
-            memcpy(param->data, tensor->data, param->numel * sizeof(float));
+        if (param->numel && !(fresh && fresh[i]) && tensor)
+            fr_param_set_f32(param, tensor->data);
     }
     for (int i = 0; i < model->buffer_count; i++) {
         fr_buffer *b = &model->buffers[i];
@@ -252,19 +256,32 @@ int fr_model_save_weights(const fr_model *model, const char *path, fr_error *err
         if (!tensors)
             return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
     }
+    /* The base weights only: adapters go to adapter files (--save-adapter).
+     * Those kept in bf16 are written as float32 (exactly their values). */
+    float *widened = fr_model_widened_bf16(model);
+    if (!widened && fr_model_bf16_numel(model)) {
+        fr_free(tensors);
+        return fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+    }
+    int base = 0;
+    size_t at = 0;
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *param = &model->params[i];
-        tensors[i].name = param->name;
-        tensors[i].ndim = param->ndim;
+        if (param->adapter)
+            continue;
+        tensors[base].name = param->name;
+        tensors[base].ndim = param->ndim;
         for (int d = 0; d < param->ndim; d++)
-            tensors[i].shape[d] = param->shape[d];
-        tensors[i].data = param->data;
+            tensors[base].shape[d] = param->shape[d];
+        tensors[base++].data = param->bf16 ? widened + at : param->data;
+        at += param->bf16 ? param->numel : 0;
     }
     /* PyTorch's safetensors save_file marks its files this way. */
     char format_key[] = "format", format_value[] = "pt";
     fr_st_meta format = {.key = format_key, .value = format_value};
-    int count = fr_model_buffer_tensors(model, tensors, model->param_count);
+    int count = fr_model_buffer_tensors(model, tensors, base);
     status = fr_st_write(path, tensors, count, &format, 1, err);
     fr_free(tensors);
+    fr_free(widened);
     return status;
 }

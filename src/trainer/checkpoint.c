@@ -97,14 +97,24 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
     char (*names)[FR_NAME_MAX * 2] = calloc((size_t)capacity + 1, sizeof *names);
     fr_text frozen = {0}, steps = {0}, lr_texts[FR_LR_META_COUNT] = {{0}};
     fr_st_meta *meta = calloc((size_t)extra_count + 8 + FR_LR_META_COUNT, sizeof *meta);
+    float *widened = NULL;
     if (!tensors || !names || !meta) {
         rc = fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
         goto done;
     }
+    /* Parameters kept in bf16 are written as float32, exactly their values. */
+    widened = fr_model_widened_bf16(model);
+    if (!widened && fr_model_bf16_numel(model)) {
+        rc = fr_fail(err, FR_ENOMEM, "%s: out of memory", path);
+        goto done;
+    }
     int count = 0;
+    size_t at = 0;
     for (int i = 0; i < model->param_count; i++) {
         const fr_param *p = &model->params[i];
-        tensors[count++] = (fr_st_out){.name = p->name, .ndim = p->ndim, .data = p->data};
+        tensors[count++] = (fr_st_out){.name = p->name, .ndim = p->ndim,
+                                       .data = p->bf16 ? widened + at : p->data};
+        at += p->bf16 ? p->numel : 0;
         for (int d = 0; d < p->ndim; d++)
             tensors[count - 1].shape[d] = p->shape[d];
     }
@@ -150,6 +160,7 @@ int fr_trainer_save_checkpoint(fr_trainer *trainer, const char *path, const fr_m
         meta[n_meta++] = (fr_st_meta){(char *)extra[i].key, (char *)extra[i].value};
     rc = fr_st_write(path, tensors, count, meta, n_meta, err);
 done:
+    fr_free(widened);
     free(tensors);
     free(names);
     free(meta);

@@ -435,7 +435,7 @@ static int plan_pieces(fr_trainer *trainer) {
         b->first_piece = trainer->piece_count;
         int w = own_trainable_weight(model, i);
         size_t numel = w >= 0 ? model->params[w].numel : 0;
-        if (l->ops->weight_grad_rows && l->ops->forward_rows && numel >= 2 * ROW_BLOCK_FLOATS) {
+        if (l->ops->weight_grad_rows && fr_layer_runs_by_rows(l) && numel >= 2 * ROW_BLOCK_FLOATS) {
             int blocks = (int)(numel / ROW_BLOCK_FLOATS);
             if (blocks > MAX_ROW_BLOCKS)
                 blocks = MAX_ROW_BLOCKS;

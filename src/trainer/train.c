@@ -135,14 +135,14 @@ static void feature_block(const fr_trainer *trainer, int t, int lo, int hi, int 
  * for a cache line per thread. */
 static bool splits_forward(const fr_trainer *trainer, int i) {
     const fr_layer *l = &trainer->model->layers[i];
-    return trainer->feature_split && l->ops->forward_rows && l->ops->input_grad_cols &&
+    return trainer->feature_split && fr_layer_runs_by_rows(l) && l->ops->input_grad_cols &&
            l->out.ndim == 1 &&
            fr_shape_numel(l->out) >= (size_t)SLAB_CHUNK_ALIGN * (size_t)trainer->threads;
 }
 
 static bool splits_input_grad(const fr_trainer *trainer, int i) {
     const fr_layer *l = &trainer->model->layers[i];
-    return trainer->feature_split && l->ops->forward_rows && l->ops->input_grad_cols &&
+    return trainer->feature_split && fr_layer_runs_by_rows(l) && l->ops->input_grad_cols &&
            l->out.ndim == 1 &&
            fr_shape_numel(l->in) >= (size_t)SLAB_CHUNK_ALIGN * (size_t)trainer->threads;
 }
@@ -435,7 +435,7 @@ static void plan_step_rows(fr_trainer *trainer, batch_source *src, int rank_firs
     int most = (rank_rows + trainer->threads - 1) / trainer->threads;
     bool any = false;
     for (int i = 0; i < trainer->model->layer_count; i++)
-        any = any || (trainer->model->layers[i].ops->forward_rows &&
+        any = any || (fr_layer_runs_by_rows(&trainer->model->layers[i]) &&
                       trainer->model->layers[i].ops->input_grad_cols);
     trainer->rank_rows = rank_rows;
     trainer->feature_split = trainer->threads > 1 && rank_rows > 0 &&
