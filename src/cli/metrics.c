@@ -117,8 +117,3 @@ int metrics_close(run_state *run, fr_error *err) {
         rc = close_tensorboard(run, err);
     return rc;
 }
-
-void metrics_discard(run_state *run) {
-    fr_atomic_discard(run->metrics); /* no partial output */
-    fr_tb_close(run->tensorboard, NULL); /* a log: what it holds stays */
-}

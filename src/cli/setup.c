@@ -634,8 +634,8 @@ static int apply_lr_rules(run_state *run, fr_error *err) {
  * The setup frost train and frost eval share, stage by stage: the model and
  * its frozen set, the ranks' settings compared, the weights, the data (the
  * training set too, and the output paths, when `training`), the trainer and
- * its threads, one batch's buffers (and the training run's epoch order,
- * frozen checksums and metrics file).
+ * its threads, one batch's buffers (and the training run's epoch order and
+ * frozen checksums).
  */
 int set_up_run(run_state *run, bool training, fr_error *err) {
     const frost_options *opts = run->opts;
@@ -696,13 +696,12 @@ int set_up_run(run_state *run, bool training, fr_error *err) {
     int local = allocated ? FR_OK
                           : fr_fail(err, FR_ENOMEM, "out of memory for a batch of %d",
                                     opts->batch_size);
-    if (local == FR_OK && training)
-        local = metrics_open(run, err);
     return fr_comm_agree(local, err);
 }
 
 void free_run(run_state *run) {
-    metrics_discard(run);
+    fr_atomic_discard(run->metrics); /* no partial output */
+    fr_tb_close(run->tensorboard, NULL); /* a log: what it holds stays */
     free(run->x);
     free(run->labels);
     free(run->order);

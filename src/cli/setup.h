@@ -42,8 +42,8 @@ typedef struct run_state {
 /* ---------------------------------------------------------------- setup.c */
 
 /* The setup frost train and frost eval share, stage by stage, every stage
- * agreed by the ranks; free_run undoes whatever it got to (a metrics file
- * not yet committed is discarded). */
+ * agreed by the ranks; free_run undoes whatever it got to, and whatever
+ * frost train added (a metrics file not yet committed is discarded). */
 int set_up_run(run_state *run, bool training, fr_error *err);
 void free_run(run_state *run);
 /* The model as --model, --lora, --adapter, --freeze, --unfreeze and the
@@ -58,7 +58,8 @@ long run_steps(const frost_options *opts, int samples);
 
 /* -------------------------------------------------------------- metrics.c */
 
-/* --metrics and --tensorboard opened on rank 0 (nothing elsewhere). */
+/* --metrics and --tensorboard opened on rank 0 (nothing elsewhere), once
+ * the run is set up. */
 int metrics_open(run_state *run, fr_error *err);
 /* A log point's row: the metrics' CSV row and the same as TensorBoard
  * scalars, with the evaluation when the step had one. */
@@ -69,7 +70,5 @@ void metrics_test(run_state *run, long step, double loss, double accuracy);
 /* Rank 0: the metrics file committed, the event file closed; the first
  * failure is returned (a failed TensorBoard write is reported here). */
 int metrics_close(run_state *run, fr_error *err);
-/* A run that fails: no partial metrics file (the event file, a log, stays). */
-void metrics_discard(run_state *run);
 
 #endif

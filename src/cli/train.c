@@ -491,6 +491,8 @@ int frost_train(const frost_options *options, fr_error *err) {
     int rc = resolve_resume(&resolved, err);
     if (rc == FR_OK)
         rc = set_up_run(&run, true, err);
+    if (rc == FR_OK)
+        rc = fr_comm_agree(metrics_open(&run, err), err);
     if (rc == FR_OK && opts->resume)
         rc = resume(&run, err);
     if (rc != FR_OK) {
