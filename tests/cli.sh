@@ -129,4 +129,16 @@ expect_error "bad --classes" "--classes: class list '3-x'" train --model "$MLP" 
 "$FROST" --help | grep -q 'usage: frost train'
 ok $? "frost --help prints usage"
 
+# ---- a step that also evaluates logs its own accuracy: the test set's last
+# batch (150 = 4 x 32 + 22) must not stand in for the step's 32 samples
+for e in eval noeval; do
+    flag=
+    [ $e = eval ] && flag="--eval-every 2"
+    "$FROST" train --model "$MLP" --data "$DATA" --steps 4 --batch-size 32 --log-every 2 $flag \
+        --metrics "$WORK/acc-$e.csv" > "$WORK/acc-$e.txt" 2>&1
+done
+[ "$(cut -d, -f1-4 "$WORK/acc-eval.csv")" = "$(cut -d, -f1-4 "$WORK/acc-noeval.csv")" ] &&
+    ! grep -Eq 'acc (1[0-9][0-9]|[2-9][0-9][0-9])\.' "$WORK/acc-eval.txt"
+ok $? "with --eval-every the steps that evaluate log the accuracy they logged without ($(grep -o 'acc [0-9.]*%' "$WORK/acc-eval.txt" | tr '\n' ' '))"
+
 done_testing

@@ -307,9 +307,10 @@ typedef struct progress {
 } progress;
 
 static void log_progress(run_state *run, progress *p, long epoch, long step, long total_steps,
-                         double loss, long correct, int batch) {
-    /* Accuracy over what the loss counted: samples, or positions not ignored. */
-    batch = (int)fr_trainer_last_count(run->trainer);
+                         double loss, long correct, long counted) {
+    /* Accuracy over what the step's loss counted: samples, or positions not
+     * ignored (taken before an evaluation in the step replaced the count). */
+    int batch = (int)counted;
     double t = now_seconds();
     double rate = p->interval_samples / (t - p->interval_start);
     size_t sent = fr_trainer_bytes_sent(run->trainer);
@@ -555,6 +556,7 @@ int frost_train(const frost_options *options, fr_error *err) {
             rc = explain_nonfinite(&run, err);
         if (rc != FR_OK)
             break;
+        long counted = fr_trainer_last_count(run.trainer);
         step++;
         p.interval_steps++;
         p.interval_samples += batch;
@@ -580,7 +582,7 @@ int frost_train(const frost_options *options, fr_error *err) {
             else if (fr_comm_size() > 1)
                 fr_trainer_check_replicas(run.trainer);
             if (rc == FR_OK)
-                log_progress(&run, &p, epoch, step, total_steps, last_loss, correct, batch);
+                log_progress(&run, &p, epoch, step, total_steps, last_loss, correct, counted);
         }
         if (rc == FR_OK && opts->checkpoint && !interrupted && opts->checkpoint_every &&
             step % opts->checkpoint_every == 0 && step < total_steps)
