@@ -455,3 +455,32 @@ int fr_json_bool(fr_json_reader *r, bool *value) {
     *value = fr_json_peek(r) == 't';
     return fr_json_literal(r, *value ? "true" : "false");
 }
+
+int fr_json_read_object_file(const char *path, const char *what,
+                             int (*member)(fr_json_reader *r, const char *key, void *context),
+                             void *context, fr_error *err) {
+    unsigned char *bytes = NULL;
+    size_t size = 0;
+    int rc = fr_read_file(path, 1 << 20, 0, &bytes, &size, err);
+    if (rc != FR_OK)
+        return rc;
+    fr_json_reader r = {.source = path, .what = what, .text = bytes, .length = size, .err = err};
+    fr_json_skip_whitespace(&r);
+    if (fr_json_peek(&r) != '{')
+        rc = fr_json_syntax_error(&r, "expected an object");
+    else
+        r.pos++;
+    bool first = true, done = false;
+    while (rc == FR_OK && !done) {
+        char *key = NULL;
+        size_t len;
+        rc = fr_json_next_key(&r, &first, &key, &len, &done);
+        if (rc == FR_OK && !done) {
+            fr_json_skip_whitespace(&r);
+            rc = member(&r, key, context);
+        }
+        fr_free(key);
+    }
+    fr_free(bytes);
+    return rc;
+}

@@ -61,6 +61,17 @@ int fr_json_number(fr_json_reader *r, double *value);
 /* true or false. */
 int fr_json_bool(fr_json_reader *r, bool *value);
 
+/*
+ * The JSON object that the file at `path` holds (at most 1 MiB; `what` names
+ * the document in messages): member(r, key, context) for each key, with the
+ * cursor at its value, which member must consume (fr_json_skip_value for one
+ * it does not need).  Hugging Face's config.json and PEFT's
+ * adapter_config.json are read with it.
+ */
+int fr_json_read_object_file(const char *path, const char *what,
+                             int (*member)(fr_json_reader *r, const char *key, void *context),
+                             void *context, fr_error *err);
+
 /* Consumes `word` (true, false or null) or fails. */
 int fr_json_literal(fr_json_reader *r, const char *word);
 

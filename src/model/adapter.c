@@ -358,7 +358,9 @@ static int read_pattern(fr_json_reader *r, bool *patterned) {
     return fr_json_skip_value(r, 1);
 }
 
-static int read_member(fr_json_reader *r, const char *key, peft_config *c) {
+/* One member of adapter_config.json (fr_json_read_object_file's callback). */
+static int read_member(fr_json_reader *r, const char *key, void *context) {
+    peft_config *c = context;
     double value;
     size_t len;
     int rc;
@@ -398,30 +400,7 @@ static int read_member(fr_json_reader *r, const char *key, peft_config *c) {
 }
 
 static int read_config(const char *path, peft_config *c, fr_error *err) {
-    unsigned char *bytes = NULL;
-    size_t size = 0;
-    int rc = fr_read_file(path, 1 << 20, 0, &bytes, &size, err);
-    if (rc != FR_OK)
-        return rc;
-    fr_json_reader r = {.source = path, .what = CONFIG_FILE, .text = bytes, .length = size,
-                        .err = err};
-    fr_json_skip_whitespace(&r);
-    if (fr_json_peek(&r) != '{')
-        rc = fr_json_syntax_error(&r, "expected an object");
-    else
-        r.pos++;
-    bool first = true, done = false;
-    while (rc == FR_OK && !done) {
-        char *key = NULL;
-        size_t len;
-        rc = fr_json_next_key(&r, &first, &key, &len, &done);
-        if (rc == FR_OK && !done) {
-            fr_json_skip_whitespace(&r);
-            rc = read_member(&r, key, c);
-        }
-        fr_free(key);
-    }
-    fr_free(bytes);
+    int rc = fr_json_read_object_file(path, CONFIG_FILE, read_member, c, err);
     if (rc != FR_OK)
         return rc;
     if (!c->peft_type || strcmp(c->peft_type, "LORA") != 0)

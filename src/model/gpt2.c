@@ -93,35 +93,25 @@ static int read_member(fr_json_reader *r, const char *key, gpt2_config *c, fr_er
     return fr_json_skip_value(r, 1);
 }
 
+/* read_member for fr_json_read_object_file, noting model_type. */
+typedef struct config_reading {
+    gpt2_config *c;
+    bool has_type;
+    fr_error *err;
+} config_reading;
+
+static int config_member(fr_json_reader *r, const char *key, void *context) {
+    config_reading *reading = context;
+    reading->has_type = reading->has_type || strcmp(key, "model_type") == 0;
+    return read_member(r, key, reading->c, reading->err);
+}
+
 static int read_config(const char *path, gpt2_config *c, fr_error *err) {
-    unsigned char *bytes = NULL;
-    size_t size = 0;
-    int rc = fr_read_file(path, 1 << 20, 0, &bytes, &size, err);
-    if (rc != FR_OK)
-        return rc;
     *c = (gpt2_config){.n_inner = 0, .eps = 1e-5, .tanh_gelu = true, .tied = true,
                        .resid_pdrop = 0.1, .embd_pdrop = 0.1, .attn_pdrop = 0.1};
-    bool has_type = false;
-    fr_json_reader r = {.source = path, .what = "config.json", .text = bytes, .length = size,
-                        .err = err};
-    fr_json_skip_whitespace(&r);
-    if (fr_json_peek(&r) != '{')
-        rc = fr_json_syntax_error(&r, "expected an object");
-    else
-        r.pos++;
-    bool first = true, done = false;
-    while (rc == FR_OK && !done) {
-        char *key = NULL;
-        size_t len;
-        rc = fr_json_next_key(&r, &first, &key, &len, &done);
-        if (rc == FR_OK && !done) {
-            fr_json_skip_whitespace(&r);
-            has_type = has_type || strcmp(key, "model_type") == 0;
-            rc = read_member(&r, key, c, err);
-        }
-        fr_free(key);
-    }
-    fr_free(bytes);
+    config_reading reading = {c, false, err};
+    int rc = fr_json_read_object_file(path, "config.json", config_member, &reading, err);
+    bool has_type = reading.has_type;
     if (rc != FR_OK)
         return rc;
     if (!has_type || !c->is_gpt2)
