@@ -29,7 +29,11 @@
  * made for 2 threads and run inside frost's parallel region, where oneDNN gets one, spun
  * forever in its backward-weights barrier.
  */
+/* The fuzz targets compile the library's sources without configure's header:
+ * conv2d there runs its own products. */
+#ifdef HAVE_CONFIG_H
 #include "config.h"
+#endif
 
 #include "kernels.h"
 
