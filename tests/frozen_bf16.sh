@@ -47,18 +47,11 @@ ok $? "over 100 steps the loss stays near float32's: mean |difference| $mean (at
 close "$(test_loss "$WORK/bf16.txt")" "$(test_loss "$WORK/f32.txt")" 0.03
 ok $? "the final test loss is within 0.03 of float32's ($(test_loss "$WORK/f32.txt") float32, $(test_loss "$WORK/bf16.txt") bf16)"
 "$PYTHON3" - "$WORK/base.st" "$WORK/bf16.st" <<'PY'
-import json, struct, sys
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["TOP_SRCDIR"], "tests"))
+import st_raw
 def load(path):
-    raw = open(path, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    head = json.loads(raw[8:8 + n])
-    out = {}
-    for k, v in head.items():
-        if k != "__metadata__":
-            a, b = v["data_offsets"]
-            data = raw[8 + n + a:8 + n + b]
-            out[k] = struct.unpack("<%dI" % (len(data) // 4), data)
-    return out
+    return {k: st_raw.words(v) for k, v in st_raw.read(path)[1].items()}
 def rne(u):  # float32 bits -> float32 bits of the nearest bf16 (ties to even); finite inputs
     return ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000) & 0xFFFFFFFF
 base, kept = load(sys.argv[1]), load(sys.argv[2])
@@ -97,16 +90,11 @@ fi
 "$FROST" train --model "$CFG" $TRAIN --init "$WORK/base.st" $LORA --steps 10 --frozen-dtype bf16 \
     --unfreeze-at s5:h.1 --save "$WORK/thawed.st" >"$WORK/thawed.txt" 2>&1 &&
     "$PYTHON3" - "$WORK/bf16.st" "$WORK/thawed.st" <<'PY'
-import json, struct, sys
-def load(path):
-    raw = open(path, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    head = json.loads(raw[8:8 + n])
-    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]
-            for k, v in head.items() if k != "__metadata__"}
-kept, thawed = load(sys.argv[1]), load(sys.argv[2])
-w = thawed["h.1.mlp.c_fc.weight"]
-low = struct.unpack("<%dI" % (len(w) // 4), w)
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["TOP_SRCDIR"], "tests"))
+import st_raw
+kept, thawed = st_raw.read(sys.argv[1])[1], st_raw.read(sys.argv[2])[1]
+low = st_raw.words(thawed["h.1.mlp.c_fc.weight"])
 sys.exit(0 if kept["h.0.mlp.c_fc.weight"] == thawed["h.0.mlp.c_fc.weight"]
          and any(u & 0xFFFF for u in low) else 1)
 PY

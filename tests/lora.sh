@@ -18,16 +18,15 @@ printf '{"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "n_posit
 CFG="$WORK/cfg/config.json"
 TRAIN="--data $WORK/lm --optimizer adamw --lr 3e-3 --batch-size 8 --no-shuffle --log-every 5"
 LORA="--lora c_attn,mlp.c_fc --lora-rank 4 --lora-alpha 8"
-# The names and values of a safetensors file's tensors, one line each (no
-# numpy needed: the header is JSON, the data float32).
+# The names, dtypes and shapes of a safetensors file's tensors, one line each
+# (tests/st_raw.py: no numpy needed).
 tensors() {
     "$PYTHON3" - "$1" <<'PY'
-import json, struct, sys
-raw = open(sys.argv[1], "rb").read()
-n = struct.unpack("<Q", raw[:8])[0]
-for name, t in sorted(json.loads(raw[8:8 + n]).items()):
-    if name != "__metadata__":
-        print(name, t["dtype"], t["shape"])
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["TOP_SRCDIR"], "tests"))
+import st_raw
+for name, t in sorted(st_raw.read(sys.argv[1])[0].items()):
+    print(name, t["dtype"], t["shape"])
 PY
 }
 trainable() { awk '/^trainable parameters/ { print $3 }' "$1"; }
@@ -128,14 +127,10 @@ ok $? "stopped after step 7 (exit $stopped) and resumed (AdamW state in the chec
 grep -q '^step 5: --unfreeze-at s5:h.1: trainable parameters 2304 -> ' "$WORK/gradual.txt"
 ok $? "--unfreeze-at s5:h.1 switches block h.1 from adapters to full training ($(grep '^step 5:' "$WORK/gradual.txt" | head -c 100))"
 "$PYTHON3" - "$WORK/base.st" "$WORK/gradual.st" <<'PY'
-import json, struct, sys
-def load(path):
-    raw = open(path, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    head = json.loads(raw[8:8 + n])
-    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]
-            for k, v in head.items() if k != "__metadata__"}
-a, b = load(sys.argv[1]), load(sys.argv[2])
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["TOP_SRCDIR"], "tests"))
+import st_raw
+a, b = st_raw.read(sys.argv[1])[1], st_raw.read(sys.argv[2])[1]
 moved = {k for k in a if a[k] != b[k]}
 sys.exit(not (moved and all(k.startswith("h.1.") for k in moved)
               and "h.1.attn.c_attn.weight" in moved))
@@ -206,15 +201,13 @@ edit_config() { # edit_config DIR PYTHON-STATEMENT on c
 }
 rename_tensor() { # rename_tensor DIR OLD NEW: the header rewritten, the data kept
     "$PYTHON3" - "$WORK/$1/adapter_model.safetensors" "$2" "$3" <<'PY'
-import json, struct, sys
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["TOP_SRCDIR"], "tests"))
+import st_raw
 path, old, new = sys.argv[1:]
-raw = open(path, "rb").read()
-n = struct.unpack("<Q", raw[:8])[0]
-head = json.loads(raw[8:8 + n])
+head, _ = st_raw.read(path)
 head[new] = head.pop(old)
-text = json.dumps(head).encode()
-text += b" " * (-len(text) % 8)
-open(path, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+st_raw.write(path, head, st_raw.data_section(path))
 PY
 }
 RUN="$FROST train --model $CFG $TRAIN --steps 2 --init $WORK/base.st --save $WORK/out.st"
