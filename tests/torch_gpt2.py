@@ -28,6 +28,7 @@ the transformers and safetensors packages are not used.
                            [--dtype int32|int64|uint16] [--test-rows M]
   torch_gpt2.py inspect    FILE.safetensors
   torch_gpt2.py compare    [--tol X] [--floor F] A.safetensors REF.safetensors
+  torch_gpt2.py grads-vs   [--strip P] FROST.safetensors REF32.safetensors REF64.safetensors
   torch_gpt2.py batch      JOBS
 
 `torch_gpt2.py COMMAND --help` describes each command.
@@ -1049,6 +1050,33 @@ def cmd_compare(args):
     return 0 if worst <= args.tol else 1
 
 
+def cmd_grads_vs(args):
+    """Each gradient of FROST no further from the float64 reference REF64 than
+    twice REF32's distance to it (distances relative to each tensor's largest
+    reference value, or a 1e-3 share of the largest of all, for gradients that
+    are mathematically zero); --strip P takes P off FROST's names first."""
+    frost = {k[len(args.strip):] if k.startswith(args.strip) else k: v
+             for k, v in load_safetensors(args.frost).items()}
+    t32, t64 = load_safetensors(args.ref32), load_safetensors(args.ref64)
+    scale = max(float(np.abs(r).max()) for r in t64.values())
+    worst, bad = 0.0, []
+    for name, ref in t64.items():
+        if name not in frost:
+            continue
+        ref = ref.astype(np.float64)
+        denom = max(float(np.abs(ref).max()), 1e-3 * scale)
+        df = float(np.abs(frost[name] - ref).max()) / denom
+        dt = float(np.abs(t32[name] - ref).max()) / denom
+        worst = max(worst, df / max(dt, 1e-7))
+        if df > 2 * dt + 1e-7:
+            bad.append("%s frost %.2e torch %.2e" % (name, df, dt))
+    missing = sorted(set(frost) ^ set(t64))
+    print("%d %s, frost's distance at most %.2fx torch float32's%s%s" %
+          (len(t64), args.what, worst, "; over 2x: " + ", ".join(bad) if bad else "",
+           "; names differ: " + ", ".join(missing) if missing else ""))
+    return 1 if bad or missing else 0
+
+
 def cmd_batch(args):
     failures = 0
     with open(args.jobs) as f:
@@ -1312,6 +1340,20 @@ by rounding noise.""")
     p.add_argument("a", metavar="A.safetensors")
     p.add_argument("ref", metavar="REF.safetensors")
     p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("grads-vs", formatter_class=R,
+                       help="frost's gradients against float32 and float64 references",
+                       description="""\
+Exits 1 unless every gradient in FROST is no further from REF64's (a
+float64 run of `grads`) than twice REF32's (a float32 run) is, each distance
+max|g - r64| over max|r64| of the tensor (at least 1e-3 of the largest over
+all), and FROST and REF64 name the same tensors (after --strip).""")
+    p.add_argument("--strip", default="", help="a prefix taken off FROST's names")
+    p.add_argument("--what", default="gradients", help="what the report calls them")
+    p.add_argument("frost", metavar="FROST.safetensors")
+    p.add_argument("ref32", metavar="REF32.safetensors")
+    p.add_argument("ref64", metavar="REF64.safetensors")
+    p.set_defaults(handler=cmd_grads_vs)
 
     p = sub.add_parser("batch", formatter_class=R, help="run many commands in one process",
                        description="""\

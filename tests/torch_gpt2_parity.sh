@@ -86,28 +86,7 @@ GPT2_GRADS="$WORK/frost_grads.st" "$DRIVER" "$WORK/m" "$WORK/d" 1 4 0 0 2 >/dev/
         --out "$WORK/g32.st" >>"$WORK/log" 2>&1 &&
     "$PY" "$TOOL" grads --model "$WORK/m" --data "$WORK/d" --batch-size 4 --dtype float64 \
         --out "$WORK/g64.st" >>"$WORK/log" 2>&1 &&
-    "$PY" - "$TOOL" "$WORK/frost_grads.st" "$WORK/g32.st" "$WORK/g64.st" >"$WORK/grads" 2>&1 <<'PY'
-import importlib.util, sys
-import numpy as np
-spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
-tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
-frost, t32, t64 = (tool.load_safetensors(p) for p in sys.argv[2:5])
-# Distances relative to each tensor's largest reference value (or a 1e-3 share
-# of the largest of all, for gradients that are mathematically zero).
-scale = max(float(np.abs(r).max()) for r in t64.values())
-worst, bad = 0.0, []
-for name, ref in t64.items():
-    ref = ref.astype(np.float64)
-    denom = max(float(np.abs(ref).max()), 1e-3 * scale)
-    df = float(np.abs(frost[name] - ref).max()) / denom
-    dt = float(np.abs(t32[name] - ref).max()) / denom
-    worst = max(worst, df / max(dt, 1e-7))
-    if df > 2 * dt + 1e-7:
-        bad.append("%s frost %.2e torch %.2e" % (name, df, dt))
-print("%d gradients, frost's distance at most %.2fx torch float32's%s" %
-      (len(t64), worst, "; over 2x: " + ", ".join(bad) if bad else ""))
-sys.exit(1 if bad or set(frost) != set(t64) else 0)
-PY
+    "$PY" "$TOOL" grads-vs "$WORK/frost_grads.st" "$WORK/g32.st" "$WORK/g64.st" >"$WORK/grads" 2>&1
 ok $? "every parameter's gradient (2 threads) within 2x PyTorch float32's distance to float64 ($(cat "$WORK/grads"))"
 # Logits, at the weights as made and as frost saved them after training: the
 # saved file, beside the config, loads into PyTorch under the same names.
