@@ -684,3 +684,43 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------ measured runs
+# (bench/gpt_bench.py and bench/resnet_bench.py)
+
+def run_measured(cmd, env, log_path, timeout):
+    """Runs cmd with stdout and stderr to log_path: (exit status, output text, peak RSS in MB
+    from wait4's ru_maxrss, CPU seconds (user + system), wall seconds)."""
+    with open(log_path, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        try:
+            p = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        except OSError as e:
+            return 127, str(e), None, None, None
+        start = time.time()
+        deadline = start + timeout
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() > deadline:
+                p.kill()
+                _, status, usage = os.wait4(p.pid, 0)
+                timed_out = True
+                break
+            time.sleep(0.05)
+        p.returncode = status  # reaped here by wait4, not by Popen
+        wall = time.time() - start
+    with open(log_path) as f:
+        text = f.read()
+    rc = 124 if timed_out else (os.WEXITSTATUS(status) if os.WIFEXITED(status)
+                                else 128 + os.WTERMSIG(status))
+    return rc, text, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime, wall
+
+
+def timed_rates(rows, log_every, from_step):
+    """The rates of the intervals that start after step from_step and are not a run's first."""
+    return [r for step, r in rows if step - log_every >= max(from_step, log_every)]

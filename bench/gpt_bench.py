@@ -165,43 +165,6 @@ def frost_job_flags(model_dir, data_dir):
 
 # ------------------------------------------------------------------ runs
 
-def run_measured(cmd, env, log_path, timeout):
-    """Runs cmd with stdout and stderr to log_path: (exit status, output text, peak RSS in MB
-    from wait4's ru_maxrss, the number /usr/bin/time -v prints, and the cores it used on
-    average: its CPU seconds, user and system, over its wall seconds)."""
-    with open(log_path, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        try:
-            p = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        except OSError as e:
-            return 127, str(e), None, None
-        start = time.time()
-        deadline = start + timeout
-        while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.time() > deadline:
-                p.kill()
-                _, status, usage = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.05)
-        p.returncode = status  # reaped here by wait4, not by Popen
-        wall = time.time() - start
-    with open(log_path) as f:
-        text = f.read()
-    rc = 124 if time.time() > deadline else (os.WEXITSTATUS(status) if os.WIFEXITED(status)
-                                             else 128 + os.WTERMSIG(status))
-    cores = (usage.ru_utime + usage.ru_stime) / wall if wall > 0 else None
-    return rc, text, usage.ru_maxrss / 1024.0, cores
-
-
-def timed_rates(rows, log_every, from_step):
-    """The rates of the intervals that start after step from_step and are not a run's first."""
-    return [r for step, r in rows if step - log_every >= max(from_step, log_every)]
-
-
 def run_frost(args, frost, case, model_dir, data_dir, steps, log_every, timed_from, work, tag):
     metrics = os.path.join(work, "frost-%s.csv" % tag)
     cmd = [frost, "train"] + frost_job_flags(model_dir, data_dir) + [
@@ -211,10 +174,11 @@ def run_frost(args, frost, case, model_dir, data_dir, steps, log_every, timed_fr
         cmd += ["--freeze", p]
     cmd += case["frost_flags"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    rc, out, rss, cores = run_measured(cmd, env, os.path.join(work, "frost-%s.log" % tag),
-                                       args.timeout)
+    rc, out, rss, cpu, wall = bench.run_measured(cmd, env, os.path.join(work, "frost-%s.log" % tag),
+                                                 args.timeout)
     if rc != 0:
         return {"error": "frost exit %d: %s" % (rc, bench.last_line(out, rc))}
+    cores = cpu / wall if wall else None
     rows, loss = [], None
     with open(metrics) as f:
         for row in csv.DictReader(f):
@@ -222,7 +186,7 @@ def run_frost(args, frost, case, model_dir, data_dir, steps, log_every, timed_fr
             loss = float(row["loss"])
     m = re.search(r"trainable ([0-9]+)", out)
     cache = re.search(r"feature cache: ([0-9.]+) MB", out)
-    return {"rates": timed_rates(rows, log_every, timed_from), "all_rates": [r for _, r in rows],
+    return {"rates": bench.timed_rates(rows, log_every, timed_from), "all_rates": [r for _, r in rows],
             "maxrss_mb": rss, "cores": cores, "loss": loss, "trainable": int(m.group(1)) if m else None,
             "cache_mb": float(cache.group(1)) if cache else 0.0,
             "command": " ".join(cmd)}
@@ -241,17 +205,18 @@ def run_torch(args, case, model_dir, data_dir, steps, log_every, work, tag, poli
     env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
     if policy == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    rc, out, rss, cores = run_measured(cmd, env,
-                                       os.path.join(work, "torch-%s-%s.log" % (tag, policy)),
-                                       args.timeout)
+    rc, out, rss, cpu, wall = bench.run_measured(cmd, env,
+                                                 os.path.join(work, "torch-%s-%s.log" % (tag, policy)),
+                                                 args.timeout)
     if rc != 0:
         return {"error": "torch exit %d: %s" % (rc, bench.last_line(out, rc))}
+    cores = cpu / wall if wall else None
     try:
         res = json.loads(bench.last_line(out))
     except ValueError:
         return {"error": "torch: unreadable result: %s" % bench.last_line(out)}
     rows = list(zip(res["steps"], res["interval_rates"]))
-    res["rates"] = timed_rates(rows, log_every, 0)
+    res["rates"] = bench.timed_rates(rows, log_every, 0)
     res["all_rates"] = res["interval_rates"]
     res["maxrss_mb"] = rss
     res["cores"] = cores

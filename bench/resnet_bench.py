@@ -162,43 +162,6 @@ def model_file(work, side):
 
 # ------------------------------------------------------------------ runs
 
-def run_measured(cmd, env, log_path, timeout):
-    """Runs cmd with stdout and stderr to log_path: (exit status, output text, peak RSS in MB
-    from wait4's ru_maxrss, CPU seconds (user + system), wall seconds)."""
-    with open(log_path, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        try:
-            p = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        except OSError as e:
-            return 127, str(e), None, None, None
-        start = time.time()
-        deadline = start + timeout
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.time() > deadline:
-                p.kill()
-                _, status, usage = os.wait4(p.pid, 0)
-                timed_out = True
-                break
-            time.sleep(0.05)
-        p.returncode = status  # reaped here by wait4, not by Popen
-        wall = time.time() - start
-    with open(log_path) as f:
-        text = f.read()
-    rc = 124 if timed_out else (os.WEXITSTATUS(status) if os.WIFEXITED(status)
-                                else 128 + os.WTERMSIG(status))
-    return rc, text, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime, wall
-
-
-def timed_rates(rows, log_every, from_step):
-    """The rates of the intervals that start after step from_step and are not a run's first."""
-    return [r for step, r in rows if step - log_every >= max(from_step, log_every)]
-
-
 def run_frost(args, frost, case, model, data_dir, batch, steps, log_every, timed_from, work,
               tag):
     metrics = os.path.join(work, "frost-%s.csv" % tag)
@@ -212,7 +175,7 @@ def run_frost(args, frost, case, model, data_dir, batch, steps, log_every, timed
         cmd += ["--unfreeze", p]
     cmd += case["frost_flags"] + args.frost_arg
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    rc, out, rss, cpu, wall = run_measured(cmd, env, os.path.join(work, "frost-%s.log" % tag),
+    rc, out, rss, cpu, wall = bench.run_measured(cmd, env, os.path.join(work, "frost-%s.log" % tag),
                                            args.timeout)
     if rc != 0:
         return {"error": "frost exit %d: %s" % (rc, bench.last_line(out, rc))}
@@ -223,7 +186,7 @@ def run_frost(args, frost, case, model, data_dir, batch, steps, log_every, timed
             loss = float(row["loss"])
     m = re.search(r"trainable ([0-9]+)", out)
     cache = re.search(r"feature cache: ([0-9.]+) MB", out)
-    return {"rates": timed_rates(rows, log_every, timed_from), "all_rates": [r for _, r in rows],
+    return {"rates": bench.timed_rates(rows, log_every, timed_from), "all_rates": [r for _, r in rows],
             "maxrss_mb": rss, "cpu_s": cpu, "wall_s": wall, "loss": loss,
             "trainable": int(m.group(1)) if m else None,
             "cache_mb": float(cache.group(1)) if cache else 0.0, "command": " ".join(cmd)}
@@ -239,7 +202,7 @@ def run_torch(args, case, side, data_dir, batch, steps, log_every, work, tag, va
     t = str(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t,
                **v["env"])
-    rc, out, rss, cpu, wall = run_measured(
+    rc, out, rss, cpu, wall = bench.run_measured(
         cmd, env, os.path.join(work, "torch-%s-%s.log" % (tag, variant)), args.timeout)
     if rc != 0:
         return {"error": "torch exit %d: %s" % (rc, bench.last_line(out, rc))}
@@ -248,7 +211,7 @@ def run_torch(args, case, side, data_dir, batch, steps, log_every, work, tag, va
     except ValueError:
         return {"error": "torch: unreadable result: %s" % bench.last_line(out)}
     rows = list(zip(res["steps"], res["interval_rates"]))
-    res["rates"] = timed_rates(rows, log_every, 0)
+    res["rates"] = bench.timed_rates(rows, log_every, 0)
     res["all_rates"] = res["interval_rates"]
     res.update(maxrss_mb=rss, cpu_s=cpu, wall_s=wall, command=" ".join(cmd))
     return res
